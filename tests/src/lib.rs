@@ -1,0 +1,1 @@
+//! Shared helpers for the integration tests live here as they are needed.

@@ -1,0 +1,1063 @@
+//! The log handle: open/recover, append with group commit, segment roll, fail-closed.
+//!
+//! # Group commit
+//! Appenders encode their frames into a shared pending buffer under one short lock, which also hands out the
+//! CommitIds, so the order of CommitIds is the order of bytes in the file. The first appender that finds no flush
+//! in progress becomes the *leader*: it takes everything pending, writes it with one `pwrite` per segment touched,
+//! issues one `fdatasync`, publishes the new durable mark and wakes the others. Appenders that arrive while a
+//! leader is syncing queue up behind it and share the next `fdatasync`.
+//!
+//! # Segment lifecycle
+//! Segments are preallocated (zero-filled and synced) ahead of use, by a background thread unless
+//! [`Options::background_preallocation`] is off. Starting segment N: write its header into the preallocated file,
+//! `fdatasync`, rename `N.prealloc` to `N.seg`, fsync the directory — all before any frame in it is written, so
+//! no acknowledged record can sit in a file whose name is not durable. Sealing: write the footer after the last
+//! frame, truncate the file to end there, `fsync`.
+
+use std::{
+    path::{Path, PathBuf},
+    sync::{Arc, OnceLock},
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use parking_lot::{Condvar, Mutex, RwLock};
+use sha2::{Digest, Sha256};
+
+use crate::{
+    error::{Error, Failure, Result},
+    format::{
+        encode_frame_header, SegmentFooter, SegmentHeader, FOOTER_LEN, FRAME_HEADER_LEN, MAX_FRAME_BODY_BYTES,
+        MAX_SEGMENT_BYTES, SEGMENT_HEADER_LEN,
+    },
+    fs::{DirLock, Fs, FsFile, OpenMode},
+    recovery::{check_digest, scan_segment, Expect, SegmentEnd},
+    types::{CommitId, Epoch, SegmentId},
+};
+
+/// When an append counts as done.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// An append returns only after its bytes are `fdatasync`ed. The default.
+    #[default]
+    Always,
+    /// An append returns once its bytes are written to the OS; a background thread `fdatasync`s every
+    /// `interval`. A power loss can lose up to one interval of acknowledged appends.
+    Batch {
+        /// Time between syncs.
+        interval: Duration,
+    },
+    /// Never `fdatasync` appends (tests and benchmarks of the CPU path only). Segment management still syncs.
+    None,
+}
+
+/// Options for [`Wal::open`].
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Capacity of each segment file in bytes, header and footer included. Default 64 MiB.
+    pub segment_bytes: u64,
+    /// The largest record body accepted. Default 16 MiB (and never more than fits in a segment).
+    pub max_record_bytes: usize,
+    /// When an append is acknowledged.
+    pub durability: Durability,
+    /// Zero-fill the next segment on a background thread. Off in deterministic tests.
+    pub background_preallocation: bool,
+    /// Check every sealed segment's SHA-256 against its footer when opening (costs one hash pass over the log).
+    pub verify_digests_on_open: bool,
+    /// CommitIds up to this one are known durable by a higher layer (e.g. covered by a signed checkpoint);
+    /// recovery reports corruption rather than truncate them.
+    pub durable_mark: CommitId,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            segment_bytes: 64 << 20,
+            max_record_bytes: 16 << 20,
+            durability: Durability::Always,
+            background_preallocation: true,
+            verify_digests_on_open: false,
+            durable_mark: CommitId(0),
+        }
+    }
+}
+
+impl Options {
+    fn validate(&self) -> Result<()> {
+        let overhead = (SEGMENT_HEADER_LEN + FRAME_HEADER_LEN + FOOTER_LEN) as u64;
+        if self.segment_bytes > MAX_SEGMENT_BYTES {
+            return Err(Error::InvalidOptions(format!(
+                "segment_bytes {} exceeds the maximum {MAX_SEGMENT_BYTES}",
+                self.segment_bytes
+            )));
+        }
+        if self.max_record_bytes > MAX_FRAME_BODY_BYTES {
+            return Err(Error::InvalidOptions(format!(
+                "max_record_bytes {} exceeds the hard limit {MAX_FRAME_BODY_BYTES}",
+                self.max_record_bytes
+            )));
+        }
+        if self.segment_bytes < overhead + self.max_record_bytes as u64 {
+            return Err(Error::InvalidOptions(format!(
+                "segment_bytes {} cannot hold a record of max_record_bytes {} (needs {} bytes of framing)",
+                self.segment_bytes, self.max_record_bytes, overhead
+            )));
+        }
+        if let Durability::Batch { interval } = self.durability {
+            if interval.is_zero() {
+                return Err(Error::InvalidOptions("batch interval must be positive".into()));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What recovery found and did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RecoveryReport {
+    /// Segments found.
+    pub segments: usize,
+    /// Frames found (all verified by CRC).
+    pub frames: u64,
+    /// Bytes of frames scanned.
+    pub bytes_scanned: u64,
+    /// The last CommitId in the log (0 when empty).
+    pub last_commit_id: CommitId,
+    /// A torn tail that was discarded: (segment, offset, bytes zeroed).
+    pub torn_tail: Option<(SegmentId, u64, u64)>,
+    /// An interrupted seal that was completed.
+    pub completed_seal: Option<SegmentId>,
+    /// An empty trailing segment that was removed (crash right after creating it).
+    pub removed_empty_segment: Option<SegmentId>,
+    /// Leftover preallocated files removed.
+    pub removed_prealloc: usize,
+}
+
+/// A segment as readers see it.
+#[derive(Debug)]
+pub(crate) struct SegView {
+    pub(crate) id: SegmentId,
+    pub(crate) path: PathBuf,
+    pub(crate) first_commit: CommitId,
+    /// Last durable CommitId in this segment (`first_commit - 1` when none).
+    pub(crate) last_commit: CommitId,
+    /// End of the durable frames.
+    pub(crate) data_end: u64,
+    pub(crate) sealed: bool,
+    /// The active segment's file, for reads while it grows.
+    pub(crate) file: Option<Arc<dyn FsFile>>,
+    /// The memory map of a sealed segment, made on first read.
+    pub(crate) map: OnceLock<Bytes>,
+}
+
+/// A consecutive run of encoded frames waiting to be written to one segment.
+#[derive(Debug)]
+struct Chunk {
+    segment: SegmentId,
+    offset: u64,
+    first: CommitId,
+    last: CommitId,
+    first_epoch: Epoch,
+    last_epoch: Epoch,
+    frames: u64,
+    bytes: Vec<u8>,
+}
+
+#[derive(Debug)]
+struct State {
+    next_commit: CommitId,
+    last_epoch: Epoch,
+    /// Where the next frame goes.
+    tail_segment: SegmentId,
+    tail_offset: u64,
+    pending: Vec<Chunk>,
+    leader_active: bool,
+    /// Highest CommitId written to the OS.
+    written: CommitId,
+    /// Highest CommitId known durable (per the durability mode).
+    durable: CommitId,
+    failed: Option<Arc<Failure>>,
+    closed: bool,
+    spare: Vec<Vec<u8>>,
+}
+
+/// The segment being appended to, owned by the current leader.
+#[derive(Debug)]
+struct Active {
+    id: SegmentId,
+    path: PathBuf,
+    file: Arc<dyn FsFile>,
+    hasher: Sha256,
+    data_end: u64,
+    frames: u64,
+    last_commit: CommitId,
+    last_epoch: Epoch,
+}
+
+#[derive(Debug)]
+struct Io {
+    active: Option<Active>,
+}
+
+#[derive(Debug, Default)]
+struct PreallocState {
+    want: Option<SegmentId>,
+    working: Option<SegmentId>,
+    ready: Option<(SegmentId, Box<dyn FsFile>)>,
+    shutdown: bool,
+}
+
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) fs: Arc<dyn Fs>,
+    pub(crate) dir: PathBuf,
+    pub(crate) opts: Options,
+    state: Mutex<State>,
+    cond: Condvar,
+    io: Mutex<Io>,
+    pub(crate) segments: RwLock<Vec<Arc<SegView>>>,
+    prealloc: Mutex<PreallocState>,
+    prealloc_cond: Condvar,
+    _lock: Box<dyn DirLock>,
+}
+
+/// An open write-ahead log. Cheap to share behind an `Arc`; every method takes `&self`.
+#[derive(Debug)]
+pub struct Wal {
+    pub(crate) shared: Arc<Shared>,
+    threads: Vec<JoinHandle<()>>,
+    report: RecoveryReport,
+}
+
+/// Collects the frames of one append call; handed to the closure of [`Wal::append_with`].
+pub struct FrameSink<'a> {
+    state: &'a mut State,
+    epoch: Epoch,
+    max_body: usize,
+    segment_bytes: u64,
+}
+
+/// File name of a segment.
+#[must_use]
+pub fn segment_file_name(id: SegmentId) -> String {
+    format!("{:020}.seg", id.0)
+}
+
+fn prealloc_file_name(id: SegmentId) -> String {
+    format!("{:020}.prealloc", id.0)
+}
+
+/// The name of the lock file inside a WAL directory.
+pub const LOCK_FILE_NAME: &str = "LOCK";
+
+fn parse_name(name: &str) -> Option<(SegmentId, bool)> {
+    let (stem, ext) = name.split_once('.')?;
+    if stem.len() != 20 || !stem.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let id = SegmentId(stem.parse().ok()?);
+    match ext {
+        "seg" => Some((id, false)),
+        "prealloc" => Some((id, true)),
+        _ => None,
+    }
+}
+
+const ZERO_CHUNK: usize = 1 << 20;
+
+fn zero_fill(file: &dyn FsFile, len: u64) -> std::io::Result<()> {
+    let zeros = vec![0u8; ZERO_CHUNK];
+    let mut off = 0u64;
+    while off < len {
+        let n = (len - off).min(ZERO_CHUNK as u64) as usize;
+        file.write_all_at(&zeros[..n], off)?;
+        off += n as u64;
+    }
+    file.sync_data()
+}
+
+impl FrameSink<'_> {
+    /// Adds one record body as the next frame; returns its CommitId.
+    pub fn push(&mut self, body: &[u8]) -> Result<CommitId> {
+        if body.len() > self.max_body {
+            return Err(Error::RecordTooLarge { len: body.len(), max: self.max_body });
+        }
+        let s = &mut *self.state;
+        let frame_len = (FRAME_HEADER_LEN + body.len()) as u64;
+        if s.tail_offset + frame_len + FOOTER_LEN as u64 > self.segment_bytes {
+            s.tail_segment = s.tail_segment.next();
+            s.tail_offset = SEGMENT_HEADER_LEN as u64;
+        }
+        let id = s.next_commit;
+        let needs_new_chunk = s.pending.last().is_none_or(|c| c.segment != s.tail_segment);
+        if needs_new_chunk {
+            let bytes = s.spare.pop().unwrap_or_default();
+            s.pending.push(Chunk {
+                segment: s.tail_segment,
+                offset: s.tail_offset,
+                first: id,
+                last: id,
+                first_epoch: self.epoch,
+                last_epoch: self.epoch,
+                frames: 0,
+                bytes,
+            });
+        }
+        let chunk = s.pending.last_mut().expect("a chunk was just ensured");
+        chunk.bytes.extend_from_slice(&encode_frame_header(id, self.epoch, body));
+        chunk.bytes.extend_from_slice(body);
+        chunk.last = id;
+        chunk.last_epoch = self.epoch;
+        chunk.frames += 1;
+        s.tail_offset += frame_len;
+        s.next_commit = id.next();
+        Ok(id)
+    }
+
+    /// The CommitId the next [`FrameSink::push`] will assign.
+    #[must_use]
+    pub fn next_commit_id(&self) -> CommitId {
+        self.state.next_commit
+    }
+}
+
+/// A saved cursor so a failed `append_with` closure leaves no trace.
+struct Cursor {
+    next_commit: CommitId,
+    last_epoch: Epoch,
+    tail_segment: SegmentId,
+    tail_offset: u64,
+    chunks: usize,
+    last_chunk: Option<(usize, CommitId, Epoch, u64)>,
+}
+
+impl Cursor {
+    fn save(s: &State) -> Self {
+        Cursor {
+            next_commit: s.next_commit,
+            last_epoch: s.last_epoch,
+            tail_segment: s.tail_segment,
+            tail_offset: s.tail_offset,
+            chunks: s.pending.len(),
+            last_chunk: s.pending.last().map(|c| (c.bytes.len(), c.last, c.last_epoch, c.frames)),
+        }
+    }
+
+    fn restore(self, s: &mut State) {
+        s.next_commit = self.next_commit;
+        s.last_epoch = self.last_epoch;
+        s.tail_segment = self.tail_segment;
+        s.tail_offset = self.tail_offset;
+        s.pending.truncate(self.chunks);
+        if let (Some(c), Some((len, last, epoch, frames))) = (s.pending.last_mut(), self.last_chunk) {
+            c.bytes.truncate(len);
+            c.last = last;
+            c.last_epoch = epoch;
+            c.frames = frames;
+        }
+    }
+}
+
+impl Wal {
+    /// Opens (creating if needed) the log in `dir`, recovering it per the recovery rule.
+    pub fn open(fs: Arc<dyn Fs>, dir: impl AsRef<Path>, opts: Options) -> Result<Wal> {
+        opts.validate()?;
+        let dir = dir.as_ref().to_owned();
+        fs.create_dir_all(&dir).map_err(|e| Error::io("create directory", &dir, e))?;
+        let lock_path = dir.join(LOCK_FILE_NAME);
+        let lock = fs
+            .try_lock(&lock_path)
+            .map_err(|e| Error::io("lock", &lock_path, e))?
+            .ok_or_else(|| Error::Locked { dir: dir.clone(), lock_file: lock_path.clone() })?;
+        let (recovered, report) = recover(&*fs, &dir, &opts)?;
+        let shared = Arc::new(Shared {
+            fs,
+            dir,
+            opts,
+            state: Mutex::new(recovered.state),
+            cond: Condvar::new(),
+            io: Mutex::new(Io { active: recovered.active }),
+            segments: RwLock::new(recovered.views),
+            prealloc: Mutex::new(PreallocState::default()),
+            prealloc_cond: Condvar::new(),
+            _lock: lock,
+        });
+        let mut threads = Vec::new();
+        if shared.opts.background_preallocation {
+            let s = shared.clone();
+            threads.push(
+                std::thread::Builder::new()
+                    .name("aerodb-wal-prealloc".into())
+                    .spawn(move || s.prealloc_loop())
+                    .map_err(|e| Error::io("spawn preallocation thread", &shared.dir, e))?,
+            );
+            let next = shared.state.lock().tail_segment;
+            // If the tail segment has no file yet, it is the next one to prepare; otherwise the one after.
+            let want = if shared.io.lock().active.as_ref().is_some_and(|a| a.id == next) { next.next() } else { next };
+            shared.request_prealloc(want);
+        }
+        if let Durability::Batch { interval } = shared.opts.durability {
+            let s = shared.clone();
+            threads.push(
+                std::thread::Builder::new()
+                    .name("aerodb-wal-sync".into())
+                    .spawn(move || s.batch_sync_loop(interval))
+                    .map_err(|e| Error::io("spawn sync thread", &shared.dir, e))?,
+            );
+        }
+        Ok(Wal { shared, threads, report })
+    }
+
+    /// What recovery found when this handle was opened.
+    #[must_use]
+    pub fn recovery_report(&self) -> &RecoveryReport {
+        &self.report
+    }
+
+    /// Appends one record and returns its CommitId once the durability mode is satisfied.
+    pub fn append(&self, epoch: Epoch, body: &[u8]) -> Result<CommitId> {
+        self.append_with(epoch, |sink| sink.push(body))
+    }
+
+    /// Appends several records as consecutive CommitIds with a single write and sync; returns the first and last.
+    pub fn append_batch<B: AsRef<[u8]>>(&self, epoch: Epoch, bodies: &[B]) -> Result<(CommitId, CommitId)> {
+        self.append_with(epoch, |sink| {
+            let first = sink.next_commit_id();
+            let mut last = CommitId(first.0 - 1);
+            for b in bodies {
+                last = sink.push(b.as_ref())?;
+            }
+            Ok((first, last))
+        })
+    }
+
+    /// The general append: `f` is called once, under the log's ordering lock, with a sink that assigns
+    /// consecutive CommitIds to the bodies pushed into it. Keep `f` short: every appender waits for it. If `f`
+    /// returns an error, nothing it pushed is kept. Returns `f`'s value once all its frames are acknowledged per
+    /// the durability mode.
+    pub fn append_with<R>(&self, epoch: Epoch, f: impl FnOnce(&mut FrameSink<'_>) -> Result<R>) -> Result<R> {
+        let sh = &*self.shared;
+        let mut s = sh.state.lock();
+        s.check_writable()?;
+        if epoch < s.last_epoch {
+            return Err(Error::EpochRegression { last: s.last_epoch, got: epoch });
+        }
+        let cursor = Cursor::save(&s);
+        let mut sink = FrameSink {
+            state: &mut s,
+            epoch,
+            max_body: sh.opts.max_record_bytes,
+            segment_bytes: sh.opts.segment_bytes,
+        };
+        let out = match f(&mut sink) {
+            Ok(out) => out,
+            Err(e) => {
+                cursor.restore(&mut s);
+                return Err(e);
+            }
+        };
+        if s.next_commit == cursor.next_commit {
+            return Ok(out);
+        }
+        s.last_epoch = epoch;
+        let mine = CommitId(s.next_commit.0 - 1);
+        sh.wait_acknowledged(s, mine)?;
+        Ok(out)
+    }
+
+    /// The highest CommitId that is durable (in `Always` mode: acknowledged). 0 when the log is empty.
+    #[must_use]
+    pub fn durable_commit_id(&self) -> CommitId {
+        self.shared.state.lock().durable
+    }
+
+    /// The CommitId the next append will get.
+    #[must_use]
+    pub fn next_commit_id(&self) -> CommitId {
+        self.shared.state.lock().next_commit
+    }
+
+    /// The epoch of the newest frame (or of the last append accepted).
+    #[must_use]
+    pub fn last_epoch(&self) -> Epoch {
+        self.shared.state.lock().last_epoch
+    }
+
+    /// Why the log failed closed, if it did.
+    #[must_use]
+    pub fn failure(&self) -> Option<Arc<Failure>> {
+        self.shared.state.lock().failed.clone()
+    }
+
+    /// Blocks until `commit_id` is durable, the timeout passes (returns false) or the log fails.
+    pub fn wait_durable(&self, commit_id: CommitId, timeout: Duration) -> Result<bool> {
+        let deadline = Instant::now() + timeout;
+        let mut s = self.shared.state.lock();
+        loop {
+            if s.durable >= commit_id {
+                return Ok(true);
+            }
+            if let Some(f) = &s.failed {
+                return Err(Error::FailedClosed(f.clone()));
+            }
+            if self.shared.cond.wait_until(&mut s, deadline).timed_out() {
+                return Ok(s.durable >= commit_id);
+            }
+        }
+    }
+
+    /// Forces everything written so far to disk (useful in `Batch` and `None` modes).
+    pub fn sync(&self) -> Result<()> {
+        self.shared.sync_now()
+    }
+
+    /// The directory this log lives in.
+    #[must_use]
+    pub fn dir(&self) -> &Path {
+        &self.shared.dir
+    }
+
+    /// Re-reads every segment from disk and checks every frame CRC, CommitId continuity, epochs, footers and the
+    /// SHA-256 of every sealed segment. Returns the number of frames verified.
+    pub fn verify(&self) -> Result<u64> {
+        let views: Vec<Arc<SegView>> = self.shared.segments.read().clone();
+        let mut expected = None;
+        let mut min_epoch = Epoch(0);
+        let mut frames = 0;
+        for v in &views {
+            let bytes = self.shared.segment_bytes(v)?;
+            let expect = Expect {
+                segment_id: v.id,
+                first_commit_id: expected,
+                min_epoch,
+                is_last: !v.sealed,
+                max_body: self.shared.opts.max_record_bytes,
+                durable_mark: CommitId(0),
+            };
+            let scan = scan_segment(&bytes, &expect)?;
+            check_digest(&bytes, &scan)?;
+            frames += scan.frame_count;
+            expected = Some(scan.last_commit_id.next());
+            min_epoch = scan.last_epoch;
+        }
+        Ok(frames)
+    }
+
+    /// Closes the log: waits for in-flight appends, syncs, stops background threads.
+    pub fn close(mut self) -> Result<()> {
+        let res = self.shared.close();
+        self.stop_threads();
+        res
+    }
+
+    fn stop_threads(&mut self) {
+        {
+            let mut s = self.shared.state.lock();
+            s.closed = true;
+        }
+        self.shared.cond.notify_all();
+        self.shared.prealloc.lock().shutdown = true;
+        self.shared.prealloc_cond.notify_all();
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Wal {
+    fn drop(&mut self) {
+        if !self.threads.is_empty() {
+            // Best effort: a dropped handle syncs what it wrote, like `close`.
+            let _ = self.shared.close();
+            self.stop_threads();
+        }
+    }
+}
+
+impl State {
+    fn check_writable(&self) -> Result<()> {
+        if let Some(f) = &self.failed {
+            return Err(Error::FailedClosed(f.clone()));
+        }
+        if self.closed {
+            return Err(Error::Closed);
+        }
+        Ok(())
+    }
+}
+
+impl Shared {
+    /// Waits until `mine` is acknowledged, leading a flush when nobody else is.
+    fn wait_acknowledged<'a>(&'a self, mut s: parking_lot::MutexGuard<'a, State>, mine: CommitId) -> Result<()> {
+        let ack_on_write = !matches!(self.opts.durability, Durability::Always);
+        loop {
+            let acked = if ack_on_write { s.written } else { s.durable };
+            if acked >= mine {
+                return Ok(());
+            }
+            if let Some(f) = &s.failed {
+                return Err(Error::FailedClosed(f.clone()));
+            }
+            if s.leader_active {
+                self.cond.wait(&mut s);
+                continue;
+            }
+            // Become the leader for everything pending.
+            s.leader_active = true;
+            let chunks = std::mem::take(&mut s.pending);
+            drop(s);
+            let result = self.flush(chunks);
+            s = self.state.lock();
+            s.leader_active = false;
+            match result {
+                Ok((last, spare)) => {
+                    s.written = s.written.max(last);
+                    if !ack_on_write || self.opts.durability == Durability::None {
+                        s.durable = s.durable.max(last);
+                    }
+                    s.spare.extend(spare);
+                }
+                Err(f) => {
+                    tracing::error!(failure = %f, "WAL failed closed");
+                    s.failed.get_or_insert(Arc::new(f));
+                }
+            }
+            self.cond.notify_all();
+        }
+    }
+
+    /// Writes the chunks, rolling segments as they say, then syncs per the durability mode. Returns the last
+    /// CommitId written and the emptied buffers for reuse.
+    fn flush(&self, chunks: Vec<Chunk>) -> Result<(CommitId, Vec<Vec<u8>>), Failure> {
+        let mut io = self.io.lock();
+        let mut last = CommitId(0);
+        let mut spare = Vec::with_capacity(chunks.len());
+        for mut chunk in chunks {
+            if io.active.as_ref().is_none_or(|a| a.id != chunk.segment) {
+                if let Some(old) = io.active.take() {
+                    self.seal(old)?;
+                }
+                io.active = Some(self.start_segment(chunk.segment, chunk.first, chunk.first_epoch)?);
+            }
+            let active = io.active.as_mut().expect("active segment was just ensured");
+            assert_eq!(chunk.offset, active.data_end, "chunk must continue the segment exactly");
+            assert_eq!(chunk.first, active.last_commit.next(), "chunk must continue the CommitIds");
+            active
+                .file
+                .write_all_at(&chunk.bytes, chunk.offset)
+                .map_err(|e| Failure::new("write", active.path.clone(), &e))?;
+            active.hasher.update(&chunk.bytes);
+            active.data_end += chunk.bytes.len() as u64;
+            active.frames += chunk.frames;
+            active.last_commit = chunk.last;
+            active.last_epoch = chunk.last_epoch;
+            last = chunk.last;
+            chunk.bytes.clear();
+            spare.push(chunk.bytes);
+        }
+        if let Some(active) = io.active.as_ref() {
+            if self.opts.durability == Durability::Always {
+                active.file.sync_data().map_err(|e| Failure::new("fdatasync", active.path.clone(), &e))?;
+                self.publish(active);
+            } else if self.opts.durability == Durability::None {
+                self.publish(active);
+            }
+        }
+        Ok((last, spare))
+    }
+
+    /// Makes the active segment's durable frames visible to readers.
+    fn publish(&self, active: &Active) {
+        let mut segs = self.segments.write();
+        let view = Arc::new(SegView {
+            id: active.id,
+            path: active.path.clone(),
+            first_commit: CommitId(active.last_commit.0 + 1 - active.frames),
+            last_commit: active.last_commit,
+            data_end: active.data_end,
+            sealed: false,
+            file: Some(active.file.clone()),
+            map: OnceLock::new(),
+        });
+        match segs.last_mut() {
+            Some(last) if last.id == active.id => *last = view,
+            _ => segs.push(view),
+        }
+    }
+
+    /// Writes the footer, truncates the file to end after it, and fsyncs.
+    fn seal(&self, a: Active) -> Result<(), Failure> {
+        assert!(a.frames > 0, "never seal an empty segment ({})", a.id);
+        let footer = SegmentFooter {
+            last_commit_id: a.last_commit,
+            frame_count: a.frames,
+            data_end: a.data_end,
+            last_epoch: a.last_epoch,
+            sha256: a.hasher.clone().finalize().into(),
+        };
+        let fail = |op, e: &std::io::Error| Failure::new(op, a.path.clone(), e);
+        a.file.write_all_at(&footer.encode(), a.data_end).map_err(|e| fail("write footer", &e))?;
+        a.file.set_len(a.data_end + FOOTER_LEN as u64).map_err(|e| fail("truncate sealed segment", &e))?;
+        a.file.sync_all().map_err(|e| fail("fsync sealed segment", &e))?;
+        let mut segs = self.segments.write();
+        let view = Arc::new(SegView {
+            id: a.id,
+            path: a.path.clone(),
+            first_commit: CommitId(a.last_commit.0 + 1 - a.frames),
+            last_commit: a.last_commit,
+            data_end: a.data_end,
+            sealed: true,
+            file: None,
+            map: OnceLock::new(),
+        });
+        match segs.last_mut() {
+            Some(last) if last.id == a.id => *last = view,
+            _ => segs.push(view),
+        }
+        Ok(())
+    }
+
+    /// Turns a preallocated file into segment `id` whose first frame is `first`.
+    fn start_segment(&self, id: SegmentId, first: CommitId, epoch: Epoch) -> Result<Active, Failure> {
+        let path = self.dir.join(segment_file_name(id));
+        let pre_path = self.dir.join(prealloc_file_name(id));
+        let fail = |op, p: &Path, e: &std::io::Error| Failure::new(op, p.to_owned(), e);
+        let file = match self.take_prealloc(id) {
+            Some(f) => f,
+            None => {
+                // Inline preallocation (no background thread, or it failed). A leftover partial file is stale.
+                let _ = self.fs.remove_file(&pre_path);
+                let f = self
+                    .fs
+                    .open(&pre_path, OpenMode::CreateNew)
+                    .map_err(|e| fail("create segment file", &pre_path, &e))?;
+                zero_fill(&*f, self.opts.segment_bytes).map_err(|e| fail("preallocate segment", &pre_path, &e))?;
+                f
+            }
+        };
+        let header = SegmentHeader { segment_id: id, first_commit_id: first, epoch, segment_bytes: self.opts.segment_bytes };
+        let hb = header.encode();
+        file.write_all_at(&hb, 0).map_err(|e| fail("write segment header", &pre_path, &e))?;
+        file.sync_data().map_err(|e| fail("fdatasync segment header", &pre_path, &e))?;
+        self.fs.rename(&pre_path, &path).map_err(|e| fail("rename segment", &pre_path, &e))?;
+        self.fs.sync_dir(&self.dir).map_err(|e| fail("fsync directory", &self.dir, &e))?;
+        if self.opts.background_preallocation {
+            self.request_prealloc(id.next());
+        }
+        let mut hasher = Sha256::new();
+        hasher.update(hb);
+        let file: Arc<dyn FsFile> = Arc::from(file);
+        Ok(Active {
+            id,
+            path,
+            file,
+            hasher,
+            data_end: SEGMENT_HEADER_LEN as u64,
+            frames: 0,
+            last_commit: CommitId(first.0 - 1),
+            last_epoch: epoch,
+        })
+    }
+
+    fn request_prealloc(&self, id: SegmentId) {
+        let mut p = self.prealloc.lock();
+        if p.ready.as_ref().is_some_and(|(r, _)| *r == id) || p.working == Some(id) {
+            return;
+        }
+        p.want = Some(id);
+        self.prealloc_cond.notify_all();
+    }
+
+    /// The preallocated file for `id`, waiting for the background thread if it is making it right now.
+    fn take_prealloc(&self, id: SegmentId) -> Option<Box<dyn FsFile>> {
+        let mut p = self.prealloc.lock();
+        while p.working == Some(id) || (p.want == Some(id) && !p.shutdown && self.opts.background_preallocation) {
+            self.prealloc_cond.wait(&mut p);
+        }
+        match p.ready.take() {
+            Some((r, f)) if r == id => Some(f),
+            other => {
+                p.ready = other;
+                None
+            }
+        }
+    }
+
+    fn prealloc_loop(&self) {
+        let mut p = self.prealloc.lock();
+        loop {
+            if p.shutdown {
+                return;
+            }
+            let Some(id) = p.want.take() else {
+                self.prealloc_cond.wait(&mut p);
+                continue;
+            };
+            p.working = Some(id);
+            drop(p);
+            let path = self.dir.join(prealloc_file_name(id));
+            let made = (|| {
+                let _ = self.fs.remove_file(&path);
+                let f = self.fs.open(&path, OpenMode::CreateNew)?;
+                zero_fill(&*f, self.opts.segment_bytes)?;
+                Ok::<_, std::io::Error>(f)
+            })();
+            p = self.prealloc.lock();
+            p.working = None;
+            match made {
+                Ok(f) => p.ready = Some((id, f)),
+                Err(e) => tracing::warn!(error = %e, path = %path.display(), "background preallocation failed; the writer will retry inline"),
+            }
+            self.prealloc_cond.notify_all();
+        }
+    }
+
+    fn batch_sync_loop(&self, interval: Duration) {
+        loop {
+            {
+                let mut s = self.state.lock();
+                if s.closed {
+                    return;
+                }
+                self.cond.wait_for(&mut s, interval);
+                if s.closed {
+                    return;
+                }
+            }
+            if let Err(e) = self.sync_now() {
+                tracing::error!(error = %e, "periodic WAL sync failed");
+            }
+        }
+    }
+
+    /// Syncs the active segment and advances the durable mark to what was written.
+    fn sync_now(&self) -> Result<()> {
+        let written = {
+            let s = self.state.lock();
+            s.check_writable().or_else(|e| if matches!(e, Error::Closed) { Ok(()) } else { Err(e) })?;
+            s.written
+        };
+        let io = self.io.lock();
+        if let Some(active) = io.active.as_ref() {
+            if let Err(e) = active.file.sync_data() {
+                let f = Arc::new(Failure::new("fdatasync", active.path.clone(), &e));
+                let mut s = self.state.lock();
+                s.failed.get_or_insert(f.clone());
+                self.cond.notify_all();
+                return Err(Error::FailedClosed(f));
+            }
+            self.publish(active);
+        }
+        drop(io);
+        let mut s = self.state.lock();
+        s.durable = s.durable.max(written);
+        self.cond.notify_all();
+        Ok(())
+    }
+
+    fn close(&self) -> Result<()> {
+        let mut s = self.state.lock();
+        while s.leader_active || !s.pending.is_empty() {
+            if s.failed.is_some() {
+                break;
+            }
+            if !s.leader_active {
+                // Pending frames with no waiter cannot happen: every pusher waits. Defensive: flush them.
+                let mine = CommitId(s.next_commit.0 - 1);
+                return self.wait_acknowledged(s, mine);
+            }
+            self.cond.wait(&mut s);
+        }
+        let failed = s.failed.clone();
+        drop(s);
+        if let Some(f) = failed {
+            return Err(Error::FailedClosed(f));
+        }
+        if self.opts.durability != Durability::Always {
+            self.sync_now()?;
+        }
+        Ok(())
+    }
+
+    /// The bytes of a segment: its map if sealed, a fresh read of the durable prefix if active.
+    pub(crate) fn segment_bytes(&self, v: &SegView) -> Result<Bytes> {
+        if v.sealed {
+            if let Some(b) = v.map.get() {
+                return Ok(b.clone());
+            }
+            let f = self.fs.open(&v.path, OpenMode::Read).map_err(|e| Error::io("open segment", &v.path, e))?;
+            let b = f.map().map_err(|e| Error::io("map segment", &v.path, e))?;
+            return Ok(v.map.get_or_init(|| b).clone());
+        }
+        let file = match &v.file {
+            Some(f) => f.clone(),
+            None => Arc::from(self.fs.open(&v.path, OpenMode::Read).map_err(|e| Error::io("open segment", &v.path, e))?),
+        };
+        let mut buf = vec![0u8; usize::try_from(v.data_end).unwrap_or(usize::MAX)];
+        crate::fs::read_exact_at(&*file, &mut buf, 0).map_err(|e| Error::io("read segment", &v.path, e))?;
+        Ok(Bytes::from(buf))
+    }
+}
+
+struct Recovered {
+    state: State,
+    active: Option<Active>,
+    views: Vec<Arc<SegView>>,
+}
+
+/// Reads the whole file.
+fn read_all(fs: &dyn Fs, path: &Path) -> Result<(Box<dyn FsFile>, Vec<u8>)> {
+    let f = fs.open(path, OpenMode::ReadWrite).map_err(|e| Error::io("open segment", path, e))?;
+    let len = f.len().map_err(|e| Error::io("stat segment", path, e))?;
+    let len = usize::try_from(len).map_err(|_| Error::io("stat segment", path, std::io::Error::other("too large")))?;
+    let mut buf = vec![0u8; len];
+    crate::fs::read_exact_at(&*f, &mut buf, 0).map_err(|e| Error::io("read segment", path, e))?;
+    Ok((f, buf))
+}
+
+fn recover(fs: &dyn Fs, dir: &Path, opts: &Options) -> Result<(Recovered, RecoveryReport)> {
+    let mut report = RecoveryReport::default();
+    let names = fs.list_dir(dir).map_err(|e| Error::io("list directory", dir, e))?;
+    let mut ids = Vec::new();
+    for name in &names {
+        match parse_name(name) {
+            Some((_, true)) => {
+                let p = dir.join(name);
+                fs.remove_file(&p).map_err(|e| Error::io("remove stale preallocated file", &p, e))?;
+                report.removed_prealloc += 1;
+            }
+            Some((id, false)) => ids.push(id),
+            None if name == LOCK_FILE_NAME => {}
+            None => tracing::warn!(file = %name, "ignoring unknown file in the WAL directory"),
+        }
+    }
+    if report.removed_prealloc > 0 {
+        fs.sync_dir(dir).map_err(|e| Error::io("fsync directory", dir, e))?;
+    }
+    ids.sort();
+    for w in ids.windows(2) {
+        if w[1] != w[0].next() {
+            return Err(crate::error::Corruption::new(
+                w[0].next(),
+                0,
+                None,
+                crate::error::CorruptionKind::SegmentMissing { expected: w[0].next() },
+            )
+            .into());
+        }
+    }
+    let mut views = Vec::new();
+    let mut expected: Option<CommitId> = None;
+    let mut min_epoch = Epoch(0);
+    let mut active = None;
+    let mut last_commit = CommitId(0);
+    let mut tail_segment = SegmentId(1);
+    let mut tail_offset = SEGMENT_HEADER_LEN as u64;
+    for (i, &id) in ids.iter().enumerate() {
+        let is_last = i + 1 == ids.len();
+        let path = dir.join(segment_file_name(id));
+        let (file, bytes) = read_all(fs, &path)?;
+        let expect = Expect {
+            segment_id: id,
+            first_commit_id: expected,
+            min_epoch,
+            is_last,
+            max_body: opts.max_record_bytes,
+            durable_mark: opts.durable_mark,
+        };
+        let scan = scan_segment(&bytes, &expect)?;
+        report.segments += 1;
+        report.frames += scan.frame_count;
+        report.bytes_scanned += scan.data_end;
+        let first = scan.header.first_commit_id;
+        if opts.verify_digests_on_open {
+            check_digest(&bytes, &scan)?;
+        }
+        match scan.end {
+            SegmentEnd::Sealed { trailing_zeros, .. } => {
+                if trailing_zeros {
+                    let len = scan.data_end + FOOTER_LEN as u64;
+                    file.set_len(len).map_err(|e| Error::io("complete interrupted seal", &path, e))?;
+                    file.sync_all().map_err(|e| Error::io("complete interrupted seal", &path, e))?;
+                    report.completed_seal = Some(id);
+                }
+                views.push(Arc::new(SegView {
+                    id,
+                    path,
+                    first_commit: first,
+                    last_commit: scan.last_commit_id,
+                    data_end: scan.data_end,
+                    sealed: true,
+                    file: None,
+                    map: OnceLock::new(),
+                }));
+                tail_segment = id.next();
+                tail_offset = SEGMENT_HEADER_LEN as u64;
+            }
+            SegmentEnd::Clean | SegmentEnd::Torn { .. } if scan.frame_count == 0 => {
+                // A segment created just before a crash, before any frame reached it: it holds nothing.
+                debug_assert!(is_last);
+                fs.remove_file(&path).map_err(|e| Error::io("remove empty segment", &path, e))?;
+                fs.sync_dir(dir).map_err(|e| Error::io("fsync directory", dir, e))?;
+                report.removed_empty_segment = Some(id);
+                tail_segment = id;
+                tail_offset = SEGMENT_HEADER_LEN as u64;
+            }
+            SegmentEnd::Clean | SegmentEnd::Torn { .. } => {
+                if let SegmentEnd::Torn { offset, garbage_end } = scan.end {
+                    let zeros = vec![0u8; usize::try_from(garbage_end - offset).unwrap_or(0)];
+                    file.write_all_at(&zeros, offset).map_err(|e| Error::io("discard torn tail", &path, e))?;
+                    file.sync_data().map_err(|e| Error::io("discard torn tail", &path, e))?;
+                    tracing::warn!(segment = id.0, offset, bytes = garbage_end - offset, "discarded torn tail");
+                    report.torn_tail = Some((id, offset, garbage_end - offset));
+                }
+                let mut hasher = Sha256::new();
+                hasher.update(&bytes[..usize::try_from(scan.data_end).unwrap_or(0)]);
+                let file: Arc<dyn FsFile> = Arc::from(file);
+                views.push(Arc::new(SegView {
+                    id,
+                    path: path.clone(),
+                    first_commit: first,
+                    last_commit: scan.last_commit_id,
+                    data_end: scan.data_end,
+                    sealed: false,
+                    file: Some(file.clone()),
+                    map: OnceLock::new(),
+                }));
+                active = Some(Active {
+                    id,
+                    path,
+                    file,
+                    hasher,
+                    data_end: scan.data_end,
+                    frames: scan.frame_count,
+                    last_commit: scan.last_commit_id,
+                    last_epoch: scan.last_epoch,
+                });
+                tail_segment = id;
+                tail_offset = scan.data_end;
+            }
+        }
+        last_commit = scan.last_commit_id;
+        if scan.frame_count > 0 {
+            min_epoch = scan.last_epoch;
+        }
+        expected = Some(scan.last_commit_id.next());
+    }
+    report.last_commit_id = last_commit;
+    let state = State {
+        next_commit: last_commit.next(),
+        last_epoch: min_epoch,
+        tail_segment,
+        tail_offset,
+        pending: Vec::new(),
+        leader_active: false,
+        written: last_commit,
+        durable: last_commit,
+        failed: None,
+        closed: false,
+        spare: Vec::new(),
+    };
+    Ok((Recovered { state, active, views }, report))
+}
