@@ -1,1 +1,86 @@
-//! Shared helpers for the integration tests live here as they are needed.
+//! Helpers shared by AeroDB's integration, crash and fault tests.
+
+use std::{
+    io::Write,
+    path::{Path, PathBuf},
+    sync::atomic::{AtomicU64, Ordering},
+};
+
+use aerodb_wal::{Durability, Options};
+
+/// A temporary directory, removed on drop.
+#[derive(Debug)]
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    /// Creates a fresh directory under the system temp dir.
+    ///
+    /// # Panics
+    /// If the directory cannot be created.
+    #[must_use]
+    pub fn new(tag: &str) -> Self {
+        static N: AtomicU64 = AtomicU64::new(0);
+        let p = std::env::temp_dir().join(format!(
+            "aerodb-test-{tag}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        ));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).expect("create temp dir");
+        TempDir(p)
+    }
+
+    /// The directory.
+    #[must_use]
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Small segments so a few dozen records roll several times; deterministic I/O (no background thread).
+#[must_use]
+pub fn small_opts() -> Options {
+    Options {
+        segment_bytes: 4096,
+        max_record_bytes: 1024,
+        durability: Durability::Always,
+        background_preallocation: false,
+        ..Options::default()
+    }
+}
+
+/// A deterministic record body of 0..300 bytes for record number `i`.
+#[must_use]
+pub fn body(i: u64, seed: u64) -> Vec<u8> {
+    let mut s = i.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ seed;
+    let len = (splitmix64(&mut s) % 300) as usize;
+    (0..len).map(|_| splitmix64(&mut s) as u8).collect()
+}
+
+/// splitmix64: a tiny deterministic generator for test data.
+pub fn splitmix64(s: &mut u64) -> u64 {
+    *s = s.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    let mut z = *s;
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// The WAL directory used on the memory file systems.
+pub const MEM_DIR: &str = "/db/wal";
+
+/// Prints a reliability figure and appends it to `target/aerodb-figures.txt`, which `.ci/run` prints at the end.
+pub fn report_figure(test: &str, figure: &str) {
+    let line = format!("{test}: {figure}");
+    println!("{line}");
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/aerodb-figures.txt");
+    if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
+        let _ = writeln!(f, "{line}");
+    }
+}
