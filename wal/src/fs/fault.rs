@@ -7,7 +7,7 @@
 
 use std::{
     io,
-    path::Path,
+    path::{Path, PathBuf},
     sync::{
         atomic::{AtomicU64, Ordering},
         Arc,
@@ -53,12 +53,14 @@ pub struct FaultFs {
     mem: MemFs,
     ops: Arc<AtomicU64>,
     plan: Arc<Mutex<Plan>>,
+    log: Arc<Mutex<Vec<(&'static str, PathBuf)>>>,
 }
 
 #[derive(Debug)]
 struct FaultFile {
     inner: Box<dyn FsFile>,
     fs: FaultFs,
+    path: PathBuf,
 }
 
 enum Verdict {
@@ -71,7 +73,7 @@ impl FaultFs {
     /// A fault file system over `mem`.
     #[must_use]
     pub fn new(mem: MemFs) -> Self {
-        Self { mem, ops: Arc::default(), plan: Arc::default() }
+        Self { mem, ops: Arc::default(), plan: Arc::default(), log: Arc::default() }
     }
 
     /// The underlying memory file system (for `crash` and inspection).
@@ -94,6 +96,7 @@ impl FaultFs {
     pub fn reset(&self) {
         *self.plan.lock() = Plan::default();
         self.ops.store(0, Ordering::SeqCst);
+        self.log.lock().clear();
     }
 
     /// How many mutating operations were attempted.
@@ -102,7 +105,14 @@ impl FaultFs {
         self.ops.load(Ordering::SeqCst)
     }
 
-    fn verdict(&self) -> Verdict {
+    /// Every mutating operation attempted since the last reset, in order: its name and path.
+    #[must_use]
+    pub fn op_log(&self) -> Vec<(&'static str, PathBuf)> {
+        self.log.lock().clone()
+    }
+
+    fn verdict(&self, op: &'static str, path: &Path) -> Verdict {
+        self.log.lock().push((op, path.to_owned()));
         let n = self.ops.fetch_add(1, Ordering::SeqCst);
         let plan = self.plan.lock();
         if plan.die_at.is_some_and(|d| n >= d) {
@@ -116,8 +126,8 @@ impl FaultFs {
         Verdict::Proceed
     }
 
-    fn check(&self) -> io::Result<()> {
-        match self.verdict() {
+    fn check(&self, op: &'static str, path: &Path) -> io::Result<()> {
+        match self.verdict(op, path) {
             Verdict::Proceed => Ok(()),
             Verdict::Fail(kind) => Err(fault_error(kind)),
             Verdict::Dead => Err(dead()),
@@ -147,23 +157,23 @@ impl Fs for FaultFs {
 
     fn open(&self, path: &Path, mode: OpenMode) -> io::Result<Box<dyn FsFile>> {
         if mode == OpenMode::CreateNew {
-            self.check()?;
+            self.check("create", path)?;
         }
-        Ok(Box::new(FaultFile { inner: self.mem.open(path, mode)?, fs: self.clone() }))
+        Ok(Box::new(FaultFile { inner: self.mem.open(path, mode)?, fs: self.clone(), path: path.to_owned() }))
     }
 
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
-        self.check()?;
+        self.check("rename", to)?;
         self.mem.rename(from, to)
     }
 
     fn remove_file(&self, path: &Path) -> io::Result<()> {
-        self.check()?;
+        self.check("remove", path)?;
         self.mem.remove_file(path)
     }
 
     fn sync_dir(&self, path: &Path) -> io::Result<()> {
-        self.check()?;
+        self.check("sync_dir", path)?;
         self.mem.sync_dir(path)
     }
 
@@ -178,7 +188,7 @@ impl FsFile for FaultFile {
     }
 
     fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
-        match self.fs.verdict() {
+        match self.fs.verdict("write", &self.path) {
             Verdict::Proceed => self.inner.write_all_at(buf, offset),
             Verdict::Fail(FaultKind::ShortWrite) => {
                 self.inner.write_all_at(&buf[..buf.len() / 2], offset)?;
@@ -190,12 +200,12 @@ impl FsFile for FaultFile {
     }
 
     fn sync_data(&self) -> io::Result<()> {
-        self.fs.check()?;
+        self.fs.check("sync_data", &self.path)?;
         self.inner.sync_data()
     }
 
     fn sync_all(&self) -> io::Result<()> {
-        self.fs.check()?;
+        self.fs.check("sync_all", &self.path)?;
         self.inner.sync_all()
     }
 
@@ -204,7 +214,7 @@ impl FsFile for FaultFile {
     }
 
     fn set_len(&self, len: u64) -> io::Result<()> {
-        self.fs.check()?;
+        self.fs.check("set_len", &self.path)?;
         self.inner.set_len(len)
     }
 
