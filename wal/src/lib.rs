@@ -32,6 +32,7 @@
 mod error;
 pub mod format;
 pub mod fs;
+pub mod fuzzing;
 mod mmap;
 mod reader;
 pub mod recovery;
