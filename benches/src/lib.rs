@@ -1,1 +1,183 @@
-//! Benchmarks helpers.
+//! Shared code for AeroDB's benchmarks: the machine's own ceilings (what the disk can do with no database in the
+//! way) and the drivers that run the WAL under the same workloads, so every figure can be quoted as a ratio
+//! measured in one run (see `../shared/BENCHMARKS.md` and `docs/performance.md`).
+
+use std::{
+    fs::{File, OpenOptions},
+    os::unix::fs::FileExt,
+    path::{Path, PathBuf},
+    sync::{Arc, Barrier},
+    time::{Duration, Instant},
+};
+
+use aerodb_wal::{Epoch, Wal};
+
+/// A fresh directory for benchmark data on the same file system as the repository (not tmpfs).
+///
+/// # Panics
+/// If the directory cannot be created.
+#[must_use]
+pub fn bench_dir(tag: &str) -> PathBuf {
+    let base = std::env::var_os("AERODB_BENCH_DIR").map_or_else(
+        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench-data"),
+        PathBuf::from,
+    );
+    let p = base.join(format!("{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&p);
+    std::fs::create_dir_all(&p).expect("create bench dir");
+    p
+}
+
+/// The ceiling: fixed-size appends, each followed by `fdatasync`, into a file that was preallocated, zero-filled
+/// and synced first, so no append changes the file size.
+#[derive(Debug)]
+pub struct RawCeiling {
+    file: File,
+    offset: u64,
+    len: u64,
+}
+
+impl RawCeiling {
+    /// Creates and preallocates `len` bytes at `path`.
+    ///
+    /// # Errors
+    /// Any I/O error.
+    pub fn create(path: &Path, len: u64) -> std::io::Result<Self> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(path)?;
+        let zeros = vec![0u8; 1 << 20];
+        let mut off = 0;
+        while off < len {
+            let n = (len - off).min(zeros.len() as u64) as usize;
+            file.write_all_at(&zeros[..n], off)?;
+            off += n as u64;
+        }
+        file.sync_all()?;
+        if let Some(dir) = path.parent() {
+            File::open(dir)?.sync_all()?;
+        }
+        Ok(Self { file, offset: 0, len })
+    }
+
+    /// Writes `buf` at the next offset and `fdatasync`s. Wraps around at the end of the file.
+    ///
+    /// # Errors
+    /// Any I/O error.
+    pub fn append_sync(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        if self.offset + buf.len() as u64 > self.len {
+            self.offset = 0;
+        }
+        self.file.write_all_at(buf, self.offset)?;
+        self.offset += buf.len() as u64;
+        self.file.sync_data()
+    }
+}
+
+/// Per-operation latencies and the wall time of a run.
+#[derive(Debug, Clone)]
+pub struct Run {
+    /// Operations completed.
+    pub ops: u64,
+    /// Wall time of the whole run.
+    pub elapsed: Duration,
+    /// Latency of each operation, in no particular order.
+    pub latencies: Vec<Duration>,
+}
+
+impl Run {
+    /// Operations per second.
+    #[must_use]
+    pub fn rate(&self) -> f64 {
+        self.ops as f64 / self.elapsed.as_secs_f64()
+    }
+
+    /// The `q` quantile (0..=1) of the latencies.
+    #[must_use]
+    pub fn quantile(&self, q: f64) -> Duration {
+        quantile(&self.latencies, q)
+    }
+}
+
+/// The `q` quantile of a sample (nearest rank).
+#[must_use]
+pub fn quantile(sample: &[Duration], q: f64) -> Duration {
+    if sample.is_empty() {
+        return Duration::ZERO;
+    }
+    let mut v = sample.to_vec();
+    v.sort_unstable();
+    let rank = ((q * v.len() as f64).ceil() as usize).clamp(1, v.len());
+    v[rank - 1]
+}
+
+/// Runs `ops` ceiling appends of `size` bytes.
+///
+/// # Errors
+/// Any I/O error.
+pub fn run_ceiling(raw: &mut RawCeiling, ops: u64, size: usize) -> std::io::Result<Run> {
+    let buf = vec![0x5Au8; size];
+    let mut latencies = Vec::with_capacity(ops as usize);
+    let start = Instant::now();
+    for _ in 0..ops {
+        let t = Instant::now();
+        raw.append_sync(&buf)?;
+        latencies.push(t.elapsed());
+    }
+    Ok(Run {
+        ops,
+        elapsed: start.elapsed(),
+        latencies,
+    })
+}
+
+/// Runs `threads` appenders, each appending `per_thread` records of `size` bytes to `wal`, all starting together.
+///
+/// # Panics
+/// If an append fails (a benchmark on a failing disk has no meaning).
+#[must_use]
+pub fn run_wal(wal: &Arc<Wal>, threads: usize, per_thread: u64, size: usize) -> Run {
+    let barrier = Arc::new(Barrier::new(threads + 1));
+    let handles: Vec<_> = (0..threads)
+        .map(|_| {
+            let (wal, barrier) = (wal.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                let body = vec![0xA5u8; size];
+                let mut lat = Vec::with_capacity(per_thread as usize);
+                barrier.wait();
+                for _ in 0..per_thread {
+                    let t = Instant::now();
+                    wal.append(Epoch(1), &body)
+                        .expect("append failed during benchmark");
+                    lat.push(t.elapsed());
+                }
+                lat
+            })
+        })
+        .collect();
+    barrier.wait();
+    let start = Instant::now();
+    let latencies: Vec<Duration> = handles
+        .into_iter()
+        .flat_map(|h| h.join().expect("appender thread panicked"))
+        .collect();
+    Run {
+        ops: threads as u64 * per_thread,
+        elapsed: start.elapsed(),
+        latencies,
+    }
+}
+
+/// Median, minimum and maximum of a sample of rates.
+#[must_use]
+pub fn median_min_max(v: &[f64]) -> (f64, f64, f64) {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    if s.is_empty() {
+        return (0.0, 0.0, 0.0);
+    }
+    (s[s.len() / 2], s[0], s[s.len() - 1])
+}

@@ -8,7 +8,9 @@ use aerodb_tests::{body, small_opts, MEM_DIR};
 use aerodb_wal::{fs::MemFs, fuzzing, Epoch, Wal};
 
 fn corpus_dir(target: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus").join(target)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../fuzz/corpus")
+        .join(target)
 }
 
 fn replay(target: &str, f: fn(&[u8])) -> usize {
@@ -49,8 +51,16 @@ fn write_seeds() {
     let last = segs.last().unwrap();
     let active_used = last.iter().rposition(|&b| b != 0).map_or(0, |p| p + 1);
     save("wal_recover", "seed-one-sealed", &[&[0u8][..], first].concat());
-    save("wal_recover", "seed-sealed-and-active", &[&[1u8][..], first, &segs[1]].concat());
-    save("wal_recover", "seed-active-trimmed", &[&[0u8][..], &last[..active_used + 16]].concat());
+    save(
+        "wal_recover",
+        "seed-sealed-and-active",
+        &[&[1u8][..], first, &segs[1]].concat(),
+    );
+    save(
+        "wal_recover",
+        "seed-active-trimmed",
+        &[&[0u8][..], &last[..active_used + 16]].concat(),
+    );
 }
 
 #[test]

@@ -45,7 +45,8 @@ fn workload(fs: &FaultFs) -> (Vec<Vec<u8>>, u64) {
 
 /// Reopens after the crash and checks the invariants; returns a description of the violation, if any.
 fn check(mem: &MemFs, attempted: &[Vec<u8>], acked: u64) -> Result<(), String> {
-    let wal = Wal::open(Arc::new(mem.clone()), MEM_DIR, small_opts()).map_err(|e| format!("reopen failed: {e}"))?;
+    let wal =
+        Wal::open(Arc::new(mem.clone()), MEM_DIR, small_opts()).map_err(|e| format!("reopen failed: {e}"))?;
     let mut n = 0u64;
     for f in wal.read_from(CommitId(1)).map_err(|e| e.to_string())? {
         let f = f.map_err(|e| format!("read failed: {e}"))?;
@@ -53,16 +54,22 @@ fn check(mem: &MemFs, attempted: &[Vec<u8>], acked: u64) -> Result<(), String> {
         if f.commit_id.0 != n {
             return Err(format!("gap: expected {n}, got {}", f.commit_id));
         }
-        let want = attempted.get(n as usize - 1).ok_or(format!("CommitId {n} was never attempted"))?;
+        let want = attempted
+            .get(n as usize - 1)
+            .ok_or(format!("CommitId {n} was never attempted"))?;
         if f.body().as_ref() != want.as_slice() {
             return Err(format!("CommitId {n} holds different bytes than were appended"));
         }
     }
     if n < acked {
-        return Err(format!("lost acknowledged records: recovered up to {n}, acknowledged up to {acked}"));
+        return Err(format!(
+            "lost acknowledged records: recovered up to {n}, acknowledged up to {acked}"
+        ));
     }
     wal.verify().map_err(|e| format!("verify after recovery: {e}"))?;
-    let next = wal.append(Epoch(100), b"next").map_err(|e| format!("append after recovery: {e}"))?;
+    let next = wal
+        .append(Epoch(100), b"next")
+        .map_err(|e| format!("append after recovery: {e}"))?;
     if next.0 != n + 1 {
         return Err(format!("append after recovery got {next}, expected {}", n + 1));
     }
@@ -77,7 +84,10 @@ fn crash_point_sweep() {
     let total_ops = reference.ops();
     let log = reference.op_log();
     assert_eq!(acked_ref as usize, attempted_ref.len());
-    assert!(log.iter().filter(|(op, _)| *op == "rename").count() >= 5, "the workload rolls several segments");
+    assert!(
+        log.iter().filter(|(op, _)| *op == "rename").count() >= 5,
+        "the workload rolls several segments"
+    );
 
     let modes: Vec<CrashMode> = [UnsyncedFate::Lost, UnsyncedFate::Kept]
         .into_iter()
@@ -85,7 +95,11 @@ fn crash_point_sweep() {
             [Tear::None, Tear::TornPrefix, Tear::ZeroedTail, Tear::RandomTail].map(|tear| (unsynced, tear))
         })
         .enumerate()
-        .map(|(i, (unsynced, tear))| CrashMode { unsynced, tear, seed: i as u64 })
+        .map(|(i, (unsynced, tear))| CrashMode {
+            unsynced,
+            tear,
+            seed: i as u64,
+        })
         .collect();
     let (mut cases, mut violations, mut after_segment_ops, mut lost_acks_t5) = (0u64, Vec::new(), 0u64, 0u64);
     for k in 0..=total_ops {
@@ -94,23 +108,47 @@ fn crash_point_sweep() {
             fs.die_at(k);
             let (attempted, acked) = workload(&fs);
             let mem = fs.mem().clone();
-            mem.crash(CrashMode { seed: mode.seed ^ (k << 8) ^ m as u64, ..*mode });
+            mem.crash(CrashMode {
+                seed: mode.seed ^ (k << 8) ^ m as u64,
+                ..*mode
+            });
             cases += 1;
             // T5: crash right after creating or renaming a segment, with or without the directory fsync after it.
-            let prev_op = k.checked_sub(1).and_then(|i| log.get(i as usize)).map(|(op, _)| *op);
+            let prev_op = k
+                .checked_sub(1)
+                .and_then(|i| log.get(i as usize))
+                .map(|(op, _)| *op);
             let t5 = matches!(prev_op, Some("create" | "rename" | "sync_dir"));
             after_segment_ops += u64::from(t5);
             if let Err(v) = check(&mem, &attempted, acked) {
                 if t5 && v.contains("lost acknowledged") {
                     lost_acks_t5 += 1;
                 }
-                violations.push(format!("k={k} mode={mode:?} last op {:?}: {v}", log.get(k as usize)));
+                violations.push(format!(
+                    "k={k} mode={mode:?} last op {:?}: {v}",
+                    log.get(k as usize)
+                ));
             }
         }
     }
-    report_figure("T1 crash-point sweep", &format!("{cases} cases ({total_ops} I/O points x {} modes), {} violations", modes.len(), violations.len()));
-    report_figure("T5 crash after segment create/rename/dir fsync", &format!("{after_segment_ops} cases, {lost_acks_t5} lost acks"));
-    assert!(violations.is_empty(), "{} violations, first: {:#?}", violations.len(), &violations[..violations.len().min(5)]);
+    report_figure(
+        "T1 crash-point sweep",
+        &format!(
+            "{cases} cases ({total_ops} I/O points x {} modes), {} violations",
+            modes.len(),
+            violations.len()
+        ),
+    );
+    report_figure(
+        "T5 crash after segment create/rename/dir fsync",
+        &format!("{after_segment_ops} cases, {lost_acks_t5} lost acks"),
+    );
+    assert!(
+        violations.is_empty(),
+        "{} violations, first: {:#?}",
+        violations.len(),
+        &violations[..violations.len().min(5)]
+    );
 }
 
 #[test]
@@ -119,7 +157,11 @@ fn directory_entry_of_a_new_segment_is_durable_before_its_first_frame() {
     // renamed to `N.seg`, and the directory is fsynced; only then may frames be written to it.
     let fs = FaultFs::new(MemFs::new());
     workload(&fs);
-    let stem = |p: &Path| p.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    let stem = |p: &Path| {
+        p.file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    };
     let mut state: std::collections::HashMap<String, &str> = Default::default();
     let mut frame_writes = 0;
     for (op, path) in fs.op_log() {
@@ -138,7 +180,10 @@ fn directory_entry_of_a_new_segment_is_durable_before_its_first_frame() {
                 state.insert(id, "header synced");
             }
             ("rename", Some(s)) => {
-                assert_eq!(s, "header synced", "segment {id} renamed before its header was synced");
+                assert_eq!(
+                    s, "header synced",
+                    "segment {id} renamed before its header was synced"
+                );
                 state.insert(id, "renamed");
             }
             ("sync_dir", _) => {
@@ -147,11 +192,17 @@ fn directory_entry_of_a_new_segment_is_durable_before_its_first_frame() {
                 }
             }
             ("write", Some(s)) => {
-                assert!(s == "live" || s == "created", "frame written to segment {id} in state {s}");
+                assert!(
+                    s == "live" || s == "created",
+                    "frame written to segment {id} in state {s}"
+                );
                 frame_writes += u64::from(s == "live");
             }
             _ => {}
         }
     }
-    assert!(frame_writes > 10, "the check saw the frame writes ({frame_writes})");
+    assert!(
+        frame_writes > 10,
+        "the check saw the frame writes ({frame_writes})"
+    );
 }

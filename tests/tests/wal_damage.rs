@@ -17,9 +17,17 @@ fn build(fs: Arc<dyn Fs>, dir: &Path, n: u64) -> Vec<(std::path::PathBuf, Vec<u8
         wal.append(Epoch(1 + i / 40), &body(i, 11)).unwrap();
     }
     drop(wal);
-    let mut names: Vec<String> = fs.list_dir(dir).unwrap().into_iter().filter(|n| n.ends_with(".seg")).collect();
+    let mut names: Vec<String> = fs
+        .list_dir(dir)
+        .unwrap()
+        .into_iter()
+        .filter(|n| n.ends_with(".seg"))
+        .collect();
     names.sort();
-    names.iter().map(|n| (dir.join(n), read(&*fs, &dir.join(n)))).collect()
+    names
+        .iter()
+        .map(|n| (dir.join(n), read(&*fs, &dir.join(n))))
+        .collect()
 }
 
 fn read(fs: &dyn Fs, p: &Path) -> Vec<u8> {
@@ -50,7 +58,11 @@ fn frame_offsets(seg: &[u8]) -> Vec<usize> {
 fn last_commit(fs: &Arc<dyn Fs>, dir: &Path) -> Result<(u64, bool), Error> {
     let wal = Wal::open(fs.clone(), dir, small_opts())?;
     let torn = wal.recovery_report().torn_tail.is_some();
-    let n = wal.read_from(CommitId(1))?.map(|f| f.map(|_| ())).collect::<Result<Vec<_>, _>>()?.len() as u64;
+    let n = wal
+        .read_from(CommitId(1))?
+        .map(|f| f.map(|_| ()))
+        .collect::<Result<Vec<_>, _>>()?
+        .len() as u64;
     Ok((n, torn))
 }
 
@@ -98,7 +110,10 @@ fn t2_torn_last_frame_is_truncated_at_every_offset() {
     let (c1, f1) = torn_tail_suite(Arc::new(MemFs::new()), Path::new(MEM_DIR));
     let tmp = TempDir::new("torn");
     let (c2, f2) = torn_tail_suite(Arc::new(RealFs), tmp.path());
-    report_figure("T2 torn last frame", &format!("{} cases, {} failures", c1 + c2, f1 + f2));
+    report_figure(
+        "T2 torn last frame",
+        &format!("{} cases, {} failures", c1 + c2, f1 + f2),
+    );
     assert_eq!(f1 + f2, 0);
 }
 
@@ -113,7 +128,11 @@ fn bit_flip_suite(fs: Arc<dyn Fs>, dir: &Path) -> (u64, u64, u64) {
         let offs = frame_offsets(bytes);
         // Below the tail: every byte of a sealed segment (header, frames, footer); in the active segment every
         // frame but the last (the last one may legitimately be torn).
-        let end = if is_active { *offs.last().unwrap() } else { bytes.len() };
+        let end = if is_active {
+            *offs.last().unwrap()
+        } else {
+            bytes.len()
+        };
         for pos in 0..end {
             let mut damaged = bytes.clone();
             damaged[pos] ^= 1 << (splitmix64(&mut rng) % 8);
@@ -141,7 +160,15 @@ fn t3_bit_flips_below_the_tail_are_typed_corruption() {
     let (c1, s1, u1) = bit_flip_suite(Arc::new(MemFs::new()), Path::new(MEM_DIR));
     let tmp = TempDir::new("flip");
     let (c2, s2, u2) = bit_flip_suite(Arc::new(RealFs), tmp.path());
-    report_figure("T3 bit flips", &format!("{} cases, {} silent outcomes, {} untyped errors", c1 + c2, s1 + s2, u1 + u2));
+    report_figure(
+        "T3 bit flips",
+        &format!(
+            "{} cases, {} silent outcomes, {} untyped errors",
+            c1 + c2,
+            s1 + s2,
+            u1 + u2
+        ),
+    );
     assert_eq!((s1 + s2, u1 + u2), (0, 0));
 }
 
@@ -166,11 +193,26 @@ fn sealed_segment_digest_catches_what_crcs_cannot() {
     let wal = Wal::open(fs.clone(), dir, small_opts()).unwrap();
     // ... but `verify` and a digest-checking open report the sealed segment as corrupt.
     let err = wal.verify().unwrap_err();
-    assert!(matches!(err.corruption().map(|c| &c.kind), Some(CorruptionKind::SegmentDigest)), "{err}");
+    assert!(
+        matches!(
+            err.corruption().map(|c| &c.kind),
+            Some(CorruptionKind::SegmentDigest)
+        ),
+        "{err}"
+    );
     drop(wal);
-    let opts = aerodb_wal::Options { verify_digests_on_open: true, ..small_opts() };
+    let opts = aerodb_wal::Options {
+        verify_digests_on_open: true,
+        ..small_opts()
+    };
     let err = Wal::open(fs, dir, opts).unwrap_err();
-    assert!(matches!(err.corruption().map(|c| &c.kind), Some(CorruptionKind::SegmentDigest)), "{err}");
+    assert!(
+        matches!(
+            err.corruption().map(|c| &c.kind),
+            Some(CorruptionKind::SegmentDigest)
+        ),
+        "{err}"
+    );
 }
 
 #[test]
@@ -196,7 +238,10 @@ fn spliced_frames_are_rejected() {
         }
         write(&*fs, tpath, tbytes);
     }
-    report_figure("T4 spliced frames (WAL level)", &format!("{cases} cases, {accepted} accepted"));
+    report_figure(
+        "T4 spliced frames (WAL level)",
+        &format!("{cases} cases, {accepted} accepted"),
+    );
     assert_eq!(accepted, 0);
 }
 
@@ -211,12 +256,28 @@ fn missing_segment_and_durable_mark_are_corruption() {
     let mut torn = bytes.clone();
     torn[last + 40] ^= 0xFF;
     write(&*fs, path, &torn);
-    let opts = aerodb_wal::Options { durable_mark: CommitId(60), ..small_opts() };
+    let opts = aerodb_wal::Options {
+        durable_mark: CommitId(60),
+        ..small_opts()
+    };
     let err = Wal::open(fs.clone(), dir, opts).unwrap_err();
-    assert!(matches!(err.corruption().map(|c| &c.kind), Some(CorruptionKind::TailBelowDurableMark { .. })), "{err}");
+    assert!(
+        matches!(
+            err.corruption().map(|c| &c.kind),
+            Some(CorruptionKind::TailBelowDurableMark { .. })
+        ),
+        "{err}"
+    );
     write(&*fs, path, bytes);
     // A segment missing from the middle.
-    fs.remove_file(&dir.join(segment_file_name(SegmentId(2)))).unwrap();
+    fs.remove_file(&dir.join(segment_file_name(SegmentId(2))))
+        .unwrap();
     let err = Wal::open(fs, dir, small_opts()).unwrap_err();
-    assert!(matches!(err.corruption().map(|c| &c.kind), Some(CorruptionKind::SegmentMissing { .. })), "{err}");
+    assert!(
+        matches!(
+            err.corruption().map(|c| &c.kind),
+            Some(CorruptionKind::SegmentMissing { .. })
+        ),
+        "{err}"
+    );
 }

@@ -20,7 +20,11 @@ struct Outcome {
 /// Appends from 4 threads until every thread has seen a failure or finished; records what was acknowledged.
 fn workload(fs: &FaultFs) -> Outcome {
     let Ok(wal) = Wal::open(Arc::new(fs.clone()), MEM_DIR, small_opts()) else {
-        return Outcome { acked: vec![], acks_after_failure: 0, reason: None };
+        return Outcome {
+            acked: vec![],
+            acks_after_failure: 0,
+            reason: None,
+        };
     };
     let wal = Arc::new(wal);
     let acked = Arc::new(Mutex::new(Vec::new()));
@@ -28,7 +32,8 @@ fn workload(fs: &FaultFs) -> Outcome {
     let late_acks = Arc::new(Mutex::new(0u64));
     std::thread::scope(|s| {
         for t in 0..4u64 {
-            let (wal, acked, failed_at, late_acks) = (wal.clone(), acked.clone(), failed_at.clone(), late_acks.clone());
+            let (wal, acked, failed_at, late_acks) =
+                (wal.clone(), acked.clone(), failed_at.clone(), late_acks.clone());
             s.spawn(move || {
                 for i in 0..15u64 {
                     let b = body(t * 1000 + i, 5);
@@ -42,7 +47,10 @@ fn workload(fs: &FaultFs) -> Outcome {
                             acked.lock().unwrap().push((id.0, b));
                         }
                         Err(e) => {
-                            assert!(matches!(e, Error::FailedClosed(_)), "write-path failures fail closed: {e}");
+                            assert!(
+                                matches!(e, Error::FailedClosed(_)),
+                                "write-path failures fail closed: {e}"
+                            );
                             failed_at.lock().unwrap().get_or_insert(std::time::Instant::now());
                         }
                     }
@@ -52,12 +60,19 @@ fn workload(fs: &FaultFs) -> Outcome {
     });
     let reason = wal.failure().map(|f| f.to_string());
     if reason.is_some() {
-        assert!(matches!(wal.append(Epoch(1), b"x"), Err(Error::FailedClosed(_))), "stays read-only");
+        assert!(
+            matches!(wal.append(Epoch(1), b"x"), Err(Error::FailedClosed(_))),
+            "stays read-only"
+        );
     }
     let mut acked = acked.lock().unwrap().clone();
     acked.sort();
     let late = *late_acks.lock().unwrap();
-    Outcome { acked, acks_after_failure: late, reason }
+    Outcome {
+        acked,
+        acks_after_failure: late,
+        reason,
+    }
 }
 
 /// Reopens the log; returns an error string if an acknowledged record is missing or different.
@@ -69,13 +84,16 @@ fn verify(mem: &MemFs, acked: &[(u64, Vec<u8>)]) -> Result<(), String> {
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| format!("read: {e}"))?;
     for (id, b) in acked {
-        let f = frames.get(*id as usize - 1).ok_or(format!("acknowledged CommitId {id} lost"))?;
+        let f = frames
+            .get(*id as usize - 1)
+            .ok_or(format!("acknowledged CommitId {id} lost"))?;
         if f.body().as_ref() != b.as_slice() {
             return Err(format!("acknowledged CommitId {id} changed"));
         }
     }
     wal.verify().map_err(|e| format!("verify: {e}"))?;
-    wal.append(Epoch(2), b"after").map_err(|e| format!("append after reopen: {e}"))?;
+    wal.append(Epoch(2), b"after")
+        .map_err(|e| format!("append after reopen: {e}"))?;
     Ok(())
 }
 
@@ -89,7 +107,11 @@ fn sweep(kinds: &[FaultKind]) -> (u64, u64, u64, Vec<String>) {
             for persistent in [false, true] {
                 for power_loss in [false, true] {
                     let fs = FaultFs::new(MemFs::new());
-                    fs.inject(FaultPlan { at_op: n, kind, persistent });
+                    fs.inject(FaultPlan {
+                        at_op: n,
+                        kind,
+                        persistent,
+                    });
                     let out = workload(&fs);
                     cases += 1;
                     late += out.acks_after_failure;
@@ -98,13 +120,23 @@ fn sweep(kinds: &[FaultKind]) -> (u64, u64, u64, Vec<String>) {
                     }
                     let mem = fs.mem().clone();
                     if power_loss {
-                        mem.crash(CrashMode { unsynced: UnsyncedFate::Lost, tear: Tear::TornPrefix, seed: n });
+                        mem.crash(CrashMode {
+                            unsynced: UnsyncedFate::Lost,
+                            tear: Tear::TornPrefix,
+                            seed: n,
+                        });
                     } else {
-                        mem.crash(CrashMode { unsynced: UnsyncedFate::Kept, tear: Tear::None, seed: n });
+                        mem.crash(CrashMode {
+                            unsynced: UnsyncedFate::Kept,
+                            tear: Tear::None,
+                            seed: n,
+                        });
                     }
                     if let Err(e) = verify(&mem, &out.acked) {
                         corruptions += 1;
-                        problems.push(format!("op {n} {kind:?} persistent={persistent} power_loss={power_loss}: {e}"));
+                        problems.push(format!(
+                            "op {n} {kind:?} persistent={persistent} power_loss={power_loss}: {e}"
+                        ));
                     }
                 }
             }
@@ -116,14 +148,20 @@ fn sweep(kinds: &[FaultKind]) -> (u64, u64, u64, Vec<String>) {
 #[test]
 fn t6_fsync_eio_never_becomes_an_ack() {
     let (cases, late, corruptions, problems) = sweep(&[FaultKind::Eio]);
-    report_figure("T6 EIO at every I/O", &format!("{cases} cases, {late} acks after EIO, {corruptions} corruptions"));
+    report_figure(
+        "T6 EIO at every I/O",
+        &format!("{cases} cases, {late} acks after EIO, {corruptions} corruptions"),
+    );
     assert_eq!((late, corruptions), (0, 0), "{problems:#?}");
 }
 
 #[test]
 fn t7_enospc_and_short_writes_fail_cleanly() {
     let (cases, late, corruptions, problems) = sweep(&[FaultKind::Enospc, FaultKind::ShortWrite]);
-    report_figure("T7 ENOSPC/short write at every I/O", &format!("{cases} cases, {late} late acks, {corruptions} corruptions"));
+    report_figure(
+        "T7 ENOSPC/short write at every I/O",
+        &format!("{cases} cases, {late} late acks, {corruptions} corruptions"),
+    );
     assert_eq!((late, corruptions), (0, 0), "{problems:#?}");
 }
 
@@ -134,12 +172,21 @@ fn failure_reason_is_precise() {
     wal.append(Epoch(1), b"first").unwrap();
     // The next append does: write, fdatasync. Fail the fdatasync.
     let ops = fs.ops();
-    fs.inject(FaultPlan { at_op: ops + 1, kind: FaultKind::Eio, persistent: false });
+    fs.inject(FaultPlan {
+        at_op: ops + 1,
+        kind: FaultKind::Eio,
+        persistent: false,
+    });
     let err = wal.append(Epoch(1), b"second").unwrap_err();
-    let Error::FailedClosed(f) = &err else { panic!("{err}") };
+    let Error::FailedClosed(f) = &err else {
+        panic!("{err}")
+    };
     assert_eq!((f.op, f.raw_os_error), ("fdatasync", Some(5)));
     assert!(err.to_string().contains("read-only"), "{err}");
     // The fault was one-shot, but the handle never retries: it stays failed.
-    assert!(matches!(wal.append(Epoch(1), b"third"), Err(Error::FailedClosed(_))));
+    assert!(matches!(
+        wal.append(Epoch(1), b"third"),
+        Err(Error::FailedClosed(_))
+    ));
     assert_eq!(wal.durable_commit_id(), CommitId(1));
 }

@@ -21,12 +21,20 @@ struct Cycle {
 
 fn cycle() -> impl Strategy<Value = Cycle> {
     (
-        prop::collection::vec(prop::collection::vec(prop::collection::vec(any::<u8>(), 0..400), 1..5), 1..20),
+        prop::collection::vec(
+            prop::collection::vec(prop::collection::vec(any::<u8>(), 0..400), 1..5),
+            1..20,
+        ),
         prop::option::of(0u64..80),
         any::<bool>(),
         0u8..4,
     )
-        .prop_map(|(batches, die_after_ops, power_loss, tear)| Cycle { batches, die_after_ops, power_loss, tear })
+        .prop_map(|(batches, die_after_ops, power_loss, tear)| Cycle {
+            batches,
+            die_after_ops,
+            power_loss,
+            tear,
+        })
 }
 
 proptest! {

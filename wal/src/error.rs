@@ -92,13 +92,25 @@ pub struct Failure {
 
 impl std::fmt::Display for Failure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} failed on {}: {}", self.op, self.path.display(), self.message)
+        write!(
+            f,
+            "{} failed on {}: {}",
+            self.op,
+            self.path.display(),
+            self.message
+        )
     }
 }
 
 impl Failure {
     pub(crate) fn new(op: &'static str, path: PathBuf, err: &io::Error) -> Self {
-        Self { op, path, kind: err.kind(), raw_os_error: err.raw_os_error(), message: err.to_string() }
+        Self {
+            op,
+            path,
+            kind: err.kind(),
+            raw_os_error: err.raw_os_error(),
+            message: err.to_string(),
+        }
     }
 }
 
@@ -218,8 +230,18 @@ pub enum CorruptionKind {
 }
 
 impl Corruption {
-    pub(crate) fn new(segment: SegmentId, offset: u64, commit_id: Option<CommitId>, kind: CorruptionKind) -> Self {
-        Self { segment, offset, commit_id, kind }
+    pub(crate) fn new(
+        segment: SegmentId,
+        offset: u64,
+        commit_id: Option<CommitId>,
+        kind: CorruptionKind,
+    ) -> Self {
+        Self {
+            segment,
+            offset,
+            commit_id,
+            kind,
+        }
     }
 }
 
@@ -231,7 +253,11 @@ impl From<Corruption> for Error {
 
 impl Error {
     pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
-        Error::Io { op, path: path.into(), source }
+        Error::Io {
+            op,
+            path: path.into(),
+            source,
+        }
     }
 
     /// The corruption report, if this is a corruption error.

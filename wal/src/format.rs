@@ -257,7 +257,11 @@ pub enum FrameError {
 /// Encodes one frame header for `body`.
 #[must_use]
 pub fn encode_frame_header(commit_id: CommitId, epoch: Epoch, body: &[u8]) -> [u8; FRAME_HEADER_LEN] {
-    assert!(body.len() <= MAX_FRAME_BODY_BYTES, "frame body of {} bytes exceeds the hard bound", body.len());
+    assert!(
+        body.len() <= MAX_FRAME_BODY_BYTES,
+        "frame body of {} bytes exceeds the hard bound",
+        body.len()
+    );
     assert!(commit_id.0 != 0, "CommitId 0 is never written");
     let mut h = [0u8; FRAME_HEADER_LEN];
     put_u32(&mut h, FH_MAGIC, FRAME_MAGIC);
@@ -283,7 +287,9 @@ pub fn decode_frame_header(b: &[u8], max_body: usize) -> Result<FrameHeader, Fra
         if b.iter().all(|&x| x == 0) {
             return Err(FrameError::Zero);
         }
-        return Err(FrameError::Truncated { needed: FRAME_HEADER_LEN });
+        return Err(FrameError::Truncated {
+            needed: FRAME_HEADER_LEN,
+        });
     }
     let h = &b[..FRAME_HEADER_LEN];
     let magic = u32_at(h, FH_MAGIC);
@@ -296,7 +302,10 @@ pub fn decode_frame_header(b: &[u8], max_body: usize) -> Result<FrameHeader, Fra
     let stored = u32_at(h, FH_HEADER_CRC);
     let computed = crc32fast::hash(&h[..FH_HEADER_CRC]);
     if stored != computed {
-        return Err(FrameError::HeaderChecksum { expected: stored, got: computed });
+        return Err(FrameError::HeaderChecksum {
+            expected: stored,
+            got: computed,
+        });
     }
     let body_len = u32_at(h, FH_BODY_LEN);
     let max = max_body.min(MAX_FRAME_BODY_BYTES);
@@ -307,7 +316,12 @@ pub fn decode_frame_header(b: &[u8], max_body: usize) -> Result<FrameHeader, Fra
     if commit_id.0 == 0 {
         return Err(FrameError::ZeroCommitId);
     }
-    Ok(FrameHeader { body_len, commit_id, epoch: Epoch(u64_at(h, FH_EPOCH)), body_crc: u32_at(h, FH_BODY_CRC) })
+    Ok(FrameHeader {
+        body_len,
+        commit_id,
+        epoch: Epoch(u64_at(h, FH_EPOCH)),
+        body_crc: u32_at(h, FH_BODY_CRC),
+    })
 }
 
 /// Decodes a whole frame (header and body CRC checked) from the start of `b`.
@@ -320,7 +334,10 @@ pub fn decode_frame(b: &[u8], max_body: usize) -> Result<(FrameHeader, &[u8]), F
     let body = &b[FRAME_HEADER_LEN..len];
     let got = crc32fast::hash(body);
     if got != h.body_crc {
-        return Err(FrameError::BodyChecksum { expected: h.body_crc, got });
+        return Err(FrameError::BodyChecksum {
+            expected: h.body_crc,
+            got,
+        });
     }
     Ok((h, body))
 }
@@ -409,12 +426,18 @@ mod tests {
         let mut out = Vec::new();
         encode_frame_into(&mut out, CommitId(9), Epoch(2), b"hello world");
         let (h, body) = decode_frame(&out, 1 << 20).unwrap();
-        assert_eq!((h.commit_id, h.epoch, body), (CommitId(9), Epoch(2), &b"hello world"[..]));
+        assert_eq!(
+            (h.commit_id, h.epoch, body),
+            (CommitId(9), Epoch(2), &b"hello world"[..])
+        );
         for i in 0..out.len() {
             for bit in 0..8 {
                 let mut c = out.clone();
                 c[i] ^= 1 << bit;
-                assert!(decode_frame(&c, 1 << 20).is_err(), "flip of bit {bit} at byte {i} accepted");
+                assert!(
+                    decode_frame(&c, 1 << 20).is_err(),
+                    "flip of bit {bit} at byte {i} accepted"
+                );
             }
         }
     }
@@ -429,7 +452,10 @@ mod tests {
     fn length_is_bounded_before_use() {
         let mut out = Vec::new();
         encode_frame_into(&mut out, CommitId(1), Epoch(0), &[7u8; 100]);
-        assert_eq!(decode_frame_header(&out, 99), Err(FrameError::TooLong { len: 100, max: 99 }));
+        assert_eq!(
+            decode_frame_header(&out, 99),
+            Err(FrameError::TooLong { len: 100, max: 99 })
+        );
     }
 
     #[test]

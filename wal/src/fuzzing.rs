@@ -33,7 +33,9 @@ pub fn segment_header_footer(data: &[u8]) {
 /// must return a log or a typed error, never panic; an opened log must read back and verify consistently, and
 /// accept an append.
 pub fn recover_bytes(data: &[u8]) {
-    let Some((&first, rest)) = data.split_first() else { return };
+    let Some((&first, rest)) = data.split_first() else {
+        return;
+    };
     let files = 1 + usize::from(first % 3);
     let dir = Path::new("/fuzz/wal");
     let fs = MemFs::new();
@@ -48,9 +50,13 @@ pub fn recover_bytes(data: &[u8]) {
         background_preallocation: false,
         ..Options::default()
     };
-    let Ok(wal) = Wal::open(Arc::new(fs), dir, opts) else { return };
+    let Ok(wal) = Wal::open(Arc::new(fs), dir, opts) else {
+        return;
+    };
     let last = wal.recovery_report().last_commit_id;
-    let Ok(reader) = wal.read_from(CommitId(1)) else { return };
+    let Ok(reader) = wal.read_from(CommitId(1)) else {
+        return;
+    };
     let mut n = 0u64;
     for f in reader {
         match f {

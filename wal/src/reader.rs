@@ -58,8 +58,20 @@ impl Wal {
         let end = views.last().map_or(CommitId(0), |v| v.last_commit);
         let first = views.first().map_or(CommitId(1), |v| v.first_commit);
         let from = from.max(first).max(CommitId(1));
-        let seg = views.iter().position(|v| v.last_commit >= from).unwrap_or(views.len());
-        Ok(WalReader { shared: self.shared.clone(), views, seg, bytes: None, pos: 0, next: from, end, failed: false })
+        let seg = views
+            .iter()
+            .position(|v| v.last_commit >= from)
+            .unwrap_or(views.len());
+        Ok(WalReader {
+            shared: self.shared.clone(),
+            views,
+            seg,
+            bytes: None,
+            pos: 0,
+            next: from,
+            end,
+            failed: false,
+        })
     }
 }
 
@@ -99,7 +111,8 @@ impl WalReader {
                 let mut at = view.first_commit;
                 while at < self.next {
                     let b = self.bytes.as_ref().expect("bytes were just loaded");
-                    let data = &b[self.pos.min(b.len())..usize::try_from(view.data_end).unwrap_or(0).min(b.len())];
+                    let data =
+                        &b[self.pos.min(b.len())..usize::try_from(view.data_end).unwrap_or(0).min(b.len())];
                     match decode_frame_header(data, self.shared.opts.max_record_bytes) {
                         Ok(h) if h.commit_id == at => {
                             self.pos += h.frame_len();
@@ -110,10 +123,15 @@ impl WalReader {
                                 view.id,
                                 self.pos as u64,
                                 Some(at),
-                                CorruptionKind::CommitIdGap { expected: at, got: h.commit_id },
+                                CorruptionKind::CommitIdGap {
+                                    expected: at,
+                                    got: h.commit_id,
+                                },
                             ))
                         }
-                        Err(e) => return self.fail(frame_corruption(view.id, self.pos as u64, at, e, data.len())),
+                        Err(e) => {
+                            return self.fail(frame_corruption(view.id, self.pos as u64, at, e, data.len()))
+                        }
                     }
                 }
             }
@@ -123,7 +141,12 @@ impl WalReader {
             return match decode_frame(data, self.shared.opts.max_record_bytes) {
                 Ok((h, _)) if h.commit_id == self.next => {
                     let raw = b.slice(self.pos..self.pos + h.frame_len());
-                    let frame = Frame { commit_id: h.commit_id, epoch: h.epoch, segment: view.id, raw };
+                    let frame = Frame {
+                        commit_id: h.commit_id,
+                        epoch: h.epoch,
+                        segment: view.id,
+                        raw,
+                    };
                     self.pos += h.frame_len();
                     self.next = self.next.next();
                     Some(Ok(frame))
@@ -134,7 +157,10 @@ impl WalReader {
                         view.id,
                         self.pos as u64,
                         Some(expected),
-                        CorruptionKind::CommitIdGap { expected, got: h.commit_id },
+                        CorruptionKind::CommitIdGap {
+                            expected,
+                            got: h.commit_id,
+                        },
                     ))
                 }
                 Err(e) => {

@@ -93,7 +93,10 @@ pub fn scan_segment(bytes: &[u8], expect: &Expect) -> Result<SegmentScan, Corrup
             seg,
             0,
             None,
-            CorruptionKind::SegmentIdMismatch { in_header: header.segment_id, in_name: seg },
+            CorruptionKind::SegmentIdMismatch {
+                in_header: header.segment_id,
+                in_name: seg,
+            },
         ));
     }
     if let Some(first) = expect.first_commit_id {
@@ -102,7 +105,10 @@ pub fn scan_segment(bytes: &[u8], expect: &Expect) -> Result<SegmentScan, Corrup
                 seg,
                 0,
                 Some(first),
-                CorruptionKind::CommitIdGap { expected: first, got: header.first_commit_id },
+                CorruptionKind::CommitIdGap {
+                    expected: first,
+                    got: header.first_commit_id,
+                },
             ));
         }
     }
@@ -111,11 +117,16 @@ pub fn scan_segment(bytes: &[u8], expect: &Expect) -> Result<SegmentScan, Corrup
             seg,
             0,
             Some(header.first_commit_id),
-            CorruptionKind::EpochRegression { prev: expect.min_epoch, got: header.epoch },
+            CorruptionKind::EpochRegression {
+                prev: expect.min_epoch,
+                got: header.epoch,
+            },
         ));
     }
     // The usable area never extends past the declared capacity, whatever the file length says.
-    let limit = bytes.len().min(usize::try_from(header.segment_bytes).unwrap_or(usize::MAX));
+    let limit = bytes
+        .len()
+        .min(usize::try_from(header.segment_bytes).unwrap_or(usize::MAX));
     let area = &bytes[..limit];
     let mut pos = SEGMENT_HEADER_LEN;
     let mut expected = header.first_commit_id;
@@ -129,7 +140,10 @@ pub fn scan_segment(bytes: &[u8], expect: &Expect) -> Result<SegmentScan, Corrup
                         seg,
                         pos as u64,
                         Some(expected),
-                        CorruptionKind::CommitIdGap { expected, got: h.commit_id },
+                        CorruptionKind::CommitIdGap {
+                            expected,
+                            got: h.commit_id,
+                        },
                     ));
                 }
                 if h.epoch < epoch || (count == 0 && h.epoch != header.epoch) {
@@ -137,7 +151,10 @@ pub fn scan_segment(bytes: &[u8], expect: &Expect) -> Result<SegmentScan, Corrup
                         seg,
                         pos as u64,
                         Some(h.commit_id),
-                        CorruptionKind::EpochRegression { prev: epoch, got: h.epoch },
+                        CorruptionKind::EpochRegression {
+                            prev: epoch,
+                            got: h.epoch,
+                        },
                     ));
                 }
                 epoch = h.epoch;
@@ -165,22 +182,43 @@ pub fn scan_segment(bytes: &[u8], expect: &Expect) -> Result<SegmentScan, Corrup
             && footer.last_epoch == epoch
             && count > 0;
         if !matches {
-            return Err(corrupt(seg, pos as u64, Some(last_commit_id), CorruptionKind::Footer("fields disagree with frames")));
+            return Err(corrupt(
+                seg,
+                pos as u64,
+                Some(last_commit_id),
+                CorruptionKind::Footer("fields disagree with frames"),
+            ));
         }
         let after = &bytes[pos + FOOTER_LEN..];
         if after.is_empty() {
-            return Ok(scan(SegmentEnd::Sealed { footer, trailing_zeros: false }));
+            return Ok(scan(SegmentEnd::Sealed {
+                footer,
+                trailing_zeros: false,
+            }));
         }
         if expect.is_last && after.iter().all(|&b| b == 0) {
-            return Ok(scan(SegmentEnd::Sealed { footer, trailing_zeros: true }));
+            return Ok(scan(SegmentEnd::Sealed {
+                footer,
+                trailing_zeros: true,
+            }));
         }
-        return Err(corrupt(seg, (pos + FOOTER_LEN) as u64, Some(last_commit_id), CorruptionKind::TrailingBytes));
+        return Err(corrupt(
+            seg,
+            (pos + FOOTER_LEN) as u64,
+            Some(last_commit_id),
+            CorruptionKind::TrailingBytes,
+        ));
     }
     let at = pos as u64;
     let rest = &area[pos..];
     if !expect.is_last {
         let kind = frame_error_kind(stop, rest.len());
-        return Err(corrupt(seg, at, Some(expected), kind.unwrap_or(CorruptionKind::MissingFooter)));
+        return Err(corrupt(
+            seg,
+            at,
+            Some(expected),
+            kind.unwrap_or(CorruptionKind::MissingFooter),
+        ));
     }
     // The last segment: anything after the last valid frame must be zero fill or a torn tail.
     let Some(garbage_end) = rest.iter().rposition(|&b| b != 0).map(|i| pos + i + 1) else {
@@ -191,7 +229,9 @@ pub fn scan_segment(bytes: &[u8], expect: &Expect) -> Result<SegmentScan, Corrup
             seg,
             at,
             Some(expected),
-            CorruptionKind::ValidFrameAfterBadFrame { later_offset: (pos + 1 + later) as u64 },
+            CorruptionKind::ValidFrameAfterBadFrame {
+                later_offset: (pos + 1 + later) as u64,
+            },
         ));
     }
     if last_commit_id < expect.durable_mark {
@@ -199,23 +239,35 @@ pub fn scan_segment(bytes: &[u8], expect: &Expect) -> Result<SegmentScan, Corrup
             seg,
             at,
             Some(expected),
-            CorruptionKind::TailBelowDurableMark { durable: expect.durable_mark },
+            CorruptionKind::TailBelowDurableMark {
+                durable: expect.durable_mark,
+            },
         ));
     }
-    Ok(scan(SegmentEnd::Torn { offset: at, garbage_end: garbage_end as u64 }))
+    Ok(scan(SegmentEnd::Torn {
+        offset: at,
+        garbage_end: garbage_end as u64,
+    }))
 }
 
 /// The corruption kind for a frame-decoding failure in a place where frames must be valid.
 fn frame_error_kind(e: FrameError, available: usize) -> Option<CorruptionKind> {
     Some(match e {
         FrameError::Zero => return None,
-        FrameError::Truncated { needed } => {
-            CorruptionKind::FrameOverrun { len: needed as u64, end: available as u64 }
-        }
+        FrameError::Truncated { needed } => CorruptionKind::FrameOverrun {
+            len: needed as u64,
+            end: available as u64,
+        },
         FrameError::BadMagic(found) => CorruptionKind::BadMagic { found },
         FrameError::HeaderChecksum { expected, got } => CorruptionKind::HeaderChecksum { expected, got },
-        FrameError::TooLong { len, max } => CorruptionKind::LengthOutOfBounds { len: len.into(), max: max as u64 },
-        FrameError::ZeroCommitId => CorruptionKind::CommitIdGap { expected: CommitId(1), got: CommitId(0) },
+        FrameError::TooLong { len, max } => CorruptionKind::LengthOutOfBounds {
+            len: len.into(),
+            max: max as u64,
+        },
+        FrameError::ZeroCommitId => CorruptionKind::CommitIdGap {
+            expected: CommitId(1),
+            got: CommitId(0),
+        },
         FrameError::BodyChecksum { expected, got } => CorruptionKind::BodyChecksum { expected, got },
     })
 }
@@ -245,7 +297,8 @@ fn find_valid_frame(b: &[u8], max_body: usize) -> Option<usize> {
             Some(p) => i += p,
             None => return None,
         }
-        if i + FRAME_HEADER_LEN <= b.len() && b[i..i + 4] == magic && decode_frame(&b[i..], max_body).is_ok() {
+        if i + FRAME_HEADER_LEN <= b.len() && b[i..i + 4] == magic && decode_frame(&b[i..], max_body).is_ok()
+        {
             return Some(i);
         }
         i += 1;
@@ -256,7 +309,9 @@ fn find_valid_frame(b: &[u8], max_body: usize) -> Option<usize> {
 /// SHA-256 of the segment's bytes `[0, data_end)`, compared with the footer.
 pub fn check_digest(bytes: &[u8], scan: &SegmentScan) -> Result<(), Corruption> {
     if let SegmentEnd::Sealed { footer, .. } = &scan.end {
-        let end = usize::try_from(footer.data_end).unwrap_or(usize::MAX).min(bytes.len());
+        let end = usize::try_from(footer.data_end)
+            .unwrap_or(usize::MAX)
+            .min(bytes.len());
         let got: [u8; 32] = Sha256::digest(&bytes[..end]).into();
         if got != footer.sha256 {
             return Err(corrupt(

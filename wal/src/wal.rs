@@ -16,7 +16,10 @@
 
 use std::{
     path::{Path, PathBuf},
-    sync::{Arc, OnceLock},
+    sync::{
+        atomic::{AtomicU8, Ordering},
+        Arc, OnceLock,
+    },
     thread::JoinHandle,
     time::{Duration, Instant},
 };
@@ -28,8 +31,8 @@ use sha2::{Digest, Sha256};
 use crate::{
     error::{Error, Failure, Result},
     format::{
-        encode_frame_header, SegmentFooter, SegmentHeader, FOOTER_LEN, FRAME_HEADER_LEN, MAX_FRAME_BODY_BYTES,
-        MAX_SEGMENT_BYTES, SEGMENT_HEADER_LEN,
+        encode_frame_header, SegmentFooter, SegmentHeader, FOOTER_LEN, FRAME_HEADER_LEN,
+        MAX_FRAME_BODY_BYTES, MAX_SEGMENT_BYTES, SEGMENT_HEADER_LEN,
     },
     fs::{DirLock, Fs, FsFile, OpenMode},
     recovery::{check_digest, scan_segment, Expect, SegmentEnd},
@@ -180,6 +183,32 @@ struct State {
     failed: Option<Arc<Failure>>,
     closed: bool,
     spare: Vec<Vec<u8>>,
+    /// Appenders parked until a flush covers their CommitId.
+    waiters: Vec<Waiter>,
+    /// Reused buffer for released waiters.
+    wake_buf: Vec<Waiter>,
+}
+
+/// How many consecutive flushes one appender may lead before handing over, bounding its own latency.
+const MAX_ROUNDS_LED: u32 = 8;
+
+/// How many appenders each woken appender wakes in turn.
+const WAKE_FAN_OUT: usize = 2;
+
+const WAITING: u8 = 0;
+const ACKED: u8 = 1;
+const FAILED: u8 = 2;
+const LEAD: u8 = 3;
+
+/// A parked appender.
+#[derive(Debug)]
+struct Waiter {
+    id: CommitId,
+    thread: std::thread::Thread,
+    /// Where the verdict is published; the waiter spins on it around `park`.
+    slot: Arc<AtomicU8>,
+    /// The verdict to publish when it is woken.
+    verdict: u8,
 }
 
 /// The segment being appended to, owned by the current leader.
@@ -208,6 +237,25 @@ struct PreallocState {
     shutdown: bool,
 }
 
+/// Counters since the log was opened (for metrics and benchmarks).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WalStats {
+    /// Frames written.
+    pub frames_written: u64,
+    /// Bytes of frames written.
+    pub bytes_written: u64,
+    /// Leader flushes (each is one group commit).
+    pub flushes: u64,
+    /// `fdatasync` calls on the append path.
+    pub fsyncs: u64,
+    /// Total time spent in those `fdatasync` calls, in microseconds.
+    pub fsync_micros_total: u64,
+    /// The slowest of them, in microseconds.
+    pub fsync_micros_max: u64,
+    /// Segments sealed.
+    pub segments_sealed: u64,
+}
+
 #[derive(Debug)]
 pub(crate) struct Shared {
     pub(crate) fs: Arc<dyn Fs>,
@@ -219,6 +267,9 @@ pub(crate) struct Shared {
     pub(crate) segments: RwLock<Vec<Arc<SegView>>>,
     prealloc: Mutex<PreallocState>,
     prealloc_cond: Condvar,
+    stats: Mutex<WalStats>,
+    /// Released waiters not yet woken (kept apart from `state` so waking does not contend with appenders).
+    wake_queue: Mutex<Vec<Waiter>>,
     _lock: Box<dyn DirLock>,
 }
 
@@ -281,7 +332,10 @@ impl FrameSink<'_> {
     /// Adds one record body as the next frame; returns its CommitId.
     pub fn push(&mut self, body: &[u8]) -> Result<CommitId> {
         if body.len() > self.max_body {
-            return Err(Error::RecordTooLarge { len: body.len(), max: self.max_body });
+            return Err(Error::RecordTooLarge {
+                len: body.len(),
+                max: self.max_body,
+            });
         }
         let s = &mut *self.state;
         let frame_len = (FRAME_HEADER_LEN + body.len()) as u64;
@@ -305,7 +359,9 @@ impl FrameSink<'_> {
             });
         }
         let chunk = s.pending.last_mut().expect("a chunk was just ensured");
-        chunk.bytes.extend_from_slice(&encode_frame_header(id, self.epoch, body));
+        chunk
+            .bytes
+            .extend_from_slice(&encode_frame_header(id, self.epoch, body));
         chunk.bytes.extend_from_slice(body);
         chunk.last = id;
         chunk.last_epoch = self.epoch;
@@ -340,7 +396,10 @@ impl Cursor {
             tail_segment: s.tail_segment,
             tail_offset: s.tail_offset,
             chunks: s.pending.len(),
-            last_chunk: s.pending.last().map(|c| (c.bytes.len(), c.last, c.last_epoch, c.frames)),
+            last_chunk: s
+                .pending
+                .last()
+                .map(|c| (c.bytes.len(), c.last, c.last_epoch, c.frames)),
         }
     }
 
@@ -364,12 +423,16 @@ impl Wal {
     pub fn open(fs: Arc<dyn Fs>, dir: impl AsRef<Path>, opts: Options) -> Result<Wal> {
         opts.validate()?;
         let dir = dir.as_ref().to_owned();
-        fs.create_dir_all(&dir).map_err(|e| Error::io("create directory", &dir, e))?;
+        fs.create_dir_all(&dir)
+            .map_err(|e| Error::io("create directory", &dir, e))?;
         let lock_path = dir.join(LOCK_FILE_NAME);
         let lock = fs
             .try_lock(&lock_path)
             .map_err(|e| Error::io("lock", &lock_path, e))?
-            .ok_or_else(|| Error::Locked { dir: dir.clone(), lock_file: lock_path.clone() })?;
+            .ok_or_else(|| Error::Locked {
+                dir: dir.clone(),
+                lock_file: lock_path.clone(),
+            })?;
         let (recovered, report) = recover(&*fs, &dir, &opts)?;
         let shared = Arc::new(Shared {
             fs,
@@ -377,10 +440,14 @@ impl Wal {
             opts,
             state: Mutex::new(recovered.state),
             cond: Condvar::new(),
-            io: Mutex::new(Io { active: recovered.active }),
+            io: Mutex::new(Io {
+                active: recovered.active,
+            }),
             segments: RwLock::new(recovered.views),
             prealloc: Mutex::new(PreallocState::default()),
             prealloc_cond: Condvar::new(),
+            stats: Mutex::new(WalStats::default()),
+            wake_queue: Mutex::new(Vec::new()),
             _lock: lock,
         });
         let mut threads = Vec::new();
@@ -394,7 +461,11 @@ impl Wal {
             );
             let next = shared.state.lock().tail_segment;
             // If the tail segment has no file yet, it is the next one to prepare; otherwise the one after.
-            let want = if shared.io.lock().active.as_ref().is_some_and(|a| a.id == next) { next.next() } else { next };
+            let want = if shared.io.lock().active.as_ref().is_some_and(|a| a.id == next) {
+                next.next()
+            } else {
+                next
+            };
             shared.request_prealloc(want);
         }
         if let Durability::Batch { interval } = shared.opts.durability {
@@ -406,7 +477,11 @@ impl Wal {
                     .map_err(|e| Error::io("spawn sync thread", &shared.dir, e))?,
             );
         }
-        Ok(Wal { shared, threads, report })
+        Ok(Wal {
+            shared,
+            threads,
+            report,
+        })
     }
 
     /// What recovery found when this handle was opened.
@@ -441,7 +516,10 @@ impl Wal {
         let mut s = sh.state.lock();
         s.check_writable()?;
         if epoch < s.last_epoch {
-            return Err(Error::EpochRegression { last: s.last_epoch, got: epoch });
+            return Err(Error::EpochRegression {
+                last: s.last_epoch,
+                got: epoch,
+            });
         }
         let cursor = Cursor::save(&s);
         let mut sink = FrameSink {
@@ -482,6 +560,12 @@ impl Wal {
     #[must_use]
     pub fn last_epoch(&self) -> Epoch {
         self.shared.state.lock().last_epoch
+    }
+
+    /// Counters since open.
+    #[must_use]
+    pub fn stats(&self) -> WalStats {
+        *self.shared.stats.lock()
     }
 
     /// Why the log failed closed, if it did.
@@ -576,6 +660,14 @@ impl Drop for Wal {
 }
 
 impl State {
+    /// The highest CommitId whose appender may be told "done" under the durability mode.
+    fn acked(&self, opts: &Options) -> CommitId {
+        match opts.durability {
+            Durability::Always => self.durable,
+            Durability::Batch { .. } | Durability::None => self.written,
+        }
+    }
+
     fn check_writable(&self) -> Result<()> {
         if let Some(f) = &self.failed {
             return Err(Error::FailedClosed(f.clone()));
@@ -588,32 +680,68 @@ impl State {
 }
 
 impl Shared {
-    /// Waits until `mine` is acknowledged, leading a flush when nobody else is.
-    fn wait_acknowledged<'a>(&'a self, mut s: parking_lot::MutexGuard<'a, State>, mine: CommitId) -> Result<()> {
-        let ack_on_write = !matches!(self.opts.durability, Durability::Always);
+    /// Waits until `mine` is acknowledged, leading flushes when nobody else is.
+    ///
+    /// Waiters park on their own slot and are woken individually with a verdict (acknowledged, failed, or "lead
+    /// the next flush"), so a woken appender need not take the state lock again. A leader keeps leading while work
+    /// is pending (up to [`MAX_ROUNDS_LED`] flushes), so the next flush starts on a thread that is already
+    /// running. After each flush it wakes one acknowledged appender, and every woken appender wakes
+    /// [`WAKE_FAN_OUT`] more: the wake-ups run as a tree on the other core while the leader is in its next
+    /// `fdatasync`. (A shared condition variable would wake every appender on every flush; on a 2-core machine
+    /// that herd costs more than the fsync itself.)
+    fn wait_acknowledged<'a>(
+        &'a self,
+        mut s: parking_lot::MutexGuard<'a, State>,
+        mine: CommitId,
+    ) -> Result<()> {
+        let mut rounds_led = 0u32;
         loop {
-            let acked = if ack_on_write { s.written } else { s.durable };
-            if acked >= mine {
-                return Ok(());
+            if rounds_led == 0 {
+                if s.acked(&self.opts) >= mine {
+                    return Ok(());
+                }
+                if let Some(f) = &s.failed {
+                    return Err(Error::FailedClosed(f.clone()));
+                }
+                if s.leader_active {
+                    let slot = Arc::new(AtomicU8::new(WAITING));
+                    s.waiters.push(Waiter {
+                        id: mine,
+                        thread: std::thread::current(),
+                        slot: slot.clone(),
+                        verdict: WAITING,
+                    });
+                    drop(s);
+                    let verdict = loop {
+                        match slot.load(Ordering::Acquire) {
+                            WAITING => std::thread::park(),
+                            v => break v,
+                        }
+                    };
+                    self.wake_some(WAKE_FAN_OUT);
+                    match verdict {
+                        ACKED => return Ok(()),
+                        FAILED => return Err(self.failure_error()),
+                        _ => {
+                            // LEAD: the previous leader handed the pending work to this appender.
+                            s = self.state.lock();
+                            debug_assert!(s.leader_active);
+                        }
+                    }
+                } else {
+                    s.leader_active = true;
+                }
             }
-            if let Some(f) = &s.failed {
-                return Err(Error::FailedClosed(f.clone()));
-            }
-            if s.leader_active {
-                self.cond.wait(&mut s);
-                continue;
-            }
-            // Become the leader for everything pending.
-            s.leader_active = true;
+            // This thread is the leader: flush everything pending.
+            rounds_led += 1;
             let chunks = std::mem::take(&mut s.pending);
             drop(s);
             let result = self.flush(chunks);
             s = self.state.lock();
-            s.leader_active = false;
             match result {
                 Ok((last, spare)) => {
                     s.written = s.written.max(last);
-                    if !ack_on_write || self.opts.durability == Durability::None {
+                    if matches!(self.opts.durability, Durability::Always | Durability::None) {
                         s.durable = s.durable.max(last);
                     }
                     s.spare.extend(spare);
@@ -623,7 +751,92 @@ impl Shared {
                     s.failed.get_or_insert(Arc::new(f));
                 }
             }
+            let acked = s.acked(&self.opts);
+            let failed = s.failed.is_some();
+            let mut released = std::mem::take(&mut s.wake_buf);
+            {
+                let waiters = &mut s.waiters;
+                let mut i = 0;
+                while i < waiters.len() {
+                    if failed || waiters[i].id <= acked {
+                        let mut w = waiters.swap_remove(i);
+                        w.verdict = if w.id <= acked { ACKED } else { FAILED };
+                        released.push(w);
+                    } else {
+                        i += 1;
+                    }
+                }
+            }
+            let more = !s.pending.is_empty() && !failed;
+            // Pending frames always belong to parked appenders (they register in the same critical section that
+            // enqueued them), but never leave work without a leader: keep leading if there is nobody to hand to.
+            let keep_leading = more && (rounds_led < MAX_ROUNDS_LED || s.waiters.is_empty());
+            if !keep_leading {
+                s.leader_active = false;
+                if more {
+                    // Hand the pending work to one of its appenders; it stays marked as leader meanwhile.
+                    if let Some(mut w) = s.waiters.pop() {
+                        w.verdict = LEAD;
+                        s.leader_active = true;
+                        released.push(w);
+                    }
+                }
+            }
+            drop(s);
+            self.release(&mut released);
+            // `wait_durable` and `close` wait on the condition variable.
             self.cond.notify_all();
+            s = self.state.lock();
+            s.wake_buf = released;
+            if !keep_leading {
+                rounds_led = 0;
+                if s.acked(&self.opts) >= mine {
+                    return Ok(());
+                }
+                if s.failed.is_some() {
+                    return Err(self.failure_error_locked(&s));
+                }
+                // Our own record is still pending (it arrived after this flush started): wait like anyone else.
+                continue;
+            }
+        }
+    }
+
+    /// Queues released waiters for waking and wakes the first of them; the rest are woken in a fan-out tree.
+    fn release(&self, released: &mut Vec<Waiter>) {
+        if released.is_empty() {
+            return;
+        }
+        let mut q = self.wake_queue.lock();
+        // The LEAD handoff (if any) is last in `released`: wake it first so the next flush starts soonest.
+        q.extend(released.drain(..));
+        drop(q);
+        self.wake_some(1);
+    }
+
+    /// Wakes up to `n` waiters from the wake queue.
+    fn wake_some(&self, n: usize) {
+        let mut batch: [Option<Waiter>; WAKE_FAN_OUT] = Default::default();
+        {
+            let mut q = self.wake_queue.lock();
+            for slot in batch.iter_mut().take(n) {
+                *slot = q.pop();
+            }
+        }
+        for w in batch.into_iter().flatten() {
+            w.slot.store(w.verdict, Ordering::Release);
+            w.thread.unpark();
+        }
+    }
+
+    fn failure_error(&self) -> Error {
+        self.failure_error_locked(&self.state.lock())
+    }
+
+    fn failure_error_locked(&self, s: &State) -> Error {
+        match &s.failed {
+            Some(f) => Error::FailedClosed(f.clone()),
+            None => Error::Closed,
         }
     }
 
@@ -633,16 +846,25 @@ impl Shared {
         let mut io = self.io.lock();
         let mut last = CommitId(0);
         let mut spare = Vec::with_capacity(chunks.len());
+        let (mut frames, mut bytes, mut sealed) = (0u64, 0u64, 0u64);
         for mut chunk in chunks {
             if io.active.as_ref().is_none_or(|a| a.id != chunk.segment) {
                 if let Some(old) = io.active.take() {
                     self.seal(old)?;
+                    sealed += 1;
                 }
                 io.active = Some(self.start_segment(chunk.segment, chunk.first, chunk.first_epoch)?);
             }
             let active = io.active.as_mut().expect("active segment was just ensured");
-            assert_eq!(chunk.offset, active.data_end, "chunk must continue the segment exactly");
-            assert_eq!(chunk.first, active.last_commit.next(), "chunk must continue the CommitIds");
+            assert_eq!(
+                chunk.offset, active.data_end,
+                "chunk must continue the segment exactly"
+            );
+            assert_eq!(
+                chunk.first,
+                active.last_commit.next(),
+                "chunk must continue the CommitIds"
+            );
             active
                 .file
                 .write_all_at(&chunk.bytes, chunk.offset)
@@ -653,16 +875,34 @@ impl Shared {
             active.last_commit = chunk.last;
             active.last_epoch = chunk.last_epoch;
             last = chunk.last;
+            frames += chunk.frames;
+            bytes += chunk.bytes.len() as u64;
             chunk.bytes.clear();
             spare.push(chunk.bytes);
         }
+        let mut fsync_micros = None;
         if let Some(active) = io.active.as_ref() {
             if self.opts.durability == Durability::Always {
-                active.file.sync_data().map_err(|e| Failure::new("fdatasync", active.path.clone(), &e))?;
+                let t = Instant::now();
+                active
+                    .file
+                    .sync_data()
+                    .map_err(|e| Failure::new("fdatasync", active.path.clone(), &e))?;
+                fsync_micros = Some(u64::try_from(t.elapsed().as_micros()).unwrap_or(u64::MAX));
                 self.publish(active);
             } else if self.opts.durability == Durability::None {
                 self.publish(active);
             }
+        }
+        let mut st = self.stats.lock();
+        st.frames_written += frames;
+        st.bytes_written += bytes;
+        st.flushes += 1;
+        st.segments_sealed += sealed;
+        if let Some(us) = fsync_micros {
+            st.fsyncs += 1;
+            st.fsync_micros_total += us;
+            st.fsync_micros_max = st.fsync_micros_max.max(us);
         }
         Ok((last, spare))
     }
@@ -697,8 +937,12 @@ impl Shared {
             sha256: a.hasher.clone().finalize().into(),
         };
         let fail = |op, e: &std::io::Error| Failure::new(op, a.path.clone(), e);
-        a.file.write_all_at(&footer.encode(), a.data_end).map_err(|e| fail("write footer", &e))?;
-        a.file.set_len(a.data_end + FOOTER_LEN as u64).map_err(|e| fail("truncate sealed segment", &e))?;
+        a.file
+            .write_all_at(&footer.encode(), a.data_end)
+            .map_err(|e| fail("write footer", &e))?;
+        a.file
+            .set_len(a.data_end + FOOTER_LEN as u64)
+            .map_err(|e| fail("truncate sealed segment", &e))?;
         a.file.sync_all().map_err(|e| fail("fsync sealed segment", &e))?;
         let mut segs = self.segments.write();
         let view = Arc::new(SegView {
@@ -732,16 +976,28 @@ impl Shared {
                     .fs
                     .open(&pre_path, OpenMode::CreateNew)
                     .map_err(|e| fail("create segment file", &pre_path, &e))?;
-                zero_fill(&*f, self.opts.segment_bytes).map_err(|e| fail("preallocate segment", &pre_path, &e))?;
+                zero_fill(&*f, self.opts.segment_bytes)
+                    .map_err(|e| fail("preallocate segment", &pre_path, &e))?;
                 f
             }
         };
-        let header = SegmentHeader { segment_id: id, first_commit_id: first, epoch, segment_bytes: self.opts.segment_bytes };
+        let header = SegmentHeader {
+            segment_id: id,
+            first_commit_id: first,
+            epoch,
+            segment_bytes: self.opts.segment_bytes,
+        };
         let hb = header.encode();
-        file.write_all_at(&hb, 0).map_err(|e| fail("write segment header", &pre_path, &e))?;
-        file.sync_data().map_err(|e| fail("fdatasync segment header", &pre_path, &e))?;
-        self.fs.rename(&pre_path, &path).map_err(|e| fail("rename segment", &pre_path, &e))?;
-        self.fs.sync_dir(&self.dir).map_err(|e| fail("fsync directory", &self.dir, &e))?;
+        file.write_all_at(&hb, 0)
+            .map_err(|e| fail("write segment header", &pre_path, &e))?;
+        file.sync_data()
+            .map_err(|e| fail("fdatasync segment header", &pre_path, &e))?;
+        self.fs
+            .rename(&pre_path, &path)
+            .map_err(|e| fail("rename segment", &pre_path, &e))?;
+        self.fs
+            .sync_dir(&self.dir)
+            .map_err(|e| fail("fsync directory", &self.dir, &e))?;
         if self.opts.background_preallocation {
             self.request_prealloc(id.next());
         }
@@ -772,7 +1028,9 @@ impl Shared {
     /// The preallocated file for `id`, waiting for the background thread if it is making it right now.
     fn take_prealloc(&self, id: SegmentId) -> Option<Box<dyn FsFile>> {
         let mut p = self.prealloc.lock();
-        while p.working == Some(id) || (p.want == Some(id) && !p.shutdown && self.opts.background_preallocation) {
+        while p.working == Some(id)
+            || (p.want == Some(id) && !p.shutdown && self.opts.background_preallocation)
+        {
             self.prealloc_cond.wait(&mut p);
         }
         match p.ready.take() {
@@ -807,7 +1065,9 @@ impl Shared {
             p.working = None;
             match made {
                 Ok(f) => p.ready = Some((id, f)),
-                Err(e) => tracing::warn!(error = %e, path = %path.display(), "background preallocation failed; the writer will retry inline"),
+                Err(e) => {
+                    tracing::warn!(error = %e, path = %path.display(), "background preallocation failed; the writer will retry inline")
+                }
             }
             self.prealloc_cond.notify_all();
         }
@@ -835,7 +1095,13 @@ impl Shared {
     fn sync_now(&self) -> Result<()> {
         let written = {
             let s = self.state.lock();
-            s.check_writable().or_else(|e| if matches!(e, Error::Closed) { Ok(()) } else { Err(e) })?;
+            s.check_writable().or_else(|e| {
+                if matches!(e, Error::Closed) {
+                    Ok(())
+                } else {
+                    Err(e)
+                }
+            })?;
             s.written
         };
         let io = self.io.lock();
@@ -886,13 +1152,20 @@ impl Shared {
             if let Some(b) = v.map.get() {
                 return Ok(b.clone());
             }
-            let f = self.fs.open(&v.path, OpenMode::Read).map_err(|e| Error::io("open segment", &v.path, e))?;
+            let f = self
+                .fs
+                .open(&v.path, OpenMode::Read)
+                .map_err(|e| Error::io("open segment", &v.path, e))?;
             let b = f.map().map_err(|e| Error::io("map segment", &v.path, e))?;
             return Ok(v.map.get_or_init(|| b).clone());
         }
         let file = match &v.file {
             Some(f) => f.clone(),
-            None => Arc::from(self.fs.open(&v.path, OpenMode::Read).map_err(|e| Error::io("open segment", &v.path, e))?),
+            None => Arc::from(
+                self.fs
+                    .open(&v.path, OpenMode::Read)
+                    .map_err(|e| Error::io("open segment", &v.path, e))?,
+            ),
         };
         let mut buf = vec![0u8; usize::try_from(v.data_end).unwrap_or(usize::MAX)];
         crate::fs::read_exact_at(&*file, &mut buf, 0).map_err(|e| Error::io("read segment", &v.path, e))?;
@@ -908,9 +1181,12 @@ struct Recovered {
 
 /// Reads the whole file.
 fn read_all(fs: &dyn Fs, path: &Path) -> Result<(Box<dyn FsFile>, Vec<u8>)> {
-    let f = fs.open(path, OpenMode::ReadWrite).map_err(|e| Error::io("open segment", path, e))?;
+    let f = fs
+        .open(path, OpenMode::ReadWrite)
+        .map_err(|e| Error::io("open segment", path, e))?;
     let len = f.len().map_err(|e| Error::io("stat segment", path, e))?;
-    let len = usize::try_from(len).map_err(|_| Error::io("stat segment", path, std::io::Error::other("too large")))?;
+    let len = usize::try_from(len)
+        .map_err(|_| Error::io("stat segment", path, std::io::Error::other("too large")))?;
     let mut buf = vec![0u8; len];
     crate::fs::read_exact_at(&*f, &mut buf, 0).map_err(|e| Error::io("read segment", path, e))?;
     Ok((f, buf))
@@ -918,13 +1194,16 @@ fn read_all(fs: &dyn Fs, path: &Path) -> Result<(Box<dyn FsFile>, Vec<u8>)> {
 
 fn recover(fs: &dyn Fs, dir: &Path, opts: &Options) -> Result<(Recovered, RecoveryReport)> {
     let mut report = RecoveryReport::default();
-    let names = fs.list_dir(dir).map_err(|e| Error::io("list directory", dir, e))?;
+    let names = fs
+        .list_dir(dir)
+        .map_err(|e| Error::io("list directory", dir, e))?;
     let mut ids = Vec::new();
     for name in &names {
         match parse_name(name) {
             Some((_, true)) => {
                 let p = dir.join(name);
-                fs.remove_file(&p).map_err(|e| Error::io("remove stale preallocated file", &p, e))?;
+                fs.remove_file(&p)
+                    .map_err(|e| Error::io("remove stale preallocated file", &p, e))?;
                 report.removed_prealloc += 1;
             }
             Some((id, false)) => ids.push(id),
@@ -933,7 +1212,8 @@ fn recover(fs: &dyn Fs, dir: &Path, opts: &Options) -> Result<(Recovered, Recove
         }
     }
     if report.removed_prealloc > 0 {
-        fs.sync_dir(dir).map_err(|e| Error::io("fsync directory", dir, e))?;
+        fs.sync_dir(dir)
+            .map_err(|e| Error::io("fsync directory", dir, e))?;
     }
     ids.sort();
     for w in ids.windows(2) {
@@ -942,7 +1222,9 @@ fn recover(fs: &dyn Fs, dir: &Path, opts: &Options) -> Result<(Recovered, Recove
                 w[0].next(),
                 0,
                 None,
-                crate::error::CorruptionKind::SegmentMissing { expected: w[0].next() },
+                crate::error::CorruptionKind::SegmentMissing {
+                    expected: w[0].next(),
+                },
             )
             .into());
         }
@@ -978,8 +1260,10 @@ fn recover(fs: &dyn Fs, dir: &Path, opts: &Options) -> Result<(Recovered, Recove
             SegmentEnd::Sealed { trailing_zeros, .. } => {
                 if trailing_zeros {
                     let len = scan.data_end + FOOTER_LEN as u64;
-                    file.set_len(len).map_err(|e| Error::io("complete interrupted seal", &path, e))?;
-                    file.sync_all().map_err(|e| Error::io("complete interrupted seal", &path, e))?;
+                    file.set_len(len)
+                        .map_err(|e| Error::io("complete interrupted seal", &path, e))?;
+                    file.sync_all()
+                        .map_err(|e| Error::io("complete interrupted seal", &path, e))?;
                     report.completed_seal = Some(id);
                 }
                 views.push(Arc::new(SegView {
@@ -998,8 +1282,10 @@ fn recover(fs: &dyn Fs, dir: &Path, opts: &Options) -> Result<(Recovered, Recove
             SegmentEnd::Clean | SegmentEnd::Torn { .. } if scan.frame_count == 0 => {
                 // A segment created just before a crash, before any frame reached it: it holds nothing.
                 debug_assert!(is_last);
-                fs.remove_file(&path).map_err(|e| Error::io("remove empty segment", &path, e))?;
-                fs.sync_dir(dir).map_err(|e| Error::io("fsync directory", dir, e))?;
+                fs.remove_file(&path)
+                    .map_err(|e| Error::io("remove empty segment", &path, e))?;
+                fs.sync_dir(dir)
+                    .map_err(|e| Error::io("fsync directory", dir, e))?;
                 report.removed_empty_segment = Some(id);
                 tail_segment = id;
                 tail_offset = SEGMENT_HEADER_LEN as u64;
@@ -1007,9 +1293,16 @@ fn recover(fs: &dyn Fs, dir: &Path, opts: &Options) -> Result<(Recovered, Recove
             SegmentEnd::Clean | SegmentEnd::Torn { .. } => {
                 if let SegmentEnd::Torn { offset, garbage_end } = scan.end {
                     let zeros = vec![0u8; usize::try_from(garbage_end - offset).unwrap_or(0)];
-                    file.write_all_at(&zeros, offset).map_err(|e| Error::io("discard torn tail", &path, e))?;
-                    file.sync_data().map_err(|e| Error::io("discard torn tail", &path, e))?;
-                    tracing::warn!(segment = id.0, offset, bytes = garbage_end - offset, "discarded torn tail");
+                    file.write_all_at(&zeros, offset)
+                        .map_err(|e| Error::io("discard torn tail", &path, e))?;
+                    file.sync_data()
+                        .map_err(|e| Error::io("discard torn tail", &path, e))?;
+                    tracing::warn!(
+                        segment = id.0,
+                        offset,
+                        bytes = garbage_end - offset,
+                        "discarded torn tail"
+                    );
                     report.torn_tail = Some((id, offset, garbage_end - offset));
                 }
                 let mut hasher = Sha256::new();
@@ -1058,6 +1351,8 @@ fn recover(fs: &dyn Fs, dir: &Path, opts: &Options) -> Result<(Recovered, Recove
         failed: None,
         closed: false,
         spare: Vec::new(),
+        waiters: Vec::new(),
+        wake_buf: Vec::new(),
     };
     Ok((Recovered { state, active, views }, report))
 }

@@ -19,7 +19,11 @@ fn on_both(tag: &str, f: impl Fn(Arc<dyn Fs>, &std::path::Path)) {
 }
 
 fn collect(wal: &Wal, from: u64) -> Vec<(u64, Vec<u8>)> {
-    wal.read_from(CommitId(from)).unwrap().map(|f| f.unwrap()).map(|f| (f.commit_id.0, f.body().to_vec())).collect()
+    wal.read_from(CommitId(from))
+        .unwrap()
+        .map(|f| f.unwrap())
+        .map(|f| (f.commit_id.0, f.body().to_vec()))
+        .collect()
 }
 
 #[test]
@@ -35,13 +39,24 @@ fn append_roll_reopen_read() {
         assert_eq!(wal.durable_commit_id(), CommitId(150));
         assert_eq!(collect(&wal, 1), expect);
         assert_eq!(collect(&wal, 37), expect[36..]);
-        assert!(fs.list_dir(dir).unwrap().iter().filter(|n| n.ends_with(".seg")).count() > 3, "segments rolled");
+        assert!(
+            fs.list_dir(dir)
+                .unwrap()
+                .iter()
+                .filter(|n| n.ends_with(".seg"))
+                .count()
+                > 3,
+            "segments rolled"
+        );
         assert_eq!(wal.verify().unwrap(), 150);
         wal.close().unwrap();
 
         let wal = Wal::open(fs.clone(), dir, small_opts()).unwrap();
         let r = wal.recovery_report().clone();
-        assert_eq!((r.last_commit_id, r.frames, r.torn_tail), (CommitId(150), 150, None));
+        assert_eq!(
+            (r.last_commit_id, r.frames, r.torn_tail),
+            (CommitId(150), 150, None)
+        );
         assert_eq!(collect(&wal, 1), expect);
         assert_eq!(wal.append(Epoch(2), b"after reopen").unwrap(), CommitId(151));
         assert_eq!(wal.verify().unwrap(), 151);
@@ -74,12 +89,26 @@ fn limits_and_epochs_are_enforced() {
     on_both("limits", |fs, dir| {
         let wal = Wal::open(fs, dir, small_opts()).unwrap();
         let err = wal.append(Epoch(1), &vec![0u8; 1025]).unwrap_err();
-        assert!(matches!(err, Error::RecordTooLarge { len: 1025, max: 1024 }), "{err}");
+        assert!(
+            matches!(err, Error::RecordTooLarge { len: 1025, max: 1024 }),
+            "{err}"
+        );
         wal.append(Epoch(5), b"x").unwrap();
         let err = wal.append(Epoch(4), b"y").unwrap_err();
-        assert!(matches!(err, Error::EpochRegression { last: Epoch(5), got: Epoch(4) }), "{err}");
+        assert!(
+            matches!(
+                err,
+                Error::EpochRegression {
+                    last: Epoch(5),
+                    got: Epoch(4)
+                }
+            ),
+            "{err}"
+        );
         // A failed batch leaves no trace: the next append gets the next CommitId.
-        let err = wal.append_batch(Epoch(5), &[vec![1u8; 10], vec![2u8; 5000]]).unwrap_err();
+        let err = wal
+            .append_batch(Epoch(5), &[vec![1u8; 10], vec![2u8; 5000]])
+            .unwrap_err();
         assert!(matches!(err, Error::RecordTooLarge { .. }));
         assert_eq!(wal.append(Epoch(5), b"z").unwrap(), CommitId(2));
         assert_eq!(collect(&wal, 1).len(), 2);
@@ -92,19 +121,39 @@ fn limits_and_epochs_are_enforced() {
 fn invalid_options_are_rejected() {
     let fs: Arc<dyn Fs> = Arc::new(MemFs::new());
     for opts in [
-        Options { segment_bytes: 100, ..small_opts() },
-        Options { max_record_bytes: 1 << 30, ..small_opts() },
-        Options { segment_bytes: 2 << 30, ..small_opts() },
-        Options { durability: Durability::Batch { interval: Duration::ZERO }, ..small_opts() },
+        Options {
+            segment_bytes: 100,
+            ..small_opts()
+        },
+        Options {
+            max_record_bytes: 1 << 30,
+            ..small_opts()
+        },
+        Options {
+            segment_bytes: 2 << 30,
+            ..small_opts()
+        },
+        Options {
+            durability: Durability::Batch {
+                interval: Duration::ZERO,
+            },
+            ..small_opts()
+        },
     ] {
-        assert!(matches!(Wal::open(fs.clone(), DIR, opts), Err(Error::InvalidOptions(_))));
+        assert!(matches!(
+            Wal::open(fs.clone(), DIR, opts),
+            Err(Error::InvalidOptions(_))
+        ));
     }
 }
 
 #[test]
 fn concurrent_appenders_get_unique_contiguous_ids() {
     on_both("conc", |fs, dir| {
-        let opts = Options { segment_bytes: 64 << 10, ..small_opts() };
+        let opts = Options {
+            segment_bytes: 64 << 10,
+            ..small_opts()
+        };
         let wal = Arc::new(Wal::open(fs.clone(), dir, opts.clone()).unwrap());
         let threads: Vec<_> = (0..8u64)
             .map(|t| {
@@ -121,7 +170,10 @@ fn concurrent_appenders_get_unique_contiguous_ids() {
             .collect();
         let mut acked: Vec<(u64, Vec<u8>)> = threads.into_iter().flat_map(|t| t.join().unwrap()).collect();
         acked.sort();
-        assert_eq!(acked.iter().map(|a| a.0).collect::<Vec<_>>(), (1..=400).collect::<Vec<_>>());
+        assert_eq!(
+            acked.iter().map(|a| a.0).collect::<Vec<_>>(),
+            (1..=400).collect::<Vec<_>>()
+        );
         assert_eq!(collect(&wal, 1), acked);
         drop(wal);
         let wal = Wal::open(fs, dir, opts).unwrap();
@@ -158,12 +210,23 @@ fn readers_run_concurrently_with_the_writer() {
 #[test]
 fn batch_and_none_modes_ack_on_write_and_sync_later() {
     on_both("modes", |fs, dir| {
-        let opts = Options { durability: Durability::Batch { interval: Duration::from_millis(5) }, ..small_opts() };
+        let opts = Options {
+            durability: Durability::Batch {
+                interval: Duration::from_millis(5),
+            },
+            ..small_opts()
+        };
         let wal = Wal::open(fs.clone(), dir, opts.clone()).unwrap();
         let (_, last) = wal.append_batch(Epoch(1), &[b"a", b"b", b"c"]).unwrap();
-        assert!(wal.wait_durable(last, Duration::from_secs(5)).unwrap(), "the sync thread makes it durable");
+        assert!(
+            wal.wait_durable(last, Duration::from_secs(5)).unwrap(),
+            "the sync thread makes it durable"
+        );
         wal.close().unwrap();
-        let opts = Options { durability: Durability::None, ..small_opts() };
+        let opts = Options {
+            durability: Durability::None,
+            ..small_opts()
+        };
         let wal = Wal::open(fs, dir, opts).unwrap();
         assert_eq!(wal.append(Epoch(1), b"d").unwrap(), CommitId(4));
         wal.sync().unwrap();
@@ -174,15 +237,23 @@ fn batch_and_none_modes_ack_on_write_and_sync_later() {
 #[test]
 fn background_preallocation_is_used_and_cleaned_up() {
     let tmp = TempDir::new("prealloc");
-    let opts = Options { background_preallocation: true, ..small_opts() };
+    let opts = Options {
+        background_preallocation: true,
+        ..small_opts()
+    };
     let wal = Wal::open(Arc::new(RealFs), tmp.path(), opts.clone()).unwrap();
     for i in 1..=100u64 {
         wal.append(Epoch(1), &body(i, 3)).unwrap();
     }
     drop(wal);
-    let names: Vec<String> =
-        std::fs::read_dir(tmp.path()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
-    assert!(names.iter().any(|n| n.ends_with(".prealloc")), "the next segment is prepared ahead: {names:?}");
+    let names: Vec<String> = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert!(
+        names.iter().any(|n| n.ends_with(".prealloc")),
+        "the next segment is prepared ahead: {names:?}"
+    );
     let wal = Wal::open(Arc::new(RealFs), tmp.path(), opts).unwrap();
     assert_eq!(wal.recovery_report().last_commit_id, CommitId(100));
     assert!(wal.recovery_report().removed_prealloc >= 1);

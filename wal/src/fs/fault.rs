@@ -73,7 +73,12 @@ impl FaultFs {
     /// A fault file system over `mem`.
     #[must_use]
     pub fn new(mem: MemFs) -> Self {
-        Self { mem, ops: Arc::default(), plan: Arc::default(), log: Arc::default() }
+        Self {
+            mem,
+            ops: Arc::default(),
+            plan: Arc::default(),
+            log: Arc::default(),
+        }
     }
 
     /// The underlying memory file system (for `crash` and inspection).
@@ -159,7 +164,11 @@ impl Fs for FaultFs {
         if mode == OpenMode::CreateNew {
             self.check("create", path)?;
         }
-        Ok(Box::new(FaultFile { inner: self.mem.open(path, mode)?, fs: self.clone(), path: path.to_owned() }))
+        Ok(Box::new(FaultFile {
+            inner: self.mem.open(path, mode)?,
+            fs: self.clone(),
+            path: path.to_owned(),
+        }))
     }
 
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {

@@ -250,7 +250,10 @@ impl Fs for MemFs {
         let mut s = self.state.lock();
         let ino = match (mode, s.names.get(path)) {
             (OpenMode::CreateNew, Some(_)) => {
-                return Err(io::Error::new(io::ErrorKind::AlreadyExists, format!("{} exists", path.display())))
+                return Err(io::Error::new(
+                    io::ErrorKind::AlreadyExists,
+                    format!("{} exists", path.display()),
+                ))
             }
             (OpenMode::CreateNew, None) => {
                 let parent = path.parent().unwrap_or(Path::new(""));
@@ -292,7 +295,9 @@ impl Fs for MemFs {
         if !s.dirs.contains(path) {
             return Err(not_found(path));
         }
-        let State { names, durable_names, .. } = &mut *s;
+        let State {
+            names, durable_names, ..
+        } = &mut *s;
         durable_names.retain(|p, _| p.parent() != Some(path));
         for (p, ino) in names.iter() {
             if p.parent() == Some(path) {
@@ -307,7 +312,11 @@ impl Fs for MemFs {
         if !s.locks.insert(lock_file.to_owned()) {
             return Ok(None);
         }
-        Ok(Some(Box::new(MemLock { state: self.state.clone(), path: lock_file.to_owned(), generation: s.generation })))
+        Ok(Some(Box::new(MemLock {
+            state: self.state.clone(),
+            path: lock_file.to_owned(),
+            generation: s.generation,
+        })))
     }
 }
 
@@ -346,13 +355,20 @@ impl FsFile for MemFile {
 
     fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
         if !self.writable {
-            return Err(io::Error::new(io::ErrorKind::PermissionDenied, "file opened read-only"));
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                "file opened read-only",
+            ));
         }
         self.with(|inode| {
             let off = usize::try_from(offset).map_err(|_| io::Error::other("offset overflow"))?;
             let end = off + buf.len();
             let before_end = end.min(inode.data.len()).max(off);
-            let before = inode.data.get(off..before_end).map(<[u8]>::to_vec).unwrap_or_default();
+            let before = inode
+                .data
+                .get(off..before_end)
+                .map(<[u8]>::to_vec)
+                .unwrap_or_default();
             if inode.data.len() < end {
                 inode.data.resize(end, 0);
             }
@@ -380,7 +396,10 @@ impl FsFile for MemFile {
 
     fn set_len(&self, len: u64) -> io::Result<()> {
         if !self.writable {
-            return Err(io::Error::new(io::ErrorKind::PermissionDenied, "file opened read-only"));
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                "file opened read-only",
+            ));
         }
         self.with(|inode| {
             let len = usize::try_from(len).map_err(|_| io::Error::other("length overflow"))?;
@@ -400,7 +419,11 @@ impl FsFile for MemFile {
 mod tests {
     use super::*;
 
-    const LOST: CrashMode = CrashMode { unsynced: UnsyncedFate::Lost, tear: Tear::None, seed: 1 };
+    const LOST: CrashMode = CrashMode {
+        unsynced: UnsyncedFate::Lost,
+        tear: Tear::None,
+        seed: 1,
+    };
 
     #[test]
     fn unsynced_data_and_names_are_lost_on_power_loss() {
@@ -420,7 +443,10 @@ mod tests {
         f.sync_data().unwrap();
         f.write_all_at(b" lost", 7).unwrap();
         fs.crash(LOST);
-        assert!(f.read_at(&mut [0u8; 1], 0).is_err(), "old handles are stale after a crash");
+        assert!(
+            f.read_at(&mut [0u8; 1], 0).is_err(),
+            "old handles are stale after a crash"
+        );
         assert_eq!(fs.read_file(&dir.join("b")).unwrap(), b"durable");
     }
 
@@ -431,7 +457,11 @@ mod tests {
         fs.create_dir_all(dir).unwrap();
         let f = fs.open(&dir.join("a"), OpenMode::CreateNew).unwrap();
         f.write_all_at(b"abc", 0).unwrap();
-        fs.crash(CrashMode { unsynced: UnsyncedFate::Kept, tear: Tear::None, seed: 0 });
+        fs.crash(CrashMode {
+            unsynced: UnsyncedFate::Kept,
+            tear: Tear::None,
+            seed: 0,
+        });
         assert_eq!(fs.read_file(&dir.join("a")).unwrap(), b"abc");
     }
 
@@ -447,11 +477,18 @@ mod tests {
                 f.write_all_at(&[1u8; 16], 0).unwrap();
                 f.sync_data().unwrap();
                 f.write_all_at(&[2u8; 16], 16).unwrap();
-                fs.crash(CrashMode { unsynced: UnsyncedFate::Lost, tear, seed });
+                fs.crash(CrashMode {
+                    unsynced: UnsyncedFate::Lost,
+                    tear,
+                    seed,
+                });
                 let img = fs.read_file(&dir.join("a")).unwrap();
                 assert_eq!(&img[..16], &[1u8; 16], "synced prefix must survive");
                 assert!(img.len() <= 32);
-                assert!(img[16..].iter().any(|&b| b != 2) || img.len() == 16, "{tear:?} seed {seed} kept it all");
+                assert!(
+                    img[16..].iter().any(|&b| b != 2) || img.len() == 16,
+                    "{tear:?} seed {seed} kept it all"
+                );
             }
         }
     }

@@ -64,7 +64,13 @@ impl Fs for RealFs {
     }
 
     fn try_lock(&self, lock_file: &Path) -> io::Result<Option<Box<dyn DirLock>>> {
-        let f = OpenOptions::new().read(true).write(true).create(true).truncate(false).mode(0o600).open(lock_file)?;
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(lock_file)?;
         match f.try_lock() {
             Ok(()) => {
                 // Record the owner for operators; the lock itself is the flock, not the contents.
