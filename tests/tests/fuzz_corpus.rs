@@ -2,6 +2,12 @@
 //! call, so every change re-checks every input the fuzzer ever kept. With `AERODB_WRITE_SEED_CORPUS=1` it first
 //! writes seed inputs made from real WAL bytes.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test code: a panic is the failure report"
+)]
+
 use std::{path::PathBuf, sync::Arc};
 
 use aerodb_tests::{body, small_opts, MEM_DIR};

@@ -1,6 +1,12 @@
 //! Behaviour of the WAL on the real and the memory file system: round trips, rolls, reopen, locking, limits,
 //! concurrency and readers.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test code: a panic is the failure report"
+)]
+
 use std::{sync::Arc, thread, time::Duration};
 
 use aerodb_tests::{body, small_opts, TempDir, MEM_DIR};
@@ -264,4 +270,31 @@ fn background_preallocation_is_used_and_cleaned_up() {
         .max_by_key(|e| e.file_name())
         .unwrap();
     assert_eq!(active.metadata().unwrap().len(), 4096);
+}
+
+#[test]
+fn reopening_with_another_segment_size_keeps_the_active_segments_capacity() {
+    //! Regression: the writer sized the existing active segment by the new option instead of its header, so
+    //! frames past the header's capacity were written where recovery never reads.
+    on_both("resize", |fs, dir| {
+        let big = Options {
+            segment_bytes: 16 << 10,
+            ..small_opts()
+        };
+        let wal = Wal::open(fs.clone(), dir, small_opts()).unwrap();
+        for i in 1..=10u64 {
+            wal.append(Epoch(1), &body(i, 9)).unwrap();
+        }
+        drop(wal);
+        let wal = Wal::open(fs.clone(), dir, big.clone()).unwrap();
+        for i in 11..=200u64 {
+            wal.append(Epoch(1), &body(i, 9)).unwrap();
+        }
+        drop(wal);
+        let wal = Wal::open(fs.clone(), dir, small_opts()).unwrap();
+        let got = collect(&wal, 1);
+        assert_eq!(got.len(), 200);
+        assert!(got.iter().all(|(i, b)| *b == body(*i, 9)));
+        assert_eq!(wal.verify().unwrap(), 200);
+    });
 }

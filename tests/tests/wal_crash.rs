@@ -4,6 +4,12 @@
 //! every acknowledged CommitId is present with its bytes, the recovered log is a prefix of what was attempted, and
 //! the next append continues it.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test code: a panic is the failure report"
+)]
+
 use std::{path::Path, sync::Arc};
 
 use aerodb_tests::{body, report_figure, small_opts, MEM_DIR};

@@ -1,6 +1,12 @@
 //! T2 (torn last frame) and T3 (bit flips below the tail) at WAL level, on the memory and the real file system,
 //! plus frames spliced from elsewhere in the log.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test code: a panic is the failure report"
+)]
+
 use std::{path::Path, sync::Arc};
 
 use aerodb_tests::{body, report_figure, small_opts, splitmix64, TempDir, MEM_DIR};

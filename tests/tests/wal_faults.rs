@@ -3,6 +3,12 @@
 //! clear reason, and the log reopens valid with every acknowledged record intact, both after a clean restart and
 //! after a power loss.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test code: a panic is the failure report"
+)]
+
 use std::sync::{Arc, Mutex};
 
 use aerodb_tests::{body, report_figure, small_opts, MEM_DIR};

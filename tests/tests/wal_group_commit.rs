@@ -2,6 +2,12 @@
 //! I/O failure part-way. Every thread must finish (no lost wake-up), acknowledged CommitIds must be exactly a
 //! gap-free prefix, and no append that returned Ok may be missing after reopen.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test code: a panic is the failure report"
+)]
+
 use std::{
     sync::{Arc, Mutex},
     time::{Duration, Instant},

@@ -1,6 +1,12 @@
 //! Property tests: random appends, crashes at random I/O points and reopens, compared against a `Vec` model;
 //! and the frame codec's round trip on arbitrary inputs.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test code: a panic is the failure report"
+)]
+
 use std::sync::Arc;
 
 use aerodb_tests::{small_opts, MEM_DIR};

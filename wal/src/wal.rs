@@ -103,8 +103,11 @@ impl Options {
         }
         if self.segment_bytes < overhead + self.max_record_bytes as u64 {
             return Err(Error::InvalidOptions(format!(
-                "segment_bytes {} cannot hold a record of max_record_bytes {} (needs {} bytes of framing)",
-                self.segment_bytes, self.max_record_bytes, overhead
+                "segment_bytes {} is too small for max_record_bytes {}: raise segment_bytes to at least {} or \
+                 lower max_record_bytes",
+                self.segment_bytes,
+                self.max_record_bytes,
+                overhead + self.max_record_bytes as u64
             )));
         }
         if let Durability::Batch { interval } = self.durability {
@@ -174,6 +177,8 @@ struct State {
     /// Where the next frame goes.
     tail_segment: SegmentId,
     tail_offset: u64,
+    /// Capacity of the tail segment: its header's value if it exists, the configured one if it is new.
+    tail_segment_bytes: u64,
     pending: Vec<Chunk>,
     leader_active: bool,
     /// Highest CommitId written to the OS.
@@ -339,9 +344,11 @@ impl FrameSink<'_> {
         }
         let s = &mut *self.state;
         let frame_len = (FRAME_HEADER_LEN + body.len()) as u64;
-        if s.tail_offset + frame_len + FOOTER_LEN as u64 > self.segment_bytes {
+        if s.tail_offset + frame_len + FOOTER_LEN as u64 > s.tail_segment_bytes {
+            // Roll. New segments get the configured capacity; an existing one keeps the capacity in its header.
             s.tail_segment = s.tail_segment.next();
             s.tail_offset = SEGMENT_HEADER_LEN as u64;
+            s.tail_segment_bytes = self.segment_bytes;
         }
         let id = s.next_commit;
         let needs_new_chunk = s.pending.last().is_none_or(|c| c.segment != s.tail_segment);
@@ -384,6 +391,7 @@ struct Cursor {
     last_epoch: Epoch,
     tail_segment: SegmentId,
     tail_offset: u64,
+    tail_segment_bytes: u64,
     chunks: usize,
     last_chunk: Option<(usize, CommitId, Epoch, u64)>,
 }
@@ -395,6 +403,7 @@ impl Cursor {
             last_epoch: s.last_epoch,
             tail_segment: s.tail_segment,
             tail_offset: s.tail_offset,
+            tail_segment_bytes: s.tail_segment_bytes,
             chunks: s.pending.len(),
             last_chunk: s
                 .pending
@@ -408,6 +417,7 @@ impl Cursor {
         s.last_epoch = self.last_epoch;
         s.tail_segment = self.tail_segment;
         s.tail_offset = self.tail_offset;
+        s.tail_segment_bytes = self.tail_segment_bytes;
         s.pending.truncate(self.chunks);
         if let (Some(c), Some((len, last, epoch, frames))) = (s.pending.last_mut(), self.last_chunk) {
             c.bytes.truncate(len);
@@ -1236,6 +1246,7 @@ fn recover(fs: &dyn Fs, dir: &Path, opts: &Options) -> Result<(Recovered, Recove
     let mut last_commit = CommitId(0);
     let mut tail_segment = SegmentId(1);
     let mut tail_offset = SEGMENT_HEADER_LEN as u64;
+    let mut tail_segment_bytes = opts.segment_bytes;
     for (i, &id) in ids.iter().enumerate() {
         let is_last = i + 1 == ids.len();
         let path = dir.join(segment_file_name(id));
@@ -1330,6 +1341,7 @@ fn recover(fs: &dyn Fs, dir: &Path, opts: &Options) -> Result<(Recovered, Recove
                 });
                 tail_segment = id;
                 tail_offset = scan.data_end;
+                tail_segment_bytes = scan.header.segment_bytes;
             }
         }
         last_commit = scan.last_commit_id;
@@ -1344,6 +1356,7 @@ fn recover(fs: &dyn Fs, dir: &Path, opts: &Options) -> Result<(Recovered, Recove
         last_epoch: min_epoch,
         tail_segment,
         tail_offset,
+        tail_segment_bytes,
         pending: Vec::new(),
         leader_active: false,
         written: last_commit,
