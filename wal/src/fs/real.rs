@@ -3,7 +3,7 @@
 use std::{
     fs::{File, OpenOptions},
     io,
-    os::unix::fs::{FileExt, OpenOptionsExt},
+    os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt},
     path::Path,
 };
 
@@ -25,7 +25,8 @@ impl DirLock for RealLock {}
 
 impl Fs for RealFs {
     fn create_dir_all(&self, path: &Path) -> io::Result<()> {
-        std::fs::create_dir_all(path)
+        // Data directories are private to the owner (RELIABILITY.md, Security).
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(path)
     }
 
     fn list_dir(&self, path: &Path) -> io::Result<Vec<String>> {
