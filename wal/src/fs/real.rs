@@ -26,7 +26,10 @@ impl DirLock for RealLock {}
 impl Fs for RealFs {
     fn create_dir_all(&self, path: &Path) -> io::Result<()> {
         // Data directories are private to the owner (RELIABILITY.md, Security).
-        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(path)
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(path)
     }
 
     fn list_dir(&self, path: &Path) -> io::Result<Vec<String>> {
