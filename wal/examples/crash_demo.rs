@@ -64,6 +64,19 @@ fn child(dir: &Path) -> Res<()> {
     Ok(())
 }
 
+/// Parses `ack <commit_id> <thread> <seq>`.
+fn parse_ack(line: &str) -> Option<(u64, u64, u64)> {
+    let f: Vec<u64> = line
+        .strip_prefix("ack ")?
+        .split_whitespace()
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    match f[..] {
+        [id, t, seq] => Some((id, t, seq)),
+        _ => None,
+    }
+}
+
 fn kill_cycle(exe: &Path, dir: &Path, acked: &mut BTreeMap<u64, (u64, u64)>, kill_after: usize) -> Res<()> {
     let mut child = Command::new(exe)
         .arg("--child")
@@ -75,30 +88,18 @@ fn kill_cycle(exe: &Path, dir: &Path, acked: &mut BTreeMap<u64, (u64, u64)>, kil
     let mut seen = 0;
     while seen < kill_after {
         let Some(line) = lines.next() else { break };
-        let line = line?;
-        let f: Vec<u64> = line
-            .split_whitespace()
-            .skip(1)
-            .filter_map(|x| x.parse().ok())
-            .collect();
-        if let [id, t, seq] = f[..] {
+        if let Some((id, t, seq)) = parse_ack(&line?) {
             if acked.insert(id, (t, seq)).is_some() {
                 return Err(format!("CommitId {id} acknowledged twice").into());
             }
             seen += 1;
         }
     }
-    child.kill()?; // SIGKILL: no destructor, no flush, no goodbye.
-                   // Acks printed before the kill landed are acks too.
-    for line in lines.map_while(Result::ok) {
-        let f: Vec<u64> = line
-            .split_whitespace()
-            .skip(1)
-            .filter_map(|x| x.parse().ok())
-            .collect();
-        if let [id, t, seq] = f[..] {
-            acked.insert(id, (t, seq));
-        }
+    // SIGKILL: no destructor, no flush, no goodbye.
+    child.kill()?;
+    // Acks printed before the kill landed are acks too.
+    for (id, t, seq) in lines.map_while(Result::ok).filter_map(|l| parse_ack(&l)) {
+        acked.insert(id, (t, seq));
     }
     let status = child.wait()?;
     if seen == 0 {

@@ -919,19 +919,25 @@ impl Shared {
 
     /// Makes the active segment's durable frames visible to readers.
     fn publish(&self, active: &Active) {
-        let mut segs = self.segments.write();
+        self.publish_view(active, false);
+    }
+
+    /// Replaces (or appends) the readers' view of `a`'s segment.
+    fn publish_view(&self, a: &Active, sealed: bool) {
         let view = Arc::new(SegView {
-            id: active.id,
-            path: active.path.clone(),
-            first_commit: CommitId(active.last_commit.0 + 1 - active.frames),
-            last_commit: active.last_commit,
-            data_end: active.data_end,
-            sealed: false,
-            file: Some(active.file.clone()),
+            id: a.id,
+            path: a.path.clone(),
+            first_commit: CommitId(a.last_commit.0 + 1 - a.frames),
+            last_commit: a.last_commit,
+            data_end: a.data_end,
+            sealed,
+            // Sealed segments are read through their memory map; the active one through its open file.
+            file: if sealed { None } else { Some(a.file.clone()) },
             map: OnceLock::new(),
         });
+        let mut segs = self.segments.write();
         match segs.last_mut() {
-            Some(last) if last.id == active.id => *last = view,
+            Some(last) if last.id == a.id => *last = view,
             _ => segs.push(view),
         }
     }
@@ -954,21 +960,7 @@ impl Shared {
             .set_len(a.data_end + FOOTER_LEN as u64)
             .map_err(|e| fail("truncate sealed segment", &e))?;
         a.file.sync_all().map_err(|e| fail("fsync sealed segment", &e))?;
-        let mut segs = self.segments.write();
-        let view = Arc::new(SegView {
-            id: a.id,
-            path: a.path.clone(),
-            first_commit: CommitId(a.last_commit.0 + 1 - a.frames),
-            last_commit: a.last_commit,
-            data_end: a.data_end,
-            sealed: true,
-            file: None,
-            map: OnceLock::new(),
-        });
-        match segs.last_mut() {
-            Some(last) if last.id == a.id => *last = view,
-            _ => segs.push(view),
-        }
+        self.publish_view(&a, true);
         Ok(())
     }
 
