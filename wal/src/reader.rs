@@ -1,16 +1,18 @@
-//! Readers: iterate verified frames from any CommitId while the writer keeps appending.
+//! Readers: verified frames from any CommitId while the writer keeps appending, and single frames by CommitId.
 //!
 //! A reader works on a snapshot of the segment list taken when it was created and sees frames up to the durable
-//! mark of that moment. Sealed segments are read through their memory map; the active segment's durable prefix is
-//! read with `pread`. Every frame is CRC-checked and its CommitId checked for continuity before it is returned.
+//! mark of that moment. It seeks through each segment's sparse index (a point every
+//! [`crate::recovery::SPARSE_EVERY`] CommitIds), then reads sealed segments through their memory map and the
+//! active segment through bounded `pread` windows (never the whole segment). Every frame is CRC-checked and its
+//! CommitId checked before it is returned.
 
 use std::sync::Arc;
 
 use bytes::Bytes;
 
 use crate::{
-    error::{Corruption, CorruptionKind, Result},
-    format::{decode_frame, decode_frame_header, FRAME_HEADER_LEN, SEGMENT_HEADER_LEN},
+    error::{Corruption, CorruptionKind, Error, Result},
+    format::{decode_frame, decode_frame_header, FRAME_HEADER_LEN},
     recovery::frame_corruption,
     types::{CommitId, Epoch, SegmentId},
     wal::{SegView, Shared, Wal},
@@ -25,6 +27,8 @@ pub struct Frame {
     pub epoch: Epoch,
     /// The segment it lives in.
     pub segment: SegmentId,
+    /// Its byte offset in the segment file.
+    pub offset: u64,
     /// The whole frame as stored (header and body), e.g. for verbatim replication.
     pub raw: Bytes,
 }
@@ -37,14 +41,157 @@ impl Frame {
     }
 }
 
+/// Bytes read from the active segment at a time (a frame larger than this gets a window of its own size).
+const WINDOW_BYTES: u64 = 1 << 20;
+
+/// A readable range of one segment: the whole map of a sealed segment, or a `pread` window of the active one.
+#[derive(Debug, Default)]
+struct Window {
+    bytes: Bytes,
+    start: u64,
+}
+
+impl Window {
+    /// Makes `[offset, offset + len)` of `view` readable, reading a new window if needed, and returns where it
+    /// starts in `self.bytes`. Never reads past the view's durable end; a request beyond it is reported as a frame
+    /// overrun at `offset`.
+    fn ensure(
+        &mut self,
+        shared: &Shared,
+        view: &SegView,
+        offset: u64,
+        len: u64,
+        expect: CommitId,
+    ) -> Result<usize> {
+        let overrun = || -> Error {
+            Corruption::new(
+                view.id,
+                offset,
+                Some(expect),
+                CorruptionKind::FrameOverrun {
+                    len,
+                    end: view.data_end,
+                },
+            )
+            .into()
+        };
+        let end = offset
+            .checked_add(len)
+            .filter(|&e| e <= view.data_end)
+            .ok_or_else(overrun)?;
+        let covered = offset >= self.start && end <= self.start + self.bytes.len() as u64;
+        if !covered {
+            if view.sealed {
+                self.bytes = shared.segment_bytes(view)?;
+                self.start = 0;
+            } else {
+                let want = len.max(WINDOW_BYTES).min(view.data_end - offset);
+                self.bytes = shared.read_active(view, offset, want)?;
+                self.start = offset;
+            }
+        }
+        let at = usize::try_from(offset - self.start).unwrap_or(usize::MAX);
+        if at.saturating_add(usize::try_from(len).unwrap_or(usize::MAX)) > self.bytes.len() {
+            return Err(overrun());
+        }
+        Ok(at)
+    }
+}
+
+impl Shared {
+    /// The offset of frame `commit_id` in `view` (which must contain it), found from the sparse index by walking
+    /// frame headers (header CRC checked).
+    fn locate(&self, view: &SegView, commit_id: CommitId, window: &mut Window) -> Result<u64> {
+        let (mut at, mut offset) = {
+            let sparse = view.sparse.read();
+            let i = sparse.partition_point(|(c, _)| *c <= commit_id);
+            match i.checked_sub(1).and_then(|i| sparse.get(i)) {
+                Some(&p) => p,
+                None => {
+                    return Err(Corruption::new(
+                        view.id,
+                        0,
+                        Some(commit_id),
+                        CorruptionKind::SegmentHeader("no index point"),
+                    )
+                    .into())
+                }
+            }
+        };
+        while at < commit_id {
+            let i = window.ensure(self, view, offset, FRAME_HEADER_LEN as u64, at)?;
+            let h = &window.bytes[i..i + FRAME_HEADER_LEN];
+            match decode_frame_header(h, self.opts.max_record_bytes) {
+                Ok(h) if h.commit_id == at => {
+                    offset += h.frame_len() as u64;
+                    at = at.next();
+                }
+                Ok(h) => {
+                    return Err(Corruption::new(
+                        view.id,
+                        offset,
+                        Some(at),
+                        CorruptionKind::CommitIdGap {
+                            expected: at,
+                            got: h.commit_id,
+                        },
+                    )
+                    .into())
+                }
+                Err(e) => return Err(frame_corruption(view.id, offset, at, e, h.len()).into()),
+            }
+        }
+        Ok(offset)
+    }
+
+    /// Reads and verifies the frame at `offset` of `view`, which must carry `expect`.
+    fn frame_at(&self, view: &SegView, offset: u64, expect: CommitId, window: &mut Window) -> Result<Frame> {
+        let i = window.ensure(self, view, offset, FRAME_HEADER_LEN as u64, expect)?;
+        let h = decode_frame_header(&window.bytes[i..i + FRAME_HEADER_LEN], self.opts.max_record_bytes)
+            .map_err(|e| frame_corruption(view.id, offset, expect, e, FRAME_HEADER_LEN))?;
+        let len = h.frame_len();
+        let i = window.ensure(self, view, offset, len as u64, expect)?;
+        match decode_frame(&window.bytes[i..i + len], self.opts.max_record_bytes) {
+            Ok((h, _)) if h.commit_id == expect => Ok(Frame {
+                commit_id: h.commit_id,
+                epoch: h.epoch,
+                segment: view.id,
+                offset,
+                raw: window.bytes.slice(i..i + len),
+            }),
+            Ok((h, _)) => Err(Corruption::new(
+                view.id,
+                offset,
+                Some(expect),
+                CorruptionKind::CommitIdGap {
+                    expected: expect,
+                    got: h.commit_id,
+                },
+            )
+            .into()),
+            Err(e) => Err(frame_corruption(view.id, offset, expect, e, len).into()),
+        }
+    }
+}
+
+/// The index of the view holding `commit_id`, if any.
+fn view_index(views: &[Arc<SegView>], commit_id: CommitId) -> Option<usize> {
+    let i = views.partition_point(|v| v.last_commit < commit_id);
+    views
+        .get(i)
+        .filter(|v| v.first_commit <= commit_id && commit_id <= v.last_commit)
+        .map(|_| i)
+}
+
 /// An iterator over verified frames; see the module docs.
 #[derive(Debug)]
 pub struct WalReader {
     shared: Arc<Shared>,
     views: Vec<Arc<SegView>>,
     seg: usize,
-    bytes: Option<Bytes>,
-    pos: usize,
+    window: Window,
+    /// Offset of the next frame in the current segment, once located.
+    pos: Option<u64>,
     next: CommitId,
     end: CommitId,
     failed: bool,
@@ -66,12 +213,25 @@ impl Wal {
             shared: self.shared.clone(),
             views,
             seg,
-            bytes: None,
-            pos: 0,
+            window: Window::default(),
+            pos: None,
             next: from,
             end,
             failed: false,
         })
+    }
+
+    /// The durable frame `commit_id`, verified, or `None` if it is not (yet, or any longer) in the log.
+    pub fn read_frame(&self, commit_id: CommitId) -> Result<Option<Frame>> {
+        let views: Vec<Arc<SegView>> = self.shared.segments.read().clone();
+        let Some(i) = view_index(&views, commit_id) else {
+            return Ok(None);
+        };
+        let mut window = Window::default();
+        let offset = self.shared.locate(&views[i], commit_id, &mut window)?;
+        self.shared
+            .frame_at(&views[i], offset, commit_id, &mut window)
+            .map(Some)
     }
 }
 
@@ -82,92 +242,26 @@ impl WalReader {
         self.end.next()
     }
 
-    fn fail(&mut self, c: Corruption) -> Option<Result<Frame>> {
-        self.failed = true;
-        Some(Err(c.into()))
-    }
-
-    fn step(&mut self) -> Option<Result<Frame>> {
+    fn step(&mut self) -> Result<Option<Frame>> {
         loop {
-            if self.failed || self.next > self.end || self.seg >= self.views.len() {
-                return None;
+            if self.next > self.end || self.seg >= self.views.len() {
+                return Ok(None);
             }
             let view = self.views[self.seg].clone();
             if self.next > view.last_commit {
                 self.seg += 1;
-                self.bytes = None;
+                self.pos = None;
+                self.window = Window::default();
                 continue;
             }
-            if self.bytes.is_none() {
-                match self.shared.segment_bytes(&view) {
-                    Ok(b) => self.bytes = Some(b),
-                    Err(e) => {
-                        self.failed = true;
-                        return Some(Err(e));
-                    }
-                }
-                self.pos = SEGMENT_HEADER_LEN;
-                // Seek: walk headers (header CRC checked) up to the wanted CommitId.
-                let mut at = view.first_commit;
-                while at < self.next {
-                    let b = self.bytes.as_ref().expect("bytes were just loaded");
-                    let data =
-                        &b[self.pos.min(b.len())..usize::try_from(view.data_end).unwrap_or(0).min(b.len())];
-                    match decode_frame_header(data, self.shared.opts.max_record_bytes) {
-                        Ok(h) if h.commit_id == at => {
-                            self.pos += h.frame_len();
-                            at = at.next();
-                        }
-                        Ok(h) => {
-                            return self.fail(Corruption::new(
-                                view.id,
-                                self.pos as u64,
-                                Some(at),
-                                CorruptionKind::CommitIdGap {
-                                    expected: at,
-                                    got: h.commit_id,
-                                },
-                            ))
-                        }
-                        Err(e) => {
-                            return self.fail(frame_corruption(view.id, self.pos as u64, at, e, data.len()))
-                        }
-                    }
-                }
-            }
-            let b = self.bytes.as_ref().expect("bytes are loaded");
-            let data_end = usize::try_from(view.data_end).unwrap_or(0).min(b.len());
-            let data = &b[self.pos.min(data_end)..data_end];
-            return match decode_frame(data, self.shared.opts.max_record_bytes) {
-                Ok((h, _)) if h.commit_id == self.next => {
-                    let raw = b.slice(self.pos..self.pos + h.frame_len());
-                    let frame = Frame {
-                        commit_id: h.commit_id,
-                        epoch: h.epoch,
-                        segment: view.id,
-                        raw,
-                    };
-                    self.pos += h.frame_len();
-                    self.next = self.next.next();
-                    Some(Ok(frame))
-                }
-                Ok((h, _)) => {
-                    let expected = self.next;
-                    self.fail(Corruption::new(
-                        view.id,
-                        self.pos as u64,
-                        Some(expected),
-                        CorruptionKind::CommitIdGap {
-                            expected,
-                            got: h.commit_id,
-                        },
-                    ))
-                }
-                Err(e) => {
-                    let (seg, pos, next) = (view.id, self.pos as u64, self.next);
-                    self.fail(frame_corruption(seg, pos, next, e, data.len()))
-                }
+            let offset = match self.pos {
+                Some(p) => p,
+                None => self.shared.locate(&view, self.next, &mut self.window)?,
             };
+            let frame = self.shared.frame_at(&view, offset, self.next, &mut self.window)?;
+            self.pos = Some(offset + frame.raw.len() as u64);
+            self.next = self.next.next();
+            return Ok(Some(frame));
         }
     }
 }
@@ -176,6 +270,15 @@ impl Iterator for WalReader {
     type Item = Result<Frame>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        self.step()
+        if self.failed {
+            return None;
+        }
+        match self.step() {
+            Ok(f) => f.map(Ok),
+            Err(e) => {
+                self.failed = true;
+                Some(Err(e))
+            }
+        }
     }
 }

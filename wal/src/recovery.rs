@@ -60,6 +60,18 @@ pub struct SegmentScan {
     pub data_end: u64,
     /// How the frame area ends.
     pub end: SegmentEnd,
+    /// Sparse index: `(CommitId, offset)` of the first frame and of every frame whose CommitId is a multiple of
+    /// [`SPARSE_EVERY`].
+    pub sparse: Vec<(CommitId, u64)>,
+}
+
+/// Distance in CommitIds between sparse index points.
+pub const SPARSE_EVERY: u64 = 32;
+
+/// Whether the frame `commit_id` at `offset` is a sparse index point.
+#[must_use]
+pub fn is_sparse_point(commit_id: CommitId, offset: u64) -> bool {
+    commit_id.0.is_multiple_of(SPARSE_EVERY) || offset == SEGMENT_HEADER_LEN as u64
 }
 
 /// What the scan expects from the segment before it.
@@ -132,6 +144,7 @@ pub fn scan_segment(bytes: &[u8], expect: &Expect) -> Result<SegmentScan, Corrup
     let mut expected = header.first_commit_id;
     let mut epoch = header.epoch;
     let mut count = 0u64;
+    let mut sparse = Vec::new();
     let stop = loop {
         match decode_frame(&area[pos..], expect.max_body) {
             Ok((h, _body)) => {
@@ -157,6 +170,9 @@ pub fn scan_segment(bytes: &[u8], expect: &Expect) -> Result<SegmentScan, Corrup
                         },
                     ));
                 }
+                if is_sparse_point(h.commit_id, pos as u64) {
+                    sparse.push((h.commit_id, pos as u64));
+                }
                 epoch = h.epoch;
                 expected = expected.next();
                 count += 1;
@@ -173,6 +189,7 @@ pub fn scan_segment(bytes: &[u8], expect: &Expect) -> Result<SegmentScan, Corrup
         last_epoch: epoch,
         data_end: pos as u64,
         end,
+        sparse: sparse.clone(),
     };
     // A footer that matches the frames before it ends the segment.
     if let Some(footer) = SegmentFooter::decode(&bytes[pos.min(bytes.len())..]) {

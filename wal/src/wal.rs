@@ -155,7 +155,12 @@ pub(crate) struct SegView {
     pub(crate) file: Option<Arc<dyn FsFile>>,
     /// The memory map of a sealed segment, made on first read.
     pub(crate) map: OnceLock<Bytes>,
+    /// Sparse `(CommitId, offset)` index of the segment's frames, shared with the writer while it grows.
+    pub(crate) sparse: SparseIndex,
 }
+
+/// Sparse `(CommitId, offset)` points of one segment (see [`crate::recovery::SPARSE_EVERY`]).
+pub(crate) type SparseIndex = Arc<RwLock<Vec<(CommitId, u64)>>>;
 
 /// A consecutive run of encoded frames waiting to be written to one segment.
 #[derive(Debug)]
@@ -168,6 +173,8 @@ struct Chunk {
     last_epoch: Epoch,
     frames: u64,
     bytes: Vec<u8>,
+    /// Sparse index points of the frames in `bytes` (absolute offsets).
+    sparse: Vec<(CommitId, u64)>,
 }
 
 #[derive(Debug)]
@@ -227,6 +234,7 @@ struct Active {
     frames: u64,
     last_commit: CommitId,
     last_epoch: Epoch,
+    sparse: SparseIndex,
 }
 
 #[derive(Debug)]
@@ -363,9 +371,13 @@ impl FrameSink<'_> {
                 last_epoch: self.epoch,
                 frames: 0,
                 bytes,
+                sparse: Vec::new(),
             });
         }
         let chunk = s.pending.last_mut().expect("a chunk was just ensured");
+        if crate::recovery::is_sparse_point(id, s.tail_offset) {
+            chunk.sparse.push((id, s.tail_offset));
+        }
         chunk
             .bytes
             .extend_from_slice(&encode_frame_header(id, self.epoch, body));
@@ -393,7 +405,16 @@ struct Cursor {
     tail_offset: u64,
     tail_segment_bytes: u64,
     chunks: usize,
-    last_chunk: Option<(usize, CommitId, Epoch, u64)>,
+    last_chunk: Option<ChunkMark>,
+}
+
+/// How far the last pending chunk had grown when a cursor was saved.
+struct ChunkMark {
+    bytes: usize,
+    last: CommitId,
+    last_epoch: Epoch,
+    frames: u64,
+    sparse: usize,
 }
 
 impl Cursor {
@@ -405,10 +426,13 @@ impl Cursor {
             tail_offset: s.tail_offset,
             tail_segment_bytes: s.tail_segment_bytes,
             chunks: s.pending.len(),
-            last_chunk: s
-                .pending
-                .last()
-                .map(|c| (c.bytes.len(), c.last, c.last_epoch, c.frames)),
+            last_chunk: s.pending.last().map(|c| ChunkMark {
+                bytes: c.bytes.len(),
+                last: c.last,
+                last_epoch: c.last_epoch,
+                frames: c.frames,
+                sparse: c.sparse.len(),
+            }),
         }
     }
 
@@ -419,11 +443,12 @@ impl Cursor {
         s.tail_offset = self.tail_offset;
         s.tail_segment_bytes = self.tail_segment_bytes;
         s.pending.truncate(self.chunks);
-        if let (Some(c), Some((len, last, epoch, frames))) = (s.pending.last_mut(), self.last_chunk) {
-            c.bytes.truncate(len);
-            c.last = last;
-            c.last_epoch = epoch;
-            c.frames = frames;
+        if let (Some(c), Some(m)) = (s.pending.last_mut(), self.last_chunk) {
+            c.bytes.truncate(m.bytes);
+            c.last = m.last;
+            c.last_epoch = m.last_epoch;
+            c.frames = m.frames;
+            c.sparse.truncate(m.sparse);
         }
     }
 }
@@ -887,6 +912,7 @@ impl Shared {
             last = chunk.last;
             frames += chunk.frames;
             bytes += chunk.bytes.len() as u64;
+            active.sparse.write().append(&mut chunk.sparse);
             chunk.bytes.clear();
             spare.push(chunk.bytes);
         }
@@ -934,6 +960,7 @@ impl Shared {
             // Sealed segments are read through their memory map; the active one through its open file.
             file: if sealed { None } else { Some(a.file.clone()) },
             map: OnceLock::new(),
+            sparse: a.sparse.clone(),
         });
         let mut segs = self.segments.write();
         match segs.last_mut() {
@@ -1015,6 +1042,7 @@ impl Shared {
             frames: 0,
             last_commit: CommitId(first.0 - 1),
             last_epoch: epoch,
+            sparse: SparseIndex::default(),
         })
     }
 
@@ -1148,6 +1176,22 @@ impl Shared {
         Ok(())
     }
 
+    /// `len` bytes of the active segment `v` from `offset` (within its durable prefix).
+    pub(crate) fn read_active(&self, v: &SegView, offset: u64, len: u64) -> Result<Bytes> {
+        let file = match &v.file {
+            Some(f) => f.clone(),
+            None => Arc::from(
+                self.fs
+                    .open(&v.path, OpenMode::Read)
+                    .map_err(|e| Error::io("open segment", &v.path, e))?,
+            ),
+        };
+        let mut buf = vec![0u8; usize::try_from(len).unwrap_or(usize::MAX)];
+        crate::fs::read_exact_at(&*file, &mut buf, offset)
+            .map_err(|e| Error::io("read segment", &v.path, e))?;
+        Ok(Bytes::from(buf))
+    }
+
     /// The bytes of a segment: its map if sealed, a fresh read of the durable prefix if active.
     pub(crate) fn segment_bytes(&self, v: &SegView) -> Result<Bytes> {
         if v.sealed {
@@ -1278,6 +1322,7 @@ fn recover(fs: &dyn Fs, dir: &Path, opts: &Options) -> Result<(Recovered, Recove
                     sealed: true,
                     file: None,
                     map: OnceLock::new(),
+                    sparse: Arc::new(RwLock::new(scan.sparse.clone())),
                 }));
                 tail_segment = id.next();
                 tail_offset = SEGMENT_HEADER_LEN as u64;
@@ -1310,6 +1355,7 @@ fn recover(fs: &dyn Fs, dir: &Path, opts: &Options) -> Result<(Recovered, Recove
                 }
                 let mut hasher = Sha256::new();
                 hasher.update(&bytes[..usize::try_from(scan.data_end).unwrap_or(0)]);
+                let sparse: SparseIndex = Arc::new(RwLock::new(scan.sparse.clone()));
                 let file: Arc<dyn FsFile> = Arc::from(file);
                 views.push(Arc::new(SegView {
                     id,
@@ -1320,6 +1366,7 @@ fn recover(fs: &dyn Fs, dir: &Path, opts: &Options) -> Result<(Recovered, Recove
                     sealed: false,
                     file: Some(file.clone()),
                     map: OnceLock::new(),
+                    sparse: sparse.clone(),
                 }));
                 active = Some(Active {
                     id,
@@ -1330,6 +1377,7 @@ fn recover(fs: &dyn Fs, dir: &Path, opts: &Options) -> Result<(Recovered, Recove
                     frames: scan.frame_count,
                     last_commit: scan.last_commit_id,
                     last_epoch: scan.last_epoch,
+                    sparse,
                 });
                 tail_segment = id;
                 tail_offset = scan.data_end;
