@@ -1,6 +1,6 @@
-//! `aerodb-engine`: the record model, hash chain, Merkle index, checkpoints and the `Db` API.
-//!
-//! This crate is intentionally empty until the engine issue lands: it exists so the workspace has its final layout
-//! (`wal` ← `engine` ← `replication` ← `server`). It exposes no API, so nothing can depend on behaviour that does not
-//! exist yet.
+//! `aerodb-engine`: hash-chained records on the AeroDB WAL, with a Merkle index, signed checkpoints, proofs and
+//! key/value state with history.
 #![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+pub mod merkle;
