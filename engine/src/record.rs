@@ -1,0 +1,459 @@
+//! The record model and its canonical byte encoding (E-1), which is what is hashed and what the WAL stores as a
+//! frame body. The layout is specified in `docs/formats.md`; all integers are little-endian.
+//!
+//! ```text
+//! // { version u8 | kind u8 | tenant_len u16 | body_len u32 | commit_id u64 | epoch u64 | timestamp_ms u64 |
+//! //   prev_hash[32] | tenant | body }
+//! ```
+//! `record_hash = SHA-256(canonical bytes)`; the first record's `prev_hash` is [`genesis_hash`].
+
+use std::collections::HashSet;
+
+use bytes::Bytes;
+use sha2::{Digest, Sha256};
+
+use crate::merkle::Hash;
+
+/// The encoding version this code writes and reads.
+pub const RECORD_VERSION: u8 = 1;
+/// Length of the fixed part of a record.
+pub const RECORD_HEADER_LEN: usize = 64;
+const R_VERSION: usize = 0;
+const R_KIND: usize = 1;
+const R_TENANT_LEN: usize = 2;
+const R_BODY_LEN: usize = 4;
+const R_COMMIT_ID: usize = 8;
+const R_EPOCH: usize = 16;
+const R_TIMESTAMP: usize = 24;
+const R_PREV_HASH: usize = 32;
+const _: () = assert!(R_PREV_HASH + 32 == RECORD_HEADER_LEN);
+
+/// Longest tenant name (UTF-8 bytes).
+pub const MAX_TENANT_BYTES: usize = 128;
+/// Longest key.
+pub const MAX_KEY_BYTES: usize = 1024;
+/// Most operations in one batch record.
+pub const MAX_BATCH_OPS: usize = 4096;
+
+const KIND_BATCH: u8 = 1;
+const KIND_EVENT: u8 = 2;
+const OP_PUT: u8 = 1;
+const OP_DELETE: u8 = 2;
+// Each op: { op u8 | key_len u16 | value_len u32 | key | value }
+const OP_HEADER_LEN: usize = 7;
+
+/// The hash record 1 chains to: SHA-256 of the ASCII string `AeroDB genesis v1`.
+#[must_use]
+pub fn genesis_hash() -> Hash {
+    Sha256::digest(b"AeroDB genesis v1").into()
+}
+
+/// `SHA-256(canonical bytes)`.
+#[must_use]
+pub fn record_hash(canonical: &[u8]) -> Hash {
+    Sha256::digest(canonical).into()
+}
+
+/// One write in a batch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Op {
+    /// Set `key` to `value`.
+    Put {
+        /// The key (1..=1024 bytes).
+        key: Bytes,
+        /// The value.
+        value: Bytes,
+    },
+    /// Remove `key`.
+    Delete {
+        /// The key.
+        key: Bytes,
+    },
+}
+
+impl Op {
+    /// The key this op writes.
+    #[must_use]
+    pub fn key(&self) -> &Bytes {
+        match self {
+            Op::Put { key, .. } | Op::Delete { key } => key,
+        }
+    }
+}
+
+/// What a record carries.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Payload {
+    /// Puts and deletes applied atomically, as one record.
+    Batch(Vec<Op>),
+    /// An opaque event.
+    Event(Bytes),
+}
+
+/// A record as stored: the canonical fields. Its hash is computed from the encoding, never stored in it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Record {
+    /// Position in the one global history (1-based, gap-free).
+    pub commit_id: u64,
+    /// The epoch of the primary that wrote it.
+    pub epoch: u64,
+    /// Milliseconds since the Unix epoch, as the writer saw it (never decreasing along the log).
+    pub timestamp_ms: u64,
+    /// The tenant (filters reads only; the order is global).
+    pub tenant: String,
+    /// The content.
+    pub payload: Payload,
+    /// The hash of the previous record (or the genesis hash).
+    pub prev_hash: Hash,
+}
+
+/// Why bytes are not a valid record, or a record is not valid input.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RecordError {
+    /// Shorter than the layout requires.
+    #[error("record truncated: {len} bytes, need {need}")]
+    Truncated {
+        /// Bytes present.
+        len: usize,
+        /// Bytes needed.
+        need: usize,
+    },
+    /// Unknown encoding version.
+    #[error("unsupported record version {0}")]
+    Version(u8),
+    /// Unknown kind byte.
+    #[error("unknown record kind {0}")]
+    Kind(u8),
+    /// Unknown op byte.
+    #[error("unknown batch op {0}")]
+    OpKind(u8),
+    /// Bytes after the declared end.
+    #[error("{0} trailing bytes after the record")]
+    Trailing(usize),
+    /// Tenant empty, too long or not UTF-8.
+    #[error("invalid tenant: {0}")]
+    Tenant(&'static str),
+    /// Key empty or too long.
+    #[error("invalid key: {0}")]
+    Key(&'static str),
+    /// Batch empty, too large, or with a key twice.
+    #[error("invalid batch: {0}")]
+    Batch(&'static str),
+    /// A delete carrying a value.
+    #[error("delete op carries a value")]
+    DeleteWithValue,
+    /// The encoded record exceeds the configured size.
+    #[error("record of {len} bytes exceeds the limit of {max} bytes")]
+    TooLarge {
+        /// Encoded length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+}
+
+fn u16_at(b: &[u8], at: usize) -> u16 {
+    u16::from_le_bytes([b[at], b[at + 1]])
+}
+
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+
+fn u64_at(b: &[u8], at: usize) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[at..at + 8]);
+    u64::from_le_bytes(a)
+}
+
+/// Checks a tenant name.
+pub fn check_tenant(tenant: &str) -> Result<(), RecordError> {
+    if tenant.is_empty() {
+        return Err(RecordError::Tenant("empty"));
+    }
+    if tenant.len() > MAX_TENANT_BYTES {
+        return Err(RecordError::Tenant("longer than 128 bytes"));
+    }
+    if tenant.chars().any(char::is_control) {
+        return Err(RecordError::Tenant("contains a control character"));
+    }
+    Ok(())
+}
+
+/// Checks a key.
+pub fn check_key(key: &[u8]) -> Result<(), RecordError> {
+    if key.is_empty() {
+        return Err(RecordError::Key("empty"));
+    }
+    if key.len() > MAX_KEY_BYTES {
+        return Err(RecordError::Key("longer than 1024 bytes"));
+    }
+    Ok(())
+}
+
+/// Checks a batch: 1..=4096 ops, valid keys, no key twice.
+pub fn check_batch(ops: &[Op]) -> Result<(), RecordError> {
+    if ops.is_empty() {
+        return Err(RecordError::Batch("no operations"));
+    }
+    if ops.len() > MAX_BATCH_OPS {
+        return Err(RecordError::Batch("more than 4096 operations"));
+    }
+    let mut seen = HashSet::with_capacity(ops.len());
+    for op in ops {
+        check_key(op.key())?;
+        if !seen.insert(op.key()) {
+            return Err(RecordError::Batch("the same key twice"));
+        }
+        if let Op::Put { value, .. } = op {
+            if value.len() > u32::MAX as usize {
+                return Err(RecordError::Batch("value longer than 4 GiB"));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The encoded length of a payload's body.
+#[must_use]
+pub fn body_len(payload: &Payload) -> usize {
+    match payload {
+        Payload::Event(b) => b.len(),
+        Payload::Batch(ops) => {
+            4 + ops
+                .iter()
+                .map(|op| {
+                    OP_HEADER_LEN
+                        + op.key().len()
+                        + match op {
+                            Op::Put { value, .. } => value.len(),
+                            Op::Delete { .. } => 0,
+                        }
+                })
+                .sum::<usize>()
+        }
+    }
+}
+
+/// Encodes a record into `out` (cleared first). The caller has validated tenant and payload.
+pub fn encode(
+    out: &mut Vec<u8>,
+    commit_id: u64,
+    epoch: u64,
+    timestamp_ms: u64,
+    tenant: &str,
+    payload: &Payload,
+    prev_hash: &Hash,
+) {
+    out.clear();
+    let body = body_len(payload);
+    assert!(tenant.len() <= MAX_TENANT_BYTES, "tenant validated before encoding");
+    assert!(u32::try_from(body).is_ok(), "body length validated before encoding");
+    out.reserve(RECORD_HEADER_LEN + tenant.len() + body);
+    out.push(RECORD_VERSION);
+    out.push(match payload {
+        Payload::Batch(_) => KIND_BATCH,
+        Payload::Event(_) => KIND_EVENT,
+    });
+    out.extend_from_slice(&(tenant.len() as u16).to_le_bytes());
+    out.extend_from_slice(&(body as u32).to_le_bytes());
+    out.extend_from_slice(&commit_id.to_le_bytes());
+    out.extend_from_slice(&epoch.to_le_bytes());
+    out.extend_from_slice(&timestamp_ms.to_le_bytes());
+    out.extend_from_slice(prev_hash);
+    out.extend_from_slice(tenant.as_bytes());
+    match payload {
+        Payload::Event(b) => out.extend_from_slice(b),
+        Payload::Batch(ops) => {
+            out.extend_from_slice(&(ops.len() as u32).to_le_bytes());
+            for op in ops {
+                let (kind, key, value): (u8, &[u8], &[u8]) = match op {
+                    Op::Put { key, value } => (OP_PUT, key, value),
+                    Op::Delete { key } => (OP_DELETE, key, &[]),
+                };
+                out.push(kind);
+                out.extend_from_slice(&(key.len() as u16).to_le_bytes());
+                out.extend_from_slice(&(value.len() as u32).to_le_bytes());
+                out.extend_from_slice(key);
+                out.extend_from_slice(value);
+            }
+        }
+    }
+    debug_assert_eq!(out.len(), RECORD_HEADER_LEN + tenant.len() + body);
+}
+
+/// The fixed fields of an encoded record, read without decoding the body.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RecordHeader {
+    /// The CommitId.
+    pub commit_id: u64,
+    /// The epoch.
+    pub epoch: u64,
+    /// The timestamp.
+    pub timestamp_ms: u64,
+    /// The previous record's hash.
+    pub prev_hash: Hash,
+}
+
+/// Reads the fixed fields, checking the version, kind and that the declared lengths match `b` exactly.
+pub fn decode_header(b: &[u8]) -> Result<RecordHeader, RecordError> {
+    if b.len() < RECORD_HEADER_LEN {
+        return Err(RecordError::Truncated { len: b.len(), need: RECORD_HEADER_LEN });
+    }
+    if b[R_VERSION] != RECORD_VERSION {
+        return Err(RecordError::Version(b[R_VERSION]));
+    }
+    if b[R_KIND] != KIND_BATCH && b[R_KIND] != KIND_EVENT {
+        return Err(RecordError::Kind(b[R_KIND]));
+    }
+    let need = RECORD_HEADER_LEN + usize::from(u16_at(b, R_TENANT_LEN)) + u32_at(b, R_BODY_LEN) as usize;
+    if b.len() < need {
+        return Err(RecordError::Truncated { len: b.len(), need });
+    }
+    if b.len() > need {
+        return Err(RecordError::Trailing(b.len() - need));
+    }
+    let mut prev_hash = [0u8; 32];
+    prev_hash.copy_from_slice(&b[R_PREV_HASH..R_PREV_HASH + 32]);
+    Ok(RecordHeader {
+        commit_id: u64_at(b, R_COMMIT_ID),
+        epoch: u64_at(b, R_EPOCH),
+        timestamp_ms: u64_at(b, R_TIMESTAMP),
+        prev_hash,
+    })
+}
+
+/// Decodes a whole record from untrusted bytes. Keys and values are zero-copy slices of `b`. Every length is
+/// checked against the bytes present before it is used.
+pub fn decode(b: &Bytes) -> Result<Record, RecordError> {
+    let h = decode_header(b)?;
+    let tenant_len = usize::from(u16_at(b, R_TENANT_LEN));
+    if tenant_len > MAX_TENANT_BYTES {
+        return Err(RecordError::Tenant("longer than 128 bytes"));
+    }
+    let tenant = std::str::from_utf8(&b[RECORD_HEADER_LEN..RECORD_HEADER_LEN + tenant_len])
+        .map_err(|_| RecordError::Tenant("not UTF-8"))?
+        .to_owned();
+    check_tenant(&tenant)?;
+    let body = b.slice(RECORD_HEADER_LEN + tenant_len..);
+    let payload = match b[R_KIND] {
+        KIND_EVENT => Payload::Event(body),
+        _ => Payload::Batch(decode_ops(&body)?),
+    };
+    Ok(Record {
+        commit_id: h.commit_id,
+        epoch: h.epoch,
+        timestamp_ms: h.timestamp_ms,
+        tenant,
+        payload,
+        prev_hash: h.prev_hash,
+    })
+}
+
+fn decode_ops(body: &Bytes) -> Result<Vec<Op>, RecordError> {
+    if body.len() < 4 {
+        return Err(RecordError::Truncated { len: body.len(), need: 4 });
+    }
+    let count = u32_at(body, 0) as usize;
+    if count == 0 || count > MAX_BATCH_OPS {
+        return Err(RecordError::Batch("operation count out of range"));
+    }
+    // Each op needs at least its header, so a count larger than the bytes allow is rejected before allocating.
+    if count > (body.len() - 4) / OP_HEADER_LEN {
+        return Err(RecordError::Truncated { len: body.len(), need: 4 + count * OP_HEADER_LEN });
+    }
+    let mut ops = Vec::with_capacity(count);
+    let mut pos = 4;
+    for _ in 0..count {
+        if body.len() - pos < OP_HEADER_LEN {
+            return Err(RecordError::Truncated { len: body.len(), need: pos + OP_HEADER_LEN });
+        }
+        let kind = body[pos];
+        let key_len = usize::from(u16_at(body, pos + 1));
+        let value_len = u32_at(body, pos + 3) as usize;
+        pos += OP_HEADER_LEN;
+        let need = pos.saturating_add(key_len).saturating_add(value_len);
+        if need > body.len() {
+            return Err(RecordError::Truncated { len: body.len(), need });
+        }
+        let key = body.slice(pos..pos + key_len);
+        let value = body.slice(pos + key_len..need);
+        pos = need;
+        ops.push(match kind {
+            OP_PUT => Op::Put { key, value },
+            OP_DELETE if value_len == 0 => Op::Delete { key },
+            OP_DELETE => return Err(RecordError::DeleteWithValue),
+            other => return Err(RecordError::OpKind(other)),
+        });
+    }
+    if pos != body.len() {
+        return Err(RecordError::Trailing(body.len() - pos));
+    }
+    check_batch(&ops)?;
+    Ok(ops)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Record {
+        Record {
+            commit_id: 42,
+            epoch: 3,
+            timestamp_ms: 1_700_000_000_000,
+            tenant: "acme".into(),
+            payload: Payload::Batch(vec![
+                Op::Put { key: Bytes::from_static(b"k1"), value: Bytes::from_static(b"v1") },
+                Op::Delete { key: Bytes::from_static(b"k2") },
+            ]),
+            prev_hash: [7u8; 32],
+        }
+    }
+
+    fn enc(r: &Record) -> Bytes {
+        let mut out = Vec::new();
+        encode(&mut out, r.commit_id, r.epoch, r.timestamp_ms, &r.tenant, &r.payload, &r.prev_hash);
+        Bytes::from(out)
+    }
+
+    #[test]
+    fn round_trip_batch_and_event() {
+        let r = sample();
+        assert_eq!(decode(&enc(&r)).unwrap(), r);
+        let e = Record { payload: Payload::Event(Bytes::from_static(b"opaque \x00 bytes")), ..sample() };
+        assert_eq!(decode(&enc(&e)).unwrap(), e);
+    }
+
+    #[test]
+    fn every_truncation_and_extension_is_rejected() {
+        let b = enc(&sample());
+        for cut in 0..b.len() {
+            assert!(decode(&b.slice(..cut)).is_err(), "cut at {cut}");
+        }
+        let mut longer = b.to_vec();
+        longer.push(0);
+        assert!(matches!(decode(&Bytes::from(longer)), Err(RecordError::Trailing(1))));
+    }
+
+    #[test]
+    fn hostile_counts_do_not_allocate() {
+        let mut b = enc(&sample()).to_vec();
+        let body_at = RECORD_HEADER_LEN + 4;
+        b[body_at..body_at + 4].copy_from_slice(&4000u32.to_le_bytes());
+        assert!(matches!(decode(&Bytes::from(b)), Err(RecordError::Truncated { .. })));
+    }
+
+    #[test]
+    fn invalid_batches_are_rejected() {
+        assert!(check_batch(&[]).is_err());
+        let dup = [
+            Op::Delete { key: Bytes::from_static(b"a") },
+            Op::Put { key: Bytes::from_static(b"a"), value: Bytes::new() },
+        ];
+        assert_eq!(check_batch(&dup), Err(RecordError::Batch("the same key twice")));
+        assert!(check_key(&[0u8; 1025]).is_err());
+        assert!(check_tenant("").is_err() && check_tenant("a\nb").is_err() && check_tenant(&"x".repeat(129)).is_err());
+    }
+}
