@@ -4,4 +4,6 @@
 #![deny(missing_docs)]
 
 pub mod merkle;
+pub mod checkpoint;
 pub mod record;
+pub mod store;

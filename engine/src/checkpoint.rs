@@ -1,0 +1,406 @@
+//! Signed checkpoints (E-5): C2SP `tlog-checkpoint` bodies signed as C2SP `signed-note`s with Ed25519.
+//!
+//! ```text
+//! <origin>\n
+//! <tree size, decimal>\n
+//! <base64 root hash>\n
+//! epoch <N>\n                                   ← extension line carrying the writer's epoch
+//! \n
+//! — <key name> <base64(key id[4] ‖ Ed25519 signature[64])>\n
+//! ```
+//! The signature covers the text up to and including its last newline. Key id =
+//! `SHA-256(key name ‖ 0x0A ‖ 0x01 ‖ public key)[:4]`. The verifier key string that other tools accept is
+//! `<name>+<hex key id>+<base64(0x01 ‖ public key)>`; the private key file holds
+//! `PRIVATE+KEY+<name>+<hex key id>+<base64(0x01 ‖ seed)>`.
+
+use std::{io, path::Path};
+
+use base64::{engine::general_purpose::STANDARD as B64, Engine};
+use ed25519_dalek::{Signer, Verifier};
+use sha2::{Digest, Sha256};
+
+use crate::merkle::Hash;
+
+/// The largest signed note accepted (bytes).
+pub const MAX_NOTE_BYTES: usize = 64 << 10;
+/// The most signature lines accepted on one note.
+pub const MAX_SIGNATURES: usize = 100;
+const SIG_PREFIX: &str = "\u{2014} ";
+const ALG_ED25519: u8 = 0x01;
+
+/// Errors of keys, notes and checkpoints.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CheckpointError {
+    /// A key name is empty or contains a space or `+`.
+    #[error("invalid key name {0:?}: must be non-empty, without spaces or '+'")]
+    KeyName(String),
+    /// A key string does not parse.
+    #[error("malformed key: {0}")]
+    Key(&'static str),
+    /// The note is not a well-formed signed note.
+    #[error("malformed signed note: {0}")]
+    Note(&'static str),
+    /// No signature by the expected key, or the signature does not verify.
+    #[error("checkpoint signature does not verify with key {0}")]
+    Signature(String),
+    /// The checkpoint body is not a well-formed tlog-checkpoint.
+    #[error("malformed checkpoint: {0}")]
+    Body(&'static str),
+    /// The private key file is readable by others.
+    #[error("key file {path} has mode {mode:o}; it must not be readable by group or others (chmod 600)")]
+    KeyFileMode {
+        /// The file.
+        path: String,
+        /// Its permission bits.
+        mode: u32,
+    },
+    /// Reading or writing a key file failed.
+    #[error("key file {path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The error.
+        #[source]
+        source: io::Error,
+    },
+    /// The OS random source failed.
+    #[error("no randomness for key generation: {0}")]
+    Random(String),
+}
+
+fn check_name(name: &str) -> Result<(), CheckpointError> {
+    if name.is_empty() || name.chars().any(|c| c.is_whitespace() || c == '+') {
+        return Err(CheckpointError::KeyName(name.to_owned()));
+    }
+    Ok(())
+}
+
+fn key_id(name: &str, public: &[u8; 32]) -> u32 {
+    let mut h = Sha256::new();
+    h.update(name.as_bytes());
+    h.update([b'\n', ALG_ED25519]);
+    h.update(public);
+    let d = h.finalize();
+    u32::from_be_bytes([d[0], d[1], d[2], d[3]])
+}
+
+/// A log's signing key.
+#[derive(Clone)]
+pub struct SigningKey {
+    name: String,
+    key: ed25519_dalek::SigningKey,
+}
+
+impl std::fmt::Debug for SigningKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print key material.
+        write!(f, "SigningKey({})", self.verifier())
+    }
+}
+
+impl SigningKey {
+    /// A new random key named `name` (the log's origin, e.g. `example.com/ledger`).
+    pub fn generate(name: &str) -> Result<Self, CheckpointError> {
+        let mut seed = [0u8; 32];
+        getrandom::getrandom(&mut seed).map_err(|e| CheckpointError::Random(e.to_string()))?;
+        Self::from_seed(name, seed)
+    }
+
+    /// A key from a 32-byte seed.
+    pub fn from_seed(name: &str, seed: [u8; 32]) -> Result<Self, CheckpointError> {
+        check_name(name)?;
+        Ok(Self { name: name.to_owned(), key: ed25519_dalek::SigningKey::from_bytes(&seed) })
+    }
+
+    /// The key's name.
+    #[must_use]
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The matching verifier key.
+    #[must_use]
+    pub fn verifier(&self) -> VerifierKey {
+        let public = self.key.verifying_key();
+        VerifierKey { name: self.name.clone(), id: key_id(&self.name, public.as_bytes()), key: public }
+    }
+
+    /// `PRIVATE+KEY+<name>+<hex id>+<base64(0x01 ‖ seed)>`.
+    #[must_use]
+    pub fn to_private_string(&self) -> String {
+        let mut raw = vec![ALG_ED25519];
+        raw.extend_from_slice(self.key.as_bytes());
+        format!("PRIVATE+KEY+{}+{:08x}+{}", self.name, self.verifier().id, B64.encode(raw))
+    }
+
+    /// Parses [`SigningKey::to_private_string`]'s format, checking the key id.
+    pub fn parse_private(s: &str) -> Result<Self, CheckpointError> {
+        let rest = s.trim().strip_prefix("PRIVATE+KEY+").ok_or(CheckpointError::Key("missing PRIVATE+KEY+ prefix"))?;
+        let (name, id, key) = split3(rest)?;
+        let raw = B64.decode(key).map_err(|_| CheckpointError::Key("key is not base64"))?;
+        let [ALG_ED25519, seed @ ..] = raw.as_slice() else {
+            return Err(CheckpointError::Key("not an Ed25519 key"));
+        };
+        let seed: [u8; 32] = seed.try_into().map_err(|_| CheckpointError::Key("Ed25519 seed must be 32 bytes"))?;
+        let k = Self::from_seed(name, seed)?;
+        if format!("{:08x}", k.verifier().id) != id {
+            return Err(CheckpointError::Key("key id does not match the key"));
+        }
+        Ok(k)
+    }
+
+    /// Writes the private key to `path` with mode 0600 (refusing to overwrite) and syncs it.
+    pub fn save(&self, path: &Path) -> Result<(), CheckpointError> {
+        use std::{io::Write, os::unix::fs::OpenOptionsExt};
+        let io_err = |source| CheckpointError::Io { path: path.display().to_string(), source };
+        let mut f =
+            std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).map_err(io_err)?;
+        f.write_all(format!("{}\n", self.to_private_string()).as_bytes()).map_err(io_err)?;
+        f.sync_all().map_err(io_err)?;
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io_err)?;
+        }
+        Ok(())
+    }
+
+    /// Reads a private key file, refusing one that group or others can read.
+    pub fn load(path: &Path) -> Result<Self, CheckpointError> {
+        use std::os::unix::fs::PermissionsExt;
+        let io_err = |source| CheckpointError::Io { path: path.display().to_string(), source };
+        let mode = std::fs::metadata(path).map_err(io_err)?.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(CheckpointError::KeyFileMode { path: path.display().to_string(), mode });
+        }
+        let text = std::fs::read_to_string(path).map_err(io_err)?;
+        Self::parse_private(&text)
+    }
+
+    /// Signs `text` (which must end with a newline) as a signed note.
+    #[must_use]
+    pub fn sign_note(&self, text: &str) -> String {
+        assert!(text.ends_with('\n') && !text.contains("\n\n"), "note text must be newline-terminated lines");
+        let sig = self.key.sign(text.as_bytes());
+        let mut raw = self.verifier().id.to_be_bytes().to_vec();
+        raw.extend_from_slice(&sig.to_bytes());
+        format!("{text}\n{SIG_PREFIX}{} {}\n", self.name, B64.encode(raw))
+    }
+}
+
+fn split3(s: &str) -> Result<(&str, &str, &str), CheckpointError> {
+    let mut it = s.splitn(3, '+');
+    match (it.next(), it.next(), it.next()) {
+        (Some(a), Some(b), Some(c)) if !a.is_empty() && b.len() == 8 => Ok((a, b, c)),
+        _ => Err(CheckpointError::Key("expected <name>+<8 hex digit id>+<base64 key>")),
+    }
+}
+
+/// A verifier key: name, key id and Ed25519 public key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VerifierKey {
+    name: String,
+    id: u32,
+    key: ed25519_dalek::VerifyingKey,
+}
+
+impl std::fmt::Display for VerifierKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut raw = vec![ALG_ED25519];
+        raw.extend_from_slice(self.key.as_bytes());
+        write!(f, "{}+{:08x}+{}", self.name, self.id, B64.encode(raw))
+    }
+}
+
+impl VerifierKey {
+    /// Parses `<name>+<hex id>+<base64(0x01 ‖ public key)>`, checking that the id matches the key.
+    pub fn parse(s: &str) -> Result<Self, CheckpointError> {
+        let (name, id, key) = split3(s.trim())?;
+        check_name(name)?;
+        let raw = B64.decode(key).map_err(|_| CheckpointError::Key("key is not base64"))?;
+        let [ALG_ED25519, public @ ..] = raw.as_slice() else {
+            return Err(CheckpointError::Key("not an Ed25519 key"));
+        };
+        let public: [u8; 32] = public.try_into().map_err(|_| CheckpointError::Key("Ed25519 key must be 32 bytes"))?;
+        let key = ed25519_dalek::VerifyingKey::from_bytes(&public).map_err(|_| CheckpointError::Key("invalid point"))?;
+        let want = key_id(name, &public);
+        if u32::from_str_radix(id, 16).ok() != Some(want) {
+            return Err(CheckpointError::Key("key id does not match the key"));
+        }
+        Ok(Self { name: name.to_owned(), id: want, key })
+    }
+
+    /// The key's name.
+    #[must_use]
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Verifies a signed note and returns its text. Lines by other keys are ignored; the note must carry a valid
+    /// signature by this key.
+    pub fn verify_note<'a>(&self, note: &'a str) -> Result<&'a str, CheckpointError> {
+        if note.len() > MAX_NOTE_BYTES {
+            return Err(CheckpointError::Note("larger than 64 KiB"));
+        }
+        let split = note.rfind("\n\n").ok_or(CheckpointError::Note("no blank line before the signatures"))?;
+        let text = &note[..=split];
+        let sigs = &note[split + 2..];
+        if !sigs.ends_with('\n') {
+            return Err(CheckpointError::Note("signature block must end with a newline"));
+        }
+        let mut found = false;
+        for (n, line) in sigs.lines().enumerate() {
+            if n >= MAX_SIGNATURES {
+                return Err(CheckpointError::Note("too many signatures"));
+            }
+            let rest = line.strip_prefix(SIG_PREFIX).ok_or(CheckpointError::Note("signature line must start with an em dash"))?;
+            let (name, b64) = rest.split_once(' ').ok_or(CheckpointError::Note("signature line needs a name and a signature"))?;
+            let raw = B64.decode(b64).map_err(|_| CheckpointError::Note("signature is not base64"))?;
+            if raw.len() < 5 {
+                return Err(CheckpointError::Note("signature too short"));
+            }
+            let id = u32::from_be_bytes([raw[0], raw[1], raw[2], raw[3]]);
+            if name != self.name || id != self.id {
+                continue;
+            }
+            let sig = ed25519_dalek::Signature::from_slice(&raw[4..]).map_err(|_| CheckpointError::Signature(self.to_string()))?;
+            // The first line by this key decides, as in the reference implementation.
+            self.key.verify(text.as_bytes(), &sig).map_err(|_| CheckpointError::Signature(self.to_string()))?;
+            found = true;
+            break;
+        }
+        if !found {
+            return Err(CheckpointError::Signature(self.to_string()));
+        }
+        Ok(text)
+    }
+}
+
+/// A tree head: what a checkpoint commits to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Checkpoint {
+    /// The log's origin line (its key name).
+    pub origin: String,
+    /// Number of leaves (= records).
+    pub size: u64,
+    /// The Merkle root at that size.
+    pub root: Hash,
+    /// The writer's epoch when it was made.
+    pub epoch: u64,
+}
+
+impl Checkpoint {
+    /// The checkpoint body (the note text that is signed).
+    #[must_use]
+    pub fn body(&self) -> String {
+        format!("{}\n{}\n{}\nepoch {}\n", self.origin, self.size, B64.encode(self.root), self.epoch)
+    }
+
+    /// Parses a checkpoint body.
+    pub fn parse_body(text: &str) -> Result<Self, CheckpointError> {
+        let body = text.strip_suffix('\n').ok_or(CheckpointError::Body("must end with a newline"))?;
+        let mut lines = body.split('\n');
+        let origin = lines.next().filter(|l| !l.is_empty()).ok_or(CheckpointError::Body("missing origin"))?;
+        let size_line = lines.next().ok_or(CheckpointError::Body("missing tree size"))?;
+        let canonical = size_line == "0" || (!size_line.starts_with('0') && size_line.bytes().all(|b| b.is_ascii_digit()));
+        let size: u64 = size_line.parse().ok().filter(|_| canonical).ok_or(CheckpointError::Body("tree size is not a decimal number"))?;
+        let root_line = lines.next().ok_or(CheckpointError::Body("missing root hash"))?;
+        let root: Hash = B64
+            .decode(root_line)
+            .ok()
+            .and_then(|r| r.try_into().ok())
+            .ok_or(CheckpointError::Body("root hash is not 32 bytes of base64"))?;
+        let mut epoch = None;
+        for l in lines {
+            if l.is_empty() {
+                return Err(CheckpointError::Body("empty extension line"));
+            }
+            if let Some(e) = l.strip_prefix("epoch ") {
+                if epoch.replace(e.parse().map_err(|_| CheckpointError::Body("epoch is not a number"))?).is_some() {
+                    return Err(CheckpointError::Body("two epoch lines"));
+                }
+            }
+        }
+        Ok(Self { origin: origin.to_owned(), size, root, epoch: epoch.ok_or(CheckpointError::Body("missing epoch line"))? })
+    }
+
+    /// Signs this checkpoint.
+    #[must_use]
+    pub fn sign(&self, key: &SigningKey) -> SignedCheckpoint {
+        SignedCheckpoint { checkpoint: self.clone(), note: key.sign_note(&self.body()) }
+    }
+}
+
+/// A checkpoint with its signed note.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SignedCheckpoint {
+    /// The parsed checkpoint.
+    pub checkpoint: Checkpoint,
+    /// The full signed note text.
+    pub note: String,
+}
+
+impl SignedCheckpoint {
+    /// Verifies a signed note with `key` and parses its checkpoint; the origin must be the key's name.
+    pub fn verify(note: &str, key: &VerifierKey) -> Result<Self, CheckpointError> {
+        let text = key.verify_note(note)?;
+        let checkpoint = Checkpoint::parse_body(text)?;
+        if checkpoint.origin != key.name() {
+            return Err(CheckpointError::Body("origin differs from the key name"));
+        }
+        Ok(Self { checkpoint, note: note.to_owned() })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key() -> SigningKey {
+        SigningKey::from_seed("example.com/log", [3u8; 32]).unwrap()
+    }
+
+    #[test]
+    fn sign_verify_round_trip_and_key_strings() {
+        let k = key();
+        let cp = Checkpoint { origin: "example.com/log".into(), size: 12, root: [9u8; 32], epoch: 4 };
+        let signed = cp.sign(&k);
+        let v = VerifierKey::parse(&k.verifier().to_string()).unwrap();
+        assert_eq!(SignedCheckpoint::verify(&signed.note, &v).unwrap().checkpoint, cp);
+        assert!(signed.note.starts_with("example.com/log\n12\n"));
+        assert!(signed.note.contains("\nepoch 4\n\n\u{2014} example.com/log "));
+        let k2 = SigningKey::parse_private(&k.to_private_string()).unwrap();
+        assert_eq!(k2.verifier(), k.verifier());
+    }
+
+    #[test]
+    fn any_change_breaks_the_signature() {
+        let k = key();
+        let note = Checkpoint { origin: "example.com/log".into(), size: 12, root: [9u8; 32], epoch: 4 }.sign(&k).note;
+        let v = k.verifier();
+        for i in 0..note.len() {
+            if !note.is_char_boundary(i) || !note.is_char_boundary(i + 1) {
+                continue;
+            }
+            let mut b = note.clone().into_bytes();
+            b[i] ^= 0x01;
+            if let Ok(s) = String::from_utf8(b) {
+                assert!(SignedCheckpoint::verify(&s, &v).is_err(), "flip at byte {i} accepted");
+            }
+        }
+        let other = SigningKey::from_seed("example.com/log", [4u8; 32]).unwrap().verifier();
+        assert!(SignedCheckpoint::verify(&note, &other).is_err());
+    }
+
+    #[test]
+    fn malformed_keys_and_bodies_are_rejected() {
+        assert!(SigningKey::from_seed("has space", [0; 32]).is_err());
+        assert!(SigningKey::from_seed("a+b", [0; 32]).is_err());
+        assert!(VerifierKey::parse("name+00000000+AQ==").is_err());
+        let good = key().verifier().to_string();
+        let bad_id = format!("example.com/log+deadbeef+{}", good.rsplit('+').next().unwrap());
+        assert!(VerifierKey::parse(&bad_id).is_err());
+        for body in ["o\n012\nAAAA\nepoch 1\n", "o\n1\nAAAA\nepoch 1\n", "o\n1\n", "o\n-1\nx\n", "o\n1\nAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\n"] {
+            assert!(Checkpoint::parse_body(body).is_err(), "{body:?}");
+        }
+    }
+}
