@@ -404,3 +404,122 @@ mod tests {
         }
     }
 }
+
+/// The persisted list of signed checkpoints, oldest first: `checkpoints.log`, a sequence of
+/// `{ len u32 | crc32 u32 | note bytes }` entries, appended and fsynced one at a time.
+#[derive(Debug)]
+pub struct CheckpointLog {
+    path: std::path::PathBuf,
+    file: Box<dyn aerodb_wal::fs::FsFile>,
+    end: u64,
+    notes: Vec<String>,
+}
+
+const ENTRY_HEADER: usize = 8;
+
+/// What opening the checkpoint log found.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CheckpointLogReport {
+    /// Entries read.
+    pub entries: usize,
+    /// Bytes of a torn last entry that were discarded.
+    pub torn_bytes: u64,
+}
+
+impl CheckpointLog {
+    /// Opens (creating) the log at `path`. A torn last entry (crash during an append) is cut off and reported;
+    /// the checkpoint it carried was never returned to anyone, since appends return after the fsync.
+    pub fn open(fs: &dyn aerodb_wal::fs::Fs, path: &Path) -> Result<(Self, CheckpointLogReport), io::Error> {
+        use aerodb_wal::fs::OpenMode;
+        let file = match fs.open(path, OpenMode::ReadWrite) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                let f = fs.open(path, OpenMode::CreateNew)?;
+                if let Some(dir) = path.parent() {
+                    fs.sync_dir(dir)?;
+                }
+                f
+            }
+            Err(e) => return Err(e),
+        };
+        let len = usize::try_from(file.len()?).map_err(|_| io::Error::other("checkpoint log too large"))?;
+        let mut bytes = vec![0u8; len];
+        aerodb_wal::fs::read_exact_at(&*file, &mut bytes, 0)?;
+        let (notes, end) = parse_entries(&bytes)?;
+        let mut report = CheckpointLogReport { entries: notes.len(), torn_bytes: (len - end) as u64 };
+        if end < len {
+            tracing::warn!(path = %path.display(), bytes = len - end, "discarding a torn checkpoint log entry");
+            file.set_len(end as u64)?;
+            file.sync_all()?;
+        }
+        report.entries = notes.len();
+        Ok((Self { path: path.to_owned(), file, end: end as u64, notes }, report))
+    }
+
+    /// Appends a signed note and fsyncs it.
+    pub fn append(&mut self, note: &str) -> Result<(), io::Error> {
+        assert!(note.len() <= MAX_NOTE_BYTES, "notes are bounded when made");
+        let mut entry = Vec::with_capacity(ENTRY_HEADER + note.len());
+        entry.extend_from_slice(&(note.len() as u32).to_le_bytes());
+        entry.extend_from_slice(&crc32fast::hash(note.as_bytes()).to_le_bytes());
+        entry.extend_from_slice(note.as_bytes());
+        self.file.write_all_at(&entry, self.end)?;
+        self.file.sync_data()?;
+        self.end += entry.len() as u64;
+        self.notes.push(note.to_owned());
+        Ok(())
+    }
+
+    /// Every note, oldest first.
+    #[must_use]
+    pub fn notes(&self) -> &[String] {
+        &self.notes
+    }
+
+    /// The newest note.
+    #[must_use]
+    pub fn latest(&self) -> Option<&str> {
+        self.notes.last().map(String::as_str)
+    }
+
+    /// The file.
+    #[must_use]
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// Parses entries from untrusted bytes; returns the valid notes and where the valid prefix ends. A bad entry
+/// that reaches the end of the file is a torn tail (the caller cuts it off); a bad entry with bytes after it is
+/// corruption, reported as an error with its offset.
+pub fn parse_entries(bytes: &[u8]) -> Result<(Vec<String>, usize), io::Error> {
+    let mut notes = Vec::new();
+    let mut pos = 0;
+    while pos < bytes.len() {
+        let rest = &bytes[pos..];
+        if rest.len() < ENTRY_HEADER {
+            break;
+        }
+        let len = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+        let crc = u32::from_le_bytes([rest[4], rest[5], rest[6], rest[7]]);
+        let end = ENTRY_HEADER.saturating_add(len.min(MAX_NOTE_BYTES + 1));
+        let valid = len <= MAX_NOTE_BYTES
+            && rest.len() >= ENTRY_HEADER + len
+            && crc32fast::hash(&rest[ENTRY_HEADER..ENTRY_HEADER + len]) == crc;
+        let note = if valid { std::str::from_utf8(&rest[ENTRY_HEADER..ENTRY_HEADER + len]).ok() } else { None };
+        match note {
+            Some(n) => {
+                notes.push(n.to_owned());
+                pos += ENTRY_HEADER + len;
+            }
+            None if end >= rest.len() => break,
+            None => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("checkpoint log corrupt at offset {pos}: a bad entry is followed by more data"),
+                ))
+            }
+        }
+    }
+    Ok((notes, pos))
+}

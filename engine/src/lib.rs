@@ -1,9 +1,31 @@
 //! `aerodb-engine`: hash-chained records on the AeroDB WAL, with a Merkle index, signed checkpoints, proofs and
-//! key/value state with history.
+//! key/value state with history. [`Db`] is the API an application links.
+//!
+//! ```
+//! use aerodb_engine::{merkle, Db, Options};
+//!
+//! let db = Db::open_in_memory(Options::default()).unwrap();
+//! let receipt = db.put("acme", &b"invoice/42"[..], &b"paid"[..]).unwrap();
+//! assert_eq!(db.get(b"invoice/42").unwrap().as_deref(), Some(&b"paid"[..]));
+//!
+//! // Prove the write against a signed checkpoint, as a client would.
+//! let cp = db.checkpoint_now().unwrap();
+//! let proof = db.inclusion_proof(receipt.commit_id, cp.checkpoint.size).unwrap();
+//! let record = db.record(receipt.commit_id).unwrap().unwrap();
+//! let leaf = merkle::leaf_hash(&record.canonical);
+//! assert!(merkle::verify_inclusion(&leaf, proof.leaf_index, proof.tree_size, &proof.hashes, &cp.checkpoint.root));
+//! ```
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
-pub mod merkle;
 pub mod checkpoint;
+mod db;
+mod error;
+pub mod merkle;
 pub mod record;
 pub mod store;
+
+pub use checkpoint::{Checkpoint, SignedCheckpoint, SigningKey, VerifierKey};
+pub use db::{Db, InclusionProof, NewRecord, OpenReport, Options, Receipt, StoredRecord, Tip, Version, KEY_FILE};
+pub use error::{Error, NotWritable, Result};
+pub use record::{Op, Payload, Record};

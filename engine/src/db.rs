@@ -1,0 +1,813 @@
+//! The `Db` API: what a Rust application links.
+//!
+//! Writes: every append assigns the next CommitId(s), encodes the canonical record with the previous record's
+//! hash, and hands it to the WAL's group commit; all of that happens under the WAL's ordering lock, so the hash
+//! chain follows CommitId order. After the WAL acknowledges (per its durability mode) the record is *applied* —
+//! Merkle leaf, key index, tenant index — strictly in CommitId order and only up to the durable mark, so a reader
+//! never sees a record that could still be lost.
+//!
+//! Reads see the applied prefix. Values are not copied into the index: the index maps a key to the CommitIds that
+//! wrote it and the value is read from the record in the WAL.
+
+use std::{
+    collections::{BTreeMap, HashMap, VecDeque},
+    ops::{Bound, RangeBounds},
+    path::{Path, PathBuf},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use aerodb_wal::{
+    fs::{Fs, MemFs, RealFs},
+    CommitId, Epoch, Wal,
+};
+use bytes::Bytes;
+use parking_lot::{Condvar, Mutex, RwLock};
+
+use crate::{
+    checkpoint::{Checkpoint, CheckpointLog, SignedCheckpoint, SigningKey, VerifierKey},
+    error::{Error, NotWritable, Result},
+    merkle::{self, leaf_hash, Hash},
+    record::{self, genesis_hash, record_hash, Op, Payload, Record, RecordError},
+    store::MerkleStore,
+};
+
+/// Options for [`Db::open`].
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// The log's origin: the checkpoint origin line and the signing key's name. No spaces or `+`.
+    pub origin: String,
+    /// The checkpoint signing key. `None`: load `<dir>/checkpoint.key`, creating it (mode 0600) on first open.
+    pub signing_key: Option<SigningKey>,
+    /// The epoch stamped on every record this node writes.
+    pub epoch: u64,
+    /// Emit a checkpoint after this many new records (0: never by count).
+    pub checkpoint_every_records: u64,
+    /// Emit a checkpoint when this much time passed and there are new records (`None`: never by time).
+    pub checkpoint_interval: Option<Duration>,
+    /// Refuse to open when the startup integrity check fails (E-6). `false` only downgrades failures to a loud
+    /// warning.
+    pub fail_on_startup_check: bool,
+    /// Open without write authority: every append is refused with [`NotWritable::NotWriteAuthority`].
+    pub read_only: bool,
+    /// WAL options (segment size, record size limit, durability mode).
+    pub wal: aerodb_wal::Options,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            origin: "aerodb-ledger".into(),
+            signing_key: None,
+            epoch: 1,
+            checkpoint_every_records: 10_000,
+            checkpoint_interval: Some(Duration::from_secs(1)),
+            fail_on_startup_check: true,
+            read_only: false,
+            wal: aerodb_wal::Options::default(),
+        }
+    }
+}
+
+/// What an append returns: enough for the writer to verify its own write later (E-8).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Receipt {
+    /// The record's CommitId.
+    pub commit_id: u64,
+    /// `SHA-256` of the record's canonical bytes.
+    pub record_hash: Hash,
+    /// The record's Merkle leaf index (`commit_id - 1`).
+    pub leaf_index: u64,
+}
+
+/// A record read back, with its hash.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredRecord {
+    /// The decoded record.
+    pub record: Record,
+    /// `SHA-256` of its canonical bytes.
+    pub hash: Hash,
+    /// The canonical bytes (what the Merkle leaf hashes, with a 0x00 prefix).
+    pub canonical: Bytes,
+}
+
+/// One version of a key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Version {
+    /// The record that wrote it.
+    pub commit_id: u64,
+    /// The value, or `None` for a delete.
+    pub value: Option<Bytes>,
+}
+
+/// An inclusion proof of one record in a tree of a given size.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InclusionProof {
+    /// Leaf index (`commit_id - 1`).
+    pub leaf_index: u64,
+    /// The tree size the proof is for.
+    pub tree_size: u64,
+    /// The audit path, leaf-side first.
+    pub hashes: Vec<Hash>,
+}
+
+/// The head of the log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Tip {
+    /// The last applied CommitId (0 when empty); also the tree size.
+    pub commit_id: u64,
+    /// Its record hash (the genesis hash when empty).
+    pub record_hash: Hash,
+    /// The Merkle root over all applied records.
+    pub root: Hash,
+}
+
+/// A record to append.
+#[derive(Clone, Debug)]
+pub struct NewRecord {
+    /// Its tenant.
+    pub tenant: String,
+    /// Its content.
+    pub payload: Payload,
+}
+
+/// What opening found and checked.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct OpenReport {
+    /// The WAL's recovery report.
+    pub wal: aerodb_wal::RecoveryReport,
+    /// Records verified (every hash-chain link checked).
+    pub records_verified: u64,
+    /// Merkle leaves rebuilt from the log (store missing or behind).
+    pub leaves_rebuilt: u64,
+    /// Checkpoints verified (signature, root, monotonic size).
+    pub checkpoints_verified: usize,
+    /// Integrity problems found (empty when the check passed).
+    pub problems: Vec<String>,
+    /// Time the whole open took.
+    pub elapsed: Duration,
+}
+
+#[derive(Debug)]
+struct Chain {
+    last_hash: Hash,
+    last_ts: u64,
+}
+
+#[derive(Debug)]
+struct State {
+    merkle: MerkleStore,
+    kv: BTreeMap<Bytes, Vec<(u64, bool)>>,
+    tenants: HashMap<String, Vec<u64>>,
+    visible: u64,
+    tip_hash: Hash,
+    latest: Option<SignedCheckpoint>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    dir: PathBuf,
+    opts: Options,
+    wal: Wal,
+    signer: SigningKey,
+    verifier: VerifierKey,
+    chain: Mutex<Chain>,
+    pending: Mutex<VecDeque<(u64, Bytes)>>,
+    state: RwLock<State>,
+    checkpoints: Mutex<CheckpointLog>,
+    not_writable: RwLock<Option<NotWritable>>,
+    stop: AtomicBool,
+    tick: (Mutex<()>, Condvar),
+}
+
+/// An open AeroDB database. `Db` is `Send + Sync`; share it behind an `Arc` across threads.
+#[derive(Debug)]
+pub struct Db {
+    inner: Arc<Inner>,
+    ticker: Option<JoinHandle<()>>,
+    report: OpenReport,
+}
+
+/// File name of the generated signing key.
+pub const KEY_FILE: &str = "checkpoint.key";
+const CHECKPOINT_LOG: &str = "checkpoints.log";
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+impl Db {
+    /// Opens (creating if needed) the database in `dir` on the real file system.
+    pub fn open(dir: impl AsRef<Path>, opts: Options) -> Result<Db> {
+        Self::open_with_fs(Arc::new(RealFs), dir.as_ref(), opts)
+    }
+
+    /// An explicit in-memory database (E-7): the same code over a memory file system; nothing survives the
+    /// process. There is no silent fallback from disk to memory anywhere: this is the only way to get one.
+    pub fn open_in_memory(opts: Options) -> Result<Db> {
+        let mut opts = opts;
+        if opts.signing_key.is_none() {
+            opts.signing_key = Some(SigningKey::generate(&opts.origin)?);
+        }
+        Self::open_with_fs(Arc::new(MemFs::new()), Path::new("/aerodb"), opts)
+    }
+
+    /// Opens the database in `dir` on the file system `fs` (tests use the memory and fault file systems).
+    pub fn open_with_fs(fs: Arc<dyn Fs>, dir: &Path, opts: Options) -> Result<Db> {
+        let started = Instant::now();
+        fs.create_dir_all(dir).map_err(|e| Error::Io { op: "create directory", path: dir.to_owned(), source: e })?;
+        let signer = match &opts.signing_key {
+            Some(k) => k.clone(),
+            None => load_or_create_key(&dir.join(KEY_FILE), &opts.origin)?,
+        };
+        if signer.name() != opts.origin {
+            return Err(Error::InvalidOptions(format!(
+                "the signing key is named {:?} but the origin is {:?}; they must match",
+                signer.name(),
+                opts.origin
+            )));
+        }
+        let verifier = signer.verifier();
+        let mut report = OpenReport::default();
+
+        // Checkpoints first: the newest one tells WAL recovery which records must never be cut as a torn tail.
+        let cp_path = dir.join(CHECKPOINT_LOG);
+        let (checkpoints, _) = CheckpointLog::open(&*fs, &cp_path)
+            .map_err(|e| Error::Io { op: "open checkpoint log", path: cp_path.clone(), source: e })?;
+        let mut signed = Vec::new();
+        for (i, note) in checkpoints.notes().iter().enumerate() {
+            match SignedCheckpoint::verify(note, &verifier) {
+                Ok(s) => signed.push(s),
+                Err(e) => report.problems.push(format!("checkpoint #{} does not verify: {e}", i + 1)),
+            }
+        }
+        let durable_mark = signed.iter().map(|s| s.checkpoint.size).max().unwrap_or(0);
+        let wal_opts = aerodb_wal::Options { durable_mark: CommitId(durable_mark), ..opts.wal.clone() };
+        let wal = Wal::open(fs.clone(), dir.join("wal"), wal_opts)?;
+        report.wal = wal.recovery_report().clone();
+        let records = wal.durable_commit_id().0;
+
+        let (mut merkle, _) = MerkleStore::open(fs.clone(), &dir.join("merkle"))?;
+        if merkle.size() > records {
+            report.problems.push(format!(
+                "Merkle store holds {} leaves but the log {} records; the extra leaves were discarded",
+                merkle.size(),
+                records
+            ));
+            merkle.truncate(records)?;
+        }
+        let stored_leaves = merkle.size();
+        let mut state = State {
+            merkle,
+            kv: BTreeMap::new(),
+            tenants: HashMap::new(),
+            visible: 0,
+            tip_hash: genesis_hash(),
+            latest: signed.last().cloned(),
+        };
+        // Replay the log: verify every chain link, rebuild the key and tenant indexes, and the Merkle leaves the
+        // store lacks; leaves the store has are checked against the records after the newest checkpoint.
+        let check_from = durable_mark;
+        let mut last_epoch = 0u64;
+        let mut last_ts = 0u64;
+        for frame in wal.read_from(CommitId(1))? {
+            let frame = frame?;
+            let body = frame.body();
+            let commit = frame.commit_id.0;
+            let rec = record::decode(&body).map_err(|e| Error::Corruption { commit_id: commit, what: e.to_string() })?;
+            if rec.commit_id != commit {
+                return Err(corruption(commit, format!("record says CommitId {}", rec.commit_id)));
+            }
+            if rec.prev_hash != state.tip_hash {
+                return Err(corruption(commit, "prev_hash does not match the previous record's hash".into()));
+            }
+            if rec.epoch < last_epoch || rec.epoch != frame.epoch.0 {
+                return Err(corruption(commit, format!("epoch {} after {last_epoch} (frame {})", rec.epoch, frame.epoch)));
+            }
+            last_epoch = rec.epoch;
+            last_ts = last_ts.max(rec.timestamp_ms);
+            let leaf = leaf_hash(&body);
+            if commit > stored_leaves {
+                state.merkle.push(leaf)?;
+                report.leaves_rebuilt += 1;
+            } else if commit > check_from {
+                let stored = merkle::NodeSource::node(&state.merkle, 0, commit - 1)?;
+                if stored != leaf {
+                    report.problems.push(format!("stored Merkle leaf {} does not match record {commit}", commit - 1));
+                }
+            }
+            index_record(&mut state, &rec);
+            state.tip_hash = record_hash(&body);
+            state.visible = commit;
+            report.records_verified += 1;
+        }
+        // Every checkpoint: sizes never decrease, and the root at its size is what it signed.
+        let mut prev_size = 0;
+        for (i, s) in signed.iter().enumerate() {
+            let c = &s.checkpoint;
+            if c.size < prev_size {
+                report.problems.push(format!("checkpoint #{} has size {} after size {prev_size}", i + 1, c.size));
+            }
+            prev_size = prev_size.max(c.size);
+            if c.size > state.visible {
+                report.problems.push(format!(
+                    "checkpoint #{} covers {} records but the log holds {}",
+                    i + 1,
+                    c.size,
+                    state.visible
+                ));
+            } else if merkle::root(&state.merkle, c.size)? != c.root {
+                report.problems.push(format!("checkpoint #{} root does not match the log at size {}", i + 1, c.size));
+            } else {
+                report.checkpoints_verified += 1;
+            }
+        }
+        if !report.problems.is_empty() {
+            let summary = report.problems.join("; ");
+            if opts.fail_on_startup_check {
+                return Err(Error::Integrity(summary));
+            }
+            tracing::error!(problems = %summary, "STARTUP INTEGRITY CHECK FAILED; continuing because fail_on_startup_check is off");
+        }
+        state.merkle.sync()?;
+        let not_writable = opts.read_only.then_some(NotWritable::NotWriteAuthority);
+        let inner = Arc::new(Inner {
+            dir: dir.to_owned(),
+            chain: Mutex::new(Chain { last_hash: state.tip_hash, last_ts }),
+            wal,
+            signer,
+            verifier,
+            pending: Mutex::new(VecDeque::new()),
+            state: RwLock::new(state),
+            checkpoints: Mutex::new(checkpoints),
+            not_writable: RwLock::new(not_writable),
+            stop: AtomicBool::new(false),
+            tick: (Mutex::new(()), Condvar::new()),
+            opts,
+        });
+        let ticker = if inner.opts.checkpoint_interval.is_some() || inner.opts.checkpoint_every_records > 0 {
+            let i = inner.clone();
+            Some(
+                std::thread::Builder::new()
+                    .name("aerodb-checkpoint".into())
+                    .spawn(move || i.ticker())
+                    .map_err(|e| Error::Io { op: "spawn checkpoint thread", path: dir.to_owned(), source: e })?,
+            )
+        } else {
+            None
+        };
+        report.elapsed = started.elapsed();
+        Ok(Db { inner, ticker, report })
+    }
+
+    /// What opening found and verified.
+    #[must_use]
+    pub fn open_report(&self) -> &OpenReport {
+        &self.report
+    }
+
+    /// The data directory.
+    #[must_use]
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    /// The key that verifies this log's checkpoints (`<name>+<id>+<key>`).
+    #[must_use]
+    pub fn verifier_key(&self) -> VerifierKey {
+        self.inner.verifier.clone()
+    }
+
+    /// Why writes are refused, if they are.
+    #[must_use]
+    pub fn not_writable(&self) -> Option<NotWritable> {
+        self.inner.writability()
+    }
+
+    /// Appends one record.
+    pub fn append(&self, tenant: &str, payload: Payload) -> Result<Receipt> {
+        let mut r = self.append_many(&[NewRecord { tenant: tenant.to_owned(), payload }])?;
+        Ok(r.remove(0))
+    }
+
+    /// Sets `key` to `value` (a batch of one put).
+    pub fn put(&self, tenant: &str, key: impl Into<Bytes>, value: impl Into<Bytes>) -> Result<Receipt> {
+        self.append(tenant, Payload::Batch(vec![Op::Put { key: key.into(), value: value.into() }]))
+    }
+
+    /// Removes `key` (a batch of one delete).
+    pub fn delete(&self, tenant: &str, key: impl Into<Bytes>) -> Result<Receipt> {
+        self.append(tenant, Payload::Batch(vec![Op::Delete { key: key.into() }]))
+    }
+
+    /// Applies puts and deletes atomically as one record.
+    pub fn append_batch(&self, tenant: &str, ops: Vec<Op>) -> Result<Receipt> {
+        self.append(tenant, Payload::Batch(ops))
+    }
+
+    /// Appends an opaque event record.
+    pub fn append_event(&self, tenant: &str, payload: impl Into<Bytes>) -> Result<Receipt> {
+        self.append(tenant, Payload::Event(payload.into()))
+    }
+
+    /// Appends several records as consecutive CommitIds in one durable write.
+    pub fn append_many(&self, records: &[NewRecord]) -> Result<Vec<Receipt>> {
+        self.inner.append_many(records)
+    }
+
+    /// Appends one record and returns it with a checkpoint that covers it and the inclusion proof against that
+    /// checkpoint (E-8), so the writer can verify its own write. Makes a checkpoint if none covers it yet.
+    pub fn append_and_prove(&self, tenant: &str, payload: Payload) -> Result<(Receipt, SignedCheckpoint, InclusionProof)> {
+        let receipt = self.append(tenant, payload)?;
+        let cp = match self.latest_checkpoint() {
+            Some(c) if c.checkpoint.size >= receipt.commit_id => c,
+            _ => self.checkpoint_now()?,
+        };
+        let proof = self.inclusion_proof(receipt.commit_id, cp.checkpoint.size)?;
+        Ok((receipt, cp, proof))
+    }
+
+    /// The record `commit_id`, or `None` if the log does not (yet) hold it.
+    pub fn record(&self, commit_id: u64) -> Result<Option<StoredRecord>> {
+        if commit_id == 0 || commit_id > self.inner.state.read().visible {
+            return Ok(None);
+        }
+        self.inner.read_record(commit_id).map(Some)
+    }
+
+    /// Records from `from` (inclusive), at most `limit`.
+    pub fn records(&self, from: u64, limit: usize) -> Result<Vec<StoredRecord>> {
+        let visible = self.inner.state.read().visible;
+        let mut out = Vec::new();
+        for f in self.inner.wal.read_from(CommitId(from.max(1)))? {
+            let f = f?;
+            if f.commit_id.0 > visible || out.len() >= limit {
+                break;
+            }
+            out.push(stored(f.commit_id.0, f.body())?);
+        }
+        Ok(out)
+    }
+
+    /// The current value of `key`.
+    pub fn get(&self, key: &[u8]) -> Result<Option<Bytes>> {
+        self.get_at(key, u64::MAX)
+    }
+
+    /// The value `key` had right after CommitId `at` was applied.
+    pub fn get_at(&self, key: &[u8], at: u64) -> Result<Option<Bytes>> {
+        let version = {
+            let st = self.inner.state.read();
+            let at = at.min(st.visible);
+            st.kv.get(key).and_then(|v| {
+                let i = v.partition_point(|(c, _)| *c <= at);
+                i.checked_sub(1).map(|i| v[i])
+            })
+        };
+        match version {
+            None | Some((_, true)) => Ok(None),
+            Some((commit, false)) => self.inner.value_in(commit, key),
+        }
+    }
+
+    /// Every version of `key`, oldest first.
+    pub fn history(&self, key: &[u8]) -> Result<Vec<Version>> {
+        let versions = self.inner.state.read().kv.get(key).cloned().unwrap_or_default();
+        versions
+            .into_iter()
+            .map(|(commit, deleted)| {
+                let value = if deleted { None } else { self.inner.value_in(commit, key)? };
+                Ok(Version { commit_id: commit, value })
+            })
+            .collect()
+    }
+
+    /// Current `(key, value)` pairs with keys in `range`, in key order, at most `limit`.
+    pub fn scan<R: RangeBounds<[u8]>>(&self, range: R, limit: usize) -> Result<Vec<(Bytes, Bytes)>> {
+        let hits: Vec<(Bytes, u64)> = {
+            let st = self.inner.state.read();
+            let lo: Bound<&[u8]> = range.start_bound();
+            let hi: Bound<&[u8]> = range.end_bound();
+            st.kv
+                .range::<[u8], _>((lo, hi))
+                .filter_map(|(k, v)| match v.last() {
+                    Some(&(c, false)) => Some((k.clone(), c)),
+                    _ => None,
+                })
+                .take(limit)
+                .collect()
+        };
+        hits.into_iter()
+            .filter_map(|(k, c)| match self.inner.value_in(c, &k) {
+                Ok(Some(v)) => Some(Ok((k, v))),
+                Ok(None) => None,
+                Err(e) => Some(Err(e)),
+            })
+            .collect()
+    }
+
+    /// Current `(key, value)` pairs whose key starts with `prefix`, at most `limit`.
+    pub fn scan_prefix(&self, prefix: &[u8], limit: usize) -> Result<Vec<(Bytes, Bytes)>> {
+        let mut out = self.scan::<(Bound<&[u8]>, Bound<&[u8]>)>((Bound::Included(prefix), Bound::Unbounded), limit)?;
+        out.retain(|(k, _)| k.starts_with(prefix));
+        // Keys after the prefix range were cut by `retain`; the first non-matching key ends the prefix range, so
+        // nothing after it can match.
+        Ok(out)
+    }
+
+    /// Records of `tenant` with CommitId ≥ `from`, oldest first, at most `limit`.
+    pub fn scan_tenant(&self, tenant: &str, from: u64, limit: usize) -> Result<Vec<StoredRecord>> {
+        let ids: Vec<u64> = {
+            let st = self.inner.state.read();
+            st.tenants.get(tenant).map_or_else(Vec::new, |v| {
+                let i = v.partition_point(|c| *c < from);
+                v[i..].iter().take(limit).copied().collect()
+            })
+        };
+        ids.into_iter().map(|c| self.inner.read_record(c)).collect()
+    }
+
+    /// The head of the log.
+    pub fn tip(&self) -> Result<Tip> {
+        let st = self.inner.state.read();
+        Ok(Tip { commit_id: st.visible, record_hash: st.tip_hash, root: merkle::root(&st.merkle, st.visible)? })
+    }
+
+    /// The Merkle root of the first `size` records.
+    pub fn root_at(&self, size: u64) -> Result<Hash> {
+        let st = self.inner.state.read();
+        if size > st.visible {
+            return Err(Error::OutOfRange { what: "tree size", value: size, size: st.visible });
+        }
+        Ok(merkle::root(&st.merkle, size)?)
+    }
+
+    /// The inclusion proof of record `commit_id` in the tree of `tree_size` records.
+    pub fn inclusion_proof(&self, commit_id: u64, tree_size: u64) -> Result<InclusionProof> {
+        let st = self.inner.state.read();
+        if tree_size == 0 || tree_size > st.visible {
+            return Err(Error::OutOfRange { what: "tree size", value: tree_size, size: st.visible });
+        }
+        if commit_id == 0 || commit_id > tree_size {
+            return Err(Error::OutOfRange { what: "CommitId", value: commit_id, size: tree_size });
+        }
+        let hashes = merkle::inclusion_proof(&st.merkle, commit_id - 1, tree_size)?;
+        Ok(InclusionProof { leaf_index: commit_id - 1, tree_size, hashes })
+    }
+
+    /// The consistency proof between the trees of `old_size` and `new_size` records.
+    pub fn consistency_proof(&self, old_size: u64, new_size: u64) -> Result<Vec<Hash>> {
+        let st = self.inner.state.read();
+        if new_size > st.visible {
+            return Err(Error::OutOfRange { what: "tree size", value: new_size, size: st.visible });
+        }
+        if old_size == 0 || old_size > new_size {
+            return Err(Error::OutOfRange { what: "old tree size", value: old_size, size: new_size });
+        }
+        Ok(merkle::consistency_proof(&st.merkle, old_size, new_size)?)
+    }
+
+    /// The newest signed checkpoint.
+    #[must_use]
+    pub fn latest_checkpoint(&self) -> Option<SignedCheckpoint> {
+        self.inner.state.read().latest.clone()
+    }
+
+    /// Every signed checkpoint, oldest first.
+    pub fn checkpoints(&self) -> Vec<String> {
+        self.inner.checkpoints.lock().notes().to_vec()
+    }
+
+    /// Signs and persists a checkpoint of everything applied now (returns the newest one if nothing is new).
+    pub fn checkpoint_now(&self) -> Result<SignedCheckpoint> {
+        self.inner.checkpoint_now()
+    }
+
+    /// Makes everything durable, writes a final checkpoint if there are new records, and stops background work.
+    pub fn close(mut self) -> Result<()> {
+        self.stop_ticker();
+        self.inner.apply_durable()?;
+        let has_new = {
+            let st = self.inner.state.read();
+            st.latest.as_ref().map_or(st.visible > 0, |c| c.checkpoint.size < st.visible)
+        };
+        if has_new && self.inner.writability().is_none() {
+            self.inner.checkpoint_now()?;
+        }
+        self.inner.state.write().merkle.sync()?;
+        Ok(())
+    }
+
+    fn stop_ticker(&mut self) {
+        self.inner.stop.store(true, Ordering::SeqCst);
+        self.inner.tick.1.notify_all();
+        if let Some(t) = self.ticker.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Db {
+    fn drop(&mut self) {
+        self.stop_ticker();
+    }
+}
+
+fn corruption(commit_id: u64, what: String) -> Error {
+    Error::Corruption { commit_id, what }
+}
+
+fn stored(commit_id: u64, body: Bytes) -> Result<StoredRecord> {
+    let record = record::decode(&body).map_err(|e| corruption(commit_id, e.to_string()))?;
+    Ok(StoredRecord { record, hash: record_hash(&body), canonical: body })
+}
+
+fn index_record(st: &mut State, rec: &Record) {
+    if let Payload::Batch(ops) = &rec.payload {
+        for op in ops {
+            let deleted = matches!(op, Op::Delete { .. });
+            st.kv.entry(op.key().clone()).or_default().push((rec.commit_id, deleted));
+        }
+    }
+    st.tenants.entry(rec.tenant.clone()).or_default().push(rec.commit_id);
+}
+
+fn load_or_create_key(path: &Path, origin: &str) -> Result<SigningKey> {
+    if path.exists() {
+        return Ok(SigningKey::load(path)?);
+    }
+    let key = SigningKey::generate(origin)?;
+    key.save(path)?;
+    tracing::info!(path = %path.display(), verifier = %key.verifier(), "generated a checkpoint signing key");
+    Ok(key)
+}
+
+impl Inner {
+    fn writability(&self) -> Option<NotWritable> {
+        if let Some(r) = self.not_writable.read().clone() {
+            return Some(r);
+        }
+        self.wal.failure().map(|f| NotWritable::LogFailed(f.to_string()))
+    }
+
+    fn append_many(&self, records: &[NewRecord]) -> Result<Vec<Receipt>> {
+        if let Some(r) = self.writability() {
+            return Err(r.into());
+        }
+        let max = self.opts.wal.max_record_bytes;
+        for r in records {
+            record::check_tenant(&r.tenant)?;
+            if let Payload::Batch(ops) = &r.payload {
+                record::check_batch(ops)?;
+            }
+            let len = record::RECORD_HEADER_LEN + r.tenant.len() + record::body_len(&r.payload);
+            if len > max {
+                return Err(RecordError::TooLarge { len, max }.into());
+            }
+        }
+        if records.is_empty() {
+            return Ok(Vec::new());
+        }
+        let epoch = self.opts.epoch;
+        let mut receipts = Vec::with_capacity(records.len());
+        let result = self.wal.append_with(Epoch(epoch), |sink| {
+            let mut chain = self.chain.lock();
+            let ts = now_ms().max(chain.last_ts);
+            let mut prev = chain.last_hash;
+            let mut encoded = Vec::with_capacity(records.len());
+            for r in records {
+                let commit = sink.next_commit_id().0;
+                let mut buf = Vec::new();
+                record::encode(&mut buf, commit, epoch, ts, &r.tenant, &r.payload, &prev);
+                sink.push(&buf)?;
+                let h = record_hash(&buf);
+                receipts.push(Receipt { commit_id: commit, record_hash: h, leaf_index: commit - 1 });
+                encoded.push((commit, Bytes::from(buf)));
+                prev = h;
+            }
+            // Only now advance the chain: an error above discards everything this closure pushed.
+            chain.last_hash = prev;
+            chain.last_ts = ts;
+            self.pending.lock().extend(encoded);
+            Ok(())
+        });
+        if let Err(e) = result {
+            if let Some(f) = self.wal.failure() {
+                tracing::error!(failure = %f, "the log failed closed; the database refuses writes until reopened");
+            }
+            return Err(e.into());
+        }
+        self.apply_durable()?;
+        Ok(receipts)
+    }
+
+    /// Applies every pending record up to the WAL's durable mark, in CommitId order.
+    fn apply_durable(&self) -> Result<()> {
+        let durable = self.wal.durable_commit_id().0;
+        if self.pending.lock().front().is_none_or(|(c, _)| *c > durable) {
+            return Ok(());
+        }
+        // The state lock is taken before draining, so two appliers can never apply out of order.
+        let mut st = self.state.write();
+        let batch: Vec<(u64, Bytes)> = {
+            let mut p = self.pending.lock();
+            let n = p.iter().take_while(|(c, _)| *c <= durable).count();
+            p.drain(..n).collect()
+        };
+        for (commit, bytes) in batch {
+            assert_eq!(commit, st.visible + 1, "records apply in CommitId order");
+            let rec = record::decode(&bytes).map_err(|e| corruption(commit, e.to_string()))?;
+            st.merkle.push(leaf_hash(&bytes))?;
+            index_record(&mut st, &rec);
+            st.tip_hash = record_hash(&bytes);
+            st.visible = commit;
+        }
+        let due = self.opts.checkpoint_every_records > 0
+            && st.visible - st.latest.as_ref().map_or(0, |c| c.checkpoint.size) >= self.opts.checkpoint_every_records;
+        drop(st);
+        if due {
+            self.tick.1.notify_all();
+        }
+        Ok(())
+    }
+
+    fn read_record(&self, commit_id: u64) -> Result<StoredRecord> {
+        let frame = self
+            .wal
+            .read_frame(CommitId(commit_id))?
+            .ok_or_else(|| corruption(commit_id, "applied record missing from the log".into()))?;
+        stored(commit_id, frame.body())
+    }
+
+    /// The value `key` got in record `commit_id`.
+    fn value_in(&self, commit_id: u64, key: &[u8]) -> Result<Option<Bytes>> {
+        let rec = self.read_record(commit_id)?.record;
+        let Payload::Batch(ops) = rec.payload else {
+            return Err(corruption(commit_id, "key index points at an event record".into()));
+        };
+        match ops.into_iter().find(|op| op.key().as_ref() == key) {
+            Some(Op::Put { value, .. }) => Ok(Some(value)),
+            Some(Op::Delete { .. }) => Ok(None),
+            None => Err(corruption(commit_id, "key index points at a record without the key".into())),
+        }
+    }
+
+    fn checkpoint_now(&self) -> Result<SignedCheckpoint> {
+        self.apply_durable()?;
+        // The log lock orders concurrent checkpoints, so sizes never decrease.
+        let mut log = self.checkpoints.lock();
+        let (size, root, latest) = {
+            let st = self.state.read();
+            (st.visible, merkle::root(&st.merkle, st.visible)?, st.latest.clone())
+        };
+        if let Some(l) = latest.filter(|l| l.checkpoint.size >= size) {
+            return Ok(l);
+        }
+        let signed = Checkpoint { origin: self.opts.origin.clone(), size, root, epoch: self.opts.epoch }.sign(&self.signer);
+        log.append(&signed.note).map_err(|e| Error::Io { op: "append checkpoint", path: log.path().to_owned(), source: e })?;
+        self.state.write().latest = Some(signed.clone());
+        Ok(signed)
+    }
+
+    fn ticker(&self) {
+        let mut last = Instant::now();
+        loop {
+            let wait = self.opts.checkpoint_interval.unwrap_or(Duration::from_secs(3600)).min(Duration::from_millis(200));
+            {
+                let mut g = self.tick.0.lock();
+                if self.stop.load(Ordering::SeqCst) {
+                    return;
+                }
+                self.tick.1.wait_for(&mut g, wait);
+            }
+            if self.stop.load(Ordering::SeqCst) {
+                return;
+            }
+            // Batch/none durability modes make records durable in the background: apply them here too.
+            if let Err(e) = self.apply_durable() {
+                tracing::error!(error = %e, "applying durable records failed");
+                continue;
+            }
+            if self.writability().is_some() {
+                continue;
+            }
+            let (visible, covered) = {
+                let st = self.state.read();
+                (st.visible, st.latest.as_ref().map_or(0, |c| c.checkpoint.size))
+            };
+            let by_count = self.opts.checkpoint_every_records > 0
+                && visible - covered >= self.opts.checkpoint_every_records;
+            let by_time = self.opts.checkpoint_interval.is_some_and(|i| last.elapsed() >= i) && visible > covered;
+            if by_count || by_time {
+                match self.checkpoint_now() {
+                    Ok(_) => last = Instant::now(),
+                    Err(e) => tracing::error!(error = %e, "periodic checkpoint failed"),
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,92 @@
+//! The engine's error type, classified by what the caller must do: reject the request (`InvalidInput`,
+//! `OutOfRange`), retry elsewhere (`NotWritable`), or halt (`Corruption`, `Integrity`, a fatal WAL error).
+
+use std::path::PathBuf;
+
+use crate::{checkpoint::CheckpointError, record::RecordError, store::StoreError};
+
+/// Result alias for the engine.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Why the engine refuses writes.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum NotWritable {
+    /// This node does not hold write authority (opened read-only, or a replica).
+    #[error("this node is not the write authority (read-only)")]
+    NotWriteAuthority,
+    /// The WAL failed a write or fsync; nothing more is accepted until the database is reopened.
+    #[error("the log failed closed: {0}")]
+    LogFailed(String),
+    /// The node is halted (a failed integrity check was overridden, or replication halted it).
+    #[error("the node is halted: {0}")]
+    Halted(String),
+}
+
+/// Everything that can go wrong in the engine.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The write-ahead log reported an error.
+    #[error(transparent)]
+    Wal(#[from] aerodb_wal::Error),
+    /// The request is invalid (bad key, tenant, batch, or too large); nothing was written.
+    #[error("invalid input: {0}")]
+    InvalidInput(#[from] RecordError),
+    /// A CommitId or tree size outside what the log holds.
+    #[error("{what} {value} is out of range (the log holds {size} records)")]
+    OutOfRange {
+        /// What was asked for.
+        what: &'static str,
+        /// The value given.
+        value: u64,
+        /// Records in the log.
+        size: u64,
+    },
+    /// Writes are refused, and why.
+    #[error("not writable: {0}")]
+    NotWritable(#[from] NotWritable),
+    /// The records contradict their hashes or encoding.
+    #[error("corruption at CommitId {commit_id}: {what}")]
+    Corruption {
+        /// The record involved.
+        commit_id: u64,
+        /// What is wrong.
+        what: String,
+    },
+    /// The startup integrity check failed (E-6); the report says what.
+    #[error("startup integrity check failed: {0}")]
+    Integrity(String),
+    /// A checkpoint or key error.
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    /// The Merkle store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// File I/O outside the WAL failed.
+    #[error("I/O error during {op} on {path}: {source}")]
+    Io {
+        /// What the engine was doing.
+        op: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The database was opened with invalid options.
+    #[error("invalid options: {0}")]
+    InvalidOptions(String),
+}
+
+impl Error {
+    /// True when the node must stop serving (corruption, failed integrity, a failed log).
+    #[must_use]
+    pub fn is_fatal(&self) -> bool {
+        match self {
+            Error::Wal(e) => e.is_fatal(),
+            Error::Corruption { .. } | Error::Integrity(_) | Error::Store(_) => true,
+            _ => false,
+        }
+    }
+}
