@@ -57,7 +57,7 @@ fn split(n: u64) -> u64 {
 pub fn range_hash<S: NodeSource>(src: &S, start: u64, end: u64) -> Result<Hash, S::Error> {
     let n = end - start;
     debug_assert!(n >= 1);
-    if n.is_power_of_two() && start % n == 0 {
+    if n.is_power_of_two() && start.is_multiple_of(n) {
         return src.node(n.trailing_zeros(), start / n);
     }
     let k = split(n);
@@ -242,7 +242,7 @@ impl MemTree {
             l.push(h);
             let index = l.len() as u64 - 1;
             done.push((level as u32, index, h));
-            if index % 2 == 0 {
+            if index.is_multiple_of(2) {
                 return done;
             }
             h = node_hash(&l[l.len() - 2], &h);

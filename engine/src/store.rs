@@ -218,7 +218,7 @@ impl MerkleStore {
                 self.open_level(level)?;
             }
             self.levels[level].buf.push(h);
-            if index % 2 == 0 {
+            if index.is_multiple_of(2) {
                 break;
             }
             let left = self.node_at(level, index - 1)?;
