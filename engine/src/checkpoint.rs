@@ -110,7 +110,10 @@ impl SigningKey {
     /// A key from a 32-byte seed.
     pub fn from_seed(name: &str, seed: [u8; 32]) -> Result<Self, CheckpointError> {
         check_name(name)?;
-        Ok(Self { name: name.to_owned(), key: ed25519_dalek::SigningKey::from_bytes(&seed) })
+        Ok(Self {
+            name: name.to_owned(),
+            key: ed25519_dalek::SigningKey::from_bytes(&seed),
+        })
     }
 
     /// The key's name.
@@ -123,7 +126,11 @@ impl SigningKey {
     #[must_use]
     pub fn verifier(&self) -> VerifierKey {
         let public = self.key.verifying_key();
-        VerifierKey { name: self.name.clone(), id: key_id(&self.name, public.as_bytes()), key: public }
+        VerifierKey {
+            name: self.name.clone(),
+            id: key_id(&self.name, public.as_bytes()),
+            key: public,
+        }
     }
 
     /// `PRIVATE+KEY+<name>+<hex id>+<base64(0x01 ‖ seed)>`.
@@ -131,18 +138,30 @@ impl SigningKey {
     pub fn to_private_string(&self) -> String {
         let mut raw = vec![ALG_ED25519];
         raw.extend_from_slice(self.key.as_bytes());
-        format!("PRIVATE+KEY+{}+{:08x}+{}", self.name, self.verifier().id, B64.encode(raw))
+        format!(
+            "PRIVATE+KEY+{}+{:08x}+{}",
+            self.name,
+            self.verifier().id,
+            B64.encode(raw)
+        )
     }
 
     /// Parses [`SigningKey::to_private_string`]'s format, checking the key id.
     pub fn parse_private(s: &str) -> Result<Self, CheckpointError> {
-        let rest = s.trim().strip_prefix("PRIVATE+KEY+").ok_or(CheckpointError::Key("missing PRIVATE+KEY+ prefix"))?;
+        let rest = s
+            .trim()
+            .strip_prefix("PRIVATE+KEY+")
+            .ok_or(CheckpointError::Key("missing PRIVATE+KEY+ prefix"))?;
         let (name, id, key) = split3(rest)?;
-        let raw = B64.decode(key).map_err(|_| CheckpointError::Key("key is not base64"))?;
+        let raw = B64
+            .decode(key)
+            .map_err(|_| CheckpointError::Key("key is not base64"))?;
         let [ALG_ED25519, seed @ ..] = raw.as_slice() else {
             return Err(CheckpointError::Key("not an Ed25519 key"));
         };
-        let seed: [u8; 32] = seed.try_into().map_err(|_| CheckpointError::Key("Ed25519 seed must be 32 bytes"))?;
+        let seed: [u8; 32] = seed
+            .try_into()
+            .map_err(|_| CheckpointError::Key("Ed25519 seed must be 32 bytes"))?;
         let k = Self::from_seed(name, seed)?;
         if format!("{:08x}", k.verifier().id) != id {
             return Err(CheckpointError::Key("key id does not match the key"));
@@ -153,13 +172,23 @@ impl SigningKey {
     /// Writes the private key to `path` with mode 0600 (refusing to overwrite) and syncs it.
     pub fn save(&self, path: &Path) -> Result<(), CheckpointError> {
         use std::{io::Write, os::unix::fs::OpenOptionsExt};
-        let io_err = |source| CheckpointError::Io { path: path.display().to_string(), source };
-        let mut f =
-            std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).map_err(io_err)?;
-        f.write_all(format!("{}\n", self.to_private_string()).as_bytes()).map_err(io_err)?;
+        let io_err = |source| CheckpointError::Io {
+            path: path.display().to_string(),
+            source,
+        };
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(io_err)?;
+        f.write_all(format!("{}\n", self.to_private_string()).as_bytes())
+            .map_err(io_err)?;
         f.sync_all().map_err(io_err)?;
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io_err)?;
+            std::fs::File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(io_err)?;
         }
         Ok(())
     }
@@ -167,10 +196,16 @@ impl SigningKey {
     /// Reads a private key file, refusing one that group or others can read.
     pub fn load(path: &Path) -> Result<Self, CheckpointError> {
         use std::os::unix::fs::PermissionsExt;
-        let io_err = |source| CheckpointError::Io { path: path.display().to_string(), source };
+        let io_err = |source| CheckpointError::Io {
+            path: path.display().to_string(),
+            source,
+        };
         let mode = std::fs::metadata(path).map_err(io_err)?.permissions().mode() & 0o777;
         if mode & 0o077 != 0 {
-            return Err(CheckpointError::KeyFileMode { path: path.display().to_string(), mode });
+            return Err(CheckpointError::KeyFileMode {
+                path: path.display().to_string(),
+                mode,
+            });
         }
         let text = std::fs::read_to_string(path).map_err(io_err)?;
         Self::parse_private(&text)
@@ -179,7 +214,10 @@ impl SigningKey {
     /// Signs `text` (which must end with a newline) as a signed note.
     #[must_use]
     pub fn sign_note(&self, text: &str) -> String {
-        assert!(text.ends_with('\n') && !text.contains("\n\n"), "note text must be newline-terminated lines");
+        assert!(
+            text.ends_with('\n') && !text.contains("\n\n"),
+            "note text must be newline-terminated lines"
+        );
         let sig = self.key.sign(text.as_bytes());
         let mut raw = self.verifier().id.to_be_bytes().to_vec();
         raw.extend_from_slice(&sig.to_bytes());
@@ -191,7 +229,9 @@ fn split3(s: &str) -> Result<(&str, &str, &str), CheckpointError> {
     let mut it = s.splitn(3, '+');
     match (it.next(), it.next(), it.next()) {
         (Some(a), Some(b), Some(c)) if !a.is_empty() && b.len() == 8 => Ok((a, b, c)),
-        _ => Err(CheckpointError::Key("expected <name>+<8 hex digit id>+<base64 key>")),
+        _ => Err(CheckpointError::Key(
+            "expected <name>+<8 hex digit id>+<base64 key>",
+        )),
     }
 }
 
@@ -216,17 +256,26 @@ impl VerifierKey {
     pub fn parse(s: &str) -> Result<Self, CheckpointError> {
         let (name, id, key) = split3(s.trim())?;
         check_name(name)?;
-        let raw = B64.decode(key).map_err(|_| CheckpointError::Key("key is not base64"))?;
+        let raw = B64
+            .decode(key)
+            .map_err(|_| CheckpointError::Key("key is not base64"))?;
         let [ALG_ED25519, public @ ..] = raw.as_slice() else {
             return Err(CheckpointError::Key("not an Ed25519 key"));
         };
-        let public: [u8; 32] = public.try_into().map_err(|_| CheckpointError::Key("Ed25519 key must be 32 bytes"))?;
-        let key = ed25519_dalek::VerifyingKey::from_bytes(&public).map_err(|_| CheckpointError::Key("invalid point"))?;
+        let public: [u8; 32] = public
+            .try_into()
+            .map_err(|_| CheckpointError::Key("Ed25519 key must be 32 bytes"))?;
+        let key = ed25519_dalek::VerifyingKey::from_bytes(&public)
+            .map_err(|_| CheckpointError::Key("invalid point"))?;
         let want = key_id(name, &public);
         if u32::from_str_radix(id, 16).ok() != Some(want) {
             return Err(CheckpointError::Key("key id does not match the key"));
         }
-        Ok(Self { name: name.to_owned(), id: want, key })
+        Ok(Self {
+            name: name.to_owned(),
+            id: want,
+            key,
+        })
     }
 
     /// The key's name.
@@ -241,7 +290,9 @@ impl VerifierKey {
         if note.len() > MAX_NOTE_BYTES {
             return Err(CheckpointError::Note("larger than 64 KiB"));
         }
-        let split = note.rfind("\n\n").ok_or(CheckpointError::Note("no blank line before the signatures"))?;
+        let split = note
+            .rfind("\n\n")
+            .ok_or(CheckpointError::Note("no blank line before the signatures"))?;
         let text = &note[..=split];
         let sigs = &note[split + 2..];
         if !sigs.ends_with('\n') {
@@ -252,9 +303,15 @@ impl VerifierKey {
             if n >= MAX_SIGNATURES {
                 return Err(CheckpointError::Note("too many signatures"));
             }
-            let rest = line.strip_prefix(SIG_PREFIX).ok_or(CheckpointError::Note("signature line must start with an em dash"))?;
-            let (name, b64) = rest.split_once(' ').ok_or(CheckpointError::Note("signature line needs a name and a signature"))?;
-            let raw = B64.decode(b64).map_err(|_| CheckpointError::Note("signature is not base64"))?;
+            let rest = line
+                .strip_prefix(SIG_PREFIX)
+                .ok_or(CheckpointError::Note("signature line must start with an em dash"))?;
+            let (name, b64) = rest.split_once(' ').ok_or(CheckpointError::Note(
+                "signature line needs a name and a signature",
+            ))?;
+            let raw = B64
+                .decode(b64)
+                .map_err(|_| CheckpointError::Note("signature is not base64"))?;
             if raw.len() < 5 {
                 return Err(CheckpointError::Note("signature too short"));
             }
@@ -262,9 +319,12 @@ impl VerifierKey {
             if name != self.name || id != self.id {
                 continue;
             }
-            let sig = ed25519_dalek::Signature::from_slice(&raw[4..]).map_err(|_| CheckpointError::Signature(self.to_string()))?;
+            let sig = ed25519_dalek::Signature::from_slice(&raw[4..])
+                .map_err(|_| CheckpointError::Signature(self.to_string()))?;
             // The first line by this key decides, as in the reference implementation.
-            self.key.verify(text.as_bytes(), &sig).map_err(|_| CheckpointError::Signature(self.to_string()))?;
+            self.key
+                .verify(text.as_bytes(), &sig)
+                .map_err(|_| CheckpointError::Signature(self.to_string()))?;
             found = true;
             break;
         }
@@ -292,17 +352,33 @@ impl Checkpoint {
     /// The checkpoint body (the note text that is signed).
     #[must_use]
     pub fn body(&self) -> String {
-        format!("{}\n{}\n{}\nepoch {}\n", self.origin, self.size, B64.encode(self.root), self.epoch)
+        format!(
+            "{}\n{}\n{}\nepoch {}\n",
+            self.origin,
+            self.size,
+            B64.encode(self.root),
+            self.epoch
+        )
     }
 
     /// Parses a checkpoint body.
     pub fn parse_body(text: &str) -> Result<Self, CheckpointError> {
-        let body = text.strip_suffix('\n').ok_or(CheckpointError::Body("must end with a newline"))?;
+        let body = text
+            .strip_suffix('\n')
+            .ok_or(CheckpointError::Body("must end with a newline"))?;
         let mut lines = body.split('\n');
-        let origin = lines.next().filter(|l| !l.is_empty()).ok_or(CheckpointError::Body("missing origin"))?;
+        let origin = lines
+            .next()
+            .filter(|l| !l.is_empty())
+            .ok_or(CheckpointError::Body("missing origin"))?;
         let size_line = lines.next().ok_or(CheckpointError::Body("missing tree size"))?;
-        let canonical = size_line == "0" || (!size_line.starts_with('0') && size_line.bytes().all(|b| b.is_ascii_digit()));
-        let size: u64 = size_line.parse().ok().filter(|_| canonical).ok_or(CheckpointError::Body("tree size is not a decimal number"))?;
+        let canonical = size_line == "0"
+            || (!size_line.starts_with('0') && size_line.bytes().all(|b| b.is_ascii_digit()));
+        let size: u64 = size_line
+            .parse()
+            .ok()
+            .filter(|_| canonical)
+            .ok_or(CheckpointError::Body("tree size is not a decimal number"))?;
         let root_line = lines.next().ok_or(CheckpointError::Body("missing root hash"))?;
         let root: Hash = B64
             .decode(root_line)
@@ -315,18 +391,32 @@ impl Checkpoint {
                 return Err(CheckpointError::Body("empty extension line"));
             }
             if let Some(e) = l.strip_prefix("epoch ") {
-                if epoch.replace(e.parse().map_err(|_| CheckpointError::Body("epoch is not a number"))?).is_some() {
+                if epoch
+                    .replace(
+                        e.parse()
+                            .map_err(|_| CheckpointError::Body("epoch is not a number"))?,
+                    )
+                    .is_some()
+                {
                     return Err(CheckpointError::Body("two epoch lines"));
                 }
             }
         }
-        Ok(Self { origin: origin.to_owned(), size, root, epoch: epoch.ok_or(CheckpointError::Body("missing epoch line"))? })
+        Ok(Self {
+            origin: origin.to_owned(),
+            size,
+            root,
+            epoch: epoch.ok_or(CheckpointError::Body("missing epoch line"))?,
+        })
     }
 
     /// Signs this checkpoint.
     #[must_use]
     pub fn sign(&self, key: &SigningKey) -> SignedCheckpoint {
-        SignedCheckpoint { checkpoint: self.clone(), note: key.sign_note(&self.body()) }
+        SignedCheckpoint {
+            checkpoint: self.clone(),
+            note: key.sign_note(&self.body()),
+        }
     }
 }
 
@@ -347,7 +437,10 @@ impl SignedCheckpoint {
         if checkpoint.origin != key.name() {
             return Err(CheckpointError::Body("origin differs from the key name"));
         }
-        Ok(Self { checkpoint, note: note.to_owned() })
+        Ok(Self {
+            checkpoint,
+            note: note.to_owned(),
+        })
     }
 }
 
@@ -362,7 +455,12 @@ mod tests {
     #[test]
     fn sign_verify_round_trip_and_key_strings() {
         let k = key();
-        let cp = Checkpoint { origin: "example.com/log".into(), size: 12, root: [9u8; 32], epoch: 4 };
+        let cp = Checkpoint {
+            origin: "example.com/log".into(),
+            size: 12,
+            root: [9u8; 32],
+            epoch: 4,
+        };
         let signed = cp.sign(&k);
         let v = VerifierKey::parse(&k.verifier().to_string()).unwrap();
         assert_eq!(SignedCheckpoint::verify(&signed.note, &v).unwrap().checkpoint, cp);
@@ -375,7 +473,14 @@ mod tests {
     #[test]
     fn any_change_breaks_the_signature() {
         let k = key();
-        let note = Checkpoint { origin: "example.com/log".into(), size: 12, root: [9u8; 32], epoch: 4 }.sign(&k).note;
+        let note = Checkpoint {
+            origin: "example.com/log".into(),
+            size: 12,
+            root: [9u8; 32],
+            epoch: 4,
+        }
+        .sign(&k)
+        .note;
         let v = k.verifier();
         for i in 0..note.len() {
             if !note.is_char_boundary(i) || !note.is_char_boundary(i + 1) {
@@ -384,10 +489,15 @@ mod tests {
             let mut b = note.clone().into_bytes();
             b[i] ^= 0x01;
             if let Ok(s) = String::from_utf8(b) {
-                assert!(SignedCheckpoint::verify(&s, &v).is_err(), "flip at byte {i} accepted");
+                assert!(
+                    SignedCheckpoint::verify(&s, &v).is_err(),
+                    "flip at byte {i} accepted"
+                );
             }
         }
-        let other = SigningKey::from_seed("example.com/log", [4u8; 32]).unwrap().verifier();
+        let other = SigningKey::from_seed("example.com/log", [4u8; 32])
+            .unwrap()
+            .verifier();
         assert!(SignedCheckpoint::verify(&note, &other).is_err());
     }
 
@@ -399,7 +509,13 @@ mod tests {
         let good = key().verifier().to_string();
         let bad_id = format!("example.com/log+deadbeef+{}", good.rsplit('+').next().unwrap());
         assert!(VerifierKey::parse(&bad_id).is_err());
-        for body in ["o\n012\nAAAA\nepoch 1\n", "o\n1\nAAAA\nepoch 1\n", "o\n1\n", "o\n-1\nx\n", "o\n1\nAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\n"] {
+        for body in [
+            "o\n012\nAAAA\nepoch 1\n",
+            "o\n1\nAAAA\nepoch 1\n",
+            "o\n1\n",
+            "o\n-1\nx\n",
+            "o\n1\nAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\n",
+        ] {
             assert!(Checkpoint::parse_body(body).is_err(), "{body:?}");
         }
     }
@@ -446,14 +562,25 @@ impl CheckpointLog {
         let mut bytes = vec![0u8; len];
         aerodb_wal::fs::read_exact_at(&*file, &mut bytes, 0)?;
         let (notes, end) = parse_entries(&bytes)?;
-        let mut report = CheckpointLogReport { entries: notes.len(), torn_bytes: (len - end) as u64 };
+        let mut report = CheckpointLogReport {
+            entries: notes.len(),
+            torn_bytes: (len - end) as u64,
+        };
         if end < len {
             tracing::warn!(path = %path.display(), bytes = len - end, "discarding a torn checkpoint log entry");
             file.set_len(end as u64)?;
             file.sync_all()?;
         }
         report.entries = notes.len();
-        Ok((Self { path: path.to_owned(), file, end: end as u64, notes }, report))
+        Ok((
+            Self {
+                path: path.to_owned(),
+                file,
+                end: end as u64,
+                notes,
+            },
+            report,
+        ))
     }
 
     /// Appends a signed note and fsyncs it.
@@ -506,7 +633,11 @@ pub fn parse_entries(bytes: &[u8]) -> Result<(Vec<String>, usize), io::Error> {
         let valid = len <= MAX_NOTE_BYTES
             && rest.len() >= ENTRY_HEADER + len
             && crc32fast::hash(&rest[ENTRY_HEADER..ENTRY_HEADER + len]) == crc;
-        let note = if valid { std::str::from_utf8(&rest[ENTRY_HEADER..ENTRY_HEADER + len]).ok() } else { None };
+        let note = if valid {
+            std::str::from_utf8(&rest[ENTRY_HEADER..ENTRY_HEADER + len]).ok()
+        } else {
+            None
+        };
         match note {
             Some(n) => {
                 notes.push(n.to_owned());

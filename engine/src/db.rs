@@ -197,7 +197,9 @@ pub const KEY_FILE: &str = "checkpoint.key";
 const CHECKPOINT_LOG: &str = "checkpoints.log";
 
 fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 impl Db {
@@ -219,7 +221,11 @@ impl Db {
     /// Opens the database in `dir` on the file system `fs` (tests use the memory and fault file systems).
     pub fn open_with_fs(fs: Arc<dyn Fs>, dir: &Path, opts: Options) -> Result<Db> {
         let started = Instant::now();
-        fs.create_dir_all(dir).map_err(|e| Error::Io { op: "create directory", path: dir.to_owned(), source: e })?;
+        fs.create_dir_all(dir).map_err(|e| Error::Io {
+            op: "create directory",
+            path: dir.to_owned(),
+            source: e,
+        })?;
         let signer = match &opts.signing_key {
             Some(k) => k.clone(),
             None => load_or_create_key(&dir.join(KEY_FILE), &opts.origin)?,
@@ -236,17 +242,25 @@ impl Db {
 
         // Checkpoints first: the newest one tells WAL recovery which records must never be cut as a torn tail.
         let cp_path = dir.join(CHECKPOINT_LOG);
-        let (checkpoints, _) = CheckpointLog::open(&*fs, &cp_path)
-            .map_err(|e| Error::Io { op: "open checkpoint log", path: cp_path.clone(), source: e })?;
+        let (checkpoints, _) = CheckpointLog::open(&*fs, &cp_path).map_err(|e| Error::Io {
+            op: "open checkpoint log",
+            path: cp_path.clone(),
+            source: e,
+        })?;
         let mut signed = Vec::new();
         for (i, note) in checkpoints.notes().iter().enumerate() {
             match SignedCheckpoint::verify(note, &verifier) {
                 Ok(s) => signed.push(s),
-                Err(e) => report.problems.push(format!("checkpoint #{} does not verify: {e}", i + 1)),
+                Err(e) => report
+                    .problems
+                    .push(format!("checkpoint #{} does not verify: {e}", i + 1)),
             }
         }
         let durable_mark = signed.iter().map(|s| s.checkpoint.size).max().unwrap_or(0);
-        let wal_opts = aerodb_wal::Options { durable_mark: CommitId(durable_mark), ..opts.wal.clone() };
+        let wal_opts = aerodb_wal::Options {
+            durable_mark: CommitId(durable_mark),
+            ..opts.wal.clone()
+        };
         let wal = Wal::open(fs.clone(), dir.join("wal"), wal_opts)?;
         report.wal = wal.recovery_report().clone();
         let records = wal.durable_commit_id().0;
@@ -278,26 +292,42 @@ impl Db {
             let frame = frame?;
             let body = frame.body();
             let commit = frame.commit_id.0;
-            let rec = record::decode(&body).map_err(|e| Error::Corruption { commit_id: commit, what: e.to_string() })?;
+            let rec = record::decode(&body).map_err(|e| Error::Corruption {
+                commit_id: commit,
+                what: e.to_string(),
+            })?;
             if rec.commit_id != commit {
-                return Err(corruption(commit, format!("record says CommitId {}", rec.commit_id)));
+                return Err(corruption(
+                    commit,
+                    format!("record says CommitId {}", rec.commit_id),
+                ));
             }
             if rec.prev_hash != state.tip_hash {
-                return Err(corruption(commit, "prev_hash does not match the previous record's hash".into()));
+                return Err(corruption(
+                    commit,
+                    "prev_hash does not match the previous record's hash".into(),
+                ));
             }
             if rec.epoch < last_epoch || rec.epoch != frame.epoch.0 {
-                return Err(corruption(commit, format!("epoch {} after {last_epoch} (frame {})", rec.epoch, frame.epoch)));
+                return Err(corruption(
+                    commit,
+                    format!("epoch {} after {last_epoch} (frame {})", rec.epoch, frame.epoch),
+                ));
             }
             last_epoch = rec.epoch;
             last_ts = last_ts.max(rec.timestamp_ms);
-            let leaf = leaf_hash(&body);
+            // Leaves the store lacks are rebuilt; stored leaves are compared for the records after the newest
+            // checkpoint and for the last record (every earlier record is pinned by its successor's prev_hash).
             if commit > stored_leaves {
-                state.merkle.push(leaf)?;
+                state.merkle.push(leaf_hash(&body))?;
                 report.leaves_rebuilt += 1;
-            } else if commit > check_from {
+            } else if commit > check_from || commit == records {
                 let stored = merkle::NodeSource::node(&state.merkle, 0, commit - 1)?;
-                if stored != leaf {
-                    report.problems.push(format!("stored Merkle leaf {} does not match record {commit}", commit - 1));
+                if stored != leaf_hash(&body) {
+                    report.problems.push(format!(
+                        "stored Merkle leaf {} does not match record {commit}",
+                        commit - 1
+                    ));
                 }
             }
             index_record(&mut state, &rec);
@@ -310,7 +340,11 @@ impl Db {
         for (i, s) in signed.iter().enumerate() {
             let c = &s.checkpoint;
             if c.size < prev_size {
-                report.problems.push(format!("checkpoint #{} has size {} after size {prev_size}", i + 1, c.size));
+                report.problems.push(format!(
+                    "checkpoint #{} has size {} after size {prev_size}",
+                    i + 1,
+                    c.size
+                ));
             }
             prev_size = prev_size.max(c.size);
             if c.size > state.visible {
@@ -321,7 +355,11 @@ impl Db {
                     state.visible
                 ));
             } else if merkle::root(&state.merkle, c.size)? != c.root {
-                report.problems.push(format!("checkpoint #{} root does not match the log at size {}", i + 1, c.size));
+                report.problems.push(format!(
+                    "checkpoint #{} root does not match the log at size {}",
+                    i + 1,
+                    c.size
+                ));
             } else {
                 report.checkpoints_verified += 1;
             }
@@ -337,7 +375,10 @@ impl Db {
         let not_writable = opts.read_only.then_some(NotWritable::NotWriteAuthority);
         let inner = Arc::new(Inner {
             dir: dir.to_owned(),
-            chain: Mutex::new(Chain { last_hash: state.tip_hash, last_ts }),
+            chain: Mutex::new(Chain {
+                last_hash: state.tip_hash,
+                last_ts,
+            }),
             wal,
             signer,
             verifier,
@@ -355,13 +396,21 @@ impl Db {
                 std::thread::Builder::new()
                     .name("aerodb-checkpoint".into())
                     .spawn(move || i.ticker())
-                    .map_err(|e| Error::Io { op: "spawn checkpoint thread", path: dir.to_owned(), source: e })?,
+                    .map_err(|e| Error::Io {
+                        op: "spawn checkpoint thread",
+                        path: dir.to_owned(),
+                        source: e,
+                    })?,
             )
         } else {
             None
         };
         report.elapsed = started.elapsed();
-        Ok(Db { inner, ticker, report })
+        Ok(Db {
+            inner,
+            ticker,
+            report,
+        })
     }
 
     /// What opening found and verified.
@@ -390,13 +439,22 @@ impl Db {
 
     /// Appends one record.
     pub fn append(&self, tenant: &str, payload: Payload) -> Result<Receipt> {
-        let mut r = self.append_many(&[NewRecord { tenant: tenant.to_owned(), payload }])?;
+        let mut r = self.append_many(&[NewRecord {
+            tenant: tenant.to_owned(),
+            payload,
+        }])?;
         Ok(r.remove(0))
     }
 
     /// Sets `key` to `value` (a batch of one put).
     pub fn put(&self, tenant: &str, key: impl Into<Bytes>, value: impl Into<Bytes>) -> Result<Receipt> {
-        self.append(tenant, Payload::Batch(vec![Op::Put { key: key.into(), value: value.into() }]))
+        self.append(
+            tenant,
+            Payload::Batch(vec![Op::Put {
+                key: key.into(),
+                value: value.into(),
+            }]),
+        )
     }
 
     /// Removes `key` (a batch of one delete).
@@ -421,7 +479,11 @@ impl Db {
 
     /// Appends one record and returns it with a checkpoint that covers it and the inclusion proof against that
     /// checkpoint (E-8), so the writer can verify its own write. Makes a checkpoint if none covers it yet.
-    pub fn append_and_prove(&self, tenant: &str, payload: Payload) -> Result<(Receipt, SignedCheckpoint, InclusionProof)> {
+    pub fn append_and_prove(
+        &self,
+        tenant: &str,
+        payload: Payload,
+    ) -> Result<(Receipt, SignedCheckpoint, InclusionProof)> {
         let receipt = self.append(tenant, payload)?;
         let cp = match self.latest_checkpoint() {
             Some(c) if c.checkpoint.size >= receipt.commit_id => c,
@@ -480,8 +542,15 @@ impl Db {
         versions
             .into_iter()
             .map(|(commit, deleted)| {
-                let value = if deleted { None } else { self.inner.value_in(commit, key)? };
-                Ok(Version { commit_id: commit, value })
+                let value = if deleted {
+                    None
+                } else {
+                    self.inner.value_in(commit, key)?
+                };
+                Ok(Version {
+                    commit_id: commit,
+                    value,
+                })
             })
             .collect()
     }
@@ -512,7 +581,8 @@ impl Db {
 
     /// Current `(key, value)` pairs whose key starts with `prefix`, at most `limit`.
     pub fn scan_prefix(&self, prefix: &[u8], limit: usize) -> Result<Vec<(Bytes, Bytes)>> {
-        let mut out = self.scan::<(Bound<&[u8]>, Bound<&[u8]>)>((Bound::Included(prefix), Bound::Unbounded), limit)?;
+        let mut out =
+            self.scan::<(Bound<&[u8]>, Bound<&[u8]>)>((Bound::Included(prefix), Bound::Unbounded), limit)?;
         out.retain(|(k, _)| k.starts_with(prefix));
         // Keys after the prefix range were cut by `retain`; the first non-matching key ends the prefix range, so
         // nothing after it can match.
@@ -534,14 +604,22 @@ impl Db {
     /// The head of the log.
     pub fn tip(&self) -> Result<Tip> {
         let st = self.inner.state.read();
-        Ok(Tip { commit_id: st.visible, record_hash: st.tip_hash, root: merkle::root(&st.merkle, st.visible)? })
+        Ok(Tip {
+            commit_id: st.visible,
+            record_hash: st.tip_hash,
+            root: merkle::root(&st.merkle, st.visible)?,
+        })
     }
 
     /// The Merkle root of the first `size` records.
     pub fn root_at(&self, size: u64) -> Result<Hash> {
         let st = self.inner.state.read();
         if size > st.visible {
-            return Err(Error::OutOfRange { what: "tree size", value: size, size: st.visible });
+            return Err(Error::OutOfRange {
+                what: "tree size",
+                value: size,
+                size: st.visible,
+            });
         }
         Ok(merkle::root(&st.merkle, size)?)
     }
@@ -550,23 +628,43 @@ impl Db {
     pub fn inclusion_proof(&self, commit_id: u64, tree_size: u64) -> Result<InclusionProof> {
         let st = self.inner.state.read();
         if tree_size == 0 || tree_size > st.visible {
-            return Err(Error::OutOfRange { what: "tree size", value: tree_size, size: st.visible });
+            return Err(Error::OutOfRange {
+                what: "tree size",
+                value: tree_size,
+                size: st.visible,
+            });
         }
         if commit_id == 0 || commit_id > tree_size {
-            return Err(Error::OutOfRange { what: "CommitId", value: commit_id, size: tree_size });
+            return Err(Error::OutOfRange {
+                what: "CommitId",
+                value: commit_id,
+                size: tree_size,
+            });
         }
         let hashes = merkle::inclusion_proof(&st.merkle, commit_id - 1, tree_size)?;
-        Ok(InclusionProof { leaf_index: commit_id - 1, tree_size, hashes })
+        Ok(InclusionProof {
+            leaf_index: commit_id - 1,
+            tree_size,
+            hashes,
+        })
     }
 
     /// The consistency proof between the trees of `old_size` and `new_size` records.
     pub fn consistency_proof(&self, old_size: u64, new_size: u64) -> Result<Vec<Hash>> {
         let st = self.inner.state.read();
         if new_size > st.visible {
-            return Err(Error::OutOfRange { what: "tree size", value: new_size, size: st.visible });
+            return Err(Error::OutOfRange {
+                what: "tree size",
+                value: new_size,
+                size: st.visible,
+            });
         }
         if old_size == 0 || old_size > new_size {
-            return Err(Error::OutOfRange { what: "old tree size", value: old_size, size: new_size });
+            return Err(Error::OutOfRange {
+                what: "old tree size",
+                value: old_size,
+                size: new_size,
+            });
         }
         Ok(merkle::consistency_proof(&st.merkle, old_size, new_size)?)
     }
@@ -593,7 +691,9 @@ impl Db {
         self.inner.apply_durable()?;
         let has_new = {
             let st = self.inner.state.read();
-            st.latest.as_ref().map_or(st.visible > 0, |c| c.checkpoint.size < st.visible)
+            st.latest
+                .as_ref()
+                .map_or(st.visible > 0, |c| c.checkpoint.size < st.visible)
         };
         if has_new && self.inner.writability().is_none() {
             self.inner.checkpoint_now()?;
@@ -623,17 +723,27 @@ fn corruption(commit_id: u64, what: String) -> Error {
 
 fn stored(commit_id: u64, body: Bytes) -> Result<StoredRecord> {
     let record = record::decode(&body).map_err(|e| corruption(commit_id, e.to_string()))?;
-    Ok(StoredRecord { record, hash: record_hash(&body), canonical: body })
+    Ok(StoredRecord {
+        record,
+        hash: record_hash(&body),
+        canonical: body,
+    })
 }
 
 fn index_record(st: &mut State, rec: &Record) {
     if let Payload::Batch(ops) = &rec.payload {
         for op in ops {
             let deleted = matches!(op, Op::Delete { .. });
-            st.kv.entry(op.key().clone()).or_default().push((rec.commit_id, deleted));
+            st.kv
+                .entry(op.key().clone())
+                .or_default()
+                .push((rec.commit_id, deleted));
         }
     }
-    st.tenants.entry(rec.tenant.clone()).or_default().push(rec.commit_id);
+    st.tenants
+        .entry(rec.tenant.clone())
+        .or_default()
+        .push(rec.commit_id);
 }
 
 fn load_or_create_key(path: &Path, origin: &str) -> Result<SigningKey> {
@@ -685,7 +795,11 @@ impl Inner {
                 record::encode(&mut buf, commit, epoch, ts, &r.tenant, &r.payload, &prev);
                 sink.push(&buf)?;
                 let h = record_hash(&buf);
-                receipts.push(Receipt { commit_id: commit, record_hash: h, leaf_index: commit - 1 });
+                receipts.push(Receipt {
+                    commit_id: commit,
+                    record_hash: h,
+                    leaf_index: commit - 1,
+                });
                 encoded.push((commit, Bytes::from(buf)));
                 prev = h;
             }
@@ -727,7 +841,8 @@ impl Inner {
             st.visible = commit;
         }
         let due = self.opts.checkpoint_every_records > 0
-            && st.visible - st.latest.as_ref().map_or(0, |c| c.checkpoint.size) >= self.opts.checkpoint_every_records;
+            && st.visible - st.latest.as_ref().map_or(0, |c| c.checkpoint.size)
+                >= self.opts.checkpoint_every_records;
         drop(st);
         if due {
             self.tick.1.notify_all();
@@ -747,12 +862,18 @@ impl Inner {
     fn value_in(&self, commit_id: u64, key: &[u8]) -> Result<Option<Bytes>> {
         let rec = self.read_record(commit_id)?.record;
         let Payload::Batch(ops) = rec.payload else {
-            return Err(corruption(commit_id, "key index points at an event record".into()));
+            return Err(corruption(
+                commit_id,
+                "key index points at an event record".into(),
+            ));
         };
         match ops.into_iter().find(|op| op.key().as_ref() == key) {
             Some(Op::Put { value, .. }) => Ok(Some(value)),
             Some(Op::Delete { .. }) => Ok(None),
-            None => Err(corruption(commit_id, "key index points at a record without the key".into())),
+            None => Err(corruption(
+                commit_id,
+                "key index points at a record without the key".into(),
+            )),
         }
     }
 
@@ -762,13 +883,27 @@ impl Inner {
         let mut log = self.checkpoints.lock();
         let (size, root, latest) = {
             let st = self.state.read();
-            (st.visible, merkle::root(&st.merkle, st.visible)?, st.latest.clone())
+            (
+                st.visible,
+                merkle::root(&st.merkle, st.visible)?,
+                st.latest.clone(),
+            )
         };
         if let Some(l) = latest.filter(|l| l.checkpoint.size >= size) {
             return Ok(l);
         }
-        let signed = Checkpoint { origin: self.opts.origin.clone(), size, root, epoch: self.opts.epoch }.sign(&self.signer);
-        log.append(&signed.note).map_err(|e| Error::Io { op: "append checkpoint", path: log.path().to_owned(), source: e })?;
+        let signed = Checkpoint {
+            origin: self.opts.origin.clone(),
+            size,
+            root,
+            epoch: self.opts.epoch,
+        }
+        .sign(&self.signer);
+        log.append(&signed.note).map_err(|e| Error::Io {
+            op: "append checkpoint",
+            path: log.path().to_owned(),
+            source: e,
+        })?;
         self.state.write().latest = Some(signed.clone());
         Ok(signed)
     }
@@ -776,7 +911,11 @@ impl Inner {
     fn ticker(&self) {
         let mut last = Instant::now();
         loop {
-            let wait = self.opts.checkpoint_interval.unwrap_or(Duration::from_secs(3600)).min(Duration::from_millis(200));
+            let wait = self
+                .opts
+                .checkpoint_interval
+                .unwrap_or(Duration::from_secs(3600))
+                .min(Duration::from_millis(200));
             {
                 let mut g = self.tick.0.lock();
                 if self.stop.load(Ordering::SeqCst) {
@@ -801,7 +940,8 @@ impl Inner {
             };
             let by_count = self.opts.checkpoint_every_records > 0
                 && visible - covered >= self.opts.checkpoint_every_records;
-            let by_time = self.opts.checkpoint_interval.is_some_and(|i| last.elapsed() >= i) && visible > covered;
+            let by_time =
+                self.opts.checkpoint_interval.is_some_and(|i| last.elapsed() >= i) && visible > covered;
             if by_count || by_time {
                 match self.checkpoint_now() {
                     Ok(_) => last = Instant::now(),

@@ -24,8 +24,12 @@ mod error;
 pub mod merkle;
 pub mod record;
 pub mod store;
+pub mod verify;
 
 pub use checkpoint::{Checkpoint, SignedCheckpoint, SigningKey, VerifierKey};
-pub use db::{Db, InclusionProof, NewRecord, OpenReport, Options, Receipt, StoredRecord, Tip, Version, KEY_FILE};
+pub use db::{
+    Db, InclusionProof, NewRecord, OpenReport, Options, Receipt, StoredRecord, Tip, Version, KEY_FILE,
+};
 pub use error::{Error, NotWritable, Result};
 pub use record::{Op, Payload, Record};
+pub use verify::{verify_dir, verify_dir_with_fs, Problem, VerifyOptions, VerifyReport};

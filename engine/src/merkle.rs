@@ -76,7 +76,10 @@ pub fn root<S: NodeSource>(src: &S, size: u64) -> Result<Hash, S::Error> {
 
 /// The inclusion proof of leaf `index` in the tree of `size` leaves (RFC 9162 §2.1.3.1). `index < size`.
 pub fn inclusion_proof<S: NodeSource>(src: &S, index: u64, size: u64) -> Result<Vec<Hash>, S::Error> {
-    assert!(index < size, "inclusion proof of leaf {index} in a tree of {size}");
+    assert!(
+        index < size,
+        "inclusion proof of leaf {index} in a tree of {size}"
+    );
     let mut out = Vec::with_capacity(64 - size.leading_zeros() as usize);
     path(src, index, 0, size, &mut out)?;
     Ok(out)
@@ -100,8 +103,15 @@ fn path<S: NodeSource>(src: &S, m: u64, start: u64, end: u64, out: &mut Vec<Hash
 
 /// The consistency proof between the trees of `old_size` and `new_size` leaves (RFC 9162 §2.1.4.1).
 /// `0 < old_size ≤ new_size`.
-pub fn consistency_proof<S: NodeSource>(src: &S, old_size: u64, new_size: u64) -> Result<Vec<Hash>, S::Error> {
-    assert!(0 < old_size && old_size <= new_size, "consistency proof {old_size} -> {new_size}");
+pub fn consistency_proof<S: NodeSource>(
+    src: &S,
+    old_size: u64,
+    new_size: u64,
+) -> Result<Vec<Hash>, S::Error> {
+    assert!(
+        0 < old_size && old_size <= new_size,
+        "consistency proof {old_size} -> {new_size}"
+    );
     let mut out = Vec::with_capacity(2 * (64 - new_size.leading_zeros() as usize));
     subproof(src, old_size, 0, new_size, true, &mut out)?;
     Ok(out)
@@ -164,7 +174,13 @@ pub fn verify_inclusion(leaf: &Hash, index: u64, size: u64, proof: &[Hash], root
 
 /// Verifies a consistency proof (RFC 9162 §2.1.4.2).
 #[must_use]
-pub fn verify_consistency(old_size: u64, new_size: u64, old_root: &Hash, new_root: &Hash, proof: &[Hash]) -> bool {
+pub fn verify_consistency(
+    old_size: u64,
+    new_size: u64,
+    old_root: &Hash,
+    new_root: &Hash,
+    proof: &[Hash],
+) -> bool {
     if old_size > new_size || proof.len() > MAX_PROOF_HASHES {
         return false;
     }
@@ -180,7 +196,9 @@ pub fn verify_consistency(old_size: u64, new_size: u64, old_root: &Hash, new_roo
         path.push(*old_root);
     }
     path.extend_from_slice(proof);
-    let Some((first, rest)) = path.split_first() else { return false };
+    let Some((first, rest)) = path.split_first() else {
+        return false;
+    };
     let (mut f, mut s) = (old_size - 1, new_size - 1);
     while f & 1 == 1 {
         f >>= 1;
@@ -353,13 +371,23 @@ mod tests {
     }
 
     fn unhex(s: &str) -> Vec<u8> {
-        (0..s.len() / 2).map(|i| u8::from_str_radix(&s[2 * i..2 * i + 2], 16).unwrap()).collect()
+        (0..s.len() / 2)
+            .map(|i| u8::from_str_radix(&s[2 * i..2 * i + 2], 16).unwrap())
+            .collect()
     }
 
     /// The Certificate Transparency reference inputs and tree heads for sizes 0..=8, as published with the
     /// RFC 6962 implementations (Google's certificate-transparency, transparency-dev/merkle).
-    const CT_LEAVES: [&str; 8] =
-        ["", "00", "10", "2021", "3031", "40414243", "5051525354555657", "606162636465666768696a6b6c6d6e6f"];
+    const CT_LEAVES: [&str; 8] = [
+        "",
+        "00",
+        "10",
+        "2021",
+        "3031",
+        "40414243",
+        "5051525354555657",
+        "606162636465666768696a6b6c6d6e6f",
+    ];
     const CT_ROOTS: [&str; 9] = [
         "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
         "6e340b9cffb37a989ca544e6bb780a2c78901d3fb33738768511a30617afa01d",
@@ -385,8 +413,16 @@ mod tests {
     fn roots_match_the_published_ct_vectors() {
         let (t, leaves) = ct_tree();
         for n in 0..=8u64 {
-            assert_eq!(root(&t, n).unwrap(), h(CT_ROOTS[n as usize]), "stored-node root, size {n}");
-            assert_eq!(reference::mth(&leaves[..n as usize]), h(CT_ROOTS[n as usize]), "reference, size {n}");
+            assert_eq!(
+                root(&t, n).unwrap(),
+                h(CT_ROOTS[n as usize]),
+                "stored-node root, size {n}"
+            );
+            assert_eq!(
+                reference::mth(&leaves[..n as usize]),
+                h(CT_ROOTS[n as usize]),
+                "reference, size {n}"
+            );
         }
     }
 
@@ -395,28 +431,60 @@ mod tests {
         let (t, leaves) = ct_tree();
         // (leaf index, tree size, proof) from the CT test data.
         let vectors: [(u64, u64, &[&str]); 4] = [
-            (0, 8, &[
-                "96a296d224f285c67bee93c30f8a309157f0daa35dc5b87e410b78630a09cfc7",
-                "5f083f0a1a33ca076a95279832580db3e0ef4584bdff1f54c8a360f50de3031e",
-                "6b47aaf29ee3c2af9af889bc1fb9254dabd31177f16232dd6aab035ca39bf6e4",
-            ]),
-            (5, 8, &[
-                "bc1a0643b12e4d2d7c77918f44e0f4f79a838b6cf9ec5b5c283e1f4d88599e6b",
-                "ca854ea128ed050b41b35ffc1b87b8eb2bde461e9e3b5596ece6b9d5975a0ae0",
-                "d37ee418976dd95753c1c73862b9398fa2a2cf9b4ff0fdfe8b30cd95209614b7",
-            ]),
-            (2, 3, &["fac54203e7cc696cf0dfcb42c92a1d9dbaf70ad9e621f4bd8d98662f00e3c125"]),
-            (1, 5, &[
-                "6e340b9cffb37a989ca544e6bb780a2c78901d3fb33738768511a30617afa01d",
-                "5f083f0a1a33ca076a95279832580db3e0ef4584bdff1f54c8a360f50de3031e",
-                "bc1a0643b12e4d2d7c77918f44e0f4f79a838b6cf9ec5b5c283e1f4d88599e6b",
-            ]),
+            (
+                0,
+                8,
+                &[
+                    "96a296d224f285c67bee93c30f8a309157f0daa35dc5b87e410b78630a09cfc7",
+                    "5f083f0a1a33ca076a95279832580db3e0ef4584bdff1f54c8a360f50de3031e",
+                    "6b47aaf29ee3c2af9af889bc1fb9254dabd31177f16232dd6aab035ca39bf6e4",
+                ],
+            ),
+            (
+                5,
+                8,
+                &[
+                    "bc1a0643b12e4d2d7c77918f44e0f4f79a838b6cf9ec5b5c283e1f4d88599e6b",
+                    "ca854ea128ed050b41b35ffc1b87b8eb2bde461e9e3b5596ece6b9d5975a0ae0",
+                    "d37ee418976dd95753c1c73862b9398fa2a2cf9b4ff0fdfe8b30cd95209614b7",
+                ],
+            ),
+            (
+                2,
+                3,
+                &["fac54203e7cc696cf0dfcb42c92a1d9dbaf70ad9e621f4bd8d98662f00e3c125"],
+            ),
+            (
+                1,
+                5,
+                &[
+                    "6e340b9cffb37a989ca544e6bb780a2c78901d3fb33738768511a30617afa01d",
+                    "5f083f0a1a33ca076a95279832580db3e0ef4584bdff1f54c8a360f50de3031e",
+                    "bc1a0643b12e4d2d7c77918f44e0f4f79a838b6cf9ec5b5c283e1f4d88599e6b",
+                ],
+            ),
         ];
         for (index, size, proof) in vectors {
             let want: Vec<Hash> = proof.iter().map(|p| h(p)).collect();
-            assert_eq!(inclusion_proof(&t, index, size).unwrap(), want, "leaf {index} size {size}");
-            assert!(verify_inclusion(&leaves[index as usize], index, size, &want, &h(CT_ROOTS[size as usize])));
-            assert!(!verify_inclusion(&leaves[index as usize], index, size, &want, &h(CT_ROOTS[0])));
+            assert_eq!(
+                inclusion_proof(&t, index, size).unwrap(),
+                want,
+                "leaf {index} size {size}"
+            );
+            assert!(verify_inclusion(
+                &leaves[index as usize],
+                index,
+                size,
+                &want,
+                &h(CT_ROOTS[size as usize])
+            ));
+            assert!(!verify_inclusion(
+                &leaves[index as usize],
+                index,
+                size,
+                &want,
+                &h(CT_ROOTS[0])
+            ));
         }
     }
 
@@ -425,20 +493,32 @@ mod tests {
         let (t, _) = ct_tree();
         let vectors: [(u64, u64, &[&str]); 4] = [
             (1, 1, &[]),
-            (1, 8, &[
-                "96a296d224f285c67bee93c30f8a309157f0daa35dc5b87e410b78630a09cfc7",
-                "5f083f0a1a33ca076a95279832580db3e0ef4584bdff1f54c8a360f50de3031e",
-                "6b47aaf29ee3c2af9af889bc1fb9254dabd31177f16232dd6aab035ca39bf6e4",
-            ]),
-            (6, 8, &[
-                "0ebc5d3437fbe2db158b9f126a1d118e308181031d0a949f8dededebc558ef6a",
-                "ca854ea128ed050b41b35ffc1b87b8eb2bde461e9e3b5596ece6b9d5975a0ae0",
-                "d37ee418976dd95753c1c73862b9398fa2a2cf9b4ff0fdfe8b30cd95209614b7",
-            ]),
-            (2, 5, &[
-                "5f083f0a1a33ca076a95279832580db3e0ef4584bdff1f54c8a360f50de3031e",
-                "bc1a0643b12e4d2d7c77918f44e0f4f79a838b6cf9ec5b5c283e1f4d88599e6b",
-            ]),
+            (
+                1,
+                8,
+                &[
+                    "96a296d224f285c67bee93c30f8a309157f0daa35dc5b87e410b78630a09cfc7",
+                    "5f083f0a1a33ca076a95279832580db3e0ef4584bdff1f54c8a360f50de3031e",
+                    "6b47aaf29ee3c2af9af889bc1fb9254dabd31177f16232dd6aab035ca39bf6e4",
+                ],
+            ),
+            (
+                6,
+                8,
+                &[
+                    "0ebc5d3437fbe2db158b9f126a1d118e308181031d0a949f8dededebc558ef6a",
+                    "ca854ea128ed050b41b35ffc1b87b8eb2bde461e9e3b5596ece6b9d5975a0ae0",
+                    "d37ee418976dd95753c1c73862b9398fa2a2cf9b4ff0fdfe8b30cd95209614b7",
+                ],
+            ),
+            (
+                2,
+                5,
+                &[
+                    "5f083f0a1a33ca076a95279832580db3e0ef4584bdff1f54c8a360f50de3031e",
+                    "bc1a0643b12e4d2d7c77918f44e0f4f79a838b6cf9ec5b5c283e1f4d88599e6b",
+                ],
+            ),
         ];
         for (old, new, proof) in vectors {
             let want: Vec<Hash> = proof.iter().map(|p| h(p)).collect();

@@ -248,8 +248,14 @@ pub fn encode(
 ) {
     out.clear();
     let body = body_len(payload);
-    assert!(tenant.len() <= MAX_TENANT_BYTES, "tenant validated before encoding");
-    assert!(u32::try_from(body).is_ok(), "body length validated before encoding");
+    assert!(
+        tenant.len() <= MAX_TENANT_BYTES,
+        "tenant validated before encoding"
+    );
+    assert!(
+        u32::try_from(body).is_ok(),
+        "body length validated before encoding"
+    );
     out.reserve(RECORD_HEADER_LEN + tenant.len() + body);
     out.push(RECORD_VERSION);
     out.push(match payload {
@@ -299,7 +305,10 @@ pub struct RecordHeader {
 /// Reads the fixed fields, checking the version, kind and that the declared lengths match `b` exactly.
 pub fn decode_header(b: &[u8]) -> Result<RecordHeader, RecordError> {
     if b.len() < RECORD_HEADER_LEN {
-        return Err(RecordError::Truncated { len: b.len(), need: RECORD_HEADER_LEN });
+        return Err(RecordError::Truncated {
+            len: b.len(),
+            need: RECORD_HEADER_LEN,
+        });
     }
     if b[R_VERSION] != RECORD_VERSION {
         return Err(RecordError::Version(b[R_VERSION]));
@@ -353,7 +362,10 @@ pub fn decode(b: &Bytes) -> Result<Record, RecordError> {
 
 fn decode_ops(body: &Bytes) -> Result<Vec<Op>, RecordError> {
     if body.len() < 4 {
-        return Err(RecordError::Truncated { len: body.len(), need: 4 });
+        return Err(RecordError::Truncated {
+            len: body.len(),
+            need: 4,
+        });
     }
     let count = u32_at(body, 0) as usize;
     if count == 0 || count > MAX_BATCH_OPS {
@@ -361,13 +373,19 @@ fn decode_ops(body: &Bytes) -> Result<Vec<Op>, RecordError> {
     }
     // Each op needs at least its header, so a count larger than the bytes allow is rejected before allocating.
     if count > (body.len() - 4) / OP_HEADER_LEN {
-        return Err(RecordError::Truncated { len: body.len(), need: 4 + count * OP_HEADER_LEN });
+        return Err(RecordError::Truncated {
+            len: body.len(),
+            need: 4 + count * OP_HEADER_LEN,
+        });
     }
     let mut ops = Vec::with_capacity(count);
     let mut pos = 4;
     for _ in 0..count {
         if body.len() - pos < OP_HEADER_LEN {
-            return Err(RecordError::Truncated { len: body.len(), need: pos + OP_HEADER_LEN });
+            return Err(RecordError::Truncated {
+                len: body.len(),
+                need: pos + OP_HEADER_LEN,
+            });
         }
         let kind = body[pos];
         let key_len = usize::from(u16_at(body, pos + 1));
@@ -375,7 +393,10 @@ fn decode_ops(body: &Bytes) -> Result<Vec<Op>, RecordError> {
         pos += OP_HEADER_LEN;
         let need = pos.saturating_add(key_len).saturating_add(value_len);
         if need > body.len() {
-            return Err(RecordError::Truncated { len: body.len(), need });
+            return Err(RecordError::Truncated {
+                len: body.len(),
+                need,
+            });
         }
         let key = body.slice(pos..pos + key_len);
         let value = body.slice(pos + key_len..need);
@@ -405,8 +426,13 @@ mod tests {
             timestamp_ms: 1_700_000_000_000,
             tenant: "acme".into(),
             payload: Payload::Batch(vec![
-                Op::Put { key: Bytes::from_static(b"k1"), value: Bytes::from_static(b"v1") },
-                Op::Delete { key: Bytes::from_static(b"k2") },
+                Op::Put {
+                    key: Bytes::from_static(b"k1"),
+                    value: Bytes::from_static(b"v1"),
+                },
+                Op::Delete {
+                    key: Bytes::from_static(b"k2"),
+                },
             ]),
             prev_hash: [7u8; 32],
         }
@@ -414,7 +440,15 @@ mod tests {
 
     fn enc(r: &Record) -> Bytes {
         let mut out = Vec::new();
-        encode(&mut out, r.commit_id, r.epoch, r.timestamp_ms, &r.tenant, &r.payload, &r.prev_hash);
+        encode(
+            &mut out,
+            r.commit_id,
+            r.epoch,
+            r.timestamp_ms,
+            &r.tenant,
+            &r.payload,
+            &r.prev_hash,
+        );
         Bytes::from(out)
     }
 
@@ -422,7 +456,10 @@ mod tests {
     fn round_trip_batch_and_event() {
         let r = sample();
         assert_eq!(decode(&enc(&r)).unwrap(), r);
-        let e = Record { payload: Payload::Event(Bytes::from_static(b"opaque \x00 bytes")), ..sample() };
+        let e = Record {
+            payload: Payload::Event(Bytes::from_static(b"opaque \x00 bytes")),
+            ..sample()
+        };
         assert_eq!(decode(&enc(&e)).unwrap(), e);
     }
 
@@ -434,7 +471,10 @@ mod tests {
         }
         let mut longer = b.to_vec();
         longer.push(0);
-        assert!(matches!(decode(&Bytes::from(longer)), Err(RecordError::Trailing(1))));
+        assert!(matches!(
+            decode(&Bytes::from(longer)),
+            Err(RecordError::Trailing(1))
+        ));
     }
 
     #[test]
@@ -442,18 +482,30 @@ mod tests {
         let mut b = enc(&sample()).to_vec();
         let body_at = RECORD_HEADER_LEN + 4;
         b[body_at..body_at + 4].copy_from_slice(&4000u32.to_le_bytes());
-        assert!(matches!(decode(&Bytes::from(b)), Err(RecordError::Truncated { .. })));
+        assert!(matches!(
+            decode(&Bytes::from(b)),
+            Err(RecordError::Truncated { .. })
+        ));
     }
 
     #[test]
     fn invalid_batches_are_rejected() {
         assert!(check_batch(&[]).is_err());
         let dup = [
-            Op::Delete { key: Bytes::from_static(b"a") },
-            Op::Put { key: Bytes::from_static(b"a"), value: Bytes::new() },
+            Op::Delete {
+                key: Bytes::from_static(b"a"),
+            },
+            Op::Put {
+                key: Bytes::from_static(b"a"),
+                value: Bytes::new(),
+            },
         ];
         assert_eq!(check_batch(&dup), Err(RecordError::Batch("the same key twice")));
         assert!(check_key(&[0u8; 1025]).is_err());
-        assert!(check_tenant("").is_err() && check_tenant("a\nb").is_err() && check_tenant(&"x".repeat(129)).is_err());
+        assert!(
+            check_tenant("").is_err()
+                && check_tenant("a\nb").is_err()
+                && check_tenant(&"x".repeat(129)).is_err()
+        );
     }
 }

@@ -80,7 +80,11 @@ pub struct MerkleStore {
 }
 
 fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> StoreError + 'a {
-    move |source| StoreError::Io { op, path: path.to_owned(), source }
+    move |source| StoreError::Io {
+        op,
+        path: path.to_owned(),
+        source,
+    }
 }
 
 fn level_name(l: usize) -> String {
@@ -96,7 +100,12 @@ impl MerkleStore {
         while names.contains(&level_name(count)) {
             count += 1;
         }
-        let mut store = Self { fs, dir: dir.to_owned(), levels: Vec::new(), size: 0 };
+        let mut store = Self {
+            fs,
+            dir: dir.to_owned(),
+            levels: Vec::new(),
+            size: 0,
+        };
         let mut report = StoreOpenReport::default();
         for l in 0..count {
             store.open_level(l)?;
@@ -142,25 +151,36 @@ impl MerkleStore {
         let path = self.dir.join(level_name(l));
         let file = match self.fs.open(&path, OpenMode::ReadWrite) {
             Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                self.fs.open(&path, OpenMode::CreateNew).map_err(io("create level file", &path))?
-            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => self
+                .fs
+                .open(&path, OpenMode::CreateNew)
+                .map_err(io("create level file", &path))?,
             Err(e) => return Err(io("open level file", &path)(e)),
         };
         let len = file.len().map_err(io("stat level file", &path))?;
         let written = len / 32;
         if len % 32 != 0 {
-            file.set_len(written * 32).map_err(io("truncate partial hash", &path))?;
+            file.set_len(written * 32)
+                .map_err(io("truncate partial hash", &path))?;
         }
         let map = file.map().map_err(io("map level file", &path))?;
-        self.levels.push(Level { path, file, written, map: RwLock::new(map), buf: Vec::new() });
+        self.levels.push(Level {
+            path,
+            file,
+            written,
+            map: RwLock::new(map),
+            buf: Vec::new(),
+        });
         Ok(())
     }
 
     fn truncate_level(&mut self, l: usize, n: u64) -> Result<(), StoreError> {
         let level = &mut self.levels[l];
         level.buf.clear();
-        level.file.set_len(n * 32).map_err(io("truncate level file", &level.path))?;
+        level
+            .file
+            .set_len(n * 32)
+            .map_err(io("truncate level file", &level.path))?;
         level.written = n;
         *level.map.write() = level.file.map().map_err(io("map level file", &level.path))?;
         Ok(())
@@ -185,7 +205,11 @@ impl MerkleStore {
     }
 
     fn node_at(&self, level: usize, index: u64) -> Result<Hash, StoreError> {
-        let missing = || StoreError::Missing { level: level as u32, index, size: self.size };
+        let missing = || StoreError::Missing {
+            level: level as u32,
+            index,
+            size: self.size,
+        };
         let l = self.levels.get(level).ok_or_else(missing)?;
         if index >= l.written {
             let i = usize::try_from(index - l.written).map_err(|_| missing())?;
@@ -240,7 +264,9 @@ impl MerkleStore {
                 continue;
             }
             let bytes: Vec<u8> = l.buf.iter().flatten().copied().collect();
-            l.file.write_all_at(&bytes, l.written * 32).map_err(io("write level file", &l.path))?;
+            l.file
+                .write_all_at(&bytes, l.written * 32)
+                .map_err(io("write level file", &l.path))?;
             l.written += l.buf.len() as u64;
             l.buf.clear();
         }
@@ -253,12 +279,17 @@ impl MerkleStore {
         for l in &self.levels {
             l.file.sync_data().map_err(io("fsync level file", &l.path))?;
         }
-        self.fs.sync_dir(&self.dir).map_err(io("fsync directory", &self.dir))
+        self.fs
+            .sync_dir(&self.dir)
+            .map_err(io("fsync directory", &self.dir))
     }
 
     /// Every stored hash of `level` (for the verifier), in index order.
     pub fn level_hashes(&self, level: usize) -> Result<Vec<Hash>, StoreError> {
-        let n = self.levels.get(level).map_or(0, |l| l.written + l.buf.len() as u64);
+        let n = self
+            .levels
+            .get(level)
+            .map_or(0, |l| l.written + l.buf.len() as u64);
         (0..n).map(|i| self.node_at(level, i)).collect()
     }
 
@@ -274,7 +305,11 @@ impl NodeSource for MerkleStore {
 
     fn node(&self, level: u32, index: u64) -> Result<Hash, StoreError> {
         if (index + 1) << level > self.size {
-            return Err(StoreError::Missing { level, index, size: self.size });
+            return Err(StoreError::Missing {
+                level,
+                index,
+                size: self.size,
+            });
         }
         self.node_at(level as usize, index)
     }
@@ -305,7 +340,10 @@ mod tests {
         s.sync().unwrap();
         drop(s);
         let (s, r) = MerkleStore::open(fs.clone(), dir).unwrap();
-        assert_eq!((r.leaves, r.truncated_hashes, r.recomputed_hashes), (10_000, 0, 0));
+        assert_eq!(
+            (r.leaves, r.truncated_hashes, r.recomputed_hashes),
+            (10_000, 0, 0)
+        );
         for n in [1u64, 2, 3, 4095, 4096, 4097, 9999, 10_000] {
             assert_eq!(root(&s, n).unwrap(), root(&t, n).unwrap(), "size {n}");
         }

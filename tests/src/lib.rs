@@ -92,7 +92,11 @@ pub fn engine_opts() -> aerodb_engine::Options {
         signing_key: Some(aerodb_engine::SigningKey::from_seed("aerodb-ledger", [5u8; 32]).expect("key")),
         checkpoint_every_records: 0,
         checkpoint_interval: None,
-        wal: Options { segment_bytes: 16 << 10, max_record_bytes: 4096, ..small_opts() },
+        wal: Options {
+            segment_bytes: 16 << 10,
+            max_record_bytes: 4096,
+            ..small_opts()
+        },
         ..aerodb_engine::Options::default()
     }
 }

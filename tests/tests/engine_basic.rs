@@ -1,7 +1,11 @@
 //! The engine's API end to end, on the real and the memory file system: writes, reads at any CommitId,
 //! history, scans, tenants, proofs for every tree size, checkpoints, reopen, and refusal of writes.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, reason = "test code: a panic is the failure report")]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test code: a panic is the failure report"
+)]
 
 use std::{path::Path, sync::Arc};
 
@@ -27,10 +31,22 @@ fn key_value_with_history_tenants_and_reopen() {
         let r1 = db.put("acme", b("k1"), b("v1")).unwrap();
         let r2 = db.put("globex", b("k2"), b("a")).unwrap();
         let r3 = db
-            .append_batch("acme", vec![Op::Put { key: b("k1"), value: b("v2") }, Op::Delete { key: b("k2") }])
+            .append_batch(
+                "acme",
+                vec![
+                    Op::Put {
+                        key: b("k1"),
+                        value: b("v2"),
+                    },
+                    Op::Delete { key: b("k2") },
+                ],
+            )
             .unwrap();
         let r4 = db.append_event("acme", b("something happened")).unwrap();
-        assert_eq!([r1.commit_id, r2.commit_id, r3.commit_id, r4.commit_id], [1, 2, 3, 4]);
+        assert_eq!(
+            [r1.commit_id, r2.commit_id, r3.commit_id, r4.commit_id],
+            [1, 2, 3, 4]
+        );
         let check = |db: &Db| {
             assert_eq!(db.get(b"k1").unwrap(), Some(b("v2")));
             assert_eq!(db.get(b"k2").unwrap(), None);
@@ -38,16 +54,32 @@ fn key_value_with_history_tenants_and_reopen() {
             assert_eq!(db.get_at(b"k2", 2).unwrap(), Some(b("a")));
             assert_eq!(db.get_at(b"k2", 3).unwrap(), None);
             assert_eq!(db.get_at(b"k1", 0).unwrap(), None);
-            let h: Vec<_> = db.history(b"k2").unwrap().into_iter().map(|v| (v.commit_id, v.value)).collect();
+            let h: Vec<_> = db
+                .history(b"k2")
+                .unwrap()
+                .into_iter()
+                .map(|v| (v.commit_id, v.value))
+                .collect();
             assert_eq!(h, vec![(2, Some(b("a"))), (3, None)]);
             assert_eq!(db.scan_prefix(b"k", 10).unwrap(), vec![(b("k1"), b("v2"))]);
-            let acme: Vec<u64> = db.scan_tenant("acme", 1, 10).unwrap().iter().map(|r| r.record.commit_id).collect();
+            let acme: Vec<u64> = db
+                .scan_tenant("acme", 1, 10)
+                .unwrap()
+                .iter()
+                .map(|r| r.record.commit_id)
+                .collect();
             assert_eq!(acme, vec![1, 3, 4]);
             assert_eq!(db.scan_tenant("acme", 2, 1).unwrap()[0].record.commit_id, 3);
             let recs = db.records(2, 2).unwrap();
-            assert_eq!(recs.iter().map(|r| r.record.commit_id).collect::<Vec<_>>(), vec![2, 3]);
+            assert_eq!(
+                recs.iter().map(|r| r.record.commit_id).collect::<Vec<_>>(),
+                vec![2, 3]
+            );
             assert_eq!(recs[1].record.prev_hash, recs[0].hash, "records are hash-chained");
-            assert_eq!(db.record(4).unwrap().unwrap().record.payload, Payload::Event(b("something happened")));
+            assert_eq!(
+                db.record(4).unwrap().unwrap().record.payload,
+                Payload::Event(b("something happened"))
+            );
             assert!(db.record(0).unwrap().is_none() && db.record(5).unwrap().is_none());
             assert_eq!(db.tip().unwrap().commit_id, 4);
         };
@@ -58,8 +90,16 @@ fn key_value_with_history_tenants_and_reopen() {
         check(&db);
         assert_eq!(db.tip().unwrap(), tip, "same head after reopen");
         assert_eq!(db.open_report().records_verified, 4);
-        assert_eq!(db.open_report().checkpoints_verified, 1, "close wrote a checkpoint");
-        assert_eq!(db.put("acme", b("k3"), b("x")).unwrap().commit_id, 5, "the chain continues");
+        assert_eq!(
+            db.open_report().checkpoints_verified,
+            1,
+            "close wrote a checkpoint"
+        );
+        assert_eq!(
+            db.put("acme", b("k3"), b("x")).unwrap().commit_id,
+            5,
+            "the chain continues"
+        );
     });
 }
 
@@ -68,7 +108,10 @@ fn proofs_for_every_size_verify_with_the_published_key_string() {
     let db = Db::open_in_memory(engine_opts()).unwrap();
     let mut receipts = Vec::new();
     for i in 0..150u32 {
-        receipts.push(db.append_event("t", Bytes::from(i.to_le_bytes().to_vec())).unwrap());
+        receipts.push(
+            db.append_event("t", Bytes::from(i.to_le_bytes().to_vec()))
+                .unwrap(),
+        );
     }
     let cp = db.checkpoint_now().unwrap();
     // A verifier that has only the key string and the note.
@@ -81,17 +124,38 @@ fn proofs_for_every_size_verify_with_the_published_key_string() {
             let p = db.inclusion_proof(commit, size).unwrap();
             let rec = db.record(commit).unwrap().unwrap();
             assert_eq!(rec.hash, receipts[commit as usize - 1].record_hash);
-            assert!(merkle::verify_inclusion(&merkle::leaf_hash(&rec.canonical), p.leaf_index, size, &p.hashes, &root));
+            assert!(merkle::verify_inclusion(
+                &merkle::leaf_hash(&rec.canonical),
+                p.leaf_index,
+                size,
+                &p.hashes,
+                &root
+            ));
         }
         let c = db.consistency_proof(size, 150).unwrap();
-        assert!(merkle::verify_consistency(size, 150, &root, &verified.root, &c), "{size} -> 150");
+        assert!(
+            merkle::verify_consistency(size, 150, &root, &verified.root, &c),
+            "{size} -> 150"
+        );
     }
     // Out-of-range requests are typed errors, not panics.
     assert!(matches!(db.inclusion_proof(0, 10), Err(Error::OutOfRange { .. })));
-    assert!(matches!(db.inclusion_proof(11, 10), Err(Error::OutOfRange { .. })));
-    assert!(matches!(db.inclusion_proof(1, 151), Err(Error::OutOfRange { .. })));
-    assert!(matches!(db.consistency_proof(0, 5), Err(Error::OutOfRange { .. })));
-    assert!(matches!(db.consistency_proof(6, 5), Err(Error::OutOfRange { .. })));
+    assert!(matches!(
+        db.inclusion_proof(11, 10),
+        Err(Error::OutOfRange { .. })
+    ));
+    assert!(matches!(
+        db.inclusion_proof(1, 151),
+        Err(Error::OutOfRange { .. })
+    ));
+    assert!(matches!(
+        db.consistency_proof(0, 5),
+        Err(Error::OutOfRange { .. })
+    ));
+    assert!(matches!(
+        db.consistency_proof(6, 5),
+        Err(Error::OutOfRange { .. })
+    ));
     assert!(matches!(db.root_at(151), Err(Error::OutOfRange { .. })));
 }
 
@@ -102,7 +166,13 @@ fn append_and_prove_gives_a_verifiable_receipt() {
     let (receipt, cp, proof) = db.append_and_prove("t", Payload::Event(b("mine"))).unwrap();
     let leaf = merkle::leaf_hash(&db.record(receipt.commit_id).unwrap().unwrap().canonical);
     assert!(cp.checkpoint.size >= receipt.commit_id);
-    assert!(merkle::verify_inclusion(&leaf, proof.leaf_index, proof.tree_size, &proof.hashes, &cp.checkpoint.root));
+    assert!(merkle::verify_inclusion(
+        &leaf,
+        proof.leaf_index,
+        proof.tree_size,
+        &proof.hashes,
+        &cp.checkpoint.root
+    ));
     let (r2, cp2, _) = db.append_and_prove("t", Payload::Event(b("again"))).unwrap();
     assert!(cp2.checkpoint.size >= r2.commit_id && cp2.checkpoint.size > cp.checkpoint.size);
 }
@@ -111,13 +181,29 @@ fn append_and_prove_gives_a_verifiable_receipt() {
 fn bad_input_is_refused_and_leaves_no_trace() {
     let db = Db::open_in_memory(engine_opts()).unwrap();
     assert!(matches!(db.put("", b("k"), b("v")), Err(Error::InvalidInput(_))));
-    assert!(matches!(db.put("t", Bytes::new(), b("v")), Err(Error::InvalidInput(_))));
-    assert!(matches!(db.put("t", Bytes::from(vec![1u8; 1025]), b("v")), Err(Error::InvalidInput(_))));
-    assert!(matches!(db.put("t", b("k"), Bytes::from(vec![0u8; 5000])), Err(Error::InvalidInput(_))));
-    assert!(matches!(db.append_batch("t", vec![]), Err(Error::InvalidInput(_))));
+    assert!(matches!(
+        db.put("t", Bytes::new(), b("v")),
+        Err(Error::InvalidInput(_))
+    ));
+    assert!(matches!(
+        db.put("t", Bytes::from(vec![1u8; 1025]), b("v")),
+        Err(Error::InvalidInput(_))
+    ));
+    assert!(matches!(
+        db.put("t", b("k"), Bytes::from(vec![0u8; 5000])),
+        Err(Error::InvalidInput(_))
+    ));
+    assert!(matches!(
+        db.append_batch("t", vec![]),
+        Err(Error::InvalidInput(_))
+    ));
     let dup = vec![Op::Delete { key: b("x") }, Op::Delete { key: b("x") }];
     assert!(matches!(db.append_batch("t", dup), Err(Error::InvalidInput(_))));
-    assert_eq!(db.put("t", b("k"), b("v")).unwrap().commit_id, 1, "refusals consumed no CommitId");
+    assert_eq!(
+        db.put("t", b("k"), b("v")).unwrap().commit_id,
+        1,
+        "refusals consumed no CommitId"
+    );
 }
 
 #[test]
@@ -126,18 +212,35 @@ fn writes_are_refused_without_authority_or_after_fsync_failure() {
     let db = Db::open_with_fs(Arc::new(mem.clone()), Path::new("/db"), engine_opts()).unwrap();
     db.put("t", b("k"), b("v")).unwrap();
     db.close().unwrap();
-    let ro = aerodb_engine::Options { read_only: true, ..engine_opts() };
+    let ro = aerodb_engine::Options {
+        read_only: true,
+        ..engine_opts()
+    };
     let db = Db::open_with_fs(Arc::new(mem.clone()), Path::new("/db"), ro).unwrap();
-    assert!(matches!(db.put("t", b("k"), b("w")), Err(Error::NotWritable(NotWritable::NotWriteAuthority))));
+    assert!(matches!(
+        db.put("t", b("k"), b("w")),
+        Err(Error::NotWritable(NotWritable::NotWriteAuthority))
+    ));
     assert_eq!(db.get(b"k").unwrap(), Some(b("v")), "reads still work");
     drop(db);
 
     let fault = FaultFs::new(mem);
     let db = Db::open_with_fs(Arc::new(fault.clone()), Path::new("/db"), engine_opts()).unwrap();
-    fault.inject(FaultPlan { at_op: fault.ops() + 1, kind: FaultKind::Eio, persistent: false });
+    fault.inject(FaultPlan {
+        at_op: fault.ops() + 1,
+        kind: FaultKind::Eio,
+        persistent: false,
+    });
     let err = db.put("t", b("k"), b("lost")).unwrap_err();
     assert!(err.is_fatal(), "{err}");
     let err = db.put("t", b("k"), b("after")).unwrap_err();
-    assert!(matches!(err, Error::NotWritable(NotWritable::LogFailed(ref why)) if why.contains("fdatasync")), "{err}");
-    assert_eq!(db.get(b"k").unwrap(), Some(b("v")), "the failed write is not visible");
+    assert!(
+        matches!(err, Error::NotWritable(NotWritable::LogFailed(ref why)) if why.contains("fdatasync")),
+        "{err}"
+    );
+    assert_eq!(
+        db.get(b"k").unwrap(),
+        Some(b("v")),
+        "the failed write is not visible"
+    );
 }

@@ -327,3 +327,46 @@ fn random_access_by_commit_id_matches_sequential_reads() {
         check(&wal);
     });
 }
+
+#[test]
+fn read_only_open_reports_but_never_writes() {
+    let mem = MemFs::new();
+    let fs: Arc<dyn Fs> = Arc::new(mem.clone());
+    let wal = Wal::open(fs.clone(), MEM_DIR, small_opts()).unwrap();
+    for i in 1..=20u64 {
+        wal.append(Epoch(1), &body(i, 2)).unwrap();
+    }
+    drop(wal);
+    // Tear the last frame.
+    let mut names = mem.all_files();
+    names.retain(|p| p.extension().is_some_and(|e| e == "seg"));
+    names.sort();
+    let last = names.last().unwrap().clone();
+    let mut bytes = mem.read_file(&last).unwrap();
+    let end = bytes.iter().rposition(|&b| b != 0).unwrap();
+    bytes[end - 3] ^= 0xFF;
+    mem.write_file_durable(&last, &bytes).unwrap();
+    let before: Vec<(std::path::PathBuf, Vec<u8>)> = mem
+        .all_files()
+        .into_iter()
+        .map(|p| (p.clone(), mem.read_file(&p).unwrap()))
+        .collect();
+    let ro = Options {
+        read_only: true,
+        ..small_opts()
+    };
+    let wal = Wal::open(fs.clone(), MEM_DIR, ro).unwrap();
+    assert!(
+        wal.recovery_report().torn_tail.is_some(),
+        "the torn tail is reported"
+    );
+    assert_eq!(collect(&wal, 1).len(), 19, "reads stop before the torn frame");
+    assert!(matches!(wal.append(Epoch(1), b"x"), Err(Error::ReadOnly)));
+    drop(wal);
+    let after: Vec<(std::path::PathBuf, Vec<u8>)> = mem
+        .all_files()
+        .into_iter()
+        .map(|p| (p.clone(), mem.read_file(&p).unwrap()))
+        .collect();
+    assert_eq!(before, after, "a read-only open changed no byte");
+}

@@ -73,6 +73,9 @@ pub enum Error {
     /// The handle was closed.
     #[error("the log has been closed")]
     Closed,
+    /// The log was opened read-only.
+    #[error("the log was opened read-only")]
+    ReadOnly,
 }
 
 /// Why a log handle failed closed.

@@ -71,6 +71,10 @@ pub struct Options {
     /// CommitIds up to this one are known durable by a higher layer (e.g. covered by a signed checkpoint);
     /// recovery reports corruption rather than truncate them.
     pub durable_mark: CommitId,
+    /// Open for reading only: recovery reports what it finds but writes nothing (no torn tail is zeroed, no
+    /// leftover removed), no background thread starts, and appends fail with [`Error::ReadOnly`]. For offline
+    /// verification and inspection.
+    pub read_only: bool,
 }
 
 impl Default for Options {
@@ -82,6 +86,7 @@ impl Default for Options {
             background_preallocation: true,
             verify_digests_on_open: false,
             durable_mark: CommitId(0),
+            read_only: false,
         }
     }
 }
@@ -486,7 +491,7 @@ impl Wal {
             _lock: lock,
         });
         let mut threads = Vec::new();
-        if shared.opts.background_preallocation {
+        if shared.opts.background_preallocation && !shared.opts.read_only {
             let s = shared.clone();
             threads.push(
                 std::thread::Builder::new()
@@ -503,7 +508,7 @@ impl Wal {
             };
             shared.request_prealloc(want);
         }
-        if let Durability::Batch { interval } = shared.opts.durability {
+        if let (Durability::Batch { interval }, false) = (shared.opts.durability, shared.opts.read_only) {
             let s = shared.clone();
             threads.push(
                 std::thread::Builder::new()
@@ -548,6 +553,9 @@ impl Wal {
     /// the durability mode.
     pub fn append_with<R>(&self, epoch: Epoch, f: impl FnOnce(&mut FrameSink<'_>) -> Result<R>) -> Result<R> {
         let sh = &*self.shared;
+        if sh.opts.read_only {
+            return Err(Error::ReadOnly);
+        }
         let mut s = sh.state.lock();
         s.check_writable()?;
         if epoch < s.last_epoch {
@@ -1226,9 +1234,14 @@ struct Recovered {
 }
 
 /// Reads the whole file.
-fn read_all(fs: &dyn Fs, path: &Path) -> Result<(Box<dyn FsFile>, Vec<u8>)> {
+fn read_all(fs: &dyn Fs, path: &Path, read_only: bool) -> Result<(Box<dyn FsFile>, Vec<u8>)> {
+    let mode = if read_only {
+        OpenMode::Read
+    } else {
+        OpenMode::ReadWrite
+    };
     let f = fs
-        .open(path, OpenMode::ReadWrite)
+        .open(path, mode)
         .map_err(|e| Error::io("open segment", path, e))?;
     let len = f.len().map_err(|e| Error::io("stat segment", path, e))?;
     let len = usize::try_from(len)
@@ -1246,6 +1259,7 @@ fn recover(fs: &dyn Fs, dir: &Path, opts: &Options) -> Result<(Recovered, Recove
     let mut ids = Vec::new();
     for name in &names {
         match parse_name(name) {
+            Some((_, true)) if opts.read_only => {}
             Some((_, true)) => {
                 let p = dir.join(name);
                 fs.remove_file(&p)
@@ -1286,7 +1300,7 @@ fn recover(fs: &dyn Fs, dir: &Path, opts: &Options) -> Result<(Recovered, Recove
     for (i, &id) in ids.iter().enumerate() {
         let is_last = i + 1 == ids.len();
         let path = dir.join(segment_file_name(id));
-        let (file, bytes) = read_all(fs, &path)?;
+        let (file, bytes) = read_all(fs, &path, opts.read_only)?;
         let expect = Expect {
             segment_id: id,
             first_commit_id: expected,
@@ -1305,7 +1319,7 @@ fn recover(fs: &dyn Fs, dir: &Path, opts: &Options) -> Result<(Recovered, Recove
         }
         match scan.end {
             SegmentEnd::Sealed { trailing_zeros, .. } => {
-                if trailing_zeros {
+                if trailing_zeros && !opts.read_only {
                     let len = scan.data_end + FOOTER_LEN as u64;
                     file.set_len(len)
                         .map_err(|e| Error::io("complete interrupted seal", &path, e))?;
@@ -1327,6 +1341,10 @@ fn recover(fs: &dyn Fs, dir: &Path, opts: &Options) -> Result<(Recovered, Recove
                 tail_segment = id.next();
                 tail_offset = SEGMENT_HEADER_LEN as u64;
             }
+            SegmentEnd::Clean | SegmentEnd::Torn { .. } if scan.frame_count == 0 && opts.read_only => {
+                tail_segment = id;
+                tail_offset = SEGMENT_HEADER_LEN as u64;
+            }
             SegmentEnd::Clean | SegmentEnd::Torn { .. } if scan.frame_count == 0 => {
                 // A segment created just before a crash, before any frame reached it: it holds nothing.
                 debug_assert!(is_last);
@@ -1339,7 +1357,9 @@ fn recover(fs: &dyn Fs, dir: &Path, opts: &Options) -> Result<(Recovered, Recove
                 tail_offset = SEGMENT_HEADER_LEN as u64;
             }
             SegmentEnd::Clean | SegmentEnd::Torn { .. } => {
-                if let SegmentEnd::Torn { offset, garbage_end } = scan.end {
+                if let (SegmentEnd::Torn { offset, garbage_end }, true) = (&scan.end, opts.read_only) {
+                    report.torn_tail = Some((id, *offset, garbage_end - offset));
+                } else if let SegmentEnd::Torn { offset, garbage_end } = scan.end {
                     let zeros = vec![0u8; usize::try_from(garbage_end - offset).unwrap_or(0)];
                     file.write_all_at(&zeros, offset)
                         .map_err(|e| Error::io("discard torn tail", &path, e))?;

@@ -1,0 +1,246 @@
+//! Tampering: change one byte of a record (re-sealing the frame's CRCs, as a forger would), of a stored Merkle
+//! node, or of a checkpoint (re-sealing its entry CRC) — the verifier names exactly what and where, and the engine
+//! refuses to open where the startup check covers it. T4 at engine level: a valid frame spliced in from another
+//! log, or a frame from an older epoch, is rejected by the prev_hash / epoch / CommitId checks.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test code: a panic is the failure report"
+)]
+
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use aerodb_engine::{verify_dir_with_fs, Db, Error, Problem, VerifyOptions, VerifyReport};
+use aerodb_tests::{engine_opts, report_figure};
+use aerodb_wal::{
+    format::{decode_frame_header, encode_frame_header, FRAME_HEADER_LEN, SEGMENT_HEADER_LEN},
+    fs::MemFs,
+};
+use bytes::Bytes;
+
+const DIR: &str = "/db";
+
+fn build(mem: &MemFs, records: u64, seed: u8) {
+    let db = Db::open_with_fs(Arc::new(mem.clone()), Path::new(DIR), engine_opts()).unwrap();
+    for i in 1..=records {
+        db.put(
+            if i % 3 == 0 { "a" } else { "b" },
+            Bytes::from(format!("key{}", i % 17)),
+            Bytes::from(vec![seed; (i % 40) as usize]),
+        )
+        .unwrap();
+        if i % 50 == 0 {
+            db.checkpoint_now().unwrap();
+        }
+    }
+    db.close().unwrap();
+}
+
+fn verify(mem: &MemFs) -> VerifyReport {
+    let opts = VerifyOptions {
+        verifier: Some(engine_opts().signing_key.unwrap().verifier()),
+        strict: true,
+    };
+    verify_dir_with_fs(Arc::new(mem.clone()), Path::new(DIR), &opts, &mut |_, _| {}).unwrap()
+}
+
+fn files(mem: &MemFs, sub: &str, ext: &str) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = mem
+        .all_files()
+        .into_iter()
+        .filter(|p| p.starts_with(Path::new(DIR).join(sub)) && p.extension().is_some_and(|e| e == ext))
+        .collect();
+    v.sort();
+    v
+}
+
+/// (segment path, frame offset, frame length) of every frame, in CommitId order.
+fn frames(mem: &MemFs) -> Vec<(PathBuf, usize, usize)> {
+    let mut out = Vec::new();
+    for seg in files(mem, "wal", "seg") {
+        let b = mem.read_file(&seg).unwrap();
+        let mut pos = SEGMENT_HEADER_LEN;
+        while let Ok(h) = decode_frame_header(&b[pos..], 1 << 20) {
+            out.push((seg.clone(), pos, h.frame_len()));
+            pos += h.frame_len();
+        }
+    }
+    out
+}
+
+/// Replaces the body of the frame at `pos` with `f(body)` (same length) and re-seals its CRCs.
+fn forge_frame(mem: &MemFs, seg: &Path, pos: usize, f: impl FnOnce(&mut Vec<u8>)) {
+    let mut b = mem.read_file(seg).unwrap();
+    let h = decode_frame_header(&b[pos..], 1 << 20).unwrap();
+    let mut body = b[pos + FRAME_HEADER_LEN..pos + h.frame_len()].to_vec();
+    f(&mut body);
+    let header = encode_frame_header(h.commit_id, h.epoch, &body);
+    b[pos..pos + FRAME_HEADER_LEN].copy_from_slice(&header);
+    b[pos + FRAME_HEADER_LEN..pos + FRAME_HEADER_LEN + body.len()].copy_from_slice(&body);
+    mem.write_file_durable(seg, &b).unwrap();
+}
+
+fn snapshot(mem: &MemFs) -> Vec<(PathBuf, Vec<u8>)> {
+    mem.all_files()
+        .into_iter()
+        .map(|p| (p.clone(), mem.read_file(&p).unwrap()))
+        .collect()
+}
+
+fn restore(mem: &MemFs, snap: &[(PathBuf, Vec<u8>)]) {
+    for (p, b) in snap {
+        mem.write_file_durable(p, b).unwrap();
+    }
+}
+
+#[test]
+fn a_clean_directory_verifies() {
+    let mem = MemFs::new();
+    build(&mem, 300, 1);
+    let r = verify(&mem);
+    assert!(r.ok(), "{:?}", r.problems);
+    assert_eq!(
+        (r.records, r.checkpoints, r.checkpoints_ok, r.consistency_ok),
+        (300, 6, 6, 5)
+    );
+    // Every perfect subtree of 300 leaves: the sum of 300 >> l over all levels.
+    assert_eq!(r.nodes_checked, (0..9).map(|l| 300u64 >> l).sum::<u64>());
+}
+
+#[test]
+fn the_verifier_names_every_tampered_record_node_and_checkpoint() {
+    let mem = MemFs::new();
+    build(&mem, 300, 1);
+    let snap = snapshot(&mem);
+    let all = frames(&mem);
+    let (mut cases, mut missed) = (0, Vec::new());
+
+    // One byte of a record's value, frame CRCs re-sealed: the next record's prev_hash no longer matches, the
+    // leaf differs, and the checkpoints covering it do not verify. The last record has no successor: the leaf and
+    // the final checkpoint catch it.
+    for commit in [1u64, 2, 77, 150, 299, 300] {
+        let (seg, pos, len) = &all[commit as usize - 1];
+        forge_frame(&mem, seg, *pos, |body| {
+            let n = body.len();
+            body[n - 1] ^= 0x01;
+        });
+        let _ = len;
+        let r = verify(&mem);
+        cases += 1;
+        let named = r.problems.iter().any(|p| match p {
+            Problem::Record { commit_id, .. } => *commit_id == commit + 1,
+            Problem::Node { level: 0, index } => *index == commit - 1,
+            _ => false,
+        });
+        if !named {
+            missed.push(format!("record {commit}: {:?}", r.problems));
+        }
+        // The engine refuses to open it (chain link or checkpoint root).
+        assert!(matches!(
+            Db::open_with_fs(Arc::new(mem.clone()), Path::new(DIR), engine_opts()),
+            Err(Error::Corruption { .. } | Error::Integrity(_))
+        ));
+        restore(&mem, &snap);
+    }
+
+    // One byte of a stored Merkle node, on every level.
+    for (l, file) in files(&mem, "merkle", "hashes").iter().enumerate() {
+        let mut b = mem.read_file(file).unwrap();
+        let index = (b.len() / 32 / 2) as u64;
+        b[index as usize * 32 + 5] ^= 0x80;
+        mem.write_file_durable(file, &b).unwrap();
+        let r = verify(&mem);
+        cases += 1;
+        if !r.problems.contains(&Problem::Node {
+            level: l as u32,
+            index,
+        }) {
+            missed.push(format!("node {l}/{index}: {:?}", r.problems));
+        }
+        restore(&mem, &snap);
+    }
+
+    // One byte of a checkpoint note, with the log entry's CRC re-sealed so only the signature can catch it.
+    let cp_path = Path::new(DIR).join("checkpoints.log");
+    for number in 1..=6usize {
+        let mut b = mem.read_file(&cp_path).unwrap();
+        let mut pos = 0;
+        for _ in 1..number {
+            pos += 8 + u32::from_le_bytes(b[pos..pos + 4].try_into().unwrap()) as usize;
+        }
+        let len = u32::from_le_bytes(b[pos..pos + 4].try_into().unwrap()) as usize;
+        b[pos + 8 + 15] ^= 0x01;
+        let crc = crc32fast::hash(&b[pos + 8..pos + 8 + len]);
+        b[pos + 4..pos + 8].copy_from_slice(&crc.to_le_bytes());
+        mem.write_file_durable(&cp_path, &b).unwrap();
+        let r = verify(&mem);
+        cases += 1;
+        if !r
+            .problems
+            .iter()
+            .any(|p| matches!(p, Problem::Checkpoint { number: n, .. } if *n == number))
+        {
+            missed.push(format!("checkpoint {number}: {:?}", r.problems));
+        }
+        assert!(matches!(
+            Db::open_with_fs(Arc::new(mem.clone()), Path::new(DIR), engine_opts()),
+            Err(Error::Integrity(_))
+        ));
+        restore(&mem, &snap);
+    }
+    report_figure(
+        "engine tampering (record / node / checkpoint)",
+        &format!("{cases} cases, {} missed", missed.len()),
+    );
+    assert!(missed.is_empty(), "{missed:#?}");
+    assert!(verify(&mem).ok(), "restored");
+}
+
+#[test]
+fn t4_spliced_and_stale_epoch_frames_are_rejected() {
+    // Two logs with the same shape but different content: frame k of one is a perfectly valid frame (CRCs,
+    // CommitId) that does not belong in the other.
+    let (a, other) = (MemFs::new(), MemFs::new());
+    build(&a, 120, 1);
+    build(&other, 120, 2);
+    let snap = snapshot(&a);
+    let fa = frames(&a);
+    let fo = frames(&other);
+    let (mut cases, mut accepted) = (0, 0);
+    for k in [1usize, 2, 60, 119, 120] {
+        let (seg, pos, len) = &fa[k - 1];
+        let (oseg, opos, olen) = &fo[k - 1];
+        assert_eq!(len, olen, "same shape");
+        let mut b = a.read_file(seg).unwrap();
+        let ob = other.read_file(oseg).unwrap();
+        b[*pos..*pos + len].copy_from_slice(&ob[*opos..*opos + olen]);
+        a.write_file_durable(seg, &b).unwrap();
+        cases += 1;
+        let opened = Db::open_with_fs(Arc::new(a.clone()), Path::new(DIR), engine_opts());
+        let r = verify(&a);
+        if opened.is_ok() || r.ok() {
+            accepted += 1;
+        }
+        restore(&a, &snap);
+    }
+    // A frame whose record claims an older epoch (re-sealed).
+    for k in [5usize, 100] {
+        let (seg, pos, _) = &fa[k - 1];
+        forge_frame(&a, seg, *pos, |body| body[16] = 0);
+        cases += 1;
+        let opened = Db::open_with_fs(Arc::new(a.clone()), Path::new(DIR), engine_opts());
+        if opened.is_ok() || verify(&a).ok() {
+            accepted += 1;
+        }
+        restore(&a, &snap);
+    }
+    report_figure(
+        "T4 splices and stale epochs (engine)",
+        &format!("{cases} cases, {accepted} accepted"),
+    );
+    assert_eq!(accepted, 0);
+}
