@@ -892,6 +892,9 @@ impl Inner {
         if let Some(l) = latest.filter(|l| l.checkpoint.size >= size) {
             return Ok(l);
         }
+        // Advance the Merkle store's durable watermark with each checkpoint, so a crash never costs more than one
+        // checkpoint interval of leaves to rebuild.
+        self.state.write().merkle.sync()?;
         let signed = Checkpoint {
             origin: self.opts.origin.clone(),
             size,

@@ -17,6 +17,9 @@ use parking_lot::RwLock;
 
 use crate::merkle::{node_hash, Hash, NodeSource};
 
+/// Length of `merkle/META`: `{ leaves u64 | root[32] | crc32 u32 }`.
+const META_LEN: usize = 44;
+
 /// Hashes buffered per level before they are written.
 const FLUSH_EVERY: usize = 4096;
 
@@ -62,8 +65,12 @@ struct Level {
 /// What opening found.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct StoreOpenReport {
-    /// Leaves found.
+    /// Leaves trusted (below the synced watermark).
     pub leaves: u64,
+    /// Leaves found beyond the watermark and discarded (they are recomputed from the log).
+    pub untrusted_leaves: u64,
+    /// The stored tree did not match the root recorded with its watermark and was discarded whole.
+    pub discarded_for_root_mismatch: bool,
     /// Hashes discarded because a level was longer than its lower level allows (crash mid-flush).
     pub truncated_hashes: u64,
     /// Hashes recomputed because a level was shorter than its lower level implies.
@@ -110,41 +117,100 @@ impl MerkleStore {
         for l in 0..count {
             store.open_level(l)?;
         }
-        // Level l must hold exactly (leaves >> l) hashes: cut what a crash left beyond that, recompute what is
-        // missing from the level below.
-        let leaves = store.levels.first().map_or(0, |l| l.written);
-        for l in 0..store.levels.len() {
+        let meta = store.read_meta();
+        let found = store.levels.first().map_or(0, |l| l.written);
+        let (mut leaves, meta_root) = meta.unwrap_or((0, [0u8; 32]));
+        if found < leaves {
+            // Files shorter than the synced watermark: damaged outside our control. Trust what is there; the
+            // root check below decides.
+            leaves = found;
+        }
+        report.untrusted_leaves = found - leaves;
+        store.repair_levels(leaves, &mut report)?;
+        store.size = leaves;
+        if meta.is_some_and(|(m, _)| m == leaves)
+            && leaves > 0
+            && crate::merkle::root(&store, leaves)? != meta_root
+        {
+            report.discarded_for_root_mismatch = true;
+            store.truncate(0)?;
+            leaves = 0;
+        }
+        report.leaves = leaves;
+        store.flush()?;
+        Ok((store, report))
+    }
+
+    /// Makes level `l` hold exactly `leaves >> l` hashes: cuts what lies beyond, recomputes what is missing
+    /// from the level below, and creates missing upper levels.
+    fn repair_levels(&mut self, leaves: u64, report: &mut StoreOpenReport) -> Result<(), StoreError> {
+        for l in 0..self.levels.len() {
             let want = leaves >> l;
-            let have = store.levels[l].written;
+            let have = self.levels[l].written;
             if have > want {
                 report.truncated_hashes += have - want;
-                store.truncate_level(l, want)?;
+                self.truncate_level(l, want)?;
             }
-            if l > 0 && store.levels[l].written < want {
-                for i in store.levels[l].written..want {
-                    let left = store.node_at(l - 1, 2 * i)?;
-                    let right = store.node_at(l - 1, 2 * i + 1)?;
-                    store.levels[l].buf.push(node_hash(&left, &right));
+            if l > 0 && self.levels[l].written < want {
+                for i in self.levels[l].written..want {
+                    let left = self.node_at(l - 1, 2 * i)?;
+                    let right = self.node_at(l - 1, 2 * i + 1)?;
+                    self.levels[l].buf.push(node_hash(&left, &right));
                     report.recomputed_hashes += 1;
                 }
             }
         }
-        // Missing upper levels.
-        let mut l = store.levels.len();
+        let mut l = self.levels.len();
         while leaves >> l > 0 {
-            store.open_level(l)?;
+            self.open_level(l)?;
             for i in 0..leaves >> l {
-                let left = store.node_at(l - 1, 2 * i)?;
-                let right = store.node_at(l - 1, 2 * i + 1)?;
-                store.levels[l].buf.push(node_hash(&left, &right));
+                let left = self.node_at(l - 1, 2 * i)?;
+                let right = self.node_at(l - 1, 2 * i + 1)?;
+                self.levels[l].buf.push(node_hash(&left, &right));
                 report.recomputed_hashes += 1;
             }
             l += 1;
         }
-        store.size = leaves;
-        report.leaves = leaves;
-        store.flush()?;
-        Ok((store, report))
+        Ok(())
+    }
+
+    fn meta_path(&self) -> PathBuf {
+        self.dir.join("META")
+    }
+
+    /// The synced watermark: `(leaves, root)`, if a valid META exists.
+    fn read_meta(&self) -> Option<(u64, Hash)> {
+        let f = self.fs.open(&self.meta_path(), OpenMode::Read).ok()?;
+        let mut b = [0u8; META_LEN];
+        aerodb_wal::fs::read_exact_at(&*f, &mut b, 0).ok()?;
+        if crc32fast::hash(&b[..40]) != u32::from_le_bytes([b[40], b[41], b[42], b[43]]) {
+            return None;
+        }
+        let leaves = u64::from_le_bytes(b[..8].try_into().ok()?);
+        let root: Hash = b[8..40].try_into().ok()?;
+        Some((leaves, root))
+    }
+
+    /// Writes the watermark for the current (synced) size atomically: temp file, fsync, rename, fsync dir.
+    fn write_meta(&self) -> Result<(), StoreError> {
+        let mut b = [0u8; META_LEN];
+        b[..8].copy_from_slice(&self.size.to_le_bytes());
+        b[8..40].copy_from_slice(&crate::merkle::root(self, self.size)?);
+        let crc = crc32fast::hash(&b[..40]);
+        b[40..44].copy_from_slice(&crc.to_le_bytes());
+        let tmp = self.dir.join("META.tmp");
+        let _ = self.fs.remove_file(&tmp);
+        let f = self
+            .fs
+            .open(&tmp, OpenMode::CreateNew)
+            .map_err(io("create META", &tmp))?;
+        f.write_all_at(&b, 0).map_err(io("write META", &tmp))?;
+        f.sync_data().map_err(io("fsync META", &tmp))?;
+        let meta = self.meta_path();
+        self.fs.rename(&tmp, &meta).map_err(io("rename META", &meta))?;
+        self.fs
+            .sync_dir(&self.dir)
+            .map_err(io("fsync directory", &self.dir))
     }
 
     fn open_level(&mut self, l: usize) -> Result<(), StoreError> {
@@ -273,7 +339,7 @@ impl MerkleStore {
         Ok(())
     }
 
-    /// Flushes and fsyncs every level file.
+    /// Flushes and fsyncs every level file, then records the watermark (META).
     pub fn sync(&mut self) -> Result<(), StoreError> {
         self.flush()?;
         for l in &self.levels {
@@ -281,7 +347,8 @@ impl MerkleStore {
         }
         self.fs
             .sync_dir(&self.dir)
-            .map_err(io("fsync directory", &self.dir))
+            .map_err(io("fsync directory", &self.dir))?;
+        self.write_meta()
     }
 
     /// Every stored hash of `level` (for the verifier), in index order.
