@@ -1,7 +1,11 @@
 //! Property test: random puts, deletes, batches, events and reopens against a `BTreeMap` + `Vec` model,
 //! checking `get`, `get_at` at every CommitId, `history`, `scan_prefix` and tenant scans.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, reason = "test code: a panic is the failure report")]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test code: a panic is the failure report"
+)]
 
 use std::{collections::BTreeMap, path::Path, sync::Arc};
 
