@@ -24,6 +24,9 @@ enum Step {
     Reopen,
 }
 
+/// Writes of one step: (key number, value or `None` for a delete).
+type Writes = Vec<(u8, Option<Vec<u8>>)>;
+
 fn key(k: u8) -> Bytes {
     Bytes::from(format!("key/{k:02}"))
 }
@@ -56,7 +59,7 @@ proptest! {
         let mut tenants: Vec<String> = Vec::new();
         for s in steps {
             let commit = tenants.len() as u64 + 1;
-            let (t, writes): (u8, Vec<(u8, Option<Vec<u8>>)>) = match s {
+            let (t, writes): (u8, Writes) = match s {
                 Step::Reopen => {
                     db.close().unwrap();
                     db = open();
