@@ -453,6 +453,12 @@ mod tests {
     }
 
     #[test]
+    fn genesis_hash_is_the_documented_constant() {
+        let hex: String = genesis_hash().iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(hex, "45891d22996825604eabd7768ba11bc7ce557e7e210acf8fdb24777e6ee7dd81");
+    }
+
+    #[test]
     fn round_trip_batch_and_event() {
         let r = sample();
         assert_eq!(decode(&enc(&r)).unwrap(), r);
