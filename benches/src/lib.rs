@@ -134,24 +134,26 @@ pub fn run_ceiling(raw: &mut RawCeiling, ops: u64, size: usize) -> std::io::Resu
     })
 }
 
-/// Runs `threads` appenders, each appending `per_thread` records of `size` bytes to `wal`, all starting together.
+/// Runs `threads` threads that each call `op` `per_thread` times, all starting together behind a barrier;
+/// records each call's latency.
 ///
 /// # Panics
-/// If an append fails (a benchmark on a failing disk has no meaning).
-#[must_use]
-pub fn run_wal(wal: &Arc<Wal>, threads: usize, per_thread: u64, size: usize) -> Run {
+/// If `op` panics (a benchmark on a failing disk has no meaning).
+pub fn run_threads<F>(threads: usize, per_thread: u64, op: F) -> Run
+where
+    F: Fn() + Send + Sync + 'static,
+{
+    let op = Arc::new(op);
     let barrier = Arc::new(Barrier::new(threads + 1));
     let handles: Vec<_> = (0..threads)
         .map(|_| {
-            let (wal, barrier) = (wal.clone(), barrier.clone());
+            let (op, barrier) = (op.clone(), barrier.clone());
             std::thread::spawn(move || {
-                let body = vec![0xA5u8; size];
                 let mut lat = Vec::with_capacity(per_thread as usize);
                 barrier.wait();
                 for _ in 0..per_thread {
                     let t = Instant::now();
-                    wal.append(Epoch(1), &body)
-                        .expect("append failed during benchmark");
+                    op();
                     lat.push(t.elapsed());
                 }
                 lat
@@ -162,13 +164,27 @@ pub fn run_wal(wal: &Arc<Wal>, threads: usize, per_thread: u64, size: usize) -> 
     let start = Instant::now();
     let latencies: Vec<Duration> = handles
         .into_iter()
-        .flat_map(|h| h.join().expect("appender thread panicked"))
+        .flat_map(|h| h.join().expect("benchmark thread panicked"))
         .collect();
     Run {
         ops: threads as u64 * per_thread,
         elapsed: start.elapsed(),
         latencies,
     }
+}
+
+/// Runs `threads` appenders, each appending `per_thread` records of `size` bytes to `wal`, all starting together.
+///
+/// # Panics
+/// If an append fails.
+#[must_use]
+pub fn run_wal(wal: &Arc<Wal>, threads: usize, per_thread: u64, size: usize) -> Run {
+    let wal = wal.clone();
+    let body = vec![0xA5u8; size];
+    run_threads(threads, per_thread, move || {
+        wal.append(Epoch(1), &body)
+            .expect("append failed during benchmark");
+    })
 }
 
 /// Median, minimum and maximum of a sample of rates.

@@ -41,14 +41,28 @@ impl Frame {
     }
 }
 
-/// Bytes read from the active segment at a time (a frame larger than this gets a window of its own size).
+/// Bytes read from the active segment at a time by sequential readers (a larger frame gets its own window).
 const WINDOW_BYTES: u64 = 1 << 20;
+/// Bytes read at a time for one random read: enough for the walk from a sparse point over ~32 small frames.
+const RANDOM_WINDOW_BYTES: u64 = 16 << 10;
 
 /// A readable range of one segment: the whole map of a sealed segment, or a `pread` window of the active one.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Window {
     bytes: Bytes,
     start: u64,
+    /// How much to read from the active segment at once.
+    chunk: u64,
+}
+
+impl Default for Window {
+    fn default() -> Self {
+        Self {
+            bytes: Bytes::new(),
+            start: 0,
+            chunk: WINDOW_BYTES,
+        }
+    }
 }
 
 impl Window {
@@ -85,7 +99,7 @@ impl Window {
                 self.bytes = shared.segment_bytes(view)?;
                 self.start = 0;
             } else {
-                let want = len.max(WINDOW_BYTES).min(view.data_end - offset);
+                let want = len.max(self.chunk).min(view.data_end - offset);
                 self.bytes = shared.read_active(view, offset, want)?;
                 self.start = offset;
             }
@@ -227,7 +241,10 @@ impl Wal {
         let Some(i) = view_index(&views, commit_id) else {
             return Ok(None);
         };
-        let mut window = Window::default();
+        let mut window = Window {
+            chunk: RANDOM_WINDOW_BYTES,
+            ..Window::default()
+        };
         let offset = self.shared.locate(&views[i], commit_id, &mut window)?;
         self.shared
             .frame_at(&views[i], offset, commit_id, &mut window)

@@ -1,0 +1,306 @@
+//! `engine-ratios`: the engine's figures from issue 3, measured in one run.
+//!
+//! 1. Durable appends, interleaved rounds: the bare WAL and the engine (hash chain, Merkle index, key index) at 1
+//!    and 64 appenders, the WAL's bodies the same size as the engine's encoded records.
+//! 2. On a directory of `--records` records (default 1M): reopen time (WAL recovery + every record's CRC, encoding
+//!    and hash-chain link verified + index rebuild), verified-recovery throughput, inclusion and consistency proof
+//!    generation and verification rates, and `get` / `get_at` rates.
+//!
+//! Usage: `cargo run -p aerodb-benches --release --bin engine-ratios -- [--rounds N] [--ops N] [--records N] [--quick]`
+
+use std::{
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    time::Instant,
+};
+
+use aerodb_benches::{bench_dir, median_min_max, run_threads, run_wal, Run};
+use aerodb_engine::{merkle, record, Db, NewRecord, Op, Options, Payload};
+use aerodb_wal::{fs::RealFs, Durability, Epoch, Wal};
+use bytes::Bytes;
+
+struct Args {
+    rounds: usize,
+    ops: u64,
+    records: u64,
+}
+
+fn parse_args() -> Args {
+    let mut a = Args {
+        rounds: 5,
+        ops: 2000,
+        records: 1_000_000,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        let mut num = |name: &str| -> u64 {
+            it.next().and_then(|v| v.parse().ok()).unwrap_or_else(|| {
+                eprintln!("{name} needs a positive integer");
+                std::process::exit(2)
+            })
+        };
+        match arg.as_str() {
+            "--rounds" => a.rounds = num("--rounds").max(1) as usize,
+            "--ops" => a.ops = num("--ops").max(64),
+            "--records" => a.records = num("--records").max(1000),
+            "--quick" => {
+                a = Args {
+                    rounds: 3,
+                    ops: 200,
+                    records: 20_000,
+                }
+            }
+            "-h" | "--help" => {
+                println!("engine-ratios [--rounds N] [--ops N] [--records N] [--quick]");
+                std::process::exit(0);
+            }
+            other => {
+                eprintln!("unknown argument {other}; see --help");
+                std::process::exit(2);
+            }
+        }
+    }
+    a
+}
+
+const VALUE_BYTES: usize = 256;
+
+fn payload(key: u64) -> Payload {
+    Payload::Batch(vec![Op::Put {
+        key: Bytes::from(format!("key-{key:012}")),
+        value: Bytes::from(vec![0x5A; VALUE_BYTES]),
+    }])
+}
+
+fn engine_opts() -> Options {
+    Options {
+        checkpoint_every_records: 100_000,
+        ..Options::default()
+    }
+}
+
+/// Cheap deterministic sequence for picking random positions.
+fn next(s: &mut u64) -> u64 {
+    *s ^= *s << 13;
+    *s ^= *s >> 7;
+    *s ^= *s << 17;
+    *s
+}
+
+fn fmt(t: (f64, f64, f64)) -> String {
+    format!("{:.0} ({:.0}–{:.0})", t.0, t.1, t.2)
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args = parse_args();
+    let dir = bench_dir("engine-ratios");
+    let record_len = record::RECORD_HEADER_LEN + "bench".len() + record::body_len(&payload(0));
+    let (mut w1, mut e1, mut w64, mut e64) = (
+        Vec::<Run>::new(),
+        Vec::<Run>::new(),
+        Vec::<Run>::new(),
+        Vec::<Run>::new(),
+    );
+    for round in 1..=args.rounds {
+        eprintln!(
+            "round {round}/{}: WAL x1, engine x1, WAL x64, engine x64",
+            args.rounds
+        );
+        let wal = Arc::new(Wal::open(
+            Arc::new(RealFs),
+            dir.join(format!("wal-{round}")),
+            aerodb_wal::Options::default(),
+        )?);
+        wal.append(Epoch(1), b"warm-up")?;
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let db = Arc::new(Db::open(dir.join(format!("db-{round}")), engine_opts())?);
+        db.append_event("bench", Bytes::from_static(b"warm-up"))?;
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let keys = Arc::new(AtomicU64::new(0));
+        let engine_op = {
+            let (db, keys) = (db.clone(), keys.clone());
+            move || {
+                let k = keys.fetch_add(1, Ordering::Relaxed);
+                db.append("bench", payload(k))
+                    .expect("engine append failed during benchmark");
+            }
+        };
+        let engine_op = Arc::new(engine_op);
+        w1.push(run_wal(&wal, 1, args.ops, record_len));
+        let op = engine_op.clone();
+        e1.push(run_threads(1, args.ops, move || op()));
+        w64.push(run_wal(&wal, 64, args.ops * 8 / 64, record_len));
+        let op = engine_op.clone();
+        e64.push(run_threads(64, args.ops * 8 / 64, move || op()));
+    }
+    let rate = |v: &[Run]| median_min_max(&v.iter().map(Run::rate).collect::<Vec<_>>());
+    let (w1r, e1r, w64r, e64r) = (rate(&w1), rate(&e1), rate(&w64), rate(&e64));
+
+    // A large directory, built fast (no fsync per batch; the close makes it durable and checkpoints it).
+    eprintln!("building a directory of {} records", args.records);
+    let big = dir.join("big");
+    let t = Instant::now();
+    {
+        let opts = Options {
+            wal: aerodb_wal::Options {
+                durability: Durability::None,
+                ..Default::default()
+            },
+            ..engine_opts()
+        };
+        let db = Db::open(&big, opts)?;
+        let mut n = 0u64;
+        while n < args.records {
+            let batch: Vec<NewRecord> = (n..(n + 1000).min(args.records))
+                .map(|i| NewRecord {
+                    tenant: format!("tenant-{}", i % 8),
+                    payload: payload(i % 200_000),
+                })
+                .collect();
+            n += batch.len() as u64;
+            db.append_many(&batch)?;
+        }
+        db.close()?;
+    }
+    eprintln!("built in {:.1} s", t.elapsed().as_secs_f64());
+    let n = args.records;
+    let mut open_s = Vec::new();
+    let mut verify_gbs = Vec::new();
+    let (mut inc_gen, mut inc_ver, mut con_gen, mut con_ver, mut gets, mut gets_at) = (
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+    );
+    let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+    for round in 1..=args.rounds {
+        let t = Instant::now();
+        let db = Db::open(&big, engine_opts())?;
+        let secs = t.elapsed().as_secs_f64();
+        let bytes = db.open_report().wal.bytes_scanned;
+        open_s.push(secs);
+        verify_gbs.push(bytes as f64 / secs / 1e9);
+        eprintln!(
+            "round {round}: reopen {secs:.2} s ({} records verified)",
+            db.open_report().records_verified
+        );
+        let root = db.root_at(n)?;
+        // Inclusion proofs for random records in the full tree.
+        let picks: Vec<u64> = (0..200_000).map(|_| 1 + next(&mut seed) % n).collect();
+        let t = Instant::now();
+        let proofs: Vec<_> = picks
+            .iter()
+            .map(|&c| db.inclusion_proof(c, n))
+            .collect::<Result<_, _>>()?;
+        inc_gen.push(picks.len() as f64 / t.elapsed().as_secs_f64());
+        let leaves: Vec<merkle::Hash> = picks
+            .iter()
+            .take(20_000)
+            .map(|&c| Ok(merkle::leaf_hash(&db.record(c)?.ok_or("missing")?.canonical)))
+            .collect::<Result<_, Box<dyn std::error::Error>>>()?;
+        let t = Instant::now();
+        let mut ok = 0usize;
+        for _ in 0..10 {
+            for (p, leaf) in proofs.iter().zip(&leaves) {
+                ok += usize::from(merkle::verify_inclusion(leaf, p.leaf_index, n, &p.hashes, &root));
+            }
+        }
+        inc_ver.push(ok as f64 / t.elapsed().as_secs_f64());
+        assert_eq!(ok, leaves.len() * 10, "every inclusion proof verifies");
+        // Consistency proofs from random older sizes to the full tree.
+        let olds: Vec<u64> = (0..50_000).map(|_| 1 + next(&mut seed) % n).collect();
+        let t = Instant::now();
+        let cps: Vec<_> = olds
+            .iter()
+            .map(|&m| db.consistency_proof(m, n))
+            .collect::<Result<_, _>>()?;
+        con_gen.push(olds.len() as f64 / t.elapsed().as_secs_f64());
+        let old_roots: Vec<merkle::Hash> = olds
+            .iter()
+            .take(5_000)
+            .map(|&m| db.root_at(m))
+            .collect::<Result<_, _>>()?;
+        let t = Instant::now();
+        let mut ok = 0usize;
+        for _ in 0..10 {
+            for ((m, p), r) in olds.iter().zip(&cps).zip(&old_roots) {
+                ok += usize::from(merkle::verify_consistency(*m, n, r, &root, p));
+            }
+        }
+        con_ver.push(ok as f64 / t.elapsed().as_secs_f64());
+        assert_eq!(ok, old_roots.len() * 10, "every consistency proof verifies");
+        // Point reads.
+        let keys: Vec<String> = (0..100_000)
+            .map(|_| format!("key-{:012}", next(&mut seed) % 200_000.min(n)))
+            .collect();
+        let t = Instant::now();
+        for k in &keys {
+            db.get(k.as_bytes())?;
+        }
+        gets.push(keys.len() as f64 / t.elapsed().as_secs_f64());
+        let t = Instant::now();
+        for k in &keys {
+            db.get_at(k.as_bytes(), n / 2)?;
+        }
+        gets_at.push(keys.len() as f64 / t.elapsed().as_secs_f64());
+        drop(db);
+    }
+    let mm = |v: &[f64]| median_min_max(v);
+    println!("| workload | median (min–max) | ratio / target |");
+    println!("|---|---|---|");
+    println!(
+        "| bare WAL, 1 appender ({record_len} B bodies), records/s | {} | — |",
+        fmt(w1r)
+    );
+    println!(
+        "| engine, 1 appender (256 B values), records/s | {} | {:.2} of the WAL |",
+        fmt(e1r),
+        e1r.0 / w1r.0
+    );
+    println!("| bare WAL, 64 appenders, records/s | {} | — |", fmt(w64r));
+    println!(
+        "| engine, 64 appenders, records/s | {} | **{:.2}** of the WAL (target ≥ 0.80) |",
+        fmt(e64r),
+        e64r.0 / w64r.0
+    );
+    let o = mm(&open_s);
+    println!("| reopen of {n} records (verify every record + rebuild indexes), s | {:.2} ({:.2}–{:.2}) | target < 2 s |", o.0, o.1, o.2);
+    let v = mm(&verify_gbs);
+    println!(
+        "| verified recovery, GB/s of log | {:.2} ({:.2}–{:.2}) | target ≥ 1 GB/s |",
+        v.0, v.1, v.2
+    );
+    println!(
+        "| inclusion proof generation at {n} leaves, proofs/s | {} | target ≥ 500k/s |",
+        fmt(mm(&inc_gen))
+    );
+    println!(
+        "| inclusion proof verification, proofs/s | {} | target ≥ 400k/s |",
+        fmt(mm(&inc_ver))
+    );
+    println!(
+        "| consistency proof generation, proofs/s | {} | — |",
+        fmt(mm(&con_gen))
+    );
+    println!(
+        "| consistency proof verification, proofs/s | {} | — |",
+        fmt(mm(&con_ver))
+    );
+    println!("| get (random key of 200k), reads/s | {} | — |", fmt(mm(&gets)));
+    println!(
+        "| get_at (random key, CommitId n/2), reads/s | {} | — |",
+        fmt(mm(&gets_at))
+    );
+    println!(
+        "\nrounds: {}, appends per round: {} (x1) / {} (x64), directory: {n} records",
+        args.rounds,
+        args.ops,
+        args.ops * 8 / 64 * 64
+    );
+    std::fs::remove_dir_all(&dir)?;
+    Ok(())
+}
