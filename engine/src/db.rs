@@ -14,7 +14,7 @@ use std::{
     ops::{Bound, RangeBounds},
     path::{Path, PathBuf},
     sync::{
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
         Arc,
     },
     thread::JoinHandle,
@@ -176,7 +176,9 @@ struct Inner {
     signer: SigningKey,
     verifier: VerifierKey,
     chain: Mutex<Chain>,
-    pending: Mutex<VecDeque<(u64, Bytes)>>,
+    pending: Mutex<VecDeque<Pending>>,
+    /// The highest applied CommitId, readable without the state lock.
+    applied: AtomicU64,
     state: RwLock<State>,
     checkpoints: Mutex<CheckpointLog>,
     not_writable: RwLock<Option<NotWritable>>,
@@ -383,6 +385,7 @@ impl Db {
             signer,
             verifier,
             pending: Mutex::new(VecDeque::new()),
+            applied: AtomicU64::new(state.visible),
             state: RwLock::new(state),
             checkpoints: Mutex::new(checkpoints),
             not_writable: RwLock::new(not_writable),
@@ -390,6 +393,15 @@ impl Db {
             tick: (Mutex::new(()), Condvar::new()),
             opts,
         });
+        // The first appender woken after a group commit applies the whole commit before waking the others.
+        let weak = Arc::downgrade(&inner);
+        inner.wal.set_durable_hook(Box::new(move |mine| {
+            if let Some(i) = weak.upgrade() {
+                if let Err(e) = i.apply_durable(mine.0) {
+                    tracing::error!(error = %e, "applying durable records failed");
+                }
+            }
+        }));
         let ticker = if inner.opts.checkpoint_interval.is_some() || inner.opts.checkpoint_every_records > 0 {
             let i = inner.clone();
             Some(
@@ -439,10 +451,7 @@ impl Db {
 
     /// Appends one record.
     pub fn append(&self, tenant: &str, payload: Payload) -> Result<Receipt> {
-        let mut r = self.append_many(&[NewRecord {
-            tenant: tenant.to_owned(),
-            payload,
-        }])?;
+        let mut r = self.inner.append_records(std::iter::once((tenant, &payload)))?;
         Ok(r.remove(0))
     }
 
@@ -474,7 +483,8 @@ impl Db {
 
     /// Appends several records as consecutive CommitIds in one durable write.
     pub fn append_many(&self, records: &[NewRecord]) -> Result<Vec<Receipt>> {
-        self.inner.append_many(records)
+        self.inner
+            .append_records(records.iter().map(|r| (r.tenant.as_str(), &r.payload)))
     }
 
     /// Appends one record and returns it with a checkpoint that covers it and the inclusion proof against that
@@ -688,7 +698,7 @@ impl Db {
     /// Makes everything durable, writes a final checkpoint if there are new records, and stops background work.
     pub fn close(mut self) -> Result<()> {
         self.stop_ticker();
-        self.inner.apply_durable()?;
+        self.inner.apply_durable(0)?;
         let has_new = {
             let st = self.inner.state.read();
             st.latest
@@ -730,20 +740,41 @@ fn stored(commit_id: u64, body: Bytes) -> Result<StoredRecord> {
     })
 }
 
-fn index_record(st: &mut State, rec: &Record) {
-    if let Payload::Batch(ops) = &rec.payload {
-        for op in ops {
-            let deleted = matches!(op, Op::Delete { .. });
-            st.kv
-                .entry(op.key().clone())
-                .or_default()
-                .push((rec.commit_id, deleted));
+/// A record waiting to be applied: its hashes and what it writes, so applying needs no decoding or hashing.
+#[derive(Debug)]
+struct Pending {
+    commit: u64,
+    hash: Hash,
+    leaf: Hash,
+    tenant: String,
+    writes: Vec<(Bytes, bool)>,
+}
+
+/// The keys a payload writes, and whether each write is a delete.
+fn writes_of(payload: &Payload) -> Vec<(Bytes, bool)> {
+    match payload {
+        Payload::Batch(ops) => ops
+            .iter()
+            .map(|op| (op.key().clone(), matches!(op, Op::Delete { .. })))
+            .collect(),
+        Payload::Event(_) => Vec::new(),
+    }
+}
+
+fn index(st: &mut State, commit: u64, tenant: &str, writes: impl IntoIterator<Item = (Bytes, bool)>) {
+    for (key, deleted) in writes {
+        st.kv.entry(key).or_default().push((commit, deleted));
+    }
+    match st.tenants.get_mut(tenant) {
+        Some(v) => v.push(commit),
+        None => {
+            st.tenants.insert(tenant.to_owned(), vec![commit]);
         }
     }
-    st.tenants
-        .entry(rec.tenant.clone())
-        .or_default()
-        .push(rec.commit_id);
+}
+
+fn index_record(st: &mut State, rec: &Record) {
+    index(st, rec.commit_id, &rec.tenant, writes_of(&rec.payload));
 }
 
 fn load_or_create_key(path: &Path, origin: &str) -> Result<SigningKey> {
@@ -764,44 +795,60 @@ impl Inner {
         self.wal.failure().map(|f| NotWritable::LogFailed(f.to_string()))
     }
 
-    fn append_many(&self, records: &[NewRecord]) -> Result<Vec<Receipt>> {
+    fn append_records<'a>(
+        &self,
+        records: impl Iterator<Item = (&'a str, &'a Payload)>,
+    ) -> Result<Vec<Receipt>> {
         if let Some(r) = self.writability() {
             return Err(r.into());
         }
         let max = self.opts.wal.max_record_bytes;
-        for r in records {
-            record::check_tenant(&r.tenant)?;
-            if let Payload::Batch(ops) = &r.payload {
+        let epoch = self.opts.epoch;
+        // Validate, encode and hash everything but the trailer before taking the log's ordering lock.
+        let mut prepared = Vec::with_capacity(records.size_hint().0);
+        for (tenant, payload) in records {
+            record::check_tenant(tenant)?;
+            if let Payload::Batch(ops) = payload {
                 record::check_batch(ops)?;
             }
-            let len = record::RECORD_HEADER_LEN + r.tenant.len() + record::body_len(&r.payload);
-            if len > max {
-                return Err(RecordError::TooLarge { len, max }.into());
+            let p = record::prepare(epoch, tenant, payload);
+            if p.sealed_len() > max {
+                return Err(RecordError::TooLarge {
+                    len: p.sealed_len(),
+                    max,
+                }
+                .into());
             }
+            prepared.push((p, tenant.to_owned(), writes_of(payload)));
         }
-        if records.is_empty() {
+        if prepared.is_empty() {
             return Ok(Vec::new());
         }
-        let epoch = self.opts.epoch;
-        let mut receipts = Vec::with_capacity(records.len());
+        let mut receipts = Vec::with_capacity(prepared.len());
         let result = self.wal.append_with(Epoch(epoch), |sink| {
+            // Under the ordering lock: only the trailer (timestamp, CommitId, previous hash) and the last hash
+            // blocks.
             let mut chain = self.chain.lock();
             let ts = now_ms().max(chain.last_ts);
             let mut prev = chain.last_hash;
-            let mut encoded = Vec::with_capacity(records.len());
-            for r in records {
+            let mut encoded = Vec::with_capacity(prepared.len());
+            for (p, tenant, writes) in prepared.drain(..) {
                 let commit = sink.next_commit_id().0;
-                let mut buf = Vec::new();
-                record::encode(&mut buf, commit, epoch, ts, &r.tenant, &r.payload, &prev);
-                sink.push(&buf)?;
-                let h = record_hash(&buf);
+                let sealed = p.seal(ts, commit, &prev);
+                sink.push(&sealed.canonical)?;
                 receipts.push(Receipt {
                     commit_id: commit,
-                    record_hash: h,
+                    record_hash: sealed.record_hash,
                     leaf_index: commit - 1,
                 });
-                encoded.push((commit, Bytes::from(buf)));
-                prev = h;
+                prev = sealed.record_hash;
+                encoded.push(Pending {
+                    commit,
+                    hash: sealed.record_hash,
+                    leaf: sealed.leaf_hash,
+                    tenant,
+                    writes,
+                });
             }
             // Only now advance the chain: an error above discards everything this closure pushed.
             chain.last_hash = prev;
@@ -815,31 +862,36 @@ impl Inner {
             }
             return Err(e.into());
         }
-        self.apply_durable()?;
+        let need = receipts.last().map_or(0, |r| r.commit_id);
+        self.apply_durable(need)?;
         Ok(receipts)
     }
 
-    /// Applies every pending record up to the WAL's durable mark, in CommitId order.
-    fn apply_durable(&self) -> Result<()> {
+    /// Applies every pending record up to the WAL's durable mark, in CommitId order. Returns at once when
+    /// `need` is already applied (another appender applied it with its own batch).
+    fn apply_durable(&self, need: u64) -> Result<()> {
+        if need > 0 && self.applied.load(Ordering::Acquire) >= need {
+            return Ok(());
+        }
         let durable = self.wal.durable_commit_id().0;
-        if self.pending.lock().front().is_none_or(|(c, _)| *c > durable) {
+        if self.pending.lock().front().is_none_or(|p| p.commit > durable) {
             return Ok(());
         }
         // The state lock is taken before draining, so two appliers can never apply out of order.
         let mut st = self.state.write();
-        let batch: Vec<(u64, Bytes)> = {
+        let batch: Vec<Pending> = {
             let mut p = self.pending.lock();
-            let n = p.iter().take_while(|(c, _)| *c <= durable).count();
+            let n = p.iter().take_while(|p| p.commit <= durable).count();
             p.drain(..n).collect()
         };
-        for (commit, bytes) in batch {
-            assert_eq!(commit, st.visible + 1, "records apply in CommitId order");
-            let rec = record::decode(&bytes).map_err(|e| corruption(commit, e.to_string()))?;
-            st.merkle.push(leaf_hash(&bytes))?;
-            index_record(&mut st, &rec);
-            st.tip_hash = record_hash(&bytes);
-            st.visible = commit;
+        for p in batch {
+            assert_eq!(p.commit, st.visible + 1, "records apply in CommitId order");
+            st.merkle.push(p.leaf)?;
+            index(&mut st, p.commit, &p.tenant, p.writes);
+            st.tip_hash = p.hash;
+            st.visible = p.commit;
         }
+        self.applied.store(st.visible, Ordering::Release);
         let due = self.opts.checkpoint_every_records > 0
             && st.visible - st.latest.as_ref().map_or(0, |c| c.checkpoint.size)
                 >= self.opts.checkpoint_every_records;
@@ -878,7 +930,7 @@ impl Inner {
     }
 
     fn checkpoint_now(&self) -> Result<SignedCheckpoint> {
-        self.apply_durable()?;
+        self.apply_durable(0)?;
         // The log lock orders concurrent checkpoints, so sizes never decrease.
         let mut log = self.checkpoints.lock();
         let (size, root, latest) = {
@@ -894,7 +946,8 @@ impl Inner {
         }
         // Advance the Merkle store's durable watermark with each checkpoint, so a crash never costs more than one
         // checkpoint interval of leaves to rebuild.
-        self.state.write().merkle.sync()?;
+        let ticket = self.state.write().merkle.prepare_sync()?;
+        ticket.commit()?;
         let signed = Checkpoint {
             origin: self.opts.origin.clone(),
             size,
@@ -930,7 +983,7 @@ impl Inner {
                 return;
             }
             // Batch/none durability modes make records durable in the background: apply them here too.
-            if let Err(e) = self.apply_durable() {
+            if let Err(e) = self.apply_durable(0) {
                 tracing::error!(error = %e, "applying durable records failed");
                 continue;
             }

@@ -2,10 +2,15 @@
 //! frame body. The layout is specified in `docs/formats.md`; all integers are little-endian.
 //!
 //! ```text
-//! // { version u8 | kind u8 | tenant_len u16 | body_len u32 | commit_id u64 | epoch u64 | timestamp_ms u64 |
-//! //   prev_hash[32] | tenant | body }
+//! // { version u8 | kind u8 | tenant_len u16 | body_len u32 | epoch u64 | tenant | body |
+//! //   timestamp_ms u64 | commit_id u64 | prev_hash[32] }
 //! ```
 //! `record_hash = SHA-256(canonical bytes)`; the first record's `prev_hash` is [`genesis_hash`].
+//!
+//! The fields only the write authority knows at the moment of ordering — timestamp, CommitId, previous hash —
+//! form a 48-byte *trailer*. Everything before it is encoded and run through SHA-256 before the record takes its
+//! place in the log ([`prepare`]), and only the trailer and the last hash blocks are done under the log's
+//! ordering lock ([`Prepared::seal`]).
 
 use std::collections::HashSet;
 
@@ -16,17 +21,23 @@ use crate::merkle::Hash;
 
 /// The encoding version this code writes and reads.
 pub const RECORD_VERSION: u8 = 1;
-/// Length of the fixed part of a record.
-pub const RECORD_HEADER_LEN: usize = 64;
+/// Length of the fixed head of a record (before the tenant).
+pub const RECORD_HEAD_LEN: usize = 16;
+/// Length of the trailer (after the body).
+pub const RECORD_TRAILER_LEN: usize = 48;
+/// Bytes a record takes besides its tenant and body.
+pub const RECORD_OVERHEAD: usize = RECORD_HEAD_LEN + RECORD_TRAILER_LEN;
 const R_VERSION: usize = 0;
 const R_KIND: usize = 1;
 const R_TENANT_LEN: usize = 2;
 const R_BODY_LEN: usize = 4;
-const R_COMMIT_ID: usize = 8;
-const R_EPOCH: usize = 16;
-const R_TIMESTAMP: usize = 24;
-const R_PREV_HASH: usize = 32;
-const _: () = assert!(R_PREV_HASH + 32 == RECORD_HEADER_LEN);
+const R_EPOCH: usize = 8;
+// Trailer offsets, from the start of the trailer.
+const T_TIMESTAMP: usize = 0;
+const T_COMMIT_ID: usize = 8;
+const T_PREV_HASH: usize = 16;
+const _: () = assert!(R_EPOCH + 8 == RECORD_HEAD_LEN);
+const _: () = assert!(T_PREV_HASH + 32 == RECORD_TRAILER_LEN);
 
 /// Longest tenant name (UTF-8 bytes).
 pub const MAX_TENANT_BYTES: usize = 128;
@@ -236,17 +247,28 @@ pub fn body_len(payload: &Payload) -> usize {
     }
 }
 
-/// Encodes a record into `out` (cleared first). The caller has validated tenant and payload.
-pub fn encode(
-    out: &mut Vec<u8>,
-    commit_id: u64,
-    epoch: u64,
-    timestamp_ms: u64,
-    tenant: &str,
-    payload: &Payload,
-    prev_hash: &Hash,
-) {
-    out.clear();
+/// A record encoded up to its trailer, with both hashes run over everything encoded so far.
+#[derive(Clone)]
+pub struct Prepared {
+    buf: Vec<u8>,
+    record: Sha256,
+    leaf: Sha256,
+}
+
+/// A finished record: its canonical bytes and both hashes.
+#[derive(Clone, Debug)]
+pub struct Sealed {
+    /// The canonical bytes.
+    pub canonical: Vec<u8>,
+    /// `SHA-256(canonical)`.
+    pub record_hash: Hash,
+    /// `SHA-256(0x00 ‖ canonical)`, the Merkle leaf.
+    pub leaf_hash: Hash,
+}
+
+/// Encodes everything but the trailer and hashes it. The caller has validated tenant and payload.
+#[must_use]
+pub fn prepare(epoch: u64, tenant: &str, payload: &Payload) -> Prepared {
     let body = body_len(payload);
     assert!(
         tenant.len() <= MAX_TENANT_BYTES,
@@ -256,7 +278,7 @@ pub fn encode(
         u32::try_from(body).is_ok(),
         "body length validated before encoding"
     );
-    out.reserve(RECORD_HEADER_LEN + tenant.len() + body);
+    let mut out = Vec::with_capacity(RECORD_OVERHEAD + tenant.len() + body);
     out.push(RECORD_VERSION);
     out.push(match payload {
         Payload::Batch(_) => KIND_BATCH,
@@ -264,10 +286,7 @@ pub fn encode(
     });
     out.extend_from_slice(&(tenant.len() as u16).to_le_bytes());
     out.extend_from_slice(&(body as u32).to_le_bytes());
-    out.extend_from_slice(&commit_id.to_le_bytes());
     out.extend_from_slice(&epoch.to_le_bytes());
-    out.extend_from_slice(&timestamp_ms.to_le_bytes());
-    out.extend_from_slice(prev_hash);
     out.extend_from_slice(tenant.as_bytes());
     match payload {
         Payload::Event(b) => out.extend_from_slice(b),
@@ -286,7 +305,57 @@ pub fn encode(
             }
         }
     }
-    debug_assert_eq!(out.len(), RECORD_HEADER_LEN + tenant.len() + body);
+    debug_assert_eq!(out.len(), RECORD_HEAD_LEN + tenant.len() + body);
+    let mut record = Sha256::new();
+    record.update(&out);
+    let mut leaf = Sha256::new();
+    leaf.update([0u8]);
+    leaf.update(&out);
+    Prepared {
+        buf: out,
+        record,
+        leaf,
+    }
+}
+
+impl Prepared {
+    /// Appends the trailer and finishes both hashes.
+    #[must_use]
+    pub fn seal(mut self, timestamp_ms: u64, commit_id: u64, prev_hash: &Hash) -> Sealed {
+        let mut t = [0u8; RECORD_TRAILER_LEN];
+        t[T_TIMESTAMP..T_TIMESTAMP + 8].copy_from_slice(&timestamp_ms.to_le_bytes());
+        t[T_COMMIT_ID..T_COMMIT_ID + 8].copy_from_slice(&commit_id.to_le_bytes());
+        t[T_PREV_HASH..T_PREV_HASH + 32].copy_from_slice(prev_hash);
+        self.buf.extend_from_slice(&t);
+        self.record.update(t);
+        self.leaf.update(t);
+        Sealed {
+            canonical: self.buf,
+            record_hash: self.record.finalize().into(),
+            leaf_hash: self.leaf.finalize().into(),
+        }
+    }
+
+    /// The length the sealed record will have.
+    #[must_use]
+    pub fn sealed_len(&self) -> usize {
+        self.buf.len() + RECORD_TRAILER_LEN
+    }
+}
+
+/// Encodes a whole record into `out` (replacing its content).
+pub fn encode(
+    out: &mut Vec<u8>,
+    commit_id: u64,
+    epoch: u64,
+    timestamp_ms: u64,
+    tenant: &str,
+    payload: &Payload,
+    prev_hash: &Hash,
+) {
+    *out = prepare(epoch, tenant, payload)
+        .seal(timestamp_ms, commit_id, prev_hash)
+        .canonical;
 }
 
 /// The fixed fields of an encoded record, read without decoding the body.
@@ -304,10 +373,10 @@ pub struct RecordHeader {
 
 /// Reads the fixed fields, checking the version, kind and that the declared lengths match `b` exactly.
 pub fn decode_header(b: &[u8]) -> Result<RecordHeader, RecordError> {
-    if b.len() < RECORD_HEADER_LEN {
+    if b.len() < RECORD_OVERHEAD {
         return Err(RecordError::Truncated {
             len: b.len(),
-            need: RECORD_HEADER_LEN,
+            need: RECORD_OVERHEAD,
         });
     }
     if b[R_VERSION] != RECORD_VERSION {
@@ -316,19 +385,20 @@ pub fn decode_header(b: &[u8]) -> Result<RecordHeader, RecordError> {
     if b[R_KIND] != KIND_BATCH && b[R_KIND] != KIND_EVENT {
         return Err(RecordError::Kind(b[R_KIND]));
     }
-    let need = RECORD_HEADER_LEN + usize::from(u16_at(b, R_TENANT_LEN)) + u32_at(b, R_BODY_LEN) as usize;
+    let need = RECORD_OVERHEAD + usize::from(u16_at(b, R_TENANT_LEN)) + u32_at(b, R_BODY_LEN) as usize;
     if b.len() < need {
         return Err(RecordError::Truncated { len: b.len(), need });
     }
     if b.len() > need {
         return Err(RecordError::Trailing(b.len() - need));
     }
+    let t = b.len() - RECORD_TRAILER_LEN;
     let mut prev_hash = [0u8; 32];
-    prev_hash.copy_from_slice(&b[R_PREV_HASH..R_PREV_HASH + 32]);
+    prev_hash.copy_from_slice(&b[t + T_PREV_HASH..t + T_PREV_HASH + 32]);
     Ok(RecordHeader {
-        commit_id: u64_at(b, R_COMMIT_ID),
+        commit_id: u64_at(b, t + T_COMMIT_ID),
         epoch: u64_at(b, R_EPOCH),
-        timestamp_ms: u64_at(b, R_TIMESTAMP),
+        timestamp_ms: u64_at(b, t + T_TIMESTAMP),
         prev_hash,
     })
 }
@@ -341,11 +411,11 @@ pub fn decode(b: &Bytes) -> Result<Record, RecordError> {
     if tenant_len > MAX_TENANT_BYTES {
         return Err(RecordError::Tenant("longer than 128 bytes"));
     }
-    let tenant = std::str::from_utf8(&b[RECORD_HEADER_LEN..RECORD_HEADER_LEN + tenant_len])
+    let tenant = std::str::from_utf8(&b[RECORD_HEAD_LEN..RECORD_HEAD_LEN + tenant_len])
         .map_err(|_| RecordError::Tenant("not UTF-8"))?
         .to_owned();
     check_tenant(&tenant)?;
-    let body = b.slice(RECORD_HEADER_LEN + tenant_len..);
+    let body = b.slice(RECORD_HEAD_LEN + tenant_len..b.len() - RECORD_TRAILER_LEN);
     let payload = match b[R_KIND] {
         KIND_EVENT => Payload::Event(body),
         _ => Payload::Batch(decode_ops(&body)?),
@@ -489,7 +559,7 @@ mod tests {
     #[test]
     fn hostile_counts_do_not_allocate() {
         let mut b = enc(&sample()).to_vec();
-        let body_at = RECORD_HEADER_LEN + 4;
+        let body_at = RECORD_HEAD_LEN + 4;
         b[body_at..body_at + 4].copy_from_slice(&4000u32.to_le_bytes());
         assert!(matches!(
             decode(&Bytes::from(b)),

@@ -53,7 +53,7 @@ pub enum StoreError {
 #[derive(Debug)]
 struct Level {
     path: PathBuf,
-    file: Box<dyn FsFile>,
+    file: Arc<dyn FsFile>,
     /// Hashes written to the file.
     written: u64,
     /// A map of the file's first `map.len() / 32` hashes.
@@ -84,6 +84,53 @@ pub struct MerkleStore {
     dir: PathBuf,
     levels: Vec<Level>,
     size: u64,
+    /// Serializes watermark writes and remembers the highest one, so META never moves backwards.
+    meta: Arc<parking_lot::Mutex<u64>>,
+}
+
+/// The second half of a sync, run without holding the store: fsync the level files written by
+/// [`MerkleStore::prepare_sync`], then record the watermark it captured.
+#[derive(Debug)]
+pub struct SyncTicket {
+    fs: Arc<dyn Fs>,
+    dir: PathBuf,
+    files: Vec<(Arc<dyn FsFile>, PathBuf)>,
+    leaves: u64,
+    root: Hash,
+    meta: Arc<parking_lot::Mutex<u64>>,
+}
+
+impl SyncTicket {
+    /// Fsyncs the files and writes the watermark atomically (temp file, fsync, rename, fsync dir).
+    pub fn commit(self) -> Result<(), StoreError> {
+        for (f, path) in &self.files {
+            f.sync_data().map_err(io("fsync level file", path))?;
+        }
+        let mut last = self.meta.lock();
+        if self.leaves < *last {
+            return Ok(());
+        }
+        let mut b = [0u8; META_LEN];
+        b[..8].copy_from_slice(&self.leaves.to_le_bytes());
+        b[8..40].copy_from_slice(&self.root);
+        let crc = crc32fast::hash(&b[..40]);
+        b[40..44].copy_from_slice(&crc.to_le_bytes());
+        let tmp = self.dir.join("META.tmp");
+        let _ = self.fs.remove_file(&tmp);
+        let f = self
+            .fs
+            .open(&tmp, OpenMode::CreateNew)
+            .map_err(io("create META", &tmp))?;
+        f.write_all_at(&b, 0).map_err(io("write META", &tmp))?;
+        f.sync_data().map_err(io("fsync META", &tmp))?;
+        let meta = self.dir.join("META");
+        self.fs.rename(&tmp, &meta).map_err(io("rename META", &meta))?;
+        self.fs
+            .sync_dir(&self.dir)
+            .map_err(io("fsync directory", &self.dir))?;
+        *last = self.leaves;
+        Ok(())
+    }
 }
 
 fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> StoreError + 'a {
@@ -112,6 +159,7 @@ impl MerkleStore {
             dir: dir.to_owned(),
             levels: Vec::new(),
             size: 0,
+            meta: Arc::default(),
         };
         let mut report = StoreOpenReport::default();
         for l in 0..count {
@@ -191,28 +239,6 @@ impl MerkleStore {
         Some((leaves, root))
     }
 
-    /// Writes the watermark for the current (synced) size atomically: temp file, fsync, rename, fsync dir.
-    fn write_meta(&self) -> Result<(), StoreError> {
-        let mut b = [0u8; META_LEN];
-        b[..8].copy_from_slice(&self.size.to_le_bytes());
-        b[8..40].copy_from_slice(&crate::merkle::root(self, self.size)?);
-        let crc = crc32fast::hash(&b[..40]);
-        b[40..44].copy_from_slice(&crc.to_le_bytes());
-        let tmp = self.dir.join("META.tmp");
-        let _ = self.fs.remove_file(&tmp);
-        let f = self
-            .fs
-            .open(&tmp, OpenMode::CreateNew)
-            .map_err(io("create META", &tmp))?;
-        f.write_all_at(&b, 0).map_err(io("write META", &tmp))?;
-        f.sync_data().map_err(io("fsync META", &tmp))?;
-        let meta = self.meta_path();
-        self.fs.rename(&tmp, &meta).map_err(io("rename META", &meta))?;
-        self.fs
-            .sync_dir(&self.dir)
-            .map_err(io("fsync directory", &self.dir))
-    }
-
     fn open_level(&mut self, l: usize) -> Result<(), StoreError> {
         let path = self.dir.join(level_name(l));
         let file = match self.fs.open(&path, OpenMode::ReadWrite) {
@@ -230,6 +256,7 @@ impl MerkleStore {
                 .map_err(io("truncate partial hash", &path))?;
         }
         let map = file.map().map_err(io("map level file", &path))?;
+        let file: Arc<dyn FsFile> = Arc::from(file);
         self.levels.push(Level {
             path,
             file,
@@ -341,14 +368,25 @@ impl MerkleStore {
 
     /// Flushes and fsyncs every level file, then records the watermark (META).
     pub fn sync(&mut self) -> Result<(), StoreError> {
+        self.prepare_sync()?.commit()
+    }
+
+    /// Writes buffered hashes and captures the watermark (size and root); the returned ticket does the slow part
+    /// (fsyncs, META) and can run after the caller released its lock on the store.
+    pub fn prepare_sync(&mut self) -> Result<SyncTicket, StoreError> {
         self.flush()?;
-        for l in &self.levels {
-            l.file.sync_data().map_err(io("fsync level file", &l.path))?;
-        }
-        self.fs
-            .sync_dir(&self.dir)
-            .map_err(io("fsync directory", &self.dir))?;
-        self.write_meta()
+        Ok(SyncTicket {
+            fs: self.fs.clone(),
+            dir: self.dir.clone(),
+            files: self
+                .levels
+                .iter()
+                .map(|l| (l.file.clone(), l.path.clone()))
+                .collect(),
+            leaves: self.size,
+            root: crate::merkle::root(self, self.size)?,
+            meta: self.meta.clone(),
+        })
     }
 
     /// Every stored hash of `level` (for the verifier), in index order.

@@ -17,7 +17,7 @@
 use std::{
     path::{Path, PathBuf},
     sync::{
-        atomic::{AtomicU8, Ordering},
+        atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering},
         Arc, OnceLock,
     },
     thread::JoinHandle,
@@ -288,7 +288,29 @@ pub(crate) struct Shared {
     stats: Mutex<WalStats>,
     /// Released waiters not yet woken (kept apart from `state` so waking does not contend with appenders).
     wake_queue: Mutex<Vec<Waiter>>,
+    /// Run by woken appenders before they wake others (see `Wal::set_durable_hook`).
+    durable_hook: HookSlot,
+    /// `state.durable`, readable without the state lock.
+    durable_mirror: AtomicU64,
+    /// Whether `state.failed` is set, readable without the state lock.
+    failed_mirror: AtomicBool,
     _lock: Box<dyn DirLock>,
+}
+
+/// A callback run by a woken, acknowledged appender with its CommitId (see [`Wal::set_durable_hook`]).
+pub type DurableHook = Box<dyn Fn(CommitId) + Send + Sync>;
+
+/// Holds the durable hook; prints whether one is set.
+struct HookSlot(OnceLock<DurableHook>);
+
+impl std::fmt::Debug for HookSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "HookSlot({})",
+            if self.0.get().is_some() { "set" } else { "empty" }
+        )
+    }
 }
 
 /// An open write-ahead log. Cheap to share behind an `Arc`; every method takes `&self`.
@@ -474,6 +496,7 @@ impl Wal {
                 lock_file: lock_path.clone(),
             })?;
         let (recovered, report) = recover(&*fs, &dir, &opts)?;
+        let recovered_durable = recovered.state.durable.0;
         let shared = Arc::new(Shared {
             fs,
             dir,
@@ -488,6 +511,9 @@ impl Wal {
             prealloc_cond: Condvar::new(),
             stats: Mutex::new(WalStats::default()),
             wake_queue: Mutex::new(Vec::new()),
+            durable_hook: HookSlot(OnceLock::new()),
+            durable_mirror: AtomicU64::new(recovered_durable),
+            failed_mirror: AtomicBool::new(false),
             _lock: lock,
         });
         let mut threads = Vec::new();
@@ -522,6 +548,17 @@ impl Wal {
             threads,
             report,
         })
+    }
+
+    /// Installs a callback that an acknowledged appender runs with its own CommitId right after it is woken
+    /// and *before* it wakes the appenders after it (see the group-commit notes), with no WAL lock held. A layer
+    /// above uses it to apply newly durable records once per commit — the first woken appender applies the whole
+    /// batch on another core while the leader is already in its next fsync — instead of every woken appender
+    /// contending to do so. The appender that led the flush is not woken and runs no hook; the layer above must
+    /// also apply after `append_with` returns. The hook must not append to this log. Returns `false` if a hook
+    /// was already installed.
+    pub fn set_durable_hook(&self, hook: DurableHook) -> bool {
+        self.shared.durable_hook.0.set(hook).is_ok()
     }
 
     /// What recovery found when this handle was opened.
@@ -590,7 +627,8 @@ impl Wal {
     /// The highest CommitId that is durable (in `Always` mode: acknowledged). 0 when the log is empty.
     #[must_use]
     pub fn durable_commit_id(&self) -> CommitId {
-        self.shared.state.lock().durable
+        // Read without the state lock, which every appender contends for.
+        CommitId(self.shared.durable_mirror.load(Ordering::Acquire))
     }
 
     /// The CommitId the next append will get.
@@ -614,6 +652,10 @@ impl Wal {
     /// Why the log failed closed, if it did.
     #[must_use]
     pub fn failure(&self) -> Option<Arc<Failure>> {
+        // The common answer ("no") without the state lock.
+        if !self.shared.failed_mirror.load(Ordering::Acquire) {
+            return None;
+        }
         self.shared.state.lock().failed.clone()
     }
 
@@ -761,6 +803,14 @@ impl Shared {
                             v => break v,
                         }
                     };
+                    if verdict == ACKED {
+                        // Before waking the next appenders, let the layer above apply what became durable: this
+                        // runs on another core while the leader is already in its next fsync, and the appenders
+                        // woken after this one find their records applied.
+                        if let Some(hook) = self.durable_hook.0.get() {
+                            hook(mine);
+                        }
+                    }
                     self.wake_some(WAKE_FAN_OUT);
                     match verdict {
                         ACKED => return Ok(()),
@@ -786,12 +836,14 @@ impl Shared {
                     s.written = s.written.max(last);
                     if matches!(self.opts.durability, Durability::Always | Durability::None) {
                         s.durable = s.durable.max(last);
+                        self.durable_mirror.store(s.durable.0, Ordering::Release);
                     }
                     s.spare.extend(spare);
                 }
                 Err(f) => {
                     tracing::error!(failure = %f, "WAL failed closed");
                     s.failed.get_or_insert(Arc::new(f));
+                    self.failed_mirror.store(true, Ordering::Release);
                 }
             }
             let acked = s.acked(&self.opts);
@@ -1148,6 +1200,7 @@ impl Shared {
                 let f = Arc::new(Failure::new("fdatasync", active.path.clone(), &e));
                 let mut s = self.state.lock();
                 s.failed.get_or_insert(f.clone());
+                self.failed_mirror.store(true, Ordering::Release);
                 self.cond.notify_all();
                 return Err(Error::FailedClosed(f));
             }
@@ -1156,6 +1209,7 @@ impl Shared {
         drop(io);
         let mut s = self.state.lock();
         s.durable = s.durable.max(written);
+        self.durable_mirror.store(s.durable.0, Ordering::Release);
         self.cond.notify_all();
         Ok(())
     }

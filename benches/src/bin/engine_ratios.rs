@@ -96,7 +96,7 @@ fn fmt(t: (f64, f64, f64)) -> String {
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = parse_args();
     let dir = bench_dir("engine-ratios");
-    let record_len = record::RECORD_HEADER_LEN + "bench".len() + record::body_len(&payload(0));
+    let record_len = record::RECORD_OVERHEAD + "bench".len() + record::body_len(&payload(0));
     let (mut w1, mut e1, mut w64, mut e64) = (
         Vec::<Run>::new(),
         Vec::<Run>::new(),

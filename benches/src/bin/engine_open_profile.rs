@@ -1,0 +1,110 @@
+//! Profiling aid: builds (once) and reopens a large directory, for `perf record`.
+//! Usage: `engine-open-profile DIR RECORDS REOPENS`
+use aerodb_engine::{Db, NewRecord, Op, Options, Payload};
+use bytes::Bytes;
+
+fn appends(dir: &std::path::Path, total: u64) -> Result<(), Box<dyn std::error::Error>> {
+    let cp: u64 = std::env::var("CP_EVERY")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000);
+    let opts = Options {
+        checkpoint_every_records: cp,
+        checkpoint_interval: if cp == 0 {
+            None
+        } else {
+            Some(std::time::Duration::from_secs(1))
+        },
+        ..Options::default()
+    };
+    let db = std::sync::Arc::new(Db::open(dir, opts)?);
+    db.append_event("w", Bytes::from_static(b"warm"))?;
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let n = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let t = std::time::Instant::now();
+    std::thread::scope(|s| {
+        for _ in 0..64 {
+            let (db, n) = (db.clone(), n.clone());
+            s.spawn(move || loop {
+                let i = n.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= total {
+                    return;
+                }
+                let p = Payload::Batch(vec![Op::Put {
+                    key: Bytes::from(format!("key-{i:012}")),
+                    value: Bytes::from(vec![0x5A; 256]),
+                }]);
+                db.append("bench", p).expect("append");
+            });
+        }
+    });
+    eprintln!(
+        "{total} appends from 64 threads: {:.0}/s",
+        total as f64 / t.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let a: Vec<String> = std::env::args().collect();
+    if a.get(1).map(String::as_str) == Some("--wal-appends") {
+        let dir = std::path::PathBuf::from(a.get(2).ok_or("DIR")?);
+        let _ = std::fs::remove_dir_all(&dir);
+        let total: u64 = a.get(3).ok_or("N")?.parse()?;
+        let wal = std::sync::Arc::new(aerodb_wal::Wal::open(
+            std::sync::Arc::new(aerodb_wal::fs::RealFs),
+            &dir,
+            aerodb_wal::Options::default(),
+        )?);
+        wal.append(aerodb_wal::Epoch(1), b"warm")?;
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let t = std::time::Instant::now();
+        let run = aerodb_benches::run_wal(&wal, 64, total / 64, 352);
+        eprintln!(
+            "{} WAL appends from 64 threads: {:.0}/s",
+            run.ops,
+            run.ops as f64 / t.elapsed().as_secs_f64()
+        );
+        return Ok(());
+    }
+    if a.get(1).map(String::as_str) == Some("--appends") {
+        let dir = std::path::PathBuf::from(a.get(2).ok_or("DIR")?);
+        let _ = std::fs::remove_dir_all(&dir);
+        return appends(&dir, a.get(3).ok_or("N")?.parse()?);
+    }
+    let dir = std::path::PathBuf::from(a.get(1).ok_or("DIR")?);
+    let records: u64 = a.get(2).ok_or("RECORDS")?.parse()?;
+    let reopens: u32 = a.get(3).ok_or("REOPENS")?.parse()?;
+    if !dir.exists() {
+        let opts = Options {
+            wal: aerodb_wal::Options {
+                durability: aerodb_wal::Durability::None,
+                ..Default::default()
+            },
+            ..Options::default()
+        };
+        let db = Db::open(&dir, opts)?;
+        let mut n = 0;
+        while n < records {
+            let batch: Vec<NewRecord> = (n..n + 1000)
+                .map(|i| NewRecord {
+                    tenant: format!("tenant-{}", i % 8),
+                    payload: Payload::Batch(vec![Op::Put {
+                        key: Bytes::from(format!("key-{:012}", i % 200_000)),
+                        value: Bytes::from(vec![0x5A; 256]),
+                    }]),
+                })
+                .collect();
+            n += 1000;
+            db.append_many(&batch)?;
+        }
+        db.close()?;
+    }
+    for _ in 0..reopens {
+        let t = std::time::Instant::now();
+        let db = Db::open(&dir, Options::default())?;
+        eprintln!("open {:.3} s", t.elapsed().as_secs_f64());
+        drop(db);
+    }
+    Ok(())
+}
