@@ -148,6 +148,10 @@ pub struct OpenReport {
     pub checkpoints_verified: usize,
     /// Integrity problems found (empty when the check passed).
     pub problems: Vec<String>,
+    /// Time the WAL's own recovery took (segment scan, every frame CRC).
+    pub wal_recovery: Duration,
+    /// Time verifying the hash chain took (every record hash and link, both cores).
+    pub chain_verify: Duration,
     /// Time the whole open took.
     pub elapsed: Duration,
 }
@@ -161,8 +165,7 @@ struct Chain {
 #[derive(Debug)]
 struct State {
     merkle: MerkleStore,
-    kv: BTreeMap<Bytes, Vec<(u64, bool)>>,
-    tenants: HashMap<String, Vec<u64>>,
+    ix: Indexes,
     visible: u64,
     tip_hash: Hash,
     latest: Option<SignedCheckpoint>,
@@ -263,7 +266,9 @@ impl Db {
             durable_mark: CommitId(durable_mark),
             ..opts.wal.clone()
         };
+        let t = Instant::now();
         let wal = Wal::open(fs.clone(), dir.join("wal"), wal_opts)?;
+        report.wal_recovery = t.elapsed();
         report.wal = wal.recovery_report().clone();
         let records = wal.durable_commit_id().0;
 
@@ -279,64 +284,37 @@ impl Db {
         let stored_leaves = merkle.size();
         let mut state = State {
             merkle,
-            kv: BTreeMap::new(),
-            tenants: HashMap::new(),
+            ix: Indexes::default(),
             visible: 0,
             tip_hash: genesis_hash(),
             latest: signed.last().cloned(),
         };
-        // Replay the log: verify every chain link, rebuild the key and tenant indexes, and the Merkle leaves the
-        // store lacks; leaves the store has are checked against the records after the newest checkpoint.
+        // Verify first, then build: the hash chain is checked on both cores (every record hash and link; frame
+        // CRCs by the reader), so a corrupt log is refused before any index work; then the key and tenant indexes
+        // are rebuilt from the verified log.
         let check_from = durable_mark;
-        let mut last_epoch = 0u64;
-        let mut last_ts = 0u64;
-        for frame in wal.read_from(CommitId(1))? {
-            let frame = frame?;
-            let body = frame.body();
-            let commit = frame.commit_id.0;
-            let rec = record::decode(&body).map_err(|e| Error::Corruption {
-                commit_id: commit,
-                what: e.to_string(),
+        let t = Instant::now();
+        let chain = verify_chain(&wal, &mut state.merkle, stored_leaves, check_from, records).map(|c| (c, t.elapsed()));
+        let indexes = chain.as_ref().map_err(|_| ()).map_or(Ok(Indexes::default()), |_| {
+            let mut ix = Indexes::default();
+            wal.read_from(CommitId(1))?.for_each_ref(|frame| -> Result<()> {
+                let commit = frame.commit_id.0;
+                let v = record::view(frame.body()).map_err(|e| corruption(commit, e.to_string()))?;
+                ix.add_view(commit, &v);
+                Ok(())
             })?;
-            if rec.commit_id != commit {
-                return Err(corruption(
-                    commit,
-                    format!("record says CommitId {}", rec.commit_id),
-                ));
-            }
-            if rec.prev_hash != state.tip_hash {
-                return Err(corruption(
-                    commit,
-                    "prev_hash does not match the previous record's hash".into(),
-                ));
-            }
-            if rec.epoch < last_epoch || rec.epoch != frame.epoch.0 {
-                return Err(corruption(
-                    commit,
-                    format!("epoch {} after {last_epoch} (frame {})", rec.epoch, frame.epoch),
-                ));
-            }
-            last_epoch = rec.epoch;
-            last_ts = last_ts.max(rec.timestamp_ms);
-            // Leaves the store lacks are rebuilt; stored leaves are compared for the records after the newest
-            // checkpoint and for the last record (every earlier record is pinned by its successor's prev_hash).
-            if commit > stored_leaves {
-                state.merkle.push(leaf_hash(&body))?;
-                report.leaves_rebuilt += 1;
-            } else if commit > check_from || commit == records {
-                let stored = merkle::NodeSource::node(&state.merkle, 0, commit - 1)?;
-                if stored != leaf_hash(&body) {
-                    report.problems.push(format!(
-                        "stored Merkle leaf {} does not match record {commit}",
-                        commit - 1
-                    ));
-                }
-            }
-            index_record(&mut state, &rec);
-            state.tip_hash = record_hash(&body);
-            state.visible = commit;
-            report.records_verified += 1;
-        }
+            Ok::<_, Error>(ix)
+        });
+        let (chain, chain_elapsed) = chain?;
+        let indexes = indexes?;
+        report.chain_verify = chain_elapsed;
+        report.records_verified = records;
+        report.leaves_rebuilt = chain.leaves_rebuilt;
+        report.problems.extend(chain.problems);
+        state.tip_hash = chain.tip_hash;
+        state.visible = records;
+        state.ix = indexes;
+        let last_ts = chain.last_ts;
         // Every checkpoint: sizes never decrease, and the root at its size is what it signed.
         let mut prev_size = 0;
         for (i, s) in signed.iter().enumerate() {
@@ -535,7 +513,7 @@ impl Db {
         let version = {
             let st = self.inner.state.read();
             let at = at.min(st.visible);
-            st.kv.get(key).and_then(|v| {
+            st.ix.kv.get(key).and_then(|v| {
                 let i = v.partition_point(|(c, _)| *c <= at);
                 i.checked_sub(1).map(|i| v[i])
             })
@@ -548,7 +526,7 @@ impl Db {
 
     /// Every version of `key`, oldest first.
     pub fn history(&self, key: &[u8]) -> Result<Vec<Version>> {
-        let versions = self.inner.state.read().kv.get(key).cloned().unwrap_or_default();
+        let versions = self.inner.state.read().ix.kv.get(key).cloned().unwrap_or_default();
         versions
             .into_iter()
             .map(|(commit, deleted)| {
@@ -571,7 +549,7 @@ impl Db {
             let st = self.inner.state.read();
             let lo: Bound<&[u8]> = range.start_bound();
             let hi: Bound<&[u8]> = range.end_bound();
-            st.kv
+            st.ix.kv
                 .range::<[u8], _>((lo, hi))
                 .filter_map(|(k, v)| match v.last() {
                     Some(&(c, false)) => Some((k.clone(), c)),
@@ -603,7 +581,7 @@ impl Db {
     pub fn scan_tenant(&self, tenant: &str, from: u64, limit: usize) -> Result<Vec<StoredRecord>> {
         let ids: Vec<u64> = {
             let st = self.inner.state.read();
-            st.tenants.get(tenant).map_or_else(Vec::new, |v| {
+            st.ix.tenants.get(tenant).map_or_else(Vec::new, |v| {
                 let i = v.partition_point(|c| *c < from);
                 v[i..].iter().take(limit).copied().collect()
             })
@@ -761,20 +739,156 @@ fn writes_of(payload: &Payload) -> Vec<(Bytes, bool)> {
     }
 }
 
-fn index(st: &mut State, commit: u64, tenant: &str, writes: impl IntoIterator<Item = (Bytes, bool)>) {
-    for (key, deleted) in writes {
-        st.kv.entry(key).or_default().push((commit, deleted));
+
+/// The key and tenant indexes, built apart from the state while opening.
+#[derive(Debug, Default)]
+struct Indexes {
+    kv: BTreeMap<Bytes, Vec<(u64, bool)>>,
+    tenants: HashMap<String, Vec<u64>>,
+}
+
+impl Indexes {
+    /// Records that `commit` (of `tenant`) wrote `writes` (key, is-delete).
+    fn add_writes(&mut self, commit: u64, tenant: &str, writes: impl IntoIterator<Item = (Bytes, bool)>) {
+        for (key, deleted) in writes {
+            self.kv.entry(key).or_default().push((commit, deleted));
+        }
+        match self.tenants.get_mut(tenant) {
+            Some(v) => v.push(commit),
+            None => {
+                self.tenants.insert(tenant.to_owned(), vec![commit]);
+            }
+        }
     }
-    match st.tenants.get_mut(tenant) {
-        Some(v) => v.push(commit),
-        None => {
-            st.tenants.insert(tenant.to_owned(), vec![commit]);
+
+    /// Indexes a record read back from the log, copying a key only the first time it is seen.
+    fn add_view(&mut self, commit: u64, v: &record::RecordView<'_>) {
+        v.for_each_write(|key, deleted| match self.kv.get_mut(key) {
+            Some(versions) => versions.push((commit, deleted)),
+            None => {
+                self.kv.insert(Bytes::copy_from_slice(key), vec![(commit, deleted)]);
+            }
+        });
+        match self.tenants.get_mut(v.tenant) {
+            Some(c) => c.push(commit),
+            None => {
+                self.tenants.insert(v.tenant.to_owned(), vec![commit]);
+            }
         }
     }
 }
 
-fn index_record(st: &mut State, rec: &Record) {
-    index(st, rec.commit_id, &rec.tenant, writes_of(&rec.payload));
+/// What verifying one range of the log found.
+struct RangePass {
+    /// `prev_hash` of the first record (must be the previous range's last hash).
+    first_prev: Hash,
+    /// Hash of the last record.
+    last_hash: Hash,
+    first_epoch: u64,
+    last_epoch: u64,
+    max_ts: u64,
+    /// Leaf hashes of the records from `leaf_from` on, in order.
+    leaves: Vec<(u64, Hash)>,
+}
+
+/// Verifies records `from..=to`: each record's encoding header, CommitId, epoch order and `prev_hash` link to the
+/// record before it in the range (frame CRCs are checked by the reader). Computes leaf hashes from `leaf_from` on.
+fn verify_range(wal: &Wal, from: u64, to: u64, leaf_from: u64) -> Result<RangePass> {
+    let mut pass = RangePass {
+        first_prev: [0; 32],
+        last_hash: [0; 32],
+        first_epoch: 0,
+        last_epoch: 0,
+        max_ts: 0,
+        leaves: Vec::new(),
+    };
+    let mut expect = from;
+    wal.read_from(CommitId(from))?.for_each_ref(|frame| -> Result<()> {
+        let commit = frame.commit_id.0;
+        if commit > to {
+            return Ok(());
+        }
+        let body = frame.body();
+        let h = record::decode_header(body).map_err(|e| corruption(commit, e.to_string()))?;
+        if h.commit_id != commit || commit != expect {
+            return Err(corruption(commit, format!("record says CommitId {}", h.commit_id)));
+        }
+        if commit == from {
+            pass.first_prev = h.prev_hash;
+            pass.first_epoch = h.epoch;
+        } else if h.prev_hash != pass.last_hash {
+            return Err(corruption(commit, "prev_hash does not match the previous record's hash".into()));
+        }
+        if h.epoch < pass.last_epoch || h.epoch != frame.epoch.0 {
+            return Err(corruption(commit, format!("epoch {} after {} (frame {})", h.epoch, pass.last_epoch, frame.epoch)));
+        }
+        pass.last_epoch = h.epoch;
+        pass.max_ts = pass.max_ts.max(h.timestamp_ms);
+        if commit >= leaf_from {
+            pass.leaves.push((commit, leaf_hash(body)));
+        }
+        pass.last_hash = record_hash(body);
+        expect += 1;
+        Ok(())
+    })?;
+    if expect != to + 1 {
+        return Err(corruption(expect, format!("the log ends at {} before the expected {to}", expect - 1)));
+    }
+    Ok(pass)
+}
+
+/// What the chain pass of opening found.
+struct ChainPass {
+    tip_hash: Hash,
+    last_ts: u64,
+    leaves_rebuilt: u64,
+    problems: Vec<String>,
+}
+
+/// Verifies the whole chain on both cores (two ranges hashed concurrently, linked at the boundary), then rebuilds
+/// the Merkle leaves the store lacks and compares the stored leaves of the records after `check_from` and of the
+/// last record (every earlier record is pinned by its successor's `prev_hash`).
+fn verify_chain(wal: &Wal, merkle: &mut MerkleStore, stored_leaves: u64, check_from: u64, records: u64) -> Result<ChainPass> {
+    let mut pass = ChainPass { tip_hash: genesis_hash(), last_ts: 0, leaves_rebuilt: 0, problems: Vec::new() };
+    if records == 0 {
+        return Ok(pass);
+    }
+    let leaf_from = stored_leaves.min(check_from).min(records - 1) + 1;
+    let mid = if records >= 10_000 { records / 2 } else { records };
+    let ranges: Vec<RangePass> = std::thread::scope(|scope| {
+        let upper = (mid < records).then(|| scope.spawn(move || verify_range(wal, mid + 1, records, leaf_from)));
+        let lower = verify_range(wal, 1, mid, leaf_from);
+        let upper = upper.map(|h| h.join().unwrap_or_else(|_| Err(corruption(mid + 1, "verification thread panicked".into()))));
+        std::iter::once(lower).chain(upper).collect::<Result<Vec<_>>>()
+    })?;
+    let mut prev = genesis_hash();
+    let mut prev_epoch = 0;
+    let mut first = 1;
+    for r in &ranges {
+        if r.first_prev != prev {
+            return Err(corruption(first, "prev_hash does not match the previous record's hash".into()));
+        }
+        if r.first_epoch < prev_epoch {
+            return Err(corruption(first, format!("epoch {} after {prev_epoch}", r.first_epoch)));
+        }
+        prev = r.last_hash;
+        prev_epoch = r.last_epoch;
+        pass.last_ts = pass.last_ts.max(r.max_ts);
+        first = mid + 1;
+    }
+    pass.tip_hash = prev;
+    for (commit, leaf) in ranges.into_iter().flat_map(|r| r.leaves) {
+        if commit > stored_leaves {
+            merkle.push(leaf)?;
+            pass.leaves_rebuilt += 1;
+        } else if commit > check_from || commit == records {
+            let stored = merkle::NodeSource::node(&*merkle, 0, commit - 1)?;
+            if stored != leaf {
+                pass.problems.push(format!("stored Merkle leaf {} does not match record {commit}", commit - 1));
+            }
+        }
+    }
+    Ok(pass)
 }
 
 fn load_or_create_key(path: &Path, origin: &str) -> Result<SigningKey> {
@@ -887,7 +1001,7 @@ impl Inner {
         for p in batch {
             assert_eq!(p.commit, st.visible + 1, "records apply in CommitId order");
             st.merkle.push(p.leaf)?;
-            index(&mut st, p.commit, &p.tenant, p.writes);
+            st.ix.add_writes(p.commit, &p.tenant, p.writes);
             st.tip_hash = p.hash;
             st.visible = p.commit;
         }

@@ -430,32 +430,26 @@ pub fn decode(b: &Bytes) -> Result<Record, RecordError> {
     })
 }
 
-fn decode_ops(body: &Bytes) -> Result<Vec<Op>, RecordError> {
+/// Parses the ops of a batch body, checking every bound before it is used, and calls `f(kind, key, value)` for
+/// each (value empty for deletes). Checks: 1..=4096 ops, each key 1..=1024 bytes, deletes without value, no key
+/// twice, nothing trailing. Shared by [`decode`] and [`RecordView::for_each_write`].
+fn parse_ops<'a>(body: &'a [u8], mut f: impl FnMut(u8, &'a [u8], &'a [u8], usize, usize)) -> Result<(), RecordError> {
     if body.len() < 4 {
-        return Err(RecordError::Truncated {
-            len: body.len(),
-            need: 4,
-        });
+        return Err(RecordError::Truncated { len: body.len(), need: 4 });
     }
     let count = u32_at(body, 0) as usize;
     if count == 0 || count > MAX_BATCH_OPS {
         return Err(RecordError::Batch("operation count out of range"));
     }
-    // Each op needs at least its header, so a count larger than the bytes allow is rejected before allocating.
+    // Each op needs at least its header, so a count larger than the bytes allow is rejected before any work.
     if count > (body.len() - 4) / OP_HEADER_LEN {
-        return Err(RecordError::Truncated {
-            len: body.len(),
-            need: 4 + count * OP_HEADER_LEN,
-        });
+        return Err(RecordError::Truncated { len: body.len(), need: 4 + count * OP_HEADER_LEN });
     }
-    let mut ops = Vec::with_capacity(count);
+    let mut keys: Vec<&[u8]> = Vec::new();
     let mut pos = 4;
     for _ in 0..count {
         if body.len() - pos < OP_HEADER_LEN {
-            return Err(RecordError::Truncated {
-                len: body.len(),
-                need: pos + OP_HEADER_LEN,
-            });
+            return Err(RecordError::Truncated { len: body.len(), need: pos + OP_HEADER_LEN });
         }
         let kind = body[pos];
         let key_len = usize::from(u16_at(body, pos + 1));
@@ -463,26 +457,80 @@ fn decode_ops(body: &Bytes) -> Result<Vec<Op>, RecordError> {
         pos += OP_HEADER_LEN;
         let need = pos.saturating_add(key_len).saturating_add(value_len);
         if need > body.len() {
-            return Err(RecordError::Truncated {
-                len: body.len(),
-                need,
-            });
+            return Err(RecordError::Truncated { len: body.len(), need });
         }
-        let key = body.slice(pos..pos + key_len);
-        let value = body.slice(pos + key_len..need);
-        pos = need;
-        ops.push(match kind {
-            OP_PUT => Op::Put { key, value },
-            OP_DELETE if value_len == 0 => Op::Delete { key },
+        let key = &body[pos..pos + key_len];
+        check_key(key)?;
+        match kind {
+            OP_PUT => {}
+            OP_DELETE if value_len == 0 => {}
             OP_DELETE => return Err(RecordError::DeleteWithValue),
             other => return Err(RecordError::OpKind(other)),
-        });
+        }
+        if count > 1 {
+            if keys.contains(&key) {
+                return Err(RecordError::Batch("the same key twice"));
+            }
+            keys.push(key);
+        }
+        f(kind, key, &body[pos + key_len..need], pos, pos + key_len);
+        pos = need;
     }
     if pos != body.len() {
         return Err(RecordError::Trailing(body.len() - pos));
     }
-    check_batch(&ops)?;
+    Ok(())
+}
+
+fn decode_ops(body: &Bytes) -> Result<Vec<Op>, RecordError> {
+    let mut ops = Vec::new();
+    parse_ops(body, |kind, _, value, key_at, value_at| {
+        let key = body.slice(key_at..value_at);
+        let value = body.slice(value_at..value_at + value.len());
+        ops.push(if kind == OP_PUT { Op::Put { key, value } } else { Op::Delete { key } });
+    })?;
     Ok(ops)
+}
+
+/// A record validated and parsed in place from its canonical bytes, without copying or reference counting.
+#[derive(Clone, Copy, Debug)]
+pub struct RecordView<'a> {
+    /// The fixed fields.
+    pub header: RecordHeader,
+    /// The tenant.
+    pub tenant: &'a str,
+    /// `true` for a batch of puts/deletes, `false` for an event.
+    pub is_batch: bool,
+    /// The body (the event payload, or the encoded batch).
+    pub body: &'a [u8],
+}
+
+/// Validates `b` like [`decode`] and returns a view of it.
+pub fn view(b: &[u8]) -> Result<RecordView<'_>, RecordError> {
+    let header = decode_header(b)?;
+    let tenant_len = usize::from(u16_at(b, R_TENANT_LEN));
+    if tenant_len > MAX_TENANT_BYTES {
+        return Err(RecordError::Tenant("longer than 128 bytes"));
+    }
+    let tenant = std::str::from_utf8(&b[RECORD_HEAD_LEN..RECORD_HEAD_LEN + tenant_len])
+        .map_err(|_| RecordError::Tenant("not UTF-8"))?;
+    check_tenant(tenant)?;
+    let body = &b[RECORD_HEAD_LEN + tenant_len..b.len() - RECORD_TRAILER_LEN];
+    let is_batch = b[R_KIND] == KIND_BATCH;
+    if is_batch {
+        parse_ops(body, |_, _, _, _, _| {})?;
+    }
+    Ok(RecordView { header, tenant, is_batch, body })
+}
+
+impl<'a> RecordView<'a> {
+    /// Calls `f(key, is_delete)` for every write of a batch (nothing for an event).
+    pub fn for_each_write(&self, mut f: impl FnMut(&'a [u8], bool)) {
+        if self.is_batch {
+            // Validated by `view`; parsing again cannot fail.
+            let _ = parse_ops(self.body, |kind, key, _, _, _| f(key, kind == OP_DELETE));
+        }
+    }
 }
 
 #[cfg(test)]

@@ -40,7 +40,7 @@ mod types;
 mod wal;
 
 pub use error::{Corruption, CorruptionKind, Error, Failure, Result};
-pub use reader::{Frame, WalReader};
+pub use reader::{Frame, FrameRef, WalReader};
 pub use types::{CommitId, Epoch, SegmentId};
 pub use wal::{
     segment_file_name, Durability, FrameSink, Options, RecoveryReport, Wal, WalStats, LOCK_FILE_NAME,

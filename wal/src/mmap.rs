@@ -19,10 +19,12 @@ pub(crate) fn map_readonly(file: &File) -> io::Result<Bytes> {
     if file.metadata()?.len() == 0 {
         return Ok(Bytes::new());
     }
-    // SAFETY: the WAL maps only sealed segments. A sealed segment is never written, truncated or removed while the
-    // log is open: the directory lock keeps other AeroDB processes out, and the writer never reopens a sealed
-    // segment for writing. Every byte read from the map is still CRC-checked before it is trusted, so even an
-    // external modification cannot become a silently accepted record (it would be reported as corruption).
+    // SAFETY: the bytes of a mapped file must not change while the map is alive. The WAL maps (a) sealed
+    // segments, which are never written, truncated or removed while the log is open, and (b) during recovery, the
+    // last segment, before anything writes to it: recovery takes what it needs from the map and drops it before it
+    // repairs (zeroes a torn tail, truncates an interrupted seal) or the log appends. The directory lock keeps
+    // other AeroDB processes out for the whole time. Every byte read from a map is still CRC-checked before it is
+    // trusted, so even an external modification cannot become a silently accepted record.
     let map = unsafe { memmap2::Mmap::map(file)? };
     Ok(Bytes::from_owner(MapOwner(map)))
 }

@@ -12,7 +12,7 @@ use bytes::Bytes;
 
 use crate::{
     error::{Corruption, CorruptionKind, Error, Result},
-    format::{decode_frame, decode_frame_header, FRAME_HEADER_LEN},
+    format::{decode_frame, decode_frame_header, FrameHeader, FRAME_HEADER_LEN},
     recovery::frame_corruption,
     types::{CommitId, Epoch, SegmentId},
     wal::{SegView, Shared, Wal},
@@ -158,33 +158,56 @@ impl Shared {
         Ok(offset)
     }
 
-    /// Reads and verifies the frame at `offset` of `view`, which must carry `expect`.
-    fn frame_at(&self, view: &SegView, offset: u64, expect: CommitId, window: &mut Window) -> Result<Frame> {
+    /// Reads and verifies the frame at `offset` of `view`, which must carry `expect`; returns its header and
+    /// where it lies in `window.bytes`.
+    fn frame_span(
+        &self,
+        view: &SegView,
+        offset: u64,
+        expect: CommitId,
+        window: &mut Window,
+    ) -> Result<(FrameHeader, usize, usize)> {
         let i = window.ensure(self, view, offset, FRAME_HEADER_LEN as u64, expect)?;
         let h = decode_frame_header(&window.bytes[i..i + FRAME_HEADER_LEN], self.opts.max_record_bytes)
             .map_err(|e| frame_corruption(view.id, offset, expect, e, FRAME_HEADER_LEN))?;
         let len = h.frame_len();
         let i = window.ensure(self, view, offset, len as u64, expect)?;
         match decode_frame(&window.bytes[i..i + len], self.opts.max_record_bytes) {
-            Ok((h, _)) if h.commit_id == expect => Ok(Frame {
-                commit_id: h.commit_id,
-                epoch: h.epoch,
-                segment: view.id,
-                offset,
-                raw: window.bytes.slice(i..i + len),
-            }),
+            Ok((h, _)) if h.commit_id == expect => Ok((h, i, len)),
             Ok((h, _)) => Err(Corruption::new(
                 view.id,
                 offset,
                 Some(expect),
-                CorruptionKind::CommitIdGap {
-                    expected: expect,
-                    got: h.commit_id,
-                },
+                CorruptionKind::CommitIdGap { expected: expect, got: h.commit_id },
             )
             .into()),
             Err(e) => Err(frame_corruption(view.id, offset, expect, e, len).into()),
         }
+    }
+
+    /// Reads and verifies the frame at `offset` of `view`, which must carry `expect`.
+    fn frame_at(&self, view: &SegView, offset: u64, expect: CommitId, window: &mut Window) -> Result<Frame> {
+        let (h, i, len) = self.frame_span(view, offset, expect, window)?;
+        Ok(Frame { commit_id: h.commit_id, epoch: h.epoch, segment: view.id, offset, raw: window.bytes.slice(i..i + len) })
+    }
+}
+
+/// A verified frame borrowed from the reader's buffer (see [`WalReader::for_each_ref`]).
+#[derive(Clone, Copy, Debug)]
+pub struct FrameRef<'a> {
+    /// The frame's CommitId.
+    pub commit_id: CommitId,
+    /// The epoch that wrote it.
+    pub epoch: Epoch,
+    /// The whole frame as stored.
+    pub raw: &'a [u8],
+}
+
+impl<'a> FrameRef<'a> {
+    /// The record body.
+    #[must_use]
+    pub fn body(&self) -> &'a [u8] {
+        &self.raw[FRAME_HEADER_LEN..]
     }
 }
 
@@ -259,12 +282,15 @@ impl WalReader {
         self.end.next()
     }
 
-    fn step(&mut self) -> Result<Option<Frame>> {
+    /// Advances to the next frame; returns its header and where it lies in `self.window.bytes`.
+    fn step_span(&mut self) -> Result<Option<(SegmentId, u64, FrameHeader, usize, usize)>> {
         loop {
             if self.next > self.end || self.seg >= self.views.len() {
                 return Ok(None);
             }
-            let view = self.views[self.seg].clone();
+            // Borrow the view in place: cloning its `Arc` per frame would bounce one reference count between
+            // cores when several readers scan the log at once.
+            let view = &self.views[self.seg];
             if self.next > view.last_commit {
                 self.seg += 1;
                 self.pos = None;
@@ -273,13 +299,32 @@ impl WalReader {
             }
             let offset = match self.pos {
                 Some(p) => p,
-                None => self.shared.locate(&view, self.next, &mut self.window)?,
+                None => self.shared.locate(view, self.next, &mut self.window)?,
             };
-            let frame = self.shared.frame_at(&view, offset, self.next, &mut self.window)?;
-            self.pos = Some(offset + frame.raw.len() as u64);
+            let (h, i, len) = self.shared.frame_span(view, offset, self.next, &mut self.window)?;
+            self.pos = Some(offset + len as u64);
             self.next = self.next.next();
-            return Ok(Some(frame));
+            return Ok(Some((view.id, offset, h, i, len)));
         }
+    }
+
+    fn step(&mut self) -> Result<Option<Frame>> {
+        Ok(self.step_span()?.map(|(segment, offset, h, i, len)| Frame {
+            commit_id: h.commit_id,
+            epoch: h.epoch,
+            segment,
+            offset,
+            raw: self.window.bytes.slice(i..i + len),
+        }))
+    }
+
+    /// Calls `f` with every remaining frame, borrowed: verified like [`Iterator::next`] but without creating a
+    /// reference-counted buffer per frame, for scans that only look at the bytes (recovery, verification).
+    pub fn for_each_ref<E: From<crate::Error>>(mut self, mut f: impl FnMut(FrameRef<'_>) -> Result<(), E>) -> Result<(), E> {
+        while let Some((_, _, h, i, len)) = self.step_span()? {
+            f(FrameRef { commit_id: h.commit_id, epoch: h.epoch, raw: &self.window.bytes[i..i + len] })?;
+        }
+        Ok(())
     }
 }
 
