@@ -294,17 +294,21 @@ impl Db {
         // are rebuilt from the verified log.
         let check_from = durable_mark;
         let t = Instant::now();
-        let chain = verify_chain(&wal, &mut state.merkle, stored_leaves, check_from, records).map(|c| (c, t.elapsed()));
-        let indexes = chain.as_ref().map_err(|_| ()).map_or(Ok(Indexes::default()), |_| {
-            let mut ix = Indexes::default();
-            wal.read_from(CommitId(1))?.for_each_ref(|frame| -> Result<()> {
-                let commit = frame.commit_id.0;
-                let v = record::view(frame.body()).map_err(|e| corruption(commit, e.to_string()))?;
-                ix.add_view(commit, &v);
-                Ok(())
-            })?;
-            Ok::<_, Error>(ix)
-        });
+        let chain = verify_chain(&wal, &mut state.merkle, stored_leaves, check_from, records)
+            .map(|c| (c, t.elapsed()));
+        let indexes = chain
+            .as_ref()
+            .map_err(|_| ())
+            .map_or(Ok(Indexes::default()), |_| {
+                let mut ix = Indexes::default();
+                wal.read_from(CommitId(1))?.for_each_ref(|frame| -> Result<()> {
+                    let commit = frame.commit_id.0;
+                    let v = record::view(frame.body()).map_err(|e| corruption(commit, e.to_string()))?;
+                    ix.add_view(commit, &v);
+                    Ok(())
+                })?;
+                Ok::<_, Error>(ix)
+            });
         let (chain, chain_elapsed) = chain?;
         let indexes = indexes?;
         report.chain_verify = chain_elapsed;
@@ -526,7 +530,15 @@ impl Db {
 
     /// Every version of `key`, oldest first.
     pub fn history(&self, key: &[u8]) -> Result<Vec<Version>> {
-        let versions = self.inner.state.read().ix.kv.get(key).cloned().unwrap_or_default();
+        let versions = self
+            .inner
+            .state
+            .read()
+            .ix
+            .kv
+            .get(key)
+            .cloned()
+            .unwrap_or_default();
         versions
             .into_iter()
             .map(|(commit, deleted)| {
@@ -549,7 +561,8 @@ impl Db {
             let st = self.inner.state.read();
             let lo: Bound<&[u8]> = range.start_bound();
             let hi: Bound<&[u8]> = range.end_bound();
-            st.ix.kv
+            st.ix
+                .kv
                 .range::<[u8], _>((lo, hi))
                 .filter_map(|(k, v)| match v.last() {
                     Some(&(c, false)) => Some((k.clone(), c)),
@@ -739,7 +752,6 @@ fn writes_of(payload: &Payload) -> Vec<(Bytes, bool)> {
     }
 }
 
-
 /// The key and tenant indexes, built apart from the state while opening.
 #[derive(Debug, Default)]
 struct Indexes {
@@ -766,7 +778,8 @@ impl Indexes {
         v.for_each_write(|key, deleted| match self.kv.get_mut(key) {
             Some(versions) => versions.push((commit, deleted)),
             None => {
-                self.kv.insert(Bytes::copy_from_slice(key), vec![(commit, deleted)]);
+                self.kv
+                    .insert(Bytes::copy_from_slice(key), vec![(commit, deleted)]);
             }
         });
         match self.tenants.get_mut(v.tenant) {
@@ -803,36 +816,52 @@ fn verify_range(wal: &Wal, from: u64, to: u64, leaf_from: u64) -> Result<RangePa
         leaves: Vec::new(),
     };
     let mut expect = from;
-    wal.read_from(CommitId(from))?.for_each_ref(|frame| -> Result<()> {
-        let commit = frame.commit_id.0;
-        if commit > to {
-            return Ok(());
-        }
-        let body = frame.body();
-        let h = record::decode_header(body).map_err(|e| corruption(commit, e.to_string()))?;
-        if h.commit_id != commit || commit != expect {
-            return Err(corruption(commit, format!("record says CommitId {}", h.commit_id)));
-        }
-        if commit == from {
-            pass.first_prev = h.prev_hash;
-            pass.first_epoch = h.epoch;
-        } else if h.prev_hash != pass.last_hash {
-            return Err(corruption(commit, "prev_hash does not match the previous record's hash".into()));
-        }
-        if h.epoch < pass.last_epoch || h.epoch != frame.epoch.0 {
-            return Err(corruption(commit, format!("epoch {} after {} (frame {})", h.epoch, pass.last_epoch, frame.epoch)));
-        }
-        pass.last_epoch = h.epoch;
-        pass.max_ts = pass.max_ts.max(h.timestamp_ms);
-        if commit >= leaf_from {
-            pass.leaves.push((commit, leaf_hash(body)));
-        }
-        pass.last_hash = record_hash(body);
-        expect += 1;
-        Ok(())
-    })?;
+    wal.read_from(CommitId(from))?
+        .for_each_ref(|frame| -> Result<()> {
+            let commit = frame.commit_id.0;
+            if commit > to {
+                return Ok(());
+            }
+            let body = frame.body();
+            let h = record::decode_header(body).map_err(|e| corruption(commit, e.to_string()))?;
+            if h.commit_id != commit || commit != expect {
+                return Err(corruption(
+                    commit,
+                    format!("record says CommitId {}", h.commit_id),
+                ));
+            }
+            if commit == from {
+                pass.first_prev = h.prev_hash;
+                pass.first_epoch = h.epoch;
+            } else if h.prev_hash != pass.last_hash {
+                return Err(corruption(
+                    commit,
+                    "prev_hash does not match the previous record's hash".into(),
+                ));
+            }
+            if h.epoch < pass.last_epoch || h.epoch != frame.epoch.0 {
+                return Err(corruption(
+                    commit,
+                    format!(
+                        "epoch {} after {} (frame {})",
+                        h.epoch, pass.last_epoch, frame.epoch
+                    ),
+                ));
+            }
+            pass.last_epoch = h.epoch;
+            pass.max_ts = pass.max_ts.max(h.timestamp_ms);
+            if commit >= leaf_from {
+                pass.leaves.push((commit, leaf_hash(body)));
+            }
+            pass.last_hash = record_hash(body);
+            expect += 1;
+            Ok(())
+        })?;
     if expect != to + 1 {
-        return Err(corruption(expect, format!("the log ends at {} before the expected {to}", expect - 1)));
+        return Err(corruption(
+            expect,
+            format!("the log ends at {} before the expected {to}", expect - 1),
+        ));
     }
     Ok(pass)
 }
@@ -848,17 +877,32 @@ struct ChainPass {
 /// Verifies the whole chain on both cores (two ranges hashed concurrently, linked at the boundary), then rebuilds
 /// the Merkle leaves the store lacks and compares the stored leaves of the records after `check_from` and of the
 /// last record (every earlier record is pinned by its successor's `prev_hash`).
-fn verify_chain(wal: &Wal, merkle: &mut MerkleStore, stored_leaves: u64, check_from: u64, records: u64) -> Result<ChainPass> {
-    let mut pass = ChainPass { tip_hash: genesis_hash(), last_ts: 0, leaves_rebuilt: 0, problems: Vec::new() };
+fn verify_chain(
+    wal: &Wal,
+    merkle: &mut MerkleStore,
+    stored_leaves: u64,
+    check_from: u64,
+    records: u64,
+) -> Result<ChainPass> {
+    let mut pass = ChainPass {
+        tip_hash: genesis_hash(),
+        last_ts: 0,
+        leaves_rebuilt: 0,
+        problems: Vec::new(),
+    };
     if records == 0 {
         return Ok(pass);
     }
     let leaf_from = stored_leaves.min(check_from).min(records - 1) + 1;
     let mid = if records >= 10_000 { records / 2 } else { records };
     let ranges: Vec<RangePass> = std::thread::scope(|scope| {
-        let upper = (mid < records).then(|| scope.spawn(move || verify_range(wal, mid + 1, records, leaf_from)));
+        let upper =
+            (mid < records).then(|| scope.spawn(move || verify_range(wal, mid + 1, records, leaf_from)));
         let lower = verify_range(wal, 1, mid, leaf_from);
-        let upper = upper.map(|h| h.join().unwrap_or_else(|_| Err(corruption(mid + 1, "verification thread panicked".into()))));
+        let upper = upper.map(|h| {
+            h.join()
+                .unwrap_or_else(|_| Err(corruption(mid + 1, "verification thread panicked".into())))
+        });
         std::iter::once(lower).chain(upper).collect::<Result<Vec<_>>>()
     })?;
     let mut prev = genesis_hash();
@@ -866,10 +910,16 @@ fn verify_chain(wal: &Wal, merkle: &mut MerkleStore, stored_leaves: u64, check_f
     let mut first = 1;
     for r in &ranges {
         if r.first_prev != prev {
-            return Err(corruption(first, "prev_hash does not match the previous record's hash".into()));
+            return Err(corruption(
+                first,
+                "prev_hash does not match the previous record's hash".into(),
+            ));
         }
         if r.first_epoch < prev_epoch {
-            return Err(corruption(first, format!("epoch {} after {prev_epoch}", r.first_epoch)));
+            return Err(corruption(
+                first,
+                format!("epoch {} after {prev_epoch}", r.first_epoch),
+            ));
         }
         prev = r.last_hash;
         prev_epoch = r.last_epoch;
@@ -884,7 +934,10 @@ fn verify_chain(wal: &Wal, merkle: &mut MerkleStore, stored_leaves: u64, check_f
         } else if commit > check_from || commit == records {
             let stored = merkle::NodeSource::node(&*merkle, 0, commit - 1)?;
             if stored != leaf {
-                pass.problems.push(format!("stored Merkle leaf {} does not match record {commit}", commit - 1));
+                pass.problems.push(format!(
+                    "stored Merkle leaf {} does not match record {commit}",
+                    commit - 1
+                ));
             }
         }
     }

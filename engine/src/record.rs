@@ -433,9 +433,15 @@ pub fn decode(b: &Bytes) -> Result<Record, RecordError> {
 /// Parses the ops of a batch body, checking every bound before it is used, and calls `f(kind, key, value)` for
 /// each (value empty for deletes). Checks: 1..=4096 ops, each key 1..=1024 bytes, deletes without value, no key
 /// twice, nothing trailing. Shared by [`decode`] and [`RecordView::for_each_write`].
-fn parse_ops<'a>(body: &'a [u8], mut f: impl FnMut(u8, &'a [u8], &'a [u8], usize, usize)) -> Result<(), RecordError> {
+fn parse_ops<'a>(
+    body: &'a [u8],
+    mut f: impl FnMut(u8, &'a [u8], &'a [u8], usize, usize),
+) -> Result<(), RecordError> {
     if body.len() < 4 {
-        return Err(RecordError::Truncated { len: body.len(), need: 4 });
+        return Err(RecordError::Truncated {
+            len: body.len(),
+            need: 4,
+        });
     }
     let count = u32_at(body, 0) as usize;
     if count == 0 || count > MAX_BATCH_OPS {
@@ -443,13 +449,19 @@ fn parse_ops<'a>(body: &'a [u8], mut f: impl FnMut(u8, &'a [u8], &'a [u8], usize
     }
     // Each op needs at least its header, so a count larger than the bytes allow is rejected before any work.
     if count > (body.len() - 4) / OP_HEADER_LEN {
-        return Err(RecordError::Truncated { len: body.len(), need: 4 + count * OP_HEADER_LEN });
+        return Err(RecordError::Truncated {
+            len: body.len(),
+            need: 4 + count * OP_HEADER_LEN,
+        });
     }
     let mut keys: Vec<&[u8]> = Vec::new();
     let mut pos = 4;
     for _ in 0..count {
         if body.len() - pos < OP_HEADER_LEN {
-            return Err(RecordError::Truncated { len: body.len(), need: pos + OP_HEADER_LEN });
+            return Err(RecordError::Truncated {
+                len: body.len(),
+                need: pos + OP_HEADER_LEN,
+            });
         }
         let kind = body[pos];
         let key_len = usize::from(u16_at(body, pos + 1));
@@ -457,7 +469,10 @@ fn parse_ops<'a>(body: &'a [u8], mut f: impl FnMut(u8, &'a [u8], &'a [u8], usize
         pos += OP_HEADER_LEN;
         let need = pos.saturating_add(key_len).saturating_add(value_len);
         if need > body.len() {
-            return Err(RecordError::Truncated { len: body.len(), need });
+            return Err(RecordError::Truncated {
+                len: body.len(),
+                need,
+            });
         }
         let key = &body[pos..pos + key_len];
         check_key(key)?;
@@ -487,7 +502,11 @@ fn decode_ops(body: &Bytes) -> Result<Vec<Op>, RecordError> {
     parse_ops(body, |kind, _, value, key_at, value_at| {
         let key = body.slice(key_at..value_at);
         let value = body.slice(value_at..value_at + value.len());
-        ops.push(if kind == OP_PUT { Op::Put { key, value } } else { Op::Delete { key } });
+        ops.push(if kind == OP_PUT {
+            Op::Put { key, value }
+        } else {
+            Op::Delete { key }
+        });
     })?;
     Ok(ops)
 }
@@ -520,7 +539,12 @@ pub fn view(b: &[u8]) -> Result<RecordView<'_>, RecordError> {
     if is_batch {
         parse_ops(body, |_, _, _, _, _| {})?;
     }
-    Ok(RecordView { header, tenant, is_batch, body })
+    Ok(RecordView {
+        header,
+        tenant,
+        is_batch,
+        body,
+    })
 }
 
 impl<'a> RecordView<'a> {

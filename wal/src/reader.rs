@@ -178,7 +178,10 @@ impl Shared {
                 view.id,
                 offset,
                 Some(expect),
-                CorruptionKind::CommitIdGap { expected: expect, got: h.commit_id },
+                CorruptionKind::CommitIdGap {
+                    expected: expect,
+                    got: h.commit_id,
+                },
             )
             .into()),
             Err(e) => Err(frame_corruption(view.id, offset, expect, e, len).into()),
@@ -188,7 +191,13 @@ impl Shared {
     /// Reads and verifies the frame at `offset` of `view`, which must carry `expect`.
     fn frame_at(&self, view: &SegView, offset: u64, expect: CommitId, window: &mut Window) -> Result<Frame> {
         let (h, i, len) = self.frame_span(view, offset, expect, window)?;
-        Ok(Frame { commit_id: h.commit_id, epoch: h.epoch, segment: view.id, offset, raw: window.bytes.slice(i..i + len) })
+        Ok(Frame {
+            commit_id: h.commit_id,
+            epoch: h.epoch,
+            segment: view.id,
+            offset,
+            raw: window.bytes.slice(i..i + len),
+        })
     }
 }
 
@@ -301,7 +310,9 @@ impl WalReader {
                 Some(p) => p,
                 None => self.shared.locate(view, self.next, &mut self.window)?,
             };
-            let (h, i, len) = self.shared.frame_span(view, offset, self.next, &mut self.window)?;
+            let (h, i, len) = self
+                .shared
+                .frame_span(view, offset, self.next, &mut self.window)?;
             self.pos = Some(offset + len as u64);
             self.next = self.next.next();
             return Ok(Some((view.id, offset, h, i, len)));
@@ -320,9 +331,16 @@ impl WalReader {
 
     /// Calls `f` with every remaining frame, borrowed: verified like [`Iterator::next`] but without creating a
     /// reference-counted buffer per frame, for scans that only look at the bytes (recovery, verification).
-    pub fn for_each_ref<E: From<crate::Error>>(mut self, mut f: impl FnMut(FrameRef<'_>) -> Result<(), E>) -> Result<(), E> {
+    pub fn for_each_ref<E: From<crate::Error>>(
+        mut self,
+        mut f: impl FnMut(FrameRef<'_>) -> Result<(), E>,
+    ) -> Result<(), E> {
         while let Some((_, _, h, i, len)) = self.step_span()? {
-            f(FrameRef { commit_id: h.commit_id, epoch: h.epoch, raw: &self.window.bytes[i..i + len] })?;
+            f(FrameRef {
+                commit_id: h.commit_id,
+                epoch: h.epoch,
+                raw: &self.window.bytes[i..i + len],
+            })?;
         }
         Ok(())
     }

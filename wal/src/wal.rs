@@ -1287,24 +1287,6 @@ struct Recovered {
     views: Vec<Arc<SegView>>,
 }
 
-/// Reads the whole file.
-fn read_all(fs: &dyn Fs, path: &Path, read_only: bool) -> Result<(Box<dyn FsFile>, Vec<u8>)> {
-    let mode = if read_only {
-        OpenMode::Read
-    } else {
-        OpenMode::ReadWrite
-    };
-    let f = fs
-        .open(path, mode)
-        .map_err(|e| Error::io("open segment", path, e))?;
-    let len = f.len().map_err(|e| Error::io("stat segment", path, e))?;
-    let len = usize::try_from(len)
-        .map_err(|_| Error::io("stat segment", path, std::io::Error::other("too large")))?;
-    let mut buf = vec![0u8; len];
-    crate::fs::read_exact_at(&*f, &mut buf, 0).map_err(|e| Error::io("read segment", path, e))?;
-    Ok((f, buf))
-}
-
 fn recover(fs: &dyn Fs, dir: &Path, opts: &Options) -> Result<(Recovered, RecoveryReport)> {
     let mut report = RecoveryReport::default();
     let names = fs
@@ -1351,19 +1333,98 @@ fn recover(fs: &dyn Fs, dir: &Path, opts: &Options) -> Result<(Recovered, Recove
     let mut tail_segment = SegmentId(1);
     let mut tail_offset = SEGMENT_HEADER_LEN as u64;
     let mut tail_segment_bytes = opts.segment_bytes;
+    // Sealed segments are immutable and independent: map and scan them on both cores. Only the checks that link
+    // one segment to the one before it (first CommitId, epoch floor) need order; they are made below, in order,
+    // so the first problem reported is the same as with a sequential scan.
+    let sealed_count = ids.len().saturating_sub(1);
+    type Scanned = Result<(Box<dyn FsFile>, Bytes, crate::recovery::SegmentScan)>;
+    let scan_sealed = |range: &[SegmentId]| -> Vec<Scanned> {
+        range
+            .iter()
+            .map(|&id| {
+                let path = dir.join(segment_file_name(id));
+                let f = fs
+                    .open(&path, OpenMode::Read)
+                    .map_err(|e| Error::io("open segment", &path, e))?;
+                let m = f.map().map_err(|e| Error::io("map segment", &path, e))?;
+                let expect = Expect {
+                    segment_id: id,
+                    first_commit_id: None,
+                    min_epoch: Epoch(0),
+                    is_last: false,
+                    max_body: opts.max_record_bytes,
+                    durable_mark: opts.durable_mark,
+                };
+                let scan = scan_segment(&m, &expect)?;
+                Ok((f, m, scan))
+            })
+            .collect()
+    };
+    let (left, right) = ids[..sealed_count].split_at(sealed_count / 2);
+    let mut sealed_scans = std::thread::scope(|scope| {
+        let r = scope.spawn(|| scan_sealed(right));
+        let mut l = scan_sealed(left);
+        l.extend(
+            r.join()
+                .unwrap_or_else(|_| vec![Err(Error::InvalidOptions("segment scan thread panicked".into()))]),
+        );
+        l
+    })
+    .into_iter();
     for (i, &id) in ids.iter().enumerate() {
         let is_last = i + 1 == ids.len();
         let path = dir.join(segment_file_name(id));
-        let (file, bytes) = read_all(fs, &path, opts.read_only)?;
-        let expect = Expect {
-            segment_id: id,
-            first_commit_id: expected,
-            min_epoch,
-            is_last,
-            max_body: opts.max_record_bytes,
-            durable_mark: opts.durable_mark,
+        let (file, bytes, scan) = if is_last {
+            // Mapped, not copied: the active segment is mostly preallocated zeros. The map is dropped before any
+            // repair below writes to the file (see `mmap.rs`).
+            let mode = if opts.read_only {
+                OpenMode::Read
+            } else {
+                OpenMode::ReadWrite
+            };
+            let f = fs
+                .open(&path, mode)
+                .map_err(|e| Error::io("open segment", &path, e))?;
+            let m = f.map().map_err(|e| Error::io("map segment", &path, e))?;
+            let expect = Expect {
+                segment_id: id,
+                first_commit_id: expected,
+                min_epoch,
+                is_last,
+                max_body: opts.max_record_bytes,
+                durable_mark: opts.durable_mark,
+            };
+            let scan = scan_segment(&m, &expect)?;
+            (f, m, scan)
+        } else {
+            let (f, m, scan) = sealed_scans.next().expect("one scan per sealed segment")?;
+            let h = scan.header;
+            if let Some(first) = expected.filter(|&e| e != h.first_commit_id) {
+                return Err(crate::error::Corruption::new(
+                    id,
+                    0,
+                    Some(first),
+                    crate::error::CorruptionKind::CommitIdGap {
+                        expected: first,
+                        got: h.first_commit_id,
+                    },
+                )
+                .into());
+            }
+            if h.epoch < min_epoch {
+                return Err(crate::error::Corruption::new(
+                    id,
+                    0,
+                    Some(h.first_commit_id),
+                    crate::error::CorruptionKind::EpochRegression {
+                        prev: min_epoch,
+                        got: h.epoch,
+                    },
+                )
+                .into());
+            }
+            (f, m, scan)
         };
-        let scan = scan_segment(&bytes, &expect)?;
         report.segments += 1;
         report.frames += scan.frame_count;
         report.bytes_scanned += scan.data_end;
@@ -1371,6 +1432,14 @@ fn recover(fs: &dyn Fs, dir: &Path, opts: &Options) -> Result<(Recovered, Recove
         if opts.verify_digests_on_open {
             check_digest(&bytes, &scan)?;
         }
+        // Everything recovery needs from the last segment's bytes is taken now; its map is dropped before any
+        // repair writes to or truncates the file.
+        let prefix_hasher = is_last.then(|| {
+            let mut h = Sha256::new();
+            h.update(&bytes[..usize::try_from(scan.data_end).unwrap_or(0)]);
+            h
+        });
+        let bytes = if is_last { Bytes::new() } else { bytes };
         match scan.end {
             SegmentEnd::Sealed { trailing_zeros, .. } => {
                 if trailing_zeros && !opts.read_only {
@@ -1389,7 +1458,12 @@ fn recover(fs: &dyn Fs, dir: &Path, opts: &Options) -> Result<(Recovered, Recove
                     data_end: scan.data_end,
                     sealed: true,
                     file: None,
-                    map: OnceLock::new(),
+                    // Keep the map recovery made (the last segment's was dropped: it may have been truncated).
+                    map: if is_last {
+                        OnceLock::new()
+                    } else {
+                        OnceLock::from(bytes.clone())
+                    },
                     sparse: Arc::new(RwLock::new(scan.sparse.clone())),
                 }));
                 tail_segment = id.next();
@@ -1427,8 +1501,7 @@ fn recover(fs: &dyn Fs, dir: &Path, opts: &Options) -> Result<(Recovered, Recove
                     );
                     report.torn_tail = Some((id, offset, garbage_end - offset));
                 }
-                let mut hasher = Sha256::new();
-                hasher.update(&bytes[..usize::try_from(scan.data_end).unwrap_or(0)]);
+                let hasher = prefix_hasher.expect("the active segment is the last one");
                 let sparse: SparseIndex = Arc::new(RwLock::new(scan.sparse.clone()));
                 let file: Arc<dyn FsFile> = Arc::from(file);
                 views.push(Arc::new(SegView {

@@ -104,7 +104,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let t = std::time::Instant::now();
         let db = Db::open(&dir, Options::default())?;
         let r = db.open_report();
-        eprintln!("open {:.3} s (WAL recovery {:.3} s, chain verify {:.3} s)", t.elapsed().as_secs_f64(), r.wal_recovery.as_secs_f64(), r.chain_verify.as_secs_f64());
+        eprintln!(
+            "open {:.3} s (WAL recovery {:.3} s, chain verify {:.3} s)",
+            t.elapsed().as_secs_f64(),
+            r.wal_recovery.as_secs_f64(),
+            r.chain_verify.as_secs_f64()
+        );
         drop(db);
     }
     Ok(())
