@@ -229,6 +229,15 @@ fn view_index(views: &[Arc<SegView>], commit_id: CommitId) -> Option<usize> {
         .map(|_| i)
 }
 
+/// Where the reader's next frame lies: its segment and offset, its header, and its place in the window.
+struct Span {
+    segment: SegmentId,
+    offset: u64,
+    header: FrameHeader,
+    at: usize,
+    len: usize,
+}
+
 /// An iterator over verified frames; see the module docs.
 #[derive(Debug)]
 pub struct WalReader {
@@ -292,7 +301,7 @@ impl WalReader {
     }
 
     /// Advances to the next frame; returns its header and where it lies in `self.window.bytes`.
-    fn step_span(&mut self) -> Result<Option<(SegmentId, u64, FrameHeader, usize, usize)>> {
+    fn step_span(&mut self) -> Result<Option<Span>> {
         loop {
             if self.next > self.end || self.seg >= self.views.len() {
                 return Ok(None);
@@ -315,17 +324,23 @@ impl WalReader {
                 .frame_span(view, offset, self.next, &mut self.window)?;
             self.pos = Some(offset + len as u64);
             self.next = self.next.next();
-            return Ok(Some((view.id, offset, h, i, len)));
+            return Ok(Some(Span {
+                segment: view.id,
+                offset,
+                header: h,
+                at: i,
+                len,
+            }));
         }
     }
 
     fn step(&mut self) -> Result<Option<Frame>> {
-        Ok(self.step_span()?.map(|(segment, offset, h, i, len)| Frame {
-            commit_id: h.commit_id,
-            epoch: h.epoch,
-            segment,
-            offset,
-            raw: self.window.bytes.slice(i..i + len),
+        Ok(self.step_span()?.map(|sp| Frame {
+            commit_id: sp.header.commit_id,
+            epoch: sp.header.epoch,
+            segment: sp.segment,
+            offset: sp.offset,
+            raw: self.window.bytes.slice(sp.at..sp.at + sp.len),
         }))
     }
 
