@@ -350,11 +350,12 @@ impl WalReader {
         mut self,
         mut f: impl FnMut(FrameRef<'_>) -> Result<(), E>,
     ) -> Result<(), E> {
-        while let Some((_, _, h, i, len)) = self.step_span()? {
+        while let Some(sp) = self.step_span()? {
+            let raw = &self.window.bytes[sp.at..sp.at + sp.len];
             f(FrameRef {
-                commit_id: h.commit_id,
-                epoch: h.epoch,
-                raw: &self.window.bytes[i..i + len],
+                commit_id: sp.header.commit_id,
+                epoch: sp.header.epoch,
+                raw,
             })?;
         }
         Ok(())
