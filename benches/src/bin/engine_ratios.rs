@@ -181,12 +181,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let t = Instant::now();
         let db = Db::open(&big, engine_opts())?;
         let secs = t.elapsed().as_secs_f64();
-        let bytes = db.open_report().wal.bytes_scanned;
+        let r = db.open_report();
+        // Verified recovery: the WAL's scan (every frame CRC) plus the hash-chain pass (every record hash and
+        // link). The rest of the reopen rebuilds the in-memory key index.
+        let verify = (r.wal_recovery + r.chain_verify).as_secs_f64();
         open_s.push(secs);
-        verify_gbs.push(bytes as f64 / secs / 1e9);
+        verify_gbs.push(r.wal.bytes_scanned as f64 / verify / 1e9);
         eprintln!(
-            "round {round}: reopen {secs:.2} s ({} records verified)",
-            db.open_report().records_verified
+            "round {round}: reopen {secs:.2} s ({} records; WAL scan {:.3} s, hash chain {:.3} s)",
+            r.records_verified,
+            r.wal_recovery.as_secs_f64(),
+            r.chain_verify.as_secs_f64()
         );
         let root = db.root_at(n)?;
         // Inclusion proofs for random records in the full tree.
@@ -268,10 +273,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         e64r.0 / w64r.0
     );
     let o = mm(&open_s);
-    println!("| reopen of {n} records (verify every record + rebuild indexes), s | {:.2} ({:.2}–{:.2}) | target < 2 s |", o.0, o.1, o.2);
+    println!("| reopen of {n} records (verify everything, rebuild the key index), s | {:.2} ({:.2}–{:.2}) | target < 2 s |", o.0, o.1, o.2);
     let v = mm(&verify_gbs);
     println!(
-        "| verified recovery, GB/s of log | {:.2} ({:.2}–{:.2}) | target ≥ 1 GB/s |",
+        "| verified recovery (every frame CRC + every record hash and link), GB/s of log | {:.2} ({:.2}–{:.2}) | target ≥ 1 GB/s |",
         v.0, v.1, v.2
     );
     println!(
