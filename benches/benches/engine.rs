@@ -21,7 +21,10 @@ const RECORDS: u64 = 1_000_000;
 static VALUE: [u8; 256] = [0x5A; 256];
 
 fn payload(key: u64) -> Payload {
-    Payload::Batch(vec![Op::Put { key: Bytes::from(format!("key-{key:012}")), value: Bytes::from_static(&VALUE) }])
+    Payload::Batch(vec![Op::Put {
+        key: Bytes::from(format!("key-{key:012}")),
+        value: Bytes::from_static(&VALUE),
+    }])
 }
 
 fn next(s: &mut u64) -> u64 {
@@ -37,7 +40,8 @@ fn appends(c: &mut Criterion) {
     g.sample_size(10).measurement_time(Duration::from_secs(5));
     for appenders in [1usize, 16, 64] {
         let db = Arc::new(Db::open(dir.join(format!("a{appenders}")), Options::default()).expect("open"));
-        db.append_event("bench", Bytes::from_static(b"warm-up")).expect("append");
+        db.append_event("bench", Bytes::from_static(b"warm-up"))
+            .expect("append");
         let keys = Arc::new(AtomicU64::new(0));
         g.throughput(Throughput::Elements(1));
         g.bench_function(BenchmarkId::new("256B", appenders), |b| {
@@ -45,7 +49,8 @@ fn appends(c: &mut Criterion) {
                 let per = iters.div_ceil(appenders as u64).max(1);
                 let (db, keys) = (db.clone(), keys.clone());
                 let run = run_threads(appenders, per, move || {
-                    db.append("bench", payload(keys.fetch_add(1, Ordering::Relaxed))).expect("append");
+                    db.append("bench", payload(keys.fetch_add(1, Ordering::Relaxed)))
+                        .expect("append");
                 });
                 run.elapsed.mul_f64(iters as f64 / run.ops as f64)
             });
@@ -58,12 +63,22 @@ fn appends(c: &mut Criterion) {
 fn at_one_million(c: &mut Criterion) {
     let dir = bench_dir("engine-1m");
     {
-        let opts = Options { wal: aerodb_wal::Options { durability: aerodb_wal::Durability::None, ..Default::default() }, ..Options::default() };
+        let opts = Options {
+            wal: aerodb_wal::Options {
+                durability: aerodb_wal::Durability::None,
+                ..Default::default()
+            },
+            ..Options::default()
+        };
         let db = Db::open(&dir, opts).expect("open");
         let mut n = 0;
         while n < RECORDS {
-            let batch: Vec<NewRecord> =
-                (n..n + 1000).map(|i| NewRecord { tenant: format!("t{}", i % 8), payload: payload(i % 200_000) }).collect();
+            let batch: Vec<NewRecord> = (n..n + 1000)
+                .map(|i| NewRecord {
+                    tenant: format!("t{}", i % 8),
+                    payload: payload(i % 200_000),
+                })
+                .collect();
             n += 1000;
             db.append_many(&batch).expect("append");
         }
@@ -76,16 +91,32 @@ fn at_one_million(c: &mut Criterion) {
     let mut g = c.benchmark_group("engine_read_1m");
     g.sample_size(10).measurement_time(Duration::from_secs(3));
     g.throughput(Throughput::Elements(1));
-    g.bench_function("get", |b| b.iter(|| db.get(format!("key-{:012}", next(&mut seed) % 200_000).as_bytes()).expect("get")));
+    g.bench_function("get", |b| {
+        b.iter(|| {
+            db.get(format!("key-{:012}", next(&mut seed) % 200_000).as_bytes())
+                .expect("get")
+        })
+    });
     g.bench_function("get_at", |b| {
-        b.iter(|| db.get_at(format!("key-{:012}", next(&mut seed) % 200_000).as_bytes(), RECORDS / 2).expect("get_at"))
+        b.iter(|| {
+            db.get_at(
+                format!("key-{:012}", next(&mut seed) % 200_000).as_bytes(),
+                RECORDS / 2,
+            )
+            .expect("get_at")
+        })
     });
     g.finish();
 
     let mut g = c.benchmark_group("engine_proof_1m");
     g.sample_size(10).measurement_time(Duration::from_secs(3));
     g.throughput(Throughput::Elements(1));
-    g.bench_function("inclusion_generate", |b| b.iter(|| db.inclusion_proof(1 + next(&mut seed) % RECORDS, RECORDS).expect("proof")));
+    g.bench_function("inclusion_generate", |b| {
+        b.iter(|| {
+            db.inclusion_proof(1 + next(&mut seed) % RECORDS, RECORDS)
+                .expect("proof")
+        })
+    });
     let samples: Vec<(merkle::Hash, aerodb_engine::InclusionProof)> = (0..1000)
         .map(|_| {
             let c = 1 + next(&mut seed) % RECORDS;
@@ -98,16 +129,29 @@ fn at_one_million(c: &mut Criterion) {
         b.iter(|| {
             let (leaf, p) = &samples[i % samples.len()];
             i += 1;
-            assert!(merkle::verify_inclusion(leaf, p.leaf_index, RECORDS, &p.hashes, &root));
+            assert!(merkle::verify_inclusion(
+                leaf,
+                p.leaf_index,
+                RECORDS,
+                &p.hashes,
+                &root
+            ));
         })
     });
     g.bench_function("consistency_generate", |b| {
-        b.iter(|| db.consistency_proof(1 + next(&mut seed) % RECORDS, RECORDS).expect("proof"))
+        b.iter(|| {
+            db.consistency_proof(1 + next(&mut seed) % RECORDS, RECORDS)
+                .expect("proof")
+        })
     });
     let csamples: Vec<(u64, merkle::Hash, Vec<merkle::Hash>)> = (0..1000)
         .map(|_| {
             let m = 1 + next(&mut seed) % RECORDS;
-            (m, db.root_at(m).expect("root"), db.consistency_proof(m, RECORDS).expect("proof"))
+            (
+                m,
+                db.root_at(m).expect("root"),
+                db.consistency_proof(m, RECORDS).expect("proof"),
+            )
         })
         .collect();
     let mut j = 0;

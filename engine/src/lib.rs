@@ -21,6 +21,7 @@
 pub mod checkpoint;
 mod db;
 mod error;
+pub mod fuzzing;
 pub mod merkle;
 pub mod record;
 pub mod store;

@@ -67,6 +67,50 @@ fn write_seeds() {
         "seed-active-trimmed",
         &[&[0u8][..], &last[..active_used + 16]].concat(),
     );
+
+    // Engine: a batch record, an event record, a signed checkpoint, a key string, a checkpoint log entry.
+    let mut rec = Vec::new();
+    let ops = vec![
+        aerodb_engine::Op::Put {
+            key: bytes::Bytes::from_static(b"k1"),
+            value: bytes::Bytes::from_static(b"v1"),
+        },
+        aerodb_engine::Op::Delete {
+            key: bytes::Bytes::from_static(b"k2"),
+        },
+    ];
+    aerodb_engine::record::encode(
+        &mut rec,
+        7,
+        2,
+        1_700_000_000_000,
+        "acme",
+        &aerodb_engine::Payload::Batch(ops),
+        &[3u8; 32],
+    );
+    save("record", "seed-batch", &rec);
+    let event = aerodb_engine::Payload::Event(bytes::Bytes::from_static(b"{\"audit\":1}"));
+    aerodb_engine::record::encode(&mut rec, 8, 2, 1_700_000_000_001, "globex", &event, &[4u8; 32]);
+    save("record", "seed-event", &rec);
+    let key = aerodb_engine::SigningKey::from_seed("fuzz.example/log", [7u8; 32]).unwrap();
+    let cp = aerodb_engine::Checkpoint {
+        origin: "fuzz.example/log".into(),
+        size: 42,
+        root: [9u8; 32],
+        epoch: 3,
+    }
+    .sign(&key);
+    save("checkpoint", "seed-note", cp.note.as_bytes());
+    save("checkpoint", "seed-body", cp.checkpoint.body().as_bytes());
+    save(
+        "checkpoint",
+        "seed-verifier-key",
+        key.verifier().to_string().as_bytes(),
+    );
+    let mut entry = (cp.note.len() as u32).to_le_bytes().to_vec();
+    entry.extend_from_slice(&crc32fast::hash(cp.note.as_bytes()).to_le_bytes());
+    entry.extend_from_slice(cp.note.as_bytes());
+    save("checkpoint", "seed-log-entry", &entry);
 }
 
 #[test]
@@ -76,6 +120,8 @@ fn fuzz_corpus_replays_cleanly() {
     }
     let n = replay("wal_frame", fuzzing::frame_decoder)
         + replay("wal_segment_header", fuzzing::segment_header_footer)
-        + replay("wal_recover", fuzzing::recover_bytes);
+        + replay("wal_recover", fuzzing::recover_bytes)
+        + replay("record", aerodb_engine::fuzzing::record)
+        + replay("checkpoint", aerodb_engine::fuzzing::checkpoint);
     aerodb_tests::report_figure("T13 fuzz corpus replay", &format!("{n} inputs, 0 failures"));
 }
