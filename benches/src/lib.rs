@@ -197,3 +197,34 @@ pub fn median_min_max(v: &[f64]) -> (f64, f64, f64) {
     }
     (s[s.len() / 2], s[0], s[s.len() - 1])
 }
+
+/// Parses `--name N` flags into `flags` and `--quick` into the `quick` values; prints `usage` for `--help` and
+/// exits with status 2 on anything else.
+pub fn parse_flags(usage: &str, flags: &mut [(&str, &mut u64)], quick: &[(&str, u64)]) {
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        if arg == "-h" || arg == "--help" {
+            println!("{usage}");
+            std::process::exit(0);
+        }
+        if arg == "--quick" {
+            for (name, v) in quick {
+                if let Some((_, slot)) = flags.iter_mut().find(|(n, _)| n == name) {
+                    **slot = *v;
+                }
+            }
+            continue;
+        }
+        let Some((_, slot)) = flags.iter_mut().find(|(n, _)| **n == arg) else {
+            eprintln!("unknown argument {arg}\n{usage}");
+            std::process::exit(2);
+        };
+        match it.next().and_then(|v| v.parse::<u64>().ok()).filter(|v| *v > 0) {
+            Some(v) => **slot = v,
+            None => {
+                eprintln!("{arg} needs a positive integer\n{usage}");
+                std::process::exit(2);
+            }
+        }
+    }
+}

@@ -628,20 +628,8 @@ impl Db {
     /// The inclusion proof of record `commit_id` in the tree of `tree_size` records.
     pub fn inclusion_proof(&self, commit_id: u64, tree_size: u64) -> Result<InclusionProof> {
         let st = self.inner.state.read();
-        if tree_size == 0 || tree_size > st.visible {
-            return Err(Error::OutOfRange {
-                what: "tree size",
-                value: tree_size,
-                size: st.visible,
-            });
-        }
-        if commit_id == 0 || commit_id > tree_size {
-            return Err(Error::OutOfRange {
-                what: "CommitId",
-                value: commit_id,
-                size: tree_size,
-            });
-        }
+        check_range("tree size", tree_size, st.visible)?;
+        check_range("CommitId", commit_id, tree_size)?;
         let hashes = merkle::inclusion_proof(&st.merkle, commit_id - 1, tree_size)?;
         Ok(InclusionProof {
             leaf_index: commit_id - 1,
@@ -653,20 +641,8 @@ impl Db {
     /// The consistency proof between the trees of `old_size` and `new_size` records.
     pub fn consistency_proof(&self, old_size: u64, new_size: u64) -> Result<Vec<Hash>> {
         let st = self.inner.state.read();
-        if new_size > st.visible {
-            return Err(Error::OutOfRange {
-                what: "tree size",
-                value: new_size,
-                size: st.visible,
-            });
-        }
-        if old_size == 0 || old_size > new_size {
-            return Err(Error::OutOfRange {
-                what: "old tree size",
-                value: old_size,
-                size: new_size,
-            });
-        }
+        check_range("tree size", new_size, st.visible)?;
+        check_range("old tree size", old_size, new_size)?;
         Ok(merkle::consistency_proof(&st.merkle, old_size, new_size)?)
     }
 
@@ -716,6 +692,18 @@ impl Drop for Db {
     fn drop(&mut self) {
         self.stop_ticker();
     }
+}
+
+/// `Ok` when `1 ≤ value ≤ max`, else a typed out-of-range error naming `what`.
+fn check_range(what: &'static str, value: u64, max: u64) -> Result<()> {
+    if value == 0 || value > max {
+        return Err(Error::OutOfRange {
+            what,
+            value,
+            size: max,
+        });
+    }
+    Ok(())
 }
 
 fn corruption(commit_id: u64, what: String) -> Error {

@@ -1267,17 +1267,7 @@ impl Shared {
             let b = f.map().map_err(|e| Error::io("map segment", &v.path, e))?;
             return Ok(v.map.get_or_init(|| b).clone());
         }
-        let file = match &v.file {
-            Some(f) => f.clone(),
-            None => Arc::from(
-                self.fs
-                    .open(&v.path, OpenMode::Read)
-                    .map_err(|e| Error::io("open segment", &v.path, e))?,
-            ),
-        };
-        let mut buf = vec![0u8; usize::try_from(v.data_end).unwrap_or(usize::MAX)];
-        crate::fs::read_exact_at(&*file, &mut buf, 0).map_err(|e| Error::io("read segment", &v.path, e))?;
-        Ok(Bytes::from(buf))
+        self.read_active(v, 0, v.data_end)
     }
 }
 
@@ -1336,6 +1326,14 @@ fn recover(fs: &dyn Fs, dir: &Path, opts: &Options) -> Result<(Recovered, Recove
     // Sealed segments are immutable and independent: map and scan them on both cores. Only the checks that link
     // one segment to the one before it (first CommitId, epoch floor) need order; they are made below, in order,
     // so the first problem reported is the same as with a sequential scan.
+    let expect = |segment_id, first_commit_id, min_epoch, is_last| Expect {
+        segment_id,
+        first_commit_id,
+        min_epoch,
+        is_last,
+        max_body: opts.max_record_bytes,
+        durable_mark: opts.durable_mark,
+    };
     let sealed_count = ids.len().saturating_sub(1);
     type Scanned = Result<(Box<dyn FsFile>, Bytes, crate::recovery::SegmentScan)>;
     let scan_sealed = |range: &[SegmentId]| -> Vec<Scanned> {
@@ -1347,15 +1345,7 @@ fn recover(fs: &dyn Fs, dir: &Path, opts: &Options) -> Result<(Recovered, Recove
                     .open(&path, OpenMode::Read)
                     .map_err(|e| Error::io("open segment", &path, e))?;
                 let m = f.map().map_err(|e| Error::io("map segment", &path, e))?;
-                let expect = Expect {
-                    segment_id: id,
-                    first_commit_id: None,
-                    min_epoch: Epoch(0),
-                    is_last: false,
-                    max_body: opts.max_record_bytes,
-                    durable_mark: opts.durable_mark,
-                };
-                let scan = scan_segment(&m, &expect)?;
+                let scan = scan_segment(&m, &expect(id, None, Epoch(0), false))?;
                 Ok((f, m, scan))
             })
             .collect()
@@ -1386,15 +1376,7 @@ fn recover(fs: &dyn Fs, dir: &Path, opts: &Options) -> Result<(Recovered, Recove
                 .open(&path, mode)
                 .map_err(|e| Error::io("open segment", &path, e))?;
             let m = f.map().map_err(|e| Error::io("map segment", &path, e))?;
-            let expect = Expect {
-                segment_id: id,
-                first_commit_id: expected,
-                min_epoch,
-                is_last,
-                max_body: opts.max_record_bytes,
-                durable_mark: opts.durable_mark,
-            };
-            let scan = scan_segment(&m, &expect)?;
+            let scan = scan_segment(&m, &expect(id, expected, min_epoch, true))?;
             (f, m, scan)
         } else {
             let (f, m, scan) = sealed_scans.next().expect("one scan per sealed segment")?;

@@ -28,41 +28,21 @@ struct Args {
 }
 
 fn parse_args() -> Args {
-    let mut a = Args {
-        rounds: 5,
-        ops: 2000,
-        records: 1_000_000,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(arg) = it.next() {
-        let mut num = |name: &str| -> u64 {
-            it.next().and_then(|v| v.parse().ok()).unwrap_or_else(|| {
-                eprintln!("{name} needs a positive integer");
-                std::process::exit(2)
-            })
-        };
-        match arg.as_str() {
-            "--rounds" => a.rounds = num("--rounds").max(1) as usize,
-            "--ops" => a.ops = num("--ops").max(64),
-            "--records" => a.records = num("--records").max(1000),
-            "--quick" => {
-                a = Args {
-                    rounds: 3,
-                    ops: 200,
-                    records: 20_000,
-                }
-            }
-            "-h" | "--help" => {
-                println!("engine-ratios [--rounds N] [--ops N] [--records N] [--quick]");
-                std::process::exit(0);
-            }
-            other => {
-                eprintln!("unknown argument {other}; see --help");
-                std::process::exit(2);
-            }
-        }
+    let (mut rounds, mut ops, mut records) = (5, 2000, 1_000_000);
+    aerodb_benches::parse_flags(
+        "engine-ratios [--rounds N] [--ops N] [--records N] [--quick]",
+        &mut [
+            ("--rounds", &mut rounds),
+            ("--ops", &mut ops),
+            ("--records", &mut records),
+        ],
+        &[("--rounds", 3), ("--ops", 200), ("--records", 20_000)],
+    );
+    Args {
+        rounds: rounds as usize,
+        ops: ops.max(64),
+        records: records.max(1000),
     }
-    a
 }
 
 const VALUE_BYTES: usize = 256;

@@ -17,41 +17,21 @@ struct Args {
 }
 
 fn parse_args() -> Args {
-    let mut a = Args {
-        rounds: 5,
-        ops: 4000,
-        replay_mb: 512,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(arg) = it.next() {
-        let mut num = |name: &str| -> u64 {
-            it.next().and_then(|v| v.parse().ok()).unwrap_or_else(|| {
-                eprintln!("{name} needs a positive integer");
-                std::process::exit(2)
-            })
-        };
-        match arg.as_str() {
-            "--rounds" => a.rounds = num("--rounds").max(1) as usize,
-            "--ops" => a.ops = num("--ops").max(64),
-            "--replay-mb" => a.replay_mb = num("--replay-mb").max(1),
-            "--quick" => {
-                a = Args {
-                    rounds: 3,
-                    ops: 300,
-                    replay_mb: 16,
-                }
-            }
-            "-h" | "--help" => {
-                println!("wal-ratios [--rounds N] [--ops N] [--replay-mb N] [--quick]");
-                std::process::exit(0);
-            }
-            other => {
-                eprintln!("unknown argument {other}; see --help");
-                std::process::exit(2);
-            }
-        }
+    let (mut rounds, mut ops, mut replay_mb) = (5, 4000, 512);
+    aerodb_benches::parse_flags(
+        "wal-ratios [--rounds N] [--ops N] [--replay-mb N] [--quick]",
+        &mut [
+            ("--rounds", &mut rounds),
+            ("--ops", &mut ops),
+            ("--replay-mb", &mut replay_mb),
+        ],
+        &[("--rounds", 3), ("--ops", 300), ("--replay-mb", 16)],
+    );
+    Args {
+        rounds: rounds as usize,
+        ops: ops.max(64),
+        replay_mb,
     }
-    a
 }
 
 fn us(d: std::time::Duration) -> f64 {
