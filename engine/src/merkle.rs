@@ -302,7 +302,7 @@ impl NodeSource for MemTree {
 pub mod reference {
     use super::{node_hash, split, Hash};
 
-    /// MTH(D[n]).
+    /// `MTH(D[n])`.
     #[must_use]
     pub fn mth(leaves: &[Hash]) -> Hash {
         match leaves.len() {
@@ -315,7 +315,7 @@ pub mod reference {
         }
     }
 
-    /// PATH(m, D[n]).
+    /// `PATH(m, D[n])`.
     #[must_use]
     pub fn path(m: usize, leaves: &[Hash]) -> Vec<Hash> {
         let n = leaves.len();
@@ -334,7 +334,7 @@ pub mod reference {
         }
     }
 
-    /// PROOF(m, D[n]).
+    /// `PROOF(m, D[n])`.
     #[must_use]
     pub fn proof(m: usize, leaves: &[Hash]) -> Vec<Hash> {
         subproof(m, leaves, true)
