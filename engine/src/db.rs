@@ -582,12 +582,11 @@ impl Db {
 
     /// Current `(key, value)` pairs whose key starts with `prefix`, at most `limit`.
     pub fn scan_prefix(&self, prefix: &[u8], limit: usize) -> Result<Vec<(Bytes, Bytes)>> {
-        let mut out =
-            self.scan::<(Bound<&[u8]>, Bound<&[u8]>)>((Bound::Included(prefix), Bound::Unbounded), limit)?;
-        out.retain(|(k, _)| k.starts_with(prefix));
-        // Keys after the prefix range were cut by `retain`; the first non-matching key ends the prefix range, so
-        // nothing after it can match.
-        Ok(out)
+        // The range [prefix, successor of prefix): only matching keys are visited, so no value is read from the
+        // log for a key that would be discarded.
+        let end = prefix_successor(prefix);
+        let hi = end.as_deref().map_or(Bound::Unbounded, Bound::Excluded);
+        self.scan::<(Bound<&[u8]>, Bound<&[u8]>)>((Bound::Included(prefix), hi), limit)
     }
 
     /// Records of `tenant` with CommitId ≥ `from`, oldest first, at most `limit`.
@@ -692,6 +691,18 @@ impl Drop for Db {
     fn drop(&mut self) {
         self.stop_ticker();
     }
+}
+
+/// The smallest key greater than every key that starts with `prefix` (`None`: no such key, e.g. all 0xFF).
+fn prefix_successor(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < u8::MAX {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
 }
 
 /// `Ok` when `1 ≤ value ≤ max`, else a typed out-of-range error naming `what`.

@@ -244,3 +244,40 @@ fn writes_are_refused_without_authority_or_after_fsync_failure() {
         "the failed write is not visible"
     );
 }
+
+#[test]
+fn scan_prefix_stops_at_the_end_of_the_prefix_and_handles_0xff() {
+    let db = Db::open_in_memory(engine_opts()).unwrap();
+    for k in [
+        &b"a"[..],
+        b"ab",
+        b"ab\xff",
+        b"ab\xff\xff",
+        b"ac",
+        b"b",
+        b"\xff",
+        b"\xff\x01",
+    ] {
+        db.put("t", Bytes::copy_from_slice(k), Bytes::copy_from_slice(k))
+            .unwrap();
+    }
+    let keys = |p: &[u8], limit| -> Vec<Vec<u8>> {
+        db.scan_prefix(p, limit)
+            .unwrap()
+            .into_iter()
+            .map(|(k, _)| k.to_vec())
+            .collect()
+    };
+    assert_eq!(
+        keys(b"ab", 10),
+        vec![b"ab".to_vec(), b"ab\xff".to_vec(), b"ab\xff\xff".to_vec()]
+    );
+    assert_eq!(keys(b"ab", 2).len(), 2, "the limit counts matching keys only");
+    assert_eq!(
+        keys(b"\xff", 10),
+        vec![b"\xff".to_vec(), b"\xff\x01".to_vec()],
+        "a prefix of 0xFF has no successor"
+    );
+    assert_eq!(keys(b"", 100).len(), 8);
+    assert!(keys(b"zz", 10).is_empty());
+}
