@@ -388,21 +388,6 @@ impl MerkleStore {
             meta: self.meta.clone(),
         })
     }
-
-    /// Every stored hash of `level` (for the verifier), in index order.
-    pub fn level_hashes(&self, level: usize) -> Result<Vec<Hash>, StoreError> {
-        let n = self
-            .levels
-            .get(level)
-            .map_or(0, |l| l.written + l.buf.len() as u64);
-        (0..n).map(|i| self.node_at(level, i)).collect()
-    }
-
-    /// Number of levels with at least one file.
-    #[must_use]
-    pub fn level_count(&self) -> usize {
-        self.levels.len()
-    }
 }
 
 impl NodeSource for MerkleStore {
