@@ -228,3 +228,16 @@ pub fn parse_flags(usage: &str, flags: &mut [(&str, &mut u64)], quick: &[(&str, 
         }
     }
 }
+
+/// A `kB` field of `/proc/self/status` (e.g. `RssAnon`, `RssFile`, `VmHWM`) in MiB; NaN where unavailable.
+#[must_use]
+pub fn proc_status_mib(field: &str) -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.strip_prefix(field).is_some_and(|r| r.starts_with(':')))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}

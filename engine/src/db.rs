@@ -7,10 +7,11 @@
 //! never sees a record that could still be lost.
 //!
 //! Reads see the applied prefix. Values are not copied into the index: the index maps a key to the CommitIds that
-//! wrote it and the value is read from the record in the WAL.
+//! wrote it and the value is read from the record in the WAL. The index itself is persisted as sorted runs
+//! (see [`crate::index`]), so neither its memory use nor reopening grows with the log.
 
 use std::{
-    collections::{BTreeMap, HashMap, VecDeque},
+    collections::VecDeque,
     ops::{Bound, RangeBounds},
     path::{Path, PathBuf},
     sync::{
@@ -31,6 +32,7 @@ use parking_lot::{Condvar, Mutex, RwLock};
 use crate::{
     checkpoint::{Checkpoint, CheckpointLog, SignedCheckpoint, SigningKey, VerifierKey},
     error::{Error, NotWritable, Result},
+    index::{ver_commit, ver_deleted, Index, KEYS, TENANTS},
     merkle::{self, leaf_hash, Hash},
     record::{self, genesis_hash, record_hash, Op, Payload, Record, RecordError},
     store::MerkleStore,
@@ -54,6 +56,10 @@ pub struct Options {
     pub fail_on_startup_check: bool,
     /// Open without write authority: every append is refused with [`NotWritable::NotWriteAuthority`].
     pub read_only: bool,
+    /// Flush the in-memory part of the key and tenant index to a run on disk once it holds this many
+    /// versions (one per key written plus one per record). Bounds the index's heap use; reopening replays at
+    /// most about this many records' keys.
+    pub index_flush_versions: u64,
     /// WAL options (segment size, record size limit, durability mode).
     pub wal: aerodb_wal::Options,
 }
@@ -68,6 +74,7 @@ impl Default for Options {
             checkpoint_interval: Some(Duration::from_secs(1)),
             fail_on_startup_check: true,
             read_only: false,
+            index_flush_versions: 65_536,
             wal: aerodb_wal::Options::default(),
         }
     }
@@ -148,6 +155,12 @@ pub struct OpenReport {
     pub checkpoints_verified: usize,
     /// Integrity problems found (empty when the check passed).
     pub problems: Vec<String>,
+    /// Index runs loaded from disk.
+    pub index_runs: usize,
+    /// Records whose keys were replayed from the log into the index (those after the persisted runs).
+    pub index_replayed: u64,
+    /// Derived data that was refused and rebuilt from the log (a damaged index run or manifest).
+    pub repairs: Vec<String>,
     /// Time the WAL's own recovery took (segment scan, every frame CRC).
     pub wal_recovery: Duration,
     /// Time verifying the hash chain took (every record hash and link, both cores).
@@ -165,7 +178,7 @@ struct Chain {
 #[derive(Debug)]
 struct State {
     merkle: MerkleStore,
-    ix: Indexes,
+    ix: Index,
     visible: u64,
     tip_hash: Hash,
     latest: Option<SignedCheckpoint>,
@@ -282,42 +295,45 @@ impl Db {
             merkle.truncate(records)?;
         }
         let stored_leaves = merkle.size();
+        let (ix, ix_open) = Index::open(fs.clone(), &dir.join("index"), records)?;
+        report.index_runs = ix_open.runs;
+        report.repairs = ix_open.notes;
+        for note in &report.repairs {
+            tracing::warn!(note = %note, "index repaired from the log");
+        }
         let mut state = State {
             merkle,
-            ix: Indexes::default(),
+            ix,
             visible: 0,
             tip_hash: genesis_hash(),
             latest: signed.last().cloned(),
         };
-        // Verify first, then build: the hash chain is checked on both cores (every record hash and link; frame
-        // CRCs by the reader), so a corrupt log is refused before any index work; then the key and tenant indexes
-        // are rebuilt from the verified log.
+        // Verify first, then index: the hash chain is checked on both cores (every record hash and link; frame
+        // CRCs by the reader), so a corrupt log is refused before any index work; then the records after the
+        // persisted index runs are replayed into the index's memory table.
         let check_from = durable_mark;
         let t = Instant::now();
-        let chain = verify_chain(&wal, &mut state.merkle, stored_leaves, check_from, records)
-            .map(|c| (c, t.elapsed()));
-        let indexes = chain
-            .as_ref()
-            .map_err(|_| ())
-            .map_or(Ok(Indexes::default()), |_| {
-                let mut ix = Indexes::default();
-                wal.read_from(CommitId(1))?.for_each_ref(|frame| -> Result<()> {
+        let chain = verify_chain(&wal, &mut state.merkle, stored_leaves, check_from, records)?;
+        report.chain_verify = t.elapsed();
+        let covered = ix_open.covered;
+        if covered < records {
+            wal.read_from(CommitId(covered + 1))?
+                .for_each_ref(|frame| -> Result<()> {
                     let commit = frame.commit_id.0;
+                    if commit > records {
+                        return Ok(());
+                    }
                     let v = record::view(frame.body()).map_err(|e| corruption(commit, e.to_string()))?;
-                    ix.add_view(commit, &v);
+                    state.ix.add_view(commit, &v);
                     Ok(())
                 })?;
-                Ok::<_, Error>(ix)
-            });
-        let (chain, chain_elapsed) = chain?;
-        let indexes = indexes?;
-        report.chain_verify = chain_elapsed;
+        }
+        report.index_replayed = records - covered;
         report.records_verified = records;
         report.leaves_rebuilt = chain.leaves_rebuilt;
         report.problems.extend(chain.problems);
         state.tip_hash = chain.tip_hash;
         state.visible = records;
-        state.ix = indexes;
         let last_ts = chain.last_ts;
         // Every checkpoint: sizes never decrease, and the root at its size is what it signed.
         let mut prev_size = 0;
@@ -384,20 +400,19 @@ impl Db {
                 }
             }
         }));
-        let ticker = if inner.opts.checkpoint_interval.is_some() || inner.opts.checkpoint_every_records > 0 {
+        // Background work: periodic checkpoints and index flushes.
+        let ticker = {
             let i = inner.clone();
             Some(
                 std::thread::Builder::new()
-                    .name("aerodb-checkpoint".into())
+                    .name("aerodb-background".into())
                     .spawn(move || i.ticker())
                     .map_err(|e| Error::Io {
-                        op: "spawn checkpoint thread",
+                        op: "spawn background thread",
                         path: dir.to_owned(),
                         source: e,
                     })?,
             )
-        } else {
-            None
         };
         report.elapsed = started.elapsed();
         Ok(Db {
@@ -517,30 +532,20 @@ impl Db {
         let version = {
             let st = self.inner.state.read();
             let at = at.min(st.visible);
-            st.ix.kv.get(key).and_then(|v| {
-                let i = v.partition_point(|(c, _)| *c <= at);
-                i.checked_sub(1).map(|i| v[i])
-            })
+            st.ix.version_at(KEYS, key, at)
         };
         match version {
-            None | Some((_, true)) => Ok(None),
-            Some((commit, false)) => self.inner.value_in(commit, key),
+            Some(v) if !ver_deleted(v) => self.inner.value_in(ver_commit(v), key),
+            _ => Ok(None),
         }
     }
 
     /// Every version of `key`, oldest first.
     pub fn history(&self, key: &[u8]) -> Result<Vec<Version>> {
-        let versions = self
-            .inner
-            .state
-            .read()
-            .ix
-            .kv
-            .get(key)
-            .cloned()
-            .unwrap_or_default();
+        let versions = self.inner.state.read().ix.versions(KEYS, key);
         versions
             .into_iter()
+            .map(|v| (ver_commit(v), ver_deleted(v)))
             .map(|(commit, deleted)| {
                 let value = if deleted {
                     None
@@ -561,15 +566,7 @@ impl Db {
             let st = self.inner.state.read();
             let lo: Bound<&[u8]> = range.start_bound();
             let hi: Bound<&[u8]> = range.end_bound();
-            st.ix
-                .kv
-                .range::<[u8], _>((lo, hi))
-                .filter_map(|(k, v)| match v.last() {
-                    Some(&(c, false)) => Some((k.clone(), c)),
-                    _ => None,
-                })
-                .take(limit)
-                .collect()
+            st.ix.scan(lo, hi, limit)
         };
         hits.into_iter()
             .filter_map(|(k, c)| match self.inner.value_in(c, &k) {
@@ -593,10 +590,11 @@ impl Db {
     pub fn scan_tenant(&self, tenant: &str, from: u64, limit: usize) -> Result<Vec<StoredRecord>> {
         let ids: Vec<u64> = {
             let st = self.inner.state.read();
-            st.ix.tenants.get(tenant).map_or_else(Vec::new, |v| {
-                let i = v.partition_point(|c| *c < from);
-                v[i..].iter().take(limit).copied().collect()
-            })
+            st.ix
+                .versions_from(TENANTS, tenant.as_bytes(), from, limit)
+                .into_iter()
+                .map(ver_commit)
+                .collect()
         };
         ids.into_iter().map(|c| self.inner.read_record(c)).collect()
     }
@@ -661,6 +659,13 @@ impl Db {
         self.inner.checkpoint_now()
     }
 
+    /// Writes the in-memory part of the key and tenant index to disk now and merges runs as needed (the background
+    /// thread does this whenever it grows past [`Options::index_flush_versions`]).
+    pub fn flush_index(&self) -> Result<()> {
+        self.inner.apply_durable(0)?;
+        self.inner.maintain_index(1)
+    }
+
     /// Makes everything durable, writes a final checkpoint if there are new records, and stops background work.
     pub fn close(mut self) -> Result<()> {
         self.stop_ticker();
@@ -675,6 +680,10 @@ impl Db {
             self.inner.checkpoint_now()?;
         }
         self.inner.state.write().merkle.sync()?;
+        if self.inner.writability().is_none() {
+            // Persist the index's memory table so the next open replays nothing.
+            self.inner.maintain_index(1)?;
+        }
         Ok(())
     }
 
@@ -748,45 +757,6 @@ fn writes_of(payload: &Payload) -> Vec<(Bytes, bool)> {
             .map(|op| (op.key().clone(), matches!(op, Op::Delete { .. })))
             .collect(),
         Payload::Event(_) => Vec::new(),
-    }
-}
-
-/// The key and tenant indexes, built apart from the state while opening.
-#[derive(Debug, Default)]
-struct Indexes {
-    kv: BTreeMap<Bytes, Vec<(u64, bool)>>,
-    tenants: HashMap<String, Vec<u64>>,
-}
-
-impl Indexes {
-    /// Records that `commit` (of `tenant`) wrote `writes` (key, is-delete).
-    fn add_writes(&mut self, commit: u64, tenant: &str, writes: impl IntoIterator<Item = (Bytes, bool)>) {
-        for (key, deleted) in writes {
-            self.kv.entry(key).or_default().push((commit, deleted));
-        }
-        match self.tenants.get_mut(tenant) {
-            Some(v) => v.push(commit),
-            None => {
-                self.tenants.insert(tenant.to_owned(), vec![commit]);
-            }
-        }
-    }
-
-    /// Indexes a record read back from the log, copying a key only the first time it is seen.
-    fn add_view(&mut self, commit: u64, v: &record::RecordView<'_>) {
-        v.for_each_write(|key, deleted| match self.kv.get_mut(key) {
-            Some(versions) => versions.push((commit, deleted)),
-            None => {
-                self.kv
-                    .insert(Bytes::copy_from_slice(key), vec![(commit, deleted)]);
-            }
-        });
-        match self.tenants.get_mut(v.tenant) {
-            Some(c) => c.push(commit),
-            None => {
-                self.tenants.insert(v.tenant.to_owned(), vec![commit]);
-            }
-        }
     }
 }
 
@@ -1053,14 +1023,15 @@ impl Inner {
         for p in batch {
             assert_eq!(p.commit, st.visible + 1, "records apply in CommitId order");
             st.merkle.push(p.leaf)?;
-            st.ix.add_writes(p.commit, &p.tenant, p.writes);
+            st.ix.add(p.commit, &p.tenant, p.writes);
             st.tip_hash = p.hash;
             st.visible = p.commit;
         }
         self.applied.store(st.visible, Ordering::Release);
         let due = self.opts.checkpoint_every_records > 0
             && st.visible - st.latest.as_ref().map_or(0, |c| c.checkpoint.size)
-                >= self.opts.checkpoint_every_records;
+                >= self.opts.checkpoint_every_records
+            || st.ix.mem_versions() >= self.opts.index_flush_versions;
         drop(st);
         if due {
             self.tick.1.notify_all();
@@ -1170,6 +1141,29 @@ impl Inner {
                     Err(e) => tracing::error!(error = %e, "periodic checkpoint failed"),
                 }
             }
+            if let Err(e) = self.maintain_index(self.opts.index_flush_versions) {
+                tracing::error!(error = %e, "index flush failed; its entries stay in memory and it is retried");
+            }
         }
+    }
+
+    /// Flushes the index's memory table to a run once it holds `threshold` versions, merging runs as needed. The
+    /// disk work runs without the state lock: readers keep reading the frozen table until the new runs are
+    /// installed.
+    fn maintain_index(&self, threshold: u64) -> Result<()> {
+        let plan = {
+            let mut st = self.state.write();
+            if !st.ix.freeze(threshold) {
+                return Ok(());
+            }
+            st.ix.flush_plan()
+        };
+        let Some(plan) = plan else {
+            return Ok(());
+        };
+        let done = plan.execute()?;
+        let obsolete = self.state.write().ix.install(done);
+        obsolete.remove();
+        Ok(())
     }
 }

@@ -4,6 +4,7 @@ use bytes::Bytes;
 
 use crate::{
     checkpoint::{parse_entries, Checkpoint, SignedCheckpoint, SigningKey, VerifierKey},
+    index::{self, Manifest, Run},
     record,
 };
 
@@ -50,5 +51,32 @@ pub fn checkpoint(data: &[u8]) {
     let _ = SigningKey::parse_private(text);
     if let Ok(k) = SigningKey::from_seed("fuzz.example/log", [7u8; 32]) {
         let _ = SignedCheckpoint::verify(text, &k.verifier());
+    }
+}
+
+/// Index files: the first byte picks the manifest parser (0) or the run parser (anything else). A manifest that
+/// parses re-encodes to the input; a run that parses answers lookups consistently for every key it holds.
+pub fn index(data: &[u8]) {
+    let Some((&which, rest)) = data.split_first() else {
+        return;
+    };
+    if which == 0 {
+        if let Ok(m) = Manifest::parse(rest) {
+            assert_eq!(m.encode(), rest, "manifest round trip");
+        }
+        return;
+    }
+    let Ok(run) = Run::parse(Bytes::copy_from_slice(rest)) else {
+        return;
+    };
+    for table in &run.tables {
+        for i in 0..table.len() {
+            assert_eq!(table.find(&table.key(i)), Some(i), "a key finds itself");
+            let mut last = run.lo;
+            for v in table.versions(i) {
+                assert!(index::ver_commit(v) > last && index::ver_commit(v) <= run.hi);
+                last = index::ver_commit(v);
+            }
+        }
     }
 }

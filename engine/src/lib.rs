@@ -22,6 +22,7 @@ pub mod checkpoint;
 mod db;
 mod error;
 pub mod fuzzing;
+pub mod index;
 pub mod merkle;
 pub mod record;
 pub mod store;

@@ -1,7 +1,8 @@
 //! The offline verifier (B-2): walks a data directory without changing it and checks everything that can be
 //! checked — every frame CRC (WAL), every record's encoding, CommitId, epoch and `prev_hash` link, every stored
-//! Merkle node (strict mode), every checkpoint signature, every checkpoint's root at its size, and the consistency
-//! of each checkpoint with the one before it. It reports every problem it finds with its location instead of
+//! Merkle node (strict mode), every checkpoint signature, every checkpoint's root at its size, the consistency
+//! of each checkpoint with the one before it, every index run's checksums and structure, and (strict mode) that
+//! the index runs hold exactly the entries the log implies. It reports every problem it finds with its location instead of
 //! stopping at the first.
 
 use std::{
@@ -21,6 +22,7 @@ use crate::{
     checkpoint::{parse_entries, SignedCheckpoint, SigningKey, VerifierKey},
     db::KEY_FILE,
     error::{Error, Result},
+    index::IndexCheck,
     merkle::{self, leaf_hash, node_hash, Hash, NodeSource},
     record::{self, genesis_hash, record_hash},
 };
@@ -31,7 +33,8 @@ pub struct VerifyOptions {
     /// The log's verifier key. `None`: derive it from `<dir>/checkpoint.key` (for an operator on the node itself;
     /// an auditor passes the published key).
     pub verifier: Option<VerifierKey>,
-    /// Compare every stored Merkle node with the recomputed tree, not only the roots checkpoints sign.
+    /// Compare every stored Merkle node with the recomputed tree, not only the roots checkpoints sign, and every
+    /// index entry with the log.
     pub strict: bool,
 }
 
@@ -66,6 +69,9 @@ pub enum Problem {
         /// Nodes the log implies.
         expected: u64,
     },
+    /// The key/tenant index on disk is damaged or disagrees with the log (derived data: the next open drops the
+    /// bad runs and rebuilds them from the log).
+    Index(String),
     /// A checkpoint is bad.
     Checkpoint {
         /// Its position in `checkpoints.log` (1-based).
@@ -96,6 +102,7 @@ impl fmt::Display for Problem {
                 )
             }
             Problem::Checkpoint { number, what } => write!(f, "checkpoint #{number}: {what}"),
+            Problem::Index(what) => write!(f, "{what}"),
         }
     }
 }
@@ -314,6 +321,7 @@ pub fn verify_dir_with_fs(
     }
     let total = wal.durable_commit_id().0;
     let stored = LevelMaps::open(&*fs, &dir.join("merkle"));
+    let mut index = IndexCheck::open(&*fs, &dir.join("index"));
     let mut frontier = Frontier::default();
     let mut prev = genesis_hash();
     let mut last_epoch = 0;
@@ -356,6 +364,11 @@ pub fn verify_dir_with_fs(
                     });
                 }
                 last_epoch = last_epoch.max(h.epoch);
+            }
+        }
+        if opts.strict {
+            if let Ok(v) = record::view(&body) {
+                index.record(commit, &v);
             }
         }
         prev = record_hash(&body);
@@ -402,6 +415,14 @@ pub fn verify_dir_with_fs(
                 what: format!("covers {size} records, the log holds {}", report.records),
             });
         }
+    }
+    let index_problems = if opts.strict {
+        index.finish(report.records)
+    } else {
+        index.problems
+    };
+    for p in index_problems {
+        report.problem(Problem::Index(p));
     }
     if opts.strict {
         let n = report.records;

@@ -22,6 +22,7 @@ enum Step {
     Batch(u8, Vec<(u8, Option<Vec<u8>>)>),
     Event(u8, Vec<u8>),
     Reopen,
+    FlushIndex,
 }
 
 /// Writes of one step: (key number, value or `None` for a delete).
@@ -43,6 +44,7 @@ fn step() -> impl Strategy<Value = Step> {
             .prop_map(|(t, m)| Step::Batch(t, m.into_iter().collect())),
         1 => (any::<u8>(), prop::collection::vec(any::<u8>(), 0..30)).prop_map(|(t, p)| Step::Event(t, p)),
         1 => Just(Step::Reopen),
+        1 => Just(Step::FlushIndex),
     ]
 }
 
@@ -63,6 +65,10 @@ proptest! {
                 Step::Reopen => {
                     db.close().unwrap();
                     db = open();
+                    continue;
+                }
+                Step::FlushIndex => {
+                    db.flush_index().unwrap();
                     continue;
                 }
                 Step::Put(t, k, v) => {
@@ -107,11 +113,17 @@ proptest! {
             .iter()
             .filter_map(|(k, vs)| vs.last().and_then(|(_, v)| v.clone()).map(|v| (k.clone(), v)))
             .collect();
-        prop_assert_eq!(db.scan_prefix(b"key/", 100).unwrap(), live);
+        prop_assert_eq!(&db.scan_prefix(b"key/", 100).unwrap(), &live);
         for t in 0..3u8 {
             let want: Vec<u64> = tenants.iter().enumerate().filter(|(_, x)| **x == tenant(t)).map(|(i, _)| i as u64 + 1).collect();
             let got: Vec<u64> = db.scan_tenant(&tenant(t), 1, 1000).unwrap().iter().map(|r| r.record.commit_id).collect();
+            prop_assert_eq!(&got, &want);
+            let from = n / 2 + 1;
+            let got: Vec<u64> = db.scan_tenant(&tenant(t), from, 3).unwrap().iter().map(|r| r.record.commit_id).collect();
+            let want: Vec<u64> = want.into_iter().filter(|c| *c >= from).take(3).collect();
             prop_assert_eq!(got, want);
         }
+        let mid: Vec<(Bytes, Bytes)> = live.iter().filter(|(k, _)| k.as_ref() > b"key/03".as_slice()).take(4).cloned().collect();
+        prop_assert_eq!(db.scan((std::ops::Bound::Excluded(&b"key/03"[..]), std::ops::Bound::Unbounded), 4).unwrap(), mid);
     }
 }

@@ -111,6 +111,34 @@ fn write_seeds() {
     entry.extend_from_slice(&crc32fast::hash(cp.note.as_bytes()).to_le_bytes());
     entry.extend_from_slice(cp.note.as_bytes());
     save("checkpoint", "seed-log-entry", &entry);
+
+    // Index: a run and a manifest written by a real database.
+    let mem = MemFs::new();
+    let dir = std::path::Path::new("/db");
+    let db =
+        aerodb_engine::Db::open_with_fs(Arc::new(mem.clone()), dir, aerodb_tests::engine_opts()).unwrap();
+    for i in 0..12u32 {
+        db.put(
+            if i % 2 == 0 { "acme" } else { "globex" },
+            format!("key/{}", i % 5),
+            format!("value {i}"),
+        )
+        .unwrap();
+    }
+    db.delete("acme", &b"key/1"[..]).unwrap();
+    db.flush_index().unwrap();
+    db.close().unwrap();
+    for p in mem.all_files() {
+        let name = p.file_name().unwrap().to_string_lossy().to_string();
+        if p.parent() == Some(&dir.join("index")) {
+            let tag = if name == "MANIFEST" { 0u8 } else { 1u8 };
+            save(
+                "index",
+                &format!("seed-{name}"),
+                &[&[tag][..], &mem.read_file(&p).unwrap()].concat(),
+            );
+        }
+    }
 }
 
 #[test]
@@ -122,6 +150,7 @@ fn fuzz_corpus_replays_cleanly() {
         + replay("wal_segment_header", fuzzing::segment_header_footer)
         + replay("wal_recover", fuzzing::recover_bytes)
         + replay("record", aerodb_engine::fuzzing::record)
-        + replay("checkpoint", aerodb_engine::fuzzing::checkpoint);
+        + replay("checkpoint", aerodb_engine::fuzzing::checkpoint)
+        + replay("index", aerodb_engine::fuzzing::index);
     aerodb_tests::report_figure("T13 fuzz corpus replay", &format!("{n} inputs, 0 failures"));
 }

@@ -69,19 +69,6 @@ fn next(s: &mut u64) -> u64 {
     *s
 }
 
-/// Resident anonymous memory of this process in MiB (heap and stacks; excludes mapped file pages), from
-/// `/proc/self/status`.
-fn rss_anon_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("RssAnon:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-        })
-        .map_or(f64::NAN, |kb| kb / 1024.0)
-}
-
 fn fmt(t: (f64, f64, f64)) -> String {
     format!("{:.0} ({:.0}–{:.0})", t.0, t.1, t.2)
 }
@@ -183,7 +170,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // Only the first reopen measures the index: later rounds also hold heap the allocator kept from the
         // proof benchmarks of earlier rounds.
         if round == 1 {
-            rss.push(rss_anon_mib());
+            rss.push(aerodb_benches::proc_status_mib("RssAnon"));
         }
         verify_gbs.push(r.wal.bytes_scanned as f64 / verify / 1e9);
         eprintln!(
