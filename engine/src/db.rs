@@ -32,7 +32,7 @@ use parking_lot::{Condvar, Mutex, RwLock};
 use crate::{
     checkpoint::{Checkpoint, CheckpointLog, SignedCheckpoint, SigningKey, VerifierKey},
     error::{Error, NotWritable, Result},
-    index::{ver_commit, ver_deleted, Index, KEYS, TENANTS},
+    index::{ver_commit, ver_deleted, Index, IndexFiles, KEYS, TENANTS},
     merkle::{self, leaf_hash, Hash},
     record::{self, genesis_hash, record_hash, Op, Payload, Record, RecordError},
     store::MerkleStore,
@@ -200,6 +200,14 @@ struct Inner {
     not_writable: RwLock<Option<NotWritable>>,
     stop: AtomicBool,
     tick: (Mutex<()>, Condvar),
+    /// The index directory (manifest lock and files).
+    index_files: Arc<IndexFiles>,
+    /// One index flush at a time (background thread or `flush_index`).
+    index_flush: Mutex<()>,
+    /// One index merge at a time.
+    index_merge: Mutex<()>,
+    /// Set (and signalled) when a flush added a run, so the merge thread looks for work.
+    merge_wake: (Mutex<bool>, Condvar),
 }
 
 /// An open AeroDB database. `Db` is `Send + Sync`; share it behind an `Arc` across threads.
@@ -207,6 +215,7 @@ struct Inner {
 pub struct Db {
     inner: Arc<Inner>,
     ticker: Option<JoinHandle<()>>,
+    merger: Option<JoinHandle<()>>,
     report: OpenReport,
 }
 
@@ -296,6 +305,7 @@ impl Db {
         }
         let stored_leaves = merkle.size();
         let (ix, ix_open) = Index::open(fs.clone(), &dir.join("index"), records)?;
+        let index_files = ix.files();
         report.index_runs = ix_open.runs;
         report.repairs = ix_open.notes;
         for note in &report.repairs {
@@ -389,6 +399,10 @@ impl Db {
             not_writable: RwLock::new(not_writable),
             stop: AtomicBool::new(false),
             tick: (Mutex::new(()), Condvar::new()),
+            index_files,
+            index_flush: Mutex::new(()),
+            index_merge: Mutex::new(()),
+            merge_wake: (Mutex::new(false), Condvar::new()),
             opts,
         });
         // The first appender woken after a group commit applies the whole commit before waking the others.
@@ -400,24 +414,27 @@ impl Db {
                 }
             }
         }));
-        // Background work: periodic checkpoints and index flushes.
-        let ticker = {
+        // Background work: periodic checkpoints and index flushes on one thread; index merges (which can take
+        // seconds on a large index) on another, so flushes, and with them the memory table's size, never wait
+        // for a merge.
+        let spawn = |name: &str, f: fn(&Inner)| {
             let i = inner.clone();
-            Some(
-                std::thread::Builder::new()
-                    .name("aerodb-background".into())
-                    .spawn(move || i.ticker())
-                    .map_err(|e| Error::Io {
-                        op: "spawn background thread",
-                        path: dir.to_owned(),
-                        source: e,
-                    })?,
-            )
+            std::thread::Builder::new()
+                .name(name.into())
+                .spawn(move || f(&i))
+                .map_err(|e| Error::Io {
+                    op: "spawn background thread",
+                    path: dir.to_owned(),
+                    source: e,
+                })
         };
+        let ticker = Some(spawn("aerodb-background", Inner::ticker)?);
+        let merger = Some(spawn("aerodb-index-merge", Inner::merger)?);
         report.elapsed = started.elapsed();
         Ok(Db {
             inner,
             ticker,
+            merger,
             report,
         })
     }
@@ -663,7 +680,8 @@ impl Db {
     /// thread does this whenever it grows past [`Options::index_flush_versions`]).
     pub fn flush_index(&self) -> Result<()> {
         self.inner.apply_durable(0)?;
-        self.inner.maintain_index(1)
+        self.inner.flush_index_table(1)?;
+        self.inner.merge_index_runs()
     }
 
     /// Makes everything durable, writes a final checkpoint if there are new records, and stops background work.
@@ -682,7 +700,8 @@ impl Db {
         self.inner.state.write().merkle.sync()?;
         if self.inner.writability().is_none() {
             // Persist the index's memory table so the next open replays nothing.
-            self.inner.maintain_index(1)?;
+            self.inner.flush_index_table(1)?;
+            self.inner.merge_index_runs()?;
         }
         Ok(())
     }
@@ -690,7 +709,8 @@ impl Db {
     fn stop_ticker(&mut self) {
         self.inner.stop.store(true, Ordering::SeqCst);
         self.inner.tick.1.notify_all();
-        if let Some(t) = self.ticker.take() {
+        self.inner.merge_wake.1.notify_all();
+        for t in [self.ticker.take(), self.merger.take()].into_iter().flatten() {
             let _ = t.join();
         }
     }
@@ -1141,29 +1161,68 @@ impl Inner {
                     Err(e) => tracing::error!(error = %e, "periodic checkpoint failed"),
                 }
             }
-            if let Err(e) = self.maintain_index(self.opts.index_flush_versions) {
-                tracing::error!(error = %e, "index flush failed; its entries stay in memory and it is retried");
+            match self.flush_index_table(self.opts.index_flush_versions) {
+                Ok(true) => {
+                    *self.merge_wake.0.lock() = true;
+                    self.merge_wake.1.notify_all();
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::error!(error = %e, "index flush failed; its entries stay in memory and it is retried");
+                }
             }
         }
     }
 
-    /// Flushes the index's memory table to a run once it holds `threshold` versions, merging runs as needed. The
-    /// disk work runs without the state lock: readers keep reading the frozen table until the new runs are
-    /// installed.
-    fn maintain_index(&self, threshold: u64) -> Result<()> {
-        let plan = {
-            let mut st = self.state.write();
-            if !st.ix.freeze(threshold) {
+    /// Writes the index's memory table as a run once it holds `threshold` versions; returns whether it did. The
+    /// disk work runs without the state lock: readers keep reading the frozen table until the run is installed.
+    fn flush_index_table(&self, threshold: u64) -> Result<bool> {
+        let _one = self.index_flush.lock();
+        let Some(job) = self.state.write().ix.freeze(threshold) else {
+            return Ok(false);
+        };
+        let run = job.write()?;
+        let _order = self.index_files.manifest_lock.lock();
+        let manifest = self.state.write().ix.install_flush(run);
+        self.index_files.record(&manifest)?;
+        Ok(true)
+    }
+
+    /// Runs the merges the index's policy asks for, one at a time, each without the state lock.
+    fn merge_index_runs(&self) -> Result<()> {
+        let _one = self.index_merge.lock();
+        loop {
+            let Some(job) = self.state.read().ix.merge_job() else {
                 return Ok(());
+            };
+            let merged = job.write()?;
+            let order = self.index_files.manifest_lock.lock();
+            let Some(manifest) = self.state.write().ix.install_merge(&job, merged) else {
+                continue;
+            };
+            self.index_files.record(&manifest)?;
+            drop(order);
+            // Only once no manifest lists them; open maps keep serving readers that still hold them.
+            self.index_files.remove(&[&job.a, &job.b]);
+        }
+    }
+
+    /// The merge thread: waits for a flush to signal new runs, then merges.
+    fn merger(&self) {
+        loop {
+            {
+                let mut woken = self.merge_wake.0.lock();
+                while !*woken && !self.stop.load(Ordering::SeqCst) {
+                    self.merge_wake.1.wait_for(&mut woken, Duration::from_secs(1));
+                }
+                *woken = false;
             }
-            st.ix.flush_plan()
-        };
-        let Some(plan) = plan else {
-            return Ok(());
-        };
-        let done = plan.execute()?;
-        let obsolete = self.state.write().ix.install(done);
-        obsolete.remove();
-        Ok(())
+            if self.stop.load(Ordering::SeqCst) {
+                return;
+            }
+            if let Err(e) = self.merge_index_runs() {
+                tracing::error!(error = %e, "index merge failed; the inputs stay in use and it is retried");
+            }
+        }
     }
 }

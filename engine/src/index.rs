@@ -642,8 +642,7 @@ fn min_key(cursors: &mut [Cursor<'_>]) -> Option<(Vec<u8>, Vec<usize>)> {
 /// The index: runs on disk, the memory table, and the memory table being flushed.
 #[derive(Debug)]
 pub(crate) struct Index {
-    fs: Arc<dyn Fs>,
-    dir: PathBuf,
+    files: Arc<IndexFiles>,
     runs: Vec<Arc<Run>>,
     frozen: Option<Arc<MemTable>>,
     mem: MemTable,
@@ -750,8 +749,11 @@ impl Index {
         }
         Ok((
             Index {
-                fs,
-                dir: dir.to_owned(),
+                files: Arc::new(IndexFiles {
+                    fs,
+                    dir: dir.to_owned(),
+                    manifest_lock: parking_lot::Mutex::new(()),
+                }),
                 runs,
                 frozen: None,
                 mem: MemTable::starting_after(covered),
@@ -874,9 +876,9 @@ impl Index {
         out
     }
 
-    /// Freezes the memory table for flushing if it holds at least `threshold` versions and no flush is under
-    /// way. Returns whether there is now a frozen table to flush.
-    pub fn freeze(&mut self, threshold: u64) -> bool {
+    /// Freezes the memory table if it holds at least `threshold` versions and no flush is under way. Returns the
+    /// flush to run (a new one, or one that failed before and is retried).
+    pub fn freeze(&mut self, threshold: u64) -> Option<FlushJob> {
         if self.frozen.is_none() && self.mem.versions >= threshold.max(1) {
             let hi = self.mem.hi;
             self.frozen = Some(Arc::new(std::mem::replace(
@@ -884,104 +886,138 @@ impl Index {
                 MemTable::starting_after(hi),
             )));
         }
-        self.frozen.is_some()
-    }
-
-    /// What a flush needs, taken under the state lock: the frozen table and the current runs.
-    pub fn flush_plan(&self) -> Option<FlushPlan> {
-        let frozen = self.frozen.clone()?;
-        Some(FlushPlan {
-            fs: self.fs.clone(),
-            dir: self.dir.clone(),
+        self.frozen.clone().map(|frozen| FlushJob {
+            files: self.files.clone(),
             frozen,
-            runs: self.runs.clone(),
         })
     }
 
-    /// Installs the runs a finished flush produced and releases the frozen table. Returns the files of runs no
-    /// longer listed, to remove once no lock is held (open maps keep their contents readable).
-    pub fn install(&mut self, done: FlushDone) -> Obsolete {
-        self.runs = done.runs;
+    /// Adds the run a flush wrote and releases the frozen table. Returns the new list for the manifest.
+    pub fn install_flush(&mut self, run: Arc<Run>) -> Manifest {
+        self.runs.push(run);
         self.frozen = None;
-        Obsolete {
-            fs: self.fs.clone(),
-            paths: done.obsolete,
+        self.manifest()
+    }
+
+    /// The merge the policy asks for, if any: the newest adjacent pair whose older run holds at most twice the
+    /// versions of the newer, or, with more than 16 runs, the adjacent pair with the fewest versions. This keeps
+    /// O(log n) runs, each version rewritten O(log n) times.
+    pub fn merge_job(&self) -> Option<MergeJob> {
+        let r = &self.runs;
+        let pick = (1..r.len())
+            .rev()
+            .find(|&i| r[i - 1].total_versions <= 2 * r[i].total_versions)
+            .or_else(|| {
+                (r.len() > TARGET_MAX_RUNS)
+                    .then(|| (1..r.len()).min_by_key(|&i| r[i - 1].total_versions + r[i].total_versions))
+                    .flatten()
+            })?;
+        Some(MergeJob {
+            files: self.files.clone(),
+            a: r[pick - 1].clone(),
+            b: r[pick].clone(),
+        })
+    }
+
+    /// Replaces a merge's two inputs by its output. Returns the new list for the manifest, or `None` when the
+    /// inputs are no longer adjacent runs (nothing is changed then).
+    pub fn install_merge(&mut self, job: &MergeJob, merged: Arc<Run>) -> Option<Manifest> {
+        let i = self.runs.iter().position(|r| Arc::ptr_eq(r, &job.a))?;
+        if !self.runs.get(i + 1).is_some_and(|r| Arc::ptr_eq(r, &job.b)) {
+            return None;
         }
+        self.runs.splice(i..i + 2, [merged]);
+        Some(self.manifest())
+    }
+
+    fn manifest(&self) -> Manifest {
+        Manifest {
+            runs: self.runs.iter().map(|r| (r.lo, r.hi)).collect(),
+        }
+    }
+
+    /// The directory's files, shared with the jobs.
+    pub fn files(&self) -> Arc<IndexFiles> {
+        self.files.clone()
     }
 }
 
-/// Run files to remove after a flush.
-pub(crate) struct Obsolete {
-    fs: Arc<dyn Fs>,
-    paths: Vec<PathBuf>,
-}
-
-impl Obsolete {
-    /// Removes the files. A failure only leaves an orphan that the next open removes.
-    pub fn remove(self) {
-        for p in self.paths {
-            let _ = self.fs.remove_file(&p);
-        }
-    }
-}
-
-/// A flush to run without holding the state lock.
-pub(crate) struct FlushPlan {
+/// The index directory. Its manifest lock orders list changes: take it, change the list under the state lock,
+/// write the manifest, release it; so manifests are written in the order the lists changed.
+#[derive(Debug)]
+pub(crate) struct IndexFiles {
     fs: Arc<dyn Fs>,
     dir: PathBuf,
-    frozen: Arc<MemTable>,
-    runs: Vec<Arc<Run>>,
+    /// Held while a list change is recorded.
+    pub manifest_lock: parking_lot::Mutex<()>,
 }
 
-/// The result of a flush: the new run list (already recorded in the manifest) and files to delete.
-pub(crate) struct FlushDone {
-    runs: Vec<Arc<Run>>,
-    /// Run files no longer listed; removed after the new list is installed.
-    obsolete: Vec<PathBuf>,
-}
-
-impl FlushPlan {
-    /// Writes the frozen table as a run, merges runs per the policy (each merge streams its inputs: memory use
-    /// is the write buffers, not the run sizes), and records the new list in the manifest.
-    pub fn execute(self) -> crate::Result<FlushDone> {
-        let mut runs = self.runs;
-        let mut obsolete = Vec::new();
-        let f = &*self.frozen;
-        if f.hi > f.lo {
-            let inputs: [Vec<Source<'_>>; TABLES] = [
-                vec![Source::Mem(&f.tables[KEYS])],
-                vec![Source::Mem(&f.tables[TENANTS])],
-            ];
-            runs.push(Arc::new(write_run(&*self.fs, &self.dir, f.lo, f.hi, &inputs)?));
-        }
-        // Merge the two newest runs while the older is at most twice the newer, or while there are too many.
-        while runs.len() >= 2 {
-            let n = runs.len();
-            let (a, b) = (&runs[n - 2], &runs[n - 1]);
-            if a.total_versions > 2 * b.total_versions && n <= TARGET_MAX_RUNS {
-                break;
-            }
-            let inputs: [Vec<Source<'_>>; TABLES] = [
-                vec![Source::Run(&a.tables[KEYS]), Source::Run(&b.tables[KEYS])],
-                vec![Source::Run(&a.tables[TENANTS]), Source::Run(&b.tables[TENANTS])],
-            ];
-            let merged = write_run(&*self.fs, &self.dir, a.lo, b.hi, &inputs)?;
-            obsolete.push(self.dir.join(run_name(a.lo, a.hi)));
-            obsolete.push(self.dir.join(run_name(b.lo, b.hi)));
-            runs.truncate(n - 2);
-            runs.push(Arc::new(merged));
-        }
+impl IndexFiles {
+    /// Fsyncs the directory (so renamed runs are durable), then replaces the manifest atomically.
+    pub fn record(&self, m: &Manifest) -> crate::Result<()> {
         self.fs
             .sync_dir(&self.dir)
             .map_err(io_err("fsync directory", &self.dir))?;
-        write_manifest(
-            &*self.fs,
-            &self.dir,
-            &Manifest {
-                runs: runs.iter().map(|r| (r.lo, r.hi)).collect(),
-            },
-        )?;
-        Ok(FlushDone { runs, obsolete })
+        write_manifest(&*self.fs, &self.dir, m)
+    }
+
+    /// Removes the files of runs no longer listed. A failure only leaves an orphan that the next open removes.
+    pub fn remove(&self, runs: &[&Run]) {
+        for r in runs {
+            let _ = self.fs.remove_file(&self.dir.join(run_name(r.lo, r.hi)));
+        }
+    }
+}
+
+/// Writing the frozen memory table as a run, without holding the state lock.
+pub(crate) struct FlushJob {
+    files: Arc<IndexFiles>,
+    frozen: Arc<MemTable>,
+}
+
+impl FlushJob {
+    /// Writes the run (fsynced and renamed into place; listed once the caller records the manifest).
+    pub fn write(&self) -> crate::Result<Arc<Run>> {
+        let f = &*self.frozen;
+        let inputs: [Vec<Source<'_>>; TABLES] = [
+            vec![Source::Mem(&f.tables[KEYS])],
+            vec![Source::Mem(&f.tables[TENANTS])],
+        ];
+        Ok(Arc::new(write_run(
+            &*self.files.fs,
+            &self.files.dir,
+            f.lo,
+            f.hi,
+            &inputs,
+        )?))
+    }
+}
+
+/// Merging two adjacent runs into one, without holding the state lock. Streams its inputs: memory use is the
+/// write buffers, not the run sizes.
+pub(crate) struct MergeJob {
+    files: Arc<IndexFiles>,
+    /// The older input.
+    pub a: Arc<Run>,
+    /// The newer input.
+    pub b: Arc<Run>,
+}
+
+impl MergeJob {
+    /// Writes the merged run.
+    pub fn write(&self) -> crate::Result<Arc<Run>> {
+        let (a, b) = (&self.a, &self.b);
+        let inputs: [Vec<Source<'_>>; TABLES] = [
+            vec![Source::Run(&a.tables[KEYS]), Source::Run(&b.tables[KEYS])],
+            vec![Source::Run(&a.tables[TENANTS]), Source::Run(&b.tables[TENANTS])],
+        ];
+        Ok(Arc::new(write_run(
+            &*self.files.fs,
+            &self.files.dir,
+            a.lo,
+            b.hi,
+            &inputs,
+        )?))
     }
 }
 
@@ -1181,10 +1217,16 @@ mod tests {
             let del = c % 11 == 0;
             ix.add(c, if c % 2 == 0 { "even" } else { "odd" }, [(key.clone(), del)]);
             model.entry(key).or_default().push(ver(c, del));
-            if ix.freeze(20) {
-                let plan = ix.flush_plan().unwrap();
-                let done = plan.execute().unwrap();
-                ix.install(done);
+            if let Some(job) = ix.freeze(20) {
+                let run = job.write().unwrap();
+                let m = ix.install_flush(run);
+                ix.files().record(&m).unwrap();
+                while let Some(job) = ix.merge_job() {
+                    let merged = job.write().unwrap();
+                    let m = ix.install_merge(&job, merged).unwrap();
+                    ix.files().record(&m).unwrap();
+                    ix.files().remove(&[&job.a, &job.b]);
+                }
             }
         }
         assert!(ix.runs.len() > 1 && ix.runs.len() <= TARGET_MAX_RUNS);
@@ -1234,8 +1276,9 @@ mod tests {
         for c in 1..=20u64 {
             ix.add(c, "t", [(k(&format!("key{c}")), false)]);
         }
-        assert!(ix.freeze(1));
-        ix.flush_plan().unwrap().execute().unwrap();
+        let run = ix.freeze(1).unwrap().write().unwrap();
+        let m = ix.install_flush(run);
+        ix.files().record(&m).unwrap();
         let path = dir.join(run_name(0, 20));
         let bytes = fs.open(&path, OpenMode::Read).unwrap().map().unwrap().to_vec();
         Run::parse(Bytes::from(bytes.clone())).unwrap();
