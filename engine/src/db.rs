@@ -2,9 +2,10 @@
 //!
 //! Writes: every append assigns the next CommitId(s), encodes the canonical record with the previous record's
 //! hash, and hands it to the WAL's group commit; all of that happens under the WAL's ordering lock, so the hash
-//! chain follows CommitId order. After the WAL acknowledges (per its durability mode) the record is *applied* —
-//! Merkle leaf, key index, tenant index — strictly in CommitId order and only up to the durable mark, so a reader
-//! never sees a record that could still be lost.
+//! chain follows CommitId order. The key and tenant index entries are added there too (while the previous group
+//! commit's fsync runs), but every index lookup is bounded by the applied mark. After the WAL acknowledges (per its
+//! durability mode) the record is *applied* — Merkle leaf, tip, applied mark — strictly in CommitId order and only
+//! up to the durable mark, so a reader never sees a record that could still be lost.
 //!
 //! Reads see the applied prefix. Values are not copied into the index: the index maps a key to the CommitIds that
 //! wrote it and the value is read from the record in the WAL. The index itself is persisted as sorted runs
@@ -178,7 +179,6 @@ struct Chain {
 #[derive(Debug)]
 struct State {
     merkle: MerkleStore,
-    ix: Index,
     visible: u64,
     tip_hash: Hash,
     latest: Option<SignedCheckpoint>,
@@ -202,6 +202,10 @@ struct Inner {
     tick: (Mutex<()>, Condvar),
     /// The index directory (manifest lock and files).
     index_files: Arc<IndexFiles>,
+    /// The key and tenant index. Records are added under the log's ordering lock before their commit completes
+    /// (off the acknowledgement path); readers bound every lookup by the applied mark, so they never see them
+    /// early.
+    index: RwLock<Index>,
     /// One index flush at a time (background thread or `flush_index`).
     index_flush: Mutex<()>,
     /// One index merge at a time.
@@ -306,6 +310,7 @@ impl Db {
         let stored_leaves = merkle.size();
         let (ix, ix_open) = Index::open(fs.clone(), &dir.join("index"), records)?;
         let index_files = ix.files();
+        let mut ix = ix;
         report.index_runs = ix_open.runs;
         report.repairs = ix_open.notes;
         for note in &report.repairs {
@@ -313,7 +318,6 @@ impl Db {
         }
         let mut state = State {
             merkle,
-            ix,
             visible: 0,
             tip_hash: genesis_hash(),
             latest: signed.last().cloned(),
@@ -334,7 +338,7 @@ impl Db {
                         return Ok(());
                     }
                     let v = record::view(frame.body()).map_err(|e| corruption(commit, e.to_string()))?;
-                    state.ix.add_view(commit, &v);
+                    ix.add_view(commit, &v);
                     Ok(())
                 })?;
         }
@@ -400,6 +404,7 @@ impl Db {
             stop: AtomicBool::new(false),
             tick: (Mutex::new(()), Condvar::new()),
             index_files,
+            index: RwLock::new(ix),
             index_flush: Mutex::new(()),
             index_merge: Mutex::new(()),
             merge_wake: (Mutex::new(false), Condvar::new()),
@@ -546,11 +551,8 @@ impl Db {
 
     /// The value `key` had right after CommitId `at` was applied.
     pub fn get_at(&self, key: &[u8], at: u64) -> Result<Option<Bytes>> {
-        let version = {
-            let st = self.inner.state.read();
-            let at = at.min(st.visible);
-            st.ix.version_at(KEYS, key, at)
-        };
+        let at = at.min(self.inner.visible());
+        let version = self.inner.index.read().version_at(KEYS, key, at);
         match version {
             Some(v) if !ver_deleted(v) => self.inner.value_in(ver_commit(v), key),
             _ => Ok(None),
@@ -559,7 +561,8 @@ impl Db {
 
     /// Every version of `key`, oldest first.
     pub fn history(&self, key: &[u8]) -> Result<Vec<Version>> {
-        let versions = self.inner.state.read().ix.versions(KEYS, key);
+        let visible = self.inner.visible();
+        let versions = self.inner.index.read().versions(KEYS, key, visible);
         versions
             .into_iter()
             .map(|v| (ver_commit(v), ver_deleted(v)))
@@ -579,12 +582,10 @@ impl Db {
 
     /// Current `(key, value)` pairs with keys in `range`, in key order, at most `limit`.
     pub fn scan<R: RangeBounds<[u8]>>(&self, range: R, limit: usize) -> Result<Vec<(Bytes, Bytes)>> {
-        let hits: Vec<(Bytes, u64)> = {
-            let st = self.inner.state.read();
-            let lo: Bound<&[u8]> = range.start_bound();
-            let hi: Bound<&[u8]> = range.end_bound();
-            st.ix.scan(lo, hi, limit)
-        };
+        let visible = self.inner.visible();
+        let lo: Bound<&[u8]> = range.start_bound();
+        let hi: Bound<&[u8]> = range.end_bound();
+        let hits = self.inner.index.read().scan(lo, hi, visible, limit);
         hits.into_iter()
             .filter_map(|(k, c)| match self.inner.value_in(c, &k) {
                 Ok(Some(v)) => Some(Ok((k, v))),
@@ -605,14 +606,15 @@ impl Db {
 
     /// Records of `tenant` with CommitId ≥ `from`, oldest first, at most `limit`.
     pub fn scan_tenant(&self, tenant: &str, from: u64, limit: usize) -> Result<Vec<StoredRecord>> {
-        let ids: Vec<u64> = {
-            let st = self.inner.state.read();
-            st.ix
-                .versions_from(TENANTS, tenant.as_bytes(), from, limit)
-                .into_iter()
-                .map(ver_commit)
-                .collect()
-        };
+        let visible = self.inner.visible();
+        let ids: Vec<u64> = self
+            .inner
+            .index
+            .read()
+            .versions_from(TENANTS, tenant.as_bytes(), from, visible, limit)
+            .into_iter()
+            .map(ver_commit)
+            .collect();
         ids.into_iter().map(|c| self.inner.read_record(c)).collect()
     }
 
@@ -765,8 +767,6 @@ struct Pending {
     commit: u64,
     hash: Hash,
     leaf: Hash,
-    tenant: String,
-    writes: Vec<(Bytes, bool)>,
 }
 
 /// The keys a payload writes, and whether each write is a delete.
@@ -944,6 +944,11 @@ fn load_or_create_key(path: &Path, origin: &str) -> Result<SigningKey> {
 }
 
 impl Inner {
+    /// The applied mark: every record up to it is durable and visible to readers.
+    fn visible(&self) -> u64 {
+        self.applied.load(Ordering::Acquire)
+    }
+
     fn writability(&self) -> Option<NotWritable> {
         if let Some(r) = self.not_writable.read().clone() {
             return Some(r);
@@ -975,12 +980,13 @@ impl Inner {
                 }
                 .into());
             }
-            prepared.push((p, tenant.to_owned(), writes_of(payload)));
+            prepared.push((p, tenant, writes_of(payload)));
         }
         if prepared.is_empty() {
             return Ok(Vec::new());
         }
         let mut receipts = Vec::with_capacity(prepared.len());
+        let mut flush_due = false;
         let result = self.wal.append_with(Epoch(epoch), |sink| {
             // Under the ordering lock: only the trailer (timestamp, CommitId, previous hash) and the last hash
             // blocks.
@@ -988,6 +994,7 @@ impl Inner {
             let ts = now_ms().max(chain.last_ts);
             let mut prev = chain.last_hash;
             let mut encoded = Vec::with_capacity(prepared.len());
+            let mut adds = Vec::with_capacity(prepared.len());
             for (p, tenant, writes) in prepared.drain(..) {
                 let commit = sink.next_commit_id().0;
                 let sealed = p.seal(ts, commit, &prev);
@@ -1002,16 +1009,25 @@ impl Inner {
                     commit,
                     hash: sealed.record_hash,
                     leaf: sealed.leaf_hash,
-                    tenant,
-                    writes,
                 });
+                adds.push((commit, tenant, writes));
             }
             // Only now advance the chain: an error above discards everything this closure pushed.
             chain.last_hash = prev;
             chain.last_ts = ts;
             self.pending.lock().extend(encoded);
+            // Index now, in CommitId order and while the previous group commit's fsync runs, so acknowledging
+            // only has to move the applied mark past these records.
+            let mut ix = self.index.write();
+            for (commit, tenant, writes) in adds {
+                ix.add(commit, tenant, writes);
+            }
+            flush_due = ix.mem_versions() >= self.opts.index_flush_versions;
             Ok(())
         });
+        if flush_due {
+            self.tick.1.notify_all();
+        }
         if let Err(e) = result {
             if let Some(f) = self.wal.failure() {
                 tracing::error!(failure = %f, "the log failed closed; the database refuses writes until reopened");
@@ -1030,7 +1046,10 @@ impl Inner {
             return Ok(());
         }
         let durable = self.wal.durable_commit_id().0;
-        if self.pending.lock().front().is_none_or(|p| p.commit > durable) {
+        // With nothing to wait for, return when nothing is ready. An appender (need > 0) always goes on to the
+        // state lock: another thread may have drained its record and still be applying it, and the appender must
+        // not return before its record is visible.
+        if need == 0 && self.pending.lock().front().is_none_or(|p| p.commit > durable) {
             return Ok(());
         }
         // The state lock is taken before draining, so two appliers can never apply out of order.
@@ -1043,15 +1062,13 @@ impl Inner {
         for p in batch {
             assert_eq!(p.commit, st.visible + 1, "records apply in CommitId order");
             st.merkle.push(p.leaf)?;
-            st.ix.add(p.commit, &p.tenant, p.writes);
             st.tip_hash = p.hash;
             st.visible = p.commit;
         }
         self.applied.store(st.visible, Ordering::Release);
         let due = self.opts.checkpoint_every_records > 0
             && st.visible - st.latest.as_ref().map_or(0, |c| c.checkpoint.size)
-                >= self.opts.checkpoint_every_records
-            || st.ix.mem_versions() >= self.opts.index_flush_versions;
+                >= self.opts.checkpoint_every_records;
         drop(st);
         if due {
             self.tick.1.notify_all();
@@ -1178,12 +1195,13 @@ impl Inner {
     /// disk work runs without the state lock: readers keep reading the frozen table until the run is installed.
     fn flush_index_table(&self, threshold: u64) -> Result<bool> {
         let _one = self.index_flush.lock();
-        let Some(job) = self.state.write().ix.freeze(threshold) else {
+        let visible = self.visible();
+        let Some(job) = self.index.write().freeze(threshold, visible) else {
             return Ok(false);
         };
         let run = job.write()?;
         let _order = self.index_files.manifest_lock.lock();
-        let manifest = self.state.write().ix.install_flush(run);
+        let manifest = self.index.write().install_flush(run);
         self.index_files.record(&manifest)?;
         Ok(true)
     }
@@ -1192,12 +1210,12 @@ impl Inner {
     fn merge_index_runs(&self) -> Result<()> {
         let _one = self.index_merge.lock();
         loop {
-            let Some(job) = self.state.read().ix.merge_job() else {
+            let Some(job) = self.index.read().merge_job() else {
                 return Ok(());
             };
             let merged = job.write()?;
             let order = self.index_files.manifest_lock.lock();
-            let Some(manifest) = self.state.write().ix.install_merge(&job, merged) else {
+            let Some(manifest) = self.index.write().install_merge(&job, merged) else {
                 continue;
             };
             self.index_files.record(&manifest)?;

@@ -593,17 +593,24 @@ impl Cursor<'_> {
         }
     }
 
-    /// The current key and its newest version, then advance.
-    fn take_last(&mut self) -> Option<(Bytes, Ver)> {
+    /// The current key and its newest version up to CommitId `at`, then advance.
+    fn take_last(&mut self, at: u64) -> Option<(Bytes, Ver)> {
         match self {
-            Cursor::Mem(it) => it
-                .next()
-                .and_then(|(k, v)| v.last().map(|last| (k.clone(), *last))),
+            Cursor::Mem(it) => it.next().and_then(|(k, v)| {
+                v.iter()
+                    .rev()
+                    .find(|v| ver_commit(**v) <= at)
+                    .map(|last| (k.clone(), *last))
+            }),
             Cursor::Run(t, i) => {
                 if *i >= t.keys {
                     return None;
                 }
-                let out = t.versions(*i).next_back().map(|v| (t.key(*i), v));
+                let out = t
+                    .versions(*i)
+                    .rev()
+                    .find(|v| ver_commit(*v) <= at)
+                    .map(|v| (t.key(*i), v));
                 *i += 1;
                 out
             }
@@ -809,17 +816,17 @@ impl Index {
             .find_map(|s| s.last_at_or_below(key, at))
     }
 
-    /// Every version of `key`, oldest first.
-    pub fn versions(&self, table: usize, key: &[u8]) -> Vec<Ver> {
+    /// Every version of `key` up to CommitId `at`, oldest first.
+    pub fn versions(&self, table: usize, key: &[u8], at: u64) -> Vec<Ver> {
         let mut out = Vec::new();
         for s in self.sources(table).into_iter().rev() {
-            out.extend(s.versions_of(key));
+            out.extend(s.versions_of(key).into_iter().filter(|v| ver_commit(*v) <= at));
         }
         out
     }
 
-    /// Versions of `key` with CommitId ≥ `from`, oldest first, at most `limit`.
-    pub fn versions_from(&self, table: usize, key: &[u8], from: u64, limit: usize) -> Vec<Ver> {
+    /// Versions of `key` with CommitIds in `from..=at`, oldest first, at most `limit`.
+    pub fn versions_from(&self, table: usize, key: &[u8], from: u64, at: u64, limit: usize) -> Vec<Ver> {
         let mut out = Vec::new();
         for s in self.sources(table).into_iter().rev() {
             if out.len() >= limit {
@@ -836,15 +843,16 @@ impl Index {
             out.extend(
                 s.versions_of(key)
                     .into_iter()
-                    .filter(|v| ver_commit(*v) >= from)
+                    .filter(|v| (from..=at).contains(&ver_commit(*v)))
                     .take(limit - out.len()),
             );
         }
         out
     }
 
-    /// Keys in `range` whose newest version is not a delete, with that version's CommitId, at most `limit`.
-    pub fn scan(&self, lo: Bound<&[u8]>, hi: Bound<&[u8]>, limit: usize) -> Vec<(Bytes, u64)> {
+    /// Keys in `range` whose newest version up to CommitId `at` is not a delete, with that version's CommitId, at
+    /// most `limit`.
+    pub fn scan(&self, lo: Bound<&[u8]>, hi: Bound<&[u8]>, at: u64, limit: usize) -> Vec<(Bytes, u64)> {
         let sources = self.sources(KEYS);
         let mut cursors: Vec<Cursor<'_>> = sources.iter().map(|s| s.cursor(lo)).collect();
         let mut out = Vec::new();
@@ -860,13 +868,12 @@ impl Index {
             if !in_range {
                 break;
             }
-            // Sources are newest first: the first holder has the key's newest version.
+            // Sources are newest first: the first holder with a version up to `at` has the key's newest one.
             let mut newest = None;
-            for (n, &i) in holders.iter().enumerate() {
-                if n == 0 {
-                    newest = cursors[i].take_last();
-                } else {
-                    cursors[i].skip();
+            for &i in &holders {
+                match newest {
+                    None => newest = cursors[i].take_last(at),
+                    Some(_) => cursors[i].skip(),
                 }
             }
             if let Some((k, v)) = newest.filter(|(_, v)| !ver_deleted(*v)) {
@@ -876,15 +883,35 @@ impl Index {
         out
     }
 
-    /// Freezes the memory table if it holds at least `threshold` versions and no flush is under way. Returns the
-    /// flush to run (a new one, or one that failed before and is retried).
-    pub fn freeze(&mut self, threshold: u64) -> Option<FlushJob> {
-        if self.frozen.is_none() && self.mem.versions >= threshold.max(1) {
-            let hi = self.mem.hi;
-            self.frozen = Some(Arc::new(std::mem::replace(
-                &mut self.mem,
-                MemTable::starting_after(hi),
-            )));
+    /// Freezes the entries of records up to `upto` (the durable, visible ones; later records are indexed before
+    /// their commit completes) if the memory table holds at least `threshold` versions and no flush is under way.
+    /// Returns the flush to run (a new one, or one that failed before and is retried).
+    pub fn freeze(&mut self, threshold: u64, upto: u64) -> Option<FlushJob> {
+        if self.frozen.is_none() && self.mem.versions >= threshold.max(1) && upto > self.mem.lo {
+            let upto = upto.min(self.mem.hi);
+            let mut frozen = std::mem::replace(&mut self.mem, MemTable::starting_after(upto));
+            // Move the entries of records after `upto` back: versions are sorted, so only each list's tail.
+            for (t, table) in frozen.tables.iter_mut().enumerate() {
+                let mut emptied = Vec::new();
+                for (key, vs) in table.iter_mut() {
+                    let keep = vs.partition_point(|v| ver_commit(*v) <= upto);
+                    if keep < vs.len() {
+                        for v in vs.split_off(keep) {
+                            self.mem.push(t, key, v, || key.clone());
+                        }
+                        if keep == 0 {
+                            emptied.push(key.clone());
+                        }
+                    }
+                }
+                for key in emptied {
+                    table.remove(&key);
+                }
+            }
+            frozen.versions -= self.mem.versions;
+            self.mem.hi = frozen.hi.max(upto);
+            frozen.hi = upto;
+            self.frozen = Some(Arc::new(frozen));
         }
         self.frozen.clone().map(|frozen| FlushJob {
             files: self.files.clone(),
@@ -1217,7 +1244,7 @@ mod tests {
             let del = c % 11 == 0;
             ix.add(c, if c % 2 == 0 { "even" } else { "odd" }, [(key.clone(), del)]);
             model.entry(key).or_default().push(ver(c, del));
-            if let Some(job) = ix.freeze(20) {
+            if let Some(job) = ix.freeze(20, u64::MAX) {
                 let run = job.write().unwrap();
                 let m = ix.install_flush(run);
                 ix.files().record(&m).unwrap();
@@ -1232,7 +1259,7 @@ mod tests {
         assert!(ix.runs.len() > 1 && ix.runs.len() <= TARGET_MAX_RUNS);
         let check = |ix: &Index| {
             for (key, vs) in &model {
-                assert_eq!(&ix.versions(KEYS, key), vs);
+                assert_eq!(&ix.versions(KEYS, key, u64::MAX), vs);
                 assert_eq!(
                     ix.version_at(KEYS, key, 250),
                     vs.iter().rev().find(|v| ver_commit(**v) <= 250).copied()
@@ -1246,8 +1273,11 @@ mod tests {
                         .map(|v| (k.clone(), ver_commit(*v)))
                 })
                 .collect();
-            assert_eq!(ix.scan(Bound::Unbounded, Bound::Unbounded, usize::MAX), live);
-            let evens = ix.versions_from(TENANTS, b"even", 101, 10);
+            assert_eq!(
+                ix.scan(Bound::Unbounded, Bound::Unbounded, u64::MAX, usize::MAX),
+                live
+            );
+            let evens = ix.versions_from(TENANTS, b"even", 101, u64::MAX, 10);
             assert_eq!(
                 evens.iter().map(|v| ver_commit(*v)).collect::<Vec<_>>(),
                 (102..=120).step_by(2).collect::<Vec<_>>()
@@ -1276,7 +1306,7 @@ mod tests {
         for c in 1..=20u64 {
             ix.add(c, "t", [(k(&format!("key{c}")), false)]);
         }
-        let run = ix.freeze(1).unwrap().write().unwrap();
+        let run = ix.freeze(1, u64::MAX).unwrap().write().unwrap();
         let m = ix.install_flush(run);
         ix.files().record(&m).unwrap();
         let path = dir.join(run_name(0, 20));
@@ -1290,6 +1320,46 @@ mod tests {
         for cut in 0..bytes.len() {
             assert!(Run::parse(Bytes::copy_from_slice(&bytes[..cut])).is_err());
         }
+    }
+
+    #[test]
+    fn freezing_keeps_records_after_the_visible_mark_in_memory() {
+        let fs: Arc<dyn Fs> = Arc::new(MemFs::new());
+        let (mut ix, _) = Index::open(fs, Path::new("/ix"), 0).unwrap();
+        for c in 1..=10u64 {
+            ix.add(c, "t", [(k(&format!("k{}", c % 3)), c == 9)]);
+        }
+        let before: Vec<Vec<Ver>> = (0..3)
+            .map(|i| ix.versions(KEYS, format!("k{i}").as_bytes(), 10))
+            .collect();
+        let job = ix.freeze(1, 6).unwrap();
+        assert_eq!(
+            (job.frozen.lo, job.frozen.hi, ix.mem.lo, ix.mem.hi),
+            (0, 6, 6, 10)
+        );
+        assert!(job
+            .frozen
+            .tables
+            .iter()
+            .flat_map(|t| t.values().flatten())
+            .all(|v| ver_commit(*v) <= 6));
+        assert_eq!(job.frozen.versions + ix.mem.versions, 20);
+        let run = job.write().unwrap();
+        assert_eq!((run.lo, run.hi), (0, 6));
+        let m = ix.install_flush(run);
+        ix.files().record(&m).unwrap();
+        let after: Vec<Vec<Ver>> = (0..3)
+            .map(|i| ix.versions(KEYS, format!("k{i}").as_bytes(), 10))
+            .collect();
+        assert_eq!(before, after);
+        assert_eq!(
+            ix.versions(KEYS, b"k0", 8).len(),
+            2,
+            "the at bound hides later versions"
+        );
+        assert_eq!(ix.version_at(KEYS, b"k0", 9).map(ver_deleted), Some(true));
+        let live = ix.scan(Bound::Unbounded, Bound::Unbounded, 8, 10);
+        assert_eq!(live.iter().map(|(_, c)| *c).collect::<Vec<_>>(), vec![6, 7, 8]);
     }
 
     #[test]

@@ -304,7 +304,11 @@ fn index_flushes_and_merges_under_concurrent_reads_and_writes() {
                         let r = db.put(&format!("t{w}"), b(&k), b(&v)).unwrap();
                         // Read-your-write at the receipt's CommitId, whichever source holds it now.
                         assert_eq!(db.get_at(k.as_bytes(), r.commit_id).unwrap(), Some(b(&v)));
-                        assert!(db.history(k.as_bytes()).unwrap().iter().any(|x| x.commit_id == r.commit_id));
+                        assert!(db
+                            .history(k.as_bytes())
+                            .unwrap()
+                            .iter()
+                            .any(|x| x.commit_id == r.commit_id));
                     }
                 });
             }
@@ -319,7 +323,10 @@ fn index_flushes_and_merges_under_concurrent_reads_and_writes() {
                 .sum();
             assert_eq!(total as u64, writers * per_writer);
             for w in 0..writers {
-                assert_eq!(db.scan_tenant(&format!("t{w}"), 1, usize::MAX).unwrap().len() as u64, per_writer);
+                assert_eq!(
+                    db.scan_tenant(&format!("t{w}"), 1, usize::MAX).unwrap().len() as u64,
+                    per_writer
+                );
             }
             assert_eq!(db.scan_prefix(b"k", usize::MAX).unwrap().len() as u64, keys);
         };
