@@ -23,7 +23,10 @@ pub(crate) fn map_readonly(file: &File) -> io::Result<Bytes> {
     // segments, which are never written, truncated or removed while the log is open, and (b) during recovery, the
     // last segment, before anything writes to it: recovery takes what it needs from the map and drops it before it
     // repairs (zeroes a torn tail, truncates an interrupted seal) or the log appends. The directory lock keeps
-    // other AeroDB processes out for the whole time. Every byte read from a map is still CRC-checked before it is
+    // other AeroDB processes out for the whole time. The engine maps through the same function (`FsFile::map`):
+    // index runs, which are immutable once renamed into place and only unlinked (never truncated) after no
+    // manifest lists them; and Merkle level files, which are only appended to, and of which only the bytes below
+    // the written length are ever read. Every byte read from a map is still CRC-checked before it is
     // trusted, so even an external modification cannot become a silently accepted record.
     let map = unsafe { memmap2::Mmap::map(file)? };
     Ok(Bytes::from_owner(MapOwner(map)))
