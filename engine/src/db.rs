@@ -450,6 +450,12 @@ impl Db {
         &self.report
     }
 
+    /// The log's counters since open (frames, bytes, group commits, fsyncs and their latency).
+    #[must_use]
+    pub fn wal_stats(&self) -> aerodb_wal::WalStats {
+        self.inner.wal.stats()
+    }
+
     /// The data directory.
     #[must_use]
     pub fn dir(&self) -> &Path {

@@ -558,84 +558,98 @@ impl<'a> Source<'a> {
 
     fn cursor(self, from: Bound<&[u8]>) -> Cursor<'a> {
         match self {
-            Source::Mem(m) => Cursor::Mem(m.range::<[u8], _>((from, Bound::Unbounded)).peekable()),
+            Source::Mem(m) => Cursor::mem(m.range::<[u8], _>((from, Bound::Unbounded))),
             Source::Run(t) => Cursor::Run(t, t.lower_bound(from)),
         }
     }
 }
 
-/// Walks one source's keys in order.
+/// Walks one source's keys in order. Keys are borrowed from the source, so walking allocates nothing.
 enum Cursor<'a> {
-    Mem(std::iter::Peekable<std::collections::btree_map::Range<'a, Bytes, Vec<Ver>>>),
+    Mem {
+        it: std::collections::btree_map::Range<'a, Bytes, Vec<Ver>>,
+        cur: Option<(&'a Bytes, &'a Vec<Ver>)>,
+    },
     Run(&'a Table, usize),
 }
 
-impl Cursor<'_> {
-    fn peek(&mut self) -> Option<&[u8]> {
+impl<'a> Cursor<'a> {
+    fn mem(mut it: std::collections::btree_map::Range<'a, Bytes, Vec<Ver>>) -> Self {
+        let cur = it.next();
+        Cursor::Mem { it, cur }
+    }
+
+    /// The current key.
+    fn peek(&self) -> Option<&'a [u8]> {
         match self {
-            Cursor::Mem(it) => it.peek().map(|(k, _)| k.as_ref()),
+            Cursor::Mem { cur, .. } => cur.map(|(k, _)| k.as_ref()),
             Cursor::Run(t, i) => (*i < t.keys).then(|| t.key_ref(*i)),
         }
     }
 
-    /// The current key and its versions, then advance.
-    fn take(&mut self) -> Option<(Bytes, Vec<Ver>)> {
+    fn advance(&mut self) {
         match self {
-            Cursor::Mem(it) => it.next().map(|(k, v)| (k.clone(), v.clone())),
-            Cursor::Run(t, i) => {
-                if *i >= t.keys {
-                    return None;
-                }
-                let out = (t.key(*i), t.versions(*i).collect());
-                *i += 1;
-                Some(out)
-            }
-        }
-    }
-
-    /// The current key and its newest version up to CommitId `at`, then advance.
-    fn take_last(&mut self, at: u64) -> Option<(Bytes, Ver)> {
-        match self {
-            Cursor::Mem(it) => it.next().and_then(|(k, v)| {
-                v.iter()
-                    .rev()
-                    .find(|v| ver_commit(**v) <= at)
-                    .map(|last| (k.clone(), *last))
-            }),
-            Cursor::Run(t, i) => {
-                if *i >= t.keys {
-                    return None;
-                }
-                let out = t
-                    .versions(*i)
-                    .rev()
-                    .find(|v| ver_commit(*v) <= at)
-                    .map(|v| (t.key(*i), v));
-                *i += 1;
-                out
-            }
-        }
-    }
-
-    fn skip(&mut self) {
-        match self {
-            Cursor::Mem(it) => {
-                it.next();
-            }
+            Cursor::Mem { it, cur } => *cur = it.next(),
             Cursor::Run(_, i) => *i += 1,
         }
     }
+
+    /// Appends the current key's versions to `out`, then advances.
+    fn take_into(&mut self, out: &mut Vec<Ver>) {
+        match self {
+            Cursor::Mem {
+                cur: Some((_, v)), ..
+            } => out.extend_from_slice(v),
+            Cursor::Run(t, i) if *i < t.keys => out.extend(t.versions(*i)),
+            _ => {}
+        }
+        self.advance();
+    }
+
+    /// The number of versions of the current key, then advances.
+    fn take_count(&mut self) -> usize {
+        let n = match self {
+            Cursor::Mem {
+                cur: Some((_, v)), ..
+            } => v.len(),
+            Cursor::Run(t, i) if *i < t.keys => t.slot(*i).3,
+            _ => 0,
+        };
+        self.advance();
+        n
+    }
+
+    /// The current key and its newest version up to CommitId `at`, then advances.
+    fn take_last(&mut self, at: u64) -> Option<(Bytes, Ver)> {
+        let out = match self {
+            Cursor::Mem {
+                cur: Some((k, v)), ..
+            } => v
+                .iter()
+                .rev()
+                .find(|v| ver_commit(**v) <= at)
+                .map(|last| ((*k).clone(), *last)),
+            Cursor::Run(t, i) if *i < t.keys => t
+                .versions(*i)
+                .rev()
+                .find(|v| ver_commit(*v) <= at)
+                .map(|v| (t.key(*i), v)),
+            _ => None,
+        };
+        self.advance();
+        out
+    }
 }
 
-/// The smallest key among cursors, and which cursors hold it.
-fn min_key(cursors: &mut [Cursor<'_>]) -> Option<(Vec<u8>, Vec<usize>)> {
-    let mut best: Option<Vec<u8>> = None;
-    let mut holders = Vec::new();
-    for (i, c) in cursors.iter_mut().enumerate() {
+/// The smallest current key among cursors; `holders` receives the cursors that hold it.
+fn min_key<'a>(cursors: &[Cursor<'a>], holders: &mut Vec<usize>) -> Option<&'a [u8]> {
+    let mut best: Option<&'a [u8]> = None;
+    holders.clear();
+    for (i, c) in cursors.iter().enumerate() {
         let Some(k) = c.peek() else { continue };
-        match best.as_deref().map(|b| k.cmp(b)) {
+        match best.map(|b| k.cmp(b)) {
             None | Some(Ordering::Less) => {
-                best = Some(k.to_vec());
+                best = Some(k);
                 holders.clear();
                 holders.push(i);
             }
@@ -643,7 +657,7 @@ fn min_key(cursors: &mut [Cursor<'_>]) -> Option<(Vec<u8>, Vec<usize>)> {
             Some(Ordering::Greater) => {}
         }
     }
-    best.map(|b| (b, holders))
+    best
 }
 
 /// The index: runs on disk, the memory table, and the memory table being flushed.
@@ -855,15 +869,16 @@ impl Index {
     pub fn scan(&self, lo: Bound<&[u8]>, hi: Bound<&[u8]>, at: u64, limit: usize) -> Vec<(Bytes, u64)> {
         let sources = self.sources(KEYS);
         let mut cursors: Vec<Cursor<'_>> = sources.iter().map(|s| s.cursor(lo)).collect();
+        let mut holders = Vec::new();
         let mut out = Vec::new();
         while out.len() < limit {
-            let Some((key, holders)) = min_key(&mut cursors) else {
+            let Some(key) = min_key(&cursors, &mut holders) else {
                 break;
             };
             let in_range = match hi {
                 Bound::Unbounded => true,
-                Bound::Included(h) => key.as_slice() <= h,
-                Bound::Excluded(h) => key.as_slice() < h,
+                Bound::Included(h) => key <= h,
+                Bound::Excluded(h) => key < h,
             };
             if !in_range {
                 break;
@@ -873,7 +888,7 @@ impl Index {
             for &i in &holders {
                 match newest {
                     None => newest = cursors[i].take_last(at),
-                    Some(_) => cursors[i].skip(),
+                    Some(_) => cursors[i].advance(),
                 }
             }
             if let Some((k, v)) = newest.filter(|(_, v)| !ver_deleted(*v)) {
@@ -1133,17 +1148,30 @@ fn merge_sources(
     mut each: impl FnMut(&[u8], &[Ver]) -> crate::Result<()>,
 ) -> crate::Result<()> {
     let mut cursors: Vec<Cursor<'_>> = sources.iter().map(|s| s.cursor(Bound::Unbounded)).collect();
-    let mut versions = Vec::new();
-    while let Some((key, holders)) = min_key(&mut cursors) {
+    let (mut versions, mut holders) = (Vec::new(), Vec::new());
+    while let Some(key) = min_key(&cursors, &mut holders) {
         versions.clear();
-        for i in holders {
-            if let Some((_, v)) = cursors[i].take() {
-                versions.extend(v);
-            }
+        for &i in &holders {
+            cursors[i].take_into(&mut versions);
         }
-        each(&key, &versions)?;
+        each(key, &versions)?;
     }
     Ok(())
+}
+
+/// The sizes a merge of `sources` will have: (keys, versions, key bytes), without copying any version.
+fn merge_sizes(sources: &[Source<'_>]) -> (u64, u64, u64) {
+    let mut cursors: Vec<Cursor<'_>> = sources.iter().map(|s| s.cursor(Bound::Unbounded)).collect();
+    let mut holders = Vec::new();
+    let (mut keys, mut versions, mut heap) = (0u64, 0u64, 0u64);
+    while let Some(key) = min_key(&cursors, &mut holders) {
+        keys += 1;
+        heap += key.len() as u64;
+        for &i in &holders {
+            versions += cursors[i].take_count() as u64;
+        }
+    }
+    (keys, versions, heap)
 }
 
 /// Writes a run of `(lo, hi]` from per-table sources: a counting pass sizes the sections, a second pass streams
@@ -1155,15 +1183,7 @@ fn write_run(
     hi: u64,
     inputs: &[Vec<Source<'_>>; TABLES],
 ) -> crate::Result<Run> {
-    let mut sizes = [(0u64, 0u64, 0u64); TABLES];
-    for (t, srcs) in inputs.iter().enumerate() {
-        merge_sources(srcs, |k, v| {
-            sizes[t].0 += 1;
-            sizes[t].1 += v.len() as u64;
-            sizes[t].2 += k.len() as u64;
-            Ok(())
-        })?;
-    }
+    let sizes: Vec<(u64, u64, u64)> = inputs.iter().map(|srcs| merge_sizes(srcs)).collect();
     let name = run_name(lo, hi);
     let path = dir.join(&name);
     let tmp = dir.join(format!("{name}.tmp"));

@@ -15,6 +15,10 @@ fn appends(dir: &std::path::Path, total: u64) -> Result<(), Box<dyn std::error::
         } else {
             Some(std::time::Duration::from_secs(1))
         },
+        index_flush_versions: std::env::var("INDEX_FLUSH")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(Options::default().index_flush_versions),
         ..Options::default()
     };
     let db = std::sync::Arc::new(Db::open(dir, opts)?);
@@ -38,9 +42,12 @@ fn appends(dir: &std::path::Path, total: u64) -> Result<(), Box<dyn std::error::
             });
         }
     });
+    let st = db.wal_stats();
     eprintln!(
-        "{total} appends from 64 threads: {:.0}/s",
-        total as f64 / t.elapsed().as_secs_f64()
+        "{total} appends from 64 threads: {:.0}/s; {:.1} records per group commit, fsync mean {:.0} µs",
+        total as f64 / t.elapsed().as_secs_f64(),
+        st.frames_written as f64 / st.flushes.max(1) as f64,
+        st.fsync_micros_total as f64 / st.fsyncs.max(1) as f64
     );
     Ok(())
 }
@@ -60,10 +67,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         std::thread::sleep(std::time::Duration::from_millis(300));
         let t = std::time::Instant::now();
         let run = aerodb_benches::run_wal(&wal, 64, total / 64, 352);
+        let st = wal.stats();
         eprintln!(
-            "{} WAL appends from 64 threads: {:.0}/s",
+            "{} WAL appends from 64 threads: {:.0}/s; {:.1} records per group commit, fsync mean {:.0} µs",
             run.ops,
-            run.ops as f64 / t.elapsed().as_secs_f64()
+            run.ops as f64 / t.elapsed().as_secs_f64(),
+            st.frames_written as f64 / st.flushes.max(1) as f64,
+            st.fsync_micros_total as f64 / st.fsyncs.max(1) as f64
         );
         return Ok(());
     }
