@@ -1227,7 +1227,7 @@ impl Inner {
             self.index_files.record(&manifest)?;
             drop(order);
             // Only once no manifest lists them; open maps keep serving readers that still hold them.
-            self.index_files.remove(&[&job.a, &job.b]);
+            self.index_files.remove(&job.inputs);
         }
     }
 

@@ -39,6 +39,8 @@ pub const MAX_INDEX_KEY: usize = 64 * 1024;
 pub const MAX_RUNS: usize = 4096;
 /// The merge policy keeps at most this many runs.
 const TARGET_MAX_RUNS: usize = 16;
+/// How many runs of one size tier are merged at once.
+const MERGE_FAN_IN: usize = 4;
 /// Write buffer per output section.
 const WRITE_BUF: usize = 1 << 20;
 
@@ -941,34 +943,54 @@ impl Index {
         self.manifest()
     }
 
-    /// The merge the policy asks for, if any: the newest adjacent pair whose older run holds at most twice the
-    /// versions of the newer, or, with more than 16 runs, the adjacent pair with the fewest versions. This keeps
-    /// O(log n) runs, each version rewritten O(log n) times.
+    /// The merge the policy asks for, if any. Size-tiered: the newest runs whose sizes (in versions) are all
+    /// below four times the smallest of them are merged once there are at least four of them, so runs form a
+    /// base-4 counter: O(log₄ n) runs, each version rewritten O(log₄ n) times. With more than 16 runs the
+    /// adjacent pair with the fewest versions is merged regardless.
     pub fn merge_job(&self) -> Option<MergeJob> {
         let r = &self.runs;
-        let pick = (1..r.len())
-            .rev()
-            .find(|&i| r[i - 1].total_versions <= 2 * r[i].total_versions)
-            .or_else(|| {
-                (r.len() > TARGET_MAX_RUNS)
-                    .then(|| (1..r.len()).min_by_key(|&i| r[i - 1].total_versions + r[i].total_versions))
-                    .flatten()
-            })?;
+        let n = r.len();
+        let mut start = n;
+        let mut smallest = u64::MAX;
+        while start > 0 {
+            let v = r[start - 1].total_versions;
+            let low = smallest.min(v);
+            let high = r[start - 1..n]
+                .iter()
+                .map(|x| x.total_versions)
+                .max()
+                .unwrap_or(0);
+            if high >= low.saturating_mul(MERGE_FAN_IN as u64) {
+                break;
+            }
+            smallest = low;
+            start -= 1;
+        }
+        let range = if n - start >= MERGE_FAN_IN {
+            start..n
+        } else if n > TARGET_MAX_RUNS {
+            let i = (1..n).min_by_key(|&i| r[i - 1].total_versions + r[i].total_versions)?;
+            i - 1..i + 1
+        } else {
+            return None;
+        };
         Some(MergeJob {
             files: self.files.clone(),
-            a: r[pick - 1].clone(),
-            b: r[pick].clone(),
+            inputs: r[range].to_vec(),
         })
     }
 
-    /// Replaces a merge's two inputs by its output. Returns the new list for the manifest, or `None` when the
-    /// inputs are no longer adjacent runs (nothing is changed then).
+    /// Replaces a merge's inputs by its output. Returns the new list for the manifest, or `None` when the inputs
+    /// are no longer adjacent runs (nothing is changed then).
     pub fn install_merge(&mut self, job: &MergeJob, merged: Arc<Run>) -> Option<Manifest> {
-        let i = self.runs.iter().position(|r| Arc::ptr_eq(r, &job.a))?;
-        if !self.runs.get(i + 1).is_some_and(|r| Arc::ptr_eq(r, &job.b)) {
+        let first = job.inputs.first()?;
+        let i = self.runs.iter().position(|r| Arc::ptr_eq(r, first))?;
+        let k = job.inputs.len();
+        let here = self.runs.get(i..i + k)?;
+        if !here.iter().zip(&job.inputs).all(|(a, b)| Arc::ptr_eq(a, b)) {
             return None;
         }
-        self.runs.splice(i..i + 2, [merged]);
+        self.runs.splice(i..i + k, [merged]);
         Some(self.manifest())
     }
 
@@ -1004,7 +1026,7 @@ impl IndexFiles {
     }
 
     /// Removes the files of runs no longer listed. A failure only leaves an orphan that the next open removes.
-    pub fn remove(&self, runs: &[&Run]) {
+    pub fn remove(&self, runs: &[Arc<Run>]) {
         for r in runs {
             let _ = self.fs.remove_file(&self.dir.join(run_name(r.lo, r.hi)));
         }
@@ -1039,25 +1061,24 @@ impl FlushJob {
 /// write buffers, not the run sizes.
 pub(crate) struct MergeJob {
     files: Arc<IndexFiles>,
-    /// The older input.
-    pub a: Arc<Run>,
-    /// The newer input.
-    pub b: Arc<Run>,
+    /// The adjacent runs to merge, oldest first.
+    pub inputs: Vec<Arc<Run>>,
 }
 
 impl MergeJob {
     /// Writes the merged run.
     pub fn write(&self) -> crate::Result<Arc<Run>> {
-        let (a, b) = (&self.a, &self.b);
-        let inputs: [Vec<Source<'_>>; TABLES] = [
-            vec![Source::Run(&a.tables[KEYS]), Source::Run(&b.tables[KEYS])],
-            vec![Source::Run(&a.tables[TENANTS]), Source::Run(&b.tables[TENANTS])],
-        ];
+        let (Some(first), Some(last)) = (self.inputs.first(), self.inputs.last()) else {
+            return Err(crate::Error::InvalidOptions("a merge needs inputs".into()));
+        };
+        let sources =
+            |t: usize| -> Vec<Source<'_>> { self.inputs.iter().map(|r| Source::Run(&r.tables[t])).collect() };
+        let inputs: [Vec<Source<'_>>; TABLES] = [sources(KEYS), sources(TENANTS)];
         Ok(Arc::new(write_run(
             &*self.files.fs,
             &self.files.dir,
-            a.lo,
-            b.hi,
+            first.lo,
+            last.hi,
             &inputs,
         )?))
     }
@@ -1272,7 +1293,7 @@ mod tests {
                     let merged = job.write().unwrap();
                     let m = ix.install_merge(&job, merged).unwrap();
                     ix.files().record(&m).unwrap();
-                    ix.files().remove(&[&job.a, &job.b]);
+                    ix.files().remove(&job.inputs);
                 }
             }
         }
