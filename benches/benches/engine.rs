@@ -120,7 +120,8 @@ fn at_one_million(c: &mut Criterion) {
     let samples: Vec<(merkle::Hash, aerodb_engine::InclusionProof)> = (0..1000)
         .map(|_| {
             let c = 1 + next(&mut seed) % RECORDS;
-            let leaf = merkle::leaf_hash(&db.record(c).expect("read").expect("record").canonical);
+            let leaf =
+                aerodb_engine::record::merkle_leaf(&db.record(c).expect("read").expect("record").canonical);
             (leaf, db.inclusion_proof(c, RECORDS).expect("proof"))
         })
         .collect();

@@ -8,7 +8,8 @@
 use std::path::PathBuf;
 
 use aerodb_engine::{
-    merkle, verify_dir, Db, NewRecord, Op, Options, Payload, SignedCheckpoint, VerifierKey, VerifyOptions,
+    merkle, record, verify_dir, Db, NewRecord, Op, Options, Payload, SignedCheckpoint, VerifierKey,
+    VerifyOptions,
 };
 use bytes::Bytes;
 
@@ -87,7 +88,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let record = db.record(1234)?.ok_or("record 1234 missing")?;
     let proof = db.inclusion_proof(1234, checkpoint.size)?;
     let included = merkle::verify_inclusion(
-        &merkle::leaf_hash(&record.canonical),
+        &record::merkle_leaf(&record.canonical),
         proof.leaf_index,
         checkpoint.size,
         &proof.hashes,
@@ -114,7 +115,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // A write with its own proof (E-8).
     let (receipt, cp2, p2) =
         db.append_and_prove("acme", Payload::Event(Bytes::from_static(b"closing the books")))?;
-    let leaf = merkle::leaf_hash(&db.record(receipt.commit_id)?.ok_or("missing")?.canonical);
+    let leaf = record::merkle_leaf(&db.record(receipt.commit_id)?.ok_or("missing")?.canonical);
     let mine = merkle::verify_inclusion(
         &leaf,
         p2.leaf_index,

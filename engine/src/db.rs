@@ -845,10 +845,11 @@ fn verify_range(wal: &Wal, from: u64, to: u64, leaf_from: u64) -> Result<RangePa
             }
             pass.last_epoch = h.epoch;
             pass.max_ts = pass.max_ts.max(h.timestamp_ms);
+            let hash = record_hash(body);
             if commit >= leaf_from {
-                pass.leaves.push((commit, leaf_hash(body)));
+                pass.leaves.push((commit, leaf_hash(&hash)));
             }
-            pass.last_hash = record_hash(body);
+            pass.last_hash = hash;
             expect += 1;
             Ok(())
         })?;

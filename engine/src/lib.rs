@@ -2,7 +2,7 @@
 //! key/value state with history. [`Db`] is the API an application links.
 //!
 //! ```
-//! use aerodb_engine::{merkle, Db, Options};
+//! use aerodb_engine::{merkle, record, Db, Options};
 //!
 //! let db = Db::open_in_memory(Options::default()).unwrap();
 //! let receipt = db.put("acme", &b"invoice/42"[..], &b"paid"[..]).unwrap();
@@ -12,7 +12,7 @@
 //! let cp = db.checkpoint_now().unwrap();
 //! let proof = db.inclusion_proof(receipt.commit_id, cp.checkpoint.size).unwrap();
 //! let record = db.record(receipt.commit_id).unwrap().unwrap();
-//! let leaf = merkle::leaf_hash(&record.canonical);
+//! let leaf = record::merkle_leaf(&record.canonical);
 //! assert!(merkle::verify_inclusion(&leaf, proof.leaf_index, proof.tree_size, &proof.hashes, &cp.checkpoint.root));
 //! ```
 #![forbid(unsafe_code)]

@@ -65,6 +65,13 @@ pub fn record_hash(canonical: &[u8]) -> Hash {
     Sha256::digest(canonical).into()
 }
 
+/// The record's Merkle leaf: `SHA-256(0x00 ‖ record_hash)` (RFC 9162 leaf hashing over the 32-byte record hash,
+/// so the log is hashed once, not twice).
+#[must_use]
+pub fn merkle_leaf(canonical: &[u8]) -> Hash {
+    crate::merkle::leaf_hash(&record_hash(canonical))
+}
+
 /// One write in a batch.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Op {
@@ -274,7 +281,6 @@ pub fn body_len(payload: &Payload) -> usize {
 pub struct Prepared {
     buf: Vec<u8>,
     record: Sha256,
-    leaf: Sha256,
 }
 
 /// A finished record: its canonical bytes and both hashes.
@@ -284,7 +290,7 @@ pub struct Sealed {
     pub canonical: Vec<u8>,
     /// `SHA-256(canonical)`.
     pub record_hash: Hash,
-    /// `SHA-256(0x00 ‖ canonical)`, the Merkle leaf.
+    /// `SHA-256(0x00 ‖ record_hash)`, the Merkle leaf.
     pub leaf_hash: Hash,
 }
 
@@ -330,14 +336,7 @@ pub fn prepare(epoch: u64, tenant: &str, payload: &Payload) -> Prepared {
     debug_assert_eq!(out.len(), RECORD_HEAD_LEN + tenant.len() + body);
     let mut record = Sha256::new();
     record.update(&out);
-    let mut leaf = Sha256::new();
-    leaf.update([0u8]);
-    leaf.update(&out);
-    Prepared {
-        buf: out,
-        record,
-        leaf,
-    }
+    Prepared { buf: out, record }
 }
 
 impl Prepared {
@@ -350,11 +349,11 @@ impl Prepared {
         t[T_PREV_HASH..T_PREV_HASH + 32].copy_from_slice(prev_hash);
         self.buf.extend_from_slice(&t);
         self.record.update(t);
-        self.leaf.update(t);
+        let record_hash: Hash = self.record.finalize().into();
         Sealed {
             canonical: self.buf,
-            record_hash: self.record.finalize().into(),
-            leaf_hash: self.leaf.finalize().into(),
+            record_hash,
+            leaf_hash: crate::merkle::leaf_hash(&record_hash),
         }
     }
 

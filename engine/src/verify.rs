@@ -373,7 +373,7 @@ pub fn verify_dir_with_fs(
         }
         prev = record_hash(&body);
         let mut checked = 0u64;
-        frontier.push(leaf_hash(&body), |level, index, hash| {
+        frontier.push(leaf_hash(&prev), |level, index, hash| {
             if opts.strict {
                 checked += 1;
                 if stored.get(level as usize, index).as_ref() != Some(hash) {

@@ -4,9 +4,11 @@ tlog-checkpoint specs and RFC 9162 §2.1.3.2 / §2.1.4.2, sharing no code with t
 
 Usage: independent_verify.py CASE.json
 CASE.json: {"vkey": str, "note": str,
-            "inclusion": [{"leaf": hex, "index": int, "size": int, "proof": [hex], "root": hex}],
+            "inclusion": [{"record": hex, "index": int, "size": int, "proof": [hex], "root": hex}],
             "consistency": [{"old": int, "new": int, "old_root": hex, "new_root": hex, "proof": [hex]}]}
 The checkpoint's root and size are taken from the verified note and must match the proofs that name its size.
+Each inclusion case carries the canonical record bytes: the verifier checks that the record's CommitId (trailer
+bytes -40..-32, little-endian) is index + 1 and computes the leaf itself, SHA-256(0x00 || SHA-256(record)).
 Exit 0 when everything verifies; 1 with a message on the first failure.
 """
 import base64
@@ -131,7 +133,11 @@ def main():
     for i in case.get("inclusion", []):
         if i["size"] == size and h(i["root"]) != root:
             fail("inclusion root differs from the signed checkpoint")
-        if not verify_inclusion(h(i["leaf"]), i["index"], i["size"], [h(p) for p in i["proof"]], h(i["root"])):
+        record = h(i["record"])
+        if len(record) < 64 or int.from_bytes(record[-40:-32], "little") != i["index"] + 1:
+            fail(f"record does not carry CommitId {i['index'] + 1}")
+        leaf = hashlib.sha256(b"\x00" + hashlib.sha256(record).digest()).digest()
+        if not verify_inclusion(leaf, i["index"], i["size"], [h(p) for p in i["proof"]], h(i["root"])):
             fail(f"inclusion proof of leaf {i['index']} in {i['size']}")
     for c in case.get("consistency", []):
         if c["new"] == size and h(c["new_root"]) != root:

@@ -9,7 +9,7 @@
 
 use std::{path::Path, sync::Arc};
 
-use aerodb_engine::{merkle, Db, Error, NotWritable, Op, Payload, SignedCheckpoint, VerifierKey};
+use aerodb_engine::{merkle, record, Db, Error, NotWritable, Op, Payload, SignedCheckpoint, VerifierKey};
 use aerodb_tests::{engine_opts, TempDir};
 use aerodb_wal::fs::{FaultFs, FaultKind, FaultPlan, Fs, MemFs, RealFs};
 use bytes::Bytes;
@@ -125,7 +125,7 @@ fn proofs_for_every_size_verify_with_the_published_key_string() {
             let rec = db.record(commit).unwrap().unwrap();
             assert_eq!(rec.hash, receipts[commit as usize - 1].record_hash);
             assert!(merkle::verify_inclusion(
-                &merkle::leaf_hash(&rec.canonical),
+                &record::merkle_leaf(&rec.canonical),
                 p.leaf_index,
                 size,
                 &p.hashes,
@@ -164,7 +164,7 @@ fn append_and_prove_gives_a_verifiable_receipt() {
     let db = Db::open_in_memory(engine_opts()).unwrap();
     db.put("t", b("a"), b("1")).unwrap();
     let (receipt, cp, proof) = db.append_and_prove("t", Payload::Event(b("mine"))).unwrap();
-    let leaf = merkle::leaf_hash(&db.record(receipt.commit_id).unwrap().unwrap().canonical);
+    let leaf = record::merkle_leaf(&db.record(receipt.commit_id).unwrap().unwrap().canonical);
     assert!(cp.checkpoint.size >= receipt.commit_id);
     assert!(merkle::verify_inclusion(
         &leaf,

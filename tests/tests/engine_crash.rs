@@ -13,7 +13,7 @@
 
 use std::{path::Path, sync::Arc};
 
-use aerodb_engine::{merkle, verify_dir_with_fs, Db, NewRecord, Op, Payload, Receipt, VerifyOptions};
+use aerodb_engine::{merkle, record, verify_dir_with_fs, Db, NewRecord, Op, Payload, Receipt, VerifyOptions};
 use aerodb_tests::{engine_opts, report_figure};
 use aerodb_wal::fs::{CrashMode, FaultFs, MemFs, Tear, UnsyncedFate};
 use bytes::Bytes;
@@ -76,7 +76,7 @@ fn check(mem: &MemFs, acked: &[Receipt]) -> Result<(), String> {
     let mut tree = merkle::MemTree::new();
     let mut tenant_records = 0;
     for rec in db.records(1, usize::MAX).map_err(|e| e.to_string())? {
-        tree.push(merkle::leaf_hash(&rec.canonical));
+        tree.push(record::merkle_leaf(&rec.canonical));
         tenant_records += 1;
         // The key index (persisted runs plus what reopening replayed) answers exactly what the log holds.
         if let Payload::Batch(ops) = &rec.record.payload {

@@ -81,10 +81,10 @@ fn an_independent_verifier_accepts_our_checkpoints_and_proofs_and_rejects_tamper
     let mut inclusion = Vec::new();
     for commit in [1u64, 2, 100, 256, 257, 500, 776, 777] {
         let p = db.inclusion_proof(commit, size).unwrap();
-        let leaf = merkle::leaf_hash(&db.record(commit).unwrap().unwrap().canonical);
+        let canonical = db.record(commit).unwrap().unwrap().canonical;
         inclusion.push(format!(
-            "{{\"leaf\":\"{}\",\"index\":{},\"size\":{size},\"proof\":{},\"root\":\"{}\"}}",
-            hex(&leaf),
+            "{{\"record\":\"{}\",\"index\":{},\"size\":{size},\"proof\":{},\"root\":\"{}\"}}",
+            hex(&canonical),
             p.leaf_index,
             hex_list(&p.hashes),
             hex(&root)
@@ -113,7 +113,7 @@ fn an_independent_verifier_accepts_our_checkpoints_and_proofs_and_rejects_tamper
     let (ok, out) = run(&case(&vkey, &cp.note, &inclusion, &consistency));
     assert!(ok, "{out}");
 
-    // Rejections: a changed tree size in the note, another key, a changed proof hash, a leaf not in the tree.
+    // Rejections: a changed tree size in the note, another key, a changed proof hash, a changed record.
     let mut rejected = 0;
     let tampered_note = cp
         .note
@@ -137,9 +137,12 @@ fn an_independent_verifier_accepts_our_checkpoints_and_proofs_and_rejects_tamper
     bad_inclusion.replace_range(first_hash_at..first_hash_at + 1, flipped);
     assert!(!run(&case(&vkey, &cp.note, &[bad_inclusion], &[])).0);
     rejected += 1;
-    let stranger = hex(&merkle::leaf_hash(b"never appended"));
-    let wrong_leaf = inclusion[0].replacen(&inclusion[0][9..73], &stranger, 1);
-    assert!(!run(&case(&vkey, &cp.note, &[wrong_leaf], &[])).0);
+    // One hex digit of the record's body (the first byte after the 16-byte head).
+    let mut wrong_record = inclusion[0].clone();
+    let at = "{\"record\":\"".len() + 32;
+    let digit = if &wrong_record[at..at + 1] == "0" { "1" } else { "0" };
+    wrong_record.replace_range(at..at + 1, digit);
+    assert!(!run(&case(&vkey, &cp.note, &[wrong_record], &[])).0);
     rejected += 1;
     report_figure(
         "independent verifier (Python, C2SP + RFC 9162)",

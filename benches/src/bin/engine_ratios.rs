@@ -191,7 +191,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let leaves: Vec<merkle::Hash> = picks
             .iter()
             .take(20_000)
-            .map(|&c| Ok(merkle::leaf_hash(&db.record(c)?.ok_or("missing")?.canonical)))
+            .map(|&c| Ok(record::merkle_leaf(&db.record(c)?.ok_or("missing")?.canonical)))
             .collect::<Result<_, Box<dyn std::error::Error>>>()?;
         let t = Instant::now();
         let mut ok = 0usize;
