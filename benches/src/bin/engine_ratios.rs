@@ -28,7 +28,7 @@ struct Args {
 }
 
 fn parse_args() -> Args {
-    let (mut rounds, mut ops, mut records) = (5, 2000, 1_000_000);
+    let (mut rounds, mut ops, mut records) = (5, 10_000, 1_000_000);
     aerodb_benches::parse_flags(
         "engine-ratios [--rounds N] [--ops N] [--records N] [--quick]",
         &mut [
