@@ -99,7 +99,7 @@ pub struct StoredRecord {
     pub record: Record,
     /// `SHA-256` of its canonical bytes.
     pub hash: Hash,
-    /// The canonical bytes (what the Merkle leaf hashes, with a 0x00 prefix).
+    /// The canonical bytes (what `hash` covers; the Merkle leaf is `SHA-256(0x00 ‖ hash)`).
     pub canonical: Bytes,
 }
 

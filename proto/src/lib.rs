@@ -1,4 +1,9 @@
-//! `aerodb-proto`: protobuf definitions for the client API and the replication stream.
-//!
-//! Intentionally empty until the server issue lands; see `docs/architecture.md` for the planned layer.
+//! `aerodb-proto`: the protobuf definitions of AeroDB's client API (`proto/aerodb/v1/aerodb.proto`, package
+//! `aerodb.v1`), generated with tonic/prost from a vendored `protoc`.
 #![forbid(unsafe_code)]
+
+/// Package `aerodb.v1`: messages, the `Ledger` client and the `Ledger` server trait.
+#[allow(missing_docs, clippy::all, clippy::pedantic, reason = "generated code")]
+pub mod v1 {
+    tonic::include_proto!("aerodb.v1");
+}

@@ -1,4 +1,163 @@
-//! `aerodb-server`: the `aerodb-server` binary (primary/replica) and the `aerodb` CLI.
-//!
-//! Intentionally empty until the server issue lands; see `docs/architecture.md` for the planned layer.
+//! `aerodb-server`: the `aerodb-server` binary (a primary today; replicas land with replication), its gRPC and
+//! REST APIs, and the `aerodb` CLI. The REST layer is axum: tonic 0.14 already builds on axum and hyper for its
+//! router, so REST adds no HTTP stack of its own (see `docs/architecture.md`).
 #![forbid(unsafe_code)]
+
+pub mod auth;
+pub mod client;
+pub mod config;
+pub mod error;
+pub mod grpc;
+pub mod metrics;
+pub mod node;
+pub mod rest;
+
+use std::{net::SocketAddr, sync::Arc};
+
+use aerodb_engine::{Db, Options};
+use aerodb_proto::v1::ledger_server::LedgerServer;
+use tokio::net::TcpListener;
+use tonic::codegen::http;
+
+use crate::{
+    auth::Auth,
+    config::{Config, Role},
+    node::Node,
+};
+
+/// The addresses a running server bound.
+#[derive(Clone, Debug)]
+pub struct Bound {
+    /// REST.
+    pub http: SocketAddr,
+    /// gRPC.
+    pub grpc: SocketAddr,
+    /// The log's verifier key (what clients verify checkpoints with).
+    pub verifier_key: String,
+}
+
+/// Opens the database named by `config` (the startup integrity check runs here).
+pub fn open_node(config: Config) -> Result<Node, String> {
+    let auth = if config.insecure_no_auth {
+        tracing::warn!("authentication is OFF (--insecure-no-auth); both APIs listen on loopback only");
+        Auth::disabled()
+    } else {
+        let path = config.tokens_file.as_ref().ok_or("a tokens file is required")?;
+        Auth::load(path)?
+    };
+    let opts = Options {
+        origin: config.origin.clone(),
+        epoch: config.epoch,
+        checkpoint_every_records: config.checkpoint_every_records,
+        checkpoint_interval: Some(config.checkpoint_interval),
+        read_only: config.role == Role::Replica,
+        ..Options::default()
+    };
+    let db = Db::open(&config.data_dir, opts)
+        .map_err(|e| format!("opening {}: {e}", config.data_dir.display()))?;
+    let r = db.open_report();
+    tracing::info!(
+        records = r.records_verified,
+        checkpoints = r.checkpoints_verified,
+        index_runs = r.index_runs,
+        elapsed_ms = r.elapsed.as_millis() as u64,
+        verifier_key = %db.verifier_key(),
+        "database open; startup integrity check passed"
+    );
+    Ok(Node::new(db, config, auth))
+}
+
+/// gRPC answers INTERNAL when a request body is not valid protobuf or ends mid-message (tonic follows the gRPC
+/// status guide there). Those are bad input, not server faults: report them as INVALID_ARGUMENT. Such errors
+/// are sent before any response message, in the response headers, where this rewrites them.
+fn bad_protobuf_is_invalid_argument(
+    mut resp: http::Response<tonic::body::Body>,
+) -> http::Response<tonic::body::Body> {
+    let h = resp.headers();
+    let internal = h.get("grpc-status").is_some_and(|v| v.as_bytes() == b"13");
+    let decode = h.get("grpc-message").is_some_and(|m| {
+        let m = m.as_bytes();
+        [
+            &b"Unexpected%20EOF"[..],
+            b"Unexpected EOF",
+            b"failed%20to%20decode",
+            b"failed to decode",
+            b"protocol%20error",
+            b"protocol error",
+        ]
+        .iter()
+        .any(|p| m.starts_with(p))
+    });
+    if internal && decode {
+        resp.headers_mut()
+            .insert("grpc-status", http::HeaderValue::from_static("3"));
+    }
+    resp
+}
+
+/// Binds both listeners and serves until `shutdown` resolves; then stops accepting, lets in-flight requests
+/// finish, and closes the database (final checkpoint, fsync). `on_bound` sees the bound addresses first.
+pub async fn serve(
+    node: Node,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    on_bound: impl FnOnce(Bound),
+) -> Result<(), String> {
+    let node = Arc::new(node);
+    let cfg = node.config.clone();
+    let http_listener = TcpListener::bind(cfg.http_listen)
+        .await
+        .map_err(|e| format!("binding REST on {}: {e}", cfg.http_listen))?;
+    let grpc_listener = TcpListener::bind(cfg.grpc_listen)
+        .await
+        .map_err(|e| format!("binding gRPC on {}: {e}", cfg.grpc_listen))?;
+    let bound = Bound {
+        http: http_listener.local_addr().map_err(|e| e.to_string())?,
+        grpc: grpc_listener.local_addr().map_err(|e| e.to_string())?,
+        verifier_key: node.db.verifier_key().to_string(),
+    };
+    tracing::info!(rest = %bound.http, grpc = %bound.grpc, role = ?cfg.role, "listening");
+    on_bound(bound);
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        tracing::info!("shutdown requested: no new connections; finishing requests in flight");
+        let _ = stop_tx.send(true);
+    });
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+
+    let rest = axum::serve(http_listener, rest::router(node.clone()))
+        .with_graceful_shutdown(stopped(stop_rx.clone()));
+    let limit = cfg.max_request_bytes;
+    let svc = LedgerServer::new(grpc::LedgerService::new(node.clone()))
+        .max_decoding_message_size(limit)
+        .max_encoding_message_size(limit.max(16 << 20));
+    let grpc = tonic::transport::Server::builder()
+        .timeout(cfg.request_timeout)
+        .max_concurrent_streams(cfg.max_concurrent_streams)
+        .concurrency_limit_per_connection(cfg.max_concurrent_streams as usize)
+        .layer(tower::util::MapResponseLayer::new(
+            bad_protobuf_is_invalid_argument,
+        ))
+        .add_service(svc)
+        .serve_with_incoming_shutdown(
+            tonic::transport::server::TcpIncoming::from(grpc_listener),
+            stopped(stop_rx),
+        );
+    let (r1, r2) = tokio::join!(rest, grpc);
+    r1.map_err(|e| format!("REST server: {e}"))?;
+    r2.map_err(|e| format!("gRPC server: {e}"))?;
+    // Every request has finished: make everything durable and sign a final checkpoint.
+    let node =
+        Arc::try_unwrap(node).map_err(|_| "requests still hold the node after shutdown".to_string())?;
+    let db =
+        Arc::try_unwrap(node.db).map_err(|_| "the database is still shared after shutdown".to_string())?;
+    tokio::task::spawn_blocking(move || db.close())
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("closing the database: {e}"))?;
+    tracing::info!("shut down cleanly");
+    Ok(())
+}

@@ -140,7 +140,11 @@ fn an_independent_verifier_accepts_our_checkpoints_and_proofs_and_rejects_tamper
     // One hex digit of the record's body (the first byte after the 16-byte head).
     let mut wrong_record = inclusion[0].clone();
     let at = "{\"record\":\"".len() + 32;
-    let digit = if &wrong_record[at..at + 1] == "0" { "1" } else { "0" };
+    let digit = if &wrong_record[at..at + 1] == "0" {
+        "1"
+    } else {
+        "0"
+    };
     wrong_record.replace_range(at..at + 1, digit);
     assert!(!run(&case(&vkey, &cp.note, &[wrong_record], &[])).0);
     rejected += 1;

@@ -1,0 +1,162 @@
+//! Bearer tokens with roles, loaded from a TOML file:
+//!
+//! ```toml
+//! [[tokens]]
+//! name = "billing-service"   # shown in logs, never the token
+//! role = "writer"            # reader | writer | replicator | admin
+//! token = "at least 16 characters of secret"
+//! ```
+//!
+//! Tokens are kept only as SHA-256 digests and compared in constant time, against every configured token.
+
+use std::path::Path;
+
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+use crate::error::{ApiError, Code};
+
+/// What a request wants to do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Reads: records, keys, proofs, checkpoints, status.
+    Read,
+    /// Appends.
+    Write,
+    /// Scrape metrics.
+    Metrics,
+    /// Admin operations (on-demand checkpoints).
+    Admin,
+    /// The replication stream.
+    Replicate,
+}
+
+/// A token's role.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Reads and metrics.
+    Reader,
+    /// Reads, metrics and appends.
+    Writer,
+    /// Reads and the replication stream.
+    Replicator,
+    /// Everything.
+    Admin,
+}
+
+impl Role {
+    /// Whether the role may do `a`.
+    #[must_use]
+    pub fn allows(self, a: Action) -> bool {
+        match self {
+            Role::Admin => true,
+            Role::Writer => matches!(a, Action::Read | Action::Write | Action::Metrics),
+            Role::Reader => matches!(a, Action::Read | Action::Metrics),
+            Role::Replicator => matches!(a, Action::Read | Action::Replicate),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokenEntry {
+    name: String,
+    role: Role,
+    token: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokensFile {
+    tokens: Vec<TokenEntry>,
+}
+
+/// The configured tokens (or none: authentication disabled).
+#[derive(Clone, Debug)]
+pub struct Auth {
+    tokens: Option<Vec<([u8; 32], String, Role)>>,
+}
+
+/// The caller, once authenticated.
+#[derive(Clone, Debug)]
+pub struct Caller {
+    /// The token's name (`anonymous` without authentication).
+    pub name: String,
+    /// Its role.
+    pub role: Role,
+}
+
+impl Auth {
+    /// No authentication: every caller is an admin (loopback-only, see the config checks).
+    #[must_use]
+    pub fn disabled() -> Self {
+        Self { tokens: None }
+    }
+
+    /// Loads a tokens file. Refuses empty or short tokens and duplicate tokens.
+    pub fn load(path: &Path) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+        let file: TokensFile = toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        if file.tokens.is_empty() {
+            return Err(format!("{} lists no tokens", path.display()));
+        }
+        let mut tokens = Vec::new();
+        for t in file.tokens {
+            if t.token.len() < 16 {
+                return Err(format!("token {:?} is shorter than 16 characters", t.name));
+            }
+            let digest: [u8; 32] = Sha256::digest(t.token.as_bytes()).into();
+            if tokens.iter().any(|(d, _, _)| *d == digest) {
+                return Err(format!("token {:?} duplicates another token", t.name));
+            }
+            tokens.push((digest, t.name, t.role));
+        }
+        Ok(Self { tokens: Some(tokens) })
+    }
+
+    /// Whether authentication is on.
+    #[must_use]
+    pub fn enabled(&self) -> bool {
+        self.tokens.is_some()
+    }
+
+    /// Checks an `Authorization` header value for `action`.
+    pub fn check(&self, header: Option<&[u8]>, action: Action) -> Result<Caller, ApiError> {
+        let Some(tokens) = &self.tokens else {
+            return Ok(Caller {
+                name: "anonymous".into(),
+                role: Role::Admin,
+            });
+        };
+        let header = header
+            .ok_or_else(|| ApiError::new(Code::Unauthenticated, "missing Authorization: Bearer <token>"))?;
+        let token = header.strip_prefix(b"Bearer ").ok_or_else(|| {
+            ApiError::new(
+                Code::Unauthenticated,
+                "the Authorization header must be `Bearer <token>`",
+            )
+        })?;
+        let digest: [u8; 32] = Sha256::digest(token).into();
+        // Compare with every token, without stopping early or branching on the bytes.
+        let mut found = None;
+        for (d, name, role) in tokens {
+            let diff = d.iter().zip(digest.iter()).fold(0u8, |acc, (a, b)| acc | (a ^ b));
+            if diff == 0 {
+                found = Some((name, *role));
+            }
+        }
+        let (name, role) =
+            found.ok_or_else(|| ApiError::new(Code::Unauthenticated, "unknown bearer token"))?;
+        if !role.allows(action) {
+            return Err(ApiError::new(
+                Code::PermissionDenied,
+                format!("token {name:?} has role {role:?}, which may not {action:?}"),
+            ));
+        }
+        Ok(Caller {
+            name: name.clone(),
+            role,
+        })
+    }
+}

@@ -1,0 +1,81 @@
+//! `aerodb-server`: runs a node. `aerodb-server --help` lists the settings.
+
+use std::process::ExitCode;
+
+use aerodb_server::config::{Config, Flags, LogFormat};
+use clap::Parser;
+
+fn init_logs(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("AERODB_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM"),
+                _ = int.recv() => tracing::info!("SIGINT"),
+            }
+        }
+        _ => {
+            tracing::error!("cannot install signal handlers; stop with SIGKILL");
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let config = match Config::load(Flags::parse()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("aerodb-server: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    init_logs(config.log_format);
+    let ports_file = config.ports_file.clone();
+    let node = match aerodb_server::open_node(config) {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::error!("{e}");
+            return ExitCode::from(1);
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!("starting the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = rt.block_on(aerodb_server::serve(node, shutdown_signal(), move |b| {
+        let line = format!(
+            "{{\"http\":\"{}\",\"grpc\":\"{}\",\"verifier_key\":\"{}\"}}\n",
+            b.http, b.grpc, b.verifier_key
+        );
+        println!("{}", line.trim_end());
+        if let Some(path) = &ports_file {
+            let tmp = path.with_extension("tmp");
+            if let Err(e) = std::fs::write(&tmp, &line).and_then(|()| std::fs::rename(&tmp, path)) {
+                tracing::error!("writing the ports file {}: {e}", path.display());
+            }
+        }
+    }));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            ExitCode::from(1)
+        }
+    }
+}

@@ -1,0 +1,516 @@
+//! `aerodb`: the command-line client. Remote commands talk gRPC to a server (`--grpc`, `--token`); `verify`,
+//! `inspect` and `keygen` work on local files. Human output by default, `--json` for machines; the exit code is
+//! non-zero on any failure.
+
+use std::{io::Write as _, path::PathBuf, process::ExitCode, sync::Arc};
+
+use aerodb_engine::{record, Op, Payload, SigningKey, VerifierKey, VerifyOptions};
+use aerodb_proto::v1 as pb;
+use aerodb_server::client::VerifiedClient;
+use bytes::Bytes;
+use clap::{Parser, Subcommand};
+use serde_json::json;
+
+#[derive(Parser)]
+#[command(name = "aerodb", version, about = "AeroDB command-line client")]
+struct Cli {
+    /// gRPC endpoint of the server.
+    #[arg(
+        long,
+        global = true,
+        env = "AERODB_GRPC",
+        default_value = "http://127.0.0.1:7001"
+    )]
+    grpc: String,
+    /// Bearer token.
+    #[arg(long, global = true, env = "AERODB_TOKEN")]
+    token: Option<String>,
+    /// Machine-readable JSON output.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Node health, HA status and the newest checkpoint.
+    Status,
+    /// Append one record: `--put key=value` (repeatable) and `--delete key`, or `--event text`.
+    Append {
+        /// Tenant.
+        #[arg(long)]
+        tenant: String,
+        /// `key=value` to put.
+        #[arg(long)]
+        put: Vec<String>,
+        /// Key to delete.
+        #[arg(long)]
+        delete: Vec<String>,
+        /// An opaque event instead of puts/deletes.
+        #[arg(long, conflicts_with_all = ["put", "delete"])]
+        event: Option<String>,
+        /// Verify the write: inclusion in a signed checkpoint, consistent with the previous one (needs
+        /// --verifier-key).
+        #[arg(long)]
+        verifier_key: Option<String>,
+    },
+    /// The value of a key (now, or at a CommitId).
+    Get {
+        /// The key.
+        key: String,
+        /// Read as of this CommitId.
+        #[arg(long)]
+        at: Option<u64>,
+    },
+    /// One record.
+    Record {
+        /// CommitId.
+        commit_id: u64,
+    },
+    /// Fetch record N with its inclusion proof and verify both locally against the newest signed checkpoint.
+    Proof {
+        /// CommitId.
+        commit_id: u64,
+        /// The log's verifier key (`name+keyid+base64`); never taken from the server.
+        #[arg(long, env = "AERODB_VERIFIER_KEY")]
+        verifier_key: String,
+    },
+    /// The newest signed checkpoint (the note, verbatim).
+    Checkpoint,
+    /// Verify a data directory offline: every frame, record, chain link, Merkle node, checkpoint and index run.
+    Verify {
+        /// Data directory.
+        dir: PathBuf,
+        /// Also compare every stored Merkle node and index entry with the log.
+        #[arg(long)]
+        strict: bool,
+        /// The log's verifier key (default: derived from `<dir>/checkpoint.key`).
+        #[arg(long)]
+        verifier_key: Option<String>,
+    },
+    /// Dump the frames of a data directory's log.
+    Inspect {
+        /// Data directory.
+        dir: PathBuf,
+        /// First CommitId.
+        #[arg(long, default_value_t = 1)]
+        from: u64,
+        /// At most this many frames.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+    },
+    /// Generate a checkpoint signing key (file mode 0600) and print its verifier key.
+    Keygen {
+        /// The log's origin (key name).
+        #[arg(long, default_value = "aerodb-ledger")]
+        origin: String,
+        /// Where to write the key.
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn fail(msg: impl std::fmt::Display) -> ExitCode {
+    eprintln!("aerodb: {msg}");
+    ExitCode::from(1)
+}
+
+fn print(json_mode: bool, v: serde_json::Value, human: impl FnOnce() -> String) {
+    if json_mode {
+        println!("{v}");
+    } else {
+        println!("{}", human());
+    }
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8(b.to_vec()).unwrap_or_else(|_| format!("0x{}", hex(b)))
+}
+
+async fn client(cli: &Cli, key: Option<&str>) -> Result<VerifiedClient, String> {
+    let verifier = match key {
+        Some(k) => VerifierKey::parse(k).map_err(|e| format!("verifier key: {e}"))?,
+        // Commands that do not verify still use the client's transport; any key parses here.
+        None => SigningKey::from_seed("unverified", [0u8; 32])
+            .map_err(|e| e.to_string())?
+            .verifier(),
+    };
+    VerifiedClient::connect(&cli.grpc, cli.token.as_deref(), verifier)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+async fn run(cli: Cli) -> Result<(), String> {
+    let j = cli.json;
+    match &cli.cmd {
+        Cmd::Status => {
+            let c = client(&cli, None).await?;
+            let mut raw = c.raw();
+            let health = raw
+                .health(c.request(pb::HealthRequest {}))
+                .await
+                .map_err(|e| e.message().to_owned())?
+                .into_inner();
+            let ha = raw
+                .ha_status(c.request(pb::HaStatusRequest {}))
+                .await
+                .map_err(|e| e.message().to_owned())?
+                .into_inner();
+            let cp = raw
+                .latest_checkpoint(c.request(pb::LatestCheckpointRequest {}))
+                .await
+                .ok()
+                .map(|r| r.into_inner());
+            print(
+                j,
+                json!({
+                    "status": health.status, "writable": health.writable, "node_id": ha.node_id, "role": ha.role,
+                    "state": ha.state, "epoch": ha.epoch, "commit_id": ha.commit_id, "is_leader": ha.is_leader,
+                    "checkpoint_size": cp.as_ref().map(|c| c.size), "checkpoint_root": cp.as_ref().map(|c| hex(&c.root)),
+                }),
+                || {
+                    format!(
+                        "node {} ({}, {}), epoch {}: {}\ncommit id {}; newest checkpoint: {}",
+                        ha.node_id,
+                        ha.role,
+                        ha.state,
+                        ha.epoch,
+                        health.status,
+                        ha.commit_id,
+                        cp.as_ref().map_or("none".into(), |c| format!(
+                            "size {} root {}",
+                            c.size,
+                            hex(&c.root)
+                        ))
+                    )
+                },
+            );
+        }
+        Cmd::Append {
+            tenant,
+            put,
+            delete,
+            event,
+            verifier_key,
+        } => {
+            let payload = if let Some(e) = event {
+                Payload::Event(Bytes::from(e.clone().into_bytes()))
+            } else {
+                let mut ops = Vec::new();
+                for p in put {
+                    let (k, v) = p.split_once('=').ok_or(format!("--put {p:?} is not key=value"))?;
+                    ops.push(Op::Put {
+                        key: Bytes::from(k.to_owned().into_bytes()),
+                        value: Bytes::from(v.to_owned().into_bytes()),
+                    });
+                }
+                for k in delete {
+                    ops.push(Op::Delete {
+                        key: Bytes::from(k.clone().into_bytes()),
+                    });
+                }
+                if ops.is_empty() {
+                    return Err("nothing to append: give --put, --delete or --event".into());
+                }
+                Payload::Batch(ops)
+            };
+            let mut c = client(&cli, verifier_key.as_deref()).await?;
+            if verifier_key.is_some() {
+                let w = c.append(tenant, payload).await.map_err(|e| e.to_string())?;
+                print(
+                    j,
+                    json!({"commit_id": w.commit_id, "record_hash": hex(&w.record_hash), "verified": true,
+                           "checkpoint_size": w.checkpoint.size, "checkpoint_root": hex(&w.checkpoint.root)}),
+                    || {
+                        format!(
+                            "appended CommitId {} (record {}); verified in signed checkpoint {} (root {})",
+                            w.commit_id,
+                            hex(&w.record_hash),
+                            w.checkpoint.size,
+                            hex(&w.checkpoint.root)
+                        )
+                    },
+                );
+            } else {
+                let rec = match payload {
+                    Payload::Event(e) => pb::new_record::Payload::Event(e.to_vec()),
+                    Payload::Batch(ops) => pb::new_record::Payload::Batch(pb::Batch {
+                        ops: ops
+                            .into_iter()
+                            .map(|op| match op {
+                                Op::Put { key, value } => pb::Op {
+                                    key: key.to_vec(),
+                                    value: value.to_vec(),
+                                    delete: false,
+                                },
+                                Op::Delete { key } => pb::Op {
+                                    key: key.to_vec(),
+                                    value: Vec::new(),
+                                    delete: true,
+                                },
+                            })
+                            .collect(),
+                    }),
+                };
+                let r = c
+                    .raw()
+                    .append(c.request(pb::AppendRequest {
+                        record: Some(pb::NewRecord {
+                            tenant: tenant.clone(),
+                            payload: Some(rec),
+                        }),
+                        prove: false,
+                    }))
+                    .await
+                    .map_err(|e| e.message().to_owned())?
+                    .into_inner()
+                    .receipt
+                    .ok_or("no receipt")?;
+                print(
+                    j,
+                    json!({"commit_id": r.commit_id, "record_hash": hex(&r.record_hash), "verified": false}),
+                    || {
+                        format!(
+                            "appended CommitId {} (record {})",
+                            r.commit_id,
+                            hex(&r.record_hash)
+                        )
+                    },
+                );
+            }
+        }
+        Cmd::Get { key, at } => {
+            let c = client(&cli, None).await?;
+            let r = c
+                .raw()
+                .get_key(c.request(pb::GetKeyRequest {
+                    key: key.clone().into_bytes(),
+                    at: *at,
+                }))
+                .await
+                .map_err(|e| e.message().to_owned())?
+                .into_inner();
+            if !r.found {
+                return Err(format!("key {key:?} has no value at CommitId {}", r.at));
+            }
+            print(
+                j,
+                json!({"key": key, "value": text(&r.value), "at": r.at}),
+                || text(&r.value),
+            );
+        }
+        Cmd::Record { commit_id } => {
+            let c = client(&cli, None).await?;
+            let r = c
+                .raw()
+                .get_record(c.request(pb::GetRecordRequest {
+                    commit_id: *commit_id,
+                }))
+                .await
+                .map_err(|e| e.message().to_owned())?
+                .into_inner()
+                .record
+                .ok_or("no record")?;
+            let rec = record::decode(&Bytes::from(r.canonical.clone())).map_err(|e| e.to_string())?;
+            print(
+                j,
+                json!({"commit_id": rec.commit_id, "epoch": rec.epoch, "timestamp_ms": rec.timestamp_ms,
+                       "tenant": rec.tenant, "record_hash": hex(&r.record_hash), "prev_hash": hex(&rec.prev_hash),
+                       "payload": format!("{:?}", rec.payload)}),
+                || {
+                    format!(
+                        "record {} (epoch {}, tenant {}, t={} ms)\n  hash {}\n  prev {}\n  {:?}",
+                        rec.commit_id,
+                        rec.epoch,
+                        rec.tenant,
+                        rec.timestamp_ms,
+                        hex(&r.record_hash),
+                        hex(&rec.prev_hash),
+                        rec.payload
+                    )
+                },
+            );
+        }
+        Cmd::Proof {
+            commit_id,
+            verifier_key,
+        } => {
+            let mut c = client(&cli, Some(verifier_key)).await?;
+            let rec = c.verified_record(*commit_id).await.map_err(|e| e.to_string())?;
+            let cp = c.trusted().cloned().ok_or("no checkpoint accepted")?;
+            print(
+                j,
+                json!({"commit_id": rec.commit_id, "verified": true, "checkpoint_size": cp.size,
+                       "checkpoint_root": hex(&cp.root), "tenant": rec.tenant}),
+                || {
+                    format!(
+                        "OK: record {} is included in the signed checkpoint of size {} (root {}), verified with {}",
+                        rec.commit_id,
+                        cp.size,
+                        hex(&cp.root),
+                        verifier_key.split('+').next().unwrap_or("")
+                    )
+                },
+            );
+        }
+        Cmd::Checkpoint => {
+            let c = client(&cli, None).await?;
+            let cp = c
+                .raw()
+                .latest_checkpoint(c.request(pb::LatestCheckpointRequest {}))
+                .await
+                .map_err(|e| e.message().to_owned())?
+                .into_inner();
+            print(
+                j,
+                json!({"origin": cp.origin, "size": cp.size, "root": hex(&cp.root), "epoch": cp.epoch, "note": cp.note}),
+                || cp.note.trim_end().to_owned(),
+            );
+        }
+        Cmd::Verify {
+            dir,
+            strict,
+            verifier_key,
+        } => {
+            let verifier = verifier_key
+                .as_deref()
+                .map(VerifierKey::parse)
+                .transpose()
+                .map_err(|e| format!("verifier key: {e}"))?;
+            let opts = VerifyOptions {
+                verifier,
+                strict: *strict,
+            };
+            let show = !j;
+            let mut last = std::time::Instant::now();
+            let report = aerodb_engine::verify_dir(dir, &opts, &mut |done, total| {
+                if show && (last.elapsed().as_millis() >= 200 || done == total) {
+                    last = std::time::Instant::now();
+                    let pct = if total == 0 {
+                        100.0
+                    } else {
+                        done as f64 * 100.0 / total as f64
+                    };
+                    let filled = (pct / 5.0) as usize;
+                    eprint!(
+                        "\r[{}{}] {pct:5.1}% {done}/{total} records",
+                        "#".repeat(filled),
+                        " ".repeat(20 - filled.min(20))
+                    );
+                    let _ = std::io::stderr().flush();
+                }
+            })
+            .map_err(|e| e.to_string())?;
+            if show {
+                eprintln!();
+            }
+            let problems: Vec<String> = report.problems.iter().map(ToString::to_string).collect();
+            print(
+                j,
+                json!({"ok": report.ok(), "records": report.records, "bytes": report.bytes,
+                       "nodes_checked": report.nodes_checked, "checkpoints": report.checkpoints,
+                       "checkpoints_ok": report.checkpoints_ok, "consistency_ok": report.consistency_ok,
+                       "problems": problems, "elapsed_ms": report.elapsed.as_millis() as u64}),
+                || {
+                    let mut s = format!(
+                        "{} records ({} bytes), {} Merkle nodes, {}/{} checkpoints, {} consistency proofs checked in {:.2} s",
+                        report.records,
+                        report.bytes,
+                        report.nodes_checked,
+                        report.checkpoints_ok,
+                        report.checkpoints,
+                        report.consistency_ok,
+                        report.elapsed.as_secs_f64()
+                    );
+                    if problems.is_empty() {
+                        s.push_str("\nOK: nothing wrong");
+                    }
+                    for p in &problems {
+                        s.push_str(&format!("\nPROBLEM: {p}"));
+                    }
+                    s
+                },
+            );
+            if !report.ok() {
+                return Err(format!("{} problem(s) found", problems.len()));
+            }
+        }
+        Cmd::Inspect { dir, from, limit } => {
+            let opts = aerodb_wal::Options {
+                read_only: true,
+                segment_bytes: aerodb_wal::format::MAX_SEGMENT_BYTES,
+                max_record_bytes: aerodb_wal::format::MAX_FRAME_BODY_BYTES,
+                ..aerodb_wal::Options::default()
+            };
+            let wal = aerodb_wal::Wal::open(Arc::new(aerodb_wal::fs::RealFs), dir.join("wal"), opts)
+                .map_err(|e| e.to_string())?;
+            let mut rows = Vec::new();
+            for f in wal
+                .read_from(aerodb_wal::CommitId((*from).max(1)))
+                .map_err(|e| e.to_string())?
+                .take(*limit)
+            {
+                let f = f.map_err(|e| e.to_string())?;
+                let body = f.body();
+                let summary = match record::decode(&body) {
+                    Ok(r) => format!("tenant {} {:?}", r.tenant, r.payload),
+                    Err(e) => format!("NOT A VALID RECORD: {e}"),
+                };
+                rows.push(
+                    json!({"commit_id": f.commit_id.0, "epoch": f.epoch.0, "segment": f.segment.0,
+                                 "offset": f.offset, "frame_bytes": f.raw.len(),
+                                 "record_hash": hex(&record::record_hash(&body)), "summary": summary}),
+                );
+            }
+            if j {
+                println!("{}", serde_json::Value::Array(rows));
+            } else {
+                for r in rows {
+                    println!(
+                        "#{:<8} epoch {:<3} seg {:<4} @{:<10} {:>6} B  {}  {}",
+                        r["commit_id"],
+                        r["epoch"],
+                        r["segment"],
+                        r["offset"],
+                        r["frame_bytes"],
+                        r["record_hash"].as_str().unwrap_or(""),
+                        r["summary"].as_str().unwrap_or("")
+                    );
+                }
+            }
+        }
+        Cmd::Keygen { origin, out } => {
+            let key = SigningKey::generate(origin).map_err(|e| e.to_string())?;
+            key.save(out).map_err(|e| e.to_string())?;
+            print(
+                j,
+                json!({"path": out, "verifier_key": key.verifier().to_string()}),
+                || {
+                    format!(
+                        "wrote {} (mode 0600)\nverifier key: {}",
+                        out.display(),
+                        key.verifier()
+                    )
+                },
+            );
+        }
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => return fail(e),
+    };
+    match rt.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(e),
+    }
+}

@@ -1,0 +1,310 @@
+//! A Rust client that trusts nothing it cannot verify (verified reads and writes, E-8 from the client's side).
+//!
+//! It keeps the newest checkpoint it accepted. A new checkpoint is accepted only if its signature verifies with the
+//! log's verifier key and it is consistent with the one before (a verified RFC 9162 consistency proof, or the same
+//! root at the same size); a smaller tree is a rollback and is refused. Every write is re-read and its inclusion
+//! in an accepted checkpoint verified from the record's own bytes; every read of a record proves the same.
+
+use aerodb_engine::{merkle, record, Checkpoint, Payload, SignedCheckpoint, VerifierKey};
+use aerodb_proto::v1::{self as pb, ledger_client::LedgerClient};
+use bytes::Bytes;
+use tonic::{metadata::MetadataValue, transport::Channel, Request};
+
+/// What can go wrong.
+#[derive(Debug)]
+pub enum ClientError {
+    /// Could not connect.
+    Connect(String),
+    /// The server answered with an error status.
+    Rpc(tonic::Status),
+    /// The server's answer does not verify: it is lying, or the log was rewritten.
+    Verification(String),
+}
+
+impl std::fmt::Display for ClientError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ClientError::Connect(e) => write!(f, "connect: {e}"),
+            ClientError::Rpc(s) => write!(f, "{}: {}", s.code(), s.message()),
+            ClientError::Verification(e) => write!(f, "VERIFICATION FAILED: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for ClientError {}
+
+impl From<tonic::Status> for ClientError {
+    fn from(s: tonic::Status) -> Self {
+        ClientError::Rpc(s)
+    }
+}
+
+fn bad(what: impl Into<String>) -> ClientError {
+    ClientError::Verification(what.into())
+}
+
+fn hash32(v: &[u8], what: &str) -> Result<merkle::Hash, ClientError> {
+    v.try_into()
+        .map_err(|_| bad(format!("{what} is {} bytes, not 32", v.len())))
+}
+
+/// A write, verified: its receipt and the accepted checkpoint that proves it.
+#[derive(Debug, Clone)]
+pub struct VerifiedWrite {
+    /// CommitId.
+    pub commit_id: u64,
+    /// The record's hash.
+    pub record_hash: merkle::Hash,
+    /// The checkpoint the inclusion proof verified against.
+    pub checkpoint: Checkpoint,
+}
+
+/// The verifying client.
+#[derive(Debug, Clone)]
+pub struct VerifiedClient {
+    inner: LedgerClient<Channel>,
+    token: Option<MetadataValue<tonic::metadata::Ascii>>,
+    verifier: VerifierKey,
+    trusted: Option<Checkpoint>,
+}
+
+impl VerifiedClient {
+    /// Connects to a gRPC endpoint (`http://127.0.0.1:7001`) with an optional bearer token; checkpoints must be
+    /// signed by `verifier`.
+    pub async fn connect(url: &str, token: Option<&str>, verifier: VerifierKey) -> Result<Self, ClientError> {
+        let inner = LedgerClient::connect(url.to_owned())
+            .await
+            .map_err(|e| ClientError::Connect(format!("{url}: {e}")))?;
+        let token = token
+            .map(|t| {
+                format!("Bearer {t}")
+                    .parse()
+                    .map_err(|_| ClientError::Connect("the token is not valid header text".into()))
+            })
+            .transpose()?;
+        Ok(Self {
+            inner,
+            token,
+            verifier,
+            trusted: None,
+        })
+    }
+
+    /// The newest checkpoint accepted so far.
+    #[must_use]
+    pub fn trusted(&self) -> Option<&Checkpoint> {
+        self.trusted.as_ref()
+    }
+
+    /// Starts from a checkpoint the caller already trusts (a previous session's), so rollbacks across sessions
+    /// are caught too.
+    pub fn trust(&mut self, c: Checkpoint) {
+        self.trusted = Some(c);
+    }
+
+    fn req<T>(&self, msg: T) -> Request<T> {
+        let mut r = Request::new(msg);
+        if let Some(t) = &self.token {
+            r.metadata_mut().insert("authorization", t.clone());
+        }
+        r
+    }
+
+    /// Verifies a checkpoint from the server and makes it the trusted one, if it is consistent with it.
+    pub async fn accept(&mut self, cp: &pb::Checkpoint) -> Result<Checkpoint, ClientError> {
+        let signed = SignedCheckpoint::verify(&cp.note, &self.verifier)
+            .map_err(|e| bad(format!("checkpoint signature: {e}")))?;
+        let new = signed.checkpoint;
+        if new.size != cp.size || new.root.as_slice() != cp.root.as_slice() {
+            return Err(bad("the checkpoint's fields differ from its signed note"));
+        }
+        if let Some(old) = self.trusted.clone() {
+            if new.size < old.size {
+                return Err(bad(format!(
+                    "rollback: checkpoint size {} after an accepted size {}",
+                    new.size, old.size
+                )));
+            }
+            if new.size == old.size {
+                if new.root != old.root {
+                    return Err(bad(format!("fork: two roots at size {}", new.size)));
+                }
+            } else {
+                let p = self
+                    .inner
+                    .consistency_proof(self.req(pb::ConsistencyProofRequest {
+                        old_size: old.size,
+                        new_size: new.size,
+                    }))
+                    .await?
+                    .into_inner();
+                let hashes = p
+                    .hashes
+                    .iter()
+                    .map(|h| hash32(h, "a proof hash"))
+                    .collect::<Result<Vec<_>, _>>()?;
+                if !merkle::verify_consistency(old.size, new.size, &old.root, &new.root, &hashes) {
+                    return Err(bad(format!(
+                        "checkpoint {} is not consistent with the accepted checkpoint {}",
+                        new.size, old.size
+                    )));
+                }
+            }
+        }
+        if self.trusted.as_ref().is_none_or(|t| new.size > t.size) {
+            self.trusted = Some(new.clone());
+        }
+        Ok(new)
+    }
+
+    /// Fetches and accepts the newest checkpoint.
+    pub async fn refresh(&mut self) -> Result<Checkpoint, ClientError> {
+        let cp = self
+            .inner
+            .latest_checkpoint(self.req(pb::LatestCheckpointRequest {}))
+            .await?
+            .into_inner();
+        self.accept(&cp).await
+    }
+
+    /// Appends a record and verifies it: the server's proof against a checkpoint it signed, the checkpoint's
+    /// consistency with what this client saw before, and that the record at that CommitId is the one written.
+    pub async fn append(&mut self, tenant: &str, payload: Payload) -> Result<VerifiedWrite, ClientError> {
+        let record = pb::NewRecord {
+            tenant: tenant.to_owned(),
+            payload: Some(match &payload {
+                Payload::Event(e) => pb::new_record::Payload::Event(e.to_vec()),
+                Payload::Batch(ops) => pb::new_record::Payload::Batch(pb::Batch {
+                    ops: ops
+                        .iter()
+                        .map(|op| pb::Op {
+                            key: op.key().to_vec(),
+                            value: match op {
+                                aerodb_engine::Op::Put { value, .. } => value.to_vec(),
+                                aerodb_engine::Op::Delete { .. } => Vec::new(),
+                            },
+                            delete: matches!(op, aerodb_engine::Op::Delete { .. }),
+                        })
+                        .collect(),
+                }),
+            }),
+        };
+        let resp = self
+            .inner
+            .append(self.req(pb::AppendRequest {
+                record: Some(record),
+                prove: true,
+            }))
+            .await?
+            .into_inner();
+        let receipt = resp.receipt.ok_or_else(|| bad("no receipt"))?;
+        let cp = resp
+            .checkpoint
+            .ok_or_else(|| bad("no checkpoint with the proof"))?;
+        let proof = resp.proof.ok_or_else(|| bad("no inclusion proof"))?;
+        let checkpoint = self.accept(&cp).await?;
+        let record_hash = hash32(&receipt.record_hash, "the record hash")?;
+        let hashes = proof
+            .hashes
+            .iter()
+            .map(|h| hash32(h, "a proof hash"))
+            .collect::<Result<Vec<_>, _>>()?;
+        if proof.leaf_index + 1 != receipt.commit_id || proof.tree_size != checkpoint.size {
+            return Err(bad("the proof is for another record or tree size"));
+        }
+        if !merkle::verify_inclusion(
+            &merkle::leaf_hash(&record_hash),
+            proof.leaf_index,
+            proof.tree_size,
+            &hashes,
+            &checkpoint.root,
+        ) {
+            return Err(bad(format!(
+                "record {} is not in the signed tree",
+                receipt.commit_id
+            )));
+        }
+        // The proof binds the record hash; the record behind it must be what was written.
+        let stored = self.record_bytes(receipt.commit_id).await?;
+        if record::record_hash(&stored) != record_hash {
+            return Err(bad("the stored record does not hash to the receipt"));
+        }
+        let decoded = record::decode(&Bytes::from(stored)).map_err(|e| bad(format!("record: {e}")))?;
+        if decoded.tenant != tenant || decoded.payload != payload || decoded.commit_id != receipt.commit_id {
+            return Err(bad("the stored record is not the one written"));
+        }
+        Ok(VerifiedWrite {
+            commit_id: receipt.commit_id,
+            record_hash,
+            checkpoint,
+        })
+    }
+
+    async fn record_bytes(&mut self, commit_id: u64) -> Result<Vec<u8>, ClientError> {
+        let r = self
+            .inner
+            .get_record(self.req(pb::GetRecordRequest { commit_id }))
+            .await?
+            .into_inner()
+            .record
+            .ok_or_else(|| bad("no record in the answer"))?;
+        Ok(r.canonical)
+    }
+
+    /// Reads record `commit_id` and proves it is in the newest accepted checkpoint (refreshing first).
+    pub async fn verified_record(&mut self, commit_id: u64) -> Result<aerodb_engine::Record, ClientError> {
+        let cp = self.refresh().await?;
+        if commit_id == 0 || commit_id > cp.size {
+            return Err(bad(format!(
+                "record {commit_id} is not covered by the newest checkpoint (size {})",
+                cp.size
+            )));
+        }
+        let resp = self
+            .inner
+            .inclusion_proof(self.req(pb::InclusionProofRequest {
+                commit_id,
+                tree_size: cp.size,
+            }))
+            .await?
+            .into_inner();
+        let proof = resp.proof.ok_or_else(|| bad("no proof"))?;
+        let canonical = resp.record.ok_or_else(|| bad("no record"))?.canonical;
+        let hashes = proof
+            .hashes
+            .iter()
+            .map(|h| hash32(h, "a proof hash"))
+            .collect::<Result<Vec<_>, _>>()?;
+        if proof.leaf_index + 1 != commit_id
+            || proof.tree_size != cp.size
+            || !merkle::verify_inclusion(
+                &record::merkle_leaf(&canonical),
+                proof.leaf_index,
+                cp.size,
+                &hashes,
+                &cp.root,
+            )
+        {
+            return Err(bad(format!(
+                "record {commit_id} does not verify against checkpoint {}",
+                cp.size
+            )));
+        }
+        let rec = record::decode(&Bytes::from(canonical)).map_err(|e| bad(format!("record: {e}")))?;
+        if rec.commit_id != commit_id {
+            return Err(bad("the record carries another CommitId"));
+        }
+        Ok(rec)
+    }
+
+    /// The raw gRPC client (with this client's token added per request by [`VerifiedClient::request`]).
+    #[must_use]
+    pub fn raw(&self) -> LedgerClient<Channel> {
+        self.inner.clone()
+    }
+
+    /// Wraps a message in a request carrying this client's token.
+    pub fn request<T>(&self, msg: T) -> Request<T> {
+        self.req(msg)
+    }
+}

@@ -1,0 +1,257 @@
+//! Server configuration: defaults, then a TOML file, then `AERODB_*` environment variables, then flags (flags
+//! win). `aerodb-server --help` lists every setting; `server/aerodb.example.toml` documents the file.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use clap::Parser;
+use serde::Deserialize;
+
+/// The node's role.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Accepts writes (the write authority).
+    Primary,
+    /// Follows a primary and serves reads (replication lands with the replication issue).
+    Replica,
+}
+
+/// Log output format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Command-line flags; each also reads an `AERODB_*` environment variable. Unset ones fall back to the file.
+#[derive(Debug, Parser)]
+#[command(
+    name = "aerodb-server",
+    version,
+    about = "AeroDB server: a primary (or, later, a replica) with gRPC and REST APIs"
+)]
+pub struct Flags {
+    /// TOML configuration file.
+    #[arg(long, env = "AERODB_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Role of this node.
+    #[arg(long, env = "AERODB_ROLE", value_enum)]
+    pub role: Option<Role>,
+    /// Data directory (created if missing).
+    #[arg(long, env = "AERODB_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// This node's id (in HA status).
+    #[arg(long, env = "AERODB_NODE_ID")]
+    pub node_id: Option<String>,
+    /// REST listen address (port 0: the OS picks one).
+    #[arg(long, env = "AERODB_HTTP_LISTEN")]
+    pub http_listen: Option<SocketAddr>,
+    /// gRPC listen address (port 0: the OS picks one).
+    #[arg(long, env = "AERODB_GRPC_LISTEN")]
+    pub grpc_listen: Option<SocketAddr>,
+    /// This node's public REST URL (reported as the leader URL).
+    #[arg(long, env = "AERODB_ADVERTISE_URL")]
+    pub advertise_url: Option<String>,
+    /// The primary's REST URL (replica role: where writes go).
+    #[arg(long, env = "AERODB_PRIMARY")]
+    pub primary: Option<String>,
+    /// TOML file of bearer tokens and their roles.
+    #[arg(long, env = "AERODB_TOKENS_FILE")]
+    pub tokens_file: Option<PathBuf>,
+    /// Serve without authentication (refused unless every listen address is loopback).
+    #[arg(long, env = "AERODB_INSECURE_NO_AUTH")]
+    pub insecure_no_auth: bool,
+    /// Largest request body or gRPC message accepted, in bytes.
+    #[arg(long, env = "AERODB_MAX_REQUEST_BYTES")]
+    pub max_request_bytes: Option<usize>,
+    /// Requests served at once (more wait, then get RESOURCE_EXHAUSTED / 429 after the timeout).
+    #[arg(long, env = "AERODB_MAX_CONCURRENT_REQUESTS")]
+    pub max_concurrent_requests: Option<usize>,
+    /// HTTP/2 streams per gRPC connection.
+    #[arg(long, env = "AERODB_MAX_CONCURRENT_STREAMS")]
+    pub max_concurrent_streams: Option<u32>,
+    /// Request timeout in milliseconds.
+    #[arg(long, env = "AERODB_REQUEST_TIMEOUT_MS")]
+    pub request_timeout_ms: Option<u64>,
+    /// Epoch stamped on every record this node writes.
+    #[arg(long, env = "AERODB_EPOCH")]
+    pub epoch: Option<u64>,
+    /// Checkpoint every this many records.
+    #[arg(long, env = "AERODB_CHECKPOINT_EVERY_RECORDS")]
+    pub checkpoint_every_records: Option<u64>,
+    /// Checkpoint at least this often (milliseconds) when there are new records.
+    #[arg(long, env = "AERODB_CHECKPOINT_INTERVAL_MS")]
+    pub checkpoint_interval_ms: Option<u64>,
+    /// The log's origin (checkpoint origin line and signing-key name).
+    #[arg(long, env = "AERODB_ORIGIN")]
+    pub origin: Option<String>,
+    /// Write the bound addresses as JSON to this file once listening (for scripts and tests).
+    #[arg(long, env = "AERODB_PORTS_FILE")]
+    pub ports_file: Option<PathBuf>,
+    /// Log format.
+    #[arg(long, env = "AERODB_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+}
+
+/// The TOML file: the same settings as the flags, all optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    role: Option<Role>,
+    data_dir: Option<PathBuf>,
+    node_id: Option<String>,
+    http_listen: Option<SocketAddr>,
+    grpc_listen: Option<SocketAddr>,
+    advertise_url: Option<String>,
+    primary: Option<String>,
+    tokens_file: Option<PathBuf>,
+    insecure_no_auth: Option<bool>,
+    max_request_bytes: Option<usize>,
+    max_concurrent_requests: Option<usize>,
+    max_concurrent_streams: Option<u32>,
+    request_timeout_ms: Option<u64>,
+    epoch: Option<u64>,
+    checkpoint_every_records: Option<u64>,
+    checkpoint_interval_ms: Option<u64>,
+    origin: Option<String>,
+    ports_file: Option<PathBuf>,
+    log_format: Option<LogFormat>,
+}
+
+/// The effective configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Role.
+    pub role: Role,
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// Node id.
+    pub node_id: String,
+    /// REST address.
+    pub http_listen: SocketAddr,
+    /// gRPC address.
+    pub grpc_listen: SocketAddr,
+    /// Public REST URL of this node.
+    pub advertise_url: Option<String>,
+    /// The primary's URL (replicas).
+    pub primary: Option<String>,
+    /// Tokens file.
+    pub tokens_file: Option<PathBuf>,
+    /// No authentication (loopback only).
+    pub insecure_no_auth: bool,
+    /// Request size limit.
+    pub max_request_bytes: usize,
+    /// Concurrency limit.
+    pub max_concurrent_requests: usize,
+    /// HTTP/2 streams per connection.
+    pub max_concurrent_streams: u32,
+    /// Request timeout.
+    pub request_timeout: Duration,
+    /// Epoch.
+    pub epoch: u64,
+    /// Checkpoint cadence in records.
+    pub checkpoint_every_records: u64,
+    /// Checkpoint cadence in time.
+    pub checkpoint_interval: Duration,
+    /// Log origin.
+    pub origin: String,
+    /// Where to write the bound addresses.
+    pub ports_file: Option<PathBuf>,
+    /// Log format.
+    pub log_format: LogFormat,
+}
+
+impl Config {
+    /// Layers defaults, the file named by `--config`, the environment (through the flags) and the flags.
+    pub fn load(flags: Flags) -> Result<Config, String> {
+        let file = match &flags.config {
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|e| format!("reading {}: {e}", p.display()))?;
+                toml::from_str::<FileConfig>(&text).map_err(|e| format!("{}: {e}", p.display()))?
+            }
+            None => FileConfig::default(),
+        };
+        let loopback = |a: &SocketAddr| a.ip().is_loopback();
+        let c = Config {
+            role: flags.role.or(file.role).unwrap_or(Role::Primary),
+            data_dir: flags.data_dir.or(file.data_dir).ok_or(
+                "a data directory is required (--data-dir, AERODB_DATA_DIR or data_dir in the file)",
+            )?,
+            node_id: flags.node_id.or(file.node_id).unwrap_or_else(|| "node-1".into()),
+            http_listen: flags
+                .http_listen
+                .or(file.http_listen)
+                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 7000))),
+            grpc_listen: flags
+                .grpc_listen
+                .or(file.grpc_listen)
+                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 7001))),
+            advertise_url: flags.advertise_url.or(file.advertise_url),
+            primary: flags.primary.or(file.primary),
+            tokens_file: flags.tokens_file.or(file.tokens_file),
+            insecure_no_auth: flags.insecure_no_auth || file.insecure_no_auth.unwrap_or(false),
+            max_request_bytes: flags
+                .max_request_bytes
+                .or(file.max_request_bytes)
+                .unwrap_or(4 << 20),
+            max_concurrent_requests: flags
+                .max_concurrent_requests
+                .or(file.max_concurrent_requests)
+                .unwrap_or(512),
+            max_concurrent_streams: flags
+                .max_concurrent_streams
+                .or(file.max_concurrent_streams)
+                .unwrap_or(128),
+            request_timeout: Duration::from_millis(
+                flags
+                    .request_timeout_ms
+                    .or(file.request_timeout_ms)
+                    .unwrap_or(10_000),
+            ),
+            epoch: flags.epoch.or(file.epoch).unwrap_or(1),
+            checkpoint_every_records: flags
+                .checkpoint_every_records
+                .or(file.checkpoint_every_records)
+                .unwrap_or(10_000),
+            checkpoint_interval: Duration::from_millis(
+                flags
+                    .checkpoint_interval_ms
+                    .or(file.checkpoint_interval_ms)
+                    .unwrap_or(1_000),
+            ),
+            origin: flags
+                .origin
+                .or(file.origin)
+                .unwrap_or_else(|| "aerodb-ledger".into()),
+            ports_file: flags.ports_file.or(file.ports_file),
+            log_format: flags.log_format.or(file.log_format).unwrap_or(LogFormat::Text),
+        };
+        if c.insecure_no_auth && !(loopback(&c.http_listen) && loopback(&c.grpc_listen)) {
+            return Err(
+                "--insecure-no-auth is only allowed when both APIs listen on loopback addresses".into(),
+            );
+        }
+        if !c.insecure_no_auth && c.tokens_file.is_none() {
+            return Err(
+                "a tokens file is required (--tokens-file); --insecure-no-auth serves loopback without auth"
+                    .into(),
+            );
+        }
+        if c.max_request_bytes < 1024 || c.max_request_bytes > 256 << 20 {
+            return Err(format!(
+                "max_request_bytes {} is outside 1 KiB ..= 256 MiB",
+                c.max_request_bytes
+            ));
+        }
+        if c.max_concurrent_requests == 0 || c.max_concurrent_streams == 0 {
+            return Err("concurrency limits must be positive".into());
+        }
+        if c.role == Role::Replica && c.primary.is_none() {
+            return Err("a replica needs --primary <url>".into());
+        }
+        Ok(c)
+    }
+}

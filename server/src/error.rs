@@ -1,0 +1,173 @@
+//! One error type for both APIs: a stable code, an HTTP status, a gRPC status, and a message that says what was
+//! wrong. Every bad input maps to a precise 4xx / non-INTERNAL gRPC code; only genuine server faults are 500.
+
+use aerodb_engine::{record::RecordError, Error as EngineError, NotWritable};
+
+/// Stable machine-readable error codes (the `error.code` field of REST responses).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Code {
+    /// The request is malformed or a value is invalid.
+    InvalidArgument,
+    /// A number is outside what the log holds (CommitId, tree size).
+    OutOfRange,
+    /// The record, key or route does not exist.
+    NotFound,
+    /// The HTTP method is not allowed on this route.
+    MethodNotAllowed,
+    /// The body or message is larger than the configured limit.
+    PayloadTooLarge,
+    /// The content type is not JSON.
+    UnsupportedMediaType,
+    /// No or an unknown bearer token.
+    Unauthenticated,
+    /// The token's role may not do this.
+    PermissionDenied,
+    /// This node does not accept writes; another node is (or may be) the leader.
+    NotLeader,
+    /// The log failed an fsync or write and refuses writes until the node restarts.
+    LogFailed,
+    /// The node is halted.
+    Halted,
+    /// Too many requests in flight.
+    ResourceExhausted,
+    /// The request did not finish within the configured timeout.
+    DeadlineExceeded,
+    /// The node is shutting down or cannot serve.
+    Unavailable,
+    /// A fault inside the server (corruption, I/O) — never caused by input.
+    Internal,
+}
+
+impl Code {
+    /// The name used on the wire.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Code::InvalidArgument => "INVALID_ARGUMENT",
+            Code::OutOfRange => "OUT_OF_RANGE",
+            Code::NotFound => "NOT_FOUND",
+            Code::MethodNotAllowed => "METHOD_NOT_ALLOWED",
+            Code::PayloadTooLarge => "PAYLOAD_TOO_LARGE",
+            Code::UnsupportedMediaType => "UNSUPPORTED_MEDIA_TYPE",
+            Code::Unauthenticated => "UNAUTHENTICATED",
+            Code::PermissionDenied => "PERMISSION_DENIED",
+            Code::NotLeader => "NOT_LEADER",
+            Code::LogFailed => "LOG_FAILED",
+            Code::Halted => "HALTED",
+            Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+            Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+            Code::Unavailable => "UNAVAILABLE",
+            Code::Internal => "INTERNAL",
+        }
+    }
+
+    /// The HTTP status.
+    #[must_use]
+    pub fn http_status(self) -> u16 {
+        match self {
+            Code::InvalidArgument | Code::OutOfRange => 400,
+            Code::Unauthenticated => 401,
+            Code::PermissionDenied => 403,
+            Code::NotFound => 404,
+            Code::MethodNotAllowed => 405,
+            Code::PayloadTooLarge => 413,
+            Code::UnsupportedMediaType => 415,
+            Code::ResourceExhausted => 429,
+            Code::Internal => 500,
+            Code::NotLeader | Code::LogFailed | Code::Halted | Code::Unavailable => 503,
+            Code::DeadlineExceeded => 504,
+        }
+    }
+
+    /// The gRPC status code.
+    #[must_use]
+    pub fn grpc(self) -> tonic::Code {
+        match self {
+            Code::InvalidArgument | Code::UnsupportedMediaType | Code::MethodNotAllowed => {
+                tonic::Code::InvalidArgument
+            }
+            Code::OutOfRange => tonic::Code::OutOfRange,
+            Code::NotFound => tonic::Code::NotFound,
+            Code::PayloadTooLarge | Code::ResourceExhausted => tonic::Code::ResourceExhausted,
+            Code::Unauthenticated => tonic::Code::Unauthenticated,
+            Code::PermissionDenied => tonic::Code::PermissionDenied,
+            Code::NotLeader | Code::LogFailed | Code::Halted => tonic::Code::FailedPrecondition,
+            Code::DeadlineExceeded => tonic::Code::DeadlineExceeded,
+            Code::Unavailable => tonic::Code::Unavailable,
+            Code::Internal => tonic::Code::Internal,
+        }
+    }
+}
+
+/// An API error: code, message, and for `NOT_LEADER` the leader's URL when known.
+#[derive(Clone, Debug)]
+pub struct ApiError {
+    /// The code.
+    pub code: Code,
+    /// What was wrong, for a person.
+    pub message: String,
+    /// Where writes go instead (with `NOT_LEADER`).
+    pub leader_url: Option<String>,
+}
+
+impl ApiError {
+    /// An error with a code and message.
+    pub fn new(code: Code, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+            leader_url: None,
+        }
+    }
+
+    /// `INVALID_ARGUMENT`.
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::new(Code::InvalidArgument, message)
+    }
+
+    /// The REST body: `{"error": {"code", "message", "leader_url"?}}`.
+    #[must_use]
+    pub fn to_json(&self) -> serde_json::Value {
+        let mut e = serde_json::json!({ "code": self.code.as_str(), "message": self.message });
+        if let Some(u) = &self.leader_url {
+            e["leader_url"] = serde_json::Value::String(u.clone());
+        }
+        serde_json::json!({ "error": e })
+    }
+
+    /// The gRPC status (the code name leads the message, so clients can tell `NOT_LEADER` from `LOG_FAILED`).
+    #[must_use]
+    pub fn to_status(&self) -> tonic::Status {
+        let mut msg = format!("{}: {}", self.code.as_str(), self.message);
+        if let Some(u) = &self.leader_url {
+            msg.push_str(&format!(" (leader_url: {u})"));
+        }
+        tonic::Status::new(self.code.grpc(), msg)
+    }
+}
+
+impl From<EngineError> for ApiError {
+    fn from(e: EngineError) -> Self {
+        match &e {
+            EngineError::InvalidInput(RecordError::TooLarge { .. }) => {
+                Self::new(Code::PayloadTooLarge, e.to_string())
+            }
+            EngineError::InvalidInput(_) => Self::invalid(e.to_string()),
+            EngineError::OutOfRange { .. } => Self::new(Code::OutOfRange, e.to_string()),
+            EngineError::NotWritable(NotWritable::NotWriteAuthority) => Self::new(
+                Code::NotLeader,
+                "this node does not accept writes (it is not the write authority)",
+            ),
+            EngineError::NotWritable(NotWritable::LogFailed(_)) => Self::new(Code::LogFailed, e.to_string()),
+            EngineError::NotWritable(NotWritable::Halted(_)) => Self::new(Code::Halted, e.to_string()),
+            EngineError::Wal(aerodb_wal::Error::FailedClosed(_)) => Self::new(Code::LogFailed, e.to_string()),
+            EngineError::Wal(aerodb_wal::Error::RecordTooLarge { .. }) => {
+                Self::new(Code::PayloadTooLarge, e.to_string())
+            }
+            _ => Self::new(Code::Internal, e.to_string()),
+        }
+    }
+}
+
+/// Results of API operations.
+pub type ApiResult<T> = std::result::Result<T, ApiError>;

@@ -1,0 +1,349 @@
+//! The gRPC API (tonic): `aerodb.v1.Ledger`. Bearer tokens travel in the `authorization` metadata entry.
+
+use std::sync::Arc;
+
+use aerodb_engine::{merkle, NewRecord, Op, Payload, SignedCheckpoint, StoredRecord};
+use aerodb_proto::v1 as pb;
+use bytes::Bytes;
+use tonic::{Request, Response, Status};
+
+use crate::{
+    auth::Action,
+    error::{ApiError, ApiResult},
+    node::Node,
+};
+
+/// The service implementation.
+#[derive(Debug, Clone)]
+pub struct LedgerService {
+    node: Arc<Node>,
+}
+
+impl LedgerService {
+    /// A service over a node.
+    #[must_use]
+    pub fn new(node: Arc<Node>) -> Self {
+        Self { node }
+    }
+
+    fn authorize<T>(&self, req: &Request<T>, action: Action) -> ApiResult<()> {
+        self.node
+            .authorize(req.metadata().get("authorization").map(|v| v.as_bytes()), action)
+            .map(|_| ())
+    }
+
+    fn finish<T>(&self, r: ApiResult<T>) -> Result<Response<T>, Status> {
+        match r {
+            Ok(v) => {
+                self.node.metrics.request("grpc", "OK");
+                Ok(Response::new(v))
+            }
+            Err(e) => {
+                self.node.metrics.request("grpc", e.code.as_str());
+                if e.code == crate::error::Code::Internal {
+                    tracing::error!(message = %e.message, "internal error answering a gRPC request");
+                }
+                Err(e.to_status())
+            }
+        }
+    }
+}
+
+fn new_record(r: pb::NewRecord) -> ApiResult<NewRecord> {
+    let payload = match r.payload {
+        Some(pb::new_record::Payload::Event(e)) => Payload::Event(Bytes::from(e)),
+        Some(pb::new_record::Payload::Batch(b)) => Payload::Batch(
+            b.ops
+                .into_iter()
+                .enumerate()
+                .map(|(i, op)| {
+                    if op.delete {
+                        if !op.value.is_empty() {
+                            return Err(ApiError::invalid(format!("ops[{i}]: a delete takes no value")));
+                        }
+                        Ok(Op::Delete {
+                            key: Bytes::from(op.key),
+                        })
+                    } else {
+                        Ok(Op::Put {
+                            key: Bytes::from(op.key),
+                            value: Bytes::from(op.value),
+                        })
+                    }
+                })
+                .collect::<ApiResult<Vec<_>>>()?,
+        ),
+        None => return Err(ApiError::invalid("the record has no payload (batch or event)")),
+    };
+    Ok(NewRecord {
+        tenant: r.tenant,
+        payload,
+    })
+}
+
+fn receipt(r: &aerodb_engine::Receipt) -> pb::Receipt {
+    pb::Receipt {
+        commit_id: r.commit_id,
+        record_hash: r.record_hash.to_vec(),
+        leaf_index: r.leaf_index,
+    }
+}
+
+/// The protobuf form of a checkpoint.
+#[must_use]
+pub fn checkpoint(c: &SignedCheckpoint) -> pb::Checkpoint {
+    pb::Checkpoint {
+        note: c.note.clone(),
+        origin: c.checkpoint.origin.clone(),
+        size: c.checkpoint.size,
+        root: c.checkpoint.root.to_vec(),
+        epoch: c.checkpoint.epoch,
+    }
+}
+
+fn record(r: &StoredRecord) -> pb::Record {
+    let rec = &r.record;
+    pb::Record {
+        commit_id: rec.commit_id,
+        epoch: rec.epoch,
+        timestamp_ms: rec.timestamp_ms,
+        tenant: rec.tenant.clone(),
+        payload: Some(match &rec.payload {
+            Payload::Event(e) => pb::record::Payload::Event(e.to_vec()),
+            Payload::Batch(ops) => pb::record::Payload::Batch(pb::Batch {
+                ops: ops
+                    .iter()
+                    .map(|op| match op {
+                        Op::Put { key, value } => pb::Op {
+                            key: key.to_vec(),
+                            value: value.to_vec(),
+                            delete: false,
+                        },
+                        Op::Delete { key } => pb::Op {
+                            key: key.to_vec(),
+                            value: Vec::new(),
+                            delete: true,
+                        },
+                    })
+                    .collect(),
+            }),
+        }),
+        prev_hash: rec.prev_hash.to_vec(),
+        record_hash: r.hash.to_vec(),
+        canonical: r.canonical.to_vec(),
+    }
+}
+
+fn proof(p: &aerodb_engine::InclusionProof) -> pb::InclusionProof {
+    pb::InclusionProof {
+        leaf_index: p.leaf_index,
+        tree_size: p.tree_size,
+        hashes: p.hashes.iter().map(|h| h.to_vec()).collect(),
+    }
+}
+
+#[tonic::async_trait]
+impl pb::ledger_server::Ledger for LedgerService {
+    async fn append(&self, req: Request<pb::AppendRequest>) -> Result<Response<pb::AppendResponse>, Status> {
+        let r = async {
+            self.authorize(&req, Action::Write)?;
+            let req = req.into_inner();
+            let rec = new_record(
+                req.record
+                    .ok_or_else(|| ApiError::invalid("the request has no record"))?,
+            )?;
+            let out = self.node.append(rec.tenant, rec.payload, req.prove).await?;
+            Ok(pb::AppendResponse {
+                receipt: Some(receipt(&out.receipt)),
+                checkpoint: out.proof.as_ref().map(|(c, _)| checkpoint(c)),
+                proof: out.proof.as_ref().map(|(_, p)| proof(p)),
+            })
+        }
+        .await;
+        self.finish(r)
+    }
+
+    async fn append_batch(
+        &self,
+        req: Request<pb::AppendBatchRequest>,
+    ) -> Result<Response<pb::AppendBatchResponse>, Status> {
+        let r = async {
+            self.authorize(&req, Action::Write)?;
+            let records = req
+                .into_inner()
+                .records
+                .into_iter()
+                .map(new_record)
+                .collect::<ApiResult<Vec<_>>>()?;
+            let receipts = self.node.append_batch(records).await?;
+            Ok(pb::AppendBatchResponse {
+                receipts: receipts.iter().map(receipt).collect(),
+            })
+        }
+        .await;
+        self.finish(r)
+    }
+
+    async fn get_record(
+        &self,
+        req: Request<pb::GetRecordRequest>,
+    ) -> Result<Response<pb::GetRecordResponse>, Status> {
+        let r = async {
+            self.authorize(&req, Action::Read)?;
+            let rec = self.node.record(req.into_inner().commit_id).await?;
+            Ok(pb::GetRecordResponse {
+                record: Some(record(&rec)),
+            })
+        }
+        .await;
+        self.finish(r)
+    }
+
+    async fn get_key(&self, req: Request<pb::GetKeyRequest>) -> Result<Response<pb::GetKeyResponse>, Status> {
+        let r = async {
+            self.authorize(&req, Action::Read)?;
+            let req = req.into_inner();
+            let (value, at) = self.node.get(Bytes::from(req.key), req.at).await?;
+            Ok(pb::GetKeyResponse {
+                found: value.is_some(),
+                value: value.map(|v| v.to_vec()).unwrap_or_default(),
+                at,
+            })
+        }
+        .await;
+        self.finish(r)
+    }
+
+    async fn history(
+        &self,
+        req: Request<pb::HistoryRequest>,
+    ) -> Result<Response<pb::HistoryResponse>, Status> {
+        let r = async {
+            self.authorize(&req, Action::Read)?;
+            let versions = self.node.history(Bytes::from(req.into_inner().key)).await?;
+            Ok(pb::HistoryResponse {
+                versions: versions
+                    .into_iter()
+                    .map(|v| pb::Version {
+                        commit_id: v.commit_id,
+                        deleted: v.value.is_none(),
+                        value: v.value.map(|b| b.to_vec()).unwrap_or_default(),
+                    })
+                    .collect(),
+            })
+        }
+        .await;
+        self.finish(r)
+    }
+
+    async fn scan(&self, req: Request<pb::ScanRequest>) -> Result<Response<pb::ScanResponse>, Status> {
+        let r = async {
+            self.authorize(&req, Action::Read)?;
+            let req = req.into_inner();
+            let items = self.node.scan(Bytes::from(req.prefix), req.limit).await?;
+            Ok(pb::ScanResponse {
+                items: items
+                    .into_iter()
+                    .map(|(k, v)| pb::KeyValue {
+                        key: k.to_vec(),
+                        value: v.to_vec(),
+                    })
+                    .collect(),
+            })
+        }
+        .await;
+        self.finish(r)
+    }
+
+    async fn inclusion_proof(
+        &self,
+        req: Request<pb::InclusionProofRequest>,
+    ) -> Result<Response<pb::InclusionProofResponse>, Status> {
+        let r = async {
+            self.authorize(&req, Action::Read)?;
+            let req = req.into_inner();
+            let inc = self
+                .node
+                .inclusion(req.commit_id, Some(req.tree_size).filter(|s| *s > 0))
+                .await?;
+            Ok(pb::InclusionProofResponse {
+                proof: Some(proof(&inc.proof)),
+                record: Some(record(&inc.record)),
+            })
+        }
+        .await;
+        self.finish(r)
+    }
+
+    async fn consistency_proof(
+        &self,
+        req: Request<pb::ConsistencyProofRequest>,
+    ) -> Result<Response<pb::ConsistencyProofResponse>, Status> {
+        let r = async {
+            self.authorize(&req, Action::Read)?;
+            let req = req.into_inner();
+            let (old, new, hashes) = self
+                .node
+                .consistency(req.old_size, Some(req.new_size).filter(|s| *s > 0))
+                .await?;
+            Ok(pb::ConsistencyProofResponse {
+                old_size: old,
+                new_size: new,
+                hashes: hashes.iter().map(|h| h.to_vec()).collect(),
+            })
+        }
+        .await;
+        self.finish(r)
+    }
+
+    async fn latest_checkpoint(
+        &self,
+        req: Request<pb::LatestCheckpointRequest>,
+    ) -> Result<Response<pb::Checkpoint>, Status> {
+        let r = async {
+            self.authorize(&req, Action::Read)?;
+            Ok(checkpoint(&self.node.latest_checkpoint().await?))
+        }
+        .await;
+        self.finish(r)
+    }
+
+    async fn health(&self, _req: Request<pb::HealthRequest>) -> Result<Response<pb::HealthResponse>, Status> {
+        let (status, writable) = self.node.health();
+        self.finish(Ok(pb::HealthResponse { status, writable }))
+    }
+
+    async fn ha_status(
+        &self,
+        req: Request<pb::HaStatusRequest>,
+    ) -> Result<Response<pb::HaStatusResponse>, Status> {
+        let r = async {
+            self.authorize(&req, Action::Read)?;
+            let s = self.node.ha_status().await?;
+            Ok(pb::HaStatusResponse {
+                node_id: s.node_id,
+                role: s.role.into(),
+                state: s.state.into(),
+                epoch: s.epoch,
+                leader_id: s.leader_id,
+                leader_url: s.leader_url,
+                is_leader: s.is_leader,
+                lease_ms: 0,
+                expires_in_ms: 0,
+                commit_id: s.commit_id,
+                applied_commit_id: s.applied_commit_id,
+                write_block_active: s.write_block_active,
+                can_accept_protected_writes: s.can_accept_protected_writes,
+                halt_reason: s.halt_reason,
+            })
+        }
+        .await;
+        self.finish(r)
+    }
+}
+
+/// The Merkle leaf of a record as a client computes it from the canonical bytes.
+#[must_use]
+pub fn leaf_of(canonical: &[u8]) -> merkle::Hash {
+    aerodb_engine::record::merkle_leaf(canonical)
+}

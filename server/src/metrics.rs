@@ -1,0 +1,201 @@
+//! Prometheus text-format metrics (exposition format 0.0.4), kept in atomics; the engine's own counters (WAL
+//! bytes, fsyncs, commit id, checkpoint size) are read when scraped.
+
+use std::{
+    collections::BTreeMap,
+    fmt::Write as _,
+    sync::atomic::{AtomicU64, Ordering},
+    time::Duration,
+};
+
+use parking_lot::Mutex;
+
+/// Upper bounds of the append latency histogram, in seconds.
+const BUCKETS: [f64; 14] = [
+    0.000_25, 0.000_5, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
+];
+
+/// A latency histogram.
+#[derive(Debug, Default)]
+pub struct Histogram {
+    counts: [AtomicU64; BUCKETS.len()],
+    inf: AtomicU64,
+    sum_micros: AtomicU64,
+}
+
+impl Histogram {
+    /// Records one observation.
+    pub fn observe(&self, d: Duration) {
+        let s = d.as_secs_f64();
+        match BUCKETS.iter().position(|b| s <= *b) {
+            Some(i) => self.counts[i].fetch_add(1, Ordering::Relaxed),
+            None => self.inf.fetch_add(1, Ordering::Relaxed),
+        };
+        self.sum_micros.fetch_add(
+            u64::try_from(d.as_micros()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+    }
+
+    fn render(&self, out: &mut String, name: &str, help: &str) {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        let mut cumulative = 0;
+        for (b, c) in BUCKETS.iter().zip(&self.counts) {
+            cumulative += c.load(Ordering::Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{le=\"{b}\"}} {cumulative}");
+        }
+        cumulative += self.inf.load(Ordering::Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {cumulative}");
+        let _ = writeln!(
+            out,
+            "{name}_sum {}",
+            self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6
+        );
+        let _ = writeln!(out, "{name}_count {cumulative}");
+    }
+}
+
+/// The server's metrics.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// Records appended.
+    pub appended_records: AtomicU64,
+    /// Append latency (request received to durable).
+    pub append_latency: Histogram,
+    /// Requests by (api, code).
+    requests: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
+    /// Leader changes by event.
+    pub leader_changes: Mutex<BTreeMap<&'static str, u64>>,
+    /// Write-authority acquisition failures by reason.
+    pub lock_acquire_failures: Mutex<BTreeMap<&'static str, u64>>,
+}
+
+/// Engine figures read at scrape time.
+#[derive(Debug, Default)]
+pub struct EngineFigures {
+    /// Highest applied CommitId.
+    pub commit_id: u64,
+    /// Size of the newest checkpoint.
+    pub checkpoint_size: u64,
+    /// The WAL's counters.
+    pub wal: aerodb_wal::WalStats,
+    /// 1 if this node accepts writes.
+    pub is_leader: bool,
+    /// 1 if writes are possible right now.
+    pub writable: bool,
+}
+
+impl Metrics {
+    /// Counts a finished request.
+    pub fn request(&self, api: &'static str, code: &'static str) {
+        *self.requests.lock().entry((api, code)).or_default() += 1;
+    }
+
+    /// The exposition text.
+    #[must_use]
+    pub fn render(&self, e: &EngineFigures) -> String {
+        let mut out = String::with_capacity(4096);
+        let counter = |out: &mut String, name: &str, help: &str, v: u64| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
+        };
+        let gauge = |out: &mut String, name: &str, help: &str, v: f64| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+        };
+        counter(
+            &mut out,
+            "aerodb_appended_records_total",
+            "Records appended through the APIs and acknowledged durable.",
+            self.appended_records.load(Ordering::Relaxed),
+        );
+        self.append_latency.render(
+            &mut out,
+            "aerodb_append_duration_seconds",
+            "Append latency from request to durable acknowledgement.",
+        );
+        let _ = writeln!(
+            out,
+            "# HELP aerodb_requests_total Requests finished, by API and result code.\n# TYPE aerodb_requests_total counter"
+        );
+        for ((api, code), n) in self.requests.lock().iter() {
+            let _ = writeln!(out, "aerodb_requests_total{{api=\"{api}\",code=\"{code}\"}} {n}");
+        }
+        gauge(
+            &mut out,
+            "aerodb_commit_id",
+            "Highest applied CommitId.",
+            e.commit_id as f64,
+        );
+        gauge(
+            &mut out,
+            "aerodb_checkpoint_size",
+            "Tree size of the newest signed checkpoint.",
+            e.checkpoint_size as f64,
+        );
+        counter(
+            &mut out,
+            "aerodb_wal_bytes_written_total",
+            "Bytes of WAL frames written since start.",
+            e.wal.bytes_written,
+        );
+        counter(
+            &mut out,
+            "aerodb_wal_group_commits_total",
+            "Group commits (leader flushes) since start.",
+            e.wal.flushes,
+        );
+        counter(
+            &mut out,
+            "aerodb_wal_fsyncs_total",
+            "fdatasync calls on the append path.",
+            e.wal.fsyncs,
+        );
+        let _ = writeln!(
+            out,
+            "# HELP aerodb_wal_fsync_seconds_total Time spent in those fdatasync calls (divide by aerodb_wal_fsyncs_total for the mean).\n# TYPE aerodb_wal_fsync_seconds_total counter\naerodb_wal_fsync_seconds_total {}",
+            e.wal.fsync_micros_total as f64 / 1e6
+        );
+        gauge(
+            &mut out,
+            "aerodb_wal_fsync_seconds_max",
+            "The slowest fdatasync since start.",
+            e.wal.fsync_micros_max as f64 / 1e6,
+        );
+        gauge(
+            &mut out,
+            "aerodb_writable",
+            "1 when this node accepts writes now.",
+            f64::from(u8::from(e.writable)),
+        );
+        gauge(
+            &mut out,
+            "ha_is_leader",
+            "1 when this node is the write authority.",
+            f64::from(u8::from(e.is_leader)),
+        );
+        let _ = writeln!(
+            out,
+            "# HELP ha_leader_changes_total Leadership changes of this node, by event.\n# TYPE ha_leader_changes_total counter"
+        );
+        let changes = self.leader_changes.lock();
+        for event in ["acquired", "lost", "resigned"] {
+            let _ = writeln!(
+                out,
+                "ha_leader_changes_total{{event=\"{event}\"}} {}",
+                changes.get(event).copied().unwrap_or(0)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP ha_lock_acquire_failures_total Failed attempts to take write authority, by reason.\n# TYPE ha_lock_acquire_failures_total counter"
+        );
+        let failures = self.lock_acquire_failures.lock();
+        for reason in ["held_by_other", "stale_epoch", "provider_error"] {
+            let _ = writeln!(
+                out,
+                "ha_lock_acquire_failures_total{{reason=\"{reason}\"}} {}",
+                failures.get(reason).copied().unwrap_or(0)
+            );
+        }
+        out
+    }
+}
