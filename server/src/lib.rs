@@ -68,8 +68,9 @@ pub fn open_node(config: Config) -> Result<Node, String> {
 }
 
 /// gRPC answers INTERNAL when a request body is not valid protobuf or ends mid-message (tonic follows the gRPC
-/// status guide there). Those are bad input, not server faults: report them as INVALID_ARGUMENT. Such errors
-/// are sent before any response message, in the response headers, where this rewrites them.
+/// status guide there). Those are bad input, not server faults: report them as INVALID_ARGUMENT; and a message
+/// over the size limit as RESOURCE_EXHAUSTED rather than OUT_OF_RANGE. Such errors are sent before any response
+/// message, in the response headers, where this rewrites them.
 fn bad_protobuf_is_invalid_argument(
     mut resp: http::Response<tonic::body::Body>,
 ) -> http::Response<tonic::body::Body> {
@@ -91,6 +92,17 @@ fn bad_protobuf_is_invalid_argument(
     if internal && decode {
         resp.headers_mut()
             .insert("grpc-status", http::HeaderValue::from_static("3"));
+    }
+    // A message over max_request_bytes is refused by tonic as OUT_OF_RANGE; it is a size limit.
+    let too_large = resp.headers().get("grpc-status").is_some_and(|v| v.as_bytes() == b"11")
+        && resp.headers().get("grpc-message").is_some_and(|m| {
+            let m = m.as_bytes();
+            m.starts_with(b"Error, decoded message length too large")
+                || m.starts_with(b"Error,%20decoded%20message%20length%20too%20large")
+        });
+    if too_large {
+        resp.headers_mut()
+            .insert("grpc-status", http::HeaderValue::from_static("8"));
     }
     resp
 }

@@ -1,0 +1,266 @@
+//! Helpers for tests that run the real `aerodb-server` binary on OS-chosen loopback ports: a process guard that
+//! kills the server on drop, a minimal HTTP/1.1 client over a raw socket (so malformed requests can be sent
+//! as-is), and a gRPC client.
+
+#![allow(dead_code, reason = "each test file uses a subset")]
+
+use std::{
+    io::{Read, Write},
+    net::{SocketAddr, TcpStream},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use aerodb_proto::v1::ledger_client::LedgerClient;
+use tonic::transport::Channel;
+
+pub const WRITER: &str = "writer-token-0123456789";
+pub const READER: &str = "reader-token-0123456789";
+pub const ADMIN: &str = "admin-token-01234567890";
+pub const REPLICATOR: &str = "replicator-token-012345";
+
+/// A temporary directory removed on drop.
+pub struct Tmp(pub PathBuf);
+
+impl Tmp {
+    pub fn new(tag: &str) -> Self {
+        let p = std::env::temp_dir().join(format!(
+            "aerodb-server-test-{tag}-{}-{}",
+            std::process::id(),
+            rand_u64()
+        ));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).expect("create temp dir");
+        Tmp(p)
+    }
+}
+
+impl Drop for Tmp {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+pub fn rand_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(Instant::now().elapsed().as_nanos() as u64);
+    h.finish()
+}
+
+pub fn write_tokens(dir: &Path) -> PathBuf {
+    let p = dir.join("tokens.toml");
+    std::fs::write(
+        &p,
+        format!(
+            "[[tokens]]\nname = \"w\"\nrole = \"writer\"\ntoken = \"{WRITER}\"\n\n\
+             [[tokens]]\nname = \"r\"\nrole = \"reader\"\ntoken = \"{READER}\"\n\n\
+             [[tokens]]\nname = \"a\"\nrole = \"admin\"\ntoken = \"{ADMIN}\"\n\n\
+             [[tokens]]\nname = \"p\"\nrole = \"replicator\"\ntoken = \"{REPLICATOR}\"\n"
+        ),
+    )
+    .expect("write tokens");
+    p
+}
+
+/// A running server; killed (SIGKILL) on drop unless stopped first.
+pub struct Server {
+    pub child: Option<Child>,
+    pub http: SocketAddr,
+    pub grpc: SocketAddr,
+    pub verifier_key: String,
+    pub data: PathBuf,
+}
+
+pub fn start(dir: &Path, extra: &[&str]) -> Server {
+    let data = dir.join("data");
+    let tokens = write_tokens(dir);
+    let ports = dir.join("ports.json");
+    let _ = std::fs::remove_file(&ports);
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_aerodb-server"));
+    cmd.arg("--data-dir")
+        .arg(&data)
+        .arg("--tokens-file")
+        .arg(&tokens)
+        .args(["--http-listen", "127.0.0.1:0", "--grpc-listen", "127.0.0.1:0"])
+        .arg("--ports-file")
+        .arg(&ports)
+        .args(extra)
+        .env("AERODB_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
+    let child = cmd.spawn().expect("spawn aerodb-server");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let text = loop {
+        if let Ok(t) = std::fs::read_to_string(&ports) {
+            break t;
+        }
+        assert!(Instant::now() < deadline, "the server did not start within 30 s");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let v: serde_json::Value = serde_json::from_str(&text).expect("ports file is JSON");
+    Server {
+        child: Some(child),
+        http: v["http"].as_str().expect("http").parse().expect("addr"),
+        grpc: v["grpc"].as_str().expect("grpc").parse().expect("addr"),
+        verifier_key: v["verifier_key"].as_str().expect("key").to_owned(),
+        data,
+    }
+}
+
+impl Server {
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM, then the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut c = self.child.take().expect("running");
+        let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(s) = c.try_wait().expect("wait") {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "no exit within 30 s of SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub async fn grpc(&self) -> LedgerClient<Channel> {
+        LedgerClient::connect(format!("http://{}", self.grpc))
+            .await
+            .expect("connect gRPC")
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// A response: status and body.
+pub struct Resp {
+    pub status: u16,
+    pub body: Vec<u8>,
+}
+
+impl Resp {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+
+    pub fn code(&self) -> String {
+        self.json()["error"]["code"].as_str().unwrap_or("").to_owned()
+    }
+}
+
+/// Sends raw bytes and reads one HTTP/1.1 response (Content-Length or chunked bodies).
+pub fn raw(addr: SocketAddr, request: &[u8]) -> Resp {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
+    s.write_all(request).expect("send");
+    let mut buf = Vec::new();
+    let mut tmp = [0u8; 8192];
+    let header_end = loop {
+        if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break p + 4;
+        }
+        let n = s.read(&mut tmp).unwrap_or_else(|e| {
+            panic!(
+                "no response to {:?}: {e}",
+                String::from_utf8_lossy(&request[..request.len().min(80)])
+            )
+        });
+        assert!(n > 0, "connection closed before a response: {:?}", String::from_utf8_lossy(&buf));
+        buf.extend_from_slice(&tmp[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..header_end]).to_string();
+    let status: u16 = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("status line");
+    let lower = head.to_ascii_lowercase();
+    let mut body = buf[header_end..].to_vec();
+    if let Some(len) = lower
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse::<usize>().ok())
+    {
+        while body.len() < len {
+            let n = s.read(&mut tmp).expect("read body");
+            assert!(n > 0, "short body");
+            body.extend_from_slice(&tmp[..n]);
+        }
+        body.truncate(len);
+    } else if lower.contains("transfer-encoding: chunked") {
+        loop {
+            let n = s.read(&mut tmp).unwrap_or(0);
+            if n == 0 {
+                break;
+            }
+            body.extend_from_slice(&tmp[..n]);
+            if body.ends_with(b"0\r\n\r\n") {
+                break;
+            }
+        }
+        body = dechunk(&body);
+    }
+    Resp { status, body }
+}
+
+fn dechunk(b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while let Some(p) = b[i..].windows(2).position(|w| w == b"\r\n") {
+        let len = usize::from_str_radix(std::str::from_utf8(&b[i..i + p]).unwrap_or("0").trim(), 16).unwrap_or(0);
+        i += p + 2;
+        if len == 0 {
+            break;
+        }
+        out.extend_from_slice(&b[i..i + len]);
+        i += len + 2;
+    }
+    out
+}
+
+/// A well-formed request.
+pub fn http(addr: SocketAddr, method: &str, path: &str, token: Option<&str>, body: Option<&str>) -> Resp {
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    if let Some(t) = token {
+        req.push_str(&format!("Authorization: Bearer {t}\r\n"));
+    }
+    if let Some(b) = body {
+        req.push_str(&format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{b}",
+            b.len()
+        ));
+    } else {
+        req.push_str("\r\n");
+    }
+    raw(addr, req.as_bytes())
+}
+
+pub fn with_token<T>(msg: T, token: &str) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    r.metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().expect("header"));
+    r
+}
+
+/// Prints a figure and appends it to `target/aerodb-figures.txt` (which `.ci/run` prints at the end).
+pub fn report_figure(test: &str, figure: &str) {
+    let line = format!("{test}: {figure}");
+    println!("{line}");
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/aerodb-figures.txt");
+    if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
+        let _ = writeln!(f, "{line}");
+    }
+}
