@@ -94,7 +94,10 @@ fn bad_protobuf_is_invalid_argument(
             .insert("grpc-status", http::HeaderValue::from_static("3"));
     }
     // A message over max_request_bytes is refused by tonic as OUT_OF_RANGE; it is a size limit.
-    let too_large = resp.headers().get("grpc-status").is_some_and(|v| v.as_bytes() == b"11")
+    let too_large = resp
+        .headers()
+        .get("grpc-status")
+        .is_some_and(|v| v.as_bytes() == b"11")
         && resp.headers().get("grpc-message").is_some_and(|m| {
             let m = m.as_bytes();
             m.starts_with(b"Error, decoded message length too large")

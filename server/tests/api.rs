@@ -2,7 +2,11 @@
 //! RFC 9162 verifier and the log's verifier key, the verifying client (and its refusal of a rollback and of a
 //! checkpoint signed by another key), metrics, the OpenAPI document, and roles.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, reason = "test code: a panic is the failure report")]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test code: a panic is the failure report"
+)]
 
 mod common;
 
@@ -34,22 +38,45 @@ async fn rest_and_grpc_round_trips_with_locally_verified_proofs() {
         "POST",
         "/v1/records?prove=true",
         Some(WRITER),
-        Some(r#"{"tenant":"acme","ops":[{"op":"put","key":"invoice/42","value":"paid"},{"op":"put","key":"bin","value_base64":"AP8="}]}"#),
+        Some(
+            r#"{"tenant":"acme","ops":[{"op":"put","key":"invoice/42","value":"paid"},{"op":"put","key":"bin","value_base64":"AP8="}]}"#,
+        ),
     );
     assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
     let v = r.json();
     assert_eq!(v["commit_id"], 1);
     let note = v["checkpoint"]["note"].as_str().unwrap();
     let cp = SignedCheckpoint::verify(note, &vkey).unwrap().checkpoint;
-    let hashes: Vec<[u8; 32]> = v["proof"]["hashes"].as_array().unwrap().iter().map(|x| unhex(x.as_str().unwrap())).collect();
+    let hashes: Vec<[u8; 32]> = v["proof"]["hashes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| unhex(x.as_str().unwrap()))
+        .collect();
     let leaf = merkle::leaf_hash(&unhex(v["record_hash"].as_str().unwrap()));
     assert!(merkle::verify_inclusion(&leaf, 0, cp.size, &hashes, &cp.root));
 
     for i in 0..5 {
-        let r = http(h, "POST", "/v1/records", Some(WRITER), Some(&format!(r#"{{"tenant":"globex","ops":[{{"op":"put","key":"invoice/42","value":"v{i}"}}]}}"#)));
+        let r = http(
+            h,
+            "POST",
+            "/v1/records",
+            Some(WRITER),
+            Some(&format!(
+                r#"{{"tenant":"globex","ops":[{{"op":"put","key":"invoice/42","value":"v{i}"}}]}}"#
+            )),
+        );
         assert_eq!(r.status, 201);
     }
-    let r = http(h, "POST", "/v1/records/batch", Some(WRITER), Some(r#"{"records":[{"tenant":"acme","event":"audit"},{"tenant":"acme","ops":[{"op":"delete","key":"bin"}]}]}"#));
+    let r = http(
+        h,
+        "POST",
+        "/v1/records/batch",
+        Some(WRITER),
+        Some(
+            r#"{"records":[{"tenant":"acme","event":"audit"},{"tenant":"acme","ops":[{"op":"delete","key":"bin"}]}]}"#,
+        ),
+    );
     assert_eq!(r.status, 201);
     assert_eq!(r.json()["receipts"].as_array().unwrap().len(), 2);
 
@@ -59,7 +86,11 @@ async fn rest_and_grpc_round_trips_with_locally_verified_proofs() {
     assert_eq!(g["value"], "paid");
     let g = http(h, "GET", "/v1/kv/bin?at=1", Some(READER), None).json();
     assert_eq!(g["value_base64"], "AP8=");
-    assert_eq!(http(h, "GET", "/v1/kv/bin", Some(READER), None).status, 404, "deleted");
+    assert_eq!(
+        http(h, "GET", "/v1/kv/bin", Some(READER), None).status,
+        404,
+        "deleted"
+    );
     let hist = http(h, "GET", "/v1/kv/invoice%2F42/history", Some(READER), None).json();
     assert_eq!(hist["versions"].as_array().unwrap().len(), 6);
     let scan = http(h, "GET", "/v1/kv?prefix=inv&limit=10", Some(READER), None).json();
@@ -67,27 +98,70 @@ async fn rest_and_grpc_round_trips_with_locally_verified_proofs() {
 
     // A record and its proof against the newest checkpoint, verified from the record's own bytes.
     let cp_now = http(h, "POST", "/v1/checkpoints", Some(ADMIN), None).json();
-    let cp_now = SignedCheckpoint::verify(cp_now["note"].as_str().unwrap(), &vkey).unwrap().checkpoint;
+    let cp_now = SignedCheckpoint::verify(cp_now["note"].as_str().unwrap(), &vkey)
+        .unwrap()
+        .checkpoint;
     assert_eq!(cp_now.size, 8);
     let inc = http(h, "GET", "/v1/proofs/inclusion?commit_id=3", Some(READER), None).json();
-    let canonical = B64.decode(inc["record"]["canonical_base64"].as_str().unwrap()).unwrap();
-    let hashes: Vec<[u8; 32]> = inc["hashes"].as_array().unwrap().iter().map(|x| unhex(x.as_str().unwrap())).collect();
+    let canonical = B64
+        .decode(inc["record"]["canonical_base64"].as_str().unwrap())
+        .unwrap();
+    let hashes: Vec<[u8; 32]> = inc["hashes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| unhex(x.as_str().unwrap()))
+        .collect();
     assert_eq!(inc["tree_size"], 8);
-    assert!(merkle::verify_inclusion(&record::merkle_leaf(&canonical), 2, 8, &hashes, &cp_now.root));
+    assert!(merkle::verify_inclusion(
+        &record::merkle_leaf(&canonical),
+        2,
+        8,
+        &hashes,
+        &cp_now.root
+    ));
     let rec = http(h, "GET", "/v1/records/3", Some(READER), None).json();
     assert_eq!(rec["tenant"], "globex");
     assert_eq!(rec["ops"][0]["value"], "v1");
     // Consistency between the first checkpoint and the newest.
-    let con = http(h, "GET", &format!("/v1/proofs/consistency?old_size={}&new_size=8", cp.size), Some(READER), None).json();
-    let hashes: Vec<[u8; 32]> = con["hashes"].as_array().unwrap().iter().map(|x| unhex(x.as_str().unwrap())).collect();
-    assert!(merkle::verify_consistency(cp.size, 8, &cp.root, &cp_now.root, &hashes));
+    let con = http(
+        h,
+        "GET",
+        &format!("/v1/proofs/consistency?old_size={}&new_size=8", cp.size),
+        Some(READER),
+        None,
+    )
+    .json();
+    let hashes: Vec<[u8; 32]> = con["hashes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| unhex(x.as_str().unwrap()))
+        .collect();
+    assert!(merkle::verify_consistency(
+        cp.size,
+        8,
+        &cp.root,
+        &cp_now.root,
+        &hashes
+    ));
     let latest = http(h, "GET", "/v1/checkpoints/latest", Some(READER), None).json();
     assert!(latest["size"].as_u64().unwrap() >= 8);
 
     let health = http(h, "GET", "/v1/health", None, None).json();
-    assert_eq!((health["status"].as_str(), health["writable"].as_bool()), (Some("ok"), Some(true)));
+    assert_eq!(
+        (health["status"].as_str(), health["writable"].as_bool()),
+        (Some("ok"), Some(true))
+    );
     let ha = http(h, "GET", "/v1/ha/status", Some(READER), None).json();
-    assert_eq!((ha["role"].as_str(), ha["state"].as_str(), ha["is_leader"].as_bool()), (Some("primary"), Some("PrimaryActive"), Some(true)));
+    assert_eq!(
+        (
+            ha["role"].as_str(),
+            ha["state"].as_str(),
+            ha["is_leader"].as_bool()
+        ),
+        (Some("primary"), Some("PrimaryActive"), Some(true))
+    );
     assert_eq!(ha["commit_id"], 8);
 
     let metrics = String::from_utf8(http(h, "GET", "/metrics", Some(READER), None).body).unwrap();
@@ -108,7 +182,10 @@ async fn rest_and_grpc_round_trips_with_locally_verified_proofs() {
     // The OpenAPI document lists every route the router serves.
     let api = http(h, "GET", "/v1/openapi.json", None, None).json();
     for (method, path) in aerodb_server::rest::ROUTES {
-        assert!(api["paths"][path][method].is_object(), "OpenAPI lacks {method} {path}");
+        assert!(
+            api["paths"][path][method].is_object(),
+            "OpenAPI lacks {method} {path}"
+        );
     }
 
     // gRPC: the same log.
@@ -119,7 +196,11 @@ async fn rest_and_grpc_round_trips_with_locally_verified_proofs() {
                 records: vec![pb::NewRecord {
                     tenant: "acme".into(),
                     payload: Some(pb::new_record::Payload::Batch(pb::Batch {
-                        ops: vec![pb::Op { key: b"grpc".to_vec(), value: b"yes".to_vec(), delete: false }],
+                        ops: vec![pb::Op {
+                            key: b"grpc".to_vec(),
+                            value: b"yes".to_vec(),
+                            delete: false,
+                        }],
                     })),
                 }],
             },
@@ -129,41 +210,110 @@ async fn rest_and_grpc_round_trips_with_locally_verified_proofs() {
         .unwrap()
         .into_inner();
     assert_eq!(r.receipts[0].commit_id, 9);
-    let g = c.get_key(with_token(pb::GetKeyRequest { key: b"invoice/42".to_vec(), at: Some(2) }, READER)).await.unwrap().into_inner();
+    let g = c
+        .get_key(with_token(
+            pb::GetKeyRequest {
+                key: b"invoice/42".to_vec(),
+                at: Some(2),
+            },
+            READER,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!((g.found, g.value.as_slice()), (true, &b"v0"[..]));
-    let hist = c.history(with_token(pb::HistoryRequest { key: b"bin".to_vec() }, READER)).await.unwrap().into_inner();
-    assert_eq!(hist.versions.iter().map(|v| v.deleted).collect::<Vec<_>>(), vec![false, true]);
-    let s = c.scan(with_token(pb::ScanRequest { prefix: b"g".to_vec(), limit: 0 }, READER)).await.unwrap().into_inner();
+    let hist = c
+        .history(with_token(pb::HistoryRequest { key: b"bin".to_vec() }, READER))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        hist.versions.iter().map(|v| v.deleted).collect::<Vec<_>>(),
+        vec![false, true]
+    );
+    let s = c
+        .scan(with_token(
+            pb::ScanRequest {
+                prefix: b"g".to_vec(),
+                limit: 0,
+            },
+            READER,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(s.items.len(), 1);
-    let rec = c.get_record(with_token(pb::GetRecordRequest { commit_id: 9 }, READER)).await.unwrap().into_inner().record.unwrap();
+    let rec = c
+        .get_record(with_token(pb::GetRecordRequest { commit_id: 9 }, READER))
+        .await
+        .unwrap()
+        .into_inner()
+        .record
+        .unwrap();
     assert_eq!(record::record_hash(&rec.canonical).to_vec(), rec.record_hash);
-    let hs = c.ha_status(with_token(pb::HaStatusRequest {}, READER)).await.unwrap().into_inner();
+    let hs = c
+        .ha_status(with_token(pb::HaStatusRequest {}, READER))
+        .await
+        .unwrap()
+        .into_inner();
     assert!(hs.is_leader && hs.commit_id == 9);
-    assert!(c.health(tonic::Request::new(pb::HealthRequest {})).await.unwrap().into_inner().writable);
+    assert!(
+        c.health(tonic::Request::new(pb::HealthRequest {}))
+            .await
+            .unwrap()
+            .into_inner()
+            .writable
+    );
 
     // The verifying client: writes and reads verified against signed, mutually consistent checkpoints.
     let url = format!("http://{}", srv.grpc);
-    let mut vc = VerifiedClient::connect(&url, Some(WRITER), vkey.clone()).await.unwrap();
-    let payload = Payload::Batch(vec![Op::Put { key: Bytes::from_static(b"verified"), value: Bytes::from_static(b"write") }]);
+    let mut vc = VerifiedClient::connect(&url, Some(WRITER), vkey.clone())
+        .await
+        .unwrap();
+    let payload = Payload::Batch(vec![Op::Put {
+        key: Bytes::from_static(b"verified"),
+        value: Bytes::from_static(b"write"),
+    }]);
     let w = vc.append("acme", payload).await.unwrap();
     assert_eq!(w.commit_id, 10);
     let first = vc.trusted().unwrap().clone();
-    vc.append("acme", Payload::Event(Bytes::from_static(b"second"))).await.unwrap();
-    assert!(vc.trusted().unwrap().size > first.size, "the second checkpoint was accepted through a consistency proof");
+    vc.append("acme", Payload::Event(Bytes::from_static(b"second")))
+        .await
+        .unwrap();
+    assert!(
+        vc.trusted().unwrap().size > first.size,
+        "the second checkpoint was accepted through a consistency proof"
+    );
     assert_eq!(vc.verified_record(3).await.unwrap().tenant, "globex");
     // A client that saw a bigger tree refuses the server's smaller one: a rollback.
-    let mut rolled = VerifiedClient::connect(&url, Some(READER), vkey.clone()).await.unwrap();
-    rolled.trust(Checkpoint { size: 1_000, ..first.clone() });
+    let mut rolled = VerifiedClient::connect(&url, Some(READER), vkey.clone())
+        .await
+        .unwrap();
+    rolled.trust(Checkpoint {
+        size: 1_000,
+        ..first.clone()
+    });
     assert!(matches!(rolled.refresh().await, Err(ClientError::Verification(m)) if m.contains("rollback")));
     // A client that saw another root at the same size refuses: a fork.
-    let mut forked = VerifiedClient::connect(&url, Some(READER), vkey.clone()).await.unwrap();
+    let mut forked = VerifiedClient::connect(&url, Some(READER), vkey.clone())
+        .await
+        .unwrap();
     let now = forked.refresh().await.unwrap();
     let mut other = forked.clone();
-    other.trust(Checkpoint { root: [7u8; 32], ..now.clone() });
-    assert!(matches!(other.refresh().await, Err(ClientError::Verification(m)) if m.contains("fork") || m.contains("consistent")));
+    other.trust(Checkpoint {
+        root: [7u8; 32],
+        ..now.clone()
+    });
+    assert!(
+        matches!(other.refresh().await, Err(ClientError::Verification(m)) if m.contains("fork") || m.contains("consistent"))
+    );
     // Checkpoints signed by another key are refused.
-    let stranger = SigningKey::from_seed("aerodb-ledger", [42u8; 32]).unwrap().verifier();
-    let mut wrong = VerifiedClient::connect(&url, Some(READER), stranger).await.unwrap();
+    let stranger = SigningKey::from_seed("aerodb-ledger", [42u8; 32])
+        .unwrap()
+        .verifier();
+    let mut wrong = VerifiedClient::connect(&url, Some(READER), stranger)
+        .await
+        .unwrap();
     assert!(matches!(wrong.refresh().await, Err(ClientError::Verification(m)) if m.contains("signature")));
 }
 
@@ -213,14 +363,42 @@ async fn sigterm_finishes_appends_in_flight_and_exits_zero() {
     assert!(!acked.is_empty());
     // Everything acknowledged is in the log with the acknowledged hash; the directory verifies strictly, and the
     // shutdown signed a final checkpoint covering the whole log.
-    let report = aerodb_engine::verify_dir(&srv.data, &aerodb_engine::VerifyOptions { verifier: Some(VerifierKey::parse(&srv.verifier_key).unwrap()), strict: true }, &mut |_, _| {}).unwrap();
+    let report = aerodb_engine::verify_dir(
+        &srv.data,
+        &aerodb_engine::VerifyOptions {
+            verifier: Some(VerifierKey::parse(&srv.verifier_key).unwrap()),
+            strict: true,
+        },
+        &mut |_, _| {},
+    )
+    .unwrap();
     assert!(report.ok(), "{:?}", report.problems);
     assert_eq!(report.checkpoints_ok, report.checkpoints);
-    let db = aerodb_engine::Db::open(&srv.data, aerodb_engine::Options { read_only: true, ..aerodb_engine::Options::default() }).unwrap();
-    assert_eq!(db.latest_checkpoint().unwrap().checkpoint.size, db.tip().unwrap().commit_id, "final checkpoint covers everything");
+    let db = aerodb_engine::Db::open(
+        &srv.data,
+        aerodb_engine::Options {
+            read_only: true,
+            ..aerodb_engine::Options::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        db.latest_checkpoint().unwrap().checkpoint.size,
+        db.tip().unwrap().commit_id,
+        "final checkpoint covers everything"
+    );
     for r in &acked {
-        let rec = db.record(r.commit_id).unwrap().expect("acknowledged record present");
+        let rec = db
+            .record(r.commit_id)
+            .unwrap()
+            .expect("acknowledged record present");
         assert_eq!(rec.hash.to_vec(), r.record_hash);
     }
-    report_figure("SIGTERM under 16 appenders", &format!("{} acknowledged appends, 0 lost, exit 0, final checkpoint covers the log", acked.len()));
+    report_figure(
+        "SIGTERM under 16 appenders",
+        &format!(
+            "{} acknowledged appends, 0 lost, exit 0, final checkpoint covers the log",
+            acked.len()
+        ),
+    );
 }

@@ -1,7 +1,11 @@
 //! T14: a table of bad inputs against the real server, each asserting the exact HTTP status and error code (REST)
 //! or gRPC status code. None may produce a 500 / INTERNAL, and the server must stay healthy afterwards.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, reason = "test code: a panic is the failure report")]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test code: a panic is the failure report"
+)]
 
 mod common;
 
@@ -58,10 +62,7 @@ async fn raw_grpc(addr: std::net::SocketAddr, method: &str, body: Vec<u8>) -> to
     let mut grpc = tonic::client::Grpc::new(channel);
     grpc.ready().await.unwrap();
     let path: tonic::codegen::http::uri::PathAndQuery = method.parse().unwrap();
-    match grpc
-        .unary(with_token(body, WRITER), path, RawCodec)
-        .await
-    {
+    match grpc.unary(with_token(body, WRITER), path, RawCodec).await {
         Ok(_) => tonic::Status::ok("accepted"),
         Err(s) => s,
     }
@@ -70,7 +71,10 @@ async fn raw_grpc(addr: std::net::SocketAddr, method: &str, body: Vec<u8>) -> to
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_bad_input_gets_a_precise_error_and_the_server_stays_healthy() {
     let tmp = Tmp::new("t14");
-    let srv = start(&tmp.0, &["--max-request-bytes", "65536", "--checkpoint-interval-ms", "50"]);
+    let srv = start(
+        &tmp.0,
+        &["--max-request-bytes", "65536", "--checkpoint-interval-ms", "50"],
+    );
     let h = srv.http;
     // Some data to point at: 3 records.
     for i in 0..3 {
@@ -79,7 +83,9 @@ async fn every_bad_input_gets_a_precise_error_and_the_server_stays_healthy() {
             "POST",
             "/v1/records",
             Some(WRITER),
-            Some(&format!(r#"{{"tenant":"t","ops":[{{"op":"put","key":"k","value":"v{i}"}}]}}"#)),
+            Some(&format!(
+                r#"{{"tenant":"t","ops":[{{"op":"put","key":"k","value":"v{i}"}}]}}"#
+            )),
         );
         assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
     }
@@ -192,25 +198,194 @@ async fn every_bad_input_gets_a_precise_error_and_the_server_stays_healthy() {
         }))
     };
     let grpc_cases: Vec<(&str, Code, Code)> = vec![
-        ("append without a record", c.append(with_token(pb::AppendRequest { record: None, prove: false }, WRITER)).await.err().map_or(Code::Ok, |s| s.code()), Code::InvalidArgument),
-        ("append without a payload", c.append(with_token(rec("t", None), WRITER)).await.err().map_or(Code::Ok, |s| s.code()), Code::InvalidArgument),
-        ("delete with a value", c.append(with_token(rec("t", put(b"k", b"v", true)), WRITER)).await.err().map_or(Code::Ok, |s| s.code()), Code::InvalidArgument),
-        ("empty tenant", c.append(with_token(rec("", put(b"k", b"v", false)), WRITER)).await.err().map_or(Code::Ok, |s| s.code()), Code::InvalidArgument),
-        ("empty key", c.append(with_token(rec("t", put(b"", b"v", false)), WRITER)).await.err().map_or(Code::Ok, |s| s.code()), Code::InvalidArgument),
-        ("empty batch append", c.append_batch(with_token(pb::AppendBatchRequest { records: vec![] }, WRITER)).await.err().map_or(Code::Ok, |s| s.code()), Code::InvalidArgument),
-        ("record 0", c.get_record(with_token(pb::GetRecordRequest { commit_id: 0 }, READER)).await.err().map_or(Code::Ok, |s| s.code()), Code::InvalidArgument),
-        ("record beyond the tip", c.get_record(with_token(pb::GetRecordRequest { commit_id: 1 << 40 }, READER)).await.err().map_or(Code::Ok, |s| s.code()), Code::NotFound),
-        ("get of an empty key", c.get_key(with_token(pb::GetKeyRequest { key: vec![], at: None }, READER)).await.err().map_or(Code::Ok, |s| s.code()), Code::InvalidArgument),
-        ("get at beyond the tip", c.get_key(with_token(pb::GetKeyRequest { key: b"k".to_vec(), at: Some(1 << 40) }, READER)).await.err().map_or(Code::Ok, |s| s.code()), Code::OutOfRange),
-        ("inclusion in a tree beyond the log", c.inclusion_proof(with_token(pb::InclusionProofRequest { commit_id: 1, tree_size: 1 << 40 }, READER)).await.err().map_or(Code::Ok, |s| s.code()), Code::OutOfRange),
-        ("consistency backwards", c.consistency_proof(with_token(pb::ConsistencyProofRequest { old_size: 3, new_size: 2 }, READER)).await.err().map_or(Code::Ok, |s| s.code()), Code::OutOfRange),
-        ("scan limit over the maximum", c.scan(with_token(pb::ScanRequest { prefix: vec![], limit: 1_000_000 }, READER)).await.err().map_or(Code::Ok, |s| s.code()), Code::InvalidArgument),
-        ("no token", c.get_record(tonic::Request::new(pb::GetRecordRequest { commit_id: 1 })).await.err().map_or(Code::Ok, |s| s.code()), Code::Unauthenticated),
-        ("reader appends", c.append(with_token(rec("t", put(b"k", b"v", false)), READER)).await.err().map_or(Code::Ok, |s| s.code()), Code::PermissionDenied),
-        ("message over max_request_bytes", c.append(with_token(rec("t", Some(pb::new_record::Payload::Event(vec![1u8; 70_000]))), WRITER)).await.err().map_or(Code::Ok, |s| s.code()), Code::ResourceExhausted),
-        ("truncated protobuf", raw_grpc(srv.grpc, "/aerodb.v1.Ledger/Append", vec![0x0a, 0x10, 0x0a]).await.code(), Code::InvalidArgument),
-        ("protobuf with an invalid wire type", raw_grpc(srv.grpc, "/aerodb.v1.Ledger/GetRecord", vec![0x0f, 0x01]).await.code(), Code::InvalidArgument),
-        ("unknown method", raw_grpc(srv.grpc, "/aerodb.v1.Ledger/DropTable", vec![]).await.code(), Code::Unimplemented),
+        (
+            "append without a record",
+            c.append(with_token(
+                pb::AppendRequest {
+                    record: None,
+                    prove: false,
+                },
+                WRITER,
+            ))
+            .await
+            .err()
+            .map_or(Code::Ok, |s| s.code()),
+            Code::InvalidArgument,
+        ),
+        (
+            "append without a payload",
+            c.append(with_token(rec("t", None), WRITER))
+                .await
+                .err()
+                .map_or(Code::Ok, |s| s.code()),
+            Code::InvalidArgument,
+        ),
+        (
+            "delete with a value",
+            c.append(with_token(rec("t", put(b"k", b"v", true)), WRITER))
+                .await
+                .err()
+                .map_or(Code::Ok, |s| s.code()),
+            Code::InvalidArgument,
+        ),
+        (
+            "empty tenant",
+            c.append(with_token(rec("", put(b"k", b"v", false)), WRITER))
+                .await
+                .err()
+                .map_or(Code::Ok, |s| s.code()),
+            Code::InvalidArgument,
+        ),
+        (
+            "empty key",
+            c.append(with_token(rec("t", put(b"", b"v", false)), WRITER))
+                .await
+                .err()
+                .map_or(Code::Ok, |s| s.code()),
+            Code::InvalidArgument,
+        ),
+        (
+            "empty batch append",
+            c.append_batch(with_token(pb::AppendBatchRequest { records: vec![] }, WRITER))
+                .await
+                .err()
+                .map_or(Code::Ok, |s| s.code()),
+            Code::InvalidArgument,
+        ),
+        (
+            "record 0",
+            c.get_record(with_token(pb::GetRecordRequest { commit_id: 0 }, READER))
+                .await
+                .err()
+                .map_or(Code::Ok, |s| s.code()),
+            Code::InvalidArgument,
+        ),
+        (
+            "record beyond the tip",
+            c.get_record(with_token(pb::GetRecordRequest { commit_id: 1 << 40 }, READER))
+                .await
+                .err()
+                .map_or(Code::Ok, |s| s.code()),
+            Code::NotFound,
+        ),
+        (
+            "get of an empty key",
+            c.get_key(with_token(
+                pb::GetKeyRequest {
+                    key: vec![],
+                    at: None,
+                },
+                READER,
+            ))
+            .await
+            .err()
+            .map_or(Code::Ok, |s| s.code()),
+            Code::InvalidArgument,
+        ),
+        (
+            "get at beyond the tip",
+            c.get_key(with_token(
+                pb::GetKeyRequest {
+                    key: b"k".to_vec(),
+                    at: Some(1 << 40),
+                },
+                READER,
+            ))
+            .await
+            .err()
+            .map_or(Code::Ok, |s| s.code()),
+            Code::OutOfRange,
+        ),
+        (
+            "inclusion in a tree beyond the log",
+            c.inclusion_proof(with_token(
+                pb::InclusionProofRequest {
+                    commit_id: 1,
+                    tree_size: 1 << 40,
+                },
+                READER,
+            ))
+            .await
+            .err()
+            .map_or(Code::Ok, |s| s.code()),
+            Code::OutOfRange,
+        ),
+        (
+            "consistency backwards",
+            c.consistency_proof(with_token(
+                pb::ConsistencyProofRequest {
+                    old_size: 3,
+                    new_size: 2,
+                },
+                READER,
+            ))
+            .await
+            .err()
+            .map_or(Code::Ok, |s| s.code()),
+            Code::OutOfRange,
+        ),
+        (
+            "scan limit over the maximum",
+            c.scan(with_token(
+                pb::ScanRequest {
+                    prefix: vec![],
+                    limit: 1_000_000,
+                },
+                READER,
+            ))
+            .await
+            .err()
+            .map_or(Code::Ok, |s| s.code()),
+            Code::InvalidArgument,
+        ),
+        (
+            "no token",
+            c.get_record(tonic::Request::new(pb::GetRecordRequest { commit_id: 1 }))
+                .await
+                .err()
+                .map_or(Code::Ok, |s| s.code()),
+            Code::Unauthenticated,
+        ),
+        (
+            "reader appends",
+            c.append(with_token(rec("t", put(b"k", b"v", false)), READER))
+                .await
+                .err()
+                .map_or(Code::Ok, |s| s.code()),
+            Code::PermissionDenied,
+        ),
+        (
+            "message over max_request_bytes",
+            c.append(with_token(
+                rec("t", Some(pb::new_record::Payload::Event(vec![1u8; 70_000]))),
+                WRITER,
+            ))
+            .await
+            .err()
+            .map_or(Code::Ok, |s| s.code()),
+            Code::ResourceExhausted,
+        ),
+        (
+            "truncated protobuf",
+            raw_grpc(srv.grpc, "/aerodb.v1.Ledger/Append", vec![0x0a, 0x10, 0x0a])
+                .await
+                .code(),
+            Code::InvalidArgument,
+        ),
+        (
+            "protobuf with an invalid wire type",
+            raw_grpc(srv.grpc, "/aerodb.v1.Ledger/GetRecord", vec![0x0f, 0x01])
+                .await
+                .code(),
+            Code::InvalidArgument,
+        ),
+        (
+            "unknown method",
+            raw_grpc(srv.grpc, "/aerodb.v1.Ledger/DropTable", vec![])
+                .await
+                .code(),
+            Code::Unimplemented,
+        ),
     ];
     let n_grpc = grpc_cases.len();
     for (name, got, want) in grpc_cases {
@@ -225,10 +400,17 @@ async fn every_bad_input_gets_a_precise_error_and_the_server_stays_healthy() {
     assert_eq!(health.json()["writable"], true);
     assert_eq!(post(r#"{"tenant":"t","event":"after the storm"}"#).status, 201);
     let metrics = String::from_utf8(http(h, "GET", "/metrics", Some(READER), None).body).unwrap();
-    assert!(!metrics.contains("code=\"INTERNAL\""), "an INTERNAL error was counted:\n{metrics}");
+    assert!(
+        !metrics.contains("code=\"INTERNAL\""),
+        "an INTERNAL error was counted:\n{metrics}"
+    );
     report_figure(
         "T14 bad input (REST + gRPC)",
-        &format!("{} cases ({n_rest} REST, {n_grpc} gRPC), {} wrong status, 0 INTERNAL, server healthy after", n_rest + n_grpc, failures.len()),
+        &format!(
+            "{} cases ({n_rest} REST, {n_grpc} gRPC), {} wrong status, 0 INTERNAL, server healthy after",
+            n_rest + n_grpc,
+            failures.len()
+        ),
     );
     assert!(failures.is_empty(), "{failures:#?}");
     assert!(n_rest + n_grpc >= 50);

@@ -164,7 +164,8 @@ impl Resp {
 /// Sends raw bytes and reads one HTTP/1.1 response (Content-Length or chunked bodies).
 pub fn raw(addr: SocketAddr, request: &[u8]) -> Resp {
     let mut s = TcpStream::connect(addr).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
+    s.set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
     s.write_all(request).expect("send");
     let mut buf = Vec::new();
     let mut tmp = [0u8; 8192];
@@ -178,7 +179,11 @@ pub fn raw(addr: SocketAddr, request: &[u8]) -> Resp {
                 String::from_utf8_lossy(&request[..request.len().min(80)])
             )
         });
-        assert!(n > 0, "connection closed before a response: {:?}", String::from_utf8_lossy(&buf));
+        assert!(
+            n > 0,
+            "connection closed before a response: {:?}",
+            String::from_utf8_lossy(&buf)
+        );
         buf.extend_from_slice(&tmp[..n]);
     };
     let head = String::from_utf8_lossy(&buf[..header_end]).to_string();
@@ -220,7 +225,8 @@ fn dechunk(b: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
     let mut i = 0;
     while let Some(p) = b[i..].windows(2).position(|w| w == b"\r\n") {
-        let len = usize::from_str_radix(std::str::from_utf8(&b[i..i + p]).unwrap_or("0").trim(), 16).unwrap_or(0);
+        let len =
+            usize::from_str_radix(std::str::from_utf8(&b[i..i + p]).unwrap_or("0").trim(), 16).unwrap_or(0);
         i += p + 2;
         if len == 0 {
             break;
@@ -250,8 +256,10 @@ pub fn http(addr: SocketAddr, method: &str, path: &str, token: Option<&str>, bod
 
 pub fn with_token<T>(msg: T, token: &str) -> tonic::Request<T> {
     let mut r = tonic::Request::new(msg);
-    r.metadata_mut()
-        .insert("authorization", format!("Bearer {token}").parse().expect("header"));
+    r.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {token}").parse().expect("header"),
+    );
     r
 }
 
