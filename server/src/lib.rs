@@ -8,6 +8,7 @@ pub mod client;
 pub mod config;
 pub mod error;
 pub mod grpc;
+pub mod httpc;
 pub mod metrics;
 pub mod node;
 pub mod rest;

@@ -5,8 +5,8 @@
 #![allow(dead_code, reason = "each test file uses a subset")]
 
 use std::{
-    io::{Read, Write},
-    net::{SocketAddr, TcpStream},
+    io::Write,
+    net::SocketAddr,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
@@ -155,103 +155,25 @@ impl Resp {
         serde_json::from_slice(&self.body)
             .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
     }
-
-    pub fn code(&self) -> String {
-        self.json()["error"]["code"].as_str().unwrap_or("").to_owned()
-    }
 }
 
-/// Sends raw bytes and reads one HTTP/1.1 response (Content-Length or chunked bodies).
+/// Sends raw bytes and reads one response.
 pub fn raw(addr: SocketAddr, request: &[u8]) -> Resp {
-    let mut s = TcpStream::connect(addr).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(30)))
-        .expect("timeout");
-    s.write_all(request).expect("send");
-    let mut buf = Vec::new();
-    let mut tmp = [0u8; 8192];
-    let header_end = loop {
-        if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break p + 4;
-        }
-        let n = s.read(&mut tmp).unwrap_or_else(|e| {
-            panic!(
-                "no response to {:?}: {e}",
-                String::from_utf8_lossy(&request[..request.len().min(80)])
-            )
-        });
-        assert!(
-            n > 0,
-            "connection closed before a response: {:?}",
-            String::from_utf8_lossy(&buf)
-        );
-        buf.extend_from_slice(&tmp[..n]);
-    };
-    let head = String::from_utf8_lossy(&buf[..header_end]).to_string();
-    let status: u16 = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .expect("status line");
-    let lower = head.to_ascii_lowercase();
-    let mut body = buf[header_end..].to_vec();
-    if let Some(len) = lower
-        .lines()
-        .find_map(|l| l.strip_prefix("content-length:"))
-        .and_then(|v| v.trim().parse::<usize>().ok())
-    {
-        while body.len() < len {
-            let n = s.read(&mut tmp).expect("read body");
-            assert!(n > 0, "short body");
-            body.extend_from_slice(&tmp[..n]);
-        }
-        body.truncate(len);
-    } else if lower.contains("transfer-encoding: chunked") {
-        loop {
-            let n = s.read(&mut tmp).unwrap_or(0);
-            if n == 0 {
-                break;
-            }
-            body.extend_from_slice(&tmp[..n]);
-            if body.ends_with(b"0\r\n\r\n") {
-                break;
-            }
-        }
-        body = dechunk(&body);
+    let r = aerodb_server::httpc::send(addr, request).unwrap_or_else(|e| {
+        panic!(
+            "no response to {:?}: {e}",
+            String::from_utf8_lossy(&request[..request.len().min(80)])
+        )
+    });
+    Resp {
+        status: r.status,
+        body: r.body,
     }
-    Resp { status, body }
-}
-
-fn dechunk(b: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    let mut i = 0;
-    while let Some(p) = b[i..].windows(2).position(|w| w == b"\r\n") {
-        let len =
-            usize::from_str_radix(std::str::from_utf8(&b[i..i + p]).unwrap_or("0").trim(), 16).unwrap_or(0);
-        i += p + 2;
-        if len == 0 {
-            break;
-        }
-        out.extend_from_slice(&b[i..i + len]);
-        i += len + 2;
-    }
-    out
 }
 
 /// A well-formed request.
 pub fn http(addr: SocketAddr, method: &str, path: &str, token: Option<&str>, body: Option<&str>) -> Resp {
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
-    if let Some(t) = token {
-        req.push_str(&format!("Authorization: Bearer {t}\r\n"));
-    }
-    if let Some(b) = body {
-        req.push_str(&format!(
-            "Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{b}",
-            b.len()
-        ));
-    } else {
-        req.push_str("\r\n");
-    }
-    raw(addr, req.as_bytes())
+    raw(addr, &aerodb_server::httpc::request(method, path, token, body, false))
 }
 
 pub fn with_token<T>(msg: T, token: &str) -> tonic::Request<T> {
