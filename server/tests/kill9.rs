@@ -63,7 +63,7 @@ async fn kill_9_under_concurrent_appends_loses_nothing() {
                 let mut got = Vec::new();
                 let mut i = 0u64;
                 while !stop.load(Ordering::Relaxed) {
-                    let payload = if i % 3 == 0 {
+                    let payload = if i.is_multiple_of(3) {
                         pb::new_record::Payload::Batch(pb::Batch {
                             ops: vec![pb::Op {
                                 key: format!("k{}", (w * 7 + i) % 50).into_bytes(),
