@@ -27,7 +27,13 @@ impl Response {
 
 /// Formats a request with optional bearer token and JSON body.
 #[must_use]
-pub fn request(method: &str, path: &str, token: Option<&str>, body: Option<&str>, keep_alive: bool) -> Vec<u8> {
+pub fn request(
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+    keep_alive: bool,
+) -> Vec<u8> {
     let mut req = format!(
         "{method} {path} HTTP/1.1\r\nHost: aerodb\r\nConnection: {}\r\n",
         if keep_alive { "keep-alive" } else { "close" }

@@ -2,7 +2,11 @@
 //! parallel, and hundreds of idle connections. Every answer is a success or a precise limit error (429 / 413 /
 //! 504), never a 500; afterwards the server is healthy and writes again.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, reason = "test code: a panic is the failure report")]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test code: a panic is the failure report"
+)]
 
 mod common;
 
@@ -15,18 +19,33 @@ fn limits_hold_under_a_flood_and_the_server_recovers() {
     let tmp = Tmp::new("flood");
     let srv = start(
         &tmp.0,
-        &["--max-concurrent-requests", "2", "--request-timeout-ms", "40", "--max-request-bytes", "65536"],
+        &[
+            "--max-concurrent-requests",
+            "2",
+            "--request-timeout-ms",
+            "40",
+            "--max-request-bytes",
+            "65536",
+        ],
     );
     let h = srv.http;
     // 300 idle connections held open throughout.
-    let idle: Vec<TcpStream> = (0..300).map(|_| TcpStream::connect(h).expect("connect")).collect();
+    let idle: Vec<TcpStream> = (0..300)
+        .map(|_| TcpStream::connect(h).expect("connect"))
+        .collect();
 
     let statuses = std::thread::scope(|s| {
         let appends: Vec<_> = (0..200)
             .map(|i| {
                 s.spawn(move || {
-                    http(h, "POST", "/v1/records", Some(WRITER), Some(&format!(r#"{{"tenant":"t","event":"flood {i}"}}"#)))
-                        .status
+                    http(
+                        h,
+                        "POST",
+                        "/v1/records",
+                        Some(WRITER),
+                        Some(&format!(r#"{{"tenant":"t","event":"flood {i}"}}"#)),
+                    )
+                    .status
                 })
             })
             .collect();
@@ -55,10 +74,26 @@ fn limits_hold_under_a_flood_and_the_server_recovers() {
         })
         .collect();
     assert!(bad.is_empty(), "unexpected answers: {statuses:?}");
-    assert!(statuses.get(&("append", 201)).copied().unwrap_or(0) > 0, "some appends got through: {statuses:?}");
+    assert!(
+        statuses.get(&("append", 201)).copied().unwrap_or(0) > 0,
+        "some appends got through: {statuses:?}"
+    );
     let health = http(h, "GET", "/v1/health", None, None);
-    assert_eq!((health.status, health.json()["writable"].as_bool()), (200, Some(true)));
-    assert_eq!(http(h, "POST", "/v1/records", Some(WRITER), Some(r#"{"tenant":"t","event":"after"}"#)).status, 201);
+    assert_eq!(
+        (health.status, health.json()["writable"].as_bool()),
+        (200, Some(true))
+    );
+    assert_eq!(
+        http(
+            h,
+            "POST",
+            "/v1/records",
+            Some(WRITER),
+            Some(r#"{"tenant":"t","event":"after"}"#)
+        )
+        .status,
+        201
+    );
     let metrics = String::from_utf8(http(h, "GET", "/metrics", Some(READER), None).body).unwrap();
     assert!(!metrics.contains("code=\"INTERNAL\""));
     report_figure(

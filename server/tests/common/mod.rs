@@ -173,7 +173,10 @@ pub fn raw(addr: SocketAddr, request: &[u8]) -> Resp {
 
 /// A well-formed request.
 pub fn http(addr: SocketAddr, method: &str, path: &str, token: Option<&str>, body: Option<&str>) -> Resp {
-    raw(addr, &aerodb_server::httpc::request(method, path, token, body, false))
+    raw(
+        addr,
+        &aerodb_server::httpc::request(method, path, token, body, false),
+    )
 }
 
 pub fn with_token<T>(msg: T, token: &str) -> tonic::Request<T> {
