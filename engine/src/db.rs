@@ -506,6 +506,21 @@ impl Db {
         self.append(tenant, Payload::Event(payload.into()))
     }
 
+    /// Checks a record the way an append would (tenant, batch, size) without writing it, so a caller that
+    /// gathers records from many clients into one [`Db::append_many`] can refuse a bad one alone.
+    pub fn check(&self, tenant: &str, payload: &Payload) -> Result<()> {
+        record::check_tenant(tenant)?;
+        if let Payload::Batch(ops) = payload {
+            record::check_batch(ops)?;
+        }
+        let len = record::RECORD_OVERHEAD + tenant.len() + record::body_len(payload);
+        let max = self.inner.opts.wal.max_record_bytes;
+        if len > max {
+            return Err(RecordError::TooLarge { len, max }.into());
+        }
+        Ok(())
+    }
+
     /// Appends several records as consecutive CommitIds in one durable write.
     pub fn append_many(&self, records: &[NewRecord]) -> Result<Vec<Receipt>> {
         self.inner

@@ -144,6 +144,12 @@ pub async fn serve(
         let _ = rx.wait_for(|s| *s).await;
     };
 
+    // Small request/response exchanges: disable Nagle on every accepted connection of both APIs.
+    let http_listener = axum::serve::ListenerExt::tap_io(http_listener, |tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::warn!("TCP_NODELAY: {e}");
+        }
+    });
     let rest = axum::serve(http_listener, rest::router(node.clone()))
         .with_graceful_shutdown(stopped(stop_rx.clone()));
     let limit = cfg.max_request_bytes;
@@ -159,13 +165,14 @@ pub async fn serve(
         ))
         .add_service(svc)
         .serve_with_incoming_shutdown(
-            tonic::transport::server::TcpIncoming::from(grpc_listener),
+            tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true)),
             stopped(stop_rx),
         );
     let (r1, r2) = tokio::join!(rest, grpc);
     r1.map_err(|e| format!("REST server: {e}"))?;
     r2.map_err(|e| format!("gRPC server: {e}"))?;
     // Every request has finished: make everything durable and sign a final checkpoint.
+    node.stop_committers();
     let node =
         Arc::try_unwrap(node).map_err(|_| "requests still hold the node after shutdown".to_string())?;
     let db =

@@ -1,14 +1,19 @@
 //! The node: the open database plus what both APIs share — authorization, limits, timeouts, metrics — and the
 //! operations, each run on the blocking pool (appends wait for `fdatasync`).
 
-use std::{sync::Arc, time::Instant};
+use std::{
+    sync::{mpsc, Arc},
+    thread::JoinHandle,
+    time::Instant,
+};
 
 use aerodb_engine::{
     record::MAX_KEY_BYTES, Db, InclusionProof, NewRecord, Payload, Receipt, SignedCheckpoint, StoredRecord,
     Version,
 };
 use bytes::Bytes;
-use tokio::sync::Semaphore;
+use parking_lot::Mutex;
+use tokio::sync::{oneshot, Semaphore};
 
 use crate::{
     auth::{Action, Auth, Caller},
@@ -22,6 +27,17 @@ pub const MAX_SCAN_LIMIT: u32 = 10_000;
 /// Most records in one batch append.
 pub const MAX_BATCH_RECORDS: usize = 10_000;
 
+/// Most records one committer gathers into a single durable write.
+const MAX_COMMIT_BATCH: usize = 1024;
+/// Committer threads: while one waits for its fsync, the next gathers the following batch.
+const COMMITTERS: usize = 2;
+
+/// One append waiting for a committer.
+struct Job {
+    record: NewRecord,
+    done: oneshot::Sender<ApiResult<Receipt>>,
+}
+
 /// Shared state of a running node.
 #[derive(Debug)]
 pub struct Node {
@@ -34,6 +50,52 @@ pub struct Node {
     /// Metrics.
     pub metrics: Metrics,
     limit: Semaphore,
+    /// Appends from every client go to the committers, which write whatever has gathered as one batch: one
+    /// durable write per batch instead of one blocked thread per request.
+    jobs: Mutex<Option<mpsc::Sender<Job>>>,
+    committers: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for Job {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Job({})", self.record.tenant)
+    }
+}
+
+/// A committer: takes the first waiting append (blocking), then everything else already waiting, up to a limit,
+/// and appends them as consecutive CommitIds in one durable write. Each record was checked alone beforehand, so
+/// a batch can only fail as a whole (the log failed, or the node is not writable), and then every append in it
+/// gets that error.
+fn committer(db: Arc<Db>, jobs: Arc<Mutex<mpsc::Receiver<Job>>>) {
+    loop {
+        let batch = {
+            let rx = jobs.lock();
+            let Ok(first) = rx.recv() else { return };
+            let mut batch = vec![first];
+            while batch.len() < MAX_COMMIT_BATCH {
+                match rx.try_recv() {
+                    Ok(j) => batch.push(j),
+                    Err(_) => break,
+                }
+            }
+            batch
+        };
+        let (records, dones): (Vec<NewRecord>, Vec<_>) =
+            batch.into_iter().map(|j| (j.record, j.done)).unzip();
+        match db.append_many(&records) {
+            Ok(receipts) => {
+                for (done, r) in dones.into_iter().zip(receipts) {
+                    let _ = done.send(Ok(r));
+                }
+            }
+            Err(e) => {
+                let e = ApiError::from(e);
+                for done in dones {
+                    let _ = done.send(Err(e.clone()));
+                }
+            }
+        }
+    }
 }
 
 /// What an append returns.
@@ -102,12 +164,35 @@ impl Node {
     /// A node over an open database.
     #[must_use]
     pub fn new(db: Db, config: Config, auth: Auth) -> Self {
+        let db = Arc::new(db);
+        let (tx, rx) = mpsc::channel();
+        let rx = Arc::new(Mutex::new(rx));
+        let committers = (0..COMMITTERS)
+            .filter_map(|i| {
+                let (db, rx) = (db.clone(), rx.clone());
+                std::thread::Builder::new()
+                    .name(format!("aerodb-commit-{i}"))
+                    .spawn(move || committer(db, rx))
+                    .map_err(|e| tracing::error!("spawning a committer thread: {e}"))
+                    .ok()
+            })
+            .collect();
         Self {
             limit: Semaphore::new(config.max_concurrent_requests),
-            db: Arc::new(db),
+            db,
             config,
             auth,
             metrics: Metrics::default(),
+            jobs: Mutex::new(Some(tx)),
+            committers: Mutex::new(committers),
+        }
+    }
+
+    /// Stops the committers once the appends they hold are written (after the servers stopped accepting).
+    pub fn stop_committers(&self) {
+        self.jobs.lock().take();
+        for t in self.committers.lock().drain(..) {
+            let _ = t.join();
         }
     }
 
@@ -161,9 +246,41 @@ impl Node {
         }
     }
 
-    /// Appends one record.
+    /// Appends one record: checked here, then written by a committer together with whatever other appends are
+    /// waiting (with `prove`, on its own, since it also makes a checkpoint).
     pub async fn append(&self, tenant: String, payload: Payload, prove: bool) -> ApiResult<Appended> {
         let started = Instant::now();
+        if !prove {
+            self.db.check(&tenant, &payload)?;
+            let (done, wait) = oneshot::channel();
+            let job = Job {
+                record: NewRecord { tenant, payload },
+                done,
+            };
+            let sent = self.jobs.lock().as_ref().map(|tx| tx.send(job).is_ok());
+            if sent != Some(true) {
+                return Err(ApiError::new(Code::Unavailable, "the node is shutting down"));
+            }
+            let timeout = self.config.request_timeout;
+            let receipt = tokio::time::timeout(timeout, wait)
+                .await
+                .map_err(|_| {
+                    ApiError::new(
+                        Code::DeadlineExceeded,
+                        format!(
+                            "the append did not finish within {} ms (it may still become durable)",
+                            timeout.as_millis()
+                        ),
+                    )
+                })?
+                .map_err(|_| ApiError::new(Code::Unavailable, "the node is shutting down"))?
+                .map_err(|e| self.not_leader(e))?;
+            self.metrics.append_latency.observe(started.elapsed());
+            self.metrics
+                .appended_records
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return Ok(Appended { receipt, proof: None });
+        }
         let out = self
             .run(move |db| {
                 if prove {

@@ -1,0 +1,281 @@
+//! `net-ratios`: durable appends over the network on loopback against the engine in-process, in one run
+//! (issue 4's target: REST and gRPC at 64 concurrent clients reach ≥ 50% of the in-process rate; p99 reported).
+//!
+//! Interleaved rounds of: the engine linked in-process (64 appender threads), gRPC (64 concurrent clients over
+//! 8 HTTP/2 connections), REST (64 client threads, one keep-alive HTTP/1.1 connection each). The server runs in
+//! this process on its own runtime; clients and server share the machine's cores, as they would on one host.
+//! 256-byte values, every append durable (fdatasync) before it is acknowledged.
+//!
+//! Usage: `cargo run -p aerodb-benches --release --bin net-ratios -- [--rounds N] [--ops N] [--quick]`
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+use aerodb_benches::{bench_dir, median_min_max, quantile, run_threads, Run};
+use aerodb_engine::{Db, Op, Options, Payload};
+use aerodb_proto::v1 as pb;
+use aerodb_server::{
+    config::{Config, LogFormat, Role},
+    httpc,
+};
+use bytes::Bytes;
+
+const CLIENTS: usize = 64;
+const TOKEN: &str = "bench-writer-token-0123456789";
+
+fn value() -> String {
+    "v".repeat(256)
+}
+
+fn payload(k: u64) -> Payload {
+    Payload::Batch(vec![Op::Put {
+        key: Bytes::from(format!("key-{k:012}")),
+        value: Bytes::from(vec![b'v'; 256]),
+    }])
+}
+
+fn grpc_round(rt: &tokio::runtime::Runtime, addr: SocketAddr, per_client: u64, keys: Arc<AtomicU64>) -> Run {
+    rt.block_on(async move {
+        let mut channels = Vec::new();
+        for _ in 0..8 {
+            channels.push(
+                tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+                    .expect("endpoint")
+                    .tcp_nodelay(true)
+                    .connect()
+                    .await
+                    .expect("connect"),
+            );
+        }
+        let auth: tonic::metadata::MetadataValue<_> = format!("Bearer {TOKEN}").parse().expect("header");
+        let start = Instant::now();
+        let mut tasks = Vec::new();
+        for c in 0..CLIENTS {
+            let mut client = pb::ledger_client::LedgerClient::new(channels[c % channels.len()].clone());
+            let keys = keys.clone();
+            let auth = auth.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut lat = Vec::with_capacity(per_client as usize);
+                for _ in 0..per_client {
+                    let k = keys.fetch_add(1, Ordering::Relaxed);
+                    let mut req = tonic::Request::new(pb::AppendRequest {
+                        record: Some(pb::NewRecord {
+                            tenant: "bench".into(),
+                            payload: Some(pb::new_record::Payload::Batch(pb::Batch {
+                                ops: vec![pb::Op {
+                                    key: format!("key-{k:012}").into_bytes(),
+                                    value: vec![b'v'; 256],
+                                    delete: false,
+                                }],
+                            })),
+                        }),
+                        prove: false,
+                    });
+                    req.metadata_mut().insert("authorization", auth.clone());
+                    let t = Instant::now();
+                    client
+                        .append(req)
+                        .await
+                        .expect("gRPC append failed during the benchmark");
+                    lat.push(t.elapsed());
+                }
+                lat
+            }));
+        }
+        let mut latencies = Vec::new();
+        for t in tasks {
+            latencies.extend(t.await.expect("client task"));
+        }
+        Run {
+            ops: latencies.len() as u64,
+            elapsed: start.elapsed(),
+            latencies,
+        }
+    })
+}
+
+fn rest_round(addr: SocketAddr, per_client: u64, keys: Arc<AtomicU64>) -> Run {
+    let start = Instant::now();
+    let latencies = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..CLIENTS)
+            .map(|_| {
+                let keys = keys.clone();
+                s.spawn(move || {
+                    let mut conn = std::net::TcpStream::connect(addr).expect("connect");
+                    conn.set_nodelay(true).expect("nodelay");
+                    let v = value();
+                    let mut lat = Vec::with_capacity(per_client as usize);
+                    for _ in 0..per_client {
+                        let k = keys.fetch_add(1, Ordering::Relaxed);
+                        let body = format!(
+                            r#"{{"tenant":"bench","ops":[{{"op":"put","key":"key-{k:012}","value":"{v}"}}]}}"#
+                        );
+                        let req = httpc::request("POST", "/v1/records", Some(TOKEN), Some(&body), true);
+                        let t = Instant::now();
+                        let r = httpc::exchange(&mut conn, &req)
+                            .expect("REST append failed during the benchmark");
+                        assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+                        lat.push(t.elapsed());
+                    }
+                    lat
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("client thread"))
+            .collect::<Vec<_>>()
+    });
+    Run {
+        ops: latencies.len() as u64,
+        elapsed: start.elapsed(),
+        latencies,
+    }
+}
+
+/// Records per group commit and mean fsync time on the server, from its metrics.
+fn bound_stats(http: SocketAddr) -> Result<String, Box<dyn std::error::Error>> {
+    let m = String::from_utf8(httpc::call(http, "GET", "/metrics", Some(TOKEN), None)?.body)?;
+    let get = |name: &str| {
+        m.lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse::<f64>().ok()))
+            .unwrap_or(f64::NAN)
+    };
+    let records = get("aerodb_appended_records_total ");
+    let commits = get("aerodb_wal_group_commits_total ");
+    let fsyncs = get("aerodb_wal_fsyncs_total ");
+    let fsync_s = get("aerodb_wal_fsync_seconds_total ");
+    Ok(format!(
+        "{:.1} records per group commit, fsync mean {:.0} µs",
+        records / commits,
+        fsync_s / fsyncs * 1e6
+    ))
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let (mut rounds, mut ops) = (5u64, 32_000u64);
+    aerodb_benches::parse_flags(
+        "net-ratios [--rounds N] [--ops N] [--quick]",
+        &mut [("--rounds", &mut rounds), ("--ops", &mut ops)],
+        &[("--rounds", 2), ("--ops", 3_200)],
+    );
+    let per_client = (ops / CLIENTS as u64).max(1);
+    let dir = bench_dir("net-ratios");
+    let tokens = dir.join("tokens.toml");
+    std::fs::write(
+        &tokens,
+        format!("[[tokens]]\nname = \"bench\"\nrole = \"admin\"\ntoken = \"{TOKEN}\"\n"),
+    )?;
+    let config = Config {
+        role: Role::Primary,
+        data_dir: dir.join("server"),
+        node_id: "bench".into(),
+        http_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        grpc_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        advertise_url: None,
+        primary: None,
+        tokens_file: Some(tokens),
+        insecure_no_auth: false,
+        max_request_bytes: 4 << 20,
+        max_concurrent_requests: 1024,
+        max_concurrent_streams: 256,
+        request_timeout: Duration::from_secs(30),
+        epoch: 1,
+        checkpoint_every_records: 100_000,
+        checkpoint_interval: Duration::from_secs(1),
+        origin: "aerodb-ledger".into(),
+        ports_file: None,
+        log_format: LogFormat::Text,
+    };
+    let node = aerodb_server::open_node(config).map_err(|e| e.to_string())?;
+    let server_rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let (bound_tx, bound_rx) = std::sync::mpsc::channel();
+    let server = server_rt.spawn(aerodb_server::serve(
+        node,
+        async move {
+            let _ = stop_rx.await;
+        },
+        move |b| {
+            let _ = bound_tx.send(b);
+        },
+    ));
+    let bound = bound_rx.recv_timeout(Duration::from_secs(30))?;
+    let client_rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let db = Arc::new(Db::open(
+        dir.join("engine"),
+        Options {
+            checkpoint_every_records: 100_000,
+            ..Options::default()
+        },
+    )?);
+    let keys = Arc::new(AtomicU64::new(0));
+    let (mut eng, mut grpc, mut rest) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 0..=rounds {
+        eprintln!(
+            "round {round}/{rounds}{}: engine in-process x{CLIENTS}, gRPC x{CLIENTS}, REST x{CLIENTS} ({} appends each)",
+            if round == 0 { " (warm-up, not counted)" } else { "" },
+            per_client * CLIENTS as u64
+        );
+        let (d, k) = (db.clone(), keys.clone());
+        let e = run_threads(CLIENTS, per_client, move || {
+            d.append("bench", payload(k.fetch_add(1, Ordering::Relaxed)))
+                .expect("engine append failed during the benchmark");
+        });
+        let g = grpc_round(&client_rt, bound.grpc, per_client, keys.clone());
+        let r = rest_round(bound.http, per_client, keys.clone());
+        if round > 0 {
+            eng.push(e);
+            grpc.push(g);
+            rest.push(r);
+        }
+    }
+    let figures = bound_stats(bound.http)?;
+    let _ = stop_tx.send(());
+    server_rt.block_on(server)??;
+    drop(db);
+    std::fs::remove_dir_all(&dir)?;
+
+    let rate = |v: &[Run]| median_min_max(&v.iter().map(Run::rate).collect::<Vec<_>>());
+    let lat = |v: &[Run], q: f64| {
+        let all: Vec<Duration> = v.iter().flat_map(|r| r.latencies.iter().copied()).collect();
+        quantile(&all, q).as_secs_f64() * 1e3
+    };
+    let e = rate(&eng);
+    println!("| durable appends, {CLIENTS} concurrent clients, 256 B values | records/s median (min–max) | p50 ms | p99 ms | ratio to in-process | target |");
+    println!("|---|---|---|---|---|---|");
+    println!(
+        "| engine in-process ({CLIENTS} threads) | {:.0} ({:.0}–{:.0}) | {:.2} | {:.2} | 1.00 | — |",
+        e.0,
+        e.1,
+        e.2,
+        lat(&eng, 0.5),
+        lat(&eng, 0.99)
+    );
+    for (name, runs) in [
+        ("gRPC (8 HTTP/2 connections)", &grpc),
+        ("REST (64 keep-alive connections)", &rest),
+    ] {
+        let r = rate(runs);
+        println!(
+            "| {name} | {:.0} ({:.0}–{:.0}) | {:.2} | {:.2} | **{:.2}** | ≥ 0.50 |",
+            r.0,
+            r.1,
+            r.2,
+            lat(runs, 0.5),
+            lat(runs, 0.99),
+            r.0 / e.0
+        );
+    }
+    println!(
+        "\nrounds: {rounds}, appends per measurement: {}; server: {figures}",
+        per_client * CLIENTS as u64
+    );
+    Ok(())
+}
