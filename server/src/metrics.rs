@@ -64,6 +64,9 @@ pub struct Metrics {
     pub append_latency: Histogram,
     /// Requests by (api, code).
     requests: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
+    /// Successful requests per API, counted without a lock (the common case).
+    rest_ok: AtomicU64,
+    grpc_ok: AtomicU64,
     /// Leader changes by event.
     pub leader_changes: Mutex<BTreeMap<&'static str, u64>>,
     /// Write-authority acquisition failures by reason.
@@ -88,7 +91,15 @@ pub struct EngineFigures {
 impl Metrics {
     /// Counts a finished request.
     pub fn request(&self, api: &'static str, code: &'static str) {
-        *self.requests.lock().entry((api, code)).or_default() += 1;
+        match (api, code) {
+            ("rest", "OK") => {
+                self.rest_ok.fetch_add(1, Ordering::Relaxed);
+            }
+            ("grpc", "OK") => {
+                self.grpc_ok.fetch_add(1, Ordering::Relaxed);
+            }
+            _ => *self.requests.lock().entry((api, code)).or_default() += 1,
+        }
     }
 
     /// The exposition text.
@@ -116,7 +127,14 @@ impl Metrics {
             out,
             "# HELP aerodb_requests_total Requests finished, by API and result code.\n# TYPE aerodb_requests_total counter"
         );
-        for ((api, code), n) in self.requests.lock().iter() {
+        let mut requests = self.requests.lock().clone();
+        for (api, n) in [("rest", &self.rest_ok), ("grpc", &self.grpc_ok)] {
+            let n = n.load(Ordering::Relaxed);
+            if n > 0 {
+                requests.insert((api, "OK"), n);
+            }
+        }
+        for ((api, code), n) in &requests {
             let _ = writeln!(out, "aerodb_requests_total{{api=\"{api}\",code=\"{code}\"}} {n}");
         }
         gauge(

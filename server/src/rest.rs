@@ -326,7 +326,11 @@ fn checkpoint_json(c: &SignedCheckpoint) -> Value {
 }
 
 fn receipt_json(r: &aerodb_engine::Receipt) -> Value {
-    json!({ "commit_id": r.commit_id, "record_hash": hex(&r.record_hash), "leaf_index": r.leaf_index })
+    let mut m = serde_json::Map::with_capacity(3);
+    m.insert("commit_id".into(), r.commit_id.into());
+    m.insert("record_hash".into(), hex(&r.record_hash).into());
+    m.insert("leaf_index".into(), r.leaf_index.into());
+    Value::Object(m)
 }
 
 fn flag(q: &HashMap<String, String>, name: &str) -> ApiResult<bool> {

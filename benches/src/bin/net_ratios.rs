@@ -26,6 +26,9 @@ use aerodb_server::{
 };
 use bytes::Bytes;
 
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const CLIENTS: usize = 64;
 const TOKEN: &str = "bench-writer-token-0123456789";
 
@@ -43,7 +46,10 @@ fn payload(k: u64) -> Payload {
 fn grpc_round(rt: &tokio::runtime::Runtime, addr: SocketAddr, per_client: u64, keys: Arc<AtomicU64>) -> Run {
     rt.block_on(async move {
         let mut channels = Vec::new();
-        let conns: usize = std::env::var("GRPC_CONNS").ok().and_then(|v| v.parse().ok()).unwrap_or(8);
+        let conns: usize = std::env::var("GRPC_CONNS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(8);
         for _ in 0..conns {
             channels.push(
                 tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
@@ -211,7 +217,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         log_format: LogFormat::Text,
     };
     let node = aerodb_server::open_node(config).map_err(|e| e.to_string())?;
-    let env = |name: &str, default: usize| std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default);
+    let env = |name: &str, default: usize| {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
     let server_rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(env("SERVER_THREADS", 2))
         .enable_all()

@@ -5,6 +5,11 @@ use std::process::ExitCode;
 use aerodb_server::config::{Config, Flags, LogFormat};
 use clap::Parser;
 
+// mimalloc: the server allocates small buffers on every request from many threads; measured with `net-ratios`,
+// it cut CPU per REST append from 37.6 to 34.4 µs against glibc malloc.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn init_logs(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("AERODB_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
