@@ -72,9 +72,27 @@ impl VerifiedClient {
     /// Connects to a gRPC endpoint (`http://127.0.0.1:7001`) with an optional bearer token; checkpoints must be
     /// signed by `verifier`.
     pub async fn connect(url: &str, token: Option<&str>, verifier: VerifierKey) -> Result<Self, ClientError> {
-        let inner = LedgerClient::connect(url.to_owned())
-            .await
-            .map_err(|e| ClientError::Connect(format!("{url}: {e}")))?;
+        Self::connect_tls(url, token, verifier, None).await
+    }
+
+    /// Like [`VerifiedClient::connect`], for an `https://` endpoint whose certificate chains to `ca_pem` (PEM).
+    pub async fn connect_tls(
+        url: &str,
+        token: Option<&str>,
+        verifier: VerifierKey,
+        ca_pem: Option<&[u8]>,
+    ) -> Result<Self, ClientError> {
+        let connect_err = |e: tonic::transport::Error| ClientError::Connect(format!("{url}: {e}"));
+        let mut endpoint = tonic::transport::Endpoint::from_shared(url.to_owned()).map_err(connect_err)?;
+        if let Some(ca) = ca_pem {
+            endpoint = endpoint
+                .tls_config(
+                    tonic::transport::ClientTlsConfig::new()
+                        .ca_certificate(tonic::transport::Certificate::from_pem(ca)),
+                )
+                .map_err(connect_err)?;
+        }
+        let inner = LedgerClient::new(endpoint.connect().await.map_err(connect_err)?);
         let token = token
             .map(|t| {
                 format!("Bearer {t}")

@@ -61,6 +61,12 @@ pub struct Flags {
     /// TOML file of bearer tokens and their roles.
     #[arg(long, env = "AERODB_TOKENS_FILE")]
     pub tokens_file: Option<PathBuf>,
+    /// TLS certificate chain (PEM) for both APIs; with --tls-key, both serve TLS only.
+    #[arg(long, env = "AERODB_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM).
+    #[arg(long, env = "AERODB_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
     /// Serve without authentication (refused unless every listen address is loopback).
     #[arg(long, env = "AERODB_INSECURE_NO_AUTH")]
     pub insecure_no_auth: bool,
@@ -108,6 +114,8 @@ pub struct FileConfig {
     advertise_url: Option<String>,
     primary: Option<String>,
     tokens_file: Option<PathBuf>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
     insecure_no_auth: Option<bool>,
     max_request_bytes: Option<usize>,
     max_concurrent_requests: Option<usize>,
@@ -140,6 +148,8 @@ pub struct Config {
     pub primary: Option<String>,
     /// Tokens file.
     pub tokens_file: Option<PathBuf>,
+    /// TLS certificate chain and key (PEM), when both APIs serve TLS.
+    pub tls: Option<(PathBuf, PathBuf)>,
     /// No authentication (loopback only).
     pub insecure_no_auth: bool,
     /// Request size limit.
@@ -192,6 +202,11 @@ impl Config {
             advertise_url: flags.advertise_url.or(file.advertise_url),
             primary: flags.primary.or(file.primary),
             tokens_file: flags.tokens_file.or(file.tokens_file),
+            tls: match (flags.tls_cert.or(file.tls_cert), flags.tls_key.or(file.tls_key)) {
+                (Some(c), Some(k)) => Some((c, k)),
+                (None, None) => None,
+                _ => return Err("TLS needs both a certificate (--tls-cert) and a key (--tls-key)".into()),
+            },
             insecure_no_auth: flags.insecure_no_auth || file.insecure_no_auth.unwrap_or(false),
             max_request_bytes: flags
                 .max_request_bytes

@@ -12,8 +12,9 @@ pub mod httpc;
 pub mod metrics;
 pub mod node;
 pub mod rest;
+pub mod tls;
 
-use std::{net::SocketAddr, sync::Arc};
+use std::{future::IntoFuture, net::SocketAddr, sync::Arc};
 
 use aerodb_engine::{Db, Options};
 use aerodb_proto::v1::ledger_server::LedgerServer;
@@ -131,7 +132,7 @@ pub async fn serve(
         grpc: grpc_listener.local_addr().map_err(|e| e.to_string())?,
         verifier_key: node.db.verifier_key().to_string(),
     };
-    tracing::info!(rest = %bound.http, grpc = %bound.grpc, role = ?cfg.role, "listening");
+    tracing::info!(rest = %bound.http, grpc = %bound.grpc, role = ?cfg.role, tls = cfg.tls.is_some(), "listening");
     on_bound(bound);
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -144,19 +145,45 @@ pub async fn serve(
         let _ = rx.wait_for(|s| *s).await;
     };
 
-    // Small request/response exchanges: disable Nagle on every accepted connection of both APIs.
-    let http_listener = axum::serve::ListenerExt::tap_io(http_listener, |tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::warn!("TCP_NODELAY: {e}");
+    let tls = match &cfg.tls {
+        Some((cert, key)) => Some(tls::TlsFiles::load(cert, key)?),
+        None => None,
+    };
+    let router = rest::router(node.clone());
+    let rest: std::pin::Pin<Box<dyn std::future::Future<Output = std::io::Result<()>> + Send>> = match &tls {
+        Some(files) => {
+            let listener = tls::TlsListener::new(http_listener, files).map_err(|e| e.to_string())?;
+            Box::pin(
+                axum::serve(listener, router)
+                    .with_graceful_shutdown(stopped(stop_rx.clone()))
+                    .into_future(),
+            )
         }
-    });
-    let rest = axum::serve(http_listener, rest::router(node.clone()))
-        .with_graceful_shutdown(stopped(stop_rx.clone()));
+        None => {
+            // Small request/response exchanges: disable Nagle on every accepted connection of both APIs.
+            let listener = axum::serve::ListenerExt::tap_io(http_listener, |tcp| {
+                if let Err(e) = tcp.set_nodelay(true) {
+                    tracing::warn!("TCP_NODELAY: {e}");
+                }
+            });
+            Box::pin(
+                axum::serve(listener, router)
+                    .with_graceful_shutdown(stopped(stop_rx.clone()))
+                    .into_future(),
+            )
+        }
+    };
     let limit = cfg.max_request_bytes;
     let svc = LedgerServer::new(grpc::LedgerService::new(node.clone()))
         .max_decoding_message_size(limit)
         .max_encoding_message_size(limit.max(16 << 20));
-    let grpc = tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(files) = &tls {
+        builder = builder
+            .tls_config(files.grpc())
+            .map_err(|e| format!("gRPC TLS: {e}"))?;
+    }
+    let grpc = builder
         .timeout(cfg.request_timeout)
         .max_concurrent_streams(cfg.max_concurrent_streams)
         .concurrency_limit_per_connection(cfg.max_concurrent_streams as usize)

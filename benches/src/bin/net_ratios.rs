@@ -204,6 +204,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         advertise_url: None,
         primary: None,
         tokens_file: Some(tokens),
+        tls: None,
         insecure_no_auth: false,
         max_request_bytes: 4 << 20,
         max_concurrent_requests: 1024,

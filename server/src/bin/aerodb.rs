@@ -25,6 +25,9 @@ struct Cli {
     /// Bearer token.
     #[arg(long, global = true, env = "AERODB_TOKEN")]
     token: Option<String>,
+    /// CA certificate (PEM) to trust for an `https://` endpoint.
+    #[arg(long, global = true, env = "AERODB_CA_CERT")]
+    ca_cert: Option<PathBuf>,
     /// Machine-readable JSON output.
     #[arg(long, global = true)]
     json: bool,
@@ -140,7 +143,12 @@ async fn client(cli: &Cli, key: Option<&str>) -> Result<VerifiedClient, String> 
             .map_err(|e| e.to_string())?
             .verifier(),
     };
-    VerifiedClient::connect(&cli.grpc, cli.token.as_deref(), verifier)
+    let ca = cli
+        .ca_cert
+        .as_ref()
+        .map(|p| std::fs::read(p).map_err(|e| format!("reading {}: {e}", p.display())))
+        .transpose()?;
+    VerifiedClient::connect_tls(&cli.grpc, cli.token.as_deref(), verifier, ca.as_deref())
         .await
         .map_err(|e| e.to_string())
 }
