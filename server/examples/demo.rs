@@ -6,7 +6,6 @@
 //! afterwards with a tour of `curl` and `aerodb` commands to try (Ctrl-C stops it). `--dir DIR` keeps the data.
 
 use std::{
-    net::SocketAddr,
     path::PathBuf,
     sync::{
         atomic::{AtomicU64, Ordering},
@@ -17,11 +16,7 @@ use std::{
 
 use aerodb_engine::{Op, Payload, VerifierKey, VerifyOptions};
 use aerodb_proto::v1 as pb;
-use aerodb_server::{
-    client::VerifiedClient,
-    config::{Config, LogFormat, Role},
-    httpc,
-};
+use aerodb_server::{client::VerifiedClient, config::Config, httpc};
 use bytes::Bytes;
 
 fn token() -> String {
@@ -50,26 +45,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ),
     )?;
     let config = Config {
-        role: Role::Primary,
-        data_dir: dir.join("data"),
         node_id: "demo-primary".into(),
-        http_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-        grpc_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-        advertise_url: None,
-        primary: None,
-        tokens_file: Some(tokens.clone()),
-        tls: None,
-        insecure_no_auth: false,
-        max_request_bytes: 4 << 20,
-        max_concurrent_requests: 512,
-        max_concurrent_streams: 128,
-        request_timeout: Duration::from_secs(10),
-        epoch: 1,
-        checkpoint_every_records: 10_000,
         checkpoint_interval: Duration::from_millis(500),
         origin: "aerodb-demo".into(),
-        ports_file: None,
-        log_format: LogFormat::Text,
+        ..Config::local(dir.join("data"), tokens.clone())
     };
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new("warn"))

@@ -188,25 +188,7 @@ impl VerifiedClient {
     /// Appends a record and verifies it: the server's proof against a checkpoint it signed, the checkpoint's
     /// consistency with what this client saw before, and that the record at that CommitId is the one written.
     pub async fn append(&mut self, tenant: &str, payload: Payload) -> Result<VerifiedWrite, ClientError> {
-        let record = pb::NewRecord {
-            tenant: tenant.to_owned(),
-            payload: Some(match &payload {
-                Payload::Event(e) => pb::new_record::Payload::Event(e.to_vec()),
-                Payload::Batch(ops) => pb::new_record::Payload::Batch(pb::Batch {
-                    ops: ops
-                        .iter()
-                        .map(|op| pb::Op {
-                            key: op.key().to_vec(),
-                            value: match op {
-                                aerodb_engine::Op::Put { value, .. } => value.to_vec(),
-                                aerodb_engine::Op::Delete { .. } => Vec::new(),
-                            },
-                            delete: matches!(op, aerodb_engine::Op::Delete { .. }),
-                        })
-                        .collect(),
-                }),
-            }),
-        };
+        let record = crate::grpc::new_record_pb(tenant, &payload);
         let resp = self
             .inner
             .append(self.req(pb::AppendRequest {

@@ -175,6 +175,34 @@ pub struct Config {
 }
 
 impl Config {
+    /// A primary on loopback ports the OS picks, with the defaults of every other setting (for embedding the
+    /// server in a program: the demo, the network benchmark).
+    #[must_use]
+    pub fn local(data_dir: PathBuf, tokens_file: PathBuf) -> Config {
+        Config {
+            role: Role::Primary,
+            data_dir,
+            node_id: "node-1".into(),
+            http_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            grpc_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            advertise_url: None,
+            primary: None,
+            tokens_file: Some(tokens_file),
+            tls: None,
+            insecure_no_auth: false,
+            max_request_bytes: 4 << 20,
+            max_concurrent_requests: 512,
+            max_concurrent_streams: 128,
+            request_timeout: Duration::from_secs(10),
+            epoch: 1,
+            checkpoint_every_records: 10_000,
+            checkpoint_interval: Duration::from_secs(1),
+            origin: "aerodb-ledger".into(),
+            ports_file: None,
+            log_format: LogFormat::Text,
+        }
+    }
+
     /// Layers defaults, the file named by `--config`, the environment (through the flags) and the flags.
     pub fn load(flags: Flags) -> Result<Config, String> {
         let file = match &flags.config {

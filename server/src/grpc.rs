@@ -101,6 +101,39 @@ pub fn checkpoint(c: &SignedCheckpoint) -> pb::Checkpoint {
     }
 }
 
+/// The protobuf form of a batch.
+fn batch(ops: &[Op]) -> pb::Batch {
+    pb::Batch {
+        ops: ops
+            .iter()
+            .map(|op| match op {
+                Op::Put { key, value } => pb::Op {
+                    key: key.to_vec(),
+                    value: value.to_vec(),
+                    delete: false,
+                },
+                Op::Delete { key } => pb::Op {
+                    key: key.to_vec(),
+                    value: Vec::new(),
+                    delete: true,
+                },
+            })
+            .collect(),
+    }
+}
+
+/// The protobuf form of a record to append (used by clients).
+#[must_use]
+pub fn new_record_pb(tenant: &str, payload: &Payload) -> pb::NewRecord {
+    pb::NewRecord {
+        tenant: tenant.to_owned(),
+        payload: Some(match payload {
+            Payload::Event(e) => pb::new_record::Payload::Event(e.to_vec()),
+            Payload::Batch(ops) => pb::new_record::Payload::Batch(batch(ops)),
+        }),
+    }
+}
+
 fn record(r: &StoredRecord) -> pb::Record {
     let rec = &r.record;
     pb::Record {
@@ -110,23 +143,7 @@ fn record(r: &StoredRecord) -> pb::Record {
         tenant: rec.tenant.clone(),
         payload: Some(match &rec.payload {
             Payload::Event(e) => pb::record::Payload::Event(e.to_vec()),
-            Payload::Batch(ops) => pb::record::Payload::Batch(pb::Batch {
-                ops: ops
-                    .iter()
-                    .map(|op| match op {
-                        Op::Put { key, value } => pb::Op {
-                            key: key.to_vec(),
-                            value: value.to_vec(),
-                            delete: false,
-                        },
-                        Op::Delete { key } => pb::Op {
-                            key: key.to_vec(),
-                            value: Vec::new(),
-                            delete: true,
-                        },
-                    })
-                    .collect(),
-            }),
+            Payload::Batch(ops) => pb::record::Payload::Batch(batch(ops)),
         }),
         prev_hash: rec.prev_hash.to_vec(),
         record_hash: r.hash.to_vec(),

@@ -23,6 +23,28 @@ use std::{
 use aerodb_proto::v1 as pb;
 use common::*;
 
+/// Reads back each acknowledged record: (missing, changed).
+async fn check<'a>(
+    c: &mut aerodb_proto::v1::ledger_client::LedgerClient<tonic::transport::Channel>,
+    acked: impl Iterator<Item = (&'a u64, &'a Vec<u8>)>,
+) -> (u64, u64) {
+    let (mut lost, mut changed) = (0, 0);
+    for (id, hash) in acked {
+        match c
+            .get_record(with_token(pb::GetRecordRequest { commit_id: *id }, READER))
+            .await
+        {
+            Ok(r) => {
+                if r.into_inner().record.map(|r| r.record_hash) != Some(hash.clone()) {
+                    changed += 1;
+                }
+            }
+            Err(_) => lost += 1,
+        }
+    }
+    (lost, changed)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_under_concurrent_appends_loses_nothing() {
     let cycles: u64 = std::env::var("AERODB_T8_CYCLES")
@@ -39,20 +61,9 @@ async fn kill_9_under_concurrent_appends_loses_nothing() {
         // Check what the previous cycle acknowledged (earlier cycles were checked after their own restart; the
         // final restart checks everything again).
         let mut c = srv.grpc().await;
-        for (id, hash) in acked.range(checked_upto..) {
-            match c
-                .get_record(with_token(pb::GetRecordRequest { commit_id: *id }, READER))
-                .await
-            {
-                Ok(r) => {
-                    if r.into_inner().record.unwrap().record_hash != *hash {
-                        mismatched += 1;
-                    }
-                }
-                Err(_) => lost += 1,
-            }
-        }
-        // Appenders until the kill.
+        let (l, m) = check(&mut c, acked.range(checked_upto..)).await;
+        lost += l;
+        mismatched += m;
         checked_upto = acked.keys().next_back().map_or(0, |k| k + 1);
         let stop = Arc::new(AtomicBool::new(false));
         let mut tasks = Vec::new();
@@ -108,19 +119,9 @@ async fn kill_9_under_concurrent_appends_loses_nothing() {
     // A final restart: everything is there, gap-free, and the directory verifies strictly.
     let mut srv = start(&tmp.0, &[]);
     let mut c = srv.grpc().await;
-    for (id, hash) in &acked {
-        match c
-            .get_record(with_token(pb::GetRecordRequest { commit_id: *id }, READER))
-            .await
-        {
-            Ok(r) => {
-                if r.into_inner().record.unwrap().record_hash != *hash {
-                    mismatched += 1;
-                }
-            }
-            Err(_) => lost += 1,
-        }
-    }
+    let (l, m) = check(&mut c, acked.iter()).await;
+    lost += l;
+    mismatched += m;
     let tip = c
         .ha_status(with_token(pb::HaStatusRequest {}, READER))
         .await

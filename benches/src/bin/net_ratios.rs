@@ -20,10 +20,7 @@ use std::{
 use aerodb_benches::{bench_dir, median_min_max, quantile, run_threads, Run};
 use aerodb_engine::{Db, Op, Options, Payload};
 use aerodb_proto::v1 as pb;
-use aerodb_server::{
-    config::{Config, LogFormat, Role},
-    httpc,
-};
+use aerodb_server::{config::Config, httpc};
 use bytes::Bytes;
 
 #[global_allocator]
@@ -196,26 +193,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         format!("[[tokens]]\nname = \"bench\"\nrole = \"admin\"\ntoken = \"{TOKEN}\"\n"),
     )?;
     let config = Config {
-        role: Role::Primary,
-        data_dir: dir.join("server"),
         node_id: "bench".into(),
-        http_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-        grpc_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-        advertise_url: None,
-        primary: None,
-        tokens_file: Some(tokens),
-        tls: None,
-        insecure_no_auth: false,
-        max_request_bytes: 4 << 20,
         max_concurrent_requests: 1024,
         max_concurrent_streams: 256,
         request_timeout: Duration::from_secs(30),
-        epoch: 1,
         checkpoint_every_records: 100_000,
-        checkpoint_interval: Duration::from_secs(1),
-        origin: "aerodb-ledger".into(),
-        ports_file: None,
-        log_format: LogFormat::Text,
+        ..Config::local(dir.join("server"), tokens)
     };
     let node = aerodb_server::open_node(config).map_err(|e| e.to_string())?;
     let env = |name: &str, default: usize| {

@@ -245,33 +245,10 @@ async fn run(cli: Cli) -> Result<(), String> {
                     },
                 );
             } else {
-                let rec = match payload {
-                    Payload::Event(e) => pb::new_record::Payload::Event(e.to_vec()),
-                    Payload::Batch(ops) => pb::new_record::Payload::Batch(pb::Batch {
-                        ops: ops
-                            .into_iter()
-                            .map(|op| match op {
-                                Op::Put { key, value } => pb::Op {
-                                    key: key.to_vec(),
-                                    value: value.to_vec(),
-                                    delete: false,
-                                },
-                                Op::Delete { key } => pb::Op {
-                                    key: key.to_vec(),
-                                    value: Vec::new(),
-                                    delete: true,
-                                },
-                            })
-                            .collect(),
-                    }),
-                };
                 let r = c
                     .raw()
                     .append(c.request(pb::AppendRequest {
-                        record: Some(pb::NewRecord {
-                            tenant: tenant.clone(),
-                            payload: Some(rec),
-                        }),
+                        record: Some(aerodb_server::grpc::new_record_pb(tenant, &payload)),
                         prove: false,
                     }))
                     .await

@@ -5,7 +5,6 @@
 #![allow(dead_code, reason = "each test file uses a subset")]
 
 use std::{
-    io::Write,
     net::SocketAddr,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
@@ -188,12 +187,4 @@ pub fn with_token<T>(msg: T, token: &str) -> tonic::Request<T> {
     r
 }
 
-/// Prints a figure and appends it to `target/aerodb-figures.txt` (which `.ci/run` prints at the end).
-pub fn report_figure(test: &str, figure: &str) {
-    let line = format!("{test}: {figure}");
-    println!("{line}");
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/aerodb-figures.txt");
-    if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
-        let _ = writeln!(f, "{line}");
-    }
-}
+pub use aerodb_tests::report_figure;
