@@ -112,6 +112,27 @@ fn write_seeds() {
     entry.extend_from_slice(cp.note.as_bytes());
     save("checkpoint", "seed-log-entry", &entry);
 
+    // Role files: a primary, a replica, a halted node.
+    {
+        use aerodb_replication::{role::*, state_file::encode};
+        let mut m = RoleMachine::default();
+        m.command(Command::Promote { epoch: 3 }).unwrap();
+        save("role_file", "seed-primary", &encode(&m));
+        let mut r = RoleMachine::default();
+        r.command(Command::Follow {
+            epoch: 3,
+            primary: "http://127.0.0.1:7000".into(),
+        })
+        .unwrap();
+        save("role_file", "seed-replica", &encode(&r));
+        r.observe(Observation::Halt(HaltReason::Fork {
+            commit_id: 9,
+            ours: [1; 32],
+            theirs: [2; 32],
+        }));
+        save("role_file", "seed-halted", &encode(&r));
+    }
+
     // Index: a run and a manifest written by a real database.
     let mem = MemFs::new();
     let dir = std::path::Path::new("/db");
@@ -151,6 +172,7 @@ fn fuzz_corpus_replays_cleanly() {
         + replay("wal_recover", fuzzing::recover_bytes)
         + replay("record", aerodb_engine::fuzzing::record)
         + replay("checkpoint", aerodb_engine::fuzzing::checkpoint)
-        + replay("index", aerodb_engine::fuzzing::index);
+        + replay("index", aerodb_engine::fuzzing::index)
+        + replay("role_file", aerodb_replication::fuzz_role_file);
     aerodb_tests::report_figure("T13 fuzz corpus replay", &format!("{n} inputs, 0 failures"));
 }
