@@ -18,6 +18,10 @@ use std::{future::IntoFuture, net::SocketAddr, sync::Arc};
 
 use aerodb_engine::{Db, Options};
 use aerodb_proto::v1::ledger_server::LedgerServer;
+use aerodb_replication::{
+    role::{Command, RoleMachine, State},
+    state_file::RoleFile,
+};
 use tokio::net::TcpListener;
 use tonic::codegen::http;
 
@@ -38,8 +42,63 @@ pub struct Bound {
     pub verifier_key: String,
 }
 
+/// Establishes the node's role from its persisted `role.state` and the configuration (seed 004 §9: a restart
+/// resumes the recorded role, never infers one). The configuration is the operator's explicit input: it may
+/// bootstrap an uninitialized node, start a new primary term (a higher epoch) or make a node follow a primary of a
+/// newer term; it may not turn a replica into a primary (that is `aerodb admin promote`) or lower an epoch, and a
+/// halted node does not start until an operator resumes it.
+pub fn establish_role(config: &Config) -> Result<RoleMachine, String> {
+    std::fs::create_dir_all(&config.data_dir)
+        .map_err(|e| format!("creating {}: {e}", config.data_dir.display()))?;
+    let file = RoleFile::new(Arc::new(aerodb_wal::fs::RealFs), &config.data_dir);
+    let mut m = file.load()?;
+    let before = m.clone();
+    let dir = config.data_dir.display();
+    let refused = |e: aerodb_replication::role::Refusal| format!("the configured role is refused: {e}");
+    let follow = || Command::Follow {
+        epoch: config.epoch,
+        primary: config.primary.clone().unwrap_or_default(),
+    };
+    match (&m.state, config.role) {
+        (State::ReplicationHalted { reason, .. }, _) => {
+            return Err(format!(
+                "this node is halted ({reason}); examine it, then `aerodb admin resume --data-dir {dir}`"
+            ))
+        }
+        (State::Uninitialized, Role::Primary) => m.command(Command::Promote { epoch: config.epoch }).map_err(refused)?,
+        (State::PrimaryActive { epoch }, Role::Primary) => {
+            if config.epoch > *epoch {
+                m.command(Command::Promote { epoch: config.epoch }).map_err(refused)?;
+            } else if config.epoch < *epoch {
+                return Err(format!(
+                    "the configured epoch {} is below this primary's epoch {epoch}; epochs never go back",
+                    config.epoch
+                ));
+            }
+        }
+        (State::ReplicaActive { epoch, primary }, Role::Primary) => {
+            return Err(format!(
+                "this node is a replica of {primary} (epoch {epoch}); a node never promotes itself: run                  `aerodb admin promote --data-dir {dir} --epoch N` with N above {} first",
+                m.highest_epoch
+            ))
+        }
+        (_, Role::Replica) => m.command(follow()).map_err(refused)?,
+    }
+    if m != before {
+        file.store(&m)?;
+        tracing::info!(
+            from = before.state.name(),
+            to = m.state.name(),
+            epoch = m.highest_epoch,
+            "role recorded"
+        );
+    }
+    Ok(m)
+}
+
 /// Opens the database named by `config` (the startup integrity check runs here).
 pub fn open_node(config: Config) -> Result<Node, String> {
+    let role = establish_role(&config)?;
     let auth = if config.insecure_no_auth {
         tracing::warn!("authentication is OFF (--insecure-no-auth); both APIs listen on loopback only");
         Auth::disabled()
@@ -49,10 +108,13 @@ pub fn open_node(config: Config) -> Result<Node, String> {
     };
     let opts = Options {
         origin: config.origin.clone(),
-        epoch: config.epoch,
+        epoch: match role.state {
+            State::PrimaryActive { epoch } | State::ReplicaActive { epoch, .. } => epoch,
+            _ => config.epoch,
+        },
         checkpoint_every_records: config.checkpoint_every_records,
         checkpoint_interval: Some(config.checkpoint_interval),
-        read_only: config.role == Role::Replica,
+        read_only: !role.may_write(),
         ..Options::default()
     };
     let db = Db::open(&config.data_dir, opts)
@@ -66,7 +128,7 @@ pub fn open_node(config: Config) -> Result<Node, String> {
         verifier_key = %db.verifier_key(),
         "database open; startup integrity check passed"
     );
-    Ok(Node::new(db, config, auth))
+    Ok(Node::new(db, config, auth, role))
 }
 
 /// gRPC answers INTERNAL when a request body is not valid protobuf or ends mid-message (tonic follows the gRPC

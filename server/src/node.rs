@@ -53,6 +53,8 @@ pub struct Node {
     /// Appends from every client go to the committers, which write whatever has gathered as one batch: one
     /// durable write per batch instead of one blocked thread per request.
     jobs: Mutex<Option<mpsc::Sender<Job>>>,
+    /// The role established at start (seed 004).
+    pub role: aerodb_replication::role::RoleMachine,
     committers: Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -163,7 +165,7 @@ fn check_key(key: &[u8]) -> ApiResult<()> {
 impl Node {
     /// A node over an open database.
     #[must_use]
-    pub fn new(db: Db, config: Config, auth: Auth) -> Self {
+    pub fn new(db: Db, config: Config, auth: Auth, role: aerodb_replication::role::RoleMachine) -> Self {
         let db = Arc::new(db);
         let (tx, rx) = mpsc::channel();
         let rx = Arc::new(Mutex::new(rx));
@@ -184,6 +186,7 @@ impl Node {
             auth,
             metrics: Metrics::default(),
             jobs: Mutex::new(Some(tx)),
+            role,
             committers: Mutex::new(committers),
         }
     }
@@ -485,12 +488,11 @@ impl Node {
         Ok(HaStatus {
             node_id: self.config.node_id.clone(),
             role: if primary { "primary" } else { "replica" },
-            state: match (primary, writable) {
-                (true, true) => "PrimaryActive",
-                (true, false) => "ReadOnly",
-                (false, _) => "ReplicaActive",
+            state: match (self.role.state.name(), writable) {
+                ("PrimaryActive", false) => "ReadOnly",
+                (name, _) => name,
             },
-            epoch: self.config.epoch,
+            epoch: self.role.highest_epoch,
             leader_id: if primary {
                 self.config.node_id.clone()
             } else {

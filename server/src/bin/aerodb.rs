@@ -103,6 +103,11 @@ enum Cmd {
         #[arg(long, default_value_t = 20)]
         limit: usize,
     },
+    /// Operator commands on a stopped node's data directory (static authority, seed 004 §6).
+    Admin {
+        #[command(subcommand)]
+        cmd: AdminCmd,
+    },
     /// Generate a checkpoint signing key (file mode 0600) and print its verifier key.
     Keygen {
         /// The log's origin (key name).
@@ -112,6 +117,89 @@ enum Cmd {
         #[arg(long)]
         out: PathBuf,
     },
+}
+
+#[derive(Subcommand)]
+enum AdminCmd {
+    /// Print the node's role and the highest epoch it has seen.
+    Role {
+        /// Data directory.
+        #[arg(long)]
+        data_dir: PathBuf,
+    },
+    /// Make the node the write authority for a new epoch (above every epoch it has seen).
+    Promote {
+        /// Data directory.
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// The new term's epoch.
+        #[arg(long)]
+        epoch: u64,
+    },
+    /// Make the node a replica of a primary of a newer (or, for a replica, the same) epoch.
+    Demote {
+        /// Data directory.
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// The primary's epoch.
+        #[arg(long)]
+        epoch: u64,
+        /// The primary's URL.
+        #[arg(long)]
+        primary: String,
+    },
+    /// Leave ReplicationHalted, back to the role the node halted from, after fixing the cause.
+    Resume {
+        /// Data directory.
+        #[arg(long)]
+        data_dir: PathBuf,
+    },
+}
+
+/// Runs an admin command on a stopped node: holds the data directory's lock so the server cannot start meanwhile.
+fn admin(cmd: &AdminCmd, j: bool) -> Result<(), String> {
+    use aerodb_replication::{role::Command, state_file::RoleFile};
+    use aerodb_wal::fs::Fs as _;
+    let dir = match cmd {
+        AdminCmd::Role { data_dir }
+        | AdminCmd::Promote { data_dir, .. }
+        | AdminCmd::Demote { data_dir, .. }
+        | AdminCmd::Resume { data_dir } => data_dir,
+    };
+    let fs = Arc::new(aerodb_wal::fs::RealFs);
+    std::fs::create_dir_all(dir.join("wal")).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let _lock = fs
+        .try_lock(&dir.join("wal").join(aerodb_wal::LOCK_FILE_NAME))
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("{} is in use: stop the server first", dir.display()))?;
+    let file = RoleFile::new(fs, dir);
+    let mut m = file.load()?;
+    let change = match cmd {
+        AdminCmd::Role { .. } => None,
+        AdminCmd::Promote { epoch, .. } => Some(Command::Promote { epoch: *epoch }),
+        AdminCmd::Demote { epoch, primary, .. } => Some(Command::Follow {
+            epoch: *epoch,
+            primary: primary.clone(),
+        }),
+        AdminCmd::Resume { .. } => Some(Command::Resume),
+    };
+    if let Some(c) = change {
+        m.command(c).map_err(|e| format!("refused: {e}"))?;
+        file.store(&m)?;
+    }
+    let detail = format!("{:?}", m.state);
+    print(
+        j,
+        json!({"state": m.state.name(), "highest_epoch": m.highest_epoch, "detail": detail}),
+        || {
+            format!(
+                "{} (highest epoch seen: {})\n  {detail}",
+                m.state.name(),
+                m.highest_epoch
+            )
+        },
+    );
+    Ok(())
 }
 
 fn hex(b: &[u8]) -> String {
@@ -156,6 +244,7 @@ async fn client(cli: &Cli, key: Option<&str>) -> Result<VerifiedClient, String> 
 async fn run(cli: Cli) -> Result<(), String> {
     let j = cli.json;
     match &cli.cmd {
+        Cmd::Admin { cmd } => admin(cmd, j)?,
         Cmd::Status => {
             let c = client(&cli, None).await?;
             let mut raw = c.raw();

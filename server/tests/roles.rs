@@ -1,0 +1,178 @@
+//! Static authority on the real binaries (R-1, R-2, H-3): the role is persisted and re-established at start; a
+//! node never promotes itself; epochs never go back; a replica refuses writes with NOT_LEADER and the leader's
+//! URL; a halted node does not start until an operator resumes it; admin commands refuse a running node.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test code: a panic is the failure report"
+)]
+
+mod common;
+
+use std::process::Command;
+
+use aerodb_replication::{
+    role::{HaltReason, Observation},
+    state_file::RoleFile,
+};
+use common::*;
+
+fn admin(args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_aerodb"))
+        .arg("admin")
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// Starts the server expecting it to refuse; returns what it printed.
+fn refuse(dir: &std::path::Path, extra: &[&str]) -> String {
+    let tokens = write_tokens(dir);
+    let out = Command::new(env!("CARGO_BIN_EXE_aerodb-server"))
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .arg("--tokens-file")
+        .arg(&tokens)
+        .args(["--http-listen", "127.0.0.1:0", "--grpc-listen", "127.0.0.1:0"])
+        .args(extra)
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "the server started but should have refused"
+    );
+    String::from_utf8_lossy(&out.stderr).to_string()
+}
+
+#[test]
+fn roles_are_persisted_explicit_and_never_inferred() {
+    let tmp = Tmp::new("roles");
+    let data = tmp.0.join("data");
+    let d = data.to_str().unwrap();
+
+    // Bootstrap as primary of epoch 1.
+    let mut srv = start(&tmp.0, &[]);
+    let ha = http(srv.http, "GET", "/v1/ha/status", Some(READER), None).json();
+    assert_eq!(
+        (ha["state"].as_str(), ha["epoch"].as_u64()),
+        (Some("PrimaryActive"), Some(1))
+    );
+    assert_eq!(
+        http(
+            srv.http,
+            "POST",
+            "/v1/records",
+            Some(WRITER),
+            Some(r#"{"tenant":"t","event":"e1"}"#)
+        )
+        .status,
+        201
+    );
+    // Admin commands refuse a running node.
+    let (ok, out) = admin(&["role", "--data-dir", d]);
+    assert!(!ok && out.contains("stop the server"), "{out}");
+    assert!(srv.terminate().success());
+
+    let (ok, out) = admin(&["role", "--data-dir", d]);
+    assert!(ok && out.contains("PrimaryActive"), "{out}");
+    // Demote to a replica of a newer term.
+    let (ok, out) = admin(&[
+        "demote",
+        "--data-dir",
+        d,
+        "--epoch",
+        "2",
+        "--primary",
+        "http://10.0.0.9:7000",
+    ]);
+    assert!(ok && out.contains("ReplicaActive"), "{out}");
+    // It will not start as primary: no self-promotion.
+    let err = refuse(&tmp.0, &[]);
+    assert!(err.contains("never promotes itself"), "{err}");
+    // As a replica it serves reads and refuses writes with NOT_LEADER and the leader's URL.
+    let mut srv = start(
+        &tmp.0,
+        &[
+            "--role",
+            "replica",
+            "--primary",
+            "http://10.0.0.9:7000",
+            "--epoch",
+            "2",
+        ],
+    );
+    let r = http(
+        srv.http,
+        "POST",
+        "/v1/records",
+        Some(WRITER),
+        Some(r#"{"tenant":"t","event":"nope"}"#),
+    );
+    assert_eq!(r.status, 503);
+    assert_eq!(r.json()["error"]["code"], "NOT_LEADER");
+    assert_eq!(r.json()["error"]["leader_url"], "http://10.0.0.9:7000");
+    assert_eq!(
+        http(srv.http, "GET", "/v1/records/1", Some(READER), None).status,
+        200
+    );
+    let ha = http(srv.http, "GET", "/v1/ha/status", Some(READER), None).json();
+    assert_eq!(
+        (
+            ha["role"].as_str(),
+            ha["state"].as_str(),
+            ha["is_leader"].as_bool()
+        ),
+        (Some("replica"), Some("ReplicaActive"), Some(false))
+    );
+    assert!(srv.terminate().success());
+
+    // Promotion needs an epoch above every epoch seen.
+    let (ok, out) = admin(&["promote", "--data-dir", d, "--epoch", "2"]);
+    assert!(!ok && out.contains("not above"), "{out}");
+    let (ok, out) = admin(&["promote", "--data-dir", d, "--epoch", "3"]);
+    assert!(ok && out.contains("PrimaryActive"), "{out}");
+    // A configuration below the recorded epoch is refused; the recorded one starts and stamps its epoch.
+    let err = refuse(&tmp.0, &["--epoch", "2"]);
+    assert!(err.contains("never go back"), "{err}");
+    let mut srv = start(&tmp.0, &["--epoch", "3"]);
+    let r = http(
+        srv.http,
+        "POST",
+        "/v1/records",
+        Some(WRITER),
+        Some(r#"{"tenant":"t","event":"e3"}"#),
+    )
+    .json();
+    let rec = http(
+        srv.http,
+        "GET",
+        &format!("/v1/records/{}", r["commit_id"]),
+        Some(READER),
+        None,
+    )
+    .json();
+    assert_eq!(rec["epoch"], 3);
+    assert!(srv.terminate().success());
+
+    // A halted node does not start; resume brings it back.
+    let file = RoleFile::new(std::sync::Arc::new(aerodb_wal::fs::RealFs), &data);
+    let mut m = file.load().unwrap();
+    m.observe(Observation::Halt(HaltReason::Gap { expected: 3, got: 5 }));
+    file.store(&m).unwrap();
+    let err = refuse(&tmp.0, &["--epoch", "3"]);
+    assert!(err.contains("halted") && err.contains("Gap"), "{err}");
+    let (ok, out) = admin(&["resume", "--data-dir", d]);
+    assert!(ok && out.contains("PrimaryActive"), "{out}");
+    let mut srv = start(&tmp.0, &["--epoch", "3"]);
+    assert!(srv.terminate().success());
+    report_figure("static authority (roles)", "bootstrap, demote, no self-promotion, NOT_LEADER + leader_url, epoch fencing, halt/resume: all as specified");
+}
