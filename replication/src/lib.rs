@@ -1,9 +1,33 @@
-//! `aerodb-replication`: the role state machine of seed 004 and its persisted form. WAL shipping, replay
-//! and the halting checks build on it (the replication issue).
+//! `aerodb-replication`: the role state machine of seed 004 and its persisted form, and the replica's check
+//! of every received frame. The replication stream builds on them (the replication issue).
 #![forbid(unsafe_code)]
 
+pub mod replay;
 pub mod role;
 pub mod state_file;
+
+/// Fuzz entry point for the replica's frame check: the first 48 bytes are a tip (CommitId u64, record hash, epoch
+/// u64, little-endian), the rest a frame as received. Never panics; an accepted frame advances the tip by one.
+pub fn fuzz_replay_frame(data: &[u8]) {
+    if data.len() < 48 {
+        return;
+    }
+    let mut c = [0u8; 8];
+    c.copy_from_slice(&data[..8]);
+    let mut hash = [0u8; 32];
+    hash.copy_from_slice(&data[8..40]);
+    let mut e = [0u8; 8];
+    e.copy_from_slice(&data[40..48]);
+    let tip = replay::Tip {
+        commit_id: u64::from_le_bytes(c),
+        record_hash: hash,
+        epoch: u64::from_le_bytes(e),
+    };
+    if let Ok(replay::Verdict::Append(t)) = replay::check_frame(&tip, &data[48..], 1 << 20) {
+        assert_eq!(t.commit_id, tip.commit_id + 1);
+        assert!(t.epoch >= tip.epoch);
+    }
+}
 
 /// Fuzz entry point: role-file decoding never panics, and what decodes re-encodes to the same bytes.
 pub fn fuzz_role_file(data: &[u8]) {

@@ -1,5 +1,6 @@
 //! The role state machine of seed 004, as a pure core: commands (operator input) and observations go in,
-//! the new state and what to do come out; no sockets, clocks or files inside. [`RoleFile`](crate::state_file::RoleFile) persists the state.
+//! the new state comes out (with whether it changed, or why a command was refused); no sockets, clocks or files
+//! inside. [`RoleFile`](crate::state_file::RoleFile) persists the state.
 //!
 //! States: `Uninitialized`, `PrimaryActive`, `ReplicaActive`, `ReplicationHalted`. The illegal states of seed 004
 //! §5 are unrepresentable or halt:

@@ -133,6 +133,41 @@ fn write_seeds() {
         save("role_file", "seed-halted", &encode(&r));
     }
 
+    // A replica's first frame: the genesis tip, then record 1's frame as the primary stored it.
+    {
+        let mem = MemFs::new();
+        let db = aerodb_engine::Db::open_with_fs(
+            Arc::new(mem.clone()),
+            std::path::Path::new("/p"),
+            aerodb_tests::engine_opts(),
+        )
+        .unwrap();
+        db.put("acme", &b"k"[..], &b"v"[..]).unwrap();
+        db.close().unwrap();
+        let wal = Wal::open(
+            Arc::new(mem),
+            "/p/wal",
+            aerodb_wal::Options {
+                read_only: true,
+                ..small_opts()
+            },
+        )
+        .unwrap();
+        let frame = wal
+            .read_from(aerodb_wal::CommitId(1))
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .raw
+            .to_vec();
+        let mut seed = vec![0u8; 8];
+        seed.extend_from_slice(&aerodb_engine::record::genesis_hash());
+        seed.extend_from_slice(&0u64.to_le_bytes());
+        seed.extend_from_slice(&frame);
+        save("replay_frame", "seed-first-frame", &seed);
+    }
+
     // Index: a run and a manifest written by a real database.
     let mem = MemFs::new();
     let dir = std::path::Path::new("/db");
@@ -173,6 +208,7 @@ fn fuzz_corpus_replays_cleanly() {
         + replay("record", aerodb_engine::fuzzing::record)
         + replay("checkpoint", aerodb_engine::fuzzing::checkpoint)
         + replay("index", aerodb_engine::fuzzing::index)
-        + replay("role_file", aerodb_replication::fuzz_role_file);
+        + replay("role_file", aerodb_replication::fuzz_role_file)
+        + replay("replay_frame", aerodb_replication::fuzz_replay_frame);
     aerodb_tests::report_figure("T13 fuzz corpus replay", &format!("{n} inputs, 0 failures"));
 }
