@@ -33,6 +33,7 @@ fn log(tag: &str, epochs: &[u64], n: u64) -> (Vec<Vec<u8>>, Tip) {
             checkpoint_interval: None,
             wal: aerodb_wal::Options {
                 segment_bytes: 1 << 20,
+                max_record_bytes: 64 << 10,
                 ..aerodb_wal::Options::default()
             },
             ..Options::default()
