@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use aerodb_engine::{merkle, NewRecord, Op, Payload, SignedCheckpoint, StoredRecord};
+use aerodb_engine::{NewRecord, Op, Payload, SignedCheckpoint, StoredRecord};
 use aerodb_proto::v1 as pb;
 use bytes::Bytes;
 use tonic::{Request, Response, Status};
@@ -357,10 +357,4 @@ impl pb::ledger_server::Ledger for LedgerService {
         .await;
         self.finish(r)
     }
-}
-
-/// The Merkle leaf of a record as a client computes it from the canonical bytes.
-#[must_use]
-pub fn leaf_of(canonical: &[u8]) -> merkle::Hash {
-    aerodb_engine::record::merkle_leaf(canonical)
 }
