@@ -509,16 +509,7 @@ impl Db {
     /// Checks a record the way an append would (tenant, batch, size) without writing it, so a caller that
     /// gathers records from many clients into one [`Db::append_many`] can refuse a bad one alone.
     pub fn check(&self, tenant: &str, payload: &Payload) -> Result<()> {
-        record::check_tenant(tenant)?;
-        if let Payload::Batch(ops) = payload {
-            record::check_batch(ops)?;
-        }
-        let len = record::RECORD_OVERHEAD + tenant.len() + record::body_len(payload);
-        let max = self.inner.opts.wal.max_record_bytes;
-        if len > max {
-            return Err(RecordError::TooLarge { len, max }.into());
-        }
-        Ok(())
+        check_record(tenant, payload, self.inner.opts.wal.max_record_bytes)
     }
 
     /// Appends several records as consecutive CommitIds in one durable write.
@@ -790,6 +781,19 @@ struct Pending {
     leaf: Hash,
 }
 
+/// Validates a record as an append would (tenant, batch, encoded size against `max`), before anything is encoded.
+fn check_record(tenant: &str, payload: &Payload, max: usize) -> Result<()> {
+    record::check_tenant(tenant)?;
+    if let Payload::Batch(ops) = payload {
+        record::check_batch(ops)?;
+    }
+    let len = record::RECORD_OVERHEAD + tenant.len() + record::body_len(payload);
+    if len > max {
+        return Err(RecordError::TooLarge { len, max }.into());
+    }
+    Ok(())
+}
+
 /// The keys a payload writes, and whether each write is a delete.
 fn writes_of(payload: &Payload) -> Vec<(Bytes, bool)> {
     match payload {
@@ -990,18 +994,12 @@ impl Inner {
         // Validate, encode and hash everything but the trailer before taking the log's ordering lock.
         let mut prepared = Vec::with_capacity(records.size_hint().0);
         for (tenant, payload) in records {
-            record::check_tenant(tenant)?;
-            if let Payload::Batch(ops) = payload {
-                record::check_batch(ops)?;
-            }
+            check_record(tenant, payload, max)?;
             let p = record::prepare(epoch, tenant, payload);
-            if p.sealed_len() > max {
-                return Err(RecordError::TooLarge {
-                    len: p.sealed_len(),
-                    max,
-                }
-                .into());
-            }
+            debug_assert_eq!(
+                p.sealed_len(),
+                record::RECORD_OVERHEAD + tenant.len() + record::body_len(payload)
+            );
             prepared.push((p, tenant, writes_of(payload)));
         }
         if prepared.is_empty() {
