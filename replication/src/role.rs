@@ -234,26 +234,11 @@ impl RoleMachine {
             }
             Command::Follow { epoch, primary } => match self.state {
                 State::Uninitialized | State::ReplicaActive { .. } => {
-                    if epoch < self.highest_epoch {
-                        return Err(Refusal::StaleEpoch {
-                            highest: self.highest_epoch,
-                            got: epoch,
-                        });
-                    }
-                    self.highest_epoch = epoch;
-                    self.state = State::ReplicaActive { epoch, primary };
+                    let floor = self.highest_epoch;
+                    self.become_replica(epoch, primary, floor, false)?;
                 }
                 // Demoting a primary: only to a primary of a higher epoch (its own term has ended).
-                State::PrimaryActive { epoch: mine } => {
-                    if epoch <= mine {
-                        return Err(Refusal::StaleEpoch {
-                            highest: mine,
-                            got: epoch,
-                        });
-                    }
-                    self.highest_epoch = self.highest_epoch.max(epoch);
-                    self.state = State::ReplicaActive { epoch, primary };
-                }
+                State::PrimaryActive { epoch: mine } => self.become_replica(epoch, primary, mine, true)?,
                 State::ReplicationHalted { .. } => {
                     return Err(Refusal::NotInState {
                         command: "follow",
@@ -278,16 +263,29 @@ impl RoleMachine {
                         state,
                     });
                 }
-                if epoch < self.highest_epoch {
-                    return Err(Refusal::StaleEpoch {
-                        highest: self.highest_epoch,
-                        got: epoch,
-                    });
-                }
-                self.highest_epoch = epoch;
-                self.state = State::ReplicaActive { epoch, primary };
+                let floor = self.highest_epoch;
+                self.become_replica(epoch, primary, floor, false)?;
             }
         }
+        Ok(())
+    }
+
+    /// Follows `primary` at `epoch`, which must be at least `floor` (above it when `strictly`).
+    fn become_replica(
+        &mut self,
+        epoch: u64,
+        primary: String,
+        floor: u64,
+        strictly: bool,
+    ) -> Result<(), Refusal> {
+        if epoch < floor || (strictly && epoch == floor) {
+            return Err(Refusal::StaleEpoch {
+                highest: floor,
+                got: epoch,
+            });
+        }
+        self.highest_epoch = self.highest_epoch.max(epoch);
+        self.state = State::ReplicaActive { epoch, primary };
         Ok(())
     }
 
