@@ -56,18 +56,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("== AeroDB demo: a primary in {}", dir.display());
     let node = aerodb_server::open_node(config)?;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let (bound_tx, bound_rx) = std::sync::mpsc::channel();
-    let server = rt.spawn(aerodb_server::serve(
-        node,
-        async move {
-            let _ = stop_rx.await;
-        },
-        move |b| {
-            let _ = bound_tx.send(b);
-        },
-    ));
-    let bound = bound_rx.recv_timeout(Duration::from_secs(30))?;
+    let server = aerodb_server::Running::start(&rt, node)?;
+    let bound = server.bound.clone();
     println!("   REST on http://{}   gRPC on http://{}", bound.http, bound.grpc);
     println!("   verifier key: {}", bound.verifier_key);
     let vkey = VerifierKey::parse(&bound.verifier_key)?;
@@ -201,8 +191,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
 
     // 5. Graceful shutdown, then the offline verifier over the whole directory.
-    let _ = stop_tx.send(());
-    rt.block_on(server)??;
+    server.stop(&rt)?;
     let t = Instant::now();
     let report = aerodb_engine::verify_dir(
         &dir.join("data"),

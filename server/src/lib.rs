@@ -273,3 +273,39 @@ pub async fn serve(
     tracing::info!("shut down cleanly");
     Ok(())
 }
+
+/// A server running on a runtime the caller owns (for programs that embed one: the demo, the network benchmark).
+#[derive(Debug)]
+pub struct Running {
+    /// Where it listens.
+    pub bound: Bound,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Result<(), String>>,
+}
+
+impl Running {
+    /// Starts serving `node` on `rt` and waits until it listens.
+    pub fn start(rt: &tokio::runtime::Runtime, node: Node) -> Result<Running, String> {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let (bound_tx, bound_rx) = std::sync::mpsc::channel();
+        let task = rt.spawn(serve(
+            node,
+            async move {
+                let _ = stopped.await;
+            },
+            move |b| {
+                let _ = bound_tx.send(b);
+            },
+        ));
+        let bound = bound_rx
+            .recv_timeout(std::time::Duration::from_secs(30))
+            .map_err(|_| "the server did not start listening within 30 s".to_string())?;
+        Ok(Running { bound, stop, task })
+    }
+
+    /// Shuts down gracefully (as on SIGTERM) and waits until the database is closed.
+    pub fn stop(self, rt: &tokio::runtime::Runtime) -> Result<(), String> {
+        let _ = self.stop.send(());
+        rt.block_on(self.task).map_err(|e| e.to_string())?
+    }
+}

@@ -211,18 +211,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .worker_threads(env("SERVER_THREADS", 2))
         .enable_all()
         .build()?;
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let (bound_tx, bound_rx) = std::sync::mpsc::channel();
-    let server = server_rt.spawn(aerodb_server::serve(
-        node,
-        async move {
-            let _ = stop_rx.await;
-        },
-        move |b| {
-            let _ = bound_tx.send(b);
-        },
-    ));
-    let bound = bound_rx.recv_timeout(Duration::from_secs(30))?;
+    let server = aerodb_server::Running::start(&server_rt, node)?;
+    let bound = server.bound.clone();
     let client_rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let db = Arc::new(Db::open(
         dir.join("engine"),
@@ -261,8 +251,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     let figures = bound_stats(bound.http)?;
-    let _ = stop_tx.send(());
-    server_rt.block_on(server)??;
+    server.stop(&server_rt)?;
     drop(db);
     std::fs::remove_dir_all(&dir)?;
 
