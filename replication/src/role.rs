@@ -247,7 +247,18 @@ impl RoleMachine {
                 }
             },
             Command::Resume => match std::mem::replace(&mut self.state, State::Uninitialized) {
-                State::ReplicationHalted { from, .. } => self.state = *from,
+                // A primary does not get its authority back once a newer term has been seen: that would be a
+                // second primary. It must be promoted above that term, or follow it.
+                State::ReplicationHalted { reason, from } => match *from {
+                    State::PrimaryActive { epoch } if epoch < self.highest_epoch => {
+                        self.state = State::ReplicationHalted { reason, from };
+                        return Err(Refusal::StaleEpoch {
+                            highest: self.highest_epoch,
+                            got: epoch,
+                        });
+                    }
+                    from => self.state = from,
+                },
                 other => {
                     self.state = other;
                     return Err(Refusal::NotInState {

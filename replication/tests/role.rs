@@ -73,6 +73,24 @@ fn a_primary_that_sees_another_primary_at_its_epoch_or_later_halts() {
         assert!(!m.may_write() && !m.may_read(), "halted: no writes, no reads");
         assert_eq!(m.highest_epoch, other.max(4));
     }
+    // Once a newer term is known, resuming would make a second primary: refused until promoted above it.
+    let mut m = primary(4);
+    m.observe(Observation::PeerPrimary {
+        epoch: 6,
+        node: "n2".into(),
+    });
+    assert_eq!(
+        m.command(Command::Resume),
+        Err(Refusal::StaleEpoch { highest: 6, got: 4 })
+    );
+    assert!(matches!(m.state, State::ReplicationHalted { .. }), "still halted");
+    // A halt at its own epoch resumes: no newer term exists, and the operator decided which node keeps this one.
+    let mut same = primary(4);
+    same.observe(Observation::PeerPrimary {
+        epoch: 4,
+        node: "n3".into(),
+    });
+    assert_eq!(same.command(Command::Resume), Ok(()), "no newer term was seen");
     // An older primary elsewhere does not change this one (that one will be fenced).
     let mut m = primary(4);
     assert!(!m.observe(Observation::PeerPrimary {
@@ -232,7 +250,7 @@ proptest! {
             prop_assert!(m.highest_epoch >= highest);
             if let State::PrimaryActive { epoch } = m.state {
                 prop_assert!(epoch >= last_primary_epoch);
-                prop_assert!(epoch == m.highest_epoch || !could_write || epoch == last_primary_epoch);
+                prop_assert_eq!(epoch, m.highest_epoch, "a primary's epoch is the highest this node has seen");
                 last_primary_epoch = epoch;
             }
             prop_assert_eq!(decode(&encode(&m)).unwrap(), m.clone());
