@@ -57,6 +57,9 @@ pub struct Options {
     pub fail_on_startup_check: bool,
     /// Open without write authority: every append is refused with [`NotWritable::NotWriteAuthority`].
     pub read_only: bool,
+    /// A replica: no write authority (as `read_only`), but records replicated from the primary are appended with
+    /// [`Db::append_replicated`], and the index is maintained on disk as on a primary.
+    pub replica: bool,
     /// Flush the in-memory part of the key and tenant index to a run on disk once it holds this many
     /// versions (one per key written plus one per record). Bounds the index's heap use; reopening replays at
     /// most about this many records' keys.
@@ -75,6 +78,7 @@ impl Default for Options {
             checkpoint_interval: Some(Duration::from_secs(1)),
             fail_on_startup_check: true,
             read_only: false,
+            replica: false,
             index_flush_versions: 65_536,
             wal: aerodb_wal::Options::default(),
         }
@@ -386,7 +390,7 @@ impl Db {
             tracing::error!(problems = %summary, "STARTUP INTEGRITY CHECK FAILED; continuing because fail_on_startup_check is off");
         }
         state.merkle.sync()?;
-        let not_writable = opts.read_only.then_some(NotWritable::NotWriteAuthority);
+        let not_writable = (opts.read_only || opts.replica).then_some(NotWritable::NotWriteAuthority);
         let inner = Arc::new(Inner {
             dir: dir.to_owned(),
             chain: Mutex::new(Chain {
@@ -690,6 +694,165 @@ impl Db {
         self.inner.checkpoint_now()
     }
 
+    /// The frames `from..` (inclusive) exactly as stored (header and body), up to about `max_bytes` (at least one
+    /// frame when there is one) and never past the applied mark: what a primary streams to its replicas (R-3).
+    pub fn raw_frames(&self, from: u64, max_bytes: usize) -> Result<Vec<Bytes>> {
+        let visible = self.inner.visible();
+        let mut out = Vec::new();
+        if from == 0 || from > visible {
+            return Ok(out);
+        }
+        let mut bytes = 0;
+        for f in self.inner.wal.read_from(CommitId(from))? {
+            let f = f?;
+            if f.commit_id.0 > visible || (bytes >= max_bytes && !out.is_empty()) {
+                break;
+            }
+            bytes += f.raw.len();
+            out.push(f.raw);
+        }
+        Ok(out)
+    }
+
+    /// The capacity of new WAL segments (a replica must use the primary's, so sealed segments are byte-identical).
+    #[must_use]
+    pub fn segment_bytes(&self) -> u64 {
+        self.inner.opts.wal.segment_bytes
+    }
+
+    /// Replica side (R-3): appends records received from the primary, each given as `(epoch, body)` of its frame
+    /// in CommitId order starting right after the tip, so the replica's log holds the very bytes of the primary's
+    /// (frame headers are a function of CommitId, epoch and body). Only a database opened as a replica
+    /// ([`Options::replica`]) takes replicated records, and it takes nothing else. Every record's CommitId, epoch and `prev_hash` link
+    /// are checked under the log's ordering lock before it is written; a record that does not follow the tip is
+    /// refused as [`Error::Corruption`] and nothing of the call is written. Returns the new tip once everything is
+    /// durable and applied.
+    pub fn append_replicated(&self, frames: &[(u64, &[u8])]) -> Result<u64> {
+        let inner = &*self.inner;
+        if !inner.opts.replica {
+            return Err(Error::InvalidOptions(
+                "only a replica (opened with `Options::replica`) appends replicated records".into(),
+            ));
+        }
+        if let Some(f) = inner.wal.failure() {
+            return Err(NotWritable::LogFailed(f.to_string()).into());
+        }
+        if let Some(r @ NotWritable::Halted(_)) = inner.not_writable.read().clone() {
+            return Err(r.into());
+        }
+        let mut last = inner.visible();
+        // One log append per run of equal epochs (a frame's epoch is its header's, so a run shares it).
+        for run in frames.chunk_by(|a, b| a.0 == b.0) {
+            let epoch = run[0].0;
+            let mut flush_due = false;
+            // The closure checks every record before pushing any, so a refused run leaves the log untouched.
+            let result = inner.wal.append_with(Epoch(epoch), |sink| {
+                let mut chain = inner.chain.lock();
+                let mut prev = chain.last_hash;
+                let mut ts = chain.last_ts;
+                let mut commit = sink.next_commit_id().0;
+                let mut checked = Vec::with_capacity(run.len());
+                for (_, body) in run {
+                    let v = match record::view(body) {
+                        Ok(v) => v,
+                        Err(e) => return Ok(Err(corruption(commit, e.to_string()))),
+                    };
+                    let h = v.header;
+                    if h.commit_id != commit || h.epoch != epoch || h.prev_hash != prev {
+                        return Ok(Err(corruption(
+                            commit,
+                            format!(
+                                "replicated record (CommitId {}, epoch {}) does not follow this log (next CommitId \
+                                 {commit}, frame epoch {epoch}, prev_hash {})",
+                                h.commit_id,
+                                h.epoch,
+                                if h.prev_hash == prev { "links" } else { "differs" }
+                            ),
+                        )));
+                    }
+                    let hash = record_hash(body);
+                    checked.push((body, v, hash));
+                    prev = hash;
+                    ts = ts.max(h.timestamp_ms);
+                    commit += 1;
+                }
+                let mut pending = Vec::with_capacity(run.len());
+                for (body, _, hash) in &checked {
+                    let commit = sink.push(body)?.0;
+                    pending.push(Pending {
+                        commit,
+                        hash: *hash,
+                        leaf: leaf_hash(hash),
+                    });
+                }
+                chain.last_hash = prev;
+                chain.last_ts = ts;
+                last = pending.last().map_or(last, |p| p.commit);
+                let first = pending.first().map_or(0, |p| p.commit);
+                inner.pending.lock().extend(pending);
+                let mut ix = inner.index.write();
+                for (i, (_, v, _)) in checked.iter().enumerate() {
+                    ix.add_view(first + i as u64, v);
+                }
+                flush_due = ix.mem_versions() >= inner.opts.index_flush_versions;
+                Ok(Ok(()))
+            });
+            if flush_due {
+                inner.tick.1.notify_all();
+            }
+            result??;
+        }
+        inner.apply_durable(last)?;
+        Ok(last)
+    }
+
+    /// Replica side: stores a checkpoint the primary signed, after checking its signature (this log's verifier
+    /// key: a replica holds the log's key), that its size does not go back and that its root is this log's at that
+    /// size. Returns `false` for a checkpoint no newer than the latest one held.
+    pub fn add_checkpoint(&self, note: &str) -> Result<bool> {
+        let inner = &*self.inner;
+        let signed = SignedCheckpoint::verify(note, &inner.verifier)?;
+        let c = &signed.checkpoint;
+        let mut log = inner.checkpoints.lock();
+        {
+            let st = inner.state.read();
+            if st.latest.as_ref().is_some_and(|l| l.checkpoint.size >= c.size) {
+                return Ok(false);
+            }
+            if c.size > st.visible {
+                return Err(Error::OutOfRange {
+                    what: "checkpoint size",
+                    value: c.size,
+                    size: st.visible,
+                });
+            }
+            if merkle::root(&st.merkle, c.size)? != c.root {
+                return Err(corruption(
+                    c.size,
+                    format!(
+                        "checkpoint of size {} signs a root this log does not have",
+                        c.size
+                    ),
+                ));
+            }
+        }
+        let ticket = inner.state.write().merkle.prepare_sync()?;
+        ticket.commit()?;
+        log.append(&signed.note).map_err(|e| Error::Io {
+            op: "append checkpoint",
+            path: log.path().to_owned(),
+            source: e,
+        })?;
+        inner.state.write().latest = Some(signed);
+        Ok(true)
+    }
+
+    /// Stops all writes (client and replicated) with [`NotWritable::Halted`]: the node halted (R-4) or learned of
+    /// a newer primary term (H-1). Reads are the caller's to refuse. Lasts until the database is reopened.
+    pub fn halt(&self, reason: impl Into<String>) {
+        *self.inner.not_writable.write() = Some(NotWritable::Halted(reason.into()));
+    }
+
     /// Writes the in-memory part of the key and tenant index to disk now and merges runs as needed (the background
     /// thread does this whenever it grows past [`Options::index_flush_versions`]).
     pub fn flush_index(&self) -> Result<()> {
@@ -712,7 +875,7 @@ impl Db {
             self.inner.checkpoint_now()?;
         }
         self.inner.state.write().merkle.sync()?;
-        if self.inner.writability().is_none() {
+        if self.inner.wal.failure().is_none() && self.inner.maintains_index() {
             // Persist the index's memory table so the next open replays nothing.
             self.inner.flush_index_table(1)?;
             self.inner.merge_index_runs()?;
@@ -975,6 +1138,11 @@ impl Inner {
         self.applied.load(Ordering::Acquire)
     }
 
+    /// Whether this database writes index runs: a writable one or a replica (not a read-only inspection).
+    fn maintains_index(&self) -> bool {
+        self.opts.replica || self.writability().is_none()
+    }
+
     fn writability(&self) -> Option<NotWritable> {
         if let Some(r) = self.not_writable.read().clone() {
             return Some(r);
@@ -1181,7 +1349,7 @@ impl Inner {
                 tracing::error!(error = %e, "applying durable records failed");
                 continue;
             }
-            if self.writability().is_some() {
+            if self.wal.failure().is_some() || !self.maintains_index() {
                 continue;
             }
             let (visible, covered) = {
@@ -1192,7 +1360,7 @@ impl Inner {
                 && visible - covered >= self.opts.checkpoint_every_records;
             let by_time =
                 self.opts.checkpoint_interval.is_some_and(|i| last.elapsed() >= i) && visible > covered;
-            if by_count || by_time {
+            if (by_count || by_time) && self.writability().is_none() {
                 match self.checkpoint_now() {
                     Ok(_) => last = Instant::now(),
                     Err(e) => tracing::error!(error = %e, "periodic checkpoint failed"),

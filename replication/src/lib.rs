@@ -2,6 +2,7 @@
 //! of every received frame. The replication stream builds on them (the replication issue).
 #![forbid(unsafe_code)]
 
+pub mod apply;
 pub mod replay;
 pub mod role;
 pub mod state_file;
