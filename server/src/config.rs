@@ -16,6 +16,16 @@ pub enum Role {
     Replica,
 }
 
+/// What a write does when fewer than `--sync-replicas` replicas are connected.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum SyncWait {
+    /// Wait (up to the request timeout) for enough replicas to flush it.
+    Block,
+    /// Refuse at once with `SYNC_REPLICAS_UNAVAILABLE`.
+    Fail,
+}
+
 /// Log output format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -55,9 +65,21 @@ pub struct Flags {
     /// This node's public REST URL (reported as the leader URL).
     #[arg(long, env = "AERODB_ADVERTISE_URL")]
     pub advertise_url: Option<String>,
-    /// The primary's REST URL (replica role: where writes go).
+    /// The primary's gRPC URL (replica role: what it follows, e.g. `http://127.0.0.1:7001`).
     #[arg(long, env = "AERODB_PRIMARY")]
     pub primary: Option<String>,
+    /// A file holding the bearer token (replicator role) this replica presents to its primary.
+    #[arg(long, env = "AERODB_PRIMARY_TOKEN_FILE")]
+    pub primary_token_file: Option<PathBuf>,
+    /// CA certificate (PEM) to verify the primary's TLS certificate with (replica role, `https://` primary).
+    #[arg(long, env = "AERODB_PRIMARY_CA_CERT")]
+    pub primary_ca_cert: Option<PathBuf>,
+    /// Synchronous replication: acknowledge a write only after this many replicas flushed it (0: asynchronous).
+    #[arg(long, env = "AERODB_SYNC_REPLICAS")]
+    pub sync_replicas: Option<usize>,
+    /// With --sync-replicas, what a write does while fewer replicas are connected.
+    #[arg(long, env = "AERODB_SYNC_WAIT", value_enum)]
+    pub sync_wait: Option<SyncWait>,
     /// TOML file of bearer tokens and their roles.
     #[arg(long, env = "AERODB_TOKENS_FILE")]
     pub tokens_file: Option<PathBuf>,
@@ -91,6 +113,9 @@ pub struct Flags {
     /// Checkpoint at least this often (milliseconds) when there are new records.
     #[arg(long, env = "AERODB_CHECKPOINT_INTERVAL_MS")]
     pub checkpoint_interval_ms: Option<u64>,
+    /// Capacity of each WAL segment file in bytes (a replica must use its primary's).
+    #[arg(long, env = "AERODB_SEGMENT_BYTES")]
+    pub segment_bytes: Option<u64>,
     /// The log's origin (checkpoint origin line and signing-key name).
     #[arg(long, env = "AERODB_ORIGIN")]
     pub origin: Option<String>,
@@ -113,6 +138,10 @@ pub struct FileConfig {
     grpc_listen: Option<SocketAddr>,
     advertise_url: Option<String>,
     primary: Option<String>,
+    primary_token_file: Option<PathBuf>,
+    primary_ca_cert: Option<PathBuf>,
+    sync_replicas: Option<usize>,
+    sync_wait: Option<SyncWait>,
     tokens_file: Option<PathBuf>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
@@ -125,6 +154,7 @@ pub struct FileConfig {
     checkpoint_every_records: Option<u64>,
     checkpoint_interval_ms: Option<u64>,
     origin: Option<String>,
+    segment_bytes: Option<u64>,
     ports_file: Option<PathBuf>,
     log_format: Option<LogFormat>,
 }
@@ -144,8 +174,16 @@ pub struct Config {
     pub grpc_listen: SocketAddr,
     /// Public REST URL of this node.
     pub advertise_url: Option<String>,
-    /// The primary's URL (replicas).
+    /// The primary's gRPC URL (replicas).
     pub primary: Option<String>,
+    /// The token a replica presents to its primary.
+    pub primary_token_file: Option<PathBuf>,
+    /// CA certificate for a TLS primary.
+    pub primary_ca_cert: Option<PathBuf>,
+    /// Replicas that must flush a write before it is acknowledged (0: asynchronous).
+    pub sync_replicas: usize,
+    /// What a synchronous write does while too few replicas are connected.
+    pub sync_wait: SyncWait,
     /// Tokens file.
     pub tokens_file: Option<PathBuf>,
     /// TLS certificate chain and key (PEM), when both APIs serve TLS.
@@ -168,6 +206,8 @@ pub struct Config {
     pub checkpoint_interval: Duration,
     /// Log origin.
     pub origin: String,
+    /// WAL segment capacity.
+    pub segment_bytes: u64,
     /// Where to write the bound addresses.
     pub ports_file: Option<PathBuf>,
     /// Log format.
@@ -187,6 +227,10 @@ impl Config {
             grpc_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             advertise_url: None,
             primary: None,
+            primary_token_file: None,
+            primary_ca_cert: None,
+            sync_replicas: 0,
+            sync_wait: SyncWait::Block,
             tokens_file: Some(tokens_file),
             tls: None,
             insecure_no_auth: false,
@@ -198,6 +242,7 @@ impl Config {
             checkpoint_every_records: 10_000,
             checkpoint_interval: Duration::from_secs(1),
             origin: "aerodb-ledger".into(),
+            segment_bytes: aerodb_wal::Options::default().segment_bytes,
             ports_file: None,
             log_format: LogFormat::Text,
         }
@@ -229,6 +274,10 @@ impl Config {
                 .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 7001))),
             advertise_url: flags.advertise_url.or(file.advertise_url),
             primary: flags.primary.or(file.primary),
+            primary_token_file: flags.primary_token_file.or(file.primary_token_file),
+            primary_ca_cert: flags.primary_ca_cert.or(file.primary_ca_cert),
+            sync_replicas: flags.sync_replicas.or(file.sync_replicas).unwrap_or(0),
+            sync_wait: flags.sync_wait.or(file.sync_wait).unwrap_or(SyncWait::Block),
             tokens_file: flags.tokens_file.or(file.tokens_file),
             tls: match (flags.tls_cert.or(file.tls_cert), flags.tls_key.or(file.tls_key)) {
                 (Some(c), Some(k)) => Some((c, k)),
@@ -269,6 +318,10 @@ impl Config {
                 .origin
                 .or(file.origin)
                 .unwrap_or_else(|| "aerodb-ledger".into()),
+            segment_bytes: flags
+                .segment_bytes
+                .or(file.segment_bytes)
+                .unwrap_or(aerodb_wal::Options::default().segment_bytes),
             ports_file: flags.ports_file.or(file.ports_file),
             log_format: flags.log_format.or(file.log_format).unwrap_or(LogFormat::Text),
         };

@@ -28,6 +28,9 @@ pub enum Code {
     LogFailed,
     /// The node is halted.
     Halted,
+    /// Synchronous replication: too few replicas are connected to acknowledge the write (it is durable on the
+    /// primary but not acknowledged; retrying it writes it again).
+    SyncReplicasUnavailable,
     /// Too many requests in flight.
     ResourceExhausted,
     /// The request did not finish within the configured timeout.
@@ -54,6 +57,7 @@ impl Code {
             Code::NotLeader => "NOT_LEADER",
             Code::LogFailed => "LOG_FAILED",
             Code::Halted => "HALTED",
+            Code::SyncReplicasUnavailable => "SYNC_REPLICAS_UNAVAILABLE",
             Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
             Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
             Code::Unavailable => "UNAVAILABLE",
@@ -74,7 +78,11 @@ impl Code {
             Code::UnsupportedMediaType => 415,
             Code::ResourceExhausted => 429,
             Code::Internal => 500,
-            Code::NotLeader | Code::LogFailed | Code::Halted | Code::Unavailable => 503,
+            Code::NotLeader
+            | Code::LogFailed
+            | Code::Halted
+            | Code::Unavailable
+            | Code::SyncReplicasUnavailable => 503,
             Code::DeadlineExceeded => 504,
         }
     }
@@ -93,7 +101,7 @@ impl Code {
             Code::PermissionDenied => tonic::Code::PermissionDenied,
             Code::NotLeader | Code::LogFailed | Code::Halted => tonic::Code::FailedPrecondition,
             Code::DeadlineExceeded => tonic::Code::DeadlineExceeded,
-            Code::Unavailable => tonic::Code::Unavailable,
+            Code::Unavailable | Code::SyncReplicasUnavailable => tonic::Code::Unavailable,
             Code::Internal => tonic::Code::Internal,
         }
     }

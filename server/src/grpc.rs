@@ -352,6 +352,24 @@ impl pb::ledger_server::Ledger for LedgerService {
                 write_block_active: s.write_block_active,
                 can_accept_protected_writes: s.can_accept_protected_writes,
                 halt_reason: s.halt_reason,
+                replicas: s
+                    .replicas
+                    .into_iter()
+                    .map(|r| pb::ReplicaLag {
+                        node_id: r.node_id,
+                        peer: r.peer,
+                        written: r.written,
+                        flushed: r.flushed,
+                        applied: r.applied,
+                        lag_records: r.lag_records,
+                        lag_bytes: r.lag_bytes,
+                        lag_ms: r.lag_ms,
+                        connected_ms: r.connected_ms,
+                    })
+                    .collect(),
+                connected_to_primary: s.connected_to_primary,
+                primary_commit_id: s.primary_commit_id,
+                replication_error: s.replication_error,
             })
         }
         .await;

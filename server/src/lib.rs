@@ -11,13 +11,14 @@ pub mod grpc;
 pub mod httpc;
 pub mod metrics;
 pub mod node;
+pub mod replication;
 pub mod rest;
 pub mod tls;
 
 use std::{future::IntoFuture, net::SocketAddr, sync::Arc};
 
 use aerodb_engine::{Db, Options};
-use aerodb_proto::v1::ledger_server::LedgerServer;
+use aerodb_proto::v1::{ledger_server::LedgerServer, replication_server::ReplicationServer};
 use aerodb_replication::{
     role::{Command, RoleMachine, State},
     state_file::RoleFile,
@@ -60,11 +61,12 @@ pub fn establish_role(config: &Config) -> Result<RoleMachine, String> {
         primary: config.primary.clone().unwrap_or_default(),
     };
     match (&m.state, config.role) {
-        (State::ReplicationHalted { reason, .. }, _) => {
-            return Err(format!(
-                "this node is halted ({reason}); examine it, then `aerodb admin resume --data-dir {dir}`"
-            ))
-        }
+        // A halted node starts halted: HA status, health and metrics say why; no reads, no writes, no following.
+        (State::ReplicationHalted { reason, .. }, _) => tracing::error!(
+            reason = %reason,
+            "this node is halted: it serves no reads or writes; examine the evidence file in {dir}, then \
+             `aerodb admin resume --data-dir {dir}` or `aerodb admin rebuild`"
+        ),
         (State::Uninitialized, Role::Primary) => m.command(Command::Promote { epoch: config.epoch }).map_err(refused)?,
         (State::PrimaryActive { epoch }, Role::Primary) => {
             if config.epoch > *epoch {
@@ -114,7 +116,17 @@ pub fn open_node(config: Config) -> Result<Node, String> {
         },
         checkpoint_every_records: config.checkpoint_every_records,
         checkpoint_interval: Some(config.checkpoint_interval),
-        read_only: !role.may_write(),
+        read_only: !role.may_write() && !matches!(role.state, State::ReplicaActive { .. }),
+        replica: matches!(role.state, State::ReplicaActive { .. }),
+        // Records up to 16 MiB, or what a segment of the configured size holds: a function of the segment size
+        // alone, so a primary and a replica with the same segments take the same records.
+        wal: aerodb_wal::Options {
+            segment_bytes: config.segment_bytes,
+            max_record_bytes: aerodb_wal::Options::default()
+                .max_record_bytes
+                .min(aerodb_wal::Options::largest_record_for(config.segment_bytes)),
+            ..aerodb_wal::Options::default()
+        },
         ..Options::default()
     };
     let db = Db::open(&config.data_dir, opts)
@@ -128,6 +140,9 @@ pub fn open_node(config: Config) -> Result<Node, String> {
         verifier_key = %db.verifier_key(),
         "database open; startup integrity check passed"
     );
+    if let State::ReplicationHalted { reason, .. } = &role.state {
+        db.halt(reason.to_string());
+    }
     Ok(Node::new(db, config, auth, role))
 }
 
@@ -239,6 +254,15 @@ pub async fn serve(
     let svc = LedgerServer::new(grpc::LedgerService::new(node.clone()))
         .max_decoding_message_size(limit)
         .max_encoding_message_size(limit.max(16 << 20));
+    // Replication: replicas send small hellos and acks; batches of frames go out.
+    let replication = ReplicationServer::new(replication::ReplicationService::new(
+        node.clone(),
+        stop_rx.clone(),
+    ))
+    .max_decoding_message_size(64 << 10)
+    .max_encoding_message_size(128 << 20);
+    let follower = matches!(node.role.lock().state, State::ReplicaActive { .. })
+        .then(|| tokio::spawn(replication::follow(node.clone(), stop_rx.clone())));
     let mut builder = tonic::transport::Server::builder();
     if let Some(files) = &tls {
         builder = builder
@@ -253,6 +277,7 @@ pub async fn serve(
             bad_protobuf_is_invalid_argument,
         ))
         .add_service(svc)
+        .add_service(replication)
         .serve_with_incoming_shutdown(
             tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true)),
             stopped(stop_rx),
@@ -260,6 +285,9 @@ pub async fn serve(
     let (r1, r2) = tokio::join!(rest, grpc);
     r1.map_err(|e| format!("REST server: {e}"))?;
     r2.map_err(|e| format!("gRPC server: {e}"))?;
+    if let Some(f) = follower {
+        let _ = f.await;
+    }
     // Every request has finished: make everything durable and sign a final checkpoint.
     node.stop_committers();
     let node =

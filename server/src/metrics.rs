@@ -86,6 +86,16 @@ pub struct EngineFigures {
     pub is_leader: bool,
     /// 1 if writes are possible right now.
     pub writable: bool,
+    /// 1 if the node is `ReplicationHalted`.
+    pub halted: bool,
+    /// Synchronous writes blocked for want of replicas.
+    pub write_block_active: bool,
+    /// Per-replica lag (primary).
+    pub replicas: Vec<crate::replication::ReplicaLag>,
+    /// Replica: 1 while its stream to the primary is up.
+    pub connected_to_primary: Option<bool>,
+    /// Replica: records the primary reported beyond this node's tip.
+    pub behind_primary: u64,
 }
 
 impl Metrics {
@@ -195,7 +205,7 @@ impl Metrics {
             "# HELP ha_leader_changes_total Leadership changes of this node, by event.\n# TYPE ha_leader_changes_total counter"
         );
         let changes = self.leader_changes.lock();
-        for event in ["acquired", "lost", "resigned"] {
+        for event in ["acquired", "lost", "resigned", "halted"] {
             let _ = writeln!(
                 out,
                 "ha_leader_changes_total{{event=\"{event}\"}} {}",
@@ -212,6 +222,70 @@ impl Metrics {
                 out,
                 "ha_lock_acquire_failures_total{{reason=\"{reason}\"}} {}",
                 failures.get(reason).copied().unwrap_or(0)
+            );
+        }
+        gauge(
+            &mut out,
+            "ha_halted",
+            "1 when this node is ReplicationHalted (no reads, no writes; see the evidence file).",
+            f64::from(u8::from(e.halted)),
+        );
+        gauge(
+            &mut out,
+            "ha_write_block_active",
+            "1 when synchronous writes are blocked because too few replicas are connected.",
+            f64::from(u8::from(e.write_block_active)),
+        );
+        gauge(
+            &mut out,
+            "aerodb_replication_connected_replicas",
+            "Replicas with an open replication stream.",
+            e.replicas.len() as f64,
+        );
+        for (name, help, get) in [
+            (
+                "aerodb_replication_lag_records",
+                "Records the primary holds beyond what the replica applied.",
+                (|r: &crate::replication::ReplicaLag| r.lag_records as f64) as fn(&_) -> f64,
+            ),
+            (
+                "aerodb_replication_lag_bytes",
+                "Bytes of frames sent and not yet acknowledged as applied.",
+                |r| r.lag_bytes as f64,
+            ),
+            (
+                "aerodb_replication_lag_seconds",
+                "How long the oldest unacknowledged batch has waited (0 when caught up).",
+                |r| r.lag_ms as f64 / 1e3,
+            ),
+            (
+                "aerodb_replication_flushed_commit_id",
+                "The highest CommitId the replica acknowledged as durable.",
+                |r| r.flushed as f64,
+            ),
+        ] {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+            for r in &e.replicas {
+                let _ = writeln!(
+                    out,
+                    "{name}{{replica=\"{}\"}} {}",
+                    r.node_id.escape_default(),
+                    get(r)
+                );
+            }
+        }
+        if let Some(c) = e.connected_to_primary {
+            gauge(
+                &mut out,
+                "aerodb_replica_connected",
+                "1 while this replica's stream to its primary is up.",
+                f64::from(u8::from(c)),
+            );
+            gauge(
+                &mut out,
+                "aerodb_replica_behind_records",
+                "Records the primary last reported beyond this replica's applied tip.",
+                e.behind_primary as f64,
             );
         }
         out

@@ -15,11 +15,17 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 use tokio::sync::{oneshot, Semaphore};
 
+use aerodb_replication::{
+    role::{Command, Observation, RoleMachine, State},
+    state_file::RoleFile,
+};
+
 use crate::{
     auth::{Action, Auth, Caller},
     config::{Config, Role},
     error::{ApiError, ApiResult, Code},
     metrics::{EngineFigures, Metrics},
+    replication::{FollowerStatus, ReplicaLag, Replicas},
 };
 
 /// Most pairs a scan returns.
@@ -53,8 +59,13 @@ pub struct Node {
     /// Appends from every client go to the committers, which write whatever has gathered as one batch: one
     /// durable write per batch instead of one blocked thread per request.
     jobs: Mutex<Option<mpsc::Sender<Job>>>,
-    /// The role established at start (seed 004).
-    pub role: aerodb_replication::role::RoleMachine,
+    /// The role (seed 004): established at start, changed by what replication observes (halts, newer epochs).
+    pub role: Mutex<RoleMachine>,
+    role_file: RoleFile,
+    /// Connected replicas (on a primary) and synchronous-commit waits.
+    pub replicas: Arc<Replicas>,
+    /// The replica's view of its stream to the primary.
+    pub follower: Mutex<FollowerStatus>,
     committers: Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -68,7 +79,12 @@ impl std::fmt::Debug for Job {
 /// and appends them as consecutive CommitIds in one durable write. Each record was checked alone beforehand, so
 /// a batch can only fail as a whole (the log failed, or the node is not writable), and then every append in it
 /// gets that error.
-fn committer(db: Arc<Db>, jobs: Arc<Mutex<mpsc::Receiver<Job>>>) {
+fn committer(
+    db: Arc<Db>,
+    jobs: Arc<Mutex<mpsc::Receiver<Job>>>,
+    replicas: Arc<Replicas>,
+    timeout: std::time::Duration,
+) {
     loop {
         let batch = {
             let rx = jobs.lock();
@@ -86,6 +102,14 @@ fn committer(db: Arc<Db>, jobs: Arc<Mutex<mpsc::Receiver<Job>>>) {
             batch.into_iter().map(|j| (j.record, j.done)).unzip();
         match db.append_many(&records) {
             Ok(receipts) => {
+                let last = receipts.last().map_or(0, |r| r.commit_id);
+                replicas.published(last);
+                if let Err(e) = replicas.wait_flushed(last, timeout) {
+                    for done in dones {
+                        let _ = done.send(Err(e.clone()));
+                    }
+                    continue;
+                }
                 for (done, r) in dones.into_iter().zip(receipts) {
                     let _ = done.send(Ok(r));
                 }
@@ -120,7 +144,7 @@ pub struct Inclusion {
     pub checkpoint: Option<SignedCheckpoint>,
 }
 
-/// HA status (H-4), the fields that exist before replication.
+/// HA status (H-4).
 #[derive(Debug)]
 pub struct HaStatus {
     /// Node id.
@@ -147,6 +171,14 @@ pub struct HaStatus {
     pub can_accept_protected_writes: bool,
     /// Why the node is halted or read-only.
     pub halt_reason: String,
+    /// Connected replicas and their lag (on a primary).
+    pub replicas: Vec<ReplicaLag>,
+    /// On a replica: whether its stream to the primary is up.
+    pub connected_to_primary: bool,
+    /// On a replica: the primary's CommitId as last reported.
+    pub primary_commit_id: u64,
+    /// On a replica: why the last stream ended or could not start.
+    pub replication_error: String,
 }
 
 fn check_key(key: &[u8]) -> ApiResult<()> {
@@ -165,30 +197,138 @@ fn check_key(key: &[u8]) -> ApiResult<()> {
 impl Node {
     /// A node over an open database.
     #[must_use]
-    pub fn new(db: Db, config: Config, auth: Auth, role: aerodb_replication::role::RoleMachine) -> Self {
+    pub fn new(db: Db, config: Config, auth: Auth, role: RoleMachine) -> Self {
         let db = Arc::new(db);
+        let replicas = Arc::new(Replicas::new(
+            db.tip().map_or(0, |t| t.commit_id),
+            config.sync_replicas,
+            config.sync_wait,
+        ));
         let (tx, rx) = mpsc::channel();
         let rx = Arc::new(Mutex::new(rx));
         let committers = (0..COMMITTERS)
             .filter_map(|i| {
-                let (db, rx) = (db.clone(), rx.clone());
+                let (db, rx, replicas) = (db.clone(), rx.clone(), replicas.clone());
+                let timeout = config.request_timeout;
                 std::thread::Builder::new()
                     .name(format!("aerodb-commit-{i}"))
-                    .spawn(move || committer(db, rx))
+                    .spawn(move || committer(db, rx, replicas, timeout))
                     .map_err(|e| tracing::error!("spawning a committer thread: {e}"))
                     .ok()
             })
             .collect();
         Self {
+            role_file: RoleFile::new(Arc::new(aerodb_wal::fs::RealFs), &config.data_dir),
             limit: Semaphore::new(config.max_concurrent_requests),
             db,
             config,
             auth,
             metrics: Metrics::default(),
             jobs: Mutex::new(Some(tx)),
-            role,
+            role: Mutex::new(role),
+            replicas,
+            follower: Mutex::new(FollowerStatus::default()),
             committers: Mutex::new(committers),
         }
+    }
+
+    /// Takes in what replication observed (a halt, another primary). A change of state is persisted at once; a
+    /// halt also stops every write, writes an evidence file next to the data and makes reads refused.
+    pub fn observe(&self, o: Observation, evidence: &str) {
+        let mut role = self.role.lock();
+        let before = role.state.clone();
+        if !role.observe(o) {
+            // Still persist a newly seen higher epoch.
+            if let Err(e) = self.role_file.store(&role) {
+                tracing::error!("persisting the role: {e}");
+            }
+            return;
+        }
+        if let Err(e) = self.role_file.store(&role) {
+            tracing::error!("persisting the role: {e}");
+        }
+        if let State::ReplicationHalted { reason, .. } = &role.state {
+            self.db.halt(reason.to_string());
+            let path = self.write_evidence(&before, &role, evidence);
+            *self.metrics.leader_changes.lock().entry("halted").or_default() += 1;
+            tracing::error!(
+                reason = %reason,
+                from = before.name(),
+                evidence = %path,
+                "REPLICATION HALTED: no reads, no writes until `aerodb admin resume` or `aerodb admin rebuild`"
+            );
+        }
+    }
+
+    /// Records that the followed primary's term is `epoch` (a replica following a newer term).
+    pub fn follow_epoch(&self, epoch: u64, primary: &str) {
+        let mut role = self.role.lock();
+        if role
+            .command(Command::Follow {
+                epoch,
+                primary: primary.to_owned(),
+            })
+            .is_ok()
+        {
+            if let Err(e) = self.role_file.store(&role) {
+                tracing::error!("persisting the role: {e}");
+            }
+        }
+    }
+
+    /// Writes `halt-evidence-<unix ms>.txt` in the data directory: the reason, both states, this node's tip and
+    /// checkpoints, and what the caller saw (the other side's tip, the failing frame or checkpoint).
+    fn write_evidence(&self, before: &State, role: &RoleMachine, evidence: &str) -> String {
+        let ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis());
+        let path = self.config.data_dir.join(format!("halt-evidence-{ms}.txt"));
+        let tip = self.db.tip().ok();
+        let hex = |h: &[u8]| h.iter().map(|b| format!("{b:02x}")).collect::<String>();
+        let mut text = format!(
+            "AeroDB halt evidence\nnode: {}\nstate before: {before:?}\nstate now: {:?}\nhighest epoch: {}\n",
+            self.config.node_id, role.state, role.highest_epoch
+        );
+        if let Some(t) = tip {
+            text.push_str(&format!(
+                "this node's tip: CommitId {} record hash {} root {}\n",
+                t.commit_id,
+                hex(&t.record_hash),
+                hex(&t.root)
+            ));
+        }
+        text.push_str(&format!(
+            "observed: {evidence}\n\nthis node's checkpoints (newest last):\n"
+        ));
+        let cps = self.db.checkpoints();
+        for note in cps.iter().skip(cps.len().saturating_sub(3)) {
+            text.push_str(note);
+            text.push('\n');
+        }
+        if let Err(e) = std::fs::write(&path, text) {
+            tracing::error!(path = %path.display(), "writing the halt evidence: {e}");
+        }
+        path.display().to_string()
+    }
+
+    fn refuse_if_halted(&self) -> ApiResult<()> {
+        let role = self.role.lock();
+        if let State::ReplicationHalted { reason, .. } = &role.state {
+            return Err(ApiError::new(
+                Code::Halted,
+                format!(
+                    "this node is halted ({reason}); it serves no reads or writes until an operator acts"
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// After a write returned: wakes the replication streams and, in synchronous mode, waits until enough
+    /// replicas flushed it (blocking; call off the async runtime).
+    fn replicate(replicas: &Replicas, last: u64, timeout: std::time::Duration) -> ApiResult<()> {
+        replicas.published(last);
+        replicas.wait_flushed(last, timeout)
     }
 
     /// Stops the committers once the appends they hold are written (after the servers stopped accepting).
@@ -209,6 +349,7 @@ impl Node {
         &self,
         f: impl FnOnce(&Db) -> ApiResult<T> + Send + 'static,
     ) -> ApiResult<T> {
+        self.refuse_if_halted()?;
         let timeout = self.config.request_timeout;
         let permit = tokio::time::timeout(timeout, self.limit.acquire())
             .await
@@ -241,7 +382,7 @@ impl Node {
     fn not_leader(&self, e: ApiError) -> ApiError {
         if e.code == Code::NotLeader {
             ApiError {
-                leader_url: self.config.primary.clone(),
+                leader_url: self.leader_url(),
                 ..e
             }
         } else {
@@ -254,6 +395,7 @@ impl Node {
     pub async fn append(&self, tenant: String, payload: Payload, prove: bool) -> ApiResult<Appended> {
         let started = Instant::now();
         if !prove {
+            self.refuse_if_halted()?;
             self.db.check(&tenant, &payload)?;
             let (done, wait) = oneshot::channel();
             let job = Job {
@@ -284,20 +426,15 @@ impl Node {
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             return Ok(Appended { receipt, proof: None });
         }
+        let (replicas, timeout) = (self.replicas.clone(), self.config.request_timeout);
         let out = self
             .run(move |db| {
-                if prove {
-                    let (receipt, cp, proof) = db.append_and_prove(&tenant, payload)?;
-                    Ok(Appended {
-                        receipt,
-                        proof: Some((cp, proof)),
-                    })
-                } else {
-                    Ok(Appended {
-                        receipt: db.append(&tenant, payload)?,
-                        proof: None,
-                    })
-                }
+                let (receipt, cp, proof) = db.append_and_prove(&tenant, payload)?;
+                Self::replicate(&replicas, receipt.commit_id, timeout)?;
+                Ok(Appended {
+                    receipt,
+                    proof: Some((cp, proof)),
+                })
             })
             .await
             .map_err(|e| self.not_leader(e))?;
@@ -321,8 +458,13 @@ impl Node {
         }
         let started = Instant::now();
         let n = records.len() as u64;
+        let (replicas, timeout) = (self.replicas.clone(), self.config.request_timeout);
         let out = self
-            .run(move |db| Ok(db.append_many(&records)?))
+            .run(move |db| {
+                let receipts = db.append_many(&records)?;
+                Self::replicate(&replicas, receipts.last().map_or(0, |r| r.commit_id), timeout)?;
+                Ok(receipts)
+            })
             .await
             .map_err(|e| self.not_leader(e))?;
         self.metrics.append_latency.observe(started.elapsed());
@@ -467,6 +609,9 @@ impl Node {
     /// Health: `ok`, or why writes are refused.
     #[must_use]
     pub fn health(&self) -> (String, bool) {
+        if let State::ReplicationHalted { reason, .. } = &self.role.lock().state {
+            return (format!("halted: {reason}"), false);
+        }
         match self.db.not_writable() {
             None => ("ok".into(), true),
             Some(r) if self.config.role == Role::Replica => (format!("ok (read-only replica: {r})"), false),
@@ -474,54 +619,97 @@ impl Node {
         }
     }
 
-    /// HA status.
+    /// HA status (H-4). Answered even when halted: it is how an operator sees why.
     pub async fn ha_status(&self) -> ApiResult<HaStatus> {
-        let applied = self.run(|db| Ok(db.tip()?.commit_id)).await?;
+        let db = self.db.clone();
+        let applied = tokio::task::spawn_blocking(move || db.tip().map(|t| t.commit_id))
+            .await
+            .map_err(|e| ApiError::new(Code::Internal, e.to_string()))??;
         let writable = self.db.not_writable().is_none();
-        let primary = self.config.role == Role::Primary;
-        let halt = self
-            .db
-            .not_writable()
-            .filter(|_| primary)
-            .map(|r| r.to_string())
-            .unwrap_or_default();
+        let role = self.role.lock().clone();
+        let primary = matches!(role.state, State::PrimaryActive { .. })
+            || matches!(&role.state, State::ReplicationHalted { from, .. } if matches!(**from, State::PrimaryActive { .. }));
+        let halt = match &role.state {
+            State::ReplicationHalted { reason, .. } => reason.to_string(),
+            _ if primary => self.db.not_writable().map(|r| r.to_string()).unwrap_or_default(),
+            _ => String::new(),
+        };
+        let follower = self.follower.lock().clone();
+        let block = primary && self.replicas.write_block_active();
+        let is_leader = primary && writable && role.may_write();
         Ok(HaStatus {
             node_id: self.config.node_id.clone(),
             role: if primary { "primary" } else { "replica" },
-            state: match (self.role.state.name(), writable) {
+            state: match (role.state.name(), writable) {
                 ("PrimaryActive", false) => "ReadOnly",
                 (name, _) => name,
             },
-            epoch: self.role.highest_epoch,
+            epoch: role.highest_epoch,
             leader_id: if primary {
                 self.config.node_id.clone()
             } else {
-                String::new()
+                follower.leader_id.clone()
             },
-            leader_url: if primary {
-                self.config.advertise_url.clone().unwrap_or_default()
+            leader_url: self.leader_url().unwrap_or_default(),
+            is_leader,
+            commit_id: if primary {
+                applied
             } else {
-                self.config.primary.clone().unwrap_or_default()
+                follower.primary_commit_id.max(applied)
             },
-            is_leader: primary && writable,
-            commit_id: applied,
             applied_commit_id: applied,
-            write_block_active: !writable,
-            can_accept_protected_writes: primary && writable,
+            write_block_active: !is_leader || block,
+            can_accept_protected_writes: is_leader && !block,
             halt_reason: halt,
+            replicas: if primary {
+                self.replicas.lags(applied)
+            } else {
+                Vec::new()
+            },
+            connected_to_primary: follower.connected,
+            primary_commit_id: follower.primary_commit_id,
+            replication_error: follower.last_error,
         })
+    }
+
+    /// Where writes go: this node's advertised URL on a primary; on a replica the primary's advertised URL once
+    /// its stream told it, else the configured primary URL.
+    #[must_use]
+    pub fn leader_url(&self) -> Option<String> {
+        if self.role.lock().may_write() {
+            return self.config.advertise_url.clone();
+        }
+        let f = self.follower.lock();
+        if f.leader_url.is_empty() {
+            self.config.primary.clone()
+        } else {
+            Some(f.leader_url.clone())
+        }
     }
 
     /// Engine figures for metrics.
     #[must_use]
     pub fn engine_figures(&self) -> EngineFigures {
         let writable = self.db.not_writable().is_none();
+        let role = self.role.lock().clone();
+        let commit_id = self.db.tip().map_or(0, |t| t.commit_id);
+        let primary = role.may_write();
+        let follower = self.follower.lock().clone();
         EngineFigures {
-            commit_id: self.db.tip().map_or(0, |t| t.commit_id),
+            commit_id,
             checkpoint_size: self.db.latest_checkpoint().map_or(0, |c| c.checkpoint.size),
             wal: self.db.wal_stats(),
-            is_leader: self.config.role == Role::Primary && writable,
+            is_leader: primary && writable,
             writable,
+            halted: matches!(role.state, State::ReplicationHalted { .. }),
+            write_block_active: primary && self.replicas.write_block_active(),
+            replicas: if primary {
+                self.replicas.lags(commit_id)
+            } else {
+                Vec::new()
+            },
+            connected_to_primary: (self.config.role == Role::Replica).then_some(follower.connected),
+            behind_primary: follower.primary_commit_id.saturating_sub(commit_id),
         }
     }
 }

@@ -577,10 +577,13 @@ async fn ha_status(State(node): Shared, headers: HeaderMap) -> Response {
             "expires_in_ms": 0,
             "commit_id": s.commit_id,
             "applied_commit_id": s.applied_commit_id,
-            "replicas": [],
+            "replicas": s.replicas,
             "write_block_active": s.write_block_active,
             "can_accept_protected_writes": s.can_accept_protected_writes,
             "halt_reason": s.halt_reason,
+            "connected_to_primary": s.connected_to_primary,
+            "primary_commit_id": s.primary_commit_id,
+            "replication_error": s.replication_error,
         }))
     }
     .await;

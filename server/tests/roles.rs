@@ -1,6 +1,6 @@
 //! Static authority on the real binaries (R-1, R-2, H-3): the role is persisted and re-established at start; a
 //! node never promotes itself; epochs never go back; a replica refuses writes with NOT_LEADER and the leader's
-//! URL; a halted node does not start until an operator resumes it; admin commands refuse a running node.
+//! URL; a halted node starts halted (status only, no reads or writes) until an operator resumes it; admin commands refuse a running node.
 
 #![allow(
     clippy::unwrap_used,
@@ -92,7 +92,7 @@ fn roles_are_persisted_explicit_and_never_inferred() {
         "--epoch",
         "2",
         "--primary",
-        "http://10.0.0.9:7000",
+        "http://127.0.0.1:9",
     ]);
     assert!(ok && out.contains("ReplicaActive"), "{out}");
     // It will not start as primary: no self-promotion.
@@ -105,7 +105,7 @@ fn roles_are_persisted_explicit_and_never_inferred() {
             "--role",
             "replica",
             "--primary",
-            "http://10.0.0.9:7000",
+            "http://127.0.0.1:9",
             "--epoch",
             "2",
         ],
@@ -119,7 +119,7 @@ fn roles_are_persisted_explicit_and_never_inferred() {
     );
     assert_eq!(r.status, 503);
     assert_eq!(r.json()["error"]["code"], "NOT_LEADER");
-    assert_eq!(r.json()["error"]["leader_url"], "http://10.0.0.9:7000");
+    assert_eq!(r.json()["error"]["leader_url"], "http://127.0.0.1:9");
     assert_eq!(
         http(srv.http, "GET", "/v1/records/1", Some(READER), None).status,
         200
@@ -168,8 +168,28 @@ fn roles_are_persisted_explicit_and_never_inferred() {
     let mut m = file.load().unwrap();
     m.observe(Observation::Halt(HaltReason::Gap { expected: 3, got: 5 }));
     file.store(&m).unwrap();
-    let err = refuse(&tmp.0, &["--epoch", "3"]);
-    assert!(err.contains("halted") && err.contains("Gap"), "{err}");
+    // A halted node starts halted: HA status and health say why; reads and writes are refused.
+    let mut srv = start(&tmp.0, &["--epoch", "3"]);
+    let ha = http(srv.http, "GET", "/v1/ha/status", Some(READER), None).json();
+    assert_eq!(ha["state"], "ReplicationHalted", "{ha}");
+    assert!(ha["halt_reason"].as_str().unwrap().contains("Gap"), "{ha}");
+    let r = http(srv.http, "GET", "/v1/records/1", Some(READER), None);
+    assert_eq!(
+        (r.status, r.json()["error"]["code"].as_str()),
+        (503, Some("HALTED"))
+    );
+    let r = http(
+        srv.http,
+        "POST",
+        "/v1/records",
+        Some(WRITER),
+        Some(r#"{"tenant":"t","event":"no"}"#),
+    );
+    assert_eq!(
+        (r.status, r.json()["error"]["code"].as_str()),
+        (503, Some("HALTED"))
+    );
+    assert!(srv.terminate().success());
     let (ok, out) = admin(&["resume", "--data-dir", d]);
     assert!(ok && out.contains("PrimaryActive"), "{out}");
     let mut srv = start(&tmp.0, &["--epoch", "3"]);

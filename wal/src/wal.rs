@@ -92,6 +92,14 @@ impl Default for Options {
 }
 
 impl Options {
+    /// The largest record body a segment of `segment_bytes` can hold (its header, one frame header and the sealed
+    /// footer take the rest).
+    #[must_use]
+    pub fn largest_record_for(segment_bytes: u64) -> usize {
+        let overhead = (SEGMENT_HEADER_LEN + FRAME_HEADER_LEN + FOOTER_LEN) as u64;
+        usize::try_from(segment_bytes.saturating_sub(overhead)).unwrap_or(usize::MAX)
+    }
+
     fn validate(&self) -> Result<()> {
         let overhead = (SEGMENT_HEADER_LEN + FRAME_HEADER_LEN + FOOTER_LEN) as u64;
         if self.segment_bytes > MAX_SEGMENT_BYTES {

@@ -89,11 +89,14 @@ pub fn start(dir: &Path, extra: &[&str]) -> Server {
         .env("AERODB_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::inherit());
-    let child = cmd.spawn().expect("spawn aerodb-server");
+    let mut child = cmd.spawn().expect("spawn aerodb-server");
     let deadline = Instant::now() + Duration::from_secs(30);
     let text = loop {
         if let Ok(t) = std::fs::read_to_string(&ports) {
             break t;
+        }
+        if let Some(status) = child.try_wait().expect("wait") {
+            panic!("the server exited at start: {status}");
         }
         assert!(Instant::now() < deadline, "the server did not start within 30 s");
         std::thread::sleep(Duration::from_millis(20));

@@ -1,0 +1,839 @@
+//! Replication in the server (R-3..R-6).
+//!
+//! Primary side: the `aerodb.v1.Replication` gRPC service streams the log to each connected replica — frames
+//! from the replica's tip exactly as stored (catch-up), then the live tail as records are applied — plus the
+//! checkpoints the primary signs, and reads the replica's acknowledgements into [`Replicas`], the registry of
+//! connected replicas, their positions and lag, which synchronous commits wait on.
+//!
+//! Replica side: [`follow`] keeps one stream open to the primary (reconnecting with backoff), checks the
+//! handshake (same log key and segment size, the replica's tip is in the primary's history, no older epoch),
+//! applies every batch through [`Applier`] and acknowledges it. Any violation halts the node: the role becomes
+//! `ReplicationHalted` (persisted), an evidence file is written, and reads and writes stop.
+
+use std::{
+    collections::{BTreeMap, VecDeque},
+    pin::Pin,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use aerodb_proto::v1::{self as pb, primary_message::Msg as PMsg, replica_message::Msg as RMsg};
+use aerodb_replication::{
+    apply::{tip_of, Applier, ApplyError},
+    role::{HaltReason, Observation},
+};
+use bytes::Bytes;
+use parking_lot::{Condvar, Mutex};
+use tokio::sync::{mpsc, watch};
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::{
+    auth::Action,
+    config::SyncWait,
+    error::{ApiError, ApiResult, Code},
+    node::Node,
+};
+
+/// Bytes of frames per batch sent to a replica.
+const BATCH_BYTES: usize = 1 << 20;
+/// A heartbeat when the log is idle this long.
+const HEARTBEAT: Duration = Duration::from_millis(500);
+/// Apply-lag samples kept for benchmarks and status (the newest ones).
+const LAG_SAMPLES: usize = 1 << 16;
+
+/// One batch sent and not yet acknowledged as applied.
+#[derive(Debug)]
+struct Sent {
+    last: u64,
+    bytes: u64,
+    at: Instant,
+}
+
+/// A connected replica, as the primary sees it.
+#[derive(Debug)]
+struct Conn {
+    node_id: String,
+    peer: String,
+    connected: Instant,
+    written: u64,
+    flushed: u64,
+    applied: u64,
+    sent: VecDeque<Sent>,
+}
+
+#[derive(Debug, Default)]
+struct Registry {
+    next_id: u64,
+    conns: BTreeMap<u64, Conn>,
+    /// Measured apply lags (send of a batch to the acknowledgement that it was applied), newest last.
+    lag_samples: VecDeque<Duration>,
+    /// Whether synchronous writes were blocked at the last check (to report transitions once).
+    blocked: bool,
+}
+
+/// Per-replica lag, as the primary reports it (R-5).
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ReplicaLag {
+    /// The replica's node id.
+    pub node_id: String,
+    /// Its address.
+    pub peer: String,
+    /// CommitIds it acknowledged as received, durable and applied.
+    pub written: u64,
+    /// Durable.
+    pub flushed: u64,
+    /// Applied (visible to reads).
+    pub applied: u64,
+    /// Records the primary holds beyond what the replica applied.
+    pub lag_records: u64,
+    /// Bytes of frames sent and not yet acknowledged as applied.
+    pub lag_bytes: u64,
+    /// How long the oldest unacknowledged batch has waited (0 when caught up).
+    pub lag_ms: u64,
+    /// How long the stream has been up.
+    pub connected_ms: u64,
+}
+
+/// The primary's registry of connected replicas; also where synchronous commits wait.
+#[derive(Debug)]
+pub struct Replicas {
+    reg: Mutex<Registry>,
+    changed: Condvar,
+    tip: watch::Sender<u64>,
+    /// Replicas that must flush a write before it is acknowledged.
+    pub sync_replicas: usize,
+    sync_wait: SyncWait,
+}
+
+impl Replicas {
+    /// A registry; `tip` is the applied CommitId now.
+    #[must_use]
+    pub fn new(tip: u64, sync_replicas: usize, sync_wait: SyncWait) -> Self {
+        Self {
+            reg: Mutex::new(Registry::default()),
+            changed: Condvar::new(),
+            tip: watch::channel(tip).0,
+            sync_replicas,
+            sync_wait,
+        }
+    }
+
+    /// Records are applied up to `commit`: wakes the streams.
+    pub fn published(&self, commit: u64) {
+        self.tip.send_if_modified(|t| {
+            let newer = commit > *t;
+            *t = (*t).max(commit);
+            newer
+        });
+    }
+
+    /// Connected replicas.
+    #[must_use]
+    pub fn connected(&self) -> usize {
+        self.reg.lock().conns.len()
+    }
+
+    /// Whether synchronous writes are blocked (fewer than `sync_replicas` connected).
+    #[must_use]
+    pub fn write_block_active(&self) -> bool {
+        self.sync_replicas > 0 && self.connected() < self.sync_replicas
+    }
+
+    fn register(&self, node_id: String, peer: String) -> u64 {
+        let mut r = self.reg.lock();
+        r.next_id += 1;
+        let id = r.next_id;
+        r.conns.insert(
+            id,
+            Conn {
+                node_id,
+                peer,
+                connected: Instant::now(),
+                written: 0,
+                flushed: 0,
+                applied: 0,
+                sent: VecDeque::new(),
+            },
+        );
+        self.note_block_state(&mut r);
+        drop(r);
+        self.changed.notify_all();
+        id
+    }
+
+    fn unregister(&self, id: u64) {
+        let mut r = self.reg.lock();
+        r.conns.remove(&id);
+        self.note_block_state(&mut r);
+        drop(r);
+        self.changed.notify_all();
+    }
+
+    /// Logs when synchronous writes become blocked and when they recover (R-6).
+    fn note_block_state(&self, r: &mut Registry) {
+        if self.sync_replicas == 0 {
+            return;
+        }
+        let blocked = r.conns.len() < self.sync_replicas;
+        if blocked != r.blocked {
+            r.blocked = blocked;
+            if blocked {
+                tracing::warn!(
+                    connected = r.conns.len(),
+                    needed = self.sync_replicas,
+                    "synchronous writes blocked: too few replicas connected"
+                );
+            } else {
+                tracing::info!(
+                    connected = r.conns.len(),
+                    "synchronous writes recovered: enough replicas connected again"
+                );
+            }
+        }
+    }
+
+    fn sent(&self, id: u64, last: u64, bytes: u64) {
+        if let Some(c) = self.reg.lock().conns.get_mut(&id) {
+            c.sent.push_back(Sent {
+                last,
+                bytes,
+                at: Instant::now(),
+            });
+        }
+    }
+
+    fn acked(&self, id: u64, ack: &pb::ReplicaAck) {
+        let now = Instant::now();
+        let mut r = self.reg.lock();
+        let mut lags = Vec::new();
+        if let Some(c) = r.conns.get_mut(&id) {
+            c.written = c.written.max(ack.written);
+            c.flushed = c.flushed.max(ack.flushed);
+            c.applied = c.applied.max(ack.applied);
+            while c.sent.front().is_some_and(|s| s.last <= c.applied) {
+                if let Some(s) = c.sent.pop_front() {
+                    lags.push(now - s.at);
+                }
+            }
+        }
+        for l in lags {
+            if r.lag_samples.len() == LAG_SAMPLES {
+                r.lag_samples.pop_front();
+            }
+            r.lag_samples.push_back(l);
+        }
+        drop(r);
+        self.changed.notify_all();
+    }
+
+    /// The apply-lag samples measured so far (oldest first), and clears them.
+    pub fn take_lag_samples(&self) -> Vec<Duration> {
+        self.reg.lock().lag_samples.drain(..).collect()
+    }
+
+    /// Per-replica positions and lag against the primary's applied CommitId `tip`.
+    #[must_use]
+    pub fn lags(&self, tip: u64) -> Vec<ReplicaLag> {
+        let now = Instant::now();
+        self.reg
+            .lock()
+            .conns
+            .values()
+            .map(|c| ReplicaLag {
+                node_id: c.node_id.clone(),
+                peer: c.peer.clone(),
+                written: c.written,
+                flushed: c.flushed,
+                applied: c.applied,
+                lag_records: tip.saturating_sub(c.applied),
+                lag_bytes: c.sent.iter().map(|s| s.bytes).sum(),
+                lag_ms: c
+                    .sent
+                    .front()
+                    .map_or(0, |s| u64::try_from((now - s.at).as_millis()).unwrap_or(u64::MAX)),
+                connected_ms: u64::try_from((now - c.connected).as_millis()).unwrap_or(u64::MAX),
+            })
+            .collect()
+    }
+
+    /// Synchronous mode (R-6): returns once `sync_replicas` replicas flushed `commit`. With fewer connected,
+    /// fails at once (`--sync-wait fail`) or waits up to `timeout` (`block`). The write itself is durable on the
+    /// primary either way; only its acknowledgement waits.
+    pub fn wait_flushed(&self, commit: u64, timeout: Duration) -> ApiResult<()> {
+        let k = self.sync_replicas;
+        if k == 0 {
+            return Ok(());
+        }
+        let deadline = Instant::now() + timeout;
+        let mut r = self.reg.lock();
+        loop {
+            let flushed = r.conns.values().filter(|c| c.flushed >= commit).count();
+            if flushed >= k {
+                return Ok(());
+            }
+            let connected = r.conns.len();
+            if connected < k && self.sync_wait == SyncWait::Fail {
+                return Err(ApiError::new(
+                    Code::SyncReplicasUnavailable,
+                    format!(
+                        "record {commit} is durable on the primary but not acknowledged: {connected} of the \
+                         {k} required replicas are connected"
+                    ),
+                ));
+            }
+            if self.changed.wait_until(&mut r, deadline).timed_out() {
+                return Err(ApiError::new(
+                    Code::SyncReplicasUnavailable,
+                    format!(
+                        "record {commit} is durable on the primary but {flushed} of the {k} required replicas \
+                         flushed it within {} ms ({connected} connected)",
+                        timeout.as_millis()
+                    ),
+                ));
+            }
+        }
+    }
+}
+
+/// The primary's `aerodb.v1.Replication` service.
+#[derive(Debug, Clone)]
+pub struct ReplicationService {
+    node: Arc<Node>,
+    stop: watch::Receiver<bool>,
+}
+
+impl ReplicationService {
+    /// A service over a node; its streams end when `stop` turns true (so a graceful shutdown is not held up by
+    /// replicas, which reconnect).
+    #[must_use]
+    pub fn new(node: Arc<Node>, stop: watch::Receiver<bool>) -> Self {
+        Self { node, stop }
+    }
+}
+
+/// A stream of primary messages.
+pub type PrimaryStream =
+    Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::PrimaryMessage, Status>> + Send + 'static>>;
+
+fn msg(m: PMsg) -> Result<pb::PrimaryMessage, Status> {
+    Ok(pb::PrimaryMessage { msg: Some(m) })
+}
+
+#[tonic::async_trait]
+impl pb::replication_server::Replication for ReplicationService {
+    type StreamStream = PrimaryStream;
+
+    async fn stream(
+        &self,
+        req: Request<Streaming<pb::ReplicaMessage>>,
+    ) -> Result<Response<Self::StreamStream>, Status> {
+        let node = self.node.clone();
+        node.authorize(
+            req.metadata().get("authorization").map(|v| v.as_bytes()),
+            Action::Replicate,
+        )
+        .map_err(|e| e.to_status())?;
+        let peer = req.remote_addr().map_or_else(|| "?".into(), |a| a.to_string());
+        let mut inbound = req.into_inner();
+        let hello = match inbound.message().await? {
+            Some(pb::ReplicaMessage {
+                msg: Some(RMsg::Hello(h)),
+            }) => h,
+            _ => {
+                return Err(Status::invalid_argument(
+                    "the first message must be a ReplicaHello",
+                ))
+            }
+        };
+        let (epoch, may_write) = {
+            let role = node.role.lock();
+            (role.highest_epoch, role.may_write())
+        };
+        if !may_write && hello.highest_epoch <= epoch {
+            return Err(ApiError::new(Code::NotLeader, "this node is not a primary").to_status());
+        }
+        let db = node.db.clone();
+        let replica_tip = hello.commit_id;
+        let primary_tip = db.tip().map_err(|e| ApiError::from(e).to_status())?.commit_id;
+        let hash_at_replica_tip = match replica_tip {
+            0 => None,
+            c => db
+                .record(c)
+                .map_err(|e| ApiError::from(e).to_status())?
+                .map(|r| r.hash.to_vec()),
+        };
+        let welcome = pb::Welcome {
+            node_id: node.config.node_id.clone(),
+            epoch,
+            verifier_key: db.verifier_key().to_string(),
+            segment_bytes: db.segment_bytes(),
+            commit_id: primary_tip,
+            hash_at_replica_tip,
+            leader_url: node.config.advertise_url.clone().unwrap_or_default(),
+        };
+        let (tx, rx) = mpsc::channel::<Result<pb::PrimaryMessage, Status>>(8);
+        tx.send(msg(PMsg::Welcome(welcome)))
+            .await
+            .map_err(|_| Status::cancelled("the replica went away"))?;
+        if hello.highest_epoch > epoch {
+            // A replica has seen a newer term: this primary has been superseded and stops writing at once. The
+            // Welcome (with this node's older epoch) lets the replica halt on its side too.
+            node.observe(
+                Observation::PeerPrimary {
+                    epoch: hello.highest_epoch,
+                    node: format!("the primary followed by replica {}", hello.node_id),
+                },
+                &format!(
+                    "replica {} ({peer}) reported epoch {}",
+                    hello.node_id, hello.highest_epoch
+                ),
+            );
+            let stream: PrimaryStream = Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx));
+            return Ok(Response::new(stream));
+        }
+        let id = node.replicas.register(hello.node_id.clone(), peer.clone());
+        tracing::info!(replica = %hello.node_id, %peer, from = replica_tip + 1, "replica connected");
+        // Acknowledgements, until the replica closes its side.
+        let acks = {
+            let node = node.clone();
+            tokio::spawn(async move {
+                while let Ok(Some(m)) = inbound.message().await {
+                    if let Some(RMsg::Ack(a)) = m.msg {
+                        node.replicas.acked(id, &a);
+                    }
+                }
+            })
+        };
+        let replica = hello.node_id;
+        let stop = self.stop.clone();
+        tokio::spawn(async move {
+            let out = send_log(&node, id, replica_tip + 1, &tx, acks, stop).await;
+            node.replicas.unregister(id);
+            tracing::info!(%replica, %peer, reason = %out, "replica disconnected");
+        });
+        let stream: PrimaryStream = Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx));
+        Ok(Response::new(stream))
+    }
+}
+
+/// Streams the log to one replica from `next` on until it disconnects or this node stops being primary.
+async fn send_log(
+    node: &Arc<Node>,
+    id: u64,
+    mut next: u64,
+    tx: &mpsc::Sender<Result<pb::PrimaryMessage, Status>>,
+    acks: tokio::task::JoinHandle<()>,
+    mut stop: watch::Receiver<bool>,
+) -> String {
+    let mut published = node.replicas.tip.subscribe();
+    let mut last_checkpoint = 0;
+    loop {
+        if acks.is_finished() {
+            return "the replica closed its stream".into();
+        }
+        if *stop.borrow() {
+            return "the node is shutting down".into();
+        }
+        if !node.role.lock().may_write() {
+            return "this node is no longer the primary".into();
+        }
+        let db = node.db.clone();
+        let frames = match tokio::task::spawn_blocking(move || db.raw_frames(next, BATCH_BYTES)).await {
+            Ok(Ok(f)) => f,
+            Ok(Err(e)) => return format!("reading the log: {e}"),
+            Err(e) => return format!("reading the log: {e}"),
+        };
+        let primary_tip = node.db.tip().map_or(0, |t| t.commit_id);
+        if !frames.is_empty() {
+            let n = frames.len() as u64;
+            let bytes = frames.iter().map(|f| f.len() as u64).sum();
+            node.replicas.sent(id, next + n - 1, bytes);
+            let batch = pb::FrameBatch {
+                frames: frames.into_iter().map(|f: Bytes| f.to_vec()).collect(),
+                primary_commit_id: primary_tip,
+            };
+            if tx.send(msg(PMsg::Frames(batch))).await.is_err() {
+                return "the replica went away".into();
+            }
+            next += n;
+        }
+        // A checkpoint once the replica has been sent everything it covers.
+        if let Some(cp) = node.db.latest_checkpoint() {
+            let size = cp.checkpoint.size;
+            if size > last_checkpoint && size < next {
+                if tx.send(msg(PMsg::Checkpoint(cp.note))).await.is_err() {
+                    return "the replica went away".into();
+                }
+                last_checkpoint = size;
+            }
+        }
+        if next <= primary_tip {
+            continue; // more to catch up on
+        }
+        tokio::select! {
+            _ = stop.changed() => continue,
+            changed = published.changed() => {
+                if changed.is_err() {
+                    return "the node is shutting down".into();
+                }
+            }
+            () = tokio::time::sleep(HEARTBEAT) => {
+                let epoch = node.role.lock().highest_epoch;
+                let hb = pb::Heartbeat { primary_commit_id: primary_tip, epoch };
+                if tx.send(msg(PMsg::Heartbeat(hb))).await.is_err() {
+                    return "the replica went away".into();
+                }
+            }
+        }
+    }
+}
+
+/// What the replica knows of its stream, for HA status.
+#[derive(Debug, Default, Clone)]
+pub struct FollowerStatus {
+    /// Whether a stream to the primary is up.
+    pub connected: bool,
+    /// The primary's applied CommitId, as last reported.
+    pub primary_commit_id: u64,
+    /// When the last message from the primary arrived.
+    pub last_message: Option<Instant>,
+    /// The primary's advertised REST URL (where writes go), when it has one.
+    pub leader_url: String,
+    /// The primary's node id.
+    pub leader_id: String,
+    /// Why the last stream ended or could not start.
+    pub last_error: String,
+}
+
+/// Why a follower stream ended.
+enum StreamEnd {
+    /// The node halted; stop following.
+    Halted,
+    /// The stream broke or was refused; try again.
+    Retry(String),
+    /// Shutdown.
+    Stop,
+}
+
+/// The replica's side: keeps a stream to the primary open until shutdown or a halt, reconnecting with backoff.
+pub async fn follow(node: Arc<Node>, mut stop: watch::Receiver<bool>) {
+    let Some(url) = node.config.primary.clone() else {
+        return;
+    };
+    let token = match &node.config.primary_token_file {
+        Some(p) => match std::fs::read_to_string(p) {
+            Ok(t) => Some(t.trim().to_owned()),
+            Err(e) => {
+                tracing::error!(path = %p.display(), "reading the replicator token: {e}; not following");
+                return;
+            }
+        },
+        None => None,
+    };
+    let ca = match &node.config.primary_ca_cert {
+        Some(p) => match std::fs::read(p) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                tracing::error!(path = %p.display(), "reading the primary's CA certificate: {e}; not following");
+                return;
+            }
+        },
+        None => None,
+    };
+    let db = node.db.clone();
+    let applier = match tokio::task::spawn_blocking(move || Applier::new(db, 64 << 20)).await {
+        Ok(Ok(a)) => Arc::new(Mutex::new(a)),
+        Ok(Err(e)) => {
+            tracing::error!("reading the replica's tip: {e}; not following");
+            return;
+        }
+        Err(e) => {
+            tracing::error!("reading the replica's tip: {e}; not following");
+            return;
+        }
+    };
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        let started = Instant::now();
+        let end = tokio::select! {
+            end = stream_once(&node, &url, token.as_deref(), ca.as_deref(), &applier) => end,
+            _ = stop.wait_for(|s| *s) => StreamEnd::Stop,
+        };
+        {
+            let mut s = node.follower.lock();
+            s.connected = false;
+            if let StreamEnd::Retry(why) = &end {
+                s.last_error.clone_from(why);
+            }
+        }
+        match end {
+            StreamEnd::Halted | StreamEnd::Stop => return,
+            StreamEnd::Retry(why) => {
+                if started.elapsed() > Duration::from_secs(5) {
+                    backoff = Duration::from_millis(50);
+                }
+                tracing::warn!(primary = %url, retry_in_ms = backoff.as_millis() as u64, "replication stream: {why}");
+                tokio::select! {
+                    () = tokio::time::sleep(backoff) => {}
+                    _ = stop.wait_for(|s| *s) => return,
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+        }
+    }
+}
+
+/// Halts the node with `reason` and the evidence, and ends the stream.
+fn halt(node: &Node, reason: HaltReason, evidence: &str) -> StreamEnd {
+    node.observe(Observation::Halt(reason), evidence);
+    StreamEnd::Halted
+}
+
+/// One stream: connect, handshake, apply until it ends.
+async fn stream_once(
+    node: &Arc<Node>,
+    url: &str,
+    token: Option<&str>,
+    ca: Option<&[u8]>,
+    applier: &Arc<Mutex<Applier>>,
+) -> StreamEnd {
+    let endpoint = match tonic::transport::Endpoint::from_shared(url.to_owned()) {
+        Ok(e) => e.connect_timeout(Duration::from_secs(2)).tcp_nodelay(true),
+        Err(e) => return StreamEnd::Retry(format!("bad primary URL {url}: {e}")),
+    };
+    let endpoint = match ca {
+        Some(ca) => match endpoint.tls_config(
+            tonic::transport::ClientTlsConfig::new()
+                .ca_certificate(tonic::transport::Certificate::from_pem(ca)),
+        ) {
+            Ok(e) => e,
+            Err(e) => return StreamEnd::Retry(format!("TLS to {url}: {e}")),
+        },
+        None => endpoint,
+    };
+    let channel = match endpoint.connect().await {
+        Ok(c) => c,
+        Err(e) => return StreamEnd::Retry(format!("connecting to {url}: {e}")),
+    };
+    let mut client = pb::replication_client::ReplicationClient::new(channel)
+        .max_decoding_message_size(BATCH_BYTES + (64 << 20))
+        .max_encoding_message_size(1 << 20);
+    let tip = applier.lock().tip();
+    let highest_epoch = node.role.lock().highest_epoch;
+    let (out_tx, out_rx) = mpsc::channel::<pb::ReplicaMessage>(16);
+    let hello = pb::ReplicaHello {
+        node_id: node.config.node_id.clone(),
+        commit_id: tip.commit_id,
+        record_hash: tip.record_hash.to_vec(),
+        epoch: tip.epoch,
+        highest_epoch,
+    };
+    if out_tx
+        .send(pb::ReplicaMessage {
+            msg: Some(RMsg::Hello(hello)),
+        })
+        .await
+        .is_err()
+    {
+        return StreamEnd::Retry("the outbound stream closed".into());
+    }
+    let mut req = Request::new(tokio_stream::wrappers::ReceiverStream::new(out_rx));
+    if let Some(t) = token {
+        match format!("Bearer {t}").parse() {
+            Ok(v) => {
+                req.metadata_mut().insert("authorization", v);
+            }
+            Err(_) => return StreamEnd::Retry("the replicator token is not a valid header value".into()),
+        }
+    }
+    let mut inbound = match client.stream(req).await {
+        Ok(r) => r.into_inner(),
+        Err(s) => return StreamEnd::Retry(format!("the primary refused the stream: {}", s.message())),
+    };
+    // The handshake.
+    let welcome = match inbound.message().await {
+        Ok(Some(pb::PrimaryMessage {
+            msg: Some(PMsg::Welcome(w)),
+        })) => w,
+        Ok(_) => return StreamEnd::Retry("the primary did not start with a Welcome".into()),
+        Err(s) => return StreamEnd::Retry(format!("the primary refused the stream: {}", s.message())),
+    };
+    let own_key = node.db.verifier_key().to_string();
+    if welcome.verifier_key != own_key {
+        return StreamEnd::Retry(format!(
+            "the primary's log key is {} but this replica's is {own_key}: a replica must hold the log's \
+             signing key (copy checkpoint.key from the primary into the empty data directory)",
+            welcome.verifier_key
+        ));
+    }
+    if welcome.segment_bytes != node.db.segment_bytes() {
+        return StreamEnd::Retry(format!(
+            "the primary's WAL segments are {} bytes but this replica's are {}; they must match",
+            welcome.segment_bytes,
+            node.db.segment_bytes()
+        ));
+    }
+    if welcome.epoch < highest_epoch {
+        return halt(
+            node,
+            HaltReason::EpochRegression {
+                last: highest_epoch,
+                got: welcome.epoch,
+            },
+            &format!(
+                "primary {} at {url} claims epoch {} after this replica saw epoch {highest_epoch}",
+                welcome.node_id, welcome.epoch
+            ),
+        );
+    }
+    let theirs = welcome
+        .hash_at_replica_tip
+        .as_deref()
+        .and_then(|h| <[u8; 32]>::try_from(h).ok());
+    if let Err(reason) = applier.lock().check_handshake(theirs) {
+        return halt(
+            node,
+            reason,
+            &format!(
+                "handshake with primary {} at {url}: replica tip {} (epoch {}), primary tip {}",
+                welcome.node_id, tip.commit_id, tip.epoch, welcome.commit_id
+            ),
+        );
+    }
+    if welcome.epoch > highest_epoch {
+        node.follow_epoch(welcome.epoch, url);
+    }
+    {
+        let mut s = node.follower.lock();
+        s.connected = true;
+        s.primary_commit_id = welcome.commit_id;
+        s.last_message = Some(Instant::now());
+        s.leader_url.clone_from(&welcome.leader_url);
+        s.leader_id.clone_from(&welcome.node_id);
+        s.last_error.clear();
+    }
+    tracing::info!(primary = %welcome.node_id, %url, epoch = welcome.epoch, tip = tip.commit_id, "following");
+    let mut followed_epoch = welcome.epoch;
+    loop {
+        let m = match inbound.message().await {
+            Ok(Some(m)) => m,
+            Ok(None) => return StreamEnd::Retry("the primary ended the stream".into()),
+            Err(s) => return StreamEnd::Retry(format!("the stream broke: {}", s.message())),
+        };
+        {
+            let mut s = node.follower.lock();
+            s.last_message = Some(Instant::now());
+        }
+        match m.msg {
+            Some(PMsg::Frames(batch)) => {
+                node.follower.lock().primary_commit_id = batch.primary_commit_id;
+                let frames: Vec<Bytes> = batch.frames.into_iter().map(Bytes::from).collect();
+                let a = applier.clone();
+                let applied = tokio::task::spawn_blocking(move || {
+                    let mut a = a.lock();
+                    let r = a.apply(&frames);
+                    (r, a.tip(), frames)
+                })
+                .await;
+                let (result, tip, frames) = match applied {
+                    Ok(x) => x,
+                    Err(e) => return StreamEnd::Retry(format!("apply task failed: {e}")),
+                };
+                match result {
+                    Ok(_) => {}
+                    Err(ApplyError::Halt(reason)) => {
+                        let failing = frames
+                            .iter()
+                            .find(|f| f.len() >= 16 && frame_commit(f) > tip.commit_id)
+                            .map(|f| hex(&f[..f.len().min(256)]))
+                            .unwrap_or_default();
+                        return halt(
+                            node,
+                            reason,
+                            &format!(
+                                "frames from primary {} at {url}; replica tip {} (epoch {}); first frame not \
+                                 applied (up to 256 bytes, hex): {failing}",
+                                welcome.node_id, tip.commit_id, tip.epoch
+                            ),
+                        );
+                    }
+                    Err(ApplyError::Engine(e)) => {
+                        tracing::error!("the replica's log failed: {e}; it stops replicating");
+                        node.db.halt(format!("the replica's log failed: {e}"));
+                        return StreamEnd::Halted;
+                    }
+                }
+                if tip.epoch > followed_epoch {
+                    followed_epoch = tip.epoch;
+                    node.follow_epoch(tip.epoch, url);
+                }
+                node.replicas.published(tip.commit_id);
+                let ack = pb::ReplicaAck {
+                    written: tip.commit_id,
+                    flushed: tip.commit_id,
+                    applied: tip.commit_id,
+                };
+                if out_tx
+                    .send(pb::ReplicaMessage {
+                        msg: Some(RMsg::Ack(ack)),
+                    })
+                    .await
+                    .is_err()
+                {
+                    return StreamEnd::Retry("the outbound stream closed".into());
+                }
+            }
+            Some(PMsg::Checkpoint(note)) => {
+                let db = node.db.clone();
+                let n = note.clone();
+                match tokio::task::spawn_blocking(move || db.add_checkpoint(&n)).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => {
+                        return halt(
+                            node,
+                            HaltReason::Corruption(format!(
+                                "a checkpoint from the primary does not check: {e}"
+                            )),
+                            &format!("checkpoint from primary {} at {url}:\n{note}", welcome.node_id),
+                        )
+                    }
+                    Err(e) => return StreamEnd::Retry(format!("checkpoint task failed: {e}")),
+                }
+            }
+            Some(PMsg::Heartbeat(hb)) => {
+                node.follower.lock().primary_commit_id = hb.primary_commit_id;
+                if hb.epoch < followed_epoch {
+                    return halt(
+                        node,
+                        HaltReason::EpochRegression {
+                            last: followed_epoch,
+                            got: hb.epoch,
+                        },
+                        &format!("heartbeat from primary {} at {url}", welcome.node_id),
+                    );
+                }
+            }
+            Some(PMsg::Welcome(_)) | None => {
+                return StreamEnd::Retry("unexpected message from the primary".into());
+            }
+        }
+    }
+}
+
+fn frame_commit(f: &[u8]) -> u64 {
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&f[8..16]);
+    u64::from_le_bytes(b)
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// The replica's tip now (for status).
+pub fn replica_tip(node: &Node) -> u64 {
+    tip_of(&node.db).map_or(0, |t| t.commit_id)
+}
