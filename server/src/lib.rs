@@ -288,8 +288,15 @@ pub async fn serve(
     if let Some(f) = follower {
         let _ = f.await;
     }
-    // Every request has finished: make everything durable and sign a final checkpoint.
+    // Every request has finished: make everything durable and sign a final checkpoint. Tasks that served the
+    // last requests and replication streams may still be dropping their handles; give them a moment.
     node.stop_committers();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while (Arc::strong_count(&node) > 1 || Arc::strong_count(&node.db) > 1)
+        && std::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
     let node =
         Arc::try_unwrap(node).map_err(|_| "requests still hold the node after shutdown".to_string())?;
     let db =

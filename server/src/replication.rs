@@ -36,6 +36,8 @@ use crate::{
 
 /// Bytes of frames per batch sent to a replica.
 const BATCH_BYTES: usize = 1 << 20;
+/// A replica applies the batches it has already received together, up to this many bytes.
+const GATHER_BYTES: usize = 8 << 20;
 /// A heartbeat when the log is idle this long.
 const HEARTBEAT: Duration = Duration::from_millis(500);
 /// Apply-lag samples kept for benchmarks and status (the newest ones).
@@ -407,7 +409,8 @@ impl pb::replication_server::Replication for ReplicationService {
         let replica = hello.node_id;
         let stop = self.stop.clone();
         tokio::spawn(async move {
-            let out = send_log(&node, id, replica_tip + 1, &tx, acks, stop).await;
+            let out = send_log(&node, id, replica_tip + 1, &tx, &acks, stop).await;
+            acks.abort();
             node.replicas.unregister(id);
             tracing::info!(%replica, %peer, reason = %out, "replica disconnected");
         });
@@ -422,7 +425,7 @@ async fn send_log(
     id: u64,
     mut next: u64,
     tx: &mpsc::Sender<Result<pb::PrimaryMessage, Status>>,
-    acks: tokio::task::JoinHandle<()>,
+    acks: &tokio::task::JoinHandle<()>,
     mut stop: watch::Receiver<bool>,
 ) -> String {
     let mut published = node.replicas.tip.subscribe();
@@ -717,11 +720,16 @@ async fn stream_once(
     }
     tracing::info!(primary = %welcome.node_id, %url, epoch = welcome.epoch, tip = tip.commit_id, "following");
     let mut followed_epoch = welcome.epoch;
+    // A message read while gathering batches that is not a batch: handled next.
+    let mut deferred = None;
     loop {
-        let m = match inbound.message().await {
-            Ok(Some(m)) => m,
-            Ok(None) => return StreamEnd::Retry("the primary ended the stream".into()),
-            Err(s) => return StreamEnd::Retry(format!("the stream broke: {}", s.message())),
+        let m = match deferred.take() {
+            Some(m) => m,
+            None => match inbound.message().await {
+                Ok(Some(m)) => m,
+                Ok(None) => return StreamEnd::Retry("the primary ended the stream".into()),
+                Err(s) => return StreamEnd::Retry(format!("the stream broke: {}", s.message())),
+            },
         };
         {
             let mut s = node.follower.lock();
@@ -729,8 +737,34 @@ async fn stream_once(
         }
         match m.msg {
             Some(PMsg::Frames(batch)) => {
-                node.follower.lock().primary_commit_id = batch.primary_commit_id;
-                let frames: Vec<Bytes> = batch.frames.into_iter().map(Bytes::from).collect();
+                let mut primary_commit = batch.primary_commit_id;
+                let mut frames: Vec<Bytes> = batch.frames.into_iter().map(Bytes::from).collect();
+                // Batches already received are applied together: one durable write (one fsync) for all of them.
+                let mut bytes: usize = frames.iter().map(Bytes::len).sum();
+                while bytes < GATHER_BYTES {
+                    // Only what is already here: a pending read gives way to the ready branch at once.
+                    let next = tokio::select! {
+                        biased;
+                        m = inbound.message() => m,
+                        () = std::future::ready(()) => break,
+                    };
+                    match next {
+                        Ok(Some(pb::PrimaryMessage {
+                            msg: Some(PMsg::Frames(more)),
+                        })) => {
+                            primary_commit = primary_commit.max(more.primary_commit_id);
+                            bytes += more.frames.iter().map(Vec::len).sum::<usize>();
+                            frames.extend(more.frames.into_iter().map(Bytes::from));
+                        }
+                        Ok(Some(other)) => {
+                            deferred = Some(other);
+                            break;
+                        }
+                        // The stream ended or broke: seen on the next read.
+                        Ok(None) | Err(_) => break,
+                    }
+                }
+                node.follower.lock().primary_commit_id = primary_commit;
                 let a = applier.clone();
                 let applied = tokio::task::spawn_blocking(move || {
                     let mut a = a.lock();
