@@ -714,6 +714,12 @@ impl Db {
         Ok(out)
     }
 
+    /// Leaves in the Merkle store (equal to the applied records once open has rebuilt any it lacked).
+    #[must_use]
+    pub fn merkle_leaves(&self) -> u64 {
+        self.inner.state.read().merkle.size()
+    }
+
     /// The capacity of new WAL segments (a replica must use the primary's, so sealed segments are byte-identical).
     #[must_use]
     pub fn segment_bytes(&self) -> u64 {
@@ -750,9 +756,8 @@ impl Db {
                 let mut chain = inner.chain.lock();
                 let mut prev = chain.last_hash;
                 let mut ts = chain.last_ts;
-                let mut commit = sink.next_commit_id().0;
                 let mut checked = Vec::with_capacity(run.len());
-                for (_, body) in run {
+                for (commit, (_, body)) in (sink.next_commit_id().0..).zip(run) {
                     let v = match record::view(body) {
                         Ok(v) => v,
                         Err(e) => return Ok(Err(corruption(commit, e.to_string()))),
@@ -774,7 +779,6 @@ impl Db {
                     checked.push((body, v, hash));
                     prev = hash;
                     ts = ts.max(h.timestamp_ms);
-                    commit += 1;
                 }
                 let mut pending = Vec::with_capacity(run.len());
                 for (body, _, hash) in &checked {

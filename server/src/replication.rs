@@ -19,7 +19,7 @@ use std::{
 
 use aerodb_proto::v1::{self as pb, primary_message::Msg as PMsg, replica_message::Msg as RMsg};
 use aerodb_replication::{
-    apply::{tip_of, Applier, ApplyError},
+    apply::{Applier, ApplyError},
     role::{HaltReason, Observation},
 };
 use bytes::Bytes;
@@ -865,9 +865,4 @@ fn frame_commit(f: &[u8]) -> u64 {
 
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
-/// The replica's tip now (for status).
-pub fn replica_tip(node: &Node) -> u64 {
-    tip_of(&node.db).map_or(0, |t| t.commit_id)
 }

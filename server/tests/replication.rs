@@ -2,7 +2,7 @@
 //! concurrent appends, is restarted mid-stream (kill -9) and resumes without duplicates, serves verified reads,
 //! refuses writes with the leader's URL, and ends with sealed segments byte-identical to the primary's; a replica
 //! pointed at a log that forked from its own halts with `Fork` and an evidence file, refuses reads and writes and
-//! stays halted across a restart; a replica that saw a newer epoch halts on an older primary, and that primary,
+//! stays halted across a restart until `aerodb admin rebuild` (which keeps the divergent log aside); a replica that saw a newer epoch halts on an older primary, and that primary,
 //! told of the newer term, stops writing; synchronous mode blocks acknowledgements until a replica flushed them.
 
 #![allow(
@@ -301,11 +301,65 @@ fn a_forked_replica_halts_with_evidence_and_stays_halted() {
     check_refuses(&r);
     // Still halted after a restart, and nothing of B's was applied.
     assert!(r.terminate().success());
-    let r = start_replica(&rt.0, &b, &a.data, &[]);
+    let mut r = start_replica(&rt.0, &b, &a.data, &[]);
     let h = ha(&r);
     assert_eq!(h["state"], "ReplicationHalted");
     assert_eq!(h["applied_commit_id"], 30);
     check_refuses(&r);
+    assert!(r.terminate().success());
+
+    // The operator's way out: verify-stats, then rebuild from B, discarding the local log (kept aside).
+    let d = r.data.to_str().unwrap();
+    let (ok, out) = aerodb_admin(&["verify-stats", "--data-dir", d, "--json"]);
+    assert!(ok, "{out}");
+    let stats: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(
+        (
+            stats["min_commit_id"].as_u64(),
+            stats["max_commit_id"].as_u64(),
+            stats["count"].as_u64()
+        ),
+        (Some(1), Some(30), Some(30))
+    );
+    assert_eq!(
+        (stats["leaf_count"].as_u64(), stats["leaf_parity"].as_bool()),
+        (Some(30), Some(true))
+    );
+    let url = format!("http://{}", b.grpc);
+    let (ok, out) = aerodb_admin(&["rebuild", "--data-dir", d, "--epoch", "1", "--primary", &url]);
+    assert!(ok && out.contains("ReplicaActive"), "{out}");
+    // Without discarding, the fork is found again at the handshake.
+    let mut r = start_replica(&rt.0, &b, &a.data, &[]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while ha(&r)["state"] != "ReplicationHalted" {
+        assert!(Instant::now() < deadline, "the fork was not found again");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(r.terminate().success());
+    let (ok, out) = aerodb_admin(&[
+        "rebuild",
+        "--data-dir",
+        d,
+        "--epoch",
+        "1",
+        "--primary",
+        &url,
+        "--discard-local-log",
+    ]);
+    assert!(ok && out.contains("moved to"), "{out}");
+    let r = start_replica(&rt.0, &b, &a.data, &[]);
+    wait_applied(&r, 30);
+    let (x, y) = (
+        http(b.http, "GET", "/v1/records/30", Some(READER), None).json(),
+        http(r.http, "GET", "/v1/records/30", Some(READER), None).json(),
+    );
+    assert_eq!(x, y);
+    assert_eq!(ha(&r)["state"], "ReplicaActive");
+    assert!(std::fs::read_dir(&r.data).unwrap().any(|e| e
+        .unwrap()
+        .file_name()
+        .to_string_lossy()
+        .starts_with("divergent-")));
 }
 
 #[test]

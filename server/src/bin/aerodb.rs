@@ -154,6 +154,106 @@ enum AdminCmd {
         #[arg(long)]
         data_dir: PathBuf,
     },
+    /// Leave ReplicationHalted as a replica of a primary. Without --discard-local-log the log is kept and must
+    /// be a prefix of the primary's (the handshake checks it at start); with it, the local log is moved aside to
+    /// `divergent-<unix ms>/` in the data directory (kept as evidence, never deleted) and the replica
+    /// re-synchronises everything from the primary.
+    Rebuild {
+        /// Data directory.
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// The primary's epoch.
+        #[arg(long)]
+        epoch: u64,
+        /// The primary's gRPC URL.
+        #[arg(long)]
+        primary: String,
+        /// Move the local log (WAL, Merkle store, index, checkpoints) aside and start empty.
+        #[arg(long)]
+        discard_local_log: bool,
+    },
+    /// The failover verification figures of seed 000 §6 for a stopped node: first/last CommitId and record count
+    /// (gap-free means last − first + 1 = count), Merkle leaf count and its parity with the records, and the latest
+    /// checkpoint.
+    VerifyStats {
+        /// Data directory.
+        #[arg(long)]
+        data_dir: PathBuf,
+    },
+}
+
+/// `aerodb admin verify-stats`: opens the directory read-only (the startup integrity check runs) and counts.
+fn verify_stats(dir: &std::path::Path, j: bool) -> Result<(), String> {
+    let key = dir.join(aerodb_engine::KEY_FILE);
+    let signing_key = SigningKey::load(&key).map_err(|e| format!("{}: {e}", key.display()))?;
+    let db = aerodb_engine::Db::open(
+        dir,
+        aerodb_engine::Options {
+            origin: signing_key.name().to_owned(),
+            signing_key: Some(signing_key),
+            read_only: true,
+            checkpoint_every_records: 0,
+            checkpoint_interval: None,
+            ..aerodb_engine::Options::default()
+        },
+    )
+    .map_err(|e| format!("opening {}: {e}", dir.display()))?;
+    let (mut first, mut last, mut count, mut gaps) = (0u64, 0u64, 0u64, 0u64);
+    let mut from = 1;
+    loop {
+        let recs = db.records(from, 10_000).map_err(|e| e.to_string())?;
+        let Some(end) = recs.last().map(|r| r.record.commit_id) else {
+            break;
+        };
+        for r in &recs {
+            let c = r.record.commit_id;
+            if count == 0 {
+                first = c;
+            } else if c != last + 1 {
+                gaps += 1;
+            }
+            last = c;
+            count += 1;
+        }
+        from = end + 1;
+    }
+    let leaves = db.merkle_leaves();
+    let report = db.open_report().clone();
+    let cp = db.latest_checkpoint();
+    let tip = db.tip().map_err(|e| e.to_string())?;
+    let (cp_size, cp_root, cp_epoch) = cp.as_ref().map_or((0, String::new(), 0), |c| {
+        (c.checkpoint.size, hex(&c.checkpoint.root), c.checkpoint.epoch)
+    });
+    let gap_free = gaps == 0 && (count == 0 || last - first + 1 == count);
+    let parity = leaves == count;
+    print(
+        j,
+        json!({
+            "min_commit_id": first, "max_commit_id": last, "count": count, "gap_free": gap_free,
+            "record_count": count, "leaf_count": leaves, "leaf_parity": parity,
+            "leaves_rebuilt_at_open": report.leaves_rebuilt,
+            "root": hex(&tip.root),
+            "latest_checkpoint": {"tree_size": cp_size, "root_hash": cp_root, "epoch": cp_epoch},
+        }),
+        || {
+            format!(
+                "CommitIds: min {first}, max {last}, count {count} ({})\n\
+                 records {count}, Merkle leaves {leaves} ({}; {} rebuilt from the log at open)\n\
+                 root at {last}: {}\n\
+                 latest checkpoint: tree_size {cp_size}, root {cp_root}, epoch {cp_epoch}",
+                if gap_free { "gap-free" } else { "GAPS" },
+                if parity { "parity holds" } else { "PARITY BROKEN" },
+                report.leaves_rebuilt,
+                hex(&tip.root)
+            )
+        },
+    );
+    drop(db);
+    if gap_free && parity {
+        Ok(())
+    } else {
+        Err("the log is not gap-free or the leaf count differs from the record count".into())
+    }
 }
 
 /// Runs an admin command on a stopped node: holds the data directory's lock so the server cannot start meanwhile.
@@ -161,10 +261,12 @@ fn admin(cmd: &AdminCmd, j: bool) -> Result<(), String> {
     use aerodb_replication::{role::Command, state_file::RoleFile};
     use aerodb_wal::fs::Fs as _;
     let dir = match cmd {
+        AdminCmd::VerifyStats { data_dir } => return verify_stats(data_dir, j),
         AdminCmd::Role { data_dir }
         | AdminCmd::Promote { data_dir, .. }
         | AdminCmd::Demote { data_dir, .. }
-        | AdminCmd::Resume { data_dir } => data_dir,
+        | AdminCmd::Resume { data_dir }
+        | AdminCmd::Rebuild { data_dir, .. } => data_dir,
     };
     let fs = Arc::new(aerodb_wal::fs::RealFs);
     std::fs::create_dir_all(dir.join("wal")).map_err(|e| format!("{}: {e}", dir.display()))?;
@@ -182,9 +284,35 @@ fn admin(cmd: &AdminCmd, j: bool) -> Result<(), String> {
             primary: primary.clone(),
         }),
         AdminCmd::Resume { .. } => Some(Command::Resume),
+        AdminCmd::Rebuild { epoch, primary, .. } => Some(Command::Rebuild {
+            epoch: *epoch,
+            primary: primary.clone(),
+        }),
+        AdminCmd::VerifyStats { .. } => None,
     };
     if let Some(c) = change {
         m.command(c).map_err(|e| format!("refused: {e}"))?;
+        if let AdminCmd::Rebuild {
+            discard_local_log: true,
+            ..
+        } = cmd
+        {
+            let ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis());
+            let aside = dir.join(format!("divergent-{ms}"));
+            std::fs::create_dir_all(&aside).map_err(|e| format!("{}: {e}", aside.display()))?;
+            for name in ["wal", "merkle", "index", "checkpoints.log"] {
+                let from = dir.join(name);
+                if from.exists() {
+                    std::fs::rename(&from, aside.join(name))
+                        .map_err(|e| format!("moving {} aside: {e}", from.display()))?;
+                }
+            }
+            if !j {
+                println!("the local log was moved to {}", aside.display());
+            }
+        }
         file.store(&m)?;
     }
     let detail = format!("{:?}", m.state);
