@@ -26,6 +26,16 @@ pub enum SyncWait {
     Fail,
 }
 
+/// Whether a primary must hold the writer fence (H-1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum FenceMode {
+    /// Write only while holding the fence for `--writer-fence-lock-id` (in `--writer-fence-dir`).
+    Required,
+    /// No fence (a single writer is the operator's responsibility).
+    Off,
+}
+
 /// Log output format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -77,6 +87,15 @@ pub struct Flags {
     /// Synchronous replication: acknowledge a write only after this many replicas flushed it (0: asynchronous).
     #[arg(long, env = "AERODB_SYNC_REPLICAS")]
     pub sync_replicas: Option<usize>,
+    /// Writer fencing: `required` makes a primary take (and keep checking) the fence before it writes.
+    #[arg(long, env = "AERODB_WRITER_FENCE_MODE", value_enum)]
+    pub writer_fence_mode: Option<FenceMode>,
+    /// The fence's id, shared by every writer candidate of the same ledger.
+    #[arg(long, env = "AERODB_WRITER_FENCE_LOCK_ID", allow_negative_numbers = true)]
+    pub writer_fence_lock_id: Option<i64>,
+    /// The directory holding fence files, shared by every writer candidate (same host or shared file system).
+    #[arg(long, env = "AERODB_WRITER_FENCE_DIR")]
+    pub writer_fence_dir: Option<PathBuf>,
     /// With --sync-replicas, what a write does while fewer replicas are connected.
     #[arg(long, env = "AERODB_SYNC_WAIT", value_enum)]
     pub sync_wait: Option<SyncWait>,
@@ -142,6 +161,9 @@ pub struct FileConfig {
     primary_ca_cert: Option<PathBuf>,
     sync_replicas: Option<usize>,
     sync_wait: Option<SyncWait>,
+    writer_fence_mode: Option<FenceMode>,
+    writer_fence_lock_id: Option<i64>,
+    writer_fence_dir: Option<PathBuf>,
     tokens_file: Option<PathBuf>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
@@ -184,6 +206,8 @@ pub struct Config {
     pub sync_replicas: usize,
     /// What a synchronous write does while too few replicas are connected.
     pub sync_wait: SyncWait,
+    /// The writer fence (lock id, directory) when `--writer-fence-mode required`.
+    pub writer_fence: Option<(i64, PathBuf)>,
     /// Tokens file.
     pub tokens_file: Option<PathBuf>,
     /// TLS certificate chain and key (PEM), when both APIs serve TLS.
@@ -231,6 +255,7 @@ impl Config {
             primary_ca_cert: None,
             sync_replicas: 0,
             sync_wait: SyncWait::Block,
+            writer_fence: None,
             tokens_file: Some(tokens_file),
             tls: None,
             insecure_no_auth: false,
@@ -258,73 +283,89 @@ impl Config {
             None => FileConfig::default(),
         };
         let loopback = |a: &SocketAddr| a.ip().is_loopback();
-        let c = Config {
-            role: flags.role.or(file.role).unwrap_or(Role::Primary),
-            data_dir: flags.data_dir.or(file.data_dir).ok_or(
-                "a data directory is required (--data-dir, AERODB_DATA_DIR or data_dir in the file)",
-            )?,
-            node_id: flags.node_id.or(file.node_id).unwrap_or_else(|| "node-1".into()),
-            http_listen: flags
-                .http_listen
-                .or(file.http_listen)
-                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 7000))),
-            grpc_listen: flags
-                .grpc_listen
-                .or(file.grpc_listen)
-                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 7001))),
-            advertise_url: flags.advertise_url.or(file.advertise_url),
-            primary: flags.primary.or(file.primary),
-            primary_token_file: flags.primary_token_file.or(file.primary_token_file),
-            primary_ca_cert: flags.primary_ca_cert.or(file.primary_ca_cert),
-            sync_replicas: flags.sync_replicas.or(file.sync_replicas).unwrap_or(0),
-            sync_wait: flags.sync_wait.or(file.sync_wait).unwrap_or(SyncWait::Block),
-            tokens_file: flags.tokens_file.or(file.tokens_file),
-            tls: match (flags.tls_cert.or(file.tls_cert), flags.tls_key.or(file.tls_key)) {
-                (Some(c), Some(k)) => Some((c, k)),
-                (None, None) => None,
-                _ => return Err("TLS needs both a certificate (--tls-cert) and a key (--tls-key)".into()),
-            },
-            insecure_no_auth: flags.insecure_no_auth || file.insecure_no_auth.unwrap_or(false),
-            max_request_bytes: flags
-                .max_request_bytes
-                .or(file.max_request_bytes)
-                .unwrap_or(4 << 20),
-            max_concurrent_requests: flags
-                .max_concurrent_requests
-                .or(file.max_concurrent_requests)
-                .unwrap_or(512),
-            max_concurrent_streams: flags
-                .max_concurrent_streams
-                .or(file.max_concurrent_streams)
-                .unwrap_or(128),
-            request_timeout: Duration::from_millis(
-                flags
-                    .request_timeout_ms
-                    .or(file.request_timeout_ms)
+        let c =
+            Config {
+                role: flags.role.or(file.role).unwrap_or(Role::Primary),
+                data_dir: flags.data_dir.or(file.data_dir).ok_or(
+                    "a data directory is required (--data-dir, AERODB_DATA_DIR or data_dir in the file)",
+                )?,
+                node_id: flags.node_id.or(file.node_id).unwrap_or_else(|| "node-1".into()),
+                http_listen: flags
+                    .http_listen
+                    .or(file.http_listen)
+                    .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 7000))),
+                grpc_listen: flags
+                    .grpc_listen
+                    .or(file.grpc_listen)
+                    .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 7001))),
+                advertise_url: flags.advertise_url.or(file.advertise_url),
+                primary: flags.primary.or(file.primary),
+                primary_token_file: flags.primary_token_file.or(file.primary_token_file),
+                primary_ca_cert: flags.primary_ca_cert.or(file.primary_ca_cert),
+                sync_replicas: flags.sync_replicas.or(file.sync_replicas).unwrap_or(0),
+                sync_wait: flags.sync_wait.or(file.sync_wait).unwrap_or(SyncWait::Block),
+                writer_fence: match (
+                    flags
+                        .writer_fence_mode
+                        .or(file.writer_fence_mode)
+                        .unwrap_or(FenceMode::Off),
+                    flags.writer_fence_lock_id.or(file.writer_fence_lock_id),
+                    flags.writer_fence_dir.or(file.writer_fence_dir),
+                ) {
+                    (FenceMode::Off, _, _) => None,
+                    (FenceMode::Required, Some(id), Some(dir)) => Some((id, dir)),
+                    (FenceMode::Required, _, _) => return Err(
+                        "--writer-fence-mode required needs --writer-fence-lock-id and --writer-fence-dir"
+                            .into(),
+                    ),
+                },
+                tokens_file: flags.tokens_file.or(file.tokens_file),
+                tls: match (flags.tls_cert.or(file.tls_cert), flags.tls_key.or(file.tls_key)) {
+                    (Some(c), Some(k)) => Some((c, k)),
+                    (None, None) => None,
+                    _ => return Err("TLS needs both a certificate (--tls-cert) and a key (--tls-key)".into()),
+                },
+                insecure_no_auth: flags.insecure_no_auth || file.insecure_no_auth.unwrap_or(false),
+                max_request_bytes: flags
+                    .max_request_bytes
+                    .or(file.max_request_bytes)
+                    .unwrap_or(4 << 20),
+                max_concurrent_requests: flags
+                    .max_concurrent_requests
+                    .or(file.max_concurrent_requests)
+                    .unwrap_or(512),
+                max_concurrent_streams: flags
+                    .max_concurrent_streams
+                    .or(file.max_concurrent_streams)
+                    .unwrap_or(128),
+                request_timeout: Duration::from_millis(
+                    flags
+                        .request_timeout_ms
+                        .or(file.request_timeout_ms)
+                        .unwrap_or(10_000),
+                ),
+                epoch: flags.epoch.or(file.epoch).unwrap_or(1),
+                checkpoint_every_records: flags
+                    .checkpoint_every_records
+                    .or(file.checkpoint_every_records)
                     .unwrap_or(10_000),
-            ),
-            epoch: flags.epoch.or(file.epoch).unwrap_or(1),
-            checkpoint_every_records: flags
-                .checkpoint_every_records
-                .or(file.checkpoint_every_records)
-                .unwrap_or(10_000),
-            checkpoint_interval: Duration::from_millis(
-                flags
-                    .checkpoint_interval_ms
-                    .or(file.checkpoint_interval_ms)
-                    .unwrap_or(1_000),
-            ),
-            origin: flags
-                .origin
-                .or(file.origin)
-                .unwrap_or_else(|| "aerodb-ledger".into()),
-            segment_bytes: flags
-                .segment_bytes
-                .or(file.segment_bytes)
-                .unwrap_or(aerodb_wal::Options::default().segment_bytes),
-            ports_file: flags.ports_file.or(file.ports_file),
-            log_format: flags.log_format.or(file.log_format).unwrap_or(LogFormat::Text),
-        };
+                checkpoint_interval: Duration::from_millis(
+                    flags
+                        .checkpoint_interval_ms
+                        .or(file.checkpoint_interval_ms)
+                        .unwrap_or(1_000),
+                ),
+                origin: flags
+                    .origin
+                    .or(file.origin)
+                    .unwrap_or_else(|| "aerodb-ledger".into()),
+                segment_bytes: flags
+                    .segment_bytes
+                    .or(file.segment_bytes)
+                    .unwrap_or(aerodb_wal::Options::default().segment_bytes),
+                ports_file: flags.ports_file.or(file.ports_file),
+                log_format: flags.log_format.or(file.log_format).unwrap_or(LogFormat::Text),
+            };
         if c.insecure_no_auth && !(loopback(&c.http_listen) && loopback(&c.grpc_listen)) {
             return Err(
                 "--insecure-no-auth is only allowed when both APIs listen on loopback addresses".into(),

@@ -7,6 +7,7 @@ pub mod auth;
 pub mod client;
 pub mod config;
 pub mod error;
+pub mod fence;
 pub mod grpc;
 pub mod httpc;
 pub mod metrics;
@@ -143,7 +144,28 @@ pub fn open_node(config: Config) -> Result<Node, String> {
     if let State::ReplicationHalted { reason, .. } = &role.state {
         db.halt(reason.to_string());
     }
-    Ok(Node::new(db, config, auth, role))
+    // The writer fence (H-1): a fenced primary takes it before it serves, with its epoch as the token.
+    let fence = match (&role.state, &config.writer_fence) {
+        (State::PrimaryActive { epoch }, Some((lock_id, dir))) => Some(
+            fence::Fence::acquire(
+                dir,
+                *lock_id,
+                fence::Holder {
+                    token: *epoch,
+                    node: config.node_id.clone(),
+                    dir: config.data_dir.display().to_string(),
+                },
+            )
+            .map_err(|e| format!("refusing to start as primary: {e}"))?,
+        ),
+        _ => None,
+    };
+    let node = Node::new(db, config, auth, role);
+    if let Some(f) = fence {
+        tracing::info!(token = f.token(), "writer fence taken");
+        node.fence.install(f);
+    }
+    Ok(node)
 }
 
 /// gRPC answers INTERNAL when a request body is not valid protobuf or ends mid-message (tonic follows the gRPC

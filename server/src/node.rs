@@ -66,6 +66,8 @@ pub struct Node {
     pub replicas: Arc<Replicas>,
     /// The replica's view of its stream to the primary.
     pub follower: Mutex<FollowerStatus>,
+    /// The writer fence (a fenced primary).
+    pub fence: Arc<crate::fence::FenceState>,
     committers: Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -83,6 +85,7 @@ fn committer(
     db: Arc<Db>,
     jobs: Arc<Mutex<mpsc::Receiver<Job>>>,
     replicas: Arc<Replicas>,
+    fence: Arc<crate::fence::FenceState>,
     timeout: std::time::Duration,
 ) {
     loop {
@@ -100,7 +103,12 @@ fn committer(
         };
         let (records, dones): (Vec<NewRecord>, Vec<_>) =
             batch.into_iter().map(|j| (j.record, j.done)).unzip();
-        match db.append_many(&records) {
+        // A fenced primary checks the fence before writing and again before acknowledging.
+        let written = fence
+            .check_write(&db)
+            .and_then(|()| db.append_many(&records).map_err(ApiError::from))
+            .and_then(|r| fence.check_write(&db).map(|()| r));
+        match written {
             Ok(receipts) => {
                 let last = receipts.last().map_or(0, |r| r.commit_id);
                 replicas.published(last);
@@ -115,7 +123,6 @@ fn committer(
                 }
             }
             Err(e) => {
-                let e = ApiError::from(e);
                 for done in dones {
                     let _ = done.send(Err(e.clone()));
                 }
@@ -206,13 +213,14 @@ impl Node {
         ));
         let (tx, rx) = mpsc::channel();
         let rx = Arc::new(Mutex::new(rx));
+        let fence = Arc::new(crate::fence::FenceState::default());
         let committers = (0..COMMITTERS)
             .filter_map(|i| {
-                let (db, rx, replicas) = (db.clone(), rx.clone(), replicas.clone());
+                let (db, rx, replicas, fence) = (db.clone(), rx.clone(), replicas.clone(), fence.clone());
                 let timeout = config.request_timeout;
                 std::thread::Builder::new()
                     .name(format!("aerodb-commit-{i}"))
-                    .spawn(move || committer(db, rx, replicas, timeout))
+                    .spawn(move || committer(db, rx, replicas, fence, timeout))
                     .map_err(|e| tracing::error!("spawning a committer thread: {e}"))
                     .ok()
             })
@@ -228,6 +236,7 @@ impl Node {
             role: Mutex::new(role),
             replicas,
             follower: Mutex::new(FollowerStatus::default()),
+            fence,
             committers: Mutex::new(committers),
         }
     }
@@ -311,7 +320,20 @@ impl Node {
         path.display().to_string()
     }
 
+    /// Turns a lost writer fence into a halt (the committers found it; they cannot change the role themselves).
+    fn note_fence_loss(&self) {
+        if let Some(lost) = self.fence.take_lost() {
+            let epoch = lost.holder.as_ref().map_or(u64::MAX, |h| h.token);
+            let node = lost.holder.as_ref().map_or_else(
+                || "an unknown holder".to_owned(),
+                |h| format!("{} ({})", h.node, h.dir),
+            );
+            self.observe(Observation::PeerPrimary { epoch, node }, &lost.message);
+        }
+    }
+
     fn refuse_if_halted(&self) -> ApiResult<()> {
+        self.note_fence_loss();
         let role = self.role.lock();
         if let State::ReplicationHalted { reason, .. } = &role.state {
             return Err(ApiError::new(
@@ -426,10 +448,16 @@ impl Node {
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             return Ok(Appended { receipt, proof: None });
         }
-        let (replicas, timeout) = (self.replicas.clone(), self.config.request_timeout);
+        let (replicas, timeout, fence) = (
+            self.replicas.clone(),
+            self.config.request_timeout,
+            self.fence.clone(),
+        );
         let out = self
             .run(move |db| {
+                fence.check_write(db)?;
                 let (receipt, cp, proof) = db.append_and_prove(&tenant, payload)?;
+                fence.check_write(db)?;
                 Self::replicate(&replicas, receipt.commit_id, timeout)?;
                 Ok(Appended {
                     receipt,
@@ -458,10 +486,16 @@ impl Node {
         }
         let started = Instant::now();
         let n = records.len() as u64;
-        let (replicas, timeout) = (self.replicas.clone(), self.config.request_timeout);
+        let (replicas, timeout, fence) = (
+            self.replicas.clone(),
+            self.config.request_timeout,
+            self.fence.clone(),
+        );
         let out = self
             .run(move |db| {
+                fence.check_write(db)?;
                 let receipts = db.append_many(&records)?;
+                fence.check_write(db)?;
                 Self::replicate(&replicas, receipts.last().map_or(0, |r| r.commit_id), timeout)?;
                 Ok(receipts)
             })
@@ -621,6 +655,7 @@ impl Node {
 
     /// HA status (H-4). Answered even when halted: it is how an operator sees why.
     pub async fn ha_status(&self) -> ApiResult<HaStatus> {
+        self.note_fence_loss();
         let db = self.db.clone();
         let applied = tokio::task::spawn_blocking(move || db.tip().map(|t| t.commit_id))
             .await

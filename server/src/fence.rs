@@ -1,0 +1,268 @@
+//! The writer fence (H-1, seed 000 §4): with `--writer-fence-mode required`, a primary writes only while it holds
+//! the fence for `--writer-fence-lock-id`, and its epoch is the fence's token.
+//!
+//! The fence is a small file, `aerodb-fence-<lock id>`, in a directory every writer candidate of the ledger
+//! shares (`--writer-fence-dir`). It records the current token (an epoch) and its holder (node id and data
+//! directory). Taking the fence — under an exclusive `flock`, so two candidates never interleave — succeeds only
+//! with an epoch above the recorded token, or with the same epoch by the same holder (a restart); the token is
+//! then written and fsynced. Holding it is checked before and after every durable write: once a newer term has
+//! taken the fence, the old primary's next write is refused and the node halts (`AuthorityAmbiguity`), however
+//! long it was paused (SIGSTOP) in between.
+//!
+//! Layout (text, one line): `aerodb-fence v1 token=<epoch> node=<node id> dir=<data dir>\n`.
+
+use std::{
+    fs::{File, OpenOptions},
+    io::{Read, Seek, SeekFrom, Write},
+    path::{Path, PathBuf},
+};
+
+use parking_lot::Mutex;
+
+use crate::error::{ApiError, ApiResult, Code};
+
+/// Who holds a fence, as recorded in its file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Holder {
+    /// The fence token: the holder's epoch.
+    pub token: u64,
+    /// Its node id.
+    pub node: String,
+    /// Its data directory.
+    pub dir: String,
+}
+
+/// Largest fence file read (it is one short line).
+const MAX_FENCE_BYTES: u64 = 4096;
+
+/// Parses a fence file's content.
+pub fn parse(text: &str) -> Result<Holder, String> {
+    let line = text.strip_suffix('\n').unwrap_or(text);
+    let rest = line
+        .strip_prefix("aerodb-fence v1 token=")
+        .ok_or_else(|| format!("not an AeroDB fence file: {line:?}"))?;
+    let (token, rest) = rest.split_once(" node=").ok_or("fence file: no node")?;
+    let (node, dir) = rest.split_once(" dir=").ok_or("fence file: no dir")?;
+    Ok(Holder {
+        token: token
+            .parse()
+            .map_err(|_| format!("fence file: bad token {token:?}"))?,
+        node: node.to_owned(),
+        dir: dir.to_owned(),
+    })
+}
+
+fn render(h: &Holder) -> String {
+    format!(
+        "aerodb-fence v1 token={} node={} dir={}\n",
+        h.token, h.node, h.dir
+    )
+}
+
+fn read_holder(f: &mut File) -> Result<Option<Holder>, String> {
+    let len = f.metadata().map_err(|e| e.to_string())?.len();
+    if len == 0 {
+        return Ok(None);
+    }
+    if len > MAX_FENCE_BYTES {
+        return Err(format!(
+            "the fence file is {len} bytes; a fence file is one short line"
+        ));
+    }
+    let mut text = String::new();
+    f.seek(SeekFrom::Start(0)).map_err(|e| e.to_string())?;
+    f.take(MAX_FENCE_BYTES)
+        .read_to_string(&mut text)
+        .map_err(|e| format!("reading the fence file: {e}"))?;
+    parse(&text).map(Some)
+}
+
+/// Why a node no longer holds its fence.
+#[derive(Clone, Debug)]
+pub struct Lost {
+    /// For people.
+    pub message: String,
+    /// The holder now, when the fence file says.
+    pub holder: Option<Holder>,
+}
+
+/// The fence as the node uses it: installed at start on a fenced primary, checked around every durable write.
+#[derive(Debug, Default)]
+pub struct FenceState {
+    fence: std::sync::OnceLock<Fence>,
+    lost: Mutex<Option<Lost>>,
+}
+
+impl FenceState {
+    /// Installs the fence this node took at start.
+    pub fn install(&self, fence: Fence) {
+        let _ = self.fence.set(fence);
+    }
+
+    /// The token of the installed fence.
+    #[must_use]
+    pub fn token(&self) -> Option<u64> {
+        self.fence.get().map(Fence::token)
+    }
+
+    /// Before and after a durable write on a fenced primary: refuses once the fence was taken by a newer term,
+    /// and stops the database's writes at once (the node turns the loss into a halt on its next request).
+    pub fn check_write(&self, db: &aerodb_engine::Db) -> ApiResult<()> {
+        let Some(f) = self.fence.get() else {
+            return Ok(());
+        };
+        f.check().map_err(|lost| {
+            db.halt(lost.message.clone());
+            let e = ApiError::new(
+                Code::Halted,
+                format!("{}; the write is not acknowledged", lost.message),
+            );
+            self.lost.lock().get_or_insert(lost);
+            e
+        })
+    }
+
+    /// A loss not yet turned into a halt.
+    pub fn take_lost(&self) -> Option<Lost> {
+        self.lost.lock().take()
+    }
+}
+
+/// A fence this node took.
+#[derive(Debug)]
+pub struct Fence {
+    path: PathBuf,
+    me: Holder,
+    file: Mutex<File>,
+}
+
+impl Fence {
+    /// Takes fence `lock_id` in `dir` for `me`, or says why not (a newer term, or another holder at the same epoch).
+    pub fn acquire(dir: &Path, lock_id: i64, me: Holder) -> Result<Fence, String> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("creating the fence directory {}: {e}", dir.display()))?;
+        let path = dir.join(format!("aerodb-fence-{lock_id}"));
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|e| format!("opening the fence {}: {e}", path.display()))?;
+        file.lock()
+            .map_err(|e| format!("locking the fence {}: {e}", path.display()))?;
+        let result = (|| {
+            if let Some(h) = read_holder(&mut file)? {
+                if h.token > me.token {
+                    return Err(format!(
+                        "writer fence {lock_id} is held by {} ({}) for epoch {}, newer than this node's epoch {}: \
+                         this node's term is over",
+                        h.node, h.dir, h.token, me.token
+                    ));
+                }
+                if h.token == me.token && (h.node != me.node || h.dir != me.dir) {
+                    return Err(format!(
+                        "writer fence {lock_id} is held by {} ({}) for epoch {}: two primaries may not share a \
+                         fence and an epoch; promote this node with a higher epoch (`aerodb admin promote`) if \
+                         the other one is gone",
+                        h.node, h.dir, h.token
+                    ));
+                }
+            }
+            let text = render(&me);
+            file.set_len(0).map_err(|e| e.to_string())?;
+            file.seek(SeekFrom::Start(0)).map_err(|e| e.to_string())?;
+            file.write_all(text.as_bytes())
+                .and_then(|()| file.sync_all())
+                .map_err(|e| format!("writing the fence {}: {e}", path.display()))?;
+            Ok(())
+        })();
+        let _ = file.unlock();
+        result?;
+        Ok(Fence {
+            path,
+            me,
+            file: Mutex::new(file),
+        })
+    }
+
+    /// Whether this node still holds the fence: `Err` says who holds it now, if anyone can tell (a failure to
+    /// read it also means no write may be acknowledged).
+    pub fn check(&self) -> Result<(), Lost> {
+        let mut f = self.file.lock();
+        match read_holder(&mut f) {
+            Ok(Some(h)) if h == self.me => Ok(()),
+            Ok(Some(h)) => Err(Lost {
+                message: format!(
+                    "writer fence {} was taken by {} ({}) for epoch {}; this node (epoch {}) no longer holds it",
+                    self.path.display(),
+                    h.node,
+                    h.dir,
+                    h.token,
+                    self.me.token
+                ),
+                holder: Some(h),
+            }),
+            Ok(None) => Err(Lost {
+                message: format!("writer fence {} is empty", self.path.display()),
+                holder: None,
+            }),
+            Err(e) => Err(Lost {
+                message: format!("writer fence {}: {e}", self.path.display()),
+                holder: None,
+            }),
+        }
+    }
+
+    /// The token (this node's epoch).
+    #[must_use]
+    pub fn token(&self) -> u64 {
+        self.me.token
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_only_go_up_and_one_holder_per_epoch() {
+        let dir = std::env::temp_dir().join(format!("aerodb-fence-unit-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let h = |token, node: &str| Holder {
+            token,
+            node: node.into(),
+            dir: format!("/data/{node}"),
+        };
+        let a = Fence::acquire(&dir, 7, h(1, "a")).expect("first");
+        assert!(a.check().is_ok());
+        // Same epoch, another node: refused; the same node again (a restart): fine.
+        let err = Fence::acquire(&dir, 7, h(1, "b")).expect_err("second primary");
+        assert!(err.contains("two primaries"), "{err}");
+        assert!(Fence::acquire(&dir, 7, h(1, "a")).is_ok());
+        // Another lock id is another fence.
+        assert!(Fence::acquire(&dir, 8, h(1, "b")).is_ok());
+        // A newer term takes it; the old holder's check fails from then on, and it cannot take it back.
+        let b = Fence::acquire(&dir, 7, h(2, "b")).expect("newer term");
+        assert!(b.check().is_ok());
+        assert!(a.check().expect_err("superseded").contains("epoch 2"));
+        assert!(Fence::acquire(&dir, 7, h(1, "a"))
+            .expect_err("older")
+            .contains("term is over"));
+        // Damaged or foreign content is refused, never taken as free.
+        std::fs::write(dir.join("aerodb-fence-9"), "garbage").expect("write");
+        assert!(Fence::acquire(&dir, 9, h(5, "c")).is_err());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn parse_round_trips() {
+        let h = Holder {
+            token: 42,
+            node: "n-1".into(),
+            dir: "/var/lib/aerodb data".into(),
+        };
+        assert_eq!(parse(&render(&h)), Ok(h));
+        assert!(parse("aerodb-fence v1 token=x node=a dir=b").is_err());
+    }
+}
