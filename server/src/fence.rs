@@ -245,7 +245,7 @@ mod tests {
         // A newer term takes it; the old holder's check fails from then on, and it cannot take it back.
         let b = Fence::acquire(&dir, 7, h(2, "b")).expect("newer term");
         assert!(b.check().is_ok());
-        assert!(a.check().expect_err("superseded").contains("epoch 2"));
+        assert!(a.check().expect_err("superseded").message.contains("epoch 2"));
         assert!(Fence::acquire(&dir, 7, h(1, "a"))
             .expect_err("older")
             .contains("term is over"));
