@@ -40,6 +40,11 @@ const BATCH_BYTES: usize = 1 << 20;
 const GATHER_BYTES: usize = 8 << 20;
 /// A heartbeat when the log is idle this long.
 const HEARTBEAT: Duration = Duration::from_millis(500);
+/// A stream with no message from the other side for this long is dead (a partition drops packets silently; TCP
+/// alone would wait minutes): the replica reconnects, the primary forgets the replica.
+const SILENCE: Duration = Duration::from_secs(3);
+/// The primary's limit: longer than the replica's, so a replica busy applying a large batch is not cut off.
+const PRIMARY_SILENCE: Duration = Duration::from_secs(5);
 /// Apply-lag samples kept for benchmarks and status (the newest ones).
 const LAG_SAMPLES: usize = 1 << 16;
 
@@ -61,6 +66,7 @@ struct Conn {
     flushed: u64,
     applied: u64,
     sent: VecDeque<Sent>,
+    last_heard: Instant,
 }
 
 #[derive(Debug, Default)]
@@ -155,6 +161,7 @@ impl Replicas {
                 flushed: 0,
                 applied: 0,
                 sent: VecDeque::new(),
+                last_heard: Instant::now(),
             },
         );
         self.note_block_state(&mut r);
@@ -209,6 +216,7 @@ impl Replicas {
         let mut r = self.reg.lock();
         let mut lags = Vec::new();
         if let Some(c) = r.conns.get_mut(&id) {
+            c.last_heard = now;
             c.written = c.written.max(ack.written);
             c.flushed = c.flushed.max(ack.flushed);
             c.applied = c.applied.max(ack.applied);
@@ -226,6 +234,15 @@ impl Replicas {
         }
         drop(r);
         self.changed.notify_all();
+    }
+
+    /// How long replica `id` has been silent.
+    fn silent_for(&self, id: u64) -> Duration {
+        self.reg
+            .lock()
+            .conns
+            .get(&id)
+            .map_or(Duration::MAX, |c| c.last_heard.elapsed())
     }
 
     /// The apply-lag samples measured so far (oldest first), and clears them.
@@ -419,6 +436,19 @@ impl pb::replication_server::Replication for ReplicationService {
     }
 }
 
+/// Queues one message for the replica; a replica that stops reading (a partition: the stream's flow-control
+/// window stays full) is given up after the silence limit.
+async fn deliver(tx: &mpsc::Sender<Result<pb::PrimaryMessage, Status>>, m: PMsg) -> Result<(), String> {
+    match tokio::time::timeout(PRIMARY_SILENCE, tx.send(msg(m))).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) => Err("the replica went away".into()),
+        Err(_) => Err(format!(
+            "the replica read nothing for {} ms",
+            PRIMARY_SILENCE.as_millis()
+        )),
+    }
+}
+
 /// Streams the log to one replica from `next` on until it disconnects or this node stops being primary.
 async fn send_log(
     node: &Arc<Node>,
@@ -436,6 +466,13 @@ async fn send_log(
         }
         if *stop.borrow() {
             return "the node is shutting down".into();
+        }
+        let silent = node.replicas.silent_for(id);
+        if silent > PRIMARY_SILENCE {
+            return format!(
+                "no acknowledgement from the replica for {} ms",
+                silent.as_millis()
+            );
         }
         if !node.role.lock().may_write() {
             return "this node is no longer the primary".into();
@@ -455,8 +492,8 @@ async fn send_log(
                 frames: frames.into_iter().map(|f: Bytes| f.to_vec()).collect(),
                 primary_commit_id: primary_tip,
             };
-            if tx.send(msg(PMsg::Frames(batch))).await.is_err() {
-                return "the replica went away".into();
+            if let Err(why) = deliver(tx, PMsg::Frames(batch)).await {
+                return why;
             }
             next += n;
         }
@@ -464,8 +501,8 @@ async fn send_log(
         if let Some(cp) = node.db.latest_checkpoint() {
             let size = cp.checkpoint.size;
             if size > last_checkpoint && size < next {
-                if tx.send(msg(PMsg::Checkpoint(cp.note))).await.is_err() {
-                    return "the replica went away".into();
+                if let Err(why) = deliver(tx, PMsg::Checkpoint(cp.note)).await {
+                    return why;
                 }
                 last_checkpoint = size;
             }
@@ -483,8 +520,8 @@ async fn send_log(
             () = tokio::time::sleep(HEARTBEAT) => {
                 let epoch = node.role.lock().highest_epoch;
                 let hb = pb::Heartbeat { primary_commit_id: primary_tip, epoch };
-                if tx.send(msg(PMsg::Heartbeat(hb))).await.is_err() {
-                    return "the replica went away".into();
+                if let Err(why) = deliver(tx, PMsg::Heartbeat(hb)).await {
+                    return why;
                 }
             }
         }
@@ -725,10 +762,17 @@ async fn stream_once(
     loop {
         let m = match deferred.take() {
             Some(m) => m,
-            None => match inbound.message().await {
-                Ok(Some(m)) => m,
-                Ok(None) => return StreamEnd::Retry("the primary ended the stream".into()),
-                Err(s) => return StreamEnd::Retry(format!("the stream broke: {}", s.message())),
+            None => match tokio::time::timeout(SILENCE, inbound.message()).await {
+                Ok(Ok(Some(m))) => m,
+                Ok(Ok(None)) => return StreamEnd::Retry("the primary ended the stream".into()),
+                Ok(Err(s)) => return StreamEnd::Retry(format!("the stream broke: {}", s.message())),
+                Err(_) => {
+                    return StreamEnd::Retry(format!(
+                        "no message from the primary for {} ms (heartbeats come every {} ms)",
+                        SILENCE.as_millis(),
+                        HEARTBEAT.as_millis()
+                    ))
+                }
             },
         };
         {
@@ -839,6 +883,22 @@ async fn stream_once(
             }
             Some(PMsg::Heartbeat(hb)) => {
                 node.follower.lock().primary_commit_id = hb.primary_commit_id;
+                // An ack of the same position: the primary's sign that this replica is alive.
+                let t = applier.lock().tip().commit_id;
+                let ack = pb::ReplicaAck {
+                    written: t,
+                    flushed: t,
+                    applied: t,
+                };
+                if out_tx
+                    .send(pb::ReplicaMessage {
+                        msg: Some(RMsg::Ack(ack)),
+                    })
+                    .await
+                    .is_err()
+                {
+                    return StreamEnd::Retry("the outbound stream closed".into());
+                }
                 if hb.epoch < followed_epoch {
                     return halt(
                         node,
