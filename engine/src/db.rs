@@ -903,6 +903,62 @@ impl Drop for Db {
     }
 }
 
+/// Cuts the database in `dir` after record `keep` (offline; nothing may have it open): checkpoints of more than
+/// `keep` records are dropped (the checkpoint log is rewritten and replaced atomically), Merkle leaves past `keep`
+/// are truncated, then the log itself is cut ([`aerodb_wal::truncate_after`]); index runs past `keep` are refused
+/// and rebuilt at the next open. This is how a replica discards a divergent tail: every step leaves a directory
+/// that opens, and repeating an interrupted cut finishes it. `verifier` checks the checkpoints it keeps. Returns
+/// the number of records removed.
+pub fn truncate_after(
+    fs: Arc<dyn Fs>,
+    dir: &Path,
+    keep: u64,
+    opts: &Options,
+    verifier: &VerifierKey,
+) -> Result<u64> {
+    let io = |op: &'static str, path: &Path| {
+        let path = path.to_owned();
+        move |source| Error::Io { op, path, source }
+    };
+    // 1. Checkpoints first: the newest one is the WAL's durable mark, which no cut may go below.
+    let cp_path = dir.join(CHECKPOINT_LOG);
+    let (log, _) = CheckpointLog::open(&*fs, &cp_path).map_err(io("open checkpoint log", &cp_path))?;
+    let mut kept = Vec::new();
+    for note in log.notes() {
+        let c = SignedCheckpoint::verify(note, verifier)?;
+        if c.checkpoint.size <= keep {
+            kept.push(note.clone());
+        }
+    }
+    if kept.len() < log.notes().len() {
+        drop(log);
+        let tmp = dir.join(format!("{CHECKPOINT_LOG}.tmp"));
+        let _ = fs.remove_file(&tmp);
+        let (mut fresh, _) = CheckpointLog::open(&*fs, &tmp).map_err(io("create checkpoint log", &tmp))?;
+        for note in &kept {
+            fresh.append(note).map_err(io("write checkpoint log", &tmp))?;
+        }
+        drop(fresh);
+        fs.rename(&tmp, &cp_path)
+            .map_err(io("replace checkpoint log", &cp_path))?;
+        fs.sync_dir(dir).map_err(io("sync directory", dir))?;
+    }
+    // 2. Merkle leaves past the cut (a store behind the log is rebuilt at open; one ahead is refused).
+    let (mut merkle, _) = MerkleStore::open(fs.clone(), &dir.join("merkle"))?;
+    if merkle.size() > keep {
+        merkle.truncate(keep)?;
+        merkle.sync()?;
+    }
+    drop(merkle);
+    // 3. The log.
+    Ok(aerodb_wal::truncate_after(
+        fs,
+        &dir.join("wal"),
+        CommitId(keep),
+        &opts.wal,
+    )?)
+}
+
 /// The smallest key greater than every key that starts with `prefix` (`None`: no such key, e.g. all 0xFF).
 fn prefix_successor(prefix: &[u8]) -> Option<Vec<u8>> {
     let mut end = prefix.to_vec();

@@ -30,7 +30,8 @@ pub mod verify;
 
 pub use checkpoint::{Checkpoint, SignedCheckpoint, SigningKey, VerifierKey};
 pub use db::{
-    Db, InclusionProof, NewRecord, OpenReport, Options, Receipt, StoredRecord, Tip, Version, KEY_FILE,
+    truncate_after, Db, InclusionProof, NewRecord, OpenReport, Options, Receipt, StoredRecord, Tip, Version,
+    KEY_FILE,
 };
 pub use error::{Error, NotWritable, Result};
 pub use record::{Op, Payload, Record};

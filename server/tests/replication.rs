@@ -336,6 +336,41 @@ fn a_forked_replica_halts_with_evidence_and_stays_halted() {
         std::thread::sleep(Duration::from_millis(20));
     }
     assert!(r.terminate().success());
+    // Cutting the divergent tail: B's history shares nothing with A's (record 1 already differs), so all 30 go.
+    let (ok, out) = aerodb_admin(&[
+        "--token",
+        READER,
+        "rebuild",
+        "--data-dir",
+        d,
+        "--epoch",
+        "1",
+        "--primary",
+        &url,
+        "--discard-divergent-tail",
+    ]);
+    assert!(
+        ok && out.contains("shares 0 records") && out.contains("cut the 30"),
+        "{out}"
+    );
+    let r = start_replica(&rt.0, &b, &a.data, &[]);
+    wait_applied(&r, 30);
+    let (x, y) = (
+        http(b.http, "GET", "/v1/records/30", Some(READER), None).json(),
+        http(r.http, "GET", "/v1/records/30", Some(READER), None).json(),
+    );
+    assert_eq!(x, y);
+    assert_eq!(ha(&r)["state"], "ReplicaActive");
+    // The whole-log variant keeps the old log aside.
+    let mut r = r;
+    assert!(r.terminate().success());
+    let file =
+        aerodb_replication::state_file::RoleFile::new(std::sync::Arc::new(aerodb_wal::fs::RealFs), &r.data);
+    let mut m = file.load().unwrap();
+    m.observe(aerodb_replication::role::Observation::Halt(
+        aerodb_replication::role::HaltReason::Corruption("test".into()),
+    ));
+    file.store(&m).unwrap();
     let (ok, out) = aerodb_admin(&[
         "rebuild",
         "--data-dir",
@@ -347,19 +382,13 @@ fn a_forked_replica_halts_with_evidence_and_stays_halted() {
         "--discard-local-log",
     ]);
     assert!(ok && out.contains("moved to"), "{out}");
-    let r = start_replica(&rt.0, &b, &a.data, &[]);
-    wait_applied(&r, 30);
-    let (x, y) = (
-        http(b.http, "GET", "/v1/records/30", Some(READER), None).json(),
-        http(r.http, "GET", "/v1/records/30", Some(READER), None).json(),
-    );
-    assert_eq!(x, y);
-    assert_eq!(ha(&r)["state"], "ReplicaActive");
     assert!(std::fs::read_dir(&r.data).unwrap().any(|e| e
         .unwrap()
         .file_name()
         .to_string_lossy()
         .starts_with("divergent-")));
+    let r = start_replica(&rt.0, &b, &a.data, &[]);
+    wait_applied(&r, 30);
 }
 
 #[test]

@@ -223,3 +223,78 @@ fn a_log_that_differs_at_any_commit_id_is_a_fork_there() {
         assert_eq!(r.tip().unwrap().commit_id, k, "nothing applied past the fork");
     }
 }
+
+#[test]
+fn a_divergent_tail_is_cut_and_the_replica_rejoins_byte_identical() {
+    let (pd, rd) = (TempDir::new("cut-p"), TempDir::new("cut-r"));
+    let p = primary(pd.path(), &[1], 150);
+    let f = all_frames(&p);
+    // The replica holds the primary's first 100 records (several sealed segments), then 40 of its own.
+    {
+        let r = Arc::new(Db::open(rd.path(), opts(1, true)).unwrap());
+        let mut a = Applier::new(r.clone(), 1 << 20).unwrap();
+        a.apply(&f[..100]).unwrap();
+        drop(a);
+        Arc::try_unwrap(r).unwrap().close().unwrap();
+        let own = Db::open(rd.path(), opts(1, false)).unwrap();
+        for i in 0..40 {
+            own.put("t", Bytes::from(format!("mine{i}")), Bytes::from(vec![7u8; 200]))
+                .unwrap();
+        }
+        own.checkpoint_now().unwrap();
+        own.close().unwrap();
+    }
+    let before = sealed_segments(rd.path()).len();
+    let verifier = SigningKey::from_seed("aerodb-ledger", [9u8; 32])
+        .unwrap()
+        .verifier();
+    let removed = aerodb_engine::truncate_after(
+        Arc::new(aerodb_wal::fs::RealFs),
+        rd.path(),
+        100,
+        &opts(1, true),
+        &verifier,
+    )
+    .unwrap();
+    assert_eq!(removed, 40);
+    assert!(
+        sealed_segments(rd.path()).len() < before,
+        "later segments were removed"
+    );
+    // It opens (startup check passes) at the cut, with the primary's record 100 as its tip, and follows again.
+    let r = Arc::new(Db::open(rd.path(), opts(1, true)).unwrap());
+    assert_eq!(r.tip().unwrap().record_hash, p.record(100).unwrap().unwrap().hash);
+    assert!(r.latest_checkpoint().is_none_or(|c| c.checkpoint.size <= 100));
+    let mut a = Applier::new(r.clone(), 1 << 20).unwrap();
+    a.apply(&f[100..]).unwrap();
+    assert_eq!(r.tip().unwrap(), p.tip().unwrap());
+    assert_eq!(r.get(b"k3").unwrap(), p.get(b"k3").unwrap());
+    assert!(
+        r.get(b"mine3").unwrap().is_none(),
+        "the cut records' keys are gone from the index"
+    );
+    drop(a);
+    Arc::try_unwrap(r).unwrap().close().unwrap();
+    let sealed = sealed_segments(pd.path());
+    assert_eq!(sealed, sealed_segments(rd.path()));
+    for name in &sealed {
+        assert_eq!(
+            sha(&pd.path().join("wal").join(name)),
+            sha(&rd.path().join("wal").join(name)),
+            "sealed segment {name} differs after the cut"
+        );
+    }
+    // Cutting again at or past the tip changes nothing.
+    let tip = p.tip().unwrap().commit_id;
+    assert_eq!(
+        aerodb_engine::truncate_after(
+            Arc::new(aerodb_wal::fs::RealFs),
+            rd.path(),
+            tip,
+            &opts(1, true),
+            &verifier
+        )
+        .unwrap(),
+        0
+    );
+}

@@ -42,6 +42,7 @@ mod wal;
 pub use error::{Corruption, CorruptionKind, Error, Failure, Result};
 pub use reader::{Frame, FrameRef, WalReader};
 pub use types::{CommitId, Epoch, SegmentId};
+pub use wal::truncate_after;
 pub use wal::{
     segment_file_name, Durability, FrameSink, Options, RecoveryReport, Wal, WalStats, LOCK_FILE_NAME,
 };

@@ -1546,3 +1546,114 @@ fn recover(fs: &dyn Fs, dir: &Path, opts: &Options) -> Result<(Recovered, Recove
     };
     Ok((Recovered { state, active, views }, report))
 }
+
+/// Cuts the log in `dir` after CommitId `keep` (offline: takes the directory's lock): every later frame is
+/// removed — the segment holding `keep` becomes the active one, zero-filled after `keep`'s frame (unsealed if it
+/// was sealed), and every later segment file is deleted. `keep = 0` removes every segment. Returns the number of
+/// frames removed.
+///
+/// This is how a replica discards a divergent tail (`aerodb admin rebuild --discard-divergent-tail`); the engine
+/// first removes what is derived from the cut records (checkpoints, Merkle leaves, index runs). Each step is
+/// synced before the next; an interrupted cut leaves a log that is a prefix of the original ending somewhere
+/// between `keep` and the old end, and running the cut again finishes it.
+pub fn truncate_after(fs: Arc<dyn Fs>, dir: &Path, keep: CommitId, opts: &Options) -> Result<u64> {
+    let (segment, end, last) = {
+        let wal = Wal::open(
+            fs.clone(),
+            dir,
+            Options {
+                read_only: true,
+                ..opts.clone()
+            },
+        )?;
+        let last = wal.durable_commit_id();
+        if keep >= last {
+            return Ok(0);
+        }
+        let at = if keep.0 == 0 {
+            None
+        } else {
+            let f = wal.read_frame(keep)?.ok_or_else(|| Error::Io {
+                op: "find the frame to cut after",
+                path: dir.to_owned(),
+                source: std::io::Error::other(format!("frame {keep} is not in the log")),
+            })?;
+            Some((f.segment, f.offset + f.raw.len() as u64))
+        };
+        (at.map(|a| a.0), at.map_or(0, |a| a.1), last)
+    };
+    let io = |op: &'static str, path: &Path| {
+        let path = path.to_owned();
+        move |source| Error::Io { op, path, source }
+    };
+    let lock_path = dir.join(LOCK_FILE_NAME);
+    let _lock = fs
+        .try_lock(&lock_path)
+        .map_err(io("lock", &lock_path))?
+        .ok_or_else(|| Error::Locked {
+            dir: dir.to_owned(),
+            lock_file: lock_path.clone(),
+        })?;
+    // Later segments go first, newest first, so an interruption leaves a prefix of the log.
+    let mut later: Vec<(SegmentId, String)> = fs
+        .list_dir(dir)
+        .map_err(io("list", dir))?
+        .into_iter()
+        .filter_map(|name| parse_name(&name).map(|(id, _)| (id, name)))
+        .filter(|(id, _)| segment.is_none_or(|s| *id > s))
+        .collect();
+    later.sort();
+    for (_, name) in later.iter().rev() {
+        let p = dir.join(name);
+        fs.remove_file(&p).map_err(io("remove segment", &p))?;
+        fs.sync_dir(dir).map_err(io("sync directory", dir))?;
+    }
+    if let Some(s) = segment {
+        let p = dir.join(segment_file_name(s));
+        let file = fs.open(&p, OpenMode::ReadWrite).map_err(io("open segment", &p))?;
+        let mut hb = [0u8; SEGMENT_HEADER_LEN];
+        crate::fs::read_exact_at(&*file, &mut hb, 0).map_err(io("read segment header", &p))?;
+        let header = SegmentHeader::decode(&hb).map_err(|e| Error::Io {
+            op: "decode segment header",
+            path: p.clone(),
+            source: std::io::Error::other(e.describe()),
+        })?;
+        // What follows `keep`'s frame: whole frames, then (if the segment was sealed) the footer, then nothing
+        // or zero fill.
+        let len = file.len().map_err(io("stat segment", &p))?;
+        let mut rest = vec![0u8; usize::try_from(len.saturating_sub(end)).unwrap_or(0)];
+        crate::fs::read_exact_at(&*file, &mut rest, end).map_err(io("read segment", &p))?;
+        let mut frames = Vec::new();
+        let mut at = 0usize;
+        while let Ok(h) = crate::format::decode_frame_header(&rest[at..], MAX_FRAME_BODY_BYTES) {
+            if at + h.frame_len() > rest.len() {
+                break;
+            }
+            frames.push((end + at as u64, h.frame_len()));
+            at += h.frame_len();
+        }
+        let tail_end = rest.iter().rposition(|b| *b != 0).map_or(0, |i| i + 1);
+        // Zero back to front, one piece per synced write: the footer (or other bytes after the last frame) first,
+        // then each frame from the last one. A crash at any point leaves valid frames, then at most one partly
+        // zeroed piece, then zeros: a torn tail that recovery cuts, never an invalid region before a valid frame.
+        let zero = |offset: u64, n: usize| -> Result<()> {
+            file.write_all_at(&vec![0u8; n], offset)
+                .map_err(io("zero segment tail", &p))?;
+            file.sync_data().map_err(io("sync segment", &p))
+        };
+        if tail_end > at {
+            zero(end + at as u64, tail_end - at)?;
+        }
+        for &(offset, n) in frames.iter().rev() {
+            zero(offset, n)?;
+        }
+        // An active segment keeps its capacity (the rest reads as zeros).
+        let cap = header.segment_bytes.max(len);
+        if len < cap {
+            file.set_len(cap).map_err(io("extend segment", &p))?;
+        }
+        file.sync_all().map_err(io("sync segment", &p))?;
+        fs.sync_dir(dir).map_err(io("sync directory", dir))?;
+    }
+    Ok(last.0 - keep.0)
+}

@@ -154,10 +154,11 @@ enum AdminCmd {
         #[arg(long)]
         data_dir: PathBuf,
     },
-    /// Leave ReplicationHalted as a replica of a primary. Without --discard-local-log the log is kept and must
-    /// be a prefix of the primary's (the handshake checks it at start); with it, the local log is moved aside to
-    /// `divergent-<unix ms>/` in the data directory (kept as evidence, never deleted) and the replica
-    /// re-synchronises everything from the primary.
+    /// Leave ReplicationHalted as a replica of a primary. Without a flag the log is kept and must be a prefix of
+    /// the primary's (the handshake checks it at start). With --discard-divergent-tail, the longest common prefix
+    /// with the primary is found (its records are fetched over gRPC with --token, a reader's) and the local
+    /// records after it are cut. With --discard-local-log, the whole local log is moved aside to
+    /// `divergent-<unix ms>/` (kept as evidence) and the replica re-synchronises everything.
     Rebuild {
         /// Data directory.
         #[arg(long)]
@@ -169,8 +170,11 @@ enum AdminCmd {
         #[arg(long)]
         primary: String,
         /// Move the local log (WAL, Merkle store, index, checkpoints) aside and start empty.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "discard_divergent_tail")]
         discard_local_log: bool,
+        /// Cut the local records after the longest prefix shared with the primary.
+        #[arg(long)]
+        discard_divergent_tail: bool,
     },
     /// The failover verification figures of seed 000 §6 for a stopped node: first/last CommitId and record count
     /// (gap-free means last − first + 1 = count), Merkle leaf count and its parity with the records, and the latest
@@ -180,6 +184,75 @@ enum AdminCmd {
         #[arg(long)]
         data_dir: PathBuf,
     },
+}
+
+/// `aerodb admin rebuild --discard-divergent-tail`: finds the longest prefix the local log shares with the
+/// primary's (by record hash; the chain makes "record k matches" monotone in k, so a binary search) and cuts the
+/// local records after it.
+async fn cut_divergent_tail(
+    dir: &std::path::Path,
+    primary: &str,
+    token: Option<&str>,
+    j: bool,
+) -> Result<(), String> {
+    use aerodb_proto::v1 as pb;
+    let key = dir.join(aerodb_engine::KEY_FILE);
+    let signing_key = SigningKey::load(&key).map_err(|e| format!("{}: {e}", key.display()))?;
+    let verifier = signing_key.verifier();
+    let opts = aerodb_engine::Options {
+        origin: signing_key.name().to_owned(),
+        signing_key: Some(signing_key),
+        read_only: true,
+        checkpoint_every_records: 0,
+        checkpoint_interval: None,
+        fail_on_startup_check: false,
+        ..aerodb_engine::Options::default()
+    };
+    let mut client = pb::ledger_client::LedgerClient::connect(primary.to_owned())
+        .await
+        .map_err(|e| format!("connecting to the primary {primary}: {e}"))?;
+    let auth: Option<tonic::metadata::MetadataValue<_>> = token
+        .map(|t| format!("Bearer {t}").parse())
+        .transpose()
+        .map_err(|_| "the token is not a valid header value".to_string())?;
+    let db =
+        aerodb_engine::Db::open(dir, opts.clone()).map_err(|e| format!("opening {}: {e}", dir.display()))?;
+    let (mut lo, mut hi) = (0u64, db.tip().map_err(|e| e.to_string())?.commit_id);
+    let local_tip = hi;
+    while lo < hi {
+        let mid = (lo + hi).div_ceil(2);
+        let ours = db
+            .record(mid)
+            .map_err(|e| e.to_string())?
+            .map(|r| r.hash.to_vec());
+        let mut req = tonic::Request::new(pb::GetRecordRequest { commit_id: mid });
+        if let Some(a) = &auth {
+            req.metadata_mut().insert("authorization", a.clone());
+        }
+        let theirs = match client.get_record(req).await {
+            Ok(r) => r.into_inner().record.map(|r| r.record_hash),
+            Err(s) if s.code() == tonic::Code::NotFound => None,
+            Err(s) => return Err(format!("reading record {mid} from the primary: {}", s.message())),
+        };
+        if ours.is_some() && theirs == ours {
+            lo = mid;
+        } else {
+            hi = mid - 1;
+        }
+    }
+    db.close().map_err(|e| e.to_string())?;
+    let removed = aerodb_engine::truncate_after(Arc::new(aerodb_wal::fs::RealFs), dir, lo, &opts, &verifier)
+        .map_err(|e| format!("cutting the log after {lo}: {e}"))?;
+    print(
+        j,
+        json!({"common_prefix": lo, "removed": removed, "local_tip_before": local_tip}),
+        || {
+            format!(
+                "the log shares {lo} records with the primary; cut the {removed} local records after them"
+            )
+        },
+    );
+    Ok(())
 }
 
 /// `aerodb admin verify-stats`: opens the directory read-only (the startup integrity check runs) and counts.
@@ -372,6 +445,21 @@ async fn client(cli: &Cli, key: Option<&str>) -> Result<VerifiedClient, String> 
 async fn run(cli: Cli) -> Result<(), String> {
     let j = cli.json;
     match &cli.cmd {
+        Cmd::Admin {
+            cmd:
+                AdminCmd::Rebuild {
+                    data_dir,
+                    primary,
+                    discard_divergent_tail: true,
+                    ..
+                },
+        } => {
+            cut_divergent_tail(data_dir, primary, cli.token.as_deref(), j).await?;
+            let Cmd::Admin { cmd } = &cli.cmd else {
+                unreachable!()
+            };
+            admin(cmd, j)?;
+        }
         Cmd::Admin { cmd } => admin(cmd, j)?,
         Cmd::Status => {
             let c = client(&cli, None).await?;
