@@ -84,6 +84,12 @@ pub struct Flags {
     /// CA certificate (PEM) to verify the primary's TLS certificate with (replica role, `https://` primary).
     #[arg(long, env = "AERODB_PRIMARY_CA_CERT")]
     pub primary_ca_cert: Option<PathBuf>,
+    /// Client certificate chain (PEM) this replica presents to its primary (mutual TLS).
+    #[arg(long, env = "AERODB_PRIMARY_CLIENT_CERT")]
+    pub primary_client_cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(long, env = "AERODB_PRIMARY_CLIENT_KEY")]
+    pub primary_client_key: Option<PathBuf>,
     /// Synchronous replication: acknowledge a write only after this many replicas flushed it (0: asynchronous).
     #[arg(long, env = "AERODB_SYNC_REPLICAS")]
     pub sync_replicas: Option<usize>,
@@ -108,6 +114,10 @@ pub struct Flags {
     /// TLS private key (PEM).
     #[arg(long, env = "AERODB_TLS_KEY")]
     pub tls_key: Option<PathBuf>,
+    /// CA (PEM) for client certificates on gRPC (mutual TLS): clients may present one; the replication stream
+    /// requires one signed by this CA.
+    #[arg(long, env = "AERODB_TLS_CLIENT_CA")]
+    pub tls_client_ca: Option<PathBuf>,
     /// Serve without authentication (refused unless every listen address is loopback).
     #[arg(long, env = "AERODB_INSECURE_NO_AUTH")]
     pub insecure_no_auth: bool,
@@ -159,6 +169,8 @@ pub struct FileConfig {
     primary: Option<String>,
     primary_token_file: Option<PathBuf>,
     primary_ca_cert: Option<PathBuf>,
+    primary_client_cert: Option<PathBuf>,
+    primary_client_key: Option<PathBuf>,
     sync_replicas: Option<usize>,
     sync_wait: Option<SyncWait>,
     writer_fence_mode: Option<FenceMode>,
@@ -167,6 +179,7 @@ pub struct FileConfig {
     tokens_file: Option<PathBuf>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
+    tls_client_ca: Option<PathBuf>,
     insecure_no_auth: Option<bool>,
     max_request_bytes: Option<usize>,
     max_concurrent_requests: Option<usize>,
@@ -202,6 +215,10 @@ pub struct Config {
     pub primary_token_file: Option<PathBuf>,
     /// CA certificate for a TLS primary.
     pub primary_ca_cert: Option<PathBuf>,
+    /// Client certificate and key a replica presents to its primary.
+    pub primary_client_identity: Option<(PathBuf, PathBuf)>,
+    /// CA for client certificates on gRPC (the replication stream requires one).
+    pub tls_client_ca: Option<PathBuf>,
     /// Replicas that must flush a write before it is acknowledged (0: asynchronous).
     pub sync_replicas: usize,
     /// What a synchronous write does while too few replicas are connected.
@@ -253,6 +270,8 @@ impl Config {
             primary: None,
             primary_token_file: None,
             primary_ca_cert: None,
+            primary_client_identity: None,
+            tls_client_ca: None,
             sync_replicas: 0,
             sync_wait: SyncWait::Block,
             writer_fence: None,
@@ -302,6 +321,20 @@ impl Config {
                 primary: flags.primary.or(file.primary),
                 primary_token_file: flags.primary_token_file.or(file.primary_token_file),
                 primary_ca_cert: flags.primary_ca_cert.or(file.primary_ca_cert),
+                primary_client_identity: match (
+                    flags.primary_client_cert.or(file.primary_client_cert),
+                    flags.primary_client_key.or(file.primary_client_key),
+                ) {
+                    (Some(c), Some(k)) => Some((c, k)),
+                    (None, None) => None,
+                    _ => {
+                        return Err(
+                            "a client certificate needs both --primary-client-cert and --primary-client-key"
+                                .into(),
+                        )
+                    }
+                },
+                tls_client_ca: flags.tls_client_ca.or(file.tls_client_ca),
                 sync_replicas: flags.sync_replicas.or(file.sync_replicas).unwrap_or(0),
                 sync_wait: flags.sync_wait.or(file.sync_wait).unwrap_or(SyncWait::Block),
                 writer_fence: match (
@@ -366,6 +399,9 @@ impl Config {
                 ports_file: flags.ports_file.or(file.ports_file),
                 log_format: flags.log_format.or(file.log_format).unwrap_or(LogFormat::Text),
             };
+        if c.tls_client_ca.is_some() && c.tls.is_none() {
+            return Err("--tls-client-ca needs TLS (--tls-cert and --tls-key)".into());
+        }
         if c.insecure_no_auth && !(loopback(&c.http_listen) && loopback(&c.grpc_listen)) {
             return Err(
                 "--insecure-no-auth is only allowed when both APIs listen on loopback addresses".into(),

@@ -286,9 +286,13 @@ pub async fn serve(
     let follower = matches!(node.role.lock().state, State::ReplicaActive { .. })
         .then(|| tokio::spawn(replication::follow(node.clone(), stop_rx.clone())));
     let mut builder = tonic::transport::Server::builder();
+    let client_ca = match &cfg.tls_client_ca {
+        Some(p) => Some(std::fs::read(p).map_err(|e| format!("reading {}: {e}", p.display()))?),
+        None => None,
+    };
     if let Some(files) = &tls {
         builder = builder
-            .tls_config(files.grpc())
+            .tls_config(files.grpc(client_ca.as_deref()))
             .map_err(|e| format!("gRPC TLS: {e}"))?;
     }
     let grpc = builder

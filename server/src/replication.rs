@@ -352,6 +352,15 @@ impl pb::replication_server::Replication for ReplicationService {
             Action::Replicate,
         )
         .map_err(|e| e.to_status())?;
+        // Mutual TLS: with a client CA configured, a replica must present a certificate it signed (tonic has
+        // verified the chain; here its presence is required).
+        if node.config.tls_client_ca.is_some() && req.peer_certs().is_none_or(|c| c.is_empty()) {
+            return Err(ApiError::new(
+                Code::PermissionDenied,
+                "the replication stream needs a client certificate signed by this node's client CA",
+            )
+            .to_status());
+        }
         let peer = req.remote_addr().map_or_else(|| "?".into(), |a| a.to_string());
         let mut inbound = req.into_inner();
         let hello = match inbound.message().await? {
@@ -580,6 +589,16 @@ pub async fn follow(node: Arc<Node>, mut stop: watch::Receiver<bool>) {
         },
         None => None,
     };
+    let identity = match &node.config.primary_client_identity {
+        Some((c, k)) => match (std::fs::read(c), std::fs::read(k)) {
+            (Ok(c), Ok(k)) => Some((c, k)),
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::error!("reading the replica's client certificate or key: {e}; not following");
+                return;
+            }
+        },
+        None => None,
+    };
     let db = node.db.clone();
     let applier = match tokio::task::spawn_blocking(move || Applier::new(db, 64 << 20)).await {
         Ok(Ok(a)) => Arc::new(Mutex::new(a)),
@@ -599,7 +618,7 @@ pub async fn follow(node: Arc<Node>, mut stop: watch::Receiver<bool>) {
         }
         let started = Instant::now();
         let end = tokio::select! {
-            end = stream_once(&node, &url, token.as_deref(), ca.as_deref(), &applier) => end,
+            end = stream_once(&node, &url, token.as_deref(), ca.as_deref(), identity.as_ref(), &applier) => end,
             _ = stop.wait_for(|s| *s) => StreamEnd::Stop,
         };
         {
@@ -638,21 +657,28 @@ async fn stream_once(
     url: &str,
     token: Option<&str>,
     ca: Option<&[u8]>,
+    identity: Option<&(Vec<u8>, Vec<u8>)>,
     applier: &Arc<Mutex<Applier>>,
 ) -> StreamEnd {
     let endpoint = match tonic::transport::Endpoint::from_shared(url.to_owned()) {
         Ok(e) => e.connect_timeout(Duration::from_secs(2)).tcp_nodelay(true),
         Err(e) => return StreamEnd::Retry(format!("bad primary URL {url}: {e}")),
     };
-    let endpoint = match ca {
-        Some(ca) => match endpoint.tls_config(
-            tonic::transport::ClientTlsConfig::new()
-                .ca_certificate(tonic::transport::Certificate::from_pem(ca)),
-        ) {
-            Ok(e) => e,
-            Err(e) => return StreamEnd::Retry(format!("TLS to {url}: {e}")),
-        },
-        None => endpoint,
+    let endpoint = match (ca, identity) {
+        (None, None) => endpoint,
+        (ca, identity) => {
+            let mut tls = tonic::transport::ClientTlsConfig::new();
+            if let Some(ca) = ca {
+                tls = tls.ca_certificate(tonic::transport::Certificate::from_pem(ca));
+            }
+            if let Some((cert, key)) = identity {
+                tls = tls.identity(tonic::transport::Identity::from_pem(cert, key));
+            }
+            match endpoint.tls_config(tls) {
+                Ok(e) => e,
+                Err(e) => return StreamEnd::Retry(format!("TLS to {url}: {e}")),
+            }
+        }
     };
     let channel = match endpoint.connect().await {
         Ok(c) => c,

@@ -55,13 +55,20 @@ impl TlsFiles {
         })
     }
 
-    /// tonic's server TLS settings.
+    /// tonic's server TLS settings. With `client_ca` (PEM), clients may present a certificate, verified against
+    /// it (mutual TLS); the replication stream then requires one.
     #[must_use]
-    pub fn grpc(&self) -> tonic::transport::ServerTlsConfig {
-        tonic::transport::ServerTlsConfig::new().identity(tonic::transport::Identity::from_pem(
+    pub fn grpc(&self, client_ca: Option<&[u8]>) -> tonic::transport::ServerTlsConfig {
+        let c = tonic::transport::ServerTlsConfig::new().identity(tonic::transport::Identity::from_pem(
             &self.cert_pem,
             &self.key_pem,
-        ))
+        ));
+        match client_ca {
+            Some(ca) => c
+                .client_ca_root(tonic::transport::Certificate::from_pem(ca))
+                .client_auth_optional(true),
+            None => c,
+        }
     }
 }
 

@@ -987,3 +987,120 @@ fn a_partition_under_load_heals_to_identical_logs() {
         ),
     );
 }
+
+/// Mutual TLS on the replication stream: the primary serves TLS with a client CA; a replica that presents no
+/// client certificate is refused (and says why in HA status); one with a certificate the CA signed follows.
+#[test]
+fn the_replication_stream_takes_mutual_tls() {
+    let (pt, rt, rt2) = (Tmp::new("mtls-p"), Tmp::new("mtls-r"), Tmp::new("mtls-r2"));
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let leaf = |names: Vec<String>| {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(names)
+            .unwrap()
+            .signed_by(&key, &ca, &ca_key)
+            .unwrap();
+        (cert.pem(), key.serialize_pem())
+    };
+    let (server_cert, server_key) = leaf(vec!["localhost".into(), "127.0.0.1".into()]);
+    let (client_cert, client_key) = leaf(vec!["replica-1".into()]);
+    let w = |dir: &Path, name: &str, text: &str| {
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        p.to_str().unwrap().to_owned()
+    };
+    let (sc, sk, ca_path) = (
+        w(&pt.0, "server.pem", &server_cert),
+        w(&pt.0, "server.key", &server_key),
+        w(&pt.0, "ca.pem", &ca.pem()),
+    );
+    let primary = start(
+        &pt.0,
+        &[
+            "--segment-bytes",
+            SEGMENT,
+            "--tls-cert",
+            &sc,
+            "--tls-key",
+            &sk,
+            "--tls-client-ca",
+            &ca_path,
+        ],
+    );
+    // Writes go over REST/TLS here; use the gRPC API with the CA to append.
+    let rt_ = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt_.block_on(async {
+        let vkey = aerodb_engine::VerifierKey::parse(&primary.verifier_key).unwrap();
+        let url = format!("https://127.0.0.1:{}", primary.grpc.port());
+        let mut c = aerodb_server::client::VerifiedClient::connect_tls(
+            &url,
+            Some(WRITER),
+            vkey,
+            Some(ca.pem().as_bytes()),
+        )
+        .await
+        .unwrap();
+        for i in 0..10u8 {
+            c.append(
+                "t",
+                aerodb_engine::Payload::Event(bytes::Bytes::from(vec![i; 10])),
+            )
+            .await
+            .unwrap();
+        }
+    });
+    let url = format!("https://127.0.0.1:{}", primary.grpc.port());
+    let follow = |dir: &Path, cert: Option<(&str, &str)>| {
+        let data = dir.join("data");
+        std::fs::create_dir_all(&data).unwrap();
+        std::fs::copy(primary.data.join("checkpoint.key"), data.join("checkpoint.key")).unwrap();
+        let token = w(dir, "replicator.token", REPLICATOR);
+        let ca_file = w(dir, "ca.pem", &ca.pem());
+        let mut args = vec![
+            "--role".to_owned(),
+            "replica".into(),
+            "--primary".into(),
+            url.clone(),
+            "--primary-token-file".into(),
+            token,
+            "--primary-ca-cert".into(),
+            ca_file,
+            "--segment-bytes".into(),
+            SEGMENT.into(),
+        ];
+        if let Some((c, k)) = cert {
+            args.extend([
+                "--primary-client-cert".to_owned(),
+                w(dir, "client.pem", c),
+                "--primary-client-key".into(),
+                w(dir, "client.key", k),
+            ]);
+        }
+        start(dir, &args.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    // Without a client certificate: refused, and the replica says why.
+    let bare = follow(&rt.0, None);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let h = ha(&bare);
+        if h["replication_error"]
+            .as_str()
+            .unwrap()
+            .contains("client certificate")
+        {
+            assert_eq!(h["applied_commit_id"], 0);
+            break;
+        }
+        assert!(Instant::now() < deadline, "no refusal: {h}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // With one the CA signed: it follows.
+    let good = follow(&rt2.0, Some((&client_cert, &client_key)));
+    wait_applied(&good, 10);
+}
