@@ -752,13 +752,22 @@ fn fencing_and_failover_under_load() {
         lost, 0,
         "acknowledged writes missing or different after the failover"
     );
+    // Seed 000 §7.5: the auditor's strict verification of the new primary's log after the failover.
+    let mut p2 = p2;
+    assert!(p2.terminate().success());
+    let strict = aerodb_engine::VerifyOptions {
+        verifier: None,
+        strict: true,
+    };
+    let report = aerodb_engine::verify_dir(&p2.data, &strict, &mut |_, _| {}).unwrap();
+    assert!(report.ok() && report.records == last, "{report:?}");
     report_figure(
         "T12 fencing / failover under load (seed 000 §7)",
         &format!(
             "second primary on the fence refused; {} writes acknowledged by the old primary (sync-replicas 1) \
              before the pause: 0 lost or changed after promoting its replica at epoch 2; 0 acknowledged after the \
              new term took the fence (old primary halted); chain, leaf indexes and checkpoint consistency \
-             continuous across the boundary",
+             continuous across the boundary; strict verification of the new primary's log clean",
             acked.len()
         ),
     );
