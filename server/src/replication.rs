@@ -875,19 +875,8 @@ async fn stream_once(
                     node.follow_epoch(tip.epoch, url);
                 }
                 node.replicas.published(tip.commit_id);
-                let ack = pb::ReplicaAck {
-                    written: tip.commit_id,
-                    flushed: tip.commit_id,
-                    applied: tip.commit_id,
-                };
-                if out_tx
-                    .send(pb::ReplicaMessage {
-                        msg: Some(RMsg::Ack(ack)),
-                    })
-                    .await
-                    .is_err()
-                {
-                    return StreamEnd::Retry("the outbound stream closed".into());
+                if let Err(end) = send_ack(&out_tx, tip.commit_id).await {
+                    return end;
                 }
             }
             Some(PMsg::Checkpoint(note)) => {
@@ -911,19 +900,8 @@ async fn stream_once(
                 node.follower.lock().primary_commit_id = hb.primary_commit_id;
                 // An ack of the same position: the primary's sign that this replica is alive.
                 let t = applier.lock().tip().commit_id;
-                let ack = pb::ReplicaAck {
-                    written: t,
-                    flushed: t,
-                    applied: t,
-                };
-                if out_tx
-                    .send(pb::ReplicaMessage {
-                        msg: Some(RMsg::Ack(ack)),
-                    })
-                    .await
-                    .is_err()
-                {
-                    return StreamEnd::Retry("the outbound stream closed".into());
+                if let Err(end) = send_ack(&out_tx, t).await {
+                    return end;
                 }
                 if hb.epoch < followed_epoch {
                     return halt(
@@ -941,6 +919,20 @@ async fn stream_once(
             }
         }
     }
+}
+
+/// Acknowledges `tip` as written, flushed and applied (the replica's append is synchronous, so they are equal).
+async fn send_ack(out: &mpsc::Sender<pb::ReplicaMessage>, tip: u64) -> Result<(), StreamEnd> {
+    let ack = pb::ReplicaAck {
+        written: tip,
+        flushed: tip,
+        applied: tip,
+    };
+    out.send(pb::ReplicaMessage {
+        msg: Some(RMsg::Ack(ack)),
+    })
+    .await
+    .map_err(|_| StreamEnd::Retry("the outbound stream closed".into()))
 }
 
 fn frame_commit(f: &[u8]) -> u64 {

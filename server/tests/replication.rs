@@ -66,6 +66,30 @@ fn append(s: &Server, tenant: &str, i: u64) -> u64 {
     r.json()["commit_id"].as_u64().unwrap()
 }
 
+/// Four writers appending events to `addr` until `stop`; `acked` is the highest CommitId acknowledged.
+fn sustained_load(
+    addr: std::net::SocketAddr,
+) -> (Arc<AtomicBool>, Arc<AtomicU64>, Vec<std::thread::JoinHandle<()>>) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked = Arc::new(AtomicU64::new(0));
+    let writers = (0..4)
+        .map(|w| {
+            let (stop, acked) = (stop.clone(), acked.clone());
+            std::thread::spawn(move || {
+                let mut i = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    let body = format!(r#"{{"tenant":"w{w}","event":"e{i}"}}"#);
+                    let r = http(addr, "POST", "/v1/records", Some(WRITER), Some(&body));
+                    assert_eq!(r.status, 201);
+                    acked.fetch_max(r.json()["commit_id"].as_u64().unwrap(), Ordering::Relaxed);
+                    i += 1;
+                }
+            })
+        })
+        .collect();
+    (stop, acked, writers)
+}
+
 /// Waits until the replica applied `commit` (or panics after 30 s).
 fn wait_applied(replica: &Server, commit: u64) {
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -117,24 +141,7 @@ fn a_replica_follows_restarts_and_ends_byte_identical() {
     }
     let mut replica = start_replica(&rt.0, &primary, &primary.data, &[]);
     // The live tail under concurrent appends, with a kill -9 of the replica in the middle.
-    let stop = Arc::new(AtomicBool::new(false));
-    let acked = Arc::new(AtomicU64::new(0));
-    let writers: Vec<_> = (0..4)
-        .map(|w| {
-            let (stop, acked) = (stop.clone(), acked.clone());
-            let addr = primary.http;
-            std::thread::spawn(move || {
-                let mut i = 0;
-                while !stop.load(Ordering::Relaxed) {
-                    let body = format!(r#"{{"tenant":"w{w}","event":"e{i}"}}"#);
-                    let r = http(addr, "POST", "/v1/records", Some(WRITER), Some(&body));
-                    assert_eq!(r.status, 201);
-                    acked.fetch_max(r.json()["commit_id"].as_u64().unwrap(), Ordering::Relaxed);
-                    i += 1;
-                }
-            })
-        })
-        .collect();
+    let (stop, acked, writers) = sustained_load(primary.http);
     std::thread::sleep(Duration::from_millis(700));
     replica.kill9();
     std::thread::sleep(Duration::from_millis(300));
@@ -528,25 +535,6 @@ fn aerodb_admin(args: &[&str]) -> (bool, String) {
     )
 }
 
-/// Starts the server expecting it to refuse; returns what it printed.
-fn refuse_start(dir: &Path, extra: &[&str]) -> String {
-    let tokens = write_tokens(dir);
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_aerodb-server"))
-        .arg("--data-dir")
-        .arg(dir.join("data"))
-        .arg("--tokens-file")
-        .arg(&tokens)
-        .args(["--http-listen", "127.0.0.1:0", "--grpc-listen", "127.0.0.1:0"])
-        .args(extra)
-        .output()
-        .unwrap();
-    assert!(
-        !out.status.success(),
-        "the server started but should have refused"
-    );
-    String::from_utf8_lossy(&out.stderr).to_string()
-}
-
 fn hash32(hex: &str) -> [u8; 32] {
     let v: Vec<u8> = (0..hex.len())
         .step_by(2)
@@ -604,7 +592,7 @@ fn fencing_and_failover_under_load() {
     let a = start(&at.0, &a_args.iter().map(String::as_str).collect::<Vec<_>>());
     // A second primary on the same fence and epoch refuses to start, with the reason.
     let b_args = args(&fence("b"), &["--segment-bytes", SEGMENT]);
-    let err = refuse_start(&bt.0, &b_args.iter().map(String::as_str).collect::<Vec<_>>());
+    let err = refuse(&bt.0, &b_args.iter().map(String::as_str).collect::<Vec<_>>());
     assert!(err.contains("two primaries may not share a fence"), "{err}");
 
     let r = start_replica(&rt.0, &a, &a.data, &[]);
@@ -890,24 +878,7 @@ fn a_partition_under_load_heals_to_identical_logs() {
             "replica-1",
         ],
     );
-    let stop = Arc::new(AtomicBool::new(false));
-    let acked = Arc::new(AtomicU64::new(0));
-    let writers: Vec<_> = (0..4)
-        .map(|w| {
-            let (stop, acked) = (stop.clone(), acked.clone());
-            let addr = primary.http;
-            std::thread::spawn(move || {
-                let mut i = 0;
-                while !stop.load(Ordering::Relaxed) {
-                    let body = format!(r#"{{"tenant":"w{w}","event":"e{i}"}}"#);
-                    let r = http(addr, "POST", "/v1/records", Some(WRITER), Some(&body));
-                    assert_eq!(r.status, 201);
-                    acked.fetch_max(r.json()["commit_id"].as_u64().unwrap(), Ordering::Relaxed);
-                    i += 1;
-                }
-            })
-        })
-        .collect();
+    let (stop, acked, writers) = sustained_load(primary.http);
     std::thread::sleep(Duration::from_millis(500));
     wait_applied(&replica, acked.load(Ordering::Relaxed).min(100));
     proxy.partition();

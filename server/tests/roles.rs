@@ -34,25 +34,6 @@ fn admin(args: &[&str]) -> (bool, String) {
     )
 }
 
-/// Starts the server expecting it to refuse; returns what it printed.
-fn refuse(dir: &std::path::Path, extra: &[&str]) -> String {
-    let tokens = write_tokens(dir);
-    let out = Command::new(env!("CARGO_BIN_EXE_aerodb-server"))
-        .arg("--data-dir")
-        .arg(dir.join("data"))
-        .arg("--tokens-file")
-        .arg(&tokens)
-        .args(["--http-listen", "127.0.0.1:0", "--grpc-listen", "127.0.0.1:0"])
-        .args(extra)
-        .output()
-        .unwrap();
-    assert!(
-        !out.status.success(),
-        "the server started but should have refused"
-    );
-    String::from_utf8_lossy(&out.stderr).to_string()
-}
-
 #[test]
 fn roles_are_persisted_explicit_and_never_inferred() {
     let tmp = Tmp::new("roles");

@@ -63,6 +63,25 @@ pub fn write_tokens(dir: &Path) -> PathBuf {
     p
 }
 
+/// Starts the server in `dir` expecting it to refuse to start; returns what it printed.
+pub fn refuse(dir: &Path, extra: &[&str]) -> String {
+    let tokens = write_tokens(dir);
+    let out = Command::new(env!("CARGO_BIN_EXE_aerodb-server"))
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .arg("--tokens-file")
+        .arg(&tokens)
+        .args(["--http-listen", "127.0.0.1:0", "--grpc-listen", "127.0.0.1:0"])
+        .args(extra)
+        .output()
+        .expect("run aerodb-server");
+    assert!(
+        !out.status.success(),
+        "the server started but should have refused"
+    );
+    String::from_utf8_lossy(&out.stderr).to_string()
+}
+
 /// A running server; killed (SIGKILL) on drop unless stopped first.
 pub struct Server {
     pub child: Option<Child>,
