@@ -12,6 +12,10 @@ use std::{
 
 use aerodb_wal::{Epoch, Wal};
 
+pub mod net;
+pub mod peers;
+pub mod pg;
+
 /// A fresh directory for benchmark data on the same file system as the repository (not tmpfs).
 ///
 /// # Panics

@@ -14,12 +14,11 @@ use std::{
         atomic::{AtomicU64, Ordering},
         Arc,
     },
-    time::{Duration, Instant},
+    time::Duration,
 };
 
-use aerodb_benches::{bench_dir, median_min_max, quantile, run_threads, Run};
+use aerodb_benches::{bench_dir, median_min_max, net, quantile, run_threads, Run};
 use aerodb_engine::{Db, Op, Options, Payload};
-use aerodb_proto::v1 as pb;
 use aerodb_server::{config::Config, httpc};
 use bytes::Bytes;
 
@@ -29,118 +28,11 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 const CLIENTS: usize = 64;
 const TOKEN: &str = "bench-writer-token-0123456789";
 
-fn value() -> String {
-    "v".repeat(256)
-}
-
 fn payload(k: u64) -> Payload {
     Payload::Batch(vec![Op::Put {
         key: Bytes::from(format!("key-{k:012}")),
         value: Bytes::from(vec![b'v'; 256]),
     }])
-}
-
-fn grpc_round(rt: &tokio::runtime::Runtime, addr: SocketAddr, per_client: u64, keys: Arc<AtomicU64>) -> Run {
-    rt.block_on(async move {
-        let mut channels = Vec::new();
-        let conns: usize = std::env::var("GRPC_CONNS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(8);
-        for _ in 0..conns {
-            channels.push(
-                tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-                    .expect("endpoint")
-                    .tcp_nodelay(true)
-                    .connect()
-                    .await
-                    .expect("connect"),
-            );
-        }
-        let auth: tonic::metadata::MetadataValue<_> = format!("Bearer {TOKEN}").parse().expect("header");
-        let start = Instant::now();
-        let mut tasks = Vec::new();
-        for c in 0..CLIENTS {
-            let mut client = pb::ledger_client::LedgerClient::new(channels[c % channels.len()].clone());
-            let keys = keys.clone();
-            let auth = auth.clone();
-            tasks.push(tokio::spawn(async move {
-                let mut lat = Vec::with_capacity(per_client as usize);
-                for _ in 0..per_client {
-                    let k = keys.fetch_add(1, Ordering::Relaxed);
-                    let mut req = tonic::Request::new(pb::AppendRequest {
-                        record: Some(pb::NewRecord {
-                            tenant: "bench".into(),
-                            payload: Some(pb::new_record::Payload::Batch(pb::Batch {
-                                ops: vec![pb::Op {
-                                    key: format!("key-{k:012}").into_bytes(),
-                                    value: vec![b'v'; 256],
-                                    delete: false,
-                                }],
-                            })),
-                        }),
-                        prove: false,
-                    });
-                    req.metadata_mut().insert("authorization", auth.clone());
-                    let t = Instant::now();
-                    client
-                        .append(req)
-                        .await
-                        .expect("gRPC append failed during the benchmark");
-                    lat.push(t.elapsed());
-                }
-                lat
-            }));
-        }
-        let mut latencies = Vec::new();
-        for t in tasks {
-            latencies.extend(t.await.expect("client task"));
-        }
-        Run {
-            ops: latencies.len() as u64,
-            elapsed: start.elapsed(),
-            latencies,
-        }
-    })
-}
-
-fn rest_round(addr: SocketAddr, per_client: u64, keys: Arc<AtomicU64>) -> Run {
-    let start = Instant::now();
-    let latencies = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..CLIENTS)
-            .map(|_| {
-                let keys = keys.clone();
-                s.spawn(move || {
-                    let mut conn = std::net::TcpStream::connect(addr).expect("connect");
-                    conn.set_nodelay(true).expect("nodelay");
-                    let v = value();
-                    let mut lat = Vec::with_capacity(per_client as usize);
-                    for _ in 0..per_client {
-                        let k = keys.fetch_add(1, Ordering::Relaxed);
-                        let body = format!(
-                            r#"{{"tenant":"bench","ops":[{{"op":"put","key":"key-{k:012}","value":"{v}"}}]}}"#
-                        );
-                        let req = httpc::request("POST", "/v1/records", Some(TOKEN), Some(&body), true);
-                        let t = Instant::now();
-                        let r = httpc::exchange(&mut conn, &req)
-                            .expect("REST append failed during the benchmark");
-                        assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
-                        lat.push(t.elapsed());
-                    }
-                    lat
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .flat_map(|h| h.join().expect("client thread"))
-            .collect::<Vec<_>>()
-    });
-    Run {
-        ops: latencies.len() as u64,
-        elapsed: start.elapsed(),
-        latencies,
-    }
 }
 
 /// CPU time (user + system) this process has used, all threads: server, clients and engine together.
@@ -237,9 +129,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .expect("engine append failed during the benchmark");
         });
         let c1 = cpu_time();
-        let g = grpc_round(&client_rt, bound.grpc, per_client, keys.clone());
+        let conns = env("GRPC_CONNS", 8);
+        let total = per_client * CLIENTS as u64;
+        let g = net::grpc_appends(&client_rt, bound.grpc, TOKEN, CLIENTS, conns, total, 0.0, &keys);
         let c2 = cpu_time();
-        let r = rest_round(bound.http, per_client, keys.clone());
+        let r = net::rest_appends(bound.http, TOKEN, CLIENTS, total, &keys);
         let c3 = cpu_time();
         if round > 0 {
             cpu[0] += c1 - c0;

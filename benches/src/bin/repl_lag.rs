@@ -23,7 +23,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use aerodb_benches::{bench_dir, median_min_max, quantile};
+use aerodb_benches::{bench_dir, median_min_max, net, quantile};
 use aerodb_proto::v1 as pb;
 use aerodb_server::{
     config::{Config, Role},
@@ -36,80 +36,6 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 const CLIENTS: usize = 64;
 const TOKEN: &str = "bench-admin-token-0123456789";
 const REPLICATOR: &str = "bench-replicator-token-0123456";
-
-fn op(k: u64) -> pb::AppendRequest {
-    pb::AppendRequest {
-        record: Some(pb::NewRecord {
-            tenant: "bench".into(),
-            payload: Some(pb::new_record::Payload::Batch(pb::Batch {
-                ops: vec![pb::Op {
-                    key: format!("key-{k:012}").into_bytes(),
-                    value: vec![b'v'; 256],
-                    delete: false,
-                }],
-            })),
-        }),
-        prove: false,
-    }
-}
-
-fn authed<T>(m: T) -> tonic::Request<T> {
-    let mut r = tonic::Request::new(m);
-    r.metadata_mut().insert(
-        "authorization",
-        format!("Bearer {TOKEN}").parse().expect("header"),
-    );
-    r
-}
-
-async fn channels(addr: SocketAddr) -> Vec<tonic::transport::Channel> {
-    let mut out = Vec::new();
-    for _ in 0..8 {
-        out.push(
-            tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-                .expect("endpoint")
-                .tcp_nodelay(true)
-                .connect()
-                .await
-                .expect("connect"),
-        );
-    }
-    out
-}
-
-/// 64 clients append `total` records; `rate` > 0 paces them to that many per second overall. Returns the rate
-/// achieved.
-fn load(rt: &tokio::runtime::Runtime, addr: SocketAddr, total: u64, rate: f64, keys: &Arc<AtomicU64>) -> f64 {
-    rt.block_on(async {
-        let ch = channels(addr).await;
-        let start = Instant::now();
-        let tokio_start = tokio::time::Instant::now();
-        let per = total / CLIENTS as u64;
-        let tasks: Vec<_> = (0..CLIENTS)
-            .map(|c| {
-                let mut client = pb::ledger_client::LedgerClient::new(ch[c % ch.len()].clone());
-                let keys = keys.clone();
-                tokio::spawn(async move {
-                    for i in 0..per {
-                        if rate > 0.0 {
-                            let slot = (i * CLIENTS as u64 + c as u64) as f64 / rate;
-                            tokio::time::sleep_until(tokio_start + Duration::from_secs_f64(slot)).await;
-                        }
-                        let k = keys.fetch_add(1, Ordering::Relaxed);
-                        client
-                            .append(authed(op(k)))
-                            .await
-                            .expect("append failed during the benchmark");
-                    }
-                })
-            })
-            .collect();
-        for t in tasks {
-            t.await.expect("client task");
-        }
-        (per * CLIENTS as u64) as f64 / start.elapsed().as_secs_f64()
-    })
-}
 
 fn ha(http: SocketAddr) -> serde_json::Value {
     let r = httpc::call(http, "GET", "/v1/ha/status", Some(TOKEN), None).expect("HA status");
@@ -205,7 +131,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for round in 1..=rounds {
         eprintln!("round {round}/{rounds}: max rate ({ops} appends, {CLIENTS} gRPC clients)");
-        let max = load(&crt, primary.bound.grpc, ops, 0.0, &keys);
+        let max = net::grpc_appends(&crt, primary.bound.grpc, TOKEN, CLIENTS, 8, ops, 0.0, &keys).rate();
         let target = max / 2.0;
         let n = (target * seconds as f64) as u64;
         eprintln!(
@@ -214,7 +140,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let tip = keys.load(Ordering::Relaxed);
         wait_applied(replica.bound.http, tip, Duration::from_secs(60));
         replicas.take_lag_samples();
-        let paced = load(&crt, primary.bound.grpc, n, target, &keys);
+        let paced = net::grpc_appends(&crt, primary.bound.grpc, TOKEN, CLIENTS, 8, n, target, &keys).rate();
         wait_applied(
             replica.bound.http,
             keys.load(Ordering::Relaxed),
@@ -240,7 +166,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Catch-up: more history while no replica follows, then a new, empty replica follows the whole log.
     eprintln!("catch-up: appending {catchup} records in batches of 1000");
     crt.block_on(async {
-        let ch = channels(primary.bound.grpc).await;
+        let mut ch = Vec::new();
+        for _ in 0..8 {
+            ch.push(
+                tonic::transport::Endpoint::from_shared(format!("http://{}", primary.bound.grpc))
+                    .expect("endpoint")
+                    .connect()
+                    .await
+                    .expect("connect"),
+            );
+        }
         let batches = catchup.div_ceil(1000);
         let next = Arc::new(AtomicU64::new(0));
         let tasks: Vec<_> = (0..8)
@@ -250,10 +185,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 tokio::spawn(async move {
                     while next.fetch_add(1, Ordering::Relaxed) < batches {
                         let records = (0..1000)
-                            .map(|_| op(keys.fetch_add(1, Ordering::Relaxed)).record.expect("record"))
+                            .map(|_| {
+                                net::append_request(keys.fetch_add(1, Ordering::Relaxed))
+                                    .record
+                                    .expect("record")
+                            })
                             .collect();
                         client
-                            .append_batch(authed(pb::AppendBatchRequest { records }))
+                            .append_batch(net::authed(pb::AppendBatchRequest { records }, TOKEN))
                             .await
                             .expect("batch append");
                     }

@@ -1,0 +1,160 @@
+//! Load generators for AeroDB over the network: gRPC clients on a few HTTP/2 connections and REST clients on
+//! keep-alive HTTP/1.1 connections, each appending durable 256-byte puts and recording every latency.
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+use aerodb_proto::v1 as pb;
+use aerodb_server::httpc;
+
+use crate::Run;
+
+/// A gRPC append of record `k` (a put of a 256-byte value).
+#[must_use]
+pub fn append_request(k: u64) -> pb::AppendRequest {
+    pb::AppendRequest {
+        record: Some(pb::NewRecord {
+            tenant: "bench".into(),
+            payload: Some(pb::new_record::Payload::Batch(pb::Batch {
+                ops: vec![pb::Op {
+                    key: format!("key-{k:012}").into_bytes(),
+                    value: vec![b'v'; 256],
+                    delete: false,
+                }],
+            })),
+        }),
+        prove: false,
+    }
+}
+
+/// `m` with `authorization: Bearer <token>`.
+///
+/// # Panics
+/// If the token is not a valid header value.
+#[must_use]
+pub fn authed<T>(m: T, token: &str) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(m);
+    r.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {token}").parse().expect("header"),
+    );
+    r
+}
+
+/// `clients` concurrent gRPC clients over `conns` HTTP/2 connections append `total` records (keys from `keys`);
+/// with `rate` > 0 they are paced to that many appends per second overall.
+///
+/// # Panics
+/// If a connection or an append fails (a benchmark on a failing server has no meaning).
+#[must_use]
+#[allow(clippy::too_many_arguments, reason = "a load generator's knobs")]
+pub fn grpc_appends(
+    rt: &tokio::runtime::Runtime,
+    addr: SocketAddr,
+    token: &str,
+    clients: usize,
+    conns: usize,
+    total: u64,
+    rate: f64,
+    keys: &Arc<AtomicU64>,
+) -> Run {
+    rt.block_on(async {
+        let mut channels = Vec::new();
+        for _ in 0..conns.max(1) {
+            channels.push(
+                tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+                    .expect("endpoint")
+                    .tcp_nodelay(true)
+                    .connect()
+                    .await
+                    .expect("connect"),
+            );
+        }
+        let per = (total / clients as u64).max(1);
+        let start = Instant::now();
+        let t0 = tokio::time::Instant::now();
+        let tasks: Vec<_> = (0..clients)
+            .map(|c| {
+                let mut client = pb::ledger_client::LedgerClient::new(channels[c % channels.len()].clone());
+                let (keys, token) = (keys.clone(), token.to_owned());
+                tokio::spawn(async move {
+                    let mut lat = Vec::with_capacity(per as usize);
+                    for i in 0..per {
+                        if rate > 0.0 {
+                            let slot = (i * clients as u64 + c as u64) as f64 / rate;
+                            tokio::time::sleep_until(t0 + Duration::from_secs_f64(slot)).await;
+                        }
+                        let k = keys.fetch_add(1, Ordering::Relaxed);
+                        let t = Instant::now();
+                        client
+                            .append(authed(append_request(k), &token))
+                            .await
+                            .expect("gRPC append failed during the benchmark");
+                        lat.push(t.elapsed());
+                    }
+                    lat
+                })
+            })
+            .collect();
+        let mut latencies = Vec::new();
+        for t in tasks {
+            latencies.extend(t.await.expect("client task"));
+        }
+        Run {
+            ops: latencies.len() as u64,
+            elapsed: start.elapsed(),
+            latencies,
+        }
+    })
+}
+
+/// `clients` REST clients, one keep-alive connection each, append `total` records (keys from `keys`).
+///
+/// # Panics
+/// If a connection or an append fails.
+#[must_use]
+pub fn rest_appends(addr: SocketAddr, token: &str, clients: usize, total: u64, keys: &Arc<AtomicU64>) -> Run {
+    let per = (total / clients as u64).max(1);
+    let start = Instant::now();
+    let latencies = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..clients)
+            .map(|_| {
+                let keys = keys.clone();
+                s.spawn(move || {
+                    let mut conn = std::net::TcpStream::connect(addr).expect("connect");
+                    conn.set_nodelay(true).expect("nodelay");
+                    let v = "v".repeat(256);
+                    let mut lat = Vec::with_capacity(per as usize);
+                    for _ in 0..per {
+                        let k = keys.fetch_add(1, Ordering::Relaxed);
+                        let body = format!(
+                            r#"{{"tenant":"bench","ops":[{{"op":"put","key":"key-{k:012}","value":"{v}"}}]}}"#
+                        );
+                        let req = httpc::request("POST", "/v1/records", Some(token), Some(&body), true);
+                        let t = Instant::now();
+                        let r = httpc::exchange(&mut conn, &req)
+                            .expect("REST append failed during the benchmark");
+                        assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+                        lat.push(t.elapsed());
+                    }
+                    lat
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("client thread"))
+            .collect::<Vec<_>>()
+    });
+    Run {
+        ops: latencies.len() as u64,
+        elapsed: start.elapsed(),
+        latencies,
+    }
+}
