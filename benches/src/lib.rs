@@ -15,6 +15,7 @@ use aerodb_wal::{Epoch, Wal};
 pub mod net;
 pub mod peers;
 pub mod pg;
+pub mod report;
 
 /// A fresh directory for benchmark data on the same file system as the repository (not tmpfs).
 ///

@@ -190,10 +190,11 @@ impl PgPair {
     pub fn set_synchronous(&self, on: bool) -> Result<(), String> {
         let mut c = self.connect()?;
         let names = if on { "*" } else { "" };
-        c.batch_execute(&format!(
-            "ALTER SYSTEM SET synchronous_standby_names = '{names}'; SELECT pg_reload_conf();"
-        ))
-        .map_err(|e| e.to_string())?;
+        // Two statements: ALTER SYSTEM may not run inside the implicit transaction of a multi-statement query.
+        c.batch_execute(&format!("ALTER SYSTEM SET synchronous_standby_names = '{names}'"))
+            .map_err(|e| format!("ALTER SYSTEM: {e:?}"))?;
+        c.batch_execute("SELECT pg_reload_conf()")
+            .map_err(|e| format!("reload: {e:?}"))?;
         std::thread::sleep(Duration::from_millis(300));
         Ok(())
     }

@@ -340,6 +340,8 @@ pub async fn serve(
 pub struct Running {
     /// Where it listens.
     pub bound: Bound,
+    /// Its replicas (on a primary): positions, lag, apply-lag samples.
+    pub replicas: Arc<replication::Replicas>,
     stop: tokio::sync::oneshot::Sender<()>,
     task: tokio::task::JoinHandle<Result<(), String>>,
 }
@@ -349,6 +351,7 @@ impl Running {
     pub fn start(rt: &tokio::runtime::Runtime, node: Node) -> Result<Running, String> {
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let (bound_tx, bound_rx) = std::sync::mpsc::channel();
+        let replicas = node.replicas.clone();
         let task = rt.spawn(serve(
             node,
             async move {
@@ -361,7 +364,12 @@ impl Running {
         let bound = bound_rx
             .recv_timeout(std::time::Duration::from_secs(30))
             .map_err(|_| "the server did not start listening within 30 s".to_string())?;
-        Ok(Running { bound, stop, task })
+        Ok(Running {
+            bound,
+            replicas,
+            stop,
+            task,
+        })
     }
 
     /// Shuts down gracefully (as on SIGTERM) and waits until the database is closed.
