@@ -3,9 +3,10 @@
 //! `--reps` repetitions, each on a fresh directory, and reports medians with min–max.
 //!
 //! Usage: `cargo run -p aerodb-benches --release --bin aerodb-bench -- [all|local|replication] [--reps N]
-//! [--quick]`. Writes `docs/performance-peers.md` (included by `docs/performance.md`), `docs/bench.json` and
+//! [--quick]`. Writes `docs/performance-peers.md`, `docs/bench.json` and
 //! `docs/img/<workload>.svg`; with `--quick` (a smoke run: small counts, one repetition) it writes them under
-//! `target/bench-quick/` instead and asserts nothing about speed.
+//! `target/bench-quick/` instead and asserts nothing about speed. The full run also replaces the part of
+//! `docs/performance.md` between `<!-- aerodb-bench:begin -->` and `<!-- aerodb-bench:end -->`.
 
 use std::{
     path::{Path, PathBuf},
@@ -509,7 +510,10 @@ fn replication(dir: &Path, reps: u64, n: &Counts, rt: &tokio::runtime::Runtime) 
         let _ = std::fs::remove_dir_all(&d);
 
         // PostgreSQL, asynchronous: replay_lag sampled from pg_stat_replication every 2 ms under the same load.
-        let d = dir.join(format!("pg-{rep}"));
+        // Under the system temp directory: the `postgres` user must be able to reach it (a checkout under /root
+        // is not), and it is the same file system here.
+        let d = std::env::temp_dir().join(format!("aerodb-bench-pg-{}-{rep}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
         match PgPair::start(&d) {
             Ok(pg) => {
                 pg.set_synchronous(false).expect("async");
@@ -546,7 +550,7 @@ fn replication(dir: &Path, reps: u64, n: &Counts, rt: &tokio::runtime::Runtime) 
                     ms(quantile(&lat, 0.99))
                 );
             }
-            Err(e) => eprintln!("  PostgreSQL skipped: {e}"),
+            Err(e) => panic!("PostgreSQL did not start (install Debian's postgresql package): {e}"),
         }
         let _ = std::fs::remove_dir_all(&d);
 
@@ -785,6 +789,17 @@ fn write_outputs(dir: &Path, workloads: &[Workload], reps: u64, took: Duration, 
         std::fs::write(dir.join("img").join(format!("{}.svg", w.id)), w.svg()).expect("write svg");
     }
     std::fs::write(dir.join("performance-peers.md"), &md).expect("write markdown");
+    // The full run also replaces the generated part of docs/performance.md.
+    let perf = dir.join("performance.md");
+    if !quick {
+        if let Ok(text) = std::fs::read_to_string(&perf) {
+            let (begin, end) = ("<!-- aerodb-bench:begin -->", "<!-- aerodb-bench:end -->");
+            if let (Some(b), Some(e)) = (text.find(begin), text.find(end)) {
+                let updated = format!("{}{begin}\n{md}{}", &text[..b], &text[e..]);
+                std::fs::write(&perf, updated).expect("write performance.md");
+            }
+        }
+    }
     let json = serde_json::json!({
         "machine": machine(), "reps": reps, "quick": quick, "seconds": took.as_secs_f64(),
         "workloads": workloads.iter().map(Workload::json).collect::<Vec<_>>(),
