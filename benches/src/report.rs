@@ -163,7 +163,7 @@ impl Workload {
         for (i, s) in self.series.iter().enumerate() {
             let (m, lo, hi) = s.med(|m| m.rate);
             let y = top + row * i as f64;
-            let color = if s.aerodb {
+            let color = if s.aerodb || s.system.starts_with("AeroDB") {
                 "#2b6cb0"
             } else if s.ceiling {
                 "#888"
