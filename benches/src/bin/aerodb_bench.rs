@@ -4,8 +4,9 @@
 //!
 //! Usage: `cargo run -p aerodb-benches --release --bin aerodb-bench -- [all|local|replication] [--reps N]
 //! [--quick]`. Writes `docs/performance-peers.md`, `docs/bench.json` and
-//! `docs/img/<workload>.svg`; with `--quick` (a smoke run: small counts, one repetition) it writes them under
-//! `target/bench-quick/` instead and asserts nothing about speed. The full run also replaces the part of
+//! `docs/img/<workload>.svg`; with `--quick` (a smoke run: small counts, one repetition) or `local` /
+//! `replication` alone it writes them under `target/bench-<quick|local|replication>/` instead; `--quick` asserts
+//! nothing about speed. The full run also replaces the part of
 //! `docs/performance.md` between `<!-- aerodb-bench:begin -->` and `<!-- aerodb-bench:end -->`.
 
 use std::{
@@ -741,12 +742,16 @@ fn main() {
         workloads.extend(replication(&dir, reps, &n, &rt));
     }
     let _ = std::fs::remove_dir_all(&dir);
-    let out_dir = if quick {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench-quick")
+    // Only a full run (every workload, full counts) updates the committed docs; a quick or partial one writes
+    // under target/.
+    let partial = quick || mode != "all";
+    let out_dir = if partial {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join(format!("../target/bench-{}", if quick { "quick" } else { &mode }))
     } else {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs")
     };
-    write_outputs(&out_dir, &workloads, reps, started.elapsed(), quick);
+    write_outputs(&out_dir, &workloads, reps, started.elapsed(), partial);
 }
 
 fn usage() -> ! {
@@ -775,7 +780,7 @@ fn machine() -> String {
     format!("{cores} cores ({cpu}), {mem} GiB RAM")
 }
 
-fn write_outputs(dir: &Path, workloads: &[Workload], reps: u64, took: Duration, quick: bool) {
+fn write_outputs(dir: &Path, workloads: &[Workload], reps: u64, took: Duration, partial: bool) {
     std::fs::create_dir_all(dir.join("img")).expect("output dir");
     let mut md = format!(
         "<!-- Written by `cargo run -p aerodb-benches --release --bin aerodb-bench -- all`; do not edit by hand. -->\n\
@@ -791,7 +796,7 @@ fn write_outputs(dir: &Path, workloads: &[Workload], reps: u64, took: Duration, 
     std::fs::write(dir.join("performance-peers.md"), &md).expect("write markdown");
     // The full run also replaces the generated part of docs/performance.md.
     let perf = dir.join("performance.md");
-    if !quick {
+    if !partial {
         if let Ok(text) = std::fs::read_to_string(&perf) {
             let (begin, end) = ("<!-- aerodb-bench:begin -->", "<!-- aerodb-bench:end -->");
             if let (Some(b), Some(e)) = (text.find(begin), text.find(end)) {
@@ -801,7 +806,7 @@ fn write_outputs(dir: &Path, workloads: &[Workload], reps: u64, took: Duration, 
         }
     }
     let json = serde_json::json!({
-        "machine": machine(), "reps": reps, "quick": quick, "seconds": took.as_secs_f64(),
+        "machine": machine(), "reps": reps, "partial": partial, "seconds": took.as_secs_f64(),
         "workloads": workloads.iter().map(Workload::json).collect::<Vec<_>>(),
     });
     std::fs::write(
