@@ -215,6 +215,48 @@ impl Store for Redb {
     }
 }
 
+/// RocksDB (opt-in feature `rocksdb`) with `WriteOptions::set_sync(true)`: every write batch is fsynced before it
+/// returns.
+#[cfg(feature = "rocksdb")]
+pub struct Rocks(rocksdb::DB);
+
+#[cfg(feature = "rocksdb")]
+impl Rocks {
+    /// Opens a fresh database in `dir`.
+    ///
+    /// # Panics
+    /// If it cannot be opened.
+    #[must_use]
+    pub fn open(dir: &Path) -> Self {
+        let mut o = rocksdb::Options::default();
+        o.create_if_missing(true);
+        Self(rocksdb::DB::open(&o, dir).expect("open RocksDB"))
+    }
+
+    fn sync() -> rocksdb::WriteOptions {
+        let mut w = rocksdb::WriteOptions::default();
+        w.set_sync(true);
+        w
+    }
+}
+
+#[cfg(feature = "rocksdb")]
+impl Store for Rocks {
+    fn put(&self, k: u64, v: &[u8]) {
+        self.0.put_opt(key(k), v, &Self::sync()).expect("RocksDB put");
+    }
+    fn put_batch(&self, keys: &[u64], v: &[u8]) {
+        let mut b = rocksdb::WriteBatch::default();
+        for &k in keys {
+            b.put(key(k), v);
+        }
+        self.0.write_opt(b, &Self::sync()).expect("RocksDB write");
+    }
+    fn get(&self, k: u64) -> Option<Vec<u8>> {
+        self.0.get(key(k)).expect("RocksDB get")
+    }
+}
+
 /// The machine's ceiling: records (a 16-byte header and the value) appended to a preallocated, zero-filled,
 /// synced file, one `fdatasync` per commit; concurrent committers share fsyncs (leader/follower group commit: the
 /// first waiter writes and syncs everything queued, the others wait for it). No database in the way.

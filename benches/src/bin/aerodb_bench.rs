@@ -84,6 +84,10 @@ fn openers() -> Vec<Opener> {
         ("redb 4, Durability::Immediate", false, false, |d| {
             Box::new(Redb::open(d))
         }),
+        #[cfg(feature = "rocksdb")]
+        ("RocksDB (Debian's 7.8), sync=true", false, false, |d| {
+            Box::new(aerodb_benches::peers::Rocks::open(d))
+        }),
     ]
 }
 
