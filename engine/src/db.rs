@@ -840,14 +840,7 @@ impl Db {
                 ));
             }
         }
-        let ticket = inner.state.write().merkle.prepare_sync()?;
-        ticket.commit()?;
-        log.append(&signed.note).map_err(|e| Error::Io {
-            op: "append checkpoint",
-            path: log.path().to_owned(),
-            source: e,
-        })?;
-        inner.state.write().latest = Some(signed);
+        inner.store_checkpoint(&mut log, signed)?;
         Ok(true)
     }
 
@@ -1366,10 +1359,6 @@ impl Inner {
         if let Some(l) = latest.filter(|l| l.checkpoint.size >= size) {
             return Ok(l);
         }
-        // Advance the Merkle store's durable watermark with each checkpoint, so a crash never costs more than one
-        // checkpoint interval of leaves to rebuild.
-        let ticket = self.state.write().merkle.prepare_sync()?;
-        ticket.commit()?;
         let signed = Checkpoint {
             origin: self.opts.origin.clone(),
             size,
@@ -1377,13 +1366,23 @@ impl Inner {
             epoch: self.opts.epoch,
         }
         .sign(&self.signer);
+        self.store_checkpoint(&mut log, signed.clone())?;
+        Ok(signed)
+    }
+
+    /// Persists a checkpoint (signed here or by the primary) as the newest one. Called with the checkpoint log's
+    /// lock held, which orders checkpoints. The Merkle store's durable watermark advances first, so a crash never
+    /// costs more than one checkpoint interval of leaves to rebuild.
+    fn store_checkpoint(&self, log: &mut CheckpointLog, signed: SignedCheckpoint) -> Result<()> {
+        let ticket = self.state.write().merkle.prepare_sync()?;
+        ticket.commit()?;
         log.append(&signed.note).map_err(|e| Error::Io {
             op: "append checkpoint",
             path: log.path().to_owned(),
             source: e,
         })?;
-        self.state.write().latest = Some(signed.clone());
-        Ok(signed)
+        self.state.write().latest = Some(signed);
+        Ok(())
     }
 
     fn ticker(&self) {

@@ -245,17 +245,18 @@ impl Node {
     /// halt also stops every write, writes an evidence file next to the data and makes reads refused.
     pub fn observe(&self, o: Observation, evidence: &str) {
         let mut role = self.role.lock();
-        let before = role.state.clone();
-        if !role.observe(o) {
-            // Still persist a newly seen higher epoch.
+        let before = role.clone();
+        let changed = role.observe(o);
+        // Persist any change, including a newly seen higher epoch that leaves the state as it was.
+        if *role != before {
             if let Err(e) = self.role_file.store(&role) {
                 tracing::error!("persisting the role: {e}");
             }
+        }
+        if !changed {
             return;
         }
-        if let Err(e) = self.role_file.store(&role) {
-            tracing::error!("persisting the role: {e}");
-        }
+        let before = before.state;
         if let State::ReplicationHalted { reason, .. } = &role.state {
             self.db.halt(reason.to_string());
             let path = self.write_evidence(&before, &role, evidence);

@@ -556,8 +556,6 @@ pub struct FollowerStatus {
     pub connected: bool,
     /// The primary's applied CommitId, as last reported.
     pub primary_commit_id: u64,
-    /// When the last message from the primary arrived.
-    pub last_message: Option<Instant>,
     /// The primary's advertised REST URL (where writes go), when it has one.
     pub leader_url: String,
     /// The primary's node id.
@@ -788,7 +786,6 @@ async fn stream_once(
         let mut s = node.follower.lock();
         s.connected = true;
         s.primary_commit_id = welcome.commit_id;
-        s.last_message = Some(Instant::now());
         s.leader_url.clone_from(&welcome.leader_url);
         s.leader_id.clone_from(&welcome.node_id);
         s.last_error.clear();
@@ -813,10 +810,6 @@ async fn stream_once(
                 }
             },
         };
-        {
-            let mut s = node.follower.lock();
-            s.last_message = Some(Instant::now());
-        }
         match m.msg {
             Some(PMsg::Frames(batch)) => {
                 let mut primary_commit = batch.primary_commit_id;
@@ -863,7 +856,11 @@ async fn stream_once(
                     Err(ApplyError::Halt(reason)) => {
                         let failing = frames
                             .iter()
-                            .find(|f| f.len() >= 16 && frame_commit(f) > tip.commit_id)
+                            .find(|f| {
+                                // The first frame past the tip, or the first that does not even decode.
+                                aerodb_wal::format::decode_frame_header(f, usize::MAX)
+                                    .map_or(true, |h| h.commit_id.0 > tip.commit_id)
+                            })
                             .map(|f| hex(&f[..f.len().min(256)]))
                             .unwrap_or_default();
                         return halt(
@@ -945,12 +942,6 @@ async fn send_ack(out: &mpsc::Sender<pb::ReplicaMessage>, tip: u64) -> Result<()
     })
     .await
     .map_err(|_| StreamEnd::Retry("the outbound stream closed".into()))
-}
-
-fn frame_commit(f: &[u8]) -> u64 {
-    let mut b = [0u8; 8];
-    b.copy_from_slice(&f[8..16]);
-    u64::from_le_bytes(b)
 }
 
 fn hex(b: &[u8]) -> String {

@@ -120,6 +120,21 @@ fn sealed(data: &Path) -> Vec<(String, [u8; 32])> {
         .collect()
 }
 
+/// For two stopped servers: every sealed segment of the replica equals the primary's (returned), and the
+/// replica's directory verifies on its own with `tip` records.
+fn identical_logs(primary: &Server, replica: &Server, tip: u64) -> Vec<(String, [u8; 32])> {
+    let (a, b) = (sealed(&primary.data), sealed(&replica.data));
+    assert_eq!(a, b, "sealed segments differ");
+    let report = aerodb_engine::verify_dir(
+        &replica.data,
+        &aerodb_engine::VerifyOptions::default(),
+        &mut |_, _| {},
+    )
+    .unwrap();
+    assert!(report.problems.is_empty() && report.records == tip, "{report:?}");
+    a
+}
+
 #[test]
 fn a_replica_follows_restarts_and_ends_byte_identical() {
     let (pt, rt) = (Tmp::new("repl-p"), Tmp::new("repl-r"));
@@ -228,16 +243,8 @@ fn a_replica_follows_restarts_and_ends_byte_identical() {
     let (mut primary, mut replica) = (primary, replica);
     assert!(replica.terminate().success());
     assert!(primary.terminate().success());
-    let (a, b) = (sealed(&primary.data), sealed(&replica.data));
+    let a = identical_logs(&primary, &replica, tip);
     assert!(a.len() >= 3, "the log rolled: {a:?}");
-    assert_eq!(a, b, "sealed segments differ");
-    let report = aerodb_engine::verify_dir(
-        &replica.data,
-        &aerodb_engine::VerifyOptions::default(),
-        &mut |_, _| {},
-    )
-    .unwrap();
-    assert!(report.problems.is_empty() && report.records == tip, "{report:?}");
     report_figure(
         "replication (two real servers)",
         &format!(
@@ -945,16 +952,8 @@ fn a_partition_under_load_heals_to_identical_logs() {
     assert_eq!(a, b);
     assert!(replica.terminate().success());
     assert!(primary.terminate().success());
-    let (pa, pb) = (sealed(&primary.data), sealed(&replica.data));
+    let pa = identical_logs(&primary, &replica, tip);
     assert!(!pa.is_empty());
-    assert_eq!(pa, pb, "sealed segments differ after the partition");
-    let report = aerodb_engine::verify_dir(
-        &replica.data,
-        &aerodb_engine::VerifyOptions::default(),
-        &mut |_, _| {},
-    )
-    .unwrap();
-    assert!(report.problems.is_empty() && report.records == tip, "{report:?}");
     report_figure(
         "T9 partition under load",
         &format!(

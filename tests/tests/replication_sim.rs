@@ -477,9 +477,6 @@ impl Sim {
                 self.open(i);
             }
         }
-        if self.nodes[self.primary().unwrap()].up() {
-            // fine
-        }
         let p = self.primary().unwrap();
         let pdb = self.nodes[p].db.clone().unwrap();
         let tip = pdb.tip().unwrap();
