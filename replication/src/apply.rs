@@ -73,29 +73,27 @@ impl Applier {
     /// checked out) and the error names the reason; nothing after it is.
     pub fn apply(&mut self, frames: &[Bytes]) -> Result<Applied, ApplyError> {
         let mut out = Applied::default();
-        let mut run: Vec<(u64, &[u8])> = Vec::new();
+        // Accepted frames: epoch, body, record hash (from the check), and the frame as received.
+        let mut run: Vec<(u64, &[u8], [u8; 32])> = Vec::new();
+        let mut raws: Vec<&Bytes> = Vec::new();
         let mut tip = self.tip;
         let mut failure = None;
         for raw in frames {
             match check_frame(&tip, raw, self.max_body) {
                 Ok(Verdict::Append(next)) => {
-                    run.push((next.epoch, &raw[aerodb_wal::format::FRAME_HEADER_LEN..]));
+                    run.push((
+                        next.epoch,
+                        &raw[aerodb_wal::format::FRAME_HEADER_LEN..],
+                        next.record_hash,
+                    ));
+                    raws.push(raw);
                     tip = next;
                 }
                 Ok(Verdict::AtOrBelowTip { commit_id }) => {
                     // Compare with what this log holds, which may still be in `run`.
                     let held = if commit_id > self.tip.commit_id {
                         let i = (commit_id - self.tip.commit_id - 1) as usize;
-                        run.get(i).map(|(epoch, body)| {
-                            let mut f = aerodb_wal::format::encode_frame_header(
-                                aerodb_wal::CommitId(commit_id),
-                                aerodb_wal::Epoch(*epoch),
-                                body,
-                            )
-                            .to_vec();
-                            f.extend_from_slice(body);
-                            Bytes::from(f)
-                        })
+                        raws.get(i).map(|f| (*f).clone())
                     } else {
                         self.db.raw_frames(commit_id, 0)?.into_iter().next()
                     };

@@ -126,7 +126,7 @@ fn a_replica_fed_in_chunks_holds_byte_identical_sealed_segments() {
     let f = all_frames(&p);
     let body = &f[0][aerodb_wal::format::FRAME_HEADER_LEN..];
     assert!(matches!(
-        p.append_replicated(&[(1, body)]),
+        p.append_replicated(&[(1, body, aerodb_engine::record::record_hash(body))]),
         Err(Error::InvalidOptions(_))
     ));
     // The replica reopens to the same tip, and its on-disk index answers.
