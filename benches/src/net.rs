@@ -158,3 +158,39 @@ pub fn rest_appends(addr: SocketAddr, token: &str, clients: usize, total: u64, k
         latencies,
     }
 }
+
+/// Polls `GET /v1/ha/status` on `http` until `ready` holds for it; returns how long that took.
+///
+/// # Panics
+/// If the status cannot be read, or `ready` does not hold within `limit` (the message names `what`).
+#[must_use]
+pub fn wait_for_status(
+    http: SocketAddr,
+    token: &str,
+    limit: Duration,
+    what: &str,
+    ready: impl Fn(&serde_json::Value) -> bool,
+) -> Duration {
+    let start = Instant::now();
+    loop {
+        let r = httpc::call(http, "GET", "/v1/ha/status", Some(token), None).expect("HA status");
+        let v: serde_json::Value = serde_json::from_slice(&r.body).expect("HA status JSON");
+        if ready(&v) {
+            return start.elapsed();
+        }
+        assert!(start.elapsed() < limit, "{what} within {limit:?}: {v}");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// Waits until the node at `http` has applied `tip` (see [`wait_for_status`]).
+#[must_use]
+pub fn wait_applied(http: SocketAddr, token: &str, tip: u64, limit: Duration) -> Duration {
+    wait_for_status(
+        http,
+        token,
+        limit,
+        &format!("the replica did not reach {tip}"),
+        |v| v["applied_commit_id"].as_u64().unwrap_or(0) >= tip,
+    )
+}

@@ -416,20 +416,6 @@ fn start_server(
     Running::start(rt, node).expect("start server")
 }
 
-fn wait_applied(http: std::net::SocketAddr, tip: u64) {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let r =
-            aerodb_server::httpc::call(http, "GET", "/v1/ha/status", Some(TOKEN), None).expect("HA status");
-        let v: serde_json::Value = serde_json::from_slice(&r.body).expect("JSON");
-        if v["applied_commit_id"].as_u64().unwrap_or(0) >= tip {
-            return;
-        }
-        assert!(Instant::now() < deadline, "the replica did not catch up");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
 fn replication(dir: &Path, reps: u64, n: &Counts, rt: &tokio::runtime::Runtime) -> Vec<Workload> {
     let lag_title = format!(
         "Async replication: apply lag at {:.0} records/s offered by 8 clients for {:.0} s",
@@ -489,11 +475,21 @@ fn replication(dir: &Path, reps: u64, n: &Counts, rt: &tokio::runtime::Runtime) 
         let keys = Arc::new(AtomicU64::new(0));
         // Warm up, then measure.
         let _ = net::grpc_appends(rt, p.bound.grpc, TOKEN, 8, 2, 1000, 0.0, &keys);
-        wait_applied(r.bound.http, keys.load(Ordering::Relaxed));
-        let replicas = replicas_of(&p);
+        let _ = net::wait_applied(
+            r.bound.http,
+            TOKEN,
+            keys.load(Ordering::Relaxed),
+            Duration::from_secs(120),
+        );
+        let replicas = p.replicas.clone();
         replicas.take_lag_samples();
         let _ = net::grpc_appends(rt, p.bound.grpc, TOKEN, 8, 2, total, n.repl_rate, &keys);
-        wait_applied(r.bound.http, keys.load(Ordering::Relaxed));
+        let _ = net::wait_applied(
+            r.bound.http,
+            TOKEN,
+            keys.load(Ordering::Relaxed),
+            Duration::from_secs(120),
+        );
         let lags = replicas.take_lag_samples();
         lag50.series[0].runs.push(Measure {
             rate: ms(quantile(&lags, 0.5)),
@@ -569,7 +565,13 @@ fn replication(dir: &Path, reps: u64, n: &Counts, rt: &tokio::runtime::Runtime) 
             Some((&format!("http://{}", p.bound.grpc), &d.join("p/data"))),
             0,
         );
-        wait_sync_ready(p.bound.http);
+        let _ = net::wait_for_status(
+            p.bound.http,
+            TOKEN,
+            Duration::from_secs(30),
+            "the replica never connected",
+            |v| v["can_accept_protected_writes"] == true,
+        );
         let keys = Arc::new(AtomicU64::new(0));
         let _ = net::grpc_appends(rt, p.bound.grpc, TOKEN, 1, 1, 200, 0.0, &keys);
         let run = net::grpc_appends(rt, p.bound.grpc, TOKEN, 1, 1, n.sync_ops, 0.0, &keys);
@@ -596,24 +598,6 @@ fn replication(dir: &Path, reps: u64, n: &Counts, rt: &tokio::runtime::Runtime) 
         w.series.retain(|s| !s.runs.is_empty());
     }
     out
-}
-
-fn replicas_of(p: &Running) -> Arc<aerodb_server::replication::Replicas> {
-    p.replicas.clone()
-}
-
-fn wait_sync_ready(http: std::net::SocketAddr) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let r =
-            aerodb_server::httpc::call(http, "GET", "/v1/ha/status", Some(TOKEN), None).expect("HA status");
-        let v: serde_json::Value = serde_json::from_slice(&r.body).expect("JSON");
-        if v["can_accept_protected_writes"] == true {
-            return;
-        }
-        assert!(Instant::now() < deadline, "the replica never connected");
-        std::thread::sleep(Duration::from_millis(10));
-    }
 }
 
 /// 8 connections insert `total` rows paced to `rate` per second (autocommit, asynchronous replication) while a

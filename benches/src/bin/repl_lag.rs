@@ -42,20 +42,6 @@ fn ha(http: SocketAddr) -> serde_json::Value {
     serde_json::from_slice(&r.body).expect("HA status JSON")
 }
 
-fn wait_applied(http: SocketAddr, tip: u64, limit: Duration) -> Duration {
-    let start = Instant::now();
-    loop {
-        if ha(http)["applied_commit_id"].as_u64().unwrap_or(0) >= tip {
-            return start.elapsed();
-        }
-        assert!(
-            start.elapsed() < limit,
-            "the replica did not reach {tip} within {limit:?}"
-        );
-        std::thread::sleep(Duration::from_millis(2));
-    }
-}
-
 fn replica_config(dir: &Path, primary: &Config, grpc: SocketAddr, tokens: &Path) -> Config {
     let data = dir.join("data");
     std::fs::create_dir_all(&data).expect("replica dir");
@@ -138,11 +124,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "round {round}/{rounds}: max {max:.0}/s; paced at {target:.0}/s for {seconds} s ({n} appends)"
         );
         let tip = keys.load(Ordering::Relaxed);
-        wait_applied(replica.bound.http, tip, Duration::from_secs(60));
+        let _ = net::wait_applied(replica.bound.http, TOKEN, tip, Duration::from_secs(60));
         replicas.take_lag_samples();
         let paced = net::grpc_appends(&crt, primary.bound.grpc, TOKEN, CLIENTS, 8, n, target, &keys).rate();
-        wait_applied(
+        let _ = net::wait_applied(
             replica.bound.http,
+            TOKEN,
             keys.load(Ordering::Relaxed),
             Duration::from_secs(60),
         );
@@ -207,7 +194,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let rconf = replica_config(&dir.join("replica-2"), &pconf, primary.bound.grpc, &tokens);
     let started = Instant::now();
     let replica2 = Running::start(&rrt, aerodb_server::open_node(rconf).map_err(|e| e.to_string())?)?;
-    wait_applied(replica2.bound.http, tip, Duration::from_secs(600));
+    let _ = net::wait_applied(replica2.bound.http, TOKEN, tip, Duration::from_secs(600));
     let took = started.elapsed();
     let catchup_rate = tip as f64 / took.as_secs_f64();
     replica2.stop(&rrt)?;
