@@ -112,15 +112,24 @@ fn committer(
             Ok(receipts) => {
                 let last = receipts.last().map_or(0, |r| r.commit_id);
                 replicas.published(last);
-                if let Err(e) = replicas.wait_flushed(last, timeout) {
-                    for done in dones {
-                        let _ = done.send(Err(e.clone()));
-                    }
-                    continue;
-                }
-                for (done, r) in dones.into_iter().zip(receipts) {
-                    let _ = done.send(Ok(r));
-                }
+                // The acknowledgements go out when enough replicas flushed the batch (at once without synchronous
+                // replicas); meanwhile this committer takes the next batch.
+                replicas.when_flushed(
+                    last,
+                    timeout,
+                    Box::new(move |flushed| match flushed {
+                        Ok(()) => {
+                            for (done, r) in dones.into_iter().zip(receipts) {
+                                let _ = done.send(Ok(r));
+                            }
+                        }
+                        Err(e) => {
+                            for done in dones {
+                                let _ = done.send(Err(e.clone()));
+                            }
+                        }
+                    }),
+                );
             }
             Err(e) => {
                 for done in dones {
@@ -349,7 +358,7 @@ impl Node {
 
     /// After a write returned: wakes the replication streams and, in synchronous mode, waits until enough
     /// replicas flushed it (blocking; call off the async runtime).
-    fn replicate(replicas: &Replicas, last: u64, timeout: std::time::Duration) -> ApiResult<()> {
+    fn replicate(replicas: &Arc<Replicas>, last: u64, timeout: std::time::Duration) -> ApiResult<()> {
         replicas.published(last);
         replicas.wait_flushed(last, timeout)
     }

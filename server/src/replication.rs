@@ -79,6 +79,25 @@ struct Registry {
     lag_samples: VecDeque<Duration>,
     /// Whether synchronous writes were blocked at the last check (to report transitions once).
     blocked: bool,
+    /// Writes waiting for enough replicas to flush them, in the order they registered.
+    waiting: Vec<SyncWaiter>,
+}
+
+/// What a synchronous write's acknowledgement is told: `Ok` once enough replicas flushed it, or why not.
+pub type SyncDone = Box<dyn FnOnce(ApiResult<()>) + Send>;
+
+/// A write waiting for replicas (R-6).
+struct SyncWaiter {
+    commit: u64,
+    deadline: Instant,
+    timeout: Duration,
+    done: SyncDone,
+}
+
+impl std::fmt::Debug for SyncWaiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SyncWaiter({})", self.commit)
+    }
 }
 
 /// Per-replica lag, as the primary reports it (R-5).
@@ -113,6 +132,9 @@ pub struct Replicas {
     /// Replicas that must flush a write before it is acknowledged.
     pub sync_replicas: usize,
     sync_wait: SyncWait,
+    /// Wakes the thread that fails synchronous writes whose wait timed out (started with the first wait).
+    expiry: Condvar,
+    expiry_started: std::sync::Once,
 }
 
 impl Replicas {
@@ -125,6 +147,8 @@ impl Replicas {
             tip: watch::channel(tip).0,
             sync_replicas,
             sync_wait,
+            expiry: Condvar::new(),
+            expiry_started: std::sync::Once::new(),
         }
     }
 
@@ -176,8 +200,40 @@ impl Replicas {
         let mut r = self.reg.lock();
         r.conns.remove(&id);
         self.note_block_state(&mut r);
+        let connected = r.conns.len();
+        let failed = if self.sync_wait == SyncWait::Fail && connected < self.sync_replicas {
+            std::mem::take(&mut r.waiting)
+        } else {
+            Vec::new()
+        };
         drop(r);
         self.changed.notify_all();
+        for w in failed {
+            let e = self.too_few(w.commit, connected);
+            (w.done)(Err(e));
+        }
+    }
+
+    /// The error for a synchronous write that cannot wait (`--sync-wait fail`) with `connected` replicas.
+    fn too_few(&self, commit: u64, connected: usize) -> ApiError {
+        ApiError::new(
+            Code::SyncReplicasUnavailable,
+            format!(
+                "record {commit} is durable on the primary but not acknowledged: {connected} of the {} required \
+                 replicas are connected",
+                self.sync_replicas
+            ),
+        )
+    }
+
+    /// The highest CommitId that at least `sync_replicas` replicas flushed (0 when fewer are connected).
+    fn sync_point(&self, r: &Registry) -> u64 {
+        let mut flushed: Vec<u64> = r.conns.values().map(|c| c.flushed).collect();
+        if flushed.len() < self.sync_replicas || self.sync_replicas == 0 {
+            return 0;
+        }
+        flushed.sort_unstable_by(|a, b| b.cmp(a));
+        flushed[self.sync_replicas - 1]
     }
 
     /// Logs when synchronous writes become blocked and when they recover (R-6).
@@ -234,8 +290,23 @@ impl Replicas {
             }
             r.lag_samples.push_back(l);
         }
+        // Synchronous writes now flushed by enough replicas are answered here, on the stream's task: no thread
+        // is woken just to pass the answer on.
+        let point = self.sync_point(&r);
+        let released = if r.waiting.iter().any(|w| w.commit <= point) {
+            let (done, still): (Vec<_>, Vec<_>) = std::mem::take(&mut r.waiting)
+                .into_iter()
+                .partition(|w| w.commit <= point);
+            r.waiting = still;
+            done
+        } else {
+            Vec::new()
+        };
         drop(r);
         self.changed.notify_all();
+        for w in released {
+            (w.done)(Ok(()));
+        }
     }
 
     /// How long replica `id` has been silent.
@@ -277,42 +348,108 @@ impl Replicas {
             .collect()
     }
 
-    /// Synchronous mode (R-6): returns once `sync_replicas` replicas flushed `commit`. With fewer connected,
-    /// fails at once (`--sync-wait fail`) or waits up to `timeout` (`block`). The write itself is durable on the
-    /// primary either way; only its acknowledgement waits.
-    pub fn wait_flushed(&self, commit: u64, timeout: Duration) -> ApiResult<()> {
+    /// Synchronous mode (R-6): calls `done` with `Ok` once `sync_replicas` replicas flushed `commit`. With fewer
+    /// connected, it fails at once (`--sync-wait fail`) or waits up to `timeout` (`block`) and then fails. The
+    /// write itself is durable on the primary either way; only its acknowledgement waits. `done` runs on
+    /// whichever thread settles the wait (the caller's, a replication stream's, or the expiry thread), so it
+    /// must not block. Without synchronous replicas it runs at once.
+    pub fn when_flushed(self: &Arc<Self>, commit: u64, timeout: Duration, done: SyncDone) {
         let k = self.sync_replicas;
         if k == 0 {
-            return Ok(());
+            return done(Ok(()));
         }
-        let deadline = Instant::now() + timeout;
         let mut r = self.reg.lock();
-        loop {
-            let flushed = r.conns.values().filter(|c| c.flushed >= commit).count();
-            if flushed >= k {
-                return Ok(());
-            }
-            let connected = r.conns.len();
-            if connected < k && self.sync_wait == SyncWait::Fail {
-                return Err(ApiError::new(
-                    Code::SyncReplicasUnavailable,
-                    format!(
-                        "record {commit} is durable on the primary but not acknowledged: {connected} of the \
-                         {k} required replicas are connected"
-                    ),
-                ));
-            }
-            if self.changed.wait_until(&mut r, deadline).timed_out() {
-                return Err(ApiError::new(
-                    Code::SyncReplicasUnavailable,
-                    format!(
-                        "record {commit} is durable on the primary but {flushed} of the {k} required replicas \
-                         flushed it within {} ms ({connected} connected)",
-                        timeout.as_millis()
-                    ),
-                ));
-            }
+        if self.sync_point(&r) >= commit {
+            drop(r);
+            return done(Ok(()));
         }
+        let connected = r.conns.len();
+        if connected < k && self.sync_wait == SyncWait::Fail {
+            drop(r);
+            return done(Err(self.too_few(commit, connected)));
+        }
+        let first = r.waiting.is_empty();
+        r.waiting.push(SyncWaiter {
+            commit,
+            deadline: Instant::now() + timeout,
+            timeout,
+            done,
+        });
+        drop(r);
+        self.expiry_started.call_once(|| {
+            let weak = Arc::downgrade(self);
+            let spawned = std::thread::Builder::new()
+                .name("aerodb-sync-expiry".into())
+                .spawn(move || expire_sync_waits(&weak));
+            if let Err(e) = spawned {
+                // Without it a wait past its deadline is only answered by the request's own timeout.
+                tracing::error!("spawning the synchronous-commit expiry thread: {e}");
+            }
+        });
+        if first {
+            self.expiry.notify_one();
+        }
+    }
+
+    /// [`Self::when_flushed`], blocking until it is settled (call off the async runtime).
+    pub fn wait_flushed(self: &Arc<Self>, commit: u64, timeout: Duration) -> ApiResult<()> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        self.when_flushed(
+            commit,
+            timeout,
+            Box::new(move |r| {
+                let _ = tx.send(r);
+            }),
+        );
+        rx.recv()
+            .unwrap_or_else(|_| Err(ApiError::new(Code::Unavailable, "the node is shutting down")))
+    }
+
+    /// Fails the synchronous writes whose wait passed its deadline, or sleeps until the next deadline (at most
+    /// a second, or until a first waiter arrives).
+    fn expire_due(&self) {
+        let mut r = self.reg.lock();
+        let now = Instant::now();
+        if !r.waiting.iter().any(|w| w.deadline <= now) {
+            let next = r.waiting.iter().map(|w| w.deadline).min();
+            let _ = self
+                .expiry
+                .wait_until(&mut r, next.unwrap_or(now + Duration::from_secs(1)));
+            return;
+        }
+        let (due, still): (Vec<_>, Vec<_>) = std::mem::take(&mut r.waiting)
+            .into_iter()
+            .partition(|w| w.deadline <= now);
+        r.waiting = still;
+        let connected = r.conns.len();
+        let failed: Vec<(SyncDone, ApiError)> = due
+            .into_iter()
+            .map(|w| {
+                let flushed = r.conns.values().filter(|c| c.flushed >= w.commit).count();
+                let e = ApiError::new(
+                    Code::SyncReplicasUnavailable,
+                    format!(
+                        "record {} is durable on the primary but {flushed} of the {} required replicas flushed it \
+                         within {} ms ({connected} connected)",
+                        w.commit,
+                        self.sync_replicas,
+                        w.timeout.as_millis()
+                    ),
+                );
+                (w.done, e)
+            })
+            .collect();
+        drop(r);
+        for (done, e) in failed {
+            done(Err(e));
+        }
+    }
+}
+
+/// The expiry thread: runs while the registry exists.
+fn expire_sync_waits(weak: &std::sync::Weak<Replicas>) {
+    while let Some(replicas) = weak.upgrade() {
+        replicas.expire_due();
     }
 }
 
@@ -841,7 +978,7 @@ async fn stream_once(
                 }
                 node.follower.lock().primary_commit_id = primary_commit;
                 let a = applier.clone();
-                let applied = tokio::task::spawn_blocking(move || {
+                let applied = blocking(move || {
                     let mut a = a.lock();
                     let r = a.apply(&frames);
                     (r, a.tip(), frames)
@@ -930,6 +1067,21 @@ async fn stream_once(
     }
 }
 
+/// Runs blocking work (a durable append: a write and an `fdatasync`) for the stream's task. On a multi-threaded
+/// runtime it runs in place (`block_in_place`: the worker's other tasks move to another thread), which saves the
+/// two thread hops of the blocking pool on every received batch — on the synchronous-commit path, that is
+/// latency every acknowledged write waits for. A current-thread runtime cannot block in place; there it goes to
+/// the blocking pool.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, tokio::task::JoinError> {
+    if tokio::runtime::Handle::current().runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread {
+        Ok(tokio::task::block_in_place(f))
+    } else {
+        tokio::task::spawn_blocking(f).await
+    }
+}
+
 /// Acknowledges `tip` as written, flushed and applied (the replica's append is synchronous, so they are equal).
 async fn send_ack(out: &mpsc::Sender<pb::ReplicaMessage>, tip: u64) -> Result<(), StreamEnd> {
     let ack = pb::ReplicaAck {
@@ -946,4 +1098,95 @@ async fn send_ack(out: &mpsc::Sender<pb::ReplicaMessage>, tip: u64) -> Result<()
 
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A waiter whose answer lands in the returned receiver.
+    fn waiter() -> (SyncDone, std::sync::mpsc::Receiver<ApiResult<()>>) {
+        let (tx, rx) = std::sync::mpsc::channel();
+        (
+            Box::new(move |r| {
+                let _ = tx.send(r);
+            }),
+            rx,
+        )
+    }
+
+    fn ack(flushed: u64) -> pb::ReplicaAck {
+        pb::ReplicaAck {
+            written: flushed,
+            flushed,
+            applied: flushed,
+        }
+    }
+
+    const LONG: Duration = Duration::from_secs(60);
+
+    #[test]
+    fn without_sync_replicas_a_write_is_acknowledged_at_once() {
+        let r = Arc::new(Replicas::new(0, 0, SyncWait::Block));
+        let (done, rx) = waiter();
+        r.when_flushed(5, LONG, done);
+        assert!(rx.try_recv().unwrap().is_ok());
+    }
+
+    #[test]
+    fn a_write_is_acknowledged_only_once_k_replicas_flushed_it() {
+        let r = Arc::new(Replicas::new(0, 2, SyncWait::Block));
+        let (a, b) = (
+            r.register("a".into(), "p".into()),
+            r.register("b".into(), "p".into()),
+        );
+        let (done7, rx7) = waiter();
+        let (done9, rx9) = waiter();
+        r.when_flushed(7, LONG, done7);
+        r.when_flushed(9, LONG, done9);
+        r.acked(a, &ack(9));
+        assert!(rx7.try_recv().is_err(), "one of two replicas is not enough");
+        r.acked(b, &ack(8));
+        assert!(rx7.try_recv().unwrap().is_ok());
+        assert!(rx9.try_recv().is_err(), "replica b has not flushed 9");
+        r.acked(b, &ack(9));
+        assert!(rx9.try_recv().unwrap().is_ok());
+        // Already flushed: answered at once, and the blocking form returns.
+        assert!(r.wait_flushed(9, LONG).is_ok());
+    }
+
+    #[test]
+    fn fail_mode_refuses_at_once_and_fails_waiters_when_a_replica_leaves() {
+        let r = Arc::new(Replicas::new(0, 1, SyncWait::Fail));
+        let (done, rx) = waiter();
+        r.when_flushed(1, LONG, done);
+        let e = rx.try_recv().unwrap().unwrap_err();
+        assert_eq!(e.code, Code::SyncReplicasUnavailable, "{}", e.message);
+        let id = r.register("a".into(), "p".into());
+        let (done, rx) = waiter();
+        r.when_flushed(2, LONG, done);
+        assert!(rx.try_recv().is_err(), "waits while the replica is connected");
+        r.unregister(id);
+        let e = rx.try_recv().unwrap().unwrap_err();
+        assert!(e.message.contains("0 of the 1 required"), "{}", e.message);
+    }
+
+    #[test]
+    fn block_mode_fails_a_wait_at_its_deadline() {
+        let r = Arc::new(Replicas::new(0, 1, SyncWait::Block));
+        let started = Instant::now();
+        let (done, rx) = waiter();
+        r.when_flushed(3, Duration::from_millis(150), done);
+        let e = rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the expiry thread answers")
+            .unwrap_err();
+        let waited = started.elapsed();
+        assert!(waited >= Duration::from_millis(150), "{waited:?}");
+        assert_eq!(e.code, Code::SyncReplicasUnavailable);
+        assert!(e.message.contains("within 150 ms"), "{}", e.message);
+        // A later wait on the same registry still expires (the thread keeps running).
+        let e = r.wait_flushed(4, Duration::from_millis(50)).unwrap_err();
+        assert!(e.message.contains("within 50 ms"), "{}", e.message);
+    }
 }
