@@ -1,8 +1,12 @@
 //! The node: the open database plus what both APIs share — authorization, limits, timeouts, metrics — and the
-//! operations, each run on the blocking pool (appends wait for `fdatasync`).
+//! operations: appends through the committer threads (or in place when the write path is idle), everything else
+//! on the blocking pool.
 
 use std::{
-    sync::{mpsc, Arc},
+    sync::{
+        atomic::{AtomicUsize, Ordering as AtomicOrdering},
+        mpsc, Arc,
+    },
     thread::JoinHandle,
     time::Instant,
 };
@@ -69,6 +73,7 @@ pub struct Node {
     /// The writer fence (a fenced primary).
     pub fence: Arc<crate::fence::FenceState>,
     committers: Mutex<Vec<JoinHandle<()>>>,
+    load: Arc<CommitLoad>,
 }
 
 impl std::fmt::Debug for Job {
@@ -77,15 +82,42 @@ impl std::fmt::Debug for Job {
     }
 }
 
+/// How busy the write path is: lets an append skip the hop to a committer thread when nothing else is queued or
+/// being written (one client, or a quiet moment), and queue behind the committers otherwise.
+#[derive(Debug, Default)]
+struct CommitLoad {
+    /// Appends queued and not yet taken by a committer.
+    queued: AtomicUsize,
+    /// Batches being written, by a committer or in place.
+    writing: AtomicUsize,
+}
+
+impl CommitLoad {
+    /// Claims the write path for an append written in place: only when nothing is queued or being written.
+    fn claim_idle(&self) -> bool {
+        self.queued.load(AtomicOrdering::Acquire) == 0
+            && self
+                .writing
+                .compare_exchange(0, 1, AtomicOrdering::AcqRel, AtomicOrdering::Acquire)
+                .is_ok()
+    }
+}
+
+/// Whether blocking work may run in place on this task (`block_in_place`), which a current-thread runtime does not
+/// allow.
+pub(crate) fn can_block_in_place() -> bool {
+    tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
+}
+
 /// A committer: takes the first waiting append (blocking), then everything else already waiting, up to a limit,
-/// and appends them as consecutive CommitIds in one durable write. Each record was checked alone beforehand, so
-/// a batch can only fail as a whole (the log failed, or the node is not writable), and then every append in it
-/// gets that error.
+/// and writes them with [`commit_batch`].
 fn committer(
     db: Arc<Db>,
     jobs: Arc<Mutex<mpsc::Receiver<Job>>>,
     replicas: Arc<Replicas>,
     fence: Arc<crate::fence::FenceState>,
+    load: Arc<CommitLoad>,
     timeout: std::time::Duration,
 ) {
     loop {
@@ -101,40 +133,55 @@ fn committer(
             }
             batch
         };
-        let (records, dones): (Vec<NewRecord>, Vec<_>) =
-            batch.into_iter().map(|j| (j.record, j.done)).unzip();
-        // A fenced primary checks the fence before writing and again before acknowledging.
-        let written = fence
-            .check_write(&db)
-            .and_then(|()| db.append_many(&records).map_err(ApiError::from))
-            .and_then(|r| fence.check_write(&db).map(|()| r));
-        match written {
-            Ok(receipts) => {
-                let last = receipts.last().map_or(0, |r| r.commit_id);
-                replicas.published(last);
-                // The acknowledgements go out when enough replicas flushed the batch (at once without synchronous
-                // replicas); meanwhile this committer takes the next batch.
-                replicas.when_flushed(
-                    last,
-                    timeout,
-                    Box::new(move |flushed| match flushed {
-                        Ok(()) => {
-                            for (done, r) in dones.into_iter().zip(receipts) {
-                                let _ = done.send(Ok(r));
-                            }
+        // Counted as writing before it stops counting as queued, so an append never sees an idle path meanwhile.
+        load.writing.fetch_add(1, AtomicOrdering::AcqRel);
+        load.queued.fetch_sub(batch.len(), AtomicOrdering::AcqRel);
+        commit_batch(&db, &replicas, &fence, timeout, batch);
+        load.writing.fetch_sub(1, AtomicOrdering::AcqRel);
+    }
+}
+
+/// Appends a batch of checked appends as consecutive CommitIds in one durable write and answers each with its
+/// own receipt — once enough replicas flushed the batch in synchronous mode (the answer then comes from the
+/// replication stream, and this returns at once). Each record was checked alone beforehand, so a batch can only
+/// fail as a whole (the log failed, or the node is not writable), and then every append in it gets that error.
+fn commit_batch(
+    db: &Db,
+    replicas: &Arc<Replicas>,
+    fence: &crate::fence::FenceState,
+    timeout: std::time::Duration,
+    batch: Vec<Job>,
+) {
+    let (records, dones): (Vec<NewRecord>, Vec<_>) = batch.into_iter().map(|j| (j.record, j.done)).unzip();
+    // A fenced primary checks the fence before writing and again before acknowledging.
+    let written = fence
+        .check_write(db)
+        .and_then(|()| db.append_many(&records).map_err(ApiError::from))
+        .and_then(|r| fence.check_write(db).map(|()| r));
+    match written {
+        Ok(receipts) => {
+            let last = receipts.last().map_or(0, |r| r.commit_id);
+            replicas.published(last);
+            replicas.when_flushed(
+                last,
+                timeout,
+                Box::new(move |flushed| match flushed {
+                    Ok(()) => {
+                        for (done, r) in dones.into_iter().zip(receipts) {
+                            let _ = done.send(Ok(r));
                         }
-                        Err(e) => {
-                            for done in dones {
-                                let _ = done.send(Err(e.clone()));
-                            }
+                    }
+                    Err(e) => {
+                        for done in dones {
+                            let _ = done.send(Err(e.clone()));
                         }
-                    }),
-                );
-            }
-            Err(e) => {
-                for done in dones {
-                    let _ = done.send(Err(e.clone()));
-                }
+                    }
+                }),
+            );
+        }
+        Err(e) => {
+            for done in dones {
+                let _ = done.send(Err(e.clone()));
             }
         }
     }
@@ -223,13 +270,14 @@ impl Node {
         let (tx, rx) = mpsc::channel();
         let rx = Arc::new(Mutex::new(rx));
         let fence = Arc::new(crate::fence::FenceState::default());
+        let load = Arc::new(CommitLoad::default());
         let committers = (0..COMMITTERS)
             .filter_map(|i| {
                 let (db, rx, replicas, fence) = (db.clone(), rx.clone(), replicas.clone(), fence.clone());
-                let timeout = config.request_timeout;
+                let (load, timeout) = (load.clone(), config.request_timeout);
                 std::thread::Builder::new()
                     .name(format!("aerodb-commit-{i}"))
-                    .spawn(move || committer(db, rx, replicas, fence, timeout))
+                    .spawn(move || committer(db, rx, replicas, fence, load, timeout))
                     .map_err(|e| tracing::error!("spawning a committer thread: {e}"))
                     .ok()
             })
@@ -247,6 +295,7 @@ impl Node {
             follower: Mutex::new(FollowerStatus::default()),
             fence,
             committers: Mutex::new(committers),
+            load,
         }
     }
 
@@ -434,11 +483,23 @@ impl Node {
                 record: NewRecord { tenant, payload },
                 done,
             };
-            let sent = self.jobs.lock().as_ref().map(|tx| tx.send(job).is_ok());
-            if sent != Some(true) {
-                return Err(ApiError::new(Code::Unavailable, "the node is shutting down"));
-            }
             let timeout = self.config.request_timeout;
+            let open = self.jobs.lock().is_some();
+            if open && can_block_in_place() && self.load.claim_idle() {
+                // Nothing else is being written: write it here, saving the wake-up of a committer thread. Appends
+                // arriving meanwhile queue for the committers.
+                tokio::task::block_in_place(|| {
+                    commit_batch(&self.db, &self.replicas, &self.fence, timeout, vec![job]);
+                });
+                self.load.writing.fetch_sub(1, AtomicOrdering::AcqRel);
+            } else {
+                self.load.queued.fetch_add(1, AtomicOrdering::AcqRel);
+                let sent = self.jobs.lock().as_ref().map(|tx| tx.send(job).is_ok());
+                if sent != Some(true) {
+                    self.load.queued.fetch_sub(1, AtomicOrdering::AcqRel);
+                    return Err(ApiError::new(Code::Unavailable, "the node is shutting down"));
+                }
+            }
             let receipt = tokio::time::timeout(timeout, wait)
                 .await
                 .map_err(|_| {

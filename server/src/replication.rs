@@ -1075,7 +1075,7 @@ async fn stream_once(
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, tokio::task::JoinError> {
-    if tokio::runtime::Handle::current().runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread {
+    if crate::node::can_block_in_place() {
         Ok(tokio::task::block_in_place(f))
     } else {
         tokio::task::spawn_blocking(f).await
