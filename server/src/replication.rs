@@ -127,7 +127,6 @@ pub struct ReplicaLag {
 #[derive(Debug)]
 pub struct Replicas {
     reg: Mutex<Registry>,
-    changed: Condvar,
     tip: watch::Sender<u64>,
     /// Replicas that must flush a write before it is acknowledged.
     pub sync_replicas: usize,
@@ -143,7 +142,6 @@ impl Replicas {
     pub fn new(tip: u64, sync_replicas: usize, sync_wait: SyncWait) -> Self {
         Self {
             reg: Mutex::new(Registry::default()),
-            changed: Condvar::new(),
             tip: watch::channel(tip).0,
             sync_replicas,
             sync_wait,
@@ -191,8 +189,6 @@ impl Replicas {
             },
         );
         self.note_block_state(&mut r);
-        drop(r);
-        self.changed.notify_all();
         id
     }
 
@@ -207,7 +203,6 @@ impl Replicas {
             Vec::new()
         };
         drop(r);
-        self.changed.notify_all();
         for w in failed {
             let e = self.too_few(w.commit, connected);
             (w.done)(Err(e));
@@ -228,10 +223,10 @@ impl Replicas {
 
     /// The highest CommitId that at least `sync_replicas` replicas flushed (0 when fewer are connected).
     fn sync_point(&self, r: &Registry) -> u64 {
-        let mut flushed: Vec<u64> = r.conns.values().map(|c| c.flushed).collect();
-        if flushed.len() < self.sync_replicas || self.sync_replicas == 0 {
+        if self.sync_replicas == 0 || r.conns.len() < self.sync_replicas {
             return 0;
         }
+        let mut flushed: Vec<u64> = r.conns.values().map(|c| c.flushed).collect();
         flushed.sort_unstable_by(|a, b| b.cmp(a));
         flushed[self.sync_replicas - 1]
     }
@@ -292,7 +287,11 @@ impl Replicas {
         }
         // Synchronous writes now flushed by enough replicas are answered here, on the stream's task: no thread
         // is woken just to pass the answer on.
-        let point = self.sync_point(&r);
+        let point = if r.waiting.is_empty() {
+            0
+        } else {
+            self.sync_point(&r)
+        };
         let released = if r.waiting.iter().any(|w| w.commit <= point) {
             let (done, still): (Vec<_>, Vec<_>) = std::mem::take(&mut r.waiting)
                 .into_iter()
@@ -303,7 +302,6 @@ impl Replicas {
             Vec::new()
         };
         drop(r);
-        self.changed.notify_all();
         for w in released {
             (w.done)(Ok(()));
         }
