@@ -1,11 +1,13 @@
 //! The `Db` API: what a Rust application links.
 //!
-//! Writes: every append assigns the next CommitId(s), encodes the canonical record with the previous record's
-//! hash, and hands it to the WAL's group commit; all of that happens under the WAL's ordering lock, so the hash
-//! chain follows CommitId order. The key and tenant index entries are added there too (while the previous group
-//! commit's fsync runs), but every index lookup is bounded by the applied mark. After the WAL acknowledges (per its
-//! durability mode) the record is *applied* — Merkle leaf, tip, applied mark — strictly in CommitId order and only
-//! up to the durable mark, so a reader never sees a record that could still be lost.
+//! Writes: every append takes the chain lock (the engine's ordering lock), assigns the next CommitId(s), encodes
+//! the canonical record with the previous record's hash, and queues it in the WAL's group commit under the WAL's
+//! own ordering lock ([`aerodb_wal::Wal::enqueue_with`]), so the hash chain follows CommitId order. The key and
+//! tenant index entries are added next, still under the chain lock but no longer under the WAL's (the group-commit
+//! leader takes that one after every fsync); every index lookup is bounded by the applied mark. After the WAL
+//! acknowledges (per its durability mode) the record is *applied* — Merkle leaf, tip, applied mark — strictly in
+//! CommitId order and only up to both the durable and the indexed mark, so a reader never sees a record that could
+//! still be lost, nor one whose index entries are missing.
 //!
 //! Reads see the applied prefix. Values are not copied into the index: the index maps a key to the CommitIds that
 //! wrote it and the value is read from the record in the WAL. The index itself is persisted as sorted runs
@@ -199,6 +201,8 @@ struct Inner {
     pending: Mutex<VecDeque<Pending>>,
     /// The highest applied CommitId, readable without the state lock.
     applied: AtomicU64,
+    /// The highest CommitId added to the index; records are applied only up to it.
+    indexed: AtomicU64,
     state: RwLock<State>,
     checkpoints: Mutex<CheckpointLog>,
     not_writable: RwLock<Option<NotWritable>>,
@@ -206,9 +210,9 @@ struct Inner {
     tick: (Mutex<()>, Condvar),
     /// The index directory (manifest lock and files).
     index_files: Arc<IndexFiles>,
-    /// The key and tenant index. Records are added under the log's ordering lock before their commit completes
-    /// (off the acknowledgement path); readers bound every lookup by the applied mark, so they never see them
-    /// early.
+    /// The key and tenant index. Records are added under the chain lock right after they are queued, before
+    /// their commit completes (off the acknowledgement path); readers bound every lookup by the applied mark, so
+    /// they never see them early.
     index: RwLock<Index>,
     /// One index flush at a time (background thread or `flush_index`).
     index_flush: Mutex<()>,
@@ -402,6 +406,7 @@ impl Db {
             verifier,
             pending: Mutex::new(VecDeque::new()),
             applied: AtomicU64::new(state.visible),
+            indexed: AtomicU64::new(state.visible),
             state: RwLock::new(state),
             checkpoints: Mutex::new(checkpoints),
             not_writable: RwLock::new(not_writable),
@@ -755,10 +760,10 @@ impl Db {
         // One log append per run of equal epochs (a frame's epoch is its header's, so a run shares it).
         for run in frames.chunk_by(|a, b| a.0 == b.0) {
             let epoch = run[0].0;
-            let mut flush_due = false;
+            // Lock order as in `append_records`: the chain lock, then (inside `enqueue_with`) the log's.
+            let mut chain = inner.chain.lock();
             // The closure checks every record before pushing any, so a refused run leaves the log untouched.
-            let result = inner.wal.append_with(Epoch(epoch), |sink| {
-                let mut chain = inner.chain.lock();
+            let queued = inner.wal.enqueue_with(Epoch(epoch), |sink| {
                 let mut prev = chain.last_hash;
                 let mut ts = chain.last_ts;
                 let mut checked = Vec::with_capacity(run.len());
@@ -799,17 +804,20 @@ impl Db {
                 last = pending.last().map_or(last, |p| p.commit);
                 let first = pending.first().map_or(0, |p| p.commit);
                 inner.pending.lock().extend(pending);
-                let mut ix = inner.index.write();
+                Ok(Ok((first, checked)))
+            });
+            let (checked, queued) = match queued? {
+                (Ok(checked), queued) => (checked, queued),
+                (Err(e), _) => return Err(e),
+            };
+            let (first, checked) = checked;
+            inner.index_queued(queued.last().0, |ix| {
                 for (i, (_, v, _)) in checked.iter().enumerate() {
                     ix.add_view(first + i as u64, v);
                 }
-                flush_due = ix.mem_versions() >= inner.opts.index_flush_versions;
-                Ok(Ok(()))
             });
-            if flush_due {
-                inner.tick.1.notify_all();
-            }
-            result??;
+            drop(chain);
+            queued.wait()?;
         }
         inner.apply_durable(last)?;
         Ok(last)
@@ -1232,11 +1240,12 @@ impl Inner {
             return Ok(Vec::new());
         }
         let mut receipts = Vec::with_capacity(prepared.len());
-        let mut flush_due = false;
-        let result = self.wal.append_with(Epoch(epoch), |sink| {
-            // Under the ordering lock: only the trailer (timestamp, CommitId, previous hash) and the last hash
-            // blocks.
-            let mut chain = self.chain.lock();
+        // The chain lock orders the engine's appends; the log's ordering lock is taken inside it, only for
+        // sealing and queueing, so the log's flush leader never waits behind an appender's indexing.
+        let mut chain = self.chain.lock();
+        let queued = self.wal.enqueue_with(Epoch(epoch), |sink| {
+            // Under the log's ordering lock: only the trailer (timestamp, CommitId, previous hash) and the last
+            // hash blocks.
             let ts = now_ms().max(chain.last_ts);
             let mut prev = chain.last_hash;
             let mut encoded = Vec::with_capacity(prepared.len());
@@ -1262,18 +1271,19 @@ impl Inner {
             chain.last_hash = prev;
             chain.last_ts = ts;
             self.pending.lock().extend(encoded);
-            // Index now, in CommitId order and while the previous group commit's fsync runs, so acknowledging
-            // only has to move the applied mark past these records.
-            let mut ix = self.index.write();
-            for (commit, tenant, writes) in adds {
-                ix.add(commit, tenant, writes);
-            }
-            flush_due = ix.mem_versions() >= self.opts.index_flush_versions;
-            Ok(())
+            Ok(adds)
         });
-        if flush_due {
-            self.tick.1.notify_all();
-        }
+        let result = queued.and_then(|(adds, queued)| {
+            // Index now, still in CommitId order (the chain lock) and while the frames are on their way to disk,
+            // so acknowledging only has to move the applied mark past these records.
+            self.index_queued(queued.last().0, |ix| {
+                for (commit, tenant, writes) in adds {
+                    ix.add(commit, tenant, writes);
+                }
+            });
+            drop(chain);
+            queued.wait()
+        });
         if let Err(e) = result {
             if let Some(f) = self.wal.failure() {
                 tracing::error!(failure = %f, "the log failed closed; the database refuses writes until reopened");
@@ -1285,13 +1295,32 @@ impl Inner {
         Ok(receipts)
     }
 
+    /// Adds just-queued records up to CommitId `last` to the index with `add` (in CommitId order: the caller
+    /// holds the chain lock), moves the indexed mark to `last`, and wakes the background flush when the memory
+    /// table is full.
+    fn index_queued(&self, last: u64, add: impl FnOnce(&mut Index)) {
+        let mut ix = self.index.write();
+        add(&mut ix);
+        let flush_due = ix.mem_versions() >= self.opts.index_flush_versions;
+        drop(ix);
+        self.indexed.store(last, Ordering::Release);
+        if flush_due {
+            self.tick.1.notify_all();
+        }
+    }
+
     /// Applies every pending record up to the WAL's durable mark, in CommitId order. Returns at once when
     /// `need` is already applied (another appender applied it with its own batch).
     fn apply_durable(&self, need: u64) -> Result<()> {
         if need > 0 && self.applied.load(Ordering::Acquire) >= need {
             return Ok(());
         }
-        let durable = self.wal.durable_commit_id().0;
+        // A record is applied once durable and indexed (indexing follows queueing, under the chain lock).
+        let durable = self
+            .wal
+            .durable_commit_id()
+            .0
+            .min(self.indexed.load(Ordering::Acquire));
         // With nothing to wait for, return when nothing is ready. An appender (need > 0) always goes on to the
         // state lock: another thread may have drained its record and still be applying it, and the appender must
         // not return before its record is visible.

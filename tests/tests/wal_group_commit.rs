@@ -29,7 +29,23 @@ fn opts(durability: Durability) -> Options {
     }
 }
 
-fn run(threads: u64, per_thread: u64, fail_at: Option<u64>, durability: Durability) -> (u64, u64) {
+/// How the appenders call the log.
+#[derive(Clone, Copy, PartialEq)]
+enum Calls {
+    /// `Wal::append`.
+    Append,
+    /// `Wal::enqueue_with`, a yield (work outside the ordering lock, as the engine indexes there), then
+    /// `Queued::wait` for even appends and a plain drop of the `Queued` for odd ones.
+    Enqueue,
+}
+
+fn run(
+    threads: u64,
+    per_thread: u64,
+    fail_at: Option<u64>,
+    durability: Durability,
+    calls: Calls,
+) -> (u64, u64) {
     let fs = FaultFs::new(MemFs::new());
     if let Some(n) = fail_at {
         fs.inject(FaultPlan {
@@ -47,7 +63,27 @@ fn run(threads: u64, per_thread: u64, fail_at: Option<u64>, durability: Durabili
             s.spawn(move || {
                 for i in 0..per_thread {
                     let body = format!("{t}:{i}");
-                    match wal.append(Epoch(1), body.as_bytes()) {
+                    let result = match calls {
+                        Calls::Append => wal.append(Epoch(1), body.as_bytes()),
+                        Calls::Enqueue => wal
+                            .enqueue_with(Epoch(1), |sink| sink.push(body.as_bytes()))
+                            .and_then(|(id, queued)| {
+                                assert_eq!(queued.last(), id);
+                                std::thread::yield_now();
+                                if i % 2 == 0 {
+                                    queued.wait().map(|()| id)
+                                } else {
+                                    // Dropping waits too (and leads the flush if this appender was chosen to).
+                                    drop(queued);
+                                    if wal.durable_commit_id() >= id || durability != Durability::Always {
+                                        Ok(id)
+                                    } else {
+                                        Err(aerodb_wal::Error::Closed)
+                                    }
+                                }
+                            }),
+                    };
+                    match result {
                         Ok(id) => acked.lock().unwrap().push((id.0, body)),
                         Err(_) => break,
                     }
@@ -84,8 +120,10 @@ fn run(threads: u64, per_thread: u64, fail_at: Option<u64>, durability: Durabili
 fn many_appenders_no_lost_wakeups() {
     let mut total = 0;
     for durability in [Durability::Always, Durability::None] {
-        for _ in 0..3 {
-            total += run(64, 100, None, durability).0;
+        for calls in [Calls::Append, Calls::Enqueue] {
+            for _ in 0..3 {
+                total += run(64, 100, None, durability, calls).0;
+            }
         }
     }
     report_figure(
@@ -98,8 +136,10 @@ fn many_appenders_no_lost_wakeups() {
 fn failure_part_way_wakes_everyone_with_the_right_verdict() {
     let mut cases = 0;
     for fail_at in [3, 10, 25, 60, 120, 250] {
-        run(32, 40, Some(fail_at), Durability::Always);
-        cases += 1;
+        for calls in [Calls::Append, Calls::Enqueue] {
+            run(32, 40, Some(fail_at), Durability::Always, calls);
+            cases += 1;
+        }
     }
     report_figure(
         "group commit with EIO part-way",

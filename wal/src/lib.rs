@@ -44,5 +44,5 @@ pub use reader::{Frame, FrameRef, WalReader};
 pub use types::{CommitId, Epoch, SegmentId};
 pub use wal::truncate_after;
 pub use wal::{
-    segment_file_name, Durability, FrameSink, Options, RecoveryReport, Wal, WalStats, LOCK_FILE_NAME,
+    segment_file_name, Durability, FrameSink, Options, Queued, RecoveryReport, Wal, WalStats, LOCK_FILE_NAME,
 };

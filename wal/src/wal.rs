@@ -225,6 +225,57 @@ const ACKED: u8 = 1;
 const FAILED: u8 = 2;
 const LEAD: u8 = 3;
 
+/// What an appender does after queueing its frames (see `Shared::enlist`).
+#[derive(Debug)]
+enum Ticket {
+    /// Already acknowledged (or nothing was queued).
+    Ready,
+    /// The log failed closed.
+    Failed,
+    /// Park until a leader sets the slot's verdict.
+    Park(Arc<AtomicU8>),
+    /// Lead the next flush.
+    Lead,
+}
+
+/// Frames queued by [`Wal::enqueue_with`] and not yet known to be acknowledged. [`Queued::wait`] waits for
+/// them. Dropping it waits too: its appender may have been chosen to lead the next flush, which every other
+/// appender's acknowledgement depends on.
+#[derive(Debug)]
+#[must_use = "the queued frames are acknowledged only once `wait` returns"]
+pub struct Queued<'a> {
+    shared: &'a Shared,
+    mine: CommitId,
+    ticket: Option<Ticket>,
+}
+
+impl Queued<'_> {
+    /// The last CommitId queued (one before the next CommitId when nothing was pushed).
+    #[must_use]
+    pub fn last(&self) -> CommitId {
+        self.mine
+    }
+
+    /// Waits until every frame queued with this handle is acknowledged per the durability mode (leading the
+    /// flush if this appender was chosen to).
+    ///
+    /// # Errors
+    /// [`Error::FailedClosed`] if the log failed before acknowledging them, [`Error::Closed`] if it closed.
+    pub fn wait(mut self) -> Result<()> {
+        let ticket = self.ticket.take().expect("a Queued is waited for once");
+        self.shared.complete(ticket, self.mine)
+    }
+}
+
+impl Drop for Queued<'_> {
+    fn drop(&mut self) {
+        if let Some(ticket) = self.ticket.take() {
+            // The error, if any, is the log's failure, which every later call reports.
+            let _ = self.shared.complete(ticket, self.mine);
+        }
+    }
+}
+
 /// A parked appender.
 #[derive(Debug)]
 struct Waiter {
@@ -597,6 +648,21 @@ impl Wal {
     /// returns an error, nothing it pushed is kept. Returns `f`'s value once all its frames are acknowledged per
     /// the durability mode.
     pub fn append_with<R>(&self, epoch: Epoch, f: impl FnOnce(&mut FrameSink<'_>) -> Result<R>) -> Result<R> {
+        let (out, queued) = self.enqueue_with(epoch, f)?;
+        queued.wait()?;
+        Ok(out)
+    }
+
+    /// [`Wal::append_with`] in two steps: queues `f`'s frames (in the same group commit as any other appender's)
+    /// and returns `f`'s value with a [`Queued`] that waits for their acknowledgement. Work done between the
+    /// two steps runs outside the log's ordering lock while the frames are already on their way to disk, so a
+    /// caller with its own ordering lock can finish per-record work under that lock instead of this one. An
+    /// error from `f` keeps nothing it pushed and returns no `Queued`.
+    pub fn enqueue_with<R>(
+        &self,
+        epoch: Epoch,
+        f: impl FnOnce(&mut FrameSink<'_>) -> Result<R>,
+    ) -> Result<(R, Queued<'_>)> {
         let sh = &*self.shared;
         if sh.opts.read_only {
             return Err(Error::ReadOnly);
@@ -623,13 +689,22 @@ impl Wal {
                 return Err(e);
             }
         };
-        if s.next_commit == cursor.next_commit {
-            return Ok(out);
-        }
-        s.last_epoch = epoch;
         let mine = CommitId(s.next_commit.0 - 1);
-        sh.wait_acknowledged(s, mine)?;
-        Ok(out)
+        let ticket = if s.next_commit == cursor.next_commit {
+            Ticket::Ready
+        } else {
+            s.last_epoch = epoch;
+            sh.enlist(&mut s, mine)
+        };
+        drop(s);
+        Ok((
+            out,
+            Queued {
+                shared: sh,
+                mine,
+                ticket: Some(ticket),
+            },
+        ))
     }
 
     /// The highest CommitId that is durable (in `Always` mode: acknowledged). 0 when the log is empty.
@@ -782,29 +857,43 @@ impl Shared {
     /// [`WAKE_FAN_OUT`] more: the wake-ups run as a tree on the other core while the leader is in its next
     /// `fdatasync`. (A shared condition variable would wake every appender on every flush; on a 2-core machine
     /// that herd costs more than the fsync itself.)
-    fn wait_acknowledged<'a>(
-        &'a self,
-        mut s: parking_lot::MutexGuard<'a, State>,
-        mine: CommitId,
-    ) -> Result<()> {
-        let mut rounds_led = 0u32;
+    fn wait_acknowledged(&self, mut s: parking_lot::MutexGuard<'_, State>, mine: CommitId) -> Result<()> {
+        let ticket = self.enlist(&mut s, mine);
+        drop(s);
+        self.complete(ticket, mine)
+    }
+
+    /// The first step of waiting for `mine`, under the state lock: already acknowledged, failed, park until a
+    /// leader's verdict, or lead the next flush (nobody else is).
+    fn enlist(&self, s: &mut State, mine: CommitId) -> Ticket {
+        if s.acked(&self.opts) >= mine {
+            return Ticket::Ready;
+        }
+        if s.failed.is_some() {
+            return Ticket::Failed;
+        }
+        if s.leader_active {
+            let slot = Arc::new(AtomicU8::new(WAITING));
+            s.waiters.push(Waiter {
+                id: mine,
+                thread: std::thread::current(),
+                slot: slot.clone(),
+                verdict: WAITING,
+            });
+            Ticket::Park(slot)
+        } else {
+            s.leader_active = true;
+            Ticket::Lead
+        }
+    }
+
+    /// The rest of waiting for `mine`, without the state lock held on entry.
+    fn complete(&self, mut ticket: Ticket, mine: CommitId) -> Result<()> {
         loop {
-            if rounds_led == 0 {
-                if s.acked(&self.opts) >= mine {
-                    return Ok(());
-                }
-                if let Some(f) = &s.failed {
-                    return Err(Error::FailedClosed(f.clone()));
-                }
-                if s.leader_active {
-                    let slot = Arc::new(AtomicU8::new(WAITING));
-                    s.waiters.push(Waiter {
-                        id: mine,
-                        thread: std::thread::current(),
-                        slot: slot.clone(),
-                        verdict: WAITING,
-                    });
-                    drop(s);
+            let mut s = match ticket {
+                Ticket::Ready => return Ok(()),
+                Ticket::Failed => return Err(self.failure_error()),
+                Ticket::Park(slot) => {
                     let verdict = loop {
                         match slot.load(Ordering::Acquire) {
                             WAITING => std::thread::park(),
@@ -825,20 +914,26 @@ impl Shared {
                         FAILED => return Err(self.failure_error()),
                         _ => {
                             // LEAD: the previous leader handed the pending work to this appender.
-                            s = self.state.lock();
+                            let s = self.state.lock();
                             debug_assert!(s.leader_active);
+                            s
                         }
                     }
-                } else {
-                    s.leader_active = true;
                 }
-            }
-            // This thread is the leader: flush everything pending.
+                Ticket::Lead => self.state.lock(),
+            };
+            ticket = self.lead(&mut s, mine);
+        }
+    }
+
+    /// This thread is the leader: flushes everything pending, for as long as it keeps leading, then enlists
+    /// again for `mine` (which is acknowledged by then unless it arrived after the last flush started).
+    fn lead(&self, s: &mut parking_lot::MutexGuard<'_, State>, mine: CommitId) -> Ticket {
+        let mut rounds_led = 0u32;
+        loop {
             rounds_led += 1;
             let chunks = std::mem::take(&mut s.pending);
-            drop(s);
-            let result = self.flush(chunks);
-            s = self.state.lock();
+            let result = parking_lot::MutexGuard::unlocked(s, || self.flush(chunks));
             match result {
                 Ok((last, spare)) => {
                     s.written = s.written.max(last);
@@ -871,8 +966,8 @@ impl Shared {
                 }
             }
             let more = !s.pending.is_empty() && !failed;
-            // Pending frames always belong to parked appenders (they register in the same critical section that
-            // enqueued them), but never leave work without a leader: keep leading if there is nobody to hand to.
+            // Pending frames always belong to appenders that enlisted in the same critical section that queued
+            // them, but never leave work without a leader: keep leading if there is nobody to hand to.
             let keep_leading = more && (rounds_led < MAX_ROUNDS_LED || s.waiters.is_empty());
             if !keep_leading {
                 s.leader_active = false;
@@ -885,22 +980,19 @@ impl Shared {
                     }
                 }
             }
-            drop(s);
-            self.release(&mut released);
-            // `wait_durable` and `close` wait on the condition variable.
-            self.cond.notify_all();
-            s = self.state.lock();
+            parking_lot::MutexGuard::unlocked(s, || {
+                self.release(&mut released);
+                // `wait_durable` and `close` wait on the condition variable.
+                self.cond.notify_all();
+            });
             s.wake_buf = released;
             if !keep_leading {
-                rounds_led = 0;
-                if s.acked(&self.opts) >= mine {
-                    return Ok(());
+                // Our own record may still be pending (it arrived after this flush started): enlist like anyone
+                // else (which may mean leading again at once).
+                match self.enlist(s, mine) {
+                    Ticket::Lead => rounds_led = 0,
+                    other => return other,
                 }
-                if s.failed.is_some() {
-                    return Err(self.failure_error_locked(&s));
-                }
-                // Our own record is still pending (it arrived after this flush started): wait like anyone else.
-                continue;
             }
         }
     }
