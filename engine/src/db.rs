@@ -197,7 +197,7 @@ struct Inner {
     wal: Wal,
     signer: SigningKey,
     verifier: VerifierKey,
-    chain: Mutex<Chain>,
+    chain: std::sync::Mutex<Chain>,
     pending: Mutex<VecDeque<Pending>>,
     /// The highest applied CommitId, readable without the state lock.
     applied: AtomicU64,
@@ -397,7 +397,7 @@ impl Db {
         let not_writable = (opts.read_only || opts.replica).then_some(NotWritable::NotWriteAuthority);
         let inner = Arc::new(Inner {
             dir: dir.to_owned(),
-            chain: Mutex::new(Chain {
+            chain: std::sync::Mutex::new(Chain {
                 last_hash: state.tip_hash,
                 last_ts,
             }),
@@ -761,7 +761,7 @@ impl Db {
         for run in frames.chunk_by(|a, b| a.0 == b.0) {
             let epoch = run[0].0;
             // Lock order as in `append_records`: the chain lock, then (inside `enqueue_with`) the log's.
-            let mut chain = inner.chain.lock();
+            let mut chain = inner.lock_chain();
             // The closure checks every record before pushing any, so a refused run leaves the log untouched.
             let queued = inner.wal.enqueue_with(Epoch(epoch), |sink| {
                 let mut prev = chain.last_hash;
@@ -793,11 +793,7 @@ impl Db {
                 let mut pending = Vec::with_capacity(run.len());
                 for (body, _, hash) in &checked {
                     let commit = sink.push(body)?.0;
-                    pending.push(Pending {
-                        commit,
-                        hash: *hash,
-                        leaf: leaf_hash(hash),
-                    });
+                    pending.push(Pending::new(commit, *hash));
                 }
                 chain.last_hash = prev;
                 chain.last_ts = ts;
@@ -1002,12 +998,22 @@ fn stored(commit_id: u64, body: Bytes) -> Result<StoredRecord> {
     })
 }
 
-/// A record waiting to be applied: its hashes and what it writes, so applying needs no decoding or hashing.
+/// A record waiting to be applied: its hashes, so applying needs no decoding or record hashing.
 #[derive(Debug)]
 struct Pending {
     commit: u64,
     hash: Hash,
     leaf: Hash,
+}
+
+impl Pending {
+    fn new(commit: u64, hash: Hash) -> Self {
+        Self {
+            commit,
+            hash,
+            leaf: leaf_hash(&hash),
+        }
+    }
 }
 
 /// Validates a record as an append would (tenant, batch, encoded size against `max`), before anything is encoded.
@@ -1021,17 +1027,6 @@ fn check_record(tenant: &str, payload: &Payload, max: usize) -> Result<()> {
         return Err(RecordError::TooLarge { len, max }.into());
     }
     Ok(())
-}
-
-/// The keys a payload writes, and whether each write is a delete.
-fn writes_of(payload: &Payload) -> Vec<(Bytes, bool)> {
-    match payload {
-        Payload::Batch(ops) => ops
-            .iter()
-            .map(|op| (op.key().clone(), matches!(op, Op::Delete { .. })))
-            .collect(),
-        Payload::Event(_) => Vec::new(),
-    }
 }
 
 /// What verifying one range of the log found.
@@ -1225,7 +1220,7 @@ impl Inner {
         }
         let max = self.opts.wal.max_record_bytes;
         let epoch = self.opts.epoch;
-        // Validate, encode and hash everything but the trailer before taking the log's ordering lock.
+        // Validate, encode and hash everything but the trailer before taking any lock.
         let mut prepared = Vec::with_capacity(records.size_hint().0);
         for (tenant, payload) in records {
             check_record(tenant, payload, max)?;
@@ -1234,7 +1229,7 @@ impl Inner {
                 p.sealed_len(),
                 record::RECORD_OVERHEAD + tenant.len() + record::body_len(payload)
             );
-            prepared.push((p, tenant, writes_of(payload)));
+            prepared.push((Some(p), tenant, payload));
         }
         if prepared.is_empty() {
             return Ok(Vec::new());
@@ -1242,17 +1237,18 @@ impl Inner {
         let mut receipts = Vec::with_capacity(prepared.len());
         // The chain lock orders the engine's appends; the log's ordering lock is taken inside it, only for
         // sealing and queueing, so the log's flush leader never waits behind an appender's indexing.
-        let mut chain = self.chain.lock();
+        let mut chain = self.lock_chain();
         let queued = self.wal.enqueue_with(Epoch(epoch), |sink| {
             // Under the log's ordering lock: only the trailer (timestamp, CommitId, previous hash) and the last
             // hash blocks.
             let ts = now_ms().max(chain.last_ts);
             let mut prev = chain.last_hash;
-            let mut encoded = Vec::with_capacity(prepared.len());
-            let mut adds = Vec::with_capacity(prepared.len());
-            for (p, tenant, writes) in prepared.drain(..) {
+            for (p, _, _) in &mut prepared {
                 let commit = sink.next_commit_id().0;
-                let sealed = p.seal(ts, commit, &prev);
+                let sealed = p
+                    .take()
+                    .expect("each record is sealed once")
+                    .seal(ts, commit, &prev);
                 sink.push(&sealed.canonical)?;
                 receipts.push(Receipt {
                     commit_id: commit,
@@ -1260,25 +1256,21 @@ impl Inner {
                     leaf_index: commit - 1,
                 });
                 prev = sealed.record_hash;
-                encoded.push(Pending {
-                    commit,
-                    hash: sealed.record_hash,
-                    leaf: sealed.leaf_hash,
-                });
-                adds.push((commit, tenant, writes));
             }
             // Only now advance the chain: an error above discards everything this closure pushed.
             chain.last_hash = prev;
             chain.last_ts = ts;
-            self.pending.lock().extend(encoded);
-            Ok(adds)
+            Ok(())
         });
-        let result = queued.and_then(|(adds, queued)| {
-            // Index now, still in CommitId order (the chain lock) and while the frames are on their way to disk,
-            // so acknowledging only has to move the applied mark past these records.
+        let result = queued.and_then(|((), queued)| {
+            // Still in CommitId order (the chain lock), while the frames are on their way to disk: queue the
+            // records for applying and index them, so acknowledging only has to move the applied mark.
+            self.pending
+                .lock()
+                .extend(receipts.iter().map(|r| Pending::new(r.commit_id, r.record_hash)));
             self.index_queued(queued.last().0, |ix| {
-                for (commit, tenant, writes) in adds {
-                    ix.add(commit, tenant, writes);
+                for ((_, tenant, payload), r) in prepared.iter().zip(&receipts) {
+                    ix.add_payload(r.commit_id, tenant, payload);
                 }
             });
             drop(chain);
@@ -1293,6 +1285,12 @@ impl Inner {
         let need = receipts.last().map_or(0, |r| r.commit_id);
         self.apply_durable(need)?;
         Ok(receipts)
+    }
+
+    fn lock_chain(&self) -> std::sync::MutexGuard<'_, Chain> {
+        self.chain
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Adds just-queued records up to CommitId `last` to the index with `add` (in CommitId order: the caller

@@ -502,11 +502,47 @@ impl IndexCheck {
     }
 }
 
+/// One key's versions in the memory table, oldest first. Most keys have a single version there, which is held
+/// inline: indexing a new key then allocates nothing beyond the map's own node space.
+#[derive(Clone, Debug)]
+enum Vers {
+    One(Ver),
+    Many(Vec<Ver>),
+}
+
+impl Vers {
+    fn push(&mut self, v: Ver) {
+        match self {
+            Vers::One(first) => *self = Vers::Many(vec![*first, v]),
+            Vers::Many(vs) => vs.push(v),
+        }
+    }
+
+    /// Keeps the first `n` versions (`n` ≥ 1: a key left with none is removed from its table instead).
+    fn truncate(&mut self, n: usize) {
+        debug_assert!(n >= 1);
+        if let Vers::Many(vs) = self {
+            vs.truncate(n);
+        }
+    }
+}
+
+impl std::ops::Deref for Vers {
+    type Target = [Ver];
+
+    fn deref(&self) -> &[Ver] {
+        match self {
+            Vers::One(v) => std::slice::from_ref(v),
+            Vers::Many(vs) => vs,
+        }
+    }
+}
+
 /// Entries not yet in a run, sorted in memory.
 #[derive(Debug, Default)]
 pub(crate) struct MemTable {
     /// Versions per key, then per tenant.
-    tables: [BTreeMap<Bytes, Vec<Ver>>; TABLES],
+    tables: [BTreeMap<Bytes, Vers>; TABLES],
     lo: u64,
     hi: u64,
     versions: u64,
@@ -525,7 +561,7 @@ impl MemTable {
         match self.tables[table].get_mut(key) {
             Some(vs) => vs.push(v),
             None => {
-                self.tables[table].insert(owned(), vec![v]);
+                self.tables[table].insert(owned(), Vers::One(v));
             }
         }
         self.versions += 1;
@@ -535,14 +571,14 @@ impl MemTable {
 /// One source of index entries: the memory table, the table being flushed, or a run.
 #[derive(Clone, Copy)]
 enum Source<'a> {
-    Mem(&'a BTreeMap<Bytes, Vec<Ver>>),
+    Mem(&'a BTreeMap<Bytes, Vers>),
     Run(&'a Table),
 }
 
 impl<'a> Source<'a> {
     fn versions_of(self, key: &[u8]) -> Vec<Ver> {
         match self {
-            Source::Mem(m) => m.get(key).cloned().unwrap_or_default(),
+            Source::Mem(m) => m.get(key).map_or_else(Vec::new, |vs| vs.to_vec()),
             Source::Run(t) => t.find(key).map_or_else(Vec::new, |i| t.versions(i).collect()),
         }
     }
@@ -569,14 +605,14 @@ impl<'a> Source<'a> {
 /// Walks one source's keys in order. Keys are borrowed from the source, so walking allocates nothing.
 enum Cursor<'a> {
     Mem {
-        it: std::collections::btree_map::Range<'a, Bytes, Vec<Ver>>,
-        cur: Option<(&'a Bytes, &'a Vec<Ver>)>,
+        it: std::collections::btree_map::Range<'a, Bytes, Vers>,
+        cur: Option<(&'a Bytes, &'a Vers)>,
     },
     Run(&'a Table, usize),
 }
 
 impl<'a> Cursor<'a> {
-    fn mem(mut it: std::collections::btree_map::Range<'a, Bytes, Vec<Ver>>) -> Self {
+    fn mem(mut it: std::collections::btree_map::Range<'a, Bytes, Vers>) -> Self {
         let cur = it.next();
         Cursor::Mem { it, cur }
     }
@@ -791,10 +827,28 @@ impl Index {
     }
 
     /// Adds the writes of record `commit` (which must follow every record added before).
+    #[cfg(test)]
     pub fn add(&mut self, commit: u64, tenant: &str, writes: impl IntoIterator<Item = (Bytes, bool)>) {
         debug_assert!(commit > self.mem.hi);
         for (key, deleted) in writes {
             self.mem.push(KEYS, &key, ver(commit, deleted), || key.clone());
+        }
+        self.mem.push(TENANTS, tenant.as_bytes(), ver(commit, false), || {
+            Bytes::copy_from_slice(tenant.as_bytes())
+        });
+        self.mem.hi = commit;
+    }
+
+    /// Adds a record being appended, sharing each key's bytes with the payload (only the first time the memory
+    /// table sees the key).
+    pub fn add_payload(&mut self, commit: u64, tenant: &str, payload: &crate::record::Payload) {
+        debug_assert!(commit > self.mem.hi);
+        if let crate::record::Payload::Batch(ops) = payload {
+            for op in ops {
+                let key = op.key();
+                let deleted = matches!(op, crate::record::Op::Delete { .. });
+                self.mem.push(KEYS, key, ver(commit, deleted), || key.clone());
+            }
         }
         self.mem.push(TENANTS, tenant.as_bytes(), ver(commit, false), || {
             Bytes::copy_from_slice(tenant.as_bytes())
@@ -913,11 +967,13 @@ impl Index {
                 for (key, vs) in table.iter_mut() {
                     let keep = vs.partition_point(|v| ver_commit(*v) <= upto);
                     if keep < vs.len() {
-                        for v in vs.split_off(keep) {
+                        for &v in &vs[keep..] {
                             self.mem.push(t, key, v, || key.clone());
                         }
                         if keep == 0 {
                             emptied.push(key.clone());
+                        } else {
+                            vs.truncate(keep);
                         }
                     }
                 }
@@ -1382,7 +1438,7 @@ mod tests {
             .frozen
             .tables
             .iter()
-            .flat_map(|t| t.values().flatten())
+            .flat_map(|t| t.values().flat_map(|vs| vs.iter()))
             .all(|v| ver_commit(*v) <= 6));
         assert_eq!(job.frozen.versions + ix.mem.versions, 20);
         let run = job.write().unwrap();
