@@ -485,8 +485,10 @@ impl Db {
 
     /// Appends one record.
     pub fn append(&self, tenant: &str, payload: Payload) -> Result<Receipt> {
-        let mut r = self.inner.append_records(std::iter::once((tenant, &payload)))?;
-        Ok(r.remove(0))
+        // One item on the stack: a single append allocates no vectors of its own.
+        let mut items = [Item::new(tenant, &payload)];
+        self.inner.append_items(&mut items)?;
+        Ok(items[0].receipt())
     }
 
     /// Sets `key` to `value` (a batch of one put).
@@ -523,8 +525,12 @@ impl Db {
 
     /// Appends several records as consecutive CommitIds in one durable write.
     pub fn append_many(&self, records: &[NewRecord]) -> Result<Vec<Receipt>> {
-        self.inner
-            .append_records(records.iter().map(|r| (r.tenant.as_str(), &r.payload)))
+        let mut items: Vec<Item<'_>> = records
+            .iter()
+            .map(|r| Item::new(r.tenant.as_str(), &r.payload))
+            .collect();
+        self.inner.append_items(&mut items)?;
+        Ok(items.iter().map(Item::receipt).collect())
     }
 
     /// Appends one record and returns it with a checkpoint that covers it and the inclusion proof against that
@@ -760,7 +766,7 @@ impl Db {
         // One log append per run of equal epochs (a frame's epoch is its header's, so a run shares it).
         for run in frames.chunk_by(|a, b| a.0 == b.0) {
             let epoch = run[0].0;
-            // Lock order as in `append_records`: the chain lock, then (inside `enqueue_with`) the log's.
+            // Lock order as in `append_items`: the chain lock, then (inside `enqueue_with`) the log's.
             let mut chain = inner.lock_chain();
             // The closure checks every record before pushing any, so a refused run leaves the log untouched.
             let queued = inner.wal.enqueue_with(Epoch(epoch), |sink| {
@@ -998,6 +1004,39 @@ fn stored(commit_id: u64, body: Bytes) -> Result<StoredRecord> {
     })
 }
 
+/// One record of an append, from validation to receipt.
+struct Item<'a> {
+    tenant: &'a str,
+    payload: &'a Payload,
+    state: ItemState,
+}
+
+enum ItemState {
+    New,
+    /// Encoded and hashed up to the trailer.
+    Prepared(record::Prepared),
+    /// Sealed and queued in the log.
+    Queued(Receipt),
+}
+
+impl<'a> Item<'a> {
+    fn new(tenant: &'a str, payload: &'a Payload) -> Self {
+        Self {
+            tenant,
+            payload,
+            state: ItemState::New,
+        }
+    }
+
+    /// The receipt of a queued item.
+    fn receipt(&self) -> Receipt {
+        match &self.state {
+            ItemState::Queued(r) => *r,
+            _ => unreachable!("a receipt is read only after its record was queued"),
+        }
+    }
+}
+
 /// A record waiting to be applied: its hashes, so applying needs no decoding or record hashing.
 #[derive(Debug)]
 struct Pending {
@@ -1211,30 +1250,26 @@ impl Inner {
         self.wal.failure().map(|f| NotWritable::LogFailed(f.to_string()))
     }
 
-    fn append_records<'a>(
-        &self,
-        records: impl Iterator<Item = (&'a str, &'a Payload)>,
-    ) -> Result<Vec<Receipt>> {
+    /// Appends `items` as consecutive CommitIds, filling in each one's receipt.
+    fn append_items(&self, items: &mut [Item<'_>]) -> Result<()> {
         if let Some(r) = self.writability() {
             return Err(r.into());
         }
         let max = self.opts.wal.max_record_bytes;
         let epoch = self.opts.epoch;
         // Validate, encode and hash everything but the trailer before taking any lock.
-        let mut prepared = Vec::with_capacity(records.size_hint().0);
-        for (tenant, payload) in records {
-            check_record(tenant, payload, max)?;
-            let p = record::prepare(epoch, tenant, payload);
+        for it in items.iter_mut() {
+            check_record(it.tenant, it.payload, max)?;
+            let p = record::prepare(epoch, it.tenant, it.payload);
             debug_assert_eq!(
                 p.sealed_len(),
-                record::RECORD_OVERHEAD + tenant.len() + record::body_len(payload)
+                record::RECORD_OVERHEAD + it.tenant.len() + record::body_len(it.payload)
             );
-            prepared.push((Some(p), tenant, payload));
+            it.state = ItemState::Prepared(p);
         }
-        if prepared.is_empty() {
-            return Ok(Vec::new());
+        if items.is_empty() {
+            return Ok(());
         }
-        let mut receipts = Vec::with_capacity(prepared.len());
         // The chain lock orders the engine's appends; the log's ordering lock is taken inside it, only for
         // sealing and queueing, so the log's flush leader never waits behind an appender's indexing.
         let mut chain = self.lock_chain();
@@ -1243,14 +1278,15 @@ impl Inner {
             // hash blocks.
             let ts = now_ms().max(chain.last_ts);
             let mut prev = chain.last_hash;
-            for (p, _, _) in &mut prepared {
+            for it in items.iter_mut() {
+                let ItemState::Prepared(p) = std::mem::replace(&mut it.state, ItemState::New) else {
+                    unreachable!("every item was prepared above");
+                };
                 let commit = sink.next_commit_id().0;
-                let sealed = p
-                    .take()
-                    .expect("each record is sealed once")
-                    .seal(ts, commit, &prev);
+                let sealed = p.seal(ts, commit, &prev);
                 sink.push(&sealed.canonical)?;
-                receipts.push(Receipt {
+                record::recycle(sealed.canonical);
+                it.state = ItemState::Queued(Receipt {
                     commit_id: commit,
                     record_hash: sealed.record_hash,
                     leaf_index: commit - 1,
@@ -1265,12 +1301,13 @@ impl Inner {
         let result = queued.and_then(|((), queued)| {
             // Still in CommitId order (the chain lock), while the frames are on their way to disk: queue the
             // records for applying and index them, so acknowledging only has to move the applied mark.
-            self.pending
-                .lock()
-                .extend(receipts.iter().map(|r| Pending::new(r.commit_id, r.record_hash)));
+            self.pending.lock().extend(items.iter().map(|it| {
+                let r = it.receipt();
+                Pending::new(r.commit_id, r.record_hash)
+            }));
             self.index_queued(queued.last().0, |ix| {
-                for ((_, tenant, payload), r) in prepared.iter().zip(&receipts) {
-                    ix.add_payload(r.commit_id, tenant, payload);
+                for it in items.iter() {
+                    ix.add_payload(it.receipt().commit_id, it.tenant, it.payload);
                 }
             });
             drop(chain);
@@ -1282,9 +1319,8 @@ impl Inner {
             }
             return Err(e.into());
         }
-        let need = receipts.last().map_or(0, |r| r.commit_id);
-        self.apply_durable(need)?;
-        Ok(receipts)
+        let need = items.last().map_or(0, |it| it.receipt().commit_id);
+        self.apply_durable(need)
     }
 
     fn lock_chain(&self) -> std::sync::MutexGuard<'_, Chain> {
@@ -1480,7 +1516,8 @@ impl Inner {
         };
         let run = job.write()?;
         let _order = self.index_files.manifest_lock.lock();
-        let manifest = self.index.write().install_flush(run);
+        let (manifest, frozen) = self.index.write().install_flush(run);
+        drop(frozen);
         self.index_files.record(&manifest)?;
         Ok(true)
     }

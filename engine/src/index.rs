@@ -19,7 +19,7 @@ use std::{
 };
 
 use aerodb_wal::fs::{read_exact_at, Fs, FsFile, OpenMode};
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 
 /// First bytes of every run file.
 pub const RUN_MAGIC: [u8; 8] = *b"AERODBIX";
@@ -546,7 +546,13 @@ pub(crate) struct MemTable {
     lo: u64,
     hi: u64,
     versions: u64,
+    /// Where new keys are copied: each key is a slice of a shared chunk, so indexing a new key costs a copy
+    /// and a reference count instead of an allocation.
+    arena: BytesMut,
 }
+
+/// Size of the memory table's key chunks.
+const ARENA_CHUNK: usize = 64 << 10;
 
 impl MemTable {
     fn starting_after(lo: u64) -> Self {
@@ -557,11 +563,16 @@ impl MemTable {
         }
     }
 
-    fn push(&mut self, table: usize, key: &[u8], v: Ver, owned: impl FnOnce() -> Bytes) {
+    fn push(&mut self, table: usize, key: &[u8], v: Ver) {
         match self.tables[table].get_mut(key) {
             Some(vs) => vs.push(v),
             None => {
-                self.tables[table].insert(owned(), Vers::One(v));
+                if self.arena.capacity() < key.len() {
+                    self.arena = BytesMut::with_capacity(ARENA_CHUNK.max(key.len()));
+                }
+                self.arena.extend_from_slice(key);
+                let owned = self.arena.split().freeze();
+                self.tables[table].insert(owned, Vers::One(v));
             }
         }
         self.versions += 1;
@@ -831,41 +842,33 @@ impl Index {
     pub fn add(&mut self, commit: u64, tenant: &str, writes: impl IntoIterator<Item = (Bytes, bool)>) {
         debug_assert!(commit > self.mem.hi);
         for (key, deleted) in writes {
-            self.mem.push(KEYS, &key, ver(commit, deleted), || key.clone());
+            self.mem.push(KEYS, &key, ver(commit, deleted));
         }
-        self.mem.push(TENANTS, tenant.as_bytes(), ver(commit, false), || {
-            Bytes::copy_from_slice(tenant.as_bytes())
-        });
+        self.mem.push(TENANTS, tenant.as_bytes(), ver(commit, false));
         self.mem.hi = commit;
     }
 
-    /// Adds a record being appended, sharing each key's bytes with the payload (only the first time the memory
-    /// table sees the key).
+    /// Adds a record being appended (each key is copied into the memory table's key chunks the first time the
+    /// table sees it).
     pub fn add_payload(&mut self, commit: u64, tenant: &str, payload: &crate::record::Payload) {
         debug_assert!(commit > self.mem.hi);
         if let crate::record::Payload::Batch(ops) = payload {
             for op in ops {
                 let key = op.key();
                 let deleted = matches!(op, crate::record::Op::Delete { .. });
-                self.mem.push(KEYS, key, ver(commit, deleted), || key.clone());
+                self.mem.push(KEYS, key, ver(commit, deleted));
             }
         }
-        self.mem.push(TENANTS, tenant.as_bytes(), ver(commit, false), || {
-            Bytes::copy_from_slice(tenant.as_bytes())
-        });
+        self.mem.push(TENANTS, tenant.as_bytes(), ver(commit, false));
         self.mem.hi = commit;
     }
 
     /// Adds a record read back from the log, copying each key only the first time the memory table sees it.
     pub fn add_view(&mut self, commit: u64, v: &crate::record::RecordView<'_>) {
         v.for_each_write(|key, deleted| {
-            self.mem
-                .push(KEYS, key, ver(commit, deleted), || Bytes::copy_from_slice(key));
+            self.mem.push(KEYS, key, ver(commit, deleted));
         });
-        self.mem
-            .push(TENANTS, v.tenant.as_bytes(), ver(commit, false), || {
-                Bytes::copy_from_slice(v.tenant.as_bytes())
-            });
+        self.mem.push(TENANTS, v.tenant.as_bytes(), ver(commit, false));
         self.mem.hi = commit;
     }
 
@@ -961,14 +964,20 @@ impl Index {
         if self.frozen.is_none() && self.mem.versions >= threshold.max(1) && upto > self.mem.lo {
             let upto = upto.min(self.mem.hi);
             let mut frozen = std::mem::replace(&mut self.mem, MemTable::starting_after(upto));
-            // Move the entries of records after `upto` back: versions are sorted, so only each list's tail.
-            for (t, table) in frozen.tables.iter_mut().enumerate() {
+            // Move the entries of records after `upto` back: versions are sorted, so only each list's tail. (None
+            // to move when every indexed record is visible.)
+            let tables = if upto < frozen.hi {
+                frozen.tables.iter_mut().enumerate().collect()
+            } else {
+                Vec::new()
+            };
+            for (t, table) in tables {
                 let mut emptied = Vec::new();
                 for (key, vs) in table.iter_mut() {
                     let keep = vs.partition_point(|v| ver_commit(*v) <= upto);
                     if keep < vs.len() {
                         for &v in &vs[keep..] {
-                            self.mem.push(t, key, v, || key.clone());
+                            self.mem.push(t, key, v);
                         }
                         if keep == 0 {
                             emptied.push(key.clone());
@@ -992,11 +1001,13 @@ impl Index {
         })
     }
 
-    /// Adds the run a flush wrote and releases the frozen table. Returns the new list for the manifest.
-    pub fn install_flush(&mut self, run: Arc<Run>) -> Manifest {
+    /// Adds the run a flush wrote and releases the frozen table. Returns the new list for the manifest and the
+    /// frozen table, for the caller to drop after releasing its lock on the index (freeing tens of thousands of
+    /// entries takes milliseconds, which appenders waiting for the lock should not spend).
+    pub fn install_flush(&mut self, run: Arc<Run>) -> (Manifest, Option<Arc<MemTable>>) {
         self.runs.push(run);
-        self.frozen = None;
-        self.manifest()
+        let frozen = self.frozen.take();
+        (self.manifest(), frozen)
     }
 
     /// The merge the policy asks for, if any. Size-tiered: the newest runs whose sizes (in versions) are all
@@ -1343,7 +1354,7 @@ mod tests {
             model.entry(key).or_default().push(ver(c, del));
             if let Some(job) = ix.freeze(20, u64::MAX) {
                 let run = job.write().unwrap();
-                let m = ix.install_flush(run);
+                let m = ix.install_flush(run).0;
                 ix.files().record(&m).unwrap();
                 while let Some(job) = ix.merge_job() {
                     let merged = job.write().unwrap();
@@ -1404,7 +1415,7 @@ mod tests {
             ix.add(c, "t", [(k(&format!("key{c}")), false)]);
         }
         let run = ix.freeze(1, u64::MAX).unwrap().write().unwrap();
-        let m = ix.install_flush(run);
+        let m = ix.install_flush(run).0;
         ix.files().record(&m).unwrap();
         let path = dir.join(run_name(0, 20));
         let bytes = fs.open(&path, OpenMode::Read).unwrap().map().unwrap().to_vec();
@@ -1443,7 +1454,7 @@ mod tests {
         assert_eq!(job.frozen.versions + ix.mem.versions, 20);
         let run = job.write().unwrap();
         assert_eq!((run.lo, run.hi), (0, 6));
-        let m = ix.install_flush(run);
+        let m = ix.install_flush(run).0;
         ix.files().record(&m).unwrap();
         let after: Vec<Vec<Ver>> = (0..3)
             .map(|i| ix.versions(KEYS, format!("k{i}").as_bytes(), 10))

@@ -294,6 +294,32 @@ pub struct Sealed {
     pub leaf_hash: Hash,
 }
 
+thread_local! {
+    /// One encoding buffer per thread, handed back with [`recycle`] once its record is copied into the log.
+    static SPARE: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// Largest buffer kept for reuse: bigger records allocate their own.
+const SPARE_MAX: usize = 64 << 10;
+
+/// An empty buffer of at least `capacity` bytes: this thread's spare one if it is big enough.
+fn spare_buffer(capacity: usize) -> Vec<u8> {
+    let mut b = SPARE.with(std::cell::Cell::take);
+    if b.capacity() < capacity {
+        b = Vec::with_capacity(capacity);
+    }
+    b.clear();
+    b
+}
+
+/// Returns a sealed record's buffer (after its bytes were copied into the log) for this thread's next
+/// [`prepare`], saving an allocation per record.
+pub fn recycle(buf: Vec<u8>) {
+    if buf.capacity() <= SPARE_MAX {
+        SPARE.with(|s| s.set(buf));
+    }
+}
+
 /// Encodes everything but the trailer and hashes it. The caller has validated tenant and payload.
 #[must_use]
 pub fn prepare(epoch: u64, tenant: &str, payload: &Payload) -> Prepared {
@@ -306,7 +332,7 @@ pub fn prepare(epoch: u64, tenant: &str, payload: &Payload) -> Prepared {
         u32::try_from(body).is_ok(),
         "body length validated before encoding"
     );
-    let mut out = Vec::with_capacity(RECORD_OVERHEAD + tenant.len() + body);
+    let mut out = spare_buffer(RECORD_OVERHEAD + tenant.len() + body);
     out.push(RECORD_VERSION);
     out.push(match payload {
         Payload::Batch(_) => KIND_BATCH,
