@@ -276,6 +276,26 @@ impl Drop for Queued<'_> {
     }
 }
 
+thread_local! {
+    /// This thread's verdict slot, reused from one wait to the next.
+    static SLOT: Arc<AtomicU8> = Arc::new(AtomicU8::new(WAITING));
+}
+
+/// A verdict slot set to `WAITING`: this thread's own one when no earlier waiter still holds it (the usual case:
+/// a thread waits for one append at a time, and a waiter returns only once its verdict was published), a new
+/// one otherwise (a thread holding several unwaited `Queued`s, or a waker that has not yet dropped its copy).
+fn verdict_slot() -> Arc<AtomicU8> {
+    SLOT.try_with(|own| {
+        (Arc::strong_count(own) == 1).then(|| {
+            own.store(WAITING, Ordering::Relaxed);
+            own.clone()
+        })
+    })
+    .ok()
+    .flatten()
+    .unwrap_or_else(|| Arc::new(AtomicU8::new(WAITING)))
+}
+
 /// A parked appender.
 #[derive(Debug)]
 struct Waiter {
@@ -873,7 +893,7 @@ impl Shared {
             return Ticket::Failed;
         }
         if s.leader_active {
-            let slot = Arc::new(AtomicU8::new(WAITING));
+            let slot = verdict_slot();
             s.waiters.push(Waiter {
                 id: mine,
                 thread: std::thread::current(),
