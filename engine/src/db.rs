@@ -206,6 +206,8 @@ struct Inner {
     state: RwLock<State>,
     checkpoints: Mutex<CheckpointLog>,
     not_writable: RwLock<Option<NotWritable>>,
+    /// Whether `not_writable` is set, readable without its lock (every append checks it).
+    refusing: AtomicBool,
     stop: AtomicBool,
     tick: (Mutex<()>, Condvar),
     /// The index directory (manifest lock and files).
@@ -409,6 +411,7 @@ impl Db {
             indexed: AtomicU64::new(state.visible),
             state: RwLock::new(state),
             checkpoints: Mutex::new(checkpoints),
+            refusing: AtomicBool::new(not_writable.is_some()),
             not_writable: RwLock::new(not_writable),
             stop: AtomicBool::new(false),
             tick: (Mutex::new(()), Condvar::new()),
@@ -863,6 +866,7 @@ impl Db {
     /// a newer primary term (H-1). Reads are the caller's to refuse. Lasts until the database is reopened.
     pub fn halt(&self, reason: impl Into<String>) {
         *self.inner.not_writable.write() = Some(NotWritable::Halted(reason.into()));
+        self.inner.refusing.store(true, Ordering::Release);
     }
 
     /// Writes the in-memory part of the key and tenant index to disk now and merges runs as needed (the background
@@ -1244,8 +1248,10 @@ impl Inner {
     }
 
     fn writability(&self) -> Option<NotWritable> {
-        if let Some(r) = self.not_writable.read().clone() {
-            return Some(r);
+        if self.refusing.load(Ordering::Acquire) {
+            if let Some(r) = self.not_writable.read().clone() {
+                return Some(r);
+            }
         }
         self.wal.failure().map(|f| NotWritable::LogFailed(f.to_string()))
     }
