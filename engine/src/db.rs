@@ -811,11 +811,10 @@ impl Db {
                 inner.pending.lock().extend(pending);
                 Ok(Ok((first, checked)))
             });
-            let (checked, queued) = match queued? {
-                (Ok(checked), queued) => (checked, queued),
+            let ((first, checked), queued) = match queued? {
+                (Ok(run), queued) => (run, queued),
                 (Err(e), _) => return Err(e),
             };
-            let (first, checked) = checked;
             inner.index_queued(queued.last().0, |ix| {
                 for (i, (_, v, _)) in checked.iter().enumerate() {
                     ix.add_view(first + i as u64, v);

@@ -966,12 +966,12 @@ impl Index {
             let mut frozen = std::mem::replace(&mut self.mem, MemTable::starting_after(upto));
             // Move the entries of records after `upto` back: versions are sorted, so only each list's tail. (None
             // to move when every indexed record is visible.)
-            let tables = if upto < frozen.hi {
-                frozen.tables.iter_mut().enumerate().collect()
+            let moving: &mut [BTreeMap<Bytes, Vers>] = if upto < frozen.hi {
+                &mut frozen.tables
             } else {
-                Vec::new()
+                &mut []
             };
-            for (t, table) in tables {
+            for (t, table) in moving.iter_mut().enumerate() {
                 let mut emptied = Vec::new();
                 for (key, vs) in table.iter_mut() {
                     let keep = vs.partition_point(|v| ver_commit(*v) <= upto);

@@ -276,22 +276,21 @@ pub fn body_len(payload: &Payload) -> usize {
     }
 }
 
-/// A record encoded up to its trailer, with both hashes run over everything encoded so far.
+/// A record encoded up to its trailer, with the record hash run over everything encoded so far.
 #[derive(Clone)]
 pub struct Prepared {
     buf: Vec<u8>,
     record: Sha256,
 }
 
-/// A finished record: its canonical bytes and both hashes.
+/// A finished record: its canonical bytes and its hash (the Merkle leaf, `SHA-256(0x00 ‖ record_hash)`, is
+/// computed where the record is queued for applying, outside the log's ordering lock).
 #[derive(Clone, Debug)]
 pub struct Sealed {
     /// The canonical bytes.
     pub canonical: Vec<u8>,
     /// `SHA-256(canonical)`.
     pub record_hash: Hash,
-    /// `SHA-256(0x00 ‖ record_hash)`, the Merkle leaf.
-    pub leaf_hash: Hash,
 }
 
 thread_local! {
@@ -366,7 +365,7 @@ pub fn prepare(epoch: u64, tenant: &str, payload: &Payload) -> Prepared {
 }
 
 impl Prepared {
-    /// Appends the trailer and finishes both hashes.
+    /// Appends the trailer and finishes the record hash.
     #[must_use]
     pub fn seal(mut self, timestamp_ms: u64, commit_id: u64, prev_hash: &Hash) -> Sealed {
         let mut t = [0u8; RECORD_TRAILER_LEN];
@@ -379,7 +378,6 @@ impl Prepared {
         Sealed {
             canonical: self.buf,
             record_hash,
-            leaf_hash: crate::merkle::leaf_hash(&record_hash),
         }
     }
 
