@@ -1,17 +1,25 @@
 //! Load generators for AeroDB over the network: gRPC clients on a few HTTP/2 connections and REST clients on
-//! keep-alive HTTP/1.1 connections, each appending durable 256-byte puts and recording every latency.
+//! keep-alive HTTP/1.1 connections, each appending durable 256-byte puts and recording every latency. Both are
+//! async tasks on hyper's client connections, so that the load generator, which shares the host's cores with the
+//! server it measures, spends as little CPU per request as it can.
 
 use std::{
+    future::Future,
     net::SocketAddr,
+    pin::Pin,
     sync::{
         atomic::{AtomicU64, Ordering},
         Arc,
     },
+    task::{Context, Poll},
     time::{Duration, Instant},
 };
 
 use aerodb_proto::v1 as pb;
 use aerodb_server::httpc;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::{TokioExecutor, TokioIo};
 
 use crate::Run;
 
@@ -47,8 +55,36 @@ pub fn authed<T>(m: T, token: &str) -> tonic::Request<T> {
     r
 }
 
+/// An HTTP/2 connection as the service a generated gRPC client calls: requests go straight to hyper's connection
+/// handle. (tonic's `Channel` adds a buffer task and a load balancer in front of it: one more task hop per request,
+/// which on a two-core host takes CPU from the server being measured.)
+#[derive(Clone)]
+struct H2Conn(hyper::client::conn::http2::SendRequest<tonic::body::Body>);
+
+impl tower::Service<http::Request<tonic::body::Body>> for H2Conn {
+    type Response = http::Response<hyper::body::Incoming>;
+    type Error = hyper::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<tonic::body::Body>) -> Self::Future {
+        Box::pin(self.0.send_request(req))
+    }
+}
+
+/// Opens a loopback TCP connection with `TCP_NODELAY` (without it Nagle's algorithm holds small frames back).
+async fn connect(addr: SocketAddr) -> TokioIo<tokio::net::TcpStream> {
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    tcp.set_nodelay(true).expect("TCP_NODELAY");
+    TokioIo::new(tcp)
+}
+
 /// `clients` concurrent gRPC clients over `conns` HTTP/2 connections append `total` records (keys from `keys`);
-/// with `rate` > 0 they are paced to that many appends per second overall.
+/// with `rate` > 0 they are paced to that many appends per second overall. The connections are made before the
+/// clock starts.
 ///
 /// # Panics
 /// If a connection or an append fails (a benchmark on a failing server has no meaning).
@@ -65,23 +101,25 @@ pub fn grpc_appends(
     keys: &Arc<AtomicU64>,
 ) -> Run {
     rt.block_on(async {
+        let origin: http::Uri = format!("http://{addr}").parse().expect("origin");
         let mut channels = Vec::new();
         for _ in 0..conns.max(1) {
-            channels.push(
-                tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-                    .expect("endpoint")
-                    .tcp_nodelay(true)
-                    .connect()
+            let (send, conn) =
+                hyper::client::conn::http2::handshake(TokioExecutor::new(), connect(addr).await)
                     .await
-                    .expect("connect"),
-            );
+                    .expect("HTTP/2 handshake");
+            tokio::spawn(conn);
+            channels.push(H2Conn(send));
         }
         let per = (total / clients as u64).max(1);
         let start = Instant::now();
         let t0 = tokio::time::Instant::now();
         let tasks: Vec<_> = (0..clients)
             .map(|c| {
-                let mut client = pb::ledger_client::LedgerClient::new(channels[c % channels.len()].clone());
+                let mut client = pb::ledger_client::LedgerClient::with_origin(
+                    channels[c % channels.len()].clone(),
+                    origin.clone(),
+                );
                 let (keys, token) = (keys.clone(), token.to_owned());
                 tokio::spawn(async move {
                     let mut lat = Vec::with_capacity(per as usize);
@@ -114,21 +152,37 @@ pub fn grpc_appends(
     })
 }
 
-/// `clients` REST clients, one keep-alive connection each, append `total` records (keys from `keys`).
+/// `clients` REST clients, one keep-alive HTTP/1.1 connection each, append `total` records (keys from `keys`). The
+/// clients are tasks on `rt`, as the gRPC clients are; the connections are made before the clock starts.
 ///
 /// # Panics
 /// If a connection or an append fails.
 #[must_use]
-pub fn rest_appends(addr: SocketAddr, token: &str, clients: usize, total: u64, keys: &Arc<AtomicU64>) -> Run {
-    let per = (total / clients as u64).max(1);
-    let start = Instant::now();
-    let latencies = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..clients)
-            .map(|_| {
-                let keys = keys.clone();
-                s.spawn(move || {
-                    let mut conn = std::net::TcpStream::connect(addr).expect("connect");
-                    conn.set_nodelay(true).expect("nodelay");
+pub fn rest_appends(
+    rt: &tokio::runtime::Runtime,
+    addr: SocketAddr,
+    token: &str,
+    clients: usize,
+    total: u64,
+    keys: &Arc<AtomicU64>,
+) -> Run {
+    rt.block_on(async {
+        let mut conns = Vec::new();
+        for _ in 0..clients {
+            let (send, conn) = hyper::client::conn::http1::handshake(connect(addr).await)
+                .await
+                .expect("HTTP/1.1 handshake");
+            tokio::spawn(conn);
+            conns.push(send);
+        }
+        let per = (total / clients as u64).max(1);
+        let auth = http::HeaderValue::from_str(&format!("Bearer {token}")).expect("token header");
+        let start = Instant::now();
+        let tasks: Vec<_> = conns
+            .into_iter()
+            .map(|mut send| {
+                let (keys, auth) = (keys.clone(), auth.clone());
+                tokio::spawn(async move {
                     let v = "v".repeat(256);
                     let mut lat = Vec::with_capacity(per as usize);
                     for _ in 0..per {
@@ -136,27 +190,39 @@ pub fn rest_appends(addr: SocketAddr, token: &str, clients: usize, total: u64, k
                         let body = format!(
                             r#"{{"tenant":"bench","ops":[{{"op":"put","key":"key-{k:012}","value":"{v}"}}]}}"#
                         );
-                        let req = httpc::request("POST", "/v1/records", Some(token), Some(&body), true);
+                        let req = http::Request::post("/v1/records")
+                            .header(http::header::HOST, "aerodb")
+                            .header(http::header::AUTHORIZATION, auth.clone())
+                            .header(http::header::CONTENT_TYPE, "application/json")
+                            .body(Full::new(Bytes::from(body)))
+                            .expect("request");
                         let t = Instant::now();
-                        let r = httpc::exchange(&mut conn, &req)
+                        send.ready()
+                            .await
+                            .expect("REST connection failed during the benchmark");
+                        let r = send
+                            .send_request(req)
+                            .await
                             .expect("REST append failed during the benchmark");
-                        assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+                        let status = r.status();
+                        let body = r.into_body().collect().await.expect("response body").to_bytes();
+                        assert_eq!(status, 201, "{}", String::from_utf8_lossy(&body));
                         lat.push(t.elapsed());
                     }
                     lat
                 })
             })
             .collect();
-        handles
-            .into_iter()
-            .flat_map(|h| h.join().expect("client thread"))
-            .collect::<Vec<_>>()
-    });
-    Run {
-        ops: latencies.len() as u64,
-        elapsed: start.elapsed(),
-        latencies,
-    }
+        let mut latencies = Vec::new();
+        for t in tasks {
+            latencies.extend(t.await.expect("client task"));
+        }
+        Run {
+            ops: latencies.len() as u64,
+            elapsed: start.elapsed(),
+            latencies,
+        }
+    })
 }
 
 /// Polls `GET /v1/ha/status` on `http` until `ready` holds for it; returns how long that took.

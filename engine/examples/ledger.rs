@@ -7,6 +7,7 @@
 
 use std::path::PathBuf;
 
+use aerodb_engine::merkle::to_hex as hex;
 use aerodb_engine::{
     merkle, record, verify_dir, Db, NewRecord, Op, Options, Payload, SignedCheckpoint, VerifierKey,
     VerifyOptions,
@@ -165,8 +166,4 @@ fn ok(b: bool) -> &'static str {
 
 fn utf8(v: Option<Bytes>) -> Option<String> {
     v.map(|b| String::from_utf8_lossy(&b).into_owned())
-}
-
-fn hex(h: &[u8]) -> String {
-    h.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -82,20 +82,42 @@ impl std::fmt::Debug for Job {
     }
 }
 
-/// How busy the write path is: lets an append skip the hop to a committer thread when nothing else is queued or
-/// being written (one client, or a quiet moment), and queue behind the committers otherwise.
+/// How busy the write path is: lets an append skip the hop to a committer thread when it is the only append in
+/// the node (one client, or a quiet moment), and queue behind the committers otherwise.
 #[derive(Debug, Default)]
 struct CommitLoad {
+    /// Single appends between their arrival and their answer.
+    in_flight: AtomicUsize,
     /// Appends queued and not yet taken by a committer.
     queued: AtomicUsize,
     /// Batches being written, by a committer or in place.
     writing: AtomicUsize,
 }
 
+/// Counts one append in [`CommitLoad::in_flight`] until it is dropped.
+struct InFlight<'a>(&'a CommitLoad);
+
+impl<'a> InFlight<'a> {
+    fn enter(load: &'a CommitLoad) -> Self {
+        load.in_flight.fetch_add(1, AtomicOrdering::AcqRel);
+        Self(load)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, AtomicOrdering::AcqRel);
+    }
+}
+
 impl CommitLoad {
-    /// Claims the write path for an append written in place: only when nothing is queued or being written.
+    /// Claims the write path for an append written in place: only when no other append is in the node (so none
+    /// could share its fsync) and nothing is queued or being written. Under concurrent load every append goes to
+    /// the committers: an append written in place would make a batch of one and block a runtime worker for its
+    /// fsync.
     fn claim_idle(&self) -> bool {
-        self.queued.load(AtomicOrdering::Acquire) == 0
+        self.in_flight.load(AtomicOrdering::Acquire) == 1
+            && self.queued.load(AtomicOrdering::Acquire) == 0
             && self
                 .writing
                 .compare_exchange(0, 1, AtomicOrdering::AcqRel, AtomicOrdering::Acquire)
@@ -476,6 +498,7 @@ impl Node {
     pub async fn append(&self, tenant: String, payload: Payload, prove: bool) -> ApiResult<Appended> {
         let started = Instant::now();
         if !prove {
+            let _in_flight = InFlight::enter(&self.load);
             self.refuse_if_halted()?;
             self.db.check(&tenant, &payload)?;
             let (done, wait) = oneshot::channel();
@@ -486,7 +509,7 @@ impl Node {
             let timeout = self.config.request_timeout;
             let open = self.jobs.lock().is_some();
             if open && can_block_in_place() && self.load.claim_idle() {
-                // Nothing else is being written: write it here, saving the wake-up of a committer thread. Appends
+                // The only append in the node: write it here, saving the wake-up of a committer thread. Appends
                 // arriving meanwhile queue for the committers.
                 tokio::task::block_in_place(|| {
                     commit_batch(&self.db, &self.replicas, &self.fence, timeout, vec![job]);
@@ -817,5 +840,36 @@ impl Node {
             connected_to_primary: (self.config.role == Role::Replica).then_some(follower.connected),
             behind_primary: follower.primary_commit_id.saturating_sub(commit_id),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_lone_append_is_written_in_place() {
+        let load = CommitLoad::default();
+        {
+            let _only = InFlight::enter(&load);
+            assert!(load.claim_idle(), "a lone append on an idle path writes in place");
+            assert!(!load.claim_idle(), "the path is taken while it writes");
+            load.writing.fetch_sub(1, AtomicOrdering::AcqRel);
+            load.queued.fetch_add(1, AtomicOrdering::AcqRel);
+            assert!(!load.claim_idle(), "an append is queued for the committers");
+            load.queued.fetch_sub(1, AtomicOrdering::AcqRel);
+            let _second = InFlight::enter(&load);
+            assert!(
+                !load.claim_idle(),
+                "two appends in flight go to the committers, to share a fsync"
+            );
+        }
+        assert_eq!(
+            load.in_flight.load(AtomicOrdering::Acquire),
+            0,
+            "dropping the guards counts them out"
+        );
+        let _again = InFlight::enter(&load);
+        assert!(load.claim_idle());
     }
 }

@@ -17,6 +17,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use aerodb_engine::merkle::to_hex as hex;
 use aerodb_proto::v1::{self as pb, primary_message::Msg as PMsg, replica_message::Msg as RMsg};
 use aerodb_replication::{
     apply::{Applier, ApplyError},
@@ -1092,10 +1093,6 @@ async fn send_ack(out: &mpsc::Sender<pb::ReplicaMessage>, tip: u64) -> Result<()
     })
     .await
     .map_err(|_| StreamEnd::Retry("the outbound stream closed".into()))
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 #[cfg(test)]

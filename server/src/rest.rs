@@ -4,6 +4,7 @@
 
 use std::{collections::HashMap, sync::Arc};
 
+use aerodb_engine::merkle::to_hex as hex;
 use aerodb_engine::{merkle, NewRecord, Op, Payload, SignedCheckpoint, StoredRecord};
 use axum::{
     body::Bytes as BodyBytes,
@@ -79,10 +80,6 @@ fn finish(node: &Node, ok_status: u16, r: ApiResult<Value>) -> Response {
 fn authorize(node: &Node, headers: &HeaderMap, action: Action) -> ApiResult<()> {
     node.authorize(headers.get(header::AUTHORIZATION).map(|v| v.as_bytes()), action)
         .map(|_| ())
-}
-
-fn hex(h: &[u8]) -> String {
-    h.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Parses a query string strictly: known parameters only, each at most once, percent-decoded UTF-8.

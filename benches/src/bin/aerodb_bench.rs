@@ -160,7 +160,7 @@ fn local(dir: &Path, reps: u64, n: &Counts, rt: &tokio::runtime::Runtime) -> Vec
         let server = start_server(rt, &d, Role::Primary, None, 0);
         let keys = Arc::new(AtomicU64::new(0));
         let g = net::grpc_appends(rt, server.bound.grpc, TOKEN, 64, 8, n.concurrent, 0.0, &keys);
-        let r = net::rest_appends(server.bound.http, TOKEN, 64, n.concurrent, &keys);
+        let r = net::rest_appends(rt, server.bound.http, TOKEN, 64, n.concurrent, &keys);
         eprintln!(
             "  concurrent rep {}/{reps}: gRPC {:.0}/s, REST {:.0}/s",
             rep + 1,

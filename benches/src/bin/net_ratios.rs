@@ -101,11 +101,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let server_rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(env("SERVER_THREADS", 2))
+        .thread_name("server-rt")
         .enable_all()
         .build()?;
     let server = aerodb_server::Running::start(&server_rt, node)?;
     let bound = server.bound.clone();
-    let client_rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let client_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(env("CLIENT_THREADS", 2))
+        .thread_name("client-rt")
+        .enable_all()
+        .build()?;
     let db = Arc::new(Db::open(
         dir.join("engine"),
         Options {
@@ -133,7 +138,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let total = per_client * CLIENTS as u64;
         let g = net::grpc_appends(&client_rt, bound.grpc, TOKEN, CLIENTS, conns, total, 0.0, &keys);
         let c2 = cpu_time();
-        let r = net::rest_appends(bound.http, TOKEN, CLIENTS, total, &keys);
+        let r = net::rest_appends(&client_rt, bound.http, TOKEN, CLIENTS, total, &keys);
         let c3 = cpu_time();
         if round > 0 {
             cpu[0] += c1 - c0;

@@ -4,6 +4,7 @@
 
 use std::{io::Write as _, path::PathBuf, process::ExitCode, sync::Arc};
 
+use aerodb_engine::merkle::to_hex as hex;
 use aerodb_engine::{record, Op, Payload, SigningKey, VerifierKey, VerifyOptions};
 use aerodb_proto::v1 as pb;
 use aerodb_server::client::VerifiedClient;
@@ -401,10 +402,6 @@ fn admin(cmd: &AdminCmd, j: bool) -> Result<(), String> {
         },
     );
     Ok(())
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 fn fail(msg: impl std::fmt::Display) -> ExitCode {
