@@ -59,6 +59,19 @@ async fn connect(addr: SocketAddr) -> TokioIo<tokio::net::TcpStream> {
     TokioIo::new(tcp)
 }
 
+/// Waits for every client task and gathers their latencies into a run that started at `start`.
+async fn joined(tasks: Vec<tokio::task::JoinHandle<Vec<Duration>>>, start: Instant) -> Run {
+    let mut latencies = Vec::new();
+    for t in tasks {
+        latencies.extend(t.await.expect("client task"));
+    }
+    Run {
+        ops: latencies.len() as u64,
+        elapsed: start.elapsed(),
+        latencies,
+    }
+}
+
 /// `clients` concurrent gRPC clients over `conns` HTTP/2 connections append `total` records (keys from `keys`);
 /// with `rate` > 0 they are paced to that many appends per second overall.
 ///
@@ -114,15 +127,7 @@ pub fn grpc_appends(
                 })
             })
             .collect();
-        let mut latencies = Vec::new();
-        for t in tasks {
-            latencies.extend(t.await.expect("client task"));
-        }
-        Run {
-            ops: latencies.len() as u64,
-            elapsed: start.elapsed(),
-            latencies,
-        }
+        joined(tasks, start).await
     })
 }
 
@@ -188,15 +193,7 @@ pub fn rest_appends(
                 })
             })
             .collect();
-        let mut latencies = Vec::new();
-        for t in tasks {
-            latencies.extend(t.await.expect("client task"));
-        }
-        Run {
-            ops: latencies.len() as u64,
-            elapsed: start.elapsed(),
-            latencies,
-        }
+        joined(tasks, start).await
     })
 }
 
