@@ -131,6 +131,83 @@ pub fn grpc_appends(
     })
 }
 
+/// `clients` concurrent gRPC writers over `conns` HTTP/2 connections, each with one `AppendStream` call open for
+/// the whole run, append `total` records (keys from `keys`): a writer sends its next append only when the previous
+/// one has been answered (is durable). The streams are opened before the clock starts.
+///
+/// # Panics
+/// If a connection, a stream or an append fails.
+#[must_use]
+pub fn grpc_stream_appends(
+    rt: &tokio::runtime::Runtime,
+    addr: SocketAddr,
+    token: &str,
+    clients: usize,
+    conns: usize,
+    total: u64,
+    keys: &Arc<AtomicU64>,
+) -> Run {
+    rt.block_on(async {
+        let mut channels = Vec::new();
+        for _ in 0..conns.max(1) {
+            channels.push(
+                tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+                    .expect("endpoint")
+                    .tcp_nodelay(true)
+                    .connect()
+                    .await
+                    .expect("connect"),
+            );
+        }
+        let mut writers = Vec::new();
+        for c in 0..clients {
+            let mut client = pb::ledger_client::LedgerClient::new(channels[c % channels.len()].clone());
+            let (tx, rx) = tokio::sync::mpsc::channel::<pb::AppendRequest>(1);
+            let answers = client
+                .append_stream(authed(tokio_stream::wrappers::ReceiverStream::new(rx), token))
+                .await
+                .expect("open an append stream")
+                .into_inner();
+            writers.push((tx, answers));
+        }
+        let per = (total / clients as u64).max(1);
+        let start = Instant::now();
+        let tasks: Vec<_> = writers
+            .into_iter()
+            .map(|(tx, mut answers)| {
+                let keys = keys.clone();
+                tokio::spawn(async move {
+                    let mut lat = Vec::with_capacity(per as usize);
+                    for _ in 0..per {
+                        let k = keys.fetch_add(1, Ordering::Relaxed);
+                        let t = Instant::now();
+                        tx.send(append_request(k))
+                            .await
+                            .expect("the append stream closed");
+                        answers
+                            .message()
+                            .await
+                            .expect("gRPC streamed append failed during the benchmark")
+                            .expect("the server ended the append stream early");
+                        lat.push(t.elapsed());
+                    }
+                    drop(tx);
+                    assert!(
+                        answers
+                            .message()
+                            .await
+                            .expect("end of the append stream")
+                            .is_none(),
+                        "an answer to no request"
+                    );
+                    lat
+                })
+            })
+            .collect();
+        joined(tasks, start).await
+    })
+}
+
 /// `clients` REST clients, one keep-alive HTTP/1.1 connection each, append `total` records (keys from `keys`). The
 /// clients are tasks on `rt`, as the gRPC clients are (64 blocking threads cost about 5 µs more CPU per request in
 /// wake-ups); the connections are made before the clock starts.

@@ -1,15 +1,16 @@
 //! The gRPC API (tonic): `aerodb.v1.Ledger`. Bearer tokens travel in the `authorization` metadata entry.
 
-use std::sync::Arc;
+use std::{pin::Pin, sync::Arc};
 
 use aerodb_engine::{NewRecord, Op, Payload, SignedCheckpoint, StoredRecord};
 use aerodb_proto::v1 as pb;
 use bytes::Bytes;
-use tonic::{Request, Response, Status};
+use tokio::sync::watch;
+use tonic::{Request, Response, Status, Streaming};
 
 use crate::{
     auth::Action,
-    error::{ApiError, ApiResult},
+    error::{ApiError, ApiResult, Code},
     node::Node,
 };
 
@@ -17,13 +18,95 @@ use crate::{
 #[derive(Debug, Clone)]
 pub struct LedgerService {
     node: Arc<Node>,
+    stop: watch::Receiver<bool>,
+}
+
+/// The answers of one `AppendStream` call.
+pub type AppendStream = Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::AppendResponse, Status>> + Send>>;
+
+/// What tonic reports for a request message it could not decode is bad input, not a server fault: a message
+/// that is not valid protobuf or ends early is INVALID_ARGUMENT (tonic says INTERNAL), one over the size limit
+/// RESOURCE_EXHAUSTED (tonic says OUT_OF_RANGE). `message` may be percent-encoded, as in a `grpc-message` header.
+/// `None`: leave the status as it is.
+#[must_use]
+pub fn bad_message_code(code: tonic::Code, message: &[u8]) -> Option<tonic::Code> {
+    let starts = |prefixes: &[&[u8]]| prefixes.iter().any(|p| message.starts_with(p));
+    match code {
+        tonic::Code::Internal
+            if starts(&[
+                b"Unexpected%20EOF",
+                b"Unexpected EOF",
+                b"failed%20to%20decode",
+                b"failed to decode",
+                b"protocol%20error",
+                b"protocol error",
+            ]) =>
+        {
+            Some(tonic::Code::InvalidArgument)
+        }
+        tonic::Code::OutOfRange
+            if starts(&[
+                b"Error, decoded message length too large",
+                b"Error,%20decoded%20message%20length%20too%20large",
+            ]) =>
+        {
+            Some(tonic::Code::ResourceExhausted)
+        }
+        _ => None,
+    }
 }
 
 impl LedgerService {
-    /// A service over a node.
+    /// A service over a node; its append streams end (UNAVAILABLE) when `stop` turns true, so a graceful
+    /// shutdown is not held up by writers that keep a stream open.
     #[must_use]
-    pub fn new(node: Arc<Node>) -> Self {
-        Self { node }
+    pub fn new(node: Arc<Node>, stop: watch::Receiver<bool>) -> Self {
+        Self { node, stop }
+    }
+
+    /// Appends one requested record (no authorization check: the caller has made it).
+    async fn append_one(&self, req: pb::AppendRequest) -> ApiResult<pb::AppendResponse> {
+        let rec = new_record(
+            req.record
+                .ok_or_else(|| ApiError::invalid("the request has no record"))?,
+        )?;
+        let out = self.node.append(rec.tenant, rec.payload, req.prove).await?;
+        Ok(pb::AppendResponse {
+            receipt: Some(receipt(&out.receipt)),
+            checkpoint: out.proof.as_ref().map(|(c, _)| checkpoint(c)),
+            proof: out.proof.as_ref().map(|(_, p)| proof(p)),
+        })
+    }
+
+    /// The answer to the next request of an append stream, once its record is durable; `None` when the client
+    /// has sent its last request. A shutdown is noticed only between requests: an append once read is finished.
+    async fn next_streamed(
+        &self,
+        inbound: &mut Streaming<pb::AppendRequest>,
+        stop: &mut watch::Receiver<bool>,
+    ) -> Option<Result<pb::AppendResponse, Status>> {
+        let msg = tokio::select! {
+            biased;
+            _ = stop.wait_for(|s| *s) => Err(ApiError::new(
+                Code::Unavailable,
+                "the server is shutting down; every request answered before this is durable, resend the rest",
+            )),
+            m = inbound.message() => match m {
+                Ok(None) => return None,
+                Ok(Some(req)) => Ok(req),
+                Err(s) => match bad_message_code(s.code(), s.message().as_bytes()) {
+                    Some(tonic::Code::ResourceExhausted) => Err(ApiError::new(Code::PayloadTooLarge, s.message())),
+                    Some(_) => Err(ApiError::invalid(s.message())),
+                    // The stream broke (the client reset it, the connection closed): pass on what tonic saw.
+                    None => return Some(Err(s)),
+                },
+            },
+        };
+        let r = match msg {
+            Ok(req) => self.append_one(req).await,
+            Err(e) => Err(e),
+        };
+        Some(self.finish(r).map(Response::into_inner))
     }
 
     fn authorize<T>(&self, req: &Request<T>, action: Action) -> ApiResult<()> {
@@ -164,20 +247,32 @@ impl pb::ledger_server::Ledger for LedgerService {
     async fn append(&self, req: Request<pb::AppendRequest>) -> Result<Response<pb::AppendResponse>, Status> {
         let r = async {
             self.authorize(&req, Action::Write)?;
-            let req = req.into_inner();
-            let rec = new_record(
-                req.record
-                    .ok_or_else(|| ApiError::invalid("the request has no record"))?,
-            )?;
-            let out = self.node.append(rec.tenant, rec.payload, req.prove).await?;
-            Ok(pb::AppendResponse {
-                receipt: Some(receipt(&out.receipt)),
-                checkpoint: out.proof.as_ref().map(|(c, _)| checkpoint(c)),
-                proof: out.proof.as_ref().map(|(_, p)| proof(p)),
-            })
+            self.append_one(req.into_inner()).await
         }
         .await;
         self.finish(r)
+    }
+
+    type AppendStreamStream = AppendStream;
+
+    async fn append_stream(
+        &self,
+        req: Request<Streaming<pb::AppendRequest>>,
+    ) -> Result<Response<AppendStream>, Status> {
+        // The token is checked once, when the stream opens; whether the node accepts writes, at every append.
+        if let Err(e) = self.authorize(&req, Action::Write) {
+            return self.finish(Err(e));
+        }
+        let state = (self.clone(), req.into_inner(), self.stop.clone());
+        let answers = futures_util::stream::unfold(Some(state), |state| async move {
+            let (svc, mut inbound, mut stop) = state?;
+            match svc.next_streamed(&mut inbound, &mut stop).await? {
+                Ok(answer) => Some((Ok(answer), Some((svc, inbound, stop)))),
+                // The first error ends the stream, with its status.
+                Err(status) => Some((Err(status), None)),
+            }
+        });
+        Ok(Response::new(Box::pin(answers)))
     }
 
     async fn append_batch(

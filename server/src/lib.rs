@@ -176,37 +176,13 @@ fn bad_protobuf_is_invalid_argument(
     mut resp: http::Response<tonic::body::Body>,
 ) -> http::Response<tonic::body::Body> {
     let h = resp.headers();
-    let internal = h.get("grpc-status").is_some_and(|v| v.as_bytes() == b"13");
-    let decode = h.get("grpc-message").is_some_and(|m| {
-        let m = m.as_bytes();
-        [
-            &b"Unexpected%20EOF"[..],
-            b"Unexpected EOF",
-            b"failed%20to%20decode",
-            b"failed to decode",
-            b"protocol%20error",
-            b"protocol error",
-        ]
-        .iter()
-        .any(|p| m.starts_with(p))
-    });
-    if internal && decode {
-        resp.headers_mut()
-            .insert("grpc-status", http::HeaderValue::from_static("3"));
-    }
-    // A message over max_request_bytes is refused by tonic as OUT_OF_RANGE; it is a size limit.
-    let too_large = resp
-        .headers()
+    let code = h
         .get("grpc-status")
-        .is_some_and(|v| v.as_bytes() == b"11")
-        && resp.headers().get("grpc-message").is_some_and(|m| {
-            let m = m.as_bytes();
-            m.starts_with(b"Error, decoded message length too large")
-                || m.starts_with(b"Error,%20decoded%20message%20length%20too%20large")
-        });
-    if too_large {
+        .map(|v| tonic::Code::from_bytes(v.as_bytes()));
+    let message = h.get("grpc-message").map_or(&b""[..], |m| m.as_bytes());
+    if let Some(better) = code.and_then(|c| grpc::bad_message_code(c, message)) {
         resp.headers_mut()
-            .insert("grpc-status", http::HeaderValue::from_static("8"));
+            .insert("grpc-status", http::HeaderValue::from(better as i32));
     }
     resp
 }
@@ -273,7 +249,7 @@ pub async fn serve(
         }
     };
     let limit = cfg.max_request_bytes;
-    let svc = LedgerServer::new(grpc::LedgerService::new(node.clone()))
+    let svc = LedgerServer::new(grpc::LedgerService::new(node.clone(), stop_rx.clone()))
         .max_decoding_message_size(limit)
         .max_encoding_message_size(limit.max(16 << 20));
     // Replication: replicas send small hellos and acks; batches of frames go out.

@@ -323,6 +323,44 @@ async fn sigterm_finishes_appends_in_flight_and_exits_zero() {
     let mut srv = start(&tmp.0, &[]);
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut tasks = Vec::new();
+    // Eight writers on AppendStream calls: at the shutdown their streams end with UNAVAILABLE, after the answer to
+    // every append the server read.
+    let mut streams = Vec::new();
+    for w in 0..8u32 {
+        let mut c = srv.grpc().await;
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        let mut answers = c
+            .append_stream(with_token(
+                tokio_stream::wrappers::ReceiverStream::new(rx),
+                WRITER,
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        streams.push(tokio::spawn(async move {
+            let mut acked = Vec::new();
+            for i in 0u32.. {
+                if tx
+                    .send(event(&format!("s{w}"), &format!("{w}-{i}"), false))
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+                match answers.message().await {
+                    Ok(Some(a)) => acked.push(a.receipt.unwrap()),
+                    Ok(None) => return (acked, tonic::Code::Ok),
+                    Err(s) => return (acked, s.code()),
+                }
+            }
+            let end = answers
+                .message()
+                .await
+                .err()
+                .map_or(tonic::Code::Ok, |s| s.code());
+            (acked, end)
+        }));
+    }
     for w in 0..16u32 {
         let mut c = srv.grpc().await;
         let stop = stop.clone();
@@ -361,6 +399,20 @@ async fn sigterm_finishes_appends_in_flight_and_exits_zero() {
         acked.extend(t.await.unwrap());
     }
     assert!(!acked.is_empty());
+    let unary = acked.len();
+    for s in streams {
+        let (got, end) = s.await.unwrap();
+        assert!(
+            !got.is_empty(),
+            "a stream writer got no answer before the shutdown"
+        );
+        assert_eq!(
+            end,
+            tonic::Code::Unavailable,
+            "how an append stream ends at a shutdown"
+        );
+        acked.extend(got);
+    }
     // Everything acknowledged is in the log with the acknowledged hash; the directory verifies strictly, and the
     // shutdown signed a final checkpoint covering the whole log.
     let report = aerodb_engine::verify_dir(
@@ -394,11 +446,131 @@ async fn sigterm_finishes_appends_in_flight_and_exits_zero() {
             .expect("acknowledged record present");
         assert_eq!(rec.hash.to_vec(), r.record_hash);
     }
+    let ids: std::collections::BTreeSet<u64> = acked.iter().map(|r| r.commit_id).collect();
+    assert_eq!(ids.len(), acked.len(), "a CommitId acknowledged twice");
     report_figure(
-        "SIGTERM under 16 appenders",
+        "SIGTERM under 16 unary appenders and 8 append streams",
         &format!(
-            "{} acknowledged appends, 0 lost, exit 0, final checkpoint covers the log",
-            acked.len()
+            "{} acknowledged appends ({unary} unary, {} streamed), 0 lost, exit 0, final checkpoint covers the log",
+            acked.len(),
+            acked.len() - unary
         ),
+    );
+}
+
+fn event(tenant: &str, body: &str, prove: bool) -> pb::AppendRequest {
+    pb::AppendRequest {
+        record: Some(pb::NewRecord {
+            tenant: tenant.into(),
+            payload: Some(pb::new_record::Payload::Event(body.as_bytes().to_vec())),
+        }),
+        prove,
+    }
+}
+
+/// Sends `requests` on one `AppendStream` call with `token`: the answers received, then how the stream ended
+/// (`Code::Ok` for a clean end).
+async fn append_stream(
+    c: &mut pb::ledger_client::LedgerClient<tonic::transport::Channel>,
+    requests: Vec<pb::AppendRequest>,
+    token: &str,
+) -> (Vec<pb::AppendResponse>, tonic::Code) {
+    let mut answers = match c
+        .append_stream(with_token(tokio_stream::iter(requests), token))
+        .await
+    {
+        Ok(r) => r.into_inner(),
+        Err(s) => return (Vec::new(), s.code()),
+    };
+    let mut got = Vec::new();
+    loop {
+        match answers.message().await {
+            Ok(Some(a)) => got.push(a),
+            Ok(None) => return (got, tonic::Code::Ok),
+            Err(s) => return (got, s.code()),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn append_stream_answers_each_append_in_order_and_the_first_error_ends_it() {
+    let tmp = Tmp::new("append-stream");
+    let srv = start(&tmp.0, &[]);
+    let mut c = srv.grpc().await;
+
+    // Five appends sent at once: answered in the order sent, as consecutive CommitIds, each with its receipt; the
+    // one that asked for a proof gets a checkpoint and an inclusion proof that verify.
+    let mut requests: Vec<_> = (0..5)
+        .map(|i| event("s", &format!("stream-{i}"), false))
+        .collect();
+    requests[4].prove = true;
+    let (answers, end) = append_stream(&mut c, requests, WRITER).await;
+    assert_eq!(end, tonic::Code::Ok);
+    let ids: Vec<u64> = answers
+        .iter()
+        .map(|a| a.receipt.as_ref().unwrap().commit_id)
+        .collect();
+    assert_eq!(ids, vec![1, 2, 3, 4, 5]);
+    for (i, a) in answers.iter().enumerate() {
+        let rec = c
+            .get_record(with_token(pb::GetRecordRequest { commit_id: ids[i] }, READER))
+            .await
+            .unwrap()
+            .into_inner()
+            .record
+            .unwrap();
+        assert_eq!(rec.record_hash, a.receipt.as_ref().unwrap().record_hash);
+        assert_eq!(
+            rec.payload,
+            Some(pb::record::Payload::Event(format!("stream-{i}").into_bytes()))
+        );
+    }
+    let (cp, proof) = (
+        answers[4].checkpoint.as_ref().unwrap(),
+        answers[4].proof.as_ref().unwrap(),
+    );
+    assert!(answers[..4].iter().all(|a| a.proof.is_none()));
+    let h32 = |v: &[u8]| -> [u8; 32] { v.try_into().unwrap() };
+    let hashes: Vec<[u8; 32]> = proof.hashes.iter().map(|h| h32(h)).collect();
+    let leaf = merkle::leaf_hash(&h32(&answers[4].receipt.as_ref().unwrap().record_hash));
+    assert!(merkle::verify_inclusion(
+        &leaf,
+        proof.leaf_index,
+        cp.size,
+        &hashes,
+        &h32(&cp.root),
+    ));
+
+    // A bad request ends the stream with its status; the appends before it stand and nothing after it is taken.
+    let bad = pb::AppendRequest {
+        record: None,
+        prove: false,
+    };
+    let (answers, end) = append_stream(
+        &mut c,
+        vec![event("s", "six", false), bad, event("s", "never", false)],
+        WRITER,
+    )
+    .await;
+    assert_eq!(end, tonic::Code::InvalidArgument);
+    assert_eq!(answers.len(), 1);
+    assert_eq!(answers[0].receipt.as_ref().unwrap().commit_id, 6);
+    let hs = c
+        .ha_status(with_token(pb::HaStatusRequest {}, READER))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(hs.commit_id, 6, "nothing after the bad request was appended");
+
+    // The token is checked when the stream opens.
+    let (answers, end) = append_stream(&mut c, vec![event("s", "read-only", false)], READER).await;
+    assert_eq!((answers.len(), end), (0, tonic::Code::PermissionDenied));
+    let (answers, end) = append_stream(&mut c, vec![event("s", "anonymous", false)], "not-a-token").await;
+    assert_eq!((answers.len(), end), (0, tonic::Code::Unauthenticated));
+
+    // An empty stream is a clean, empty exchange.
+    assert_eq!(
+        append_stream(&mut c, Vec::new(), WRITER).await,
+        (Vec::new(), tonic::Code::Ok)
     );
 }

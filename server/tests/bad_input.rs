@@ -68,6 +68,43 @@ async fn raw_grpc(addr: std::net::SocketAddr, method: &str, body: Vec<u8>) -> to
     }
 }
 
+/// Sends raw `messages` on one `AppendStream` call: how many were answered before the stream ended, and how it
+/// ended (`Code::Ok` for a clean end).
+async fn raw_append_stream(addr: std::net::SocketAddr, messages: Vec<Vec<u8>>) -> (usize, Code) {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.unwrap();
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static("/aerodb.v1.Ledger/AppendStream");
+    let req = with_token(tokio_stream::iter(messages), WRITER);
+    let mut answers = match grpc.streaming(req, path, RawCodec).await {
+        Ok(r) => r.into_inner(),
+        Err(s) => return (0, s.code()),
+    };
+    let mut n = 0;
+    loop {
+        match answers.message().await {
+            Ok(Some(_)) => n += 1,
+            Ok(None) => return (n, Code::Ok),
+            Err(s) => return (n, s.code()),
+        }
+    }
+}
+
+/// The protobuf bytes of a good append.
+fn good_append() -> Vec<u8> {
+    prost::Message::encode_to_vec(&pb::AppendRequest {
+        record: Some(pb::NewRecord {
+            tenant: "t".into(),
+            payload: Some(pb::new_record::Payload::Event(b"fine".to_vec())),
+        }),
+        prove: false,
+    })
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_bad_input_gets_a_precise_error_and_the_server_stays_healthy() {
     let tmp = Tmp::new("t14");
@@ -378,6 +415,46 @@ async fn every_bad_input_gets_a_precise_error_and_the_server_stays_healthy() {
                 .await
                 .code(),
             Code::InvalidArgument,
+        ),
+        (
+            "append stream: truncated protobuf after a good append",
+            match raw_append_stream(srv.grpc, vec![good_append(), vec![0x0a, 0x10, 0x0a]]).await {
+                (1, code) => code,
+                (n, code) => panic!("{n} answers before {code:?}"),
+            },
+            Code::InvalidArgument,
+        ),
+        (
+            "append stream: a request without a record after a good append",
+            match raw_append_stream(srv.grpc, vec![good_append(), Vec::new(), good_append()]).await {
+                (1, code) => code,
+                (n, code) => panic!("{n} answers before {code:?}"),
+            },
+            Code::InvalidArgument,
+        ),
+        (
+            "append stream: a message over max_request_bytes",
+            raw_append_stream(
+                srv.grpc,
+                vec![prost::Message::encode_to_vec(&rec(
+                    "t",
+                    Some(pb::new_record::Payload::Event(vec![1u8; 70_000])),
+                ))],
+            )
+            .await
+            .1,
+            Code::ResourceExhausted,
+        ),
+        (
+            "append stream: reader token",
+            c.append_stream(with_token(
+                tokio_stream::iter(vec![rec("t", put(b"k", b"v", false))]),
+                READER,
+            ))
+            .await
+            .err()
+            .map_or(Code::Ok, |s| s.code()),
+            Code::PermissionDenied,
         ),
         (
             "unknown method",

@@ -1,12 +1,16 @@
 //! `net-ratios`: durable appends over the network on loopback against the engine in-process, in one run
 //! (issue 4's target: REST and gRPC at 64 concurrent clients reach ≥ 50% of the in-process rate; p99 reported).
 //!
-//! Interleaved rounds of: the engine linked in-process (64 appender threads), gRPC (64 concurrent clients over
-//! 8 HTTP/2 connections), REST (64 client threads, one keep-alive HTTP/1.1 connection each). The server runs in
-//! this process on its own runtime; clients and server share the machine's cores, as they would on one host.
-//! 256-byte values, every append durable (fdatasync) before it is acknowledged.
+//! Interleaved rounds of: the engine linked in-process (64 appender threads); gRPC `Append` calls (64 concurrent
+//! clients over 8 HTTP/2 connections); REST (64 clients, one keep-alive HTTP/1.1 connection each); gRPC
+//! `AppendStream` (64 writers, each with one stream open for the run, over the same 8 connections). Every client
+//! sends its next append only once the previous one is answered. The server runs in this process on its own
+//! runtime; clients and server share the machine's cores, as they would on one host. 256-byte values, every
+//! append durable (fdatasync) before it is acknowledged.
 //!
 //! Usage: `cargo run -p aerodb-benches --release --bin net-ratios -- [--rounds N] [--ops N] [--quick]`
+//! Environment: `GRPC_CONNS` (HTTP/2 connections, 8), `SERVER_THREADS` and `CLIENT_THREADS` (runtime workers, 2).
+//! The runtimes name their threads `server-rt` and `client-rt`, so a profile can be split between them.
 
 use std::{
     net::SocketAddr,
@@ -118,12 +122,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             ..Options::default()
         },
     )?);
+    let conns = env("GRPC_CONNS", 8);
     let keys = Arc::new(AtomicU64::new(0));
-    let (mut eng, mut grpc, mut rest) = (Vec::new(), Vec::new(), Vec::new());
-    let mut cpu = [Duration::ZERO; 3];
+    let (mut eng, mut grpc, mut rest, mut stream) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut cpu = [Duration::ZERO; 4];
     for round in 0..=rounds {
         eprintln!(
-            "round {round}/{rounds}{}: engine in-process x{CLIENTS}, gRPC x{CLIENTS}, REST x{CLIENTS} ({} appends each)",
+            "round {round}/{rounds}{}: engine in-process x{CLIENTS}, gRPC x{CLIENTS}, REST x{CLIENTS}, gRPC streams x{CLIENTS} ({} appends each)",
             if round == 0 { " (warm-up, not counted)" } else { "" },
             per_client * CLIENTS as u64
         );
@@ -134,19 +139,22 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .expect("engine append failed during the benchmark");
         });
         let c1 = cpu_time();
-        let conns = env("GRPC_CONNS", 8);
         let total = per_client * CLIENTS as u64;
         let g = net::grpc_appends(&client_rt, bound.grpc, TOKEN, CLIENTS, conns, total, 0.0, &keys);
         let c2 = cpu_time();
         let r = net::rest_appends(&client_rt, bound.http, TOKEN, CLIENTS, total, &keys);
         let c3 = cpu_time();
+        let s = net::grpc_stream_appends(&client_rt, bound.grpc, TOKEN, CLIENTS, conns, total, &keys);
+        let c4 = cpu_time();
         if round > 0 {
             cpu[0] += c1 - c0;
             cpu[1] += c2 - c1;
             cpu[2] += c3 - c2;
+            cpu[3] += c4 - c3;
             eng.push(e);
             grpc.push(g);
             rest.push(r);
+            stream.push(s);
         }
     }
     let figures = bound_stats(bound.http)?;
@@ -178,8 +186,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         per_op(0, &eng)
     );
     for (i, name, runs) in [
-        (1, "gRPC (8 HTTP/2 connections)", &grpc),
-        (2, "REST (64 keep-alive connections)", &rest),
+        (1, format!("gRPC Append ({conns} HTTP/2 connections)"), &grpc),
+        (2, format!("REST ({CLIENTS} keep-alive connections)"), &rest),
+        (
+            3,
+            format!("gRPC AppendStream ({CLIENTS} streams, {conns} HTTP/2 connections)"),
+            &stream,
+        ),
     ] {
         let r = rate(runs);
         println!(
