@@ -2,14 +2,14 @@
 //! (issue 4's target: REST and gRPC at 64 concurrent clients reach ≥ 50% of the in-process rate; p99 reported).
 //!
 //! Interleaved rounds of: the engine linked in-process (64 appender threads); gRPC `Append` calls (64 concurrent
-//! clients over 8 HTTP/2 connections); REST (64 clients, one keep-alive HTTP/1.1 connection each); gRPC
-//! `AppendStream` (64 writers, each with one stream open for the run, over the same 8 connections). Every client
+//! clients over 2 HTTP/2 connections); REST (64 clients, one keep-alive HTTP/1.1 connection each); gRPC
+//! `AppendStream` (64 writers, each with one stream open for the run, over the same connections). Every client
 //! sends its next append only once the previous one is answered. The server runs in this process on its own
 //! runtime; clients and server share the machine's cores, as they would on one host. 256-byte values, every
 //! append durable (fdatasync) before it is acknowledged.
 //!
 //! Usage: `cargo run -p aerodb-benches --release --bin net-ratios -- [--rounds N] [--ops N] [--quick]`
-//! Environment: `GRPC_CONNS` (HTTP/2 connections, 8), `SERVER_THREADS` and `CLIENT_THREADS` (runtime workers, 2).
+//! Environment: `GRPC_CONNS` (HTTP/2 connections, 2), `SERVER_THREADS` and `CLIENT_THREADS` (runtime workers, 2).
 //! The runtimes name their threads `server-rt` and `client-rt`, so a profile can be split between them.
 
 use std::{
@@ -122,7 +122,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             ..Options::default()
         },
     )?);
-    let conns = env("GRPC_CONNS", 8);
+    let conns = env("GRPC_CONNS", 2);
     let keys = Arc::new(AtomicU64::new(0));
     let (mut eng, mut grpc, mut rest, mut stream) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut cpu = [Duration::ZERO; 4];
