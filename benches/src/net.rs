@@ -59,6 +59,22 @@ async fn connect(addr: SocketAddr) -> TokioIo<tokio::net::TcpStream> {
     TokioIo::new(tcp)
 }
 
+/// `conns` (at least one) HTTP/2 connections to the gRPC server at `addr`, with `TCP_NODELAY`.
+async fn channels(addr: SocketAddr, conns: usize) -> Vec<tonic::transport::Channel> {
+    let mut channels = Vec::new();
+    for _ in 0..conns.max(1) {
+        channels.push(
+            tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+                .expect("endpoint")
+                .tcp_nodelay(true)
+                .connect()
+                .await
+                .expect("connect"),
+        );
+    }
+    channels
+}
+
 /// Waits for every client task and gathers their latencies into a run that started at `start`.
 async fn joined(tasks: Vec<tokio::task::JoinHandle<Vec<Duration>>>, start: Instant) -> Run {
     let mut latencies = Vec::new();
@@ -90,17 +106,7 @@ pub fn grpc_appends(
     keys: &Arc<AtomicU64>,
 ) -> Run {
     rt.block_on(async {
-        let mut channels = Vec::new();
-        for _ in 0..conns.max(1) {
-            channels.push(
-                tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-                    .expect("endpoint")
-                    .tcp_nodelay(true)
-                    .connect()
-                    .await
-                    .expect("connect"),
-            );
-        }
+        let channels = channels(addr, conns).await;
         let per = (total / clients as u64).max(1);
         let start = Instant::now();
         let t0 = tokio::time::Instant::now();
@@ -148,17 +154,7 @@ pub fn grpc_stream_appends(
     keys: &Arc<AtomicU64>,
 ) -> Run {
     rt.block_on(async {
-        let mut channels = Vec::new();
-        for _ in 0..conns.max(1) {
-            channels.push(
-                tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-                    .expect("endpoint")
-                    .tcp_nodelay(true)
-                    .connect()
-                    .await
-                    .expect("connect"),
-            );
-        }
+        let channels = channels(addr, conns).await;
         let mut writers = Vec::new();
         for c in 0..clients {
             let mut client = pb::ledger_client::LedgerClient::new(channels[c % channels.len()].clone());

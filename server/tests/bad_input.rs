@@ -53,7 +53,8 @@ impl Codec for RawCodec {
     }
 }
 
-async fn raw_grpc(addr: std::net::SocketAddr, method: &str, body: Vec<u8>) -> tonic::Status {
+/// A gRPC client over a new connection to `addr`, ready for a call.
+async fn raw_client(addr: std::net::SocketAddr) -> tonic::client::Grpc<tonic::transport::Channel> {
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
         .unwrap()
         .connect()
@@ -61,6 +62,11 @@ async fn raw_grpc(addr: std::net::SocketAddr, method: &str, body: Vec<u8>) -> to
         .unwrap();
     let mut grpc = tonic::client::Grpc::new(channel);
     grpc.ready().await.unwrap();
+    grpc
+}
+
+async fn raw_grpc(addr: std::net::SocketAddr, method: &str, body: Vec<u8>) -> tonic::Status {
+    let mut grpc = raw_client(addr).await;
     let path: tonic::codegen::http::uri::PathAndQuery = method.parse().unwrap();
     match grpc.unary(with_token(body, WRITER), path, RawCodec).await {
         Ok(_) => tonic::Status::ok("accepted"),
@@ -71,13 +77,7 @@ async fn raw_grpc(addr: std::net::SocketAddr, method: &str, body: Vec<u8>) -> to
 /// Sends raw `messages` on one `AppendStream` call: how many were answered before the stream ended, and how it
 /// ended (`Code::Ok` for a clean end).
 async fn raw_append_stream(addr: std::net::SocketAddr, messages: Vec<Vec<u8>>) -> (usize, Code) {
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut grpc = tonic::client::Grpc::new(channel);
-    grpc.ready().await.unwrap();
+    let mut grpc = raw_client(addr).await;
     let path = tonic::codegen::http::uri::PathAndQuery::from_static("/aerodb.v1.Ledger/AppendStream");
     let req = with_token(tokio_stream::iter(messages), WRITER);
     let mut answers = match grpc.streaming(req, path, RawCodec).await {
