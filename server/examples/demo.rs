@@ -54,8 +54,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .with_env_filter(tracing_subscriber::EnvFilter::new("warn"))
         .init();
     println!("== AeroDB demo: a primary in {}", dir.display());
+    let rt = aerodb_server::runtime(&config)?;
     let node = aerodb_server::open_node(config)?;
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let server = aerodb_server::Running::start(&rt, node)?;
     let bound = server.bound.clone();
     println!("   REST on http://{}   gRPC on http://{}", bound.http, bound.grpc);

@@ -6,6 +6,9 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 use clap::Parser;
 use serde::Deserialize;
 
+/// The most runtime worker threads a configuration may ask for.
+pub const MAX_WORKER_THREADS: usize = 1024;
+
 /// The node's role.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -154,6 +157,10 @@ pub struct Flags {
     /// Log format.
     #[arg(long, env = "AERODB_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
+    /// Threads serving the two APIs (0 or unset: one fewer than the CPUs, at least one; the other core is left
+    /// to the committer threads, which encode, hash, write and fsync the log).
+    #[arg(long, env = "AERODB_WORKER_THREADS")]
+    pub worker_threads: Option<usize>,
 }
 
 /// The TOML file: the same settings as the flags, all optional.
@@ -192,6 +199,7 @@ pub struct FileConfig {
     segment_bytes: Option<u64>,
     ports_file: Option<PathBuf>,
     log_format: Option<LogFormat>,
+    worker_threads: Option<usize>,
 }
 
 /// The effective configuration.
@@ -253,6 +261,8 @@ pub struct Config {
     pub ports_file: Option<PathBuf>,
     /// Log format.
     pub log_format: LogFormat,
+    /// Runtime worker threads serving the APIs; 0 picks [`Config::default_worker_threads`].
+    pub worker_threads: usize,
 }
 
 impl Config {
@@ -289,6 +299,29 @@ impl Config {
             segment_bytes: aerodb_wal::Options::default().segment_bytes,
             ports_file: None,
             log_format: LogFormat::Text,
+            worker_threads: 0,
+        }
+    }
+
+    /// The default number of runtime workers: one fewer than the CPUs this process may use, at least one. The
+    /// committers' work per append (encoding, SHA-256, indexing, the write and its fsync) runs on threads of its
+    /// own; a worker per CPU on top of them oversubscribes the cores, and on a small host the workers then spend
+    /// their time waking and stealing from each other (`docs/architecture.md` has the measurements).
+    #[must_use]
+    pub fn default_worker_threads() -> usize {
+        std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .saturating_sub(1)
+            .max(1)
+    }
+
+    /// The runtime workers this configuration asks for.
+    #[must_use]
+    pub fn effective_worker_threads(&self) -> usize {
+        if self.worker_threads == 0 {
+            Self::default_worker_threads()
+        } else {
+            self.worker_threads
         }
     }
 
@@ -398,6 +431,7 @@ impl Config {
                     .unwrap_or(aerodb_wal::Options::default().segment_bytes),
                 ports_file: flags.ports_file.or(file.ports_file),
                 log_format: flags.log_format.or(file.log_format).unwrap_or(LogFormat::Text),
+                worker_threads: flags.worker_threads.or(file.worker_threads).unwrap_or(0),
             };
         if c.tls_client_ca.is_some() && c.tls.is_none() {
             return Err("--tls-client-ca needs TLS (--tls-cert and --tls-key)".into());
@@ -422,9 +456,63 @@ impl Config {
         if c.max_concurrent_requests == 0 || c.max_concurrent_streams == 0 {
             return Err("concurrency limits must be positive".into());
         }
+        if c.worker_threads > MAX_WORKER_THREADS {
+            return Err(format!(
+                "worker_threads {} is above {MAX_WORKER_THREADS} (0 picks one fewer than the CPUs)",
+                c.worker_threads
+            ));
+        }
         if c.role == Role::Replica && c.primary.is_none() {
             return Err("a replica needs --primary <url>".into());
         }
         Ok(c)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(file: &str, flags: &[&str]) -> Result<Config, String> {
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("aerodb-config-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("aerodb.toml");
+        std::fs::write(&path, file).unwrap();
+        let mut args = vec!["aerodb-server", "--config", path.to_str().unwrap()];
+        args.extend_from_slice(flags);
+        let r = Flags::try_parse_from(args)
+            .map_err(|e| e.to_string())
+            .and_then(Config::load);
+        std::fs::remove_dir_all(&dir).unwrap();
+        r
+    }
+
+    const BASE: &str = "data_dir = \"/tmp/x\"\ntokens_file = \"/tmp/tokens.toml\"\n";
+
+    #[test]
+    fn the_example_file_loads() {
+        let example = concat!(env!("CARGO_MANIFEST_DIR"), "/aerodb.example.toml");
+        let text = std::fs::read_to_string(example).unwrap();
+        let c = load(&text, &[]).unwrap();
+        assert_eq!(c.worker_threads, 0);
+        assert_eq!(c.effective_worker_threads(), Config::default_worker_threads());
+    }
+
+    #[test]
+    fn worker_threads_default_to_one_fewer_than_the_cpus_and_flags_win() {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        assert_eq!(Config::default_worker_threads(), cpus.saturating_sub(1).max(1));
+        let c = load(BASE, &[]).unwrap();
+        assert_eq!(c.effective_worker_threads(), Config::default_worker_threads());
+        let c = load(&format!("{BASE}worker_threads = 3\n"), &[]).unwrap();
+        assert_eq!(c.effective_worker_threads(), 3);
+        let c = load(&format!("{BASE}worker_threads = 3\n"), &["--worker-threads", "5"]).unwrap();
+        assert_eq!(c.effective_worker_threads(), 5);
+        let e = load(&format!("{BASE}worker_threads = 5000\n"), &[]).unwrap_err();
+        assert!(e.contains("worker_threads 5000 is above 1024"), "{e}");
+        let e = load(&format!("{BASE}worker_threads = -1\n"), &[]).unwrap_err();
+        assert!(e.contains("worker_threads"), "{e}");
     }
 }

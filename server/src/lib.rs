@@ -195,6 +195,7 @@ pub async fn serve(
     on_bound: impl FnOnce(Bound),
 ) -> Result<(), String> {
     let node = Arc::new(node);
+    node.answer_on(tokio::runtime::Handle::current());
     let cfg = node.config.clone();
     let http_listener = TcpListener::bind(cfg.http_listen)
         .await
@@ -309,6 +310,16 @@ pub async fn serve(
         .map_err(|e| format!("closing the database: {e}"))?;
     tracing::info!("shut down cleanly");
     Ok(())
+}
+
+/// The runtime `aerodb-server` serves on: multi-threaded, with [`Config::effective_worker_threads`] workers
+/// named `aerodb-worker`. Programs that embed the server (the demo, the network benchmark) use it too.
+pub fn runtime(config: &Config) -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(config.effective_worker_threads())
+        .thread_name("aerodb-worker")
+        .enable_all()
+        .build()
 }
 
 /// A server running on a runtime the caller owns (for programs that embed one: the demo, the network benchmark).

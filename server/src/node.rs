@@ -5,7 +5,7 @@
 use std::{
     sync::{
         atomic::{AtomicUsize, Ordering as AtomicOrdering},
-        mpsc, Arc,
+        mpsc, Arc, OnceLock,
     },
     thread::JoinHandle,
     time::Instant,
@@ -74,6 +74,8 @@ pub struct Node {
     pub fence: Arc<crate::fence::FenceState>,
     committers: Mutex<Vec<JoinHandle<()>>>,
     load: Arc<CommitLoad>,
+    /// The runtime serving the APIs (set by `serve`): committers hand it a batch's answers in one wake.
+    answer_rt: Arc<OnceLock<tokio::runtime::Handle>>,
 }
 
 impl std::fmt::Debug for Job {
@@ -163,6 +165,7 @@ fn committer(
     fence: Arc<crate::fence::FenceState>,
     load: Arc<CommitLoad>,
     timeout: std::time::Duration,
+    answer_rt: Arc<OnceLock<tokio::runtime::Handle>>,
 ) {
     loop {
         let batch = {
@@ -185,7 +188,7 @@ fn committer(
         // Counted as writing before it stops counting as queued, so an append never sees an idle path meanwhile.
         load.writing.fetch_add(1, AtomicOrdering::AcqRel);
         load.queued.fetch_sub(batch.len(), AtomicOrdering::AcqRel);
-        commit_batch(&db, &replicas, &fence, timeout, batch);
+        commit_batch(&db, &replicas, &fence, timeout, batch, answer_rt.get());
         load.finish_writing();
     }
 }
@@ -194,13 +197,19 @@ fn committer(
 /// own receipt — once enough replicas flushed the batch in synchronous mode (the answer then comes from the
 /// replication stream, and this returns at once). Each record was checked alone beforehand, so a batch can only
 /// fail as a whole (the log failed, or the node is not writable), and then every append in it gets that error.
+///
+/// With `answer_on` (a thread outside the runtime), the answers are sent from one task spawned there: waking each
+/// waiting request from this thread would cost a cross-thread wake-up of a runtime worker per append, where the
+/// task wakes them on the worker's own queue, one wake-up per batch.
 fn commit_batch(
     db: &Db,
     replicas: &Arc<Replicas>,
     fence: &crate::fence::FenceState,
     timeout: std::time::Duration,
     batch: Vec<Job>,
+    answer_on: Option<&tokio::runtime::Handle>,
 ) {
+    let answer_on = answer_on.cloned();
     let (records, dones): (Vec<NewRecord>, Vec<_>) = batch.into_iter().map(|j| (j.record, j.done)).unzip();
     // A fenced primary checks the fence before writing and again before acknowledging.
     let written = fence
@@ -216,8 +225,16 @@ fn commit_batch(
                 timeout,
                 Box::new(move |flushed| match flushed {
                     Ok(()) => {
-                        for (done, r) in dones.into_iter().zip(receipts) {
-                            let _ = done.send(Ok(r));
+                        let answer = move || {
+                            for (done, r) in dones.into_iter().zip(receipts) {
+                                let _ = done.send(Ok(r));
+                            }
+                        };
+                        match answer_on {
+                            // Dropped unrun only if the runtime is shutting down: the requests then see the node
+                            // shutting down.
+                            Some(rt) => drop(rt.spawn(async move { answer() })),
+                            None => answer(),
                         }
                     }
                     Err(e) => {
@@ -319,14 +336,15 @@ impl Node {
         let (tx, rx) = mpsc::channel();
         let rx = Arc::new(Mutex::new(rx));
         let fence = Arc::new(crate::fence::FenceState::default());
+        let answer_rt = Arc::new(OnceLock::new());
         let load = Arc::new(CommitLoad::default());
         let committers = (0..COMMITTERS)
             .filter_map(|i| {
                 let (db, rx, replicas, fence) = (db.clone(), rx.clone(), replicas.clone(), fence.clone());
-                let (load, timeout) = (load.clone(), config.request_timeout);
+                let (load, timeout, answer_rt) = (load.clone(), config.request_timeout, answer_rt.clone());
                 std::thread::Builder::new()
                     .name(format!("aerodb-commit-{i}"))
-                    .spawn(move || committer(db, rx, replicas, fence, load, timeout))
+                    .spawn(move || committer(db, rx, replicas, fence, load, timeout, answer_rt))
                     .map_err(|e| tracing::error!("spawning a committer thread: {e}"))
                     .ok()
             })
@@ -345,6 +363,7 @@ impl Node {
             fence,
             committers: Mutex::new(committers),
             load,
+            answer_rt,
         }
     }
 
@@ -461,6 +480,11 @@ impl Node {
         replicas.wait_flushed(last, timeout)
     }
 
+    /// Has the committers answer appends on `rt` (the runtime serving the APIs; the first call wins).
+    pub fn answer_on(&self, rt: tokio::runtime::Handle) {
+        let _ = self.answer_rt.set(rt);
+    }
+
     /// Stops the committers once the appends they hold are written (after the servers stopped accepting).
     pub fn stop_committers(&self) {
         self.jobs.lock().take();
@@ -539,7 +563,7 @@ impl Node {
                 // The only append in the node: write it here, saving the wake-up of a committer thread. Appends
                 // arriving meanwhile queue for the committers.
                 tokio::task::block_in_place(|| {
-                    commit_batch(&self.db, &self.replicas, &self.fence, timeout, vec![job]);
+                    commit_batch(&self.db, &self.replicas, &self.fence, timeout, vec![job], None);
                 });
                 self.load.finish_writing();
             } else {

@@ -9,8 +9,10 @@
 //! append durable (fdatasync) before it is acknowledged.
 //!
 //! Usage: `cargo run -p aerodb-benches --release --bin net-ratios -- [--rounds N] [--ops N] [--quick]`
-//! Environment: `GRPC_CONNS` (HTTP/2 connections, 2), `SERVER_THREADS` and `CLIENT_THREADS` (runtime workers, 2).
-//! The runtimes name their threads `server-rt` and `client-rt`, so a profile can be split between them.
+//! Environment: `GRPC_CONNS` (HTTP/2 connections, 2); `SERVER_THREADS` (the server's runtime workers; unset, the
+//! server's default, as `aerodb-server` picks it: one fewer than the CPUs, at least one); `CLIENT_THREADS` (the load
+//! generator's runtime workers, 2). The runtimes name their threads `aerodb-worker` and `client-rt`, so a profile
+//! can be split between them.
 
 use std::{
     net::SocketAddr,
@@ -96,18 +98,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         checkpoint_every_records: 100_000,
         ..Config::local(dir.join("server"), tokens)
     };
-    let node = aerodb_server::open_node(config).map_err(|e| e.to_string())?;
     let env = |name: &str, default: usize| {
         std::env::var(name)
             .ok()
             .and_then(|v| v.parse().ok())
             .unwrap_or(default)
     };
-    let server_rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(env("SERVER_THREADS", 2))
-        .thread_name("server-rt")
-        .enable_all()
-        .build()?;
+    // The server's own runtime, as `aerodb-server` builds it (workers: one fewer than the CPUs, at least one).
+    let config = Config {
+        worker_threads: env("SERVER_THREADS", 0),
+        ..config
+    };
+    let server_rt = aerodb_server::runtime(&config)?;
+    let server_workers = config.effective_worker_threads();
+    let node = aerodb_server::open_node(config).map_err(|e| e.to_string())?;
     let server = aerodb_server::Running::start(&server_rt, node)?;
     let bound = server.bound.clone();
     let client_rt = tokio::runtime::Builder::new_multi_thread()
@@ -207,7 +211,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         );
     }
     println!(
-        "\nrounds: {rounds}, appends per measurement: {}; server: {figures}",
+        "\nrounds: {rounds}, appends per measurement: {}; server: {server_workers} runtime worker(s), {figures}",
         per_client * CLIENTS as u64
     );
     Ok(())

@@ -55,17 +55,17 @@ fn main() -> ExitCode {
     };
     init_logs(config.log_format);
     let ports_file = config.ports_file.clone();
+    let rt = match aerodb_server::runtime(&config) {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!("starting the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
     let node = match aerodb_server::open_node(config) {
         Ok(n) => n,
         Err(e) => {
             tracing::error!("{e}");
-            return ExitCode::from(1);
-        }
-    };
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-        Ok(rt) => rt,
-        Err(e) => {
-            tracing::error!("starting the runtime: {e}");
             return ExitCode::from(1);
         }
     };
