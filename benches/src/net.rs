@@ -1,7 +1,8 @@
 //! Load generators for AeroDB over the network: gRPC clients on a few HTTP/2 connections and REST clients on
 //! keep-alive HTTP/1.1 connections, each appending durable 256-byte puts and recording every latency. Both kinds of
-//! client are async tasks (tonic's channel; hyper's HTTP/1.1 connection), so that the load generator, which shares
-//! the host's cores with the server it measures, spends as little CPU per request as it can.
+//! client are async tasks (tonic's channel; a task per HTTP/1.1 connection that writes each request and parses
+//! each response itself, as `wrk` does), so that the load generator, which shares the host's cores with the server
+//! it measures, spends as little CPU per request as it can.
 
 use std::{
     net::SocketAddr,
@@ -14,9 +15,7 @@ use std::{
 
 use aerodb_proto::v1 as pb;
 use aerodb_server::httpc;
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::Run;
 
@@ -53,10 +52,50 @@ pub fn authed<T>(m: T, token: &str) -> tonic::Request<T> {
 }
 
 /// Opens a loopback TCP connection with `TCP_NODELAY` (without it Nagle's algorithm holds small frames back).
-async fn connect(addr: SocketAddr) -> TokioIo<tokio::net::TcpStream> {
+async fn connect(addr: SocketAddr) -> tokio::net::TcpStream {
     let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
     tcp.set_nodelay(true).expect("TCP_NODELAY");
-    TokioIo::new(tcp)
+    tcp
+}
+
+/// The largest response head or body the REST load generator accepts (a receipt is about 130 bytes).
+const MAX_RESPONSE_BYTES: usize = 64 << 10;
+
+/// Reads one HTTP/1.1 response from `tcp` into `buf` (which may hold bytes read earlier) and returns its status and
+/// body; the bytes after it stay in `buf`. The body must have a `Content-Length` (every AeroDB response has one).
+///
+/// # Panics
+/// If the connection ends or fails, or the response is malformed, chunked or larger than 64 KiB.
+async fn read_response(tcp: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) -> (u16, Vec<u8>) {
+    loop {
+        let mut headers = [httparse::EMPTY_HEADER; 16];
+        let mut r = httparse::Response::new(&mut headers);
+        if let httparse::Status::Complete(head) = r.parse(buf).expect("a well-formed HTTP/1.1 response") {
+            let status = r.code.expect("a status code");
+            let len: usize = r
+                .headers
+                .iter()
+                .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+                .and_then(|h| std::str::from_utf8(h.value).ok()?.trim().parse().ok())
+                .expect("a response with a Content-Length");
+            assert!(len <= MAX_RESPONSE_BYTES, "a {len}-byte response body");
+            while buf.len() < head + len {
+                read_more(tcp, buf).await;
+            }
+            let body = buf[head..head + len].to_vec();
+            buf.drain(..head + len);
+            return (status, body);
+        }
+        assert!(buf.len() <= MAX_RESPONSE_BYTES, "a response head over 64 KiB");
+        read_more(tcp, buf).await;
+    }
+}
+
+/// Appends what the socket has to `buf`.
+async fn read_more(tcp: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) {
+    buf.reserve(4096);
+    let n = tcp.read_buf(buf).await.expect("reading a REST response");
+    assert!(n > 0, "the server closed a keep-alive REST connection");
 }
 
 /// `conns` (at least one) HTTP/2 connections to the gRPC server at `addr`, with `TCP_NODELAY`.
@@ -204,12 +243,13 @@ pub fn grpc_stream_appends(
     })
 }
 
-/// `clients` REST clients, one keep-alive HTTP/1.1 connection each, append `total` records (keys from `keys`). The
-/// clients are tasks on `rt`, as the gRPC clients are (64 blocking threads cost about 5 µs more CPU per request in
-/// wake-ups); the connections are made before the clock starts.
+/// `clients` REST clients, one keep-alive HTTP/1.1 connection each, append `total` records (keys from `keys`). Each
+/// client is one task on `rt` that writes its request to the socket and parses the response itself (status,
+/// `Content-Length`, body), the way `wrk` does: hyper's client spends a second task per connection and a body
+/// channel per response on the same exchange. The connections are made before the clock starts.
 ///
 /// # Panics
-/// If a connection or an append fails.
+/// If a connection or an append fails (any status but 201, or a body without a CommitId).
 #[must_use]
 pub fn rest_appends(
     rt: &tokio::runtime::Runtime,
@@ -222,44 +262,44 @@ pub fn rest_appends(
     rt.block_on(async {
         let mut conns = Vec::new();
         for _ in 0..clients {
-            let (send, conn) = hyper::client::conn::http1::handshake(connect(addr).await)
-                .await
-                .expect("HTTP/1.1 handshake");
-            tokio::spawn(conn);
-            conns.push(send);
+            conns.push(connect(addr).await);
         }
         let per = (total / clients as u64).max(1);
-        let auth = http::HeaderValue::from_str(&format!("Bearer {token}")).expect("token header");
         let start = Instant::now();
         let tasks: Vec<_> = conns
             .into_iter()
-            .map(|mut send| {
-                let (keys, auth) = (keys.clone(), auth.clone());
+            .map(|mut tcp| {
+                let (keys, token) = (keys.clone(), token.to_owned());
                 tokio::spawn(async move {
                     let v = "v".repeat(256);
+                    let (mut req, mut buf) = (Vec::with_capacity(1024), Vec::with_capacity(4096));
                     let mut lat = Vec::with_capacity(per as usize);
                     for _ in 0..per {
                         let k = keys.fetch_add(1, Ordering::Relaxed);
                         let body = format!(
                             r#"{{"tenant":"bench","ops":[{{"op":"put","key":"key-{k:012}","value":"{v}"}}]}}"#
                         );
-                        let req = http::Request::post("/v1/records")
-                            .header(http::header::HOST, "aerodb")
-                            .header(http::header::AUTHORIZATION, auth.clone())
-                            .header(http::header::CONTENT_TYPE, "application/json")
-                            .body(Full::new(Bytes::from(body)))
-                            .expect("request");
+                        req.clear();
+                        req.extend_from_slice(
+                            format!(
+                                "POST /v1/records HTTP/1.1\r\nhost: aerodb\r\nauthorization: Bearer {token}\r\n\
+                                 content-type: application/json\r\ncontent-length: {}\r\n\r\n",
+                                body.len()
+                            )
+                            .as_bytes(),
+                        );
+                        req.extend_from_slice(body.as_bytes());
                         let t = Instant::now();
-                        send.ready()
+                        tcp.write_all(&req)
                             .await
                             .expect("REST connection failed during the benchmark");
-                        let r = send
-                            .send_request(req)
-                            .await
-                            .expect("REST append failed during the benchmark");
-                        let status = r.status();
-                        let body = r.into_body().collect().await.expect("response body").to_bytes();
+                        let (status, body) = read_response(&mut tcp, &mut buf).await;
                         assert_eq!(status, 201, "{}", String::from_utf8_lossy(&body));
+                        assert!(
+                            body.windows(12).any(|w| w == b"\"commit_id\":"),
+                            "a receipt without a CommitId: {}",
+                            String::from_utf8_lossy(&body)
+                        );
                         lat.push(t.elapsed());
                     }
                     lat
