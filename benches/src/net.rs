@@ -114,8 +114,52 @@ async fn channels(addr: SocketAddr, conns: usize) -> Vec<tonic::transport::Chann
     channels
 }
 
-/// Waits for every client task and gathers their latencies into a run that started at `start`.
-async fn joined(tasks: Vec<tokio::task::JoinHandle<Vec<Duration>>>, start: Instant) -> Run {
+/// Runs one task per client state on the current runtime, each making its share of `total` appends (at least one)
+/// with `append(state, key)`
+/// (which hands the state back) and timing each; then `finish(state)`. With `rate` > 0 the appends of all clients
+/// are paced to that many per second overall (a client's slot is taken before its clock starts). The clock of the
+/// returned run starts once every state exists (connections and streams are opened before).
+async fn run_clients<S, A, AF, F, FF>(
+    states: Vec<S>,
+    total: u64,
+    rate: f64,
+    keys: &Arc<AtomicU64>,
+    append: A,
+    finish: F,
+) -> Run
+where
+    S: Send + 'static,
+    A: Fn(S, u64) -> AF + Clone + Send + 'static,
+    AF: std::future::Future<Output = S> + Send,
+    F: Fn(S) -> FF + Clone + Send + 'static,
+    FF: std::future::Future<Output = ()> + Send,
+{
+    let clients = states.len() as u64;
+    let per = (total / clients.max(1)).max(1);
+    let start = Instant::now();
+    let t0 = tokio::time::Instant::now();
+    let tasks: Vec<_> = states
+        .into_iter()
+        .enumerate()
+        .map(|(c, mut state)| {
+            let (keys, append, finish) = (keys.clone(), append.clone(), finish.clone());
+            tokio::spawn(async move {
+                let mut lat = Vec::with_capacity(per as usize);
+                for i in 0..per {
+                    if rate > 0.0 {
+                        let slot = (i * clients + c as u64) as f64 / rate;
+                        tokio::time::sleep_until(t0 + Duration::from_secs_f64(slot)).await;
+                    }
+                    let k = keys.fetch_add(1, Ordering::Relaxed);
+                    let t = Instant::now();
+                    state = append(state, k).await;
+                    lat.push(t.elapsed());
+                }
+                finish(state).await;
+                lat
+            })
+        })
+        .collect();
     let mut latencies = Vec::new();
     for t in tasks {
         latencies.extend(t.await.expect("client task"));
@@ -146,33 +190,21 @@ pub fn grpc_appends(
 ) -> Run {
     rt.block_on(async {
         let channels = channels(addr, conns).await;
-        let per = (total / clients as u64).max(1);
-        let start = Instant::now();
-        let t0 = tokio::time::Instant::now();
-        let tasks: Vec<_> = (0..clients)
-            .map(|c| {
-                let mut client = pb::ledger_client::LedgerClient::new(channels[c % channels.len()].clone());
-                let (keys, token) = (keys.clone(), token.to_owned());
-                tokio::spawn(async move {
-                    let mut lat = Vec::with_capacity(per as usize);
-                    for i in 0..per {
-                        if rate > 0.0 {
-                            let slot = (i * clients as u64 + c as u64) as f64 / rate;
-                            tokio::time::sleep_until(t0 + Duration::from_secs_f64(slot)).await;
-                        }
-                        let k = keys.fetch_add(1, Ordering::Relaxed);
-                        let t = Instant::now();
-                        client
-                            .append(authed(append_request(k), &token))
-                            .await
-                            .expect("gRPC append failed during the benchmark");
-                        lat.push(t.elapsed());
-                    }
-                    lat
-                })
-            })
+        let states = (0..clients)
+            .map(|c| pb::ledger_client::LedgerClient::new(channels[c % channels.len()].clone()))
             .collect();
-        joined(tasks, start).await
+        let token: Arc<str> = token.into();
+        let append = move |mut client: pb::ledger_client::LedgerClient<_>, k| {
+            let token = token.clone();
+            async move {
+                client
+                    .append(authed(append_request(k), &token))
+                    .await
+                    .expect("gRPC append failed during the benchmark");
+                client
+            }
+        };
+        run_clients(states, total, rate, keys, append, |_| async {}).await
     })
 }
 
@@ -194,7 +226,11 @@ pub fn grpc_stream_appends(
 ) -> Run {
     rt.block_on(async {
         let channels = channels(addr, conns).await;
-        let mut writers = Vec::new();
+        type Writer = (
+            tokio::sync::mpsc::Sender<pb::AppendRequest>,
+            tonic::Streaming<pb::AppendResponse>,
+        );
+        let mut writers: Vec<Writer> = Vec::new();
         for c in 0..clients {
             let mut client = pb::ledger_client::LedgerClient::new(channels[c % channels.len()].clone());
             let (tx, rx) = tokio::sync::mpsc::channel::<pb::AppendRequest>(1);
@@ -205,41 +241,29 @@ pub fn grpc_stream_appends(
                 .into_inner();
             writers.push((tx, answers));
         }
-        let per = (total / clients as u64).max(1);
-        let start = Instant::now();
-        let tasks: Vec<_> = writers
-            .into_iter()
-            .map(|(tx, mut answers)| {
-                let keys = keys.clone();
-                tokio::spawn(async move {
-                    let mut lat = Vec::with_capacity(per as usize);
-                    for _ in 0..per {
-                        let k = keys.fetch_add(1, Ordering::Relaxed);
-                        let t = Instant::now();
-                        tx.send(append_request(k))
-                            .await
-                            .expect("the append stream closed");
-                        answers
-                            .message()
-                            .await
-                            .expect("gRPC streamed append failed during the benchmark")
-                            .expect("the server ended the append stream early");
-                        lat.push(t.elapsed());
-                    }
-                    drop(tx);
-                    assert!(
-                        answers
-                            .message()
-                            .await
-                            .expect("end of the append stream")
-                            .is_none(),
-                        "an answer to no request"
-                    );
-                    lat
-                })
-            })
-            .collect();
-        joined(tasks, start).await
+        let append = |(tx, mut answers): Writer, k| async move {
+            tx.send(append_request(k))
+                .await
+                .expect("the append stream closed");
+            answers
+                .message()
+                .await
+                .expect("gRPC streamed append failed during the benchmark")
+                .expect("the server ended the append stream early");
+            (tx, answers)
+        };
+        let finish = |(tx, mut answers): Writer| async move {
+            drop(tx);
+            assert!(
+                answers
+                    .message()
+                    .await
+                    .expect("end of the append stream")
+                    .is_none(),
+                "an answer to no request"
+            );
+        };
+        run_clients(writers, total, 0.0, keys, append, finish).await
     })
 }
 
@@ -262,51 +286,43 @@ pub fn rest_appends(
     rt.block_on(async {
         let mut conns = Vec::new();
         for _ in 0..clients {
-            conns.push(connect(addr).await);
+            conns.push((
+                connect(addr).await,
+                Vec::with_capacity(1024),
+                Vec::with_capacity(4096),
+            ));
         }
-        let per = (total / clients as u64).max(1);
-        let start = Instant::now();
-        let tasks: Vec<_> = conns
-            .into_iter()
-            .map(|mut tcp| {
-                let (keys, token) = (keys.clone(), token.to_owned());
-                tokio::spawn(async move {
-                    let v = "v".repeat(256);
-                    let (mut req, mut buf) = (Vec::with_capacity(1024), Vec::with_capacity(4096));
-                    let mut lat = Vec::with_capacity(per as usize);
-                    for _ in 0..per {
-                        let k = keys.fetch_add(1, Ordering::Relaxed);
-                        let body = format!(
-                            r#"{{"tenant":"bench","ops":[{{"op":"put","key":"key-{k:012}","value":"{v}"}}]}}"#
-                        );
-                        req.clear();
-                        req.extend_from_slice(
-                            format!(
-                                "POST /v1/records HTTP/1.1\r\nhost: aerodb\r\nauthorization: Bearer {token}\r\n\
-                                 content-type: application/json\r\ncontent-length: {}\r\n\r\n",
-                                body.len()
-                            )
-                            .as_bytes(),
-                        );
-                        req.extend_from_slice(body.as_bytes());
-                        let t = Instant::now();
-                        tcp.write_all(&req)
-                            .await
-                            .expect("REST connection failed during the benchmark");
-                        let (status, body) = read_response(&mut tcp, &mut buf).await;
-                        assert_eq!(status, 201, "{}", String::from_utf8_lossy(&body));
-                        assert!(
-                            body.windows(12).any(|w| w == b"\"commit_id\":"),
-                            "a receipt without a CommitId: {}",
-                            String::from_utf8_lossy(&body)
-                        );
-                        lat.push(t.elapsed());
-                    }
-                    lat
-                })
-            })
-            .collect();
-        joined(tasks, start).await
+        let (token, value): (Arc<str>, Arc<str>) = (token.into(), "v".repeat(256).into());
+        let append = move |(mut tcp, mut req, mut buf): (tokio::net::TcpStream, Vec<u8>, Vec<u8>), k| {
+            let (token, value) = (token.clone(), value.clone());
+            async move {
+                let body = format!(
+                    r#"{{"tenant":"bench","ops":[{{"op":"put","key":"key-{k:012}","value":"{value}"}}]}}"#
+                );
+                req.clear();
+                req.extend_from_slice(
+                    format!(
+                        "POST /v1/records HTTP/1.1\r\nhost: aerodb\r\nauthorization: Bearer {token}\r\n\
+                         content-type: application/json\r\ncontent-length: {}\r\n\r\n",
+                        body.len()
+                    )
+                    .as_bytes(),
+                );
+                req.extend_from_slice(body.as_bytes());
+                tcp.write_all(&req)
+                    .await
+                    .expect("REST connection failed during the benchmark");
+                let (status, body) = read_response(&mut tcp, &mut buf).await;
+                assert_eq!(status, 201, "{}", String::from_utf8_lossy(&body));
+                assert!(
+                    body.windows(12).any(|w| w == b"\"commit_id\":"),
+                    "a receipt without a CommitId: {}",
+                    String::from_utf8_lossy(&body)
+                );
+                (tcp, req, buf)
+            }
+        };
+        run_clients(conns, total, 0.0, keys, append, |_| async {}).await
     })
 }
 
