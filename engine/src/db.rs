@@ -703,7 +703,9 @@ impl Db {
         self.inner.checkpoints.lock().notes().to_vec()
     }
 
-    /// Signs and persists a checkpoint of everything applied now (returns the newest one if nothing is new).
+    /// Signs and persists a checkpoint of everything applied now (returns the newest one if nothing is new and
+    /// this term has signed before). Only a writable database signs: a replica, read-only, halted or failed one
+    /// gets [`Error::NotWritable`] (a replica's checkpoints are the primary's, via [`Db::add_checkpoint`]).
     pub fn checkpoint_now(&self) -> Result<SignedCheckpoint> {
         self.inner.checkpoint_now()
     }
@@ -837,7 +839,12 @@ impl Db {
         let mut log = inner.checkpoints.lock();
         {
             let st = inner.state.read();
-            if st.latest.as_ref().is_some_and(|l| l.checkpoint.size >= c.size) {
+            // Newer means a larger tree, or the same tree signed by a newer term (its term proof).
+            if st
+                .latest
+                .as_ref()
+                .is_some_and(|l| (l.checkpoint.size, l.checkpoint.epoch) >= (c.size, c.epoch))
+            {
                 return Ok(false);
             }
             if c.size > st.visible {
@@ -1418,6 +1425,11 @@ impl Inner {
     }
 
     fn checkpoint_now(&self) -> Result<SignedCheckpoint> {
+        // Only the write authority signs (E-2): a replica's checkpoint log is a copy of the primary's, and a
+        // read-only, halted or failed node signs nothing.
+        if let Some(r) = self.writability() {
+            return Err(r.into());
+        }
         self.apply_durable(0)?;
         // The log lock orders concurrent checkpoints, so sizes never decrease.
         let mut log = self.checkpoints.lock();
@@ -1429,7 +1441,9 @@ impl Inner {
                 st.latest.clone(),
             )
         };
-        if let Some(l) = latest.filter(|l| l.checkpoint.size >= size) {
+        // Nothing new: unless this term has not signed yet (a new primary's first checkpoint is its term proof,
+        // even over a tree an older term already signed).
+        if let Some(l) = latest.filter(|l| l.checkpoint.size >= size && l.checkpoint.epoch >= self.opts.epoch) {
             return Ok(l);
         }
         let signed = Checkpoint {

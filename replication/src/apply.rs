@@ -40,6 +40,8 @@ pub struct Applier {
     db: Arc<Db>,
     tip: Tip,
     max_body: usize,
+    /// The followed primary's proven epoch: a frame above it is refused (no frame raises an epoch).
+    epoch_ceiling: u64,
 }
 
 /// The tip of a database: its last record's CommitId, hash and epoch.
@@ -60,7 +62,18 @@ impl Applier {
     /// An applier for `db` (opened as a replica), starting at its tip.
     pub fn new(db: Arc<Db>, max_body: usize) -> Result<Self, aerodb_engine::Error> {
         let tip = tip_of(&db)?;
-        Ok(Self { db, tip, max_body })
+        Ok(Self {
+            db,
+            tip,
+            max_body,
+            epoch_ceiling: u64::MAX,
+        })
+    }
+
+    /// Refuses frames of an epoch above `epoch` from now on: the epoch the followed primary proved in its
+    /// handshake ([`crate::core::follower::Follower::epoch_ceiling`]).
+    pub fn set_epoch_ceiling(&mut self, epoch: u64) {
+        self.epoch_ceiling = epoch;
     }
 
     /// The replica's tip.
@@ -80,6 +93,13 @@ impl Applier {
         let mut failure = None;
         for raw in frames {
             match check_frame(&tip, raw, self.max_body) {
+                Ok(Verdict::Append(next)) if next.epoch > self.epoch_ceiling => {
+                    failure = Some(HaltReason::Corruption(format!(
+                        "frame {} carries epoch {}, above the epoch {} its primary proved",
+                        next.commit_id, next.epoch, self.epoch_ceiling
+                    )));
+                    break;
+                }
                 Ok(Verdict::Append(next)) => {
                     run.push((
                         next.epoch,
@@ -137,23 +157,6 @@ impl Applier {
         match failure {
             Some(reason) => Err(ApplyError::Halt(reason)),
             None => Ok(out),
-        }
-    }
-
-    /// Checks the primary's answer to the handshake: the primary's record hash at the replica's tip (`None`: the
-    /// primary's log is shorter than the replica's; its records past the primary's tip exist nowhere else). A
-    /// replica tip the primary's history does not contain is a fork; the all-zero hash stands for "absent".
-    pub fn check_handshake(&self, hash_at_our_tip: Option<[u8; 32]>) -> Result<(), HaltReason> {
-        if self.tip.commit_id == 0 {
-            return Ok(());
-        }
-        match hash_at_our_tip {
-            Some(h) if h == self.tip.record_hash => Ok(()),
-            theirs => Err(HaltReason::Fork {
-                commit_id: self.tip.commit_id,
-                ours: self.tip.record_hash,
-                theirs: theirs.unwrap_or([0; 32]),
-            }),
         }
     }
 }

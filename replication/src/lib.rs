@@ -1,11 +1,17 @@
-//! `aerodb-replication`: the role state machine of seed 004 and its persisted form, and the replica's check
-//! of every received frame. The replication stream builds on them (the replication issue).
+//! `aerodb-replication`: the replication protocol of seed 004 as a pure core ([`core`]: the role machine and its
+//! bootstrap rule, the primary's per-replica send state, the follower's handshake and epoch rules, the
+//! synchronous quorum, term proofs), the replica's check of every received frame ([`replay`], [`apply`]) and the
+//! persisted role ([`state_file`]). The server's edge drives the core over gRPC; the simulator drives the same core.
 #![forbid(unsafe_code)]
 
 pub mod apply;
+pub mod core;
+mod error;
 pub mod replay;
-pub mod role;
 pub mod state_file;
+
+pub use crate::core::role;
+pub use error::Error;
 
 /// Fuzz entry point for the replica's frame check: the first 48 bytes are a tip (CommitId u64, record hash, epoch
 /// u64, little-endian), the rest a frame as received. Never panics; an accepted frame advances the tip by one.

@@ -7,13 +7,16 @@
 //! `epoch u64`; 2 ReplicaActive `epoch u64 | primary str`; 3 ReplicationHalted `reason | from state` (the inner
 //! state is never halted). A `str` is `len u16 | UTF-8` (≤ 2048 bytes). A reason is `tag u8` then 0 Gap
 //! `expected u64 | got u64`; 1 Fork `commit_id u64 | ours[32] | theirs[32]`; 2 EpochRegression `last u64 |
-//! got u64`; 3 Corruption `str`; 4 AuthorityAmbiguity `str`.
+//! got u64`; 3 Corruption `str`; 4 AuthorityAmbiguity `str`; 5 LogFailed `str`.
 
 use std::path::{Path, PathBuf};
 
 use aerodb_wal::fs::{read_exact_at, Fs, OpenMode};
 
-use crate::role::{HaltReason, RoleMachine, State};
+use crate::{
+    role::{HaltReason, RoleMachine, State},
+    Error,
+};
 
 /// First bytes of the file.
 pub const MAGIC: [u8; 8] = *b"AERODBRS";
@@ -87,6 +90,10 @@ fn put_state(out: &mut Vec<u8>, s: &State) {
                 }
                 HaltReason::AuthorityAmbiguity(w) => {
                     out.push(4);
+                    put_str(out, w);
+                }
+                HaltReason::LogFailed(w) => {
+                    out.push(5);
                     put_str(out, w);
                 }
             }
@@ -176,6 +183,7 @@ impl Reader<'_> {
                     },
                     3 => HaltReason::Corruption(self.str()?),
                     4 => HaltReason::AuthorityAmbiguity(self.str()?),
+                    5 => HaltReason::LogFailed(self.str()?),
                     t => return Err(bad(format!("unknown halt reason {t}"))),
                 };
                 State::ReplicationHalted {
@@ -238,30 +246,34 @@ impl RoleFile {
 
     /// Reads the persisted role (`Uninitialized` if there is none). A damaged file is an error, never a default:
     /// authority is not inferred.
-    pub fn load(&self) -> Result<RoleMachine, String> {
+    pub fn load(&self) -> Result<RoleMachine, Error> {
         let path = self.dir.join(FILE);
+        let err = |what: String| Error::RoleFile {
+            path: path.display().to_string(),
+            what,
+        };
         let f = match self.fs.open(&path, OpenMode::Read) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(RoleMachine::default()),
-            Err(e) => return Err(format!("{}: {e}", path.display())),
+            Err(e) => return Err(err(e.to_string())),
         };
-        let len = f.len().map_err(|e| format!("{}: {e}", path.display()))?;
+        let len = f.len().map_err(|e| err(e.to_string()))?;
         if len > (MAX_BODY + 28) as u64 {
-            return Err(format!(
-                "{}: {len} bytes is too long for a role file",
-                path.display()
-            ));
+            return Err(err(format!("{len} bytes is too long for a role file")));
         }
         let mut b = vec![0u8; len as usize];
-        read_exact_at(&*f, &mut b, 0).map_err(|e| format!("{}: {e}", path.display()))?;
-        decode(&b).map_err(|e| format!("{}: {e}", path.display()))
+        read_exact_at(&*f, &mut b, 0).map_err(|e| err(e.to_string()))?;
+        decode(&b).map_err(|e| err(e.to_string()))
     }
 
     /// Writes the role durably (temporary file, `fdatasync`, rename, directory fsync).
-    pub fn store(&self, m: &RoleMachine) -> Result<(), String> {
+    pub fn store(&self, m: &RoleMachine) -> Result<(), Error> {
         let tmp = self.dir.join(format!("{FILE}.tmp"));
         let path = self.dir.join(FILE);
-        let io = |op: &str, p: &Path, e: std::io::Error| format!("{op} {}: {e}", p.display());
+        let io = |op: &str, p: &Path, e: std::io::Error| Error::RoleFile {
+            path: p.display().to_string(),
+            what: format!("{op}: {e}"),
+        };
         let _ = self.fs.remove_file(&tmp);
         let f = self
             .fs

@@ -28,9 +28,13 @@ pub enum Code {
     LogFailed,
     /// The node is halted.
     Halted,
-    /// Synchronous replication: too few replicas are connected to acknowledge the write (it is durable on the
-    /// primary but not acknowledged; retrying it writes it again).
+    /// Synchronous replication: too few replicas are connected, so the write was refused **before** it was
+    /// appended — nothing of it is in the log; retrying is safe.
     SyncReplicasUnavailable,
+    /// The write was appended and is durable on this node, but whether it is durable where it had to be (on
+    /// `k` replicas in synchronous mode) is not known: the answer carries its CommitId(s) so the client can look it
+    /// up instead of retrying blindly (a retry would write it twice).
+    OutcomeUnknown,
     /// Too many requests in flight.
     ResourceExhausted,
     /// The request did not finish within the configured timeout.
@@ -58,6 +62,7 @@ impl Code {
             Code::LogFailed => "LOG_FAILED",
             Code::Halted => "HALTED",
             Code::SyncReplicasUnavailable => "SYNC_REPLICAS_UNAVAILABLE",
+            Code::OutcomeUnknown => "OUTCOME_UNKNOWN",
             Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
             Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
             Code::Unavailable => "UNAVAILABLE",
@@ -82,7 +87,8 @@ impl Code {
             | Code::LogFailed
             | Code::Halted
             | Code::Unavailable
-            | Code::SyncReplicasUnavailable => 503,
+            | Code::SyncReplicasUnavailable
+            | Code::OutcomeUnknown => 503,
             Code::DeadlineExceeded => 504,
         }
     }
@@ -103,6 +109,9 @@ impl Code {
             Code::DeadlineExceeded => tonic::Code::DeadlineExceeded,
             Code::Unavailable | Code::SyncReplicasUnavailable => tonic::Code::Unavailable,
             Code::Internal => tonic::Code::Internal,
+            // Not UNAVAILABLE: clients retry that on their own, and a retry of a write that may be durable writes
+            // it twice.
+            Code::OutcomeUnknown => tonic::Code::Unknown,
         }
     }
 }
@@ -116,6 +125,8 @@ pub struct ApiError {
     pub message: String,
     /// Where writes go instead (with `NOT_LEADER`).
     pub leader_url: Option<String>,
+    /// With `OUTCOME_UNKNOWN`: the first and last CommitId the write was given.
+    pub commit_ids: Option<(u64, u64)>,
 }
 
 impl ApiError {
@@ -125,6 +136,23 @@ impl ApiError {
             code,
             message: message.into(),
             leader_url: None,
+            commit_ids: None,
+        }
+    }
+
+    /// `OUTCOME_UNKNOWN` for a write given CommitIds `first..=last`: durable here, `why` not confirmed.
+    pub fn outcome_unknown(first: u64, last: u64, why: impl std::fmt::Display) -> Self {
+        let what = if first == last {
+            format!("record {first}")
+        } else {
+            format!("records {first}..={last}")
+        };
+        Self {
+            commit_ids: Some((first, last)),
+            ..Self::new(
+                Code::OutcomeUnknown,
+                format!("{what} is durable on this node but {why}; look it up before writing it again"),
+            )
         }
     }
 
@@ -140,6 +168,10 @@ impl ApiError {
         if let Some(u) = &self.leader_url {
             e["leader_url"] = serde_json::Value::String(u.clone());
         }
+        if let Some((first, last)) = self.commit_ids {
+            e["commit_id"] = first.into();
+            e["last_commit_id"] = last.into();
+        }
         serde_json::json!({ "error": e })
     }
 
@@ -150,7 +182,13 @@ impl ApiError {
         if let Some(u) = &self.leader_url {
             msg.push_str(&format!(" (leader_url: {u})"));
         }
-        tonic::Status::new(self.code.grpc(), msg)
+        let mut status = tonic::Status::new(self.code.grpc(), msg);
+        if let Some((first, last)) = self.commit_ids {
+            let md = status.metadata_mut();
+            md.insert("aerodb-commit-id", first.into());
+            md.insert("aerodb-last-commit-id", last.into());
+        }
+        status
     }
 }
 

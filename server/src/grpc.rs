@@ -421,7 +421,7 @@ impl pb::ledger_server::Ledger for LedgerService {
     }
 
     async fn health(&self, _req: Request<pb::HealthRequest>) -> Result<Response<pb::HealthResponse>, Status> {
-        let (status, writable) = self.node.health();
+        let (status, writable, _serving) = self.node.health();
         self.finish(Ok(pb::HealthResponse { status, writable }))
     }
 

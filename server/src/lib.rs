@@ -21,7 +21,8 @@ use std::{future::IntoFuture, net::SocketAddr, sync::Arc};
 use aerodb_engine::{Db, Options};
 use aerodb_proto::v1::{ledger_server::LedgerServer, replication_server::ReplicationServer};
 use aerodb_replication::{
-    role::{Command, RoleMachine, State},
+    core::bootstrap::{bootstrap, Configured, Start},
+    role::{RoleMachine, State},
     state_file::RoleFile,
 };
 use tokio::net::TcpListener;
@@ -32,6 +33,9 @@ use crate::{
     config::{Config, Role},
     node::Node,
 };
+
+/// How often a fenced primary re-checks its fence between writes.
+const FENCE_CHECK: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// The addresses a running server bound.
 #[derive(Clone, Debug)]
@@ -44,51 +48,35 @@ pub struct Bound {
     pub verifier_key: String,
 }
 
-/// Establishes the node's role from its persisted `role.state` and the configuration (seed 004 §9: a restart
-/// resumes the recorded role, never infers one). The configuration is the operator's explicit input: it may
-/// bootstrap an uninitialized node, start a new primary term (a higher epoch) or make a node follow a primary of a
-/// newer term; it may not turn a replica into a primary (that is `aerodb admin promote`) or lower an epoch, and a
-/// halted node does not start until an operator resumes it.
+/// Establishes the node's role from its persisted `role.state` and the configuration, by the core's bootstrap
+/// rule ([`aerodb_replication::core::bootstrap`]), and persists it if it changed.
 pub fn establish_role(config: &Config) -> Result<RoleMachine, String> {
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|e| format!("creating {}: {e}", config.data_dir.display()))?;
     let file = RoleFile::new(Arc::new(aerodb_wal::fs::RealFs), &config.data_dir);
-    let mut m = file.load()?;
+    let mut m = file.load().map_err(|e| e.to_string())?;
     let before = m.clone();
     let dir = config.data_dir.display();
-    let refused = |e: aerodb_replication::role::Refusal| format!("the configured role is refused: {e}");
-    let follow = || Command::Follow {
-        epoch: config.epoch,
-        primary: config.primary.clone().unwrap_or_default(),
+    let configured = match config.role {
+        Role::Primary => Configured::Primary,
+        Role::Replica => Configured::Replica {
+            primary: config.primary.clone().unwrap_or_default(),
+        },
     };
-    match (&m.state, config.role) {
+    let start = bootstrap(&mut m, &configured, aerodb_wal::Epoch(config.epoch)).map_err(|e| match e {
+        aerodb_replication::Error::Refused(r) => format!("the configured role is refused: {r}"),
+        other => other.to_string().replace("DIR", &dir.to_string()),
+    })?;
+    if let (Start::Halted, State::ReplicationHalted { reason, .. }) = (start, &m.state) {
         // A halted node starts halted: HA status, health and metrics say why; no reads, no writes, no following.
-        (State::ReplicationHalted { reason, .. }, _) => tracing::error!(
+        tracing::error!(
             reason = %reason,
             "this node is halted: it serves no reads or writes; examine the evidence file in {dir}, then \
              `aerodb admin resume --data-dir {dir}` or `aerodb admin rebuild`"
-        ),
-        (State::Uninitialized, Role::Primary) => m.command(Command::Promote { epoch: config.epoch }).map_err(refused)?,
-        (State::PrimaryActive { epoch }, Role::Primary) => {
-            if config.epoch > *epoch {
-                m.command(Command::Promote { epoch: config.epoch }).map_err(refused)?;
-            } else if config.epoch < *epoch {
-                return Err(format!(
-                    "the configured epoch {} is below this primary's epoch {epoch}; epochs never go back",
-                    config.epoch
-                ));
-            }
-        }
-        (State::ReplicaActive { epoch, primary }, Role::Primary) => {
-            return Err(format!(
-                "this node is a replica of {primary} (epoch {epoch}); a node never promotes itself: run                  `aerodb admin promote --data-dir {dir} --epoch N` with N above {} first",
-                m.highest_epoch
-            ))
-        }
-        (_, Role::Replica) => m.command(follow()).map_err(refused)?,
+        );
     }
     if m != before {
-        file.store(&m)?;
+        file.store(&m).map_err(|e| e.to_string())?;
         tracing::info!(
             from = before.state.name(),
             to = m.state.name(),
@@ -143,6 +131,16 @@ pub fn open_node(config: Config) -> Result<Node, String> {
     );
     if let State::ReplicationHalted { reason, .. } = &role.state {
         db.halt(reason.to_string());
+    }
+    // A primary term starts by signing a checkpoint of its own epoch: its term proof (a replica raises its epoch,
+    // and a primary steps down, only on such a checkpoint signed by the log's key).
+    if let State::PrimaryActive { epoch } = role.state {
+        if db.latest_checkpoint().is_none_or(|c| c.checkpoint.epoch < epoch) {
+            let cp = db
+                .checkpoint_now()
+                .map_err(|e| format!("signing the checkpoint that starts term {epoch}: {e}"))?;
+            tracing::info!(epoch, size = cp.checkpoint.size, "signed the checkpoint that starts this term");
+        }
     }
     // The writer fence (H-1): a fenced primary takes it before it serves, with its epoch as the token.
     let fence = match (&role.state, &config.writer_fence) {
@@ -262,6 +260,25 @@ pub async fn serve(
     .max_encoding_message_size(128 << 20);
     let follower = matches!(node.role.lock().state, State::ReplicaActive { .. })
         .then(|| tokio::spawn(replication::follow(node.clone(), stop_rx.clone())));
+    // A fenced primary re-checks its fence on a timer: a primary resumed after a pause (SIGSTOP) learns within
+    // this period that a newer term took over, and reports and refuses from then on.
+    if node.fence.token().is_some() {
+        let (node, mut stop) = (node.clone(), stop_rx.clone());
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(FENCE_CHECK);
+            loop {
+                let stopping = tokio::select! {
+                    _ = every.tick() => false,
+                    _ = stop.wait_for(|s| *s) => true,
+                };
+                if stopping {
+                    return;
+                }
+                let n = node.clone();
+                let _ = tokio::task::spawn_blocking(move || n.check_fence()).await;
+            }
+        });
+    }
     let mut builder = tonic::transport::Server::builder();
     let client_ca = match &cfg.tls_client_ca {
         Some(p) => Some(std::fs::read(p).map_err(|e| format!("reading {}: {e}", p.display()))?),

@@ -91,7 +91,7 @@ pub struct EngineFigures {
     /// Synchronous writes blocked for want of replicas.
     pub write_block_active: bool,
     /// Per-replica lag (primary).
-    pub replicas: Vec<crate::replication::ReplicaLag>,
+    pub replicas: Vec<crate::replication::registry::ReplicaLag>,
     /// Replica: 1 while its stream to the primary is up.
     pub connected_to_primary: Option<bool>,
     /// Replica: records the primary reported beyond this node's tip.
@@ -246,7 +246,7 @@ impl Metrics {
             (
                 "aerodb_replication_lag_records",
                 "Records the primary holds beyond what the replica applied.",
-                (|r: &crate::replication::ReplicaLag| r.lag_records as f64) as fn(&_) -> f64,
+                (|r: &crate::replication::registry::ReplicaLag| r.lag_records as f64) as fn(&_) -> f64,
             ),
             (
                 "aerodb_replication_lag_bytes",

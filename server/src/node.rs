@@ -12,8 +12,8 @@ use std::{
 };
 
 use aerodb_engine::{
-    record::MAX_KEY_BYTES, Db, InclusionProof, NewRecord, Payload, Receipt, SignedCheckpoint, StoredRecord,
-    Version,
+    record::MAX_KEY_BYTES, Db, InclusionProof, NewRecord, NotWritable, Payload, Receipt, SignedCheckpoint,
+    StoredRecord, Version,
 };
 use bytes::Bytes;
 use parking_lot::{Condvar, Mutex};
@@ -29,7 +29,7 @@ use crate::{
     config::{Config, Role},
     error::{ApiError, ApiResult, Code},
     metrics::{EngineFigures, Metrics},
-    replication::{FollowerStatus, ReplicaLag, Replicas},
+    replication::registry::{FollowerStatus, ReplicaLag, Replicas},
 };
 
 /// Most pairs a scan returns.
@@ -76,6 +76,8 @@ pub struct Node {
     load: Arc<CommitLoad>,
     /// The runtime serving the APIs (set by `serve`): committers hand it a batch's answers in one wake.
     answer_rt: Arc<OnceLock<tokio::runtime::Handle>>,
+    /// Why the node stopped serving (a state change it could not persist), if it did.
+    fail_stopped: Mutex<Option<String>>,
 }
 
 impl std::fmt::Debug for Job {
@@ -237,9 +239,10 @@ fn commit_batch(
                             None => answer(),
                         }
                     }
-                    Err(e) => {
-                        for done in dones {
-                            let _ = done.send(Err(e.clone()));
+                    // Durable here, not confirmed by the replicas: each client is told so with its own CommitId.
+                    Err(u) => {
+                        for (done, r) in dones.into_iter().zip(receipts) {
+                            let _ = done.send(Err(u.error(r.commit_id, r.commit_id)));
                         }
                     }
                 }),
@@ -364,6 +367,7 @@ impl Node {
             committers: Mutex::new(committers),
             load,
             answer_rt,
+            fail_stopped: Mutex::new(None),
         }
     }
 
@@ -373,10 +377,12 @@ impl Node {
         let mut role = self.role.lock();
         let before = role.clone();
         let changed = role.observe(o);
-        // Persist any change, including a newly seen higher epoch that leaves the state as it was.
+        // Persist any change, including a newly seen higher epoch that leaves the state as it was. A change that
+        // cannot be persisted stops the node from serving anything (fail-stop): after a restart it could not
+        // prove the state it is in now.
         if *role != before {
             if let Err(e) = self.role_file.store(&role) {
-                tracing::error!("persisting the role: {e}");
+                self.fail_stop(&format!("persisting the role {:?}: {e}", role.state.name()));
             }
         }
         if !changed {
@@ -396,8 +402,9 @@ impl Node {
         }
     }
 
-    /// Records that the followed primary's term is `epoch` (a replica following a newer term).
-    pub fn follow_epoch(&self, epoch: u64, primary: &str) {
+    /// Records that the followed primary's term is `epoch` (a replica following a proven newer term). Returns
+    /// false when the node may not go on (the new role could not be persisted: it fail-stops).
+    pub fn follow_epoch(&self, epoch: u64, primary: &str) -> bool {
         let mut role = self.role.lock();
         if role
             .command(Command::Follow {
@@ -407,8 +414,22 @@ impl Node {
             .is_ok()
         {
             if let Err(e) = self.role_file.store(&role) {
-                tracing::error!("persisting the role: {e}");
+                drop(role);
+                self.fail_stop(&format!("persisting the followed epoch {epoch}: {e}"));
+                return false;
             }
+        }
+        true
+    }
+
+    /// Stops serving anything: a state change the node could not persist (it could not prove it after a restart).
+    /// Reads, writes and replication are refused; health answers 503 with the reason.
+    fn fail_stop(&self, why: &str) {
+        tracing::error!("FAIL-STOP: {why}; this node serves nothing until it is restarted and examined");
+        self.db.halt(format!("fail-stop: {why}"));
+        let mut f = self.fail_stopped.lock();
+        if f.is_none() {
+            *f = Some(why.to_owned());
         }
     }
 
@@ -461,6 +482,12 @@ impl Node {
 
     fn refuse_if_halted(&self) -> ApiResult<()> {
         self.note_fence_loss();
+        if let Some(why) = self.fail_stopped.lock().clone() {
+            return Err(ApiError::new(
+                Code::Halted,
+                format!("this node stopped serving: {why}"),
+            ));
+        }
         let role = self.role.lock();
         if let State::ReplicationHalted { reason, .. } = &role.state {
             return Err(ApiError::new(
@@ -473,11 +500,14 @@ impl Node {
         Ok(())
     }
 
-    /// After a write returned: wakes the replication streams and, in synchronous mode, waits until enough
-    /// replicas flushed it (blocking; call off the async runtime).
-    fn replicate(replicas: &Arc<Replicas>, last: u64, timeout: std::time::Duration) -> ApiResult<()> {
+    /// After a write of `first..=last` returned: wakes the replication streams and, in synchronous mode, waits
+    /// until enough replicas flushed it (blocking; call off the async runtime). Unconfirmed in time, it is
+    /// `OUTCOME_UNKNOWN` with its CommitIds: it is durable here.
+    fn replicate(replicas: &Arc<Replicas>, first: u64, last: u64, timeout: std::time::Duration) -> ApiResult<()> {
         replicas.published(last);
-        replicas.wait_flushed(last, timeout)
+        replicas
+            .wait_flushed(last, timeout)
+            .map_err(|u| u.error(first, last))
     }
 
     /// Has the committers answer appends on `rt` (the runtime serving the APIs; the first call wins).
@@ -552,6 +582,8 @@ impl Node {
             let _in_flight = InFlight::enter(&self.load);
             self.refuse_if_halted()?;
             self.db.check(&tenant, &payload)?;
+            // Synchronous mode refuses (or waits) before anything is appended.
+            self.replicas.admit(self.config.request_timeout).await?;
             let (done, wait) = oneshot::channel();
             let job = Job {
                 record: NewRecord { tenant, payload },
@@ -598,12 +630,14 @@ impl Node {
             self.config.request_timeout,
             self.fence.clone(),
         );
+        self.refuse_if_halted()?;
+        self.replicas.admit(timeout).await?;
         let out = self
             .run(move |db| {
                 fence.check_write(db)?;
                 let (receipt, cp, proof) = db.append_and_prove(&tenant, payload)?;
                 fence.check_write(db)?;
-                Self::replicate(&replicas, receipt.commit_id, timeout)?;
+                Self::replicate(&replicas, receipt.commit_id, receipt.commit_id, timeout)?;
                 Ok(Appended {
                     receipt,
                     proof: Some((cp, proof)),
@@ -636,12 +670,15 @@ impl Node {
             self.config.request_timeout,
             self.fence.clone(),
         );
+        self.refuse_if_halted()?;
+        self.replicas.admit(timeout).await?;
         let out = self
             .run(move |db| {
                 fence.check_write(db)?;
                 let receipts = db.append_many(&records)?;
                 fence.check_write(db)?;
-                Self::replicate(&replicas, receipts.last().map_or(0, |r| r.commit_id), timeout)?;
+                let first = receipts.first().map_or(0, |r| r.commit_id);
+                Self::replicate(&replicas, first, receipts.last().map_or(0, |r| r.commit_id), timeout)?;
                 Ok(receipts)
             })
             .await
@@ -785,22 +822,40 @@ impl Node {
             .map_err(|e| self.not_leader(e))
     }
 
-    /// Health: `ok`, or why writes are refused.
+    /// Health: `(status, writable, serving)`. `serving` is false — and REST answers 503 — when the node cannot
+    /// serve: halted, fail-stopped, or a primary whose log failed closed. A replica is read-only by design and
+    /// serving.
     #[must_use]
-    pub fn health(&self) -> (String, bool) {
+    pub fn health(&self) -> (String, bool, bool) {
+        self.check_fence();
+        if let Some(why) = self.fail_stopped.lock().clone() {
+            return (format!("stopped: {why}"), false, false);
+        }
         if let State::ReplicationHalted { reason, .. } = &self.role.lock().state {
-            return (format!("halted: {reason}"), false);
+            return (format!("halted: {reason}"), false, false);
         }
         match self.db.not_writable() {
-            None => ("ok".into(), true),
-            Some(r) if self.config.role == Role::Replica => (format!("ok (read-only replica: {r})"), false),
-            Some(r) => (format!("degraded: {r}"), false),
+            None => ("ok".into(), true, true),
+            Some(NotWritable::NotWriteAuthority) if self.config.role == Role::Replica => {
+                ("ok (read-only replica)".into(), false, true)
+            }
+            Some(r) => (format!("failed closed: {r}"), false, false),
         }
+    }
+
+    /// A fenced primary re-checks that it still holds the fence (a small read): called on a timer and before
+    /// health and HA status, so a primary resumed after a pause reports and refuses at once, not at its next
+    /// write.
+    pub fn check_fence(&self) {
+        if self.fence.token().is_some() && self.db.not_writable().is_none() {
+            let _ = self.fence.check_write(&self.db);
+        }
+        self.note_fence_loss();
     }
 
     /// HA status (H-4). Answered even when halted: it is how an operator sees why.
     pub async fn ha_status(&self) -> ApiResult<HaStatus> {
-        self.note_fence_loss();
+        self.check_fence();
         let db = self.db.clone();
         let applied = tokio::task::spawn_blocking(move || db.tip().map(|t| t.commit_id))
             .await

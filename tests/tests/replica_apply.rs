@@ -9,14 +9,16 @@
     reason = "test code: a panic is the failure report"
 )]
 
-use std::{path::Path, sync::Arc};
+use std::{path::Path, sync::Arc, time::Duration};
 
 use aerodb_engine::{Db, Error, NotWritable, Options, SigningKey};
 use aerodb_replication::{
     apply::{Applier, ApplyError},
+    core::follower::{End, Follower, Welcome},
     role::HaltReason,
 };
 use aerodb_tests::TempDir;
+use aerodb_wal::{CommitId, Epoch};
 use bytes::Bytes;
 
 fn opts(epoch: u64, replica: bool) -> Options {
@@ -206,14 +208,26 @@ fn a_log_that_differs_at_any_commit_id_is_a_fork_there() {
         let mut a = Applier::new(r.clone(), 1 << 20).unwrap();
         let theirs = p.record(k).unwrap().unwrap().hash;
         let ours = r.tip().unwrap().record_hash;
-        // At the handshake: the primary's record at the replica's tip is another one.
+        // At the handshake (the core's follower): the primary's record at the replica's tip is another one.
+        let key = r.verifier_key();
+        let vk = key.to_string();
+        let mut follower = Follower::new(a.tip(), Epoch(1), Duration::ZERO);
+        let welcome = Welcome {
+            node_id: "p",
+            epoch: Epoch(1),
+            verifier_key: &vk,
+            segment_bytes: r.segment_bytes(),
+            commit_id: CommitId(12),
+            hash_at_our_tip: Some(theirs),
+            epoch_proof: None,
+        };
         assert_eq!(
-            a.check_handshake(Some(theirs)),
-            Err(HaltReason::Fork {
+            follower.on_welcome(&welcome, &key, r.segment_bytes(), Duration::ZERO),
+            Err(End::Halt(HaltReason::Fork {
                 commit_id: k,
                 ours,
                 theirs
-            })
+            }))
         );
         // And frame by frame: the primary's frame k is compared with the replica's and refused.
         match a.apply(&f[k as usize - 1..]) {

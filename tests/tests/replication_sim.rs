@@ -1,11 +1,19 @@
-//! T15: a seeded, deterministic simulation of a primary and two replicas — the real engine (`Db` over the
-//! simulated file system, power-loss crashes with torn writes) and the real replica apply step (`Applier`), with a
-//! simulated network (batches in flight per stream, dropped, duplicated or reordered; links partitioned and
-//! healed) and an operator (restarts, resumes halted replicas, fails over to the most advanced replica with a new
-//! epoch, rebuilds a demoted primary whose log forked).
+//! T15: a seeded, deterministic simulation of a primary and two replicas driving the **production replication
+//! core** (`aerodb_replication::core`: the primary's hello decision and per-replica send state, the follower's
+//! handshake/epoch/fork rules and acks, the synchronous quorum's admission and confirmation) with the real engine
+//! (`Db` over the simulated file system, power-loss crashes with torn writes) and the real replica apply step
+//! (`Applier`). The simulator owns the clock (every step advances it; heartbeats, silence and sync deadlines come
+//! from the core's own constants), the network (messages in flight per stream, dropped, duplicated or reordered;
+//! links partitioned and healed) and an operator (restarts, resumes halted replicas, fails over to the most
+//! advanced replica with a new epoch whose first checkpoint is its term proof, rebuilds a demoted primary whose log
+//! forked).
 //!
-//! Writes are acknowledged as with `--sync-replicas 1`: durable on the primary and applied by a replica.
+//! Writes are synchronous with `k = 1` (`--sync-replicas 1`), in `block` or `fail` mode by seed: admitted by the
+//! quorum before they are appended, acknowledged once the quorum confirms them.
 //! Invariants, checked as the schedule runs and at the end once everything is healed and caught up:
+//! - a synchronous acknowledgement implies `k` replicas flushed the record (their logs hold it at that moment);
+//! - a write refused by the quorum (never appended) is in no log, ever;
+//! - no two nodes accept writes in the same epoch;
 //! - no acknowledged write is lost: the current primary holds every one, same hash at the same CommitId;
 //! - no fork: a replica's log is always a prefix of the primary's (only a demoted primary may have diverged, and
 //!   its handshake must find that and halt with `Fork`);
@@ -26,8 +34,15 @@ use std::{collections::VecDeque, path::Path, sync::Arc};
 use aerodb_engine::{Db, NewRecord, Options, Payload, SigningKey};
 use aerodb_replication::{
     apply::{Applier, ApplyError},
+    core::{
+        follower::{self, End, Follower},
+        primary::{self as psend, on_hello, HelloDecision, Next, View},
+        quorum::{Admission, AdmissionDecision, Quorum, Settled, SyncWait},
+    },
     role::HaltReason,
 };
+use aerodb_wal::{CommitId, Epoch};
+use std::{collections::BTreeMap, time::Duration};
 use aerodb_wal::fs::{CrashMode, Fs, MemFs, Tear, UnsyncedFate};
 use bytes::Bytes;
 
@@ -67,13 +82,33 @@ fn opts(epoch: u64, replica: bool) -> Options {
     }
 }
 
-/// One replication stream: where the primary reads next, and the batches on the wire.
-#[derive(Default)]
+/// A message from the primary on the wire.
+#[derive(Clone)]
+enum Msg {
+    Frames(Vec<Bytes>),
+    Checkpoint(String),
+    Heartbeat(u64),
+}
+
+/// One replication stream: the primary's send state (the core's), the replica's follower (the core's), and the
+/// messages on the wire.
 struct Stream {
-    next: u64,
-    wire: VecDeque<Vec<Bytes>>,
+    send: psend::Stream,
+    follower: Follower,
+    wire: VecDeque<Msg>,
     /// A batch of this stream was dropped or reordered: a `Gap` halt is explained.
     faulted: bool,
+    /// The quorum's id for this stream.
+    id: u64,
+}
+
+/// A client write held by the quorum.
+#[derive(Debug)]
+enum Write {
+    /// Parked before its append: its records.
+    Parked(u64, Vec<NewRecord>),
+    /// Appended: its receipts (CommitId, hash).
+    Appended(u64, Vec<(u64, [u8; 32])>),
 }
 
 struct Node {
@@ -87,6 +122,8 @@ struct Node {
     stream: Option<Stream>,
     /// A demoted primary whose log may hold records the new primary never had.
     may_diverge: bool,
+    /// The highest epoch this node has seen (raised only by a proven welcome or a promotion).
+    highest_epoch: Epoch,
 }
 
 impl Node {
@@ -104,6 +141,18 @@ struct Sim {
     acked: Vec<(u64, [u8; 32])>,
     tenant_seq: u64,
     log: Vec<String>,
+    /// The simulated clock.
+    now: Duration,
+    /// The primary's synchronous quorum (new for every term).
+    quorum: Quorum<Write>,
+    mode: SyncWait,
+    next_stream: u64,
+    /// Writes the quorum refused before their append: the payload tags that must never appear in any log.
+    refused: Vec<u64>,
+    /// Writes answered "outcome unknown".
+    unknown: u64,
+    /// Which node accepted writes in each epoch.
+    writers: BTreeMap<u64, usize>,
 }
 
 impl Sim {
@@ -128,10 +177,10 @@ impl Sim {
     fn crash(&mut self, i: usize) {
         let seed = self.rng.next();
         let tear = [Tear::None, Tear::TornPrefix, Tear::ZeroedTail, Tear::RandomTail][(seed % 4) as usize];
+        self.drop_stream(i);
         let n = &mut self.nodes[i];
         n.applier = None;
         n.db = None; // no close: the process dies
-        n.stream = None;
         n.fs.crash(CrashMode {
             unsynced: UnsyncedFate::Lost,
             tear,
@@ -140,10 +189,11 @@ impl Sim {
         let was_primary = n.primary_epoch.is_some();
         self.note(format!("crash {i} ({tear:?})"));
         if was_primary {
-            // Streams die with the primary.
-            for m in &mut self.nodes {
-                m.stream = None;
+            // Streams die with the primary, and so does its quorum: writes it held have an unknown outcome.
+            for r in 0..self.nodes.len() {
+                self.drop_stream(r);
             }
+            self.quorum = Quorum::new(1, self.mode);
         }
     }
 
@@ -160,28 +210,233 @@ impl Sim {
         };
         assert!(explained, "node {i} halted without a cause: {reason}");
         self.note(format!("node {i} halts: {reason}"));
-        let n = &mut self.nodes[i];
-        n.halted = Some(reason);
-        n.stream = None;
+        self.drop_stream(i);
+        self.nodes[i].halted = Some(reason);
     }
 
-    /// A replica connects: the handshake (the primary's hash at the replica's tip).
+    fn key() -> aerodb_engine::VerifierKey {
+        SigningKey::from_seed("aerodb-ledger", [5u8; 32])
+            .unwrap()
+            .verifier()
+    }
+
+    /// A replica connects: the core decides the hello (primary side) and the welcome (replica side).
     fn connect(&mut self, r: usize, p: usize) {
         let tip = self.nodes[r].applier.as_ref().unwrap().tip();
         let pdb = self.nodes[p].db.clone().unwrap();
+        let rdb = self.nodes[r].db.clone().unwrap();
+        let key = Self::key();
+        let proof = rdb.latest_checkpoint().map(|c| c.note);
+        let hello = psend::Hello {
+            node_id: "r",
+            commit_id: CommitId(tip.commit_id),
+            highest_epoch: self.nodes[r].highest_epoch,
+            epoch_proof: proof.as_deref(),
+        };
+        let own = self.nodes[p].primary_epoch.map(Epoch);
+        let from = match on_hello(own, &hello, &key) {
+            HelloDecision::Accept { from } => from,
+            other => panic!("primary {p} refused replica {r}'s hello: {other:?}"),
+        };
         let theirs = (tip.commit_id > 0)
             .then(|| pdb.record(tip.commit_id).unwrap().map(|x| x.hash))
             .flatten();
-        match self.nodes[r].applier.as_ref().unwrap().check_handshake(theirs) {
-            Ok(()) => {
+        let welcome_proof = pdb.latest_checkpoint().map(|c| c.note);
+        let vk = key.to_string();
+        let welcome = follower::Welcome {
+            node_id: "p",
+            epoch: own.unwrap(),
+            verifier_key: &vk,
+            segment_bytes: pdb.segment_bytes(),
+            commit_id: CommitId(pdb.tip().unwrap().commit_id),
+            hash_at_our_tip: theirs,
+            epoch_proof: welcome_proof.as_deref(),
+        };
+        let mut f = Follower::new(tip, self.nodes[r].highest_epoch, self.now);
+        match f.on_welcome(&welcome, &key, rdb.segment_bytes(), self.now) {
+            Ok(following) => {
+                if let Some(e) = following.raise_to {
+                    self.nodes[r].highest_epoch = e;
+                }
+                self.nodes[r]
+                    .applier
+                    .as_mut()
+                    .unwrap()
+                    .set_epoch_ceiling(following.epoch.0);
                 self.note(format!("{r} connects to {p} at {}", tip.commit_id));
                 self.nodes[r].may_diverge = false;
+                self.next_stream += 1;
+                let id = self.next_stream;
                 self.nodes[r].stream = Some(Stream {
-                    next: tip.commit_id + 1,
-                    ..Stream::default()
+                    send: psend::Stream::new(from, self.now),
+                    follower: f,
+                    wire: VecDeque::new(),
+                    faulted: false,
+                    id,
                 });
+                let go = self.quorum.connect(id);
+                for (w, d) in go {
+                    assert_eq!(d, AdmissionDecision::Go);
+                    self.append_admitted(w);
+                }
             }
-            Err(reason) => self.halt(r, reason),
+            Err(End::Halt(reason)) => self.halt(r, reason),
+            Err(End::Retry(why)) => panic!("replica {r} cannot follow {p}: {why}"),
+        }
+    }
+
+    /// Ends replica `r`'s stream (the link or a node went down): the quorum forgets it.
+    fn drop_stream(&mut self, r: usize) {
+        if let Some(s) = self.nodes[r].stream.take() {
+            let settled = self.quorum.disconnect(s.id);
+            self.settle_writes(settled);
+        }
+    }
+
+    /// A client write: admitted by the quorum before it is appended (R-6).
+    fn client_write(&mut self, k: u64) {
+        let records: Vec<NewRecord> = (0..k)
+            .map(|_| {
+                self.tenant_seq += 1;
+                NewRecord {
+                    tenant: "t".into(),
+                    payload: Payload::Event(Bytes::from(format!(
+                        "w{:08}{}",
+                        self.tenant_seq,
+                        "x".repeat((self.tenant_seq % 200) as usize)
+                    ))),
+                }
+            })
+            .collect();
+        let tag = self.tenant_seq;
+        match self.quorum.admit() {
+            Admission::Go => self.append_admitted(Write::Parked(tag, records)),
+            Admission::Refuse { .. } => {
+                self.note(format!("write {tag} refused before its append"));
+                self.refused.extend(tag + 1 - k..=tag);
+            }
+            Admission::Wait => {
+                self.note(format!("write {tag} waits for a replica"));
+                let deadline = self.now + Duration::from_millis(1000);
+                self.quorum.wait_admission(Write::Parked(tag, records), deadline);
+            }
+        }
+    }
+
+    fn append_admitted(&mut self, w: Write) {
+        let Write::Parked(tag, records) = w else {
+            unreachable!("only parked writes are admitted")
+        };
+        let p = self.primary().unwrap();
+        let db = self.nodes[p].db.clone().unwrap();
+        let epoch = self.nodes[p].primary_epoch.unwrap();
+        let writer = *self.writers.entry(epoch).or_insert(p);
+        assert_eq!(writer, p, "two nodes accept writes in epoch {epoch}");
+        let receipts: Vec<(u64, [u8; 32])> = db
+            .append_many(&records)
+            .unwrap()
+            .iter()
+            .map(|r| (r.commit_id, r.record_hash))
+            .collect();
+        let last = receipts.last().unwrap().0;
+        self.pending.extend(receipts.iter().copied());
+        let deadline = self.now + Duration::from_millis(1000);
+        if let Some(done) = self.quorum.register(CommitId(last), deadline, Write::Appended(tag, receipts)) {
+            self.settle_writes(vec![done]);
+        }
+    }
+
+    /// The quorum settled appended writes: confirmed ones are acknowledged — and `k` replicas must hold them.
+    fn settle_writes(&mut self, settled: Vec<(Write, Settled)>) {
+        for (w, s) in settled {
+            let Write::Appended(tag, receipts) = w else {
+                unreachable!("only appended writes settle")
+            };
+            match s {
+                Settled::Confirmed => {
+                    let (last, hash) = *receipts.last().unwrap();
+                    let holders = self
+                        .nodes
+                        .iter()
+                        .filter(|n| n.primary_epoch.is_none())
+                        .filter_map(|n| n.db.as_ref())
+                        .filter(|db| db.record(last).unwrap().is_some_and(|r| r.hash == hash))
+                        .count();
+                    assert!(holders >= 1, "write {tag} confirmed but no replica holds record {last}");
+                    self.pending.retain(|(c, _)| !receipts.iter().any(|r| r.0 == *c));
+                    self.acked.extend(receipts);
+                }
+                Settled::Unconfirmed { commit_id, .. } => {
+                    self.note(format!("write {tag} outcome unknown at {}", commit_id.0));
+                    self.unknown += 1;
+                }
+            }
+        }
+    }
+
+    /// The clock advances: the core's deadlines fire (sync waits, silence on both sides of every stream).
+    fn advance(&mut self, by: Duration) {
+        self.now += by;
+        let (settled, refused) = self.quorum.tick(self.now);
+        self.settle_writes(settled);
+        for (w, d) in refused {
+            let Write::Parked(tag, records) = w else { unreachable!() };
+            assert!(matches!(d, AdmissionDecision::Refuse { .. }));
+            self.note(format!("write {tag} refused at its deadline, never appended"));
+            self.refused.extend(tag + 1 - records.len() as u64..=tag);
+        }
+        for r in 0..self.nodes.len() {
+            let silent = self.nodes[r]
+                .stream
+                .as_ref()
+                .is_some_and(|s| s.follower.tick(self.now).is_err());
+            if silent {
+                self.note(format!("replica {r} hears nothing: reconnects"));
+                self.drop_stream(r);
+            }
+        }
+    }
+
+    /// The primary's side of every stream: the core decides what goes on the wire.
+    fn pump(&mut self, p: usize) {
+        let pdb = self.nodes[p].db.clone().unwrap();
+        for r in 0..self.nodes.len() {
+            let max = 1 + self.rng.below(1500) as usize;
+            let cp = pdb.latest_checkpoint();
+            let view = View {
+                tip: CommitId(pdb.tip().unwrap().commit_id),
+                checkpoint: cp.as_ref().map(|c| (c.checkpoint.size, Epoch(c.checkpoint.epoch))),
+                may_write: true,
+            };
+            let now = self.now;
+            let epoch = self.nodes[p].primary_epoch.unwrap();
+            let Some(s) = self.nodes[r].stream.as_mut() else { continue };
+            match s.send.poll(&view, now) {
+                Next::Frames { from } => {
+                    let frames = pdb.raw_frames(from.0, max).unwrap();
+                    if frames.is_empty() {
+                        continue;
+                    }
+                    let last = CommitId(from.0 + frames.len() as u64 - 1);
+                    s.send.frames_sent(last, 0, now);
+                    s.wire.push_back(Msg::Frames(frames));
+                }
+                Next::Checkpoint => {
+                    let cp = cp.unwrap();
+                    s.send
+                        .checkpoint_sent((cp.checkpoint.size, Epoch(cp.checkpoint.epoch)), now);
+                    s.wire.push_back(Msg::Checkpoint(cp.note));
+                }
+                Next::Heartbeat => {
+                    s.send.heartbeat_sent(now);
+                    s.wire.push_back(Msg::Heartbeat(epoch));
+                }
+                Next::Idle { .. } => {}
+                Next::End(why) => {
+                    self.note(format!("primary ends the stream to {r}: {why}"));
+                    self.drop_stream(r);
+                }
+            }
         }
     }
 
@@ -189,43 +444,65 @@ impl Sim {
         let fault = self.rng.below(100);
         let n = &mut self.nodes[r];
         let Some(s) = n.stream.as_mut() else { return };
-        let Some(mut batch) = s.wire.pop_front() else {
+        let Some(mut msg) = s.wire.pop_front() else {
             return;
         };
         match fault {
             0..=2 => {
-                s.faulted = true;
-                self.note(format!("drop a batch to {r}"));
+                s.faulted |= matches!(msg, Msg::Frames(_));
+                self.note(format!("drop a message to {r}"));
                 return;
             }
-            3..=5 => s.wire.push_front(batch.clone()), // delivered twice
+            3..=5 => s.wire.push_front(msg.clone()), // delivered twice
             6..=8 if !s.wire.is_empty() => {
                 s.faulted = true;
                 let later = s.wire.pop_front().unwrap();
-                s.wire.push_front(batch);
-                batch = later;
-                self.note(format!("reorder batches to {r}"));
+                s.wire.push_front(msg);
+                msg = later;
+                self.note(format!("reorder messages to {r}"));
             }
             _ => {}
         }
+        let now = self.now;
         let n = &mut self.nodes[r];
-        match n.applier.as_mut().unwrap().apply(&batch) {
-            Ok(_) => {}
-            Err(ApplyError::Halt(reason)) => self.halt(r, reason),
-            Err(ApplyError::Engine(e)) => panic!("replica {r}'s engine failed: {e}"),
-        }
-        // Acknowledge what a replica holds.
-        let flushed = self.nodes[r].applier.as_ref().unwrap().tip().commit_id;
-        let (now, later): (Vec<(u64, [u8; 32])>, Vec<_>) =
-            self.pending.iter().partition(|(c, _)| *c <= flushed);
-        if !now.is_empty() {
-            self.note(format!(
-                "replica {r} at {flushed} acknowledges {:?}",
-                now.iter().map(|x| x.0).collect::<Vec<_>>()
-            ));
-        }
-        self.acked.extend(now);
-        self.pending = later;
+        let ack = match msg {
+            Msg::Frames(batch) => match n.applier.as_mut().unwrap().apply(&batch) {
+                Ok(_) => {
+                    let tip = n.applier.as_ref().unwrap().tip();
+                    n.stream.as_mut().unwrap().follower.applied(tip, now)
+                }
+                Err(ApplyError::Halt(reason)) => return self.halt(r, reason),
+                Err(ApplyError::Engine(e)) => panic!("replica {r}'s engine failed: {e}"),
+            },
+            Msg::Checkpoint(note) => {
+                let size = aerodb_engine::SignedCheckpoint::verify(&note, &Self::key())
+                    .unwrap()
+                    .checkpoint
+                    .size;
+                match n.stream.as_mut().unwrap().follower.on_checkpoint(size, now) {
+                    Ok(()) => {}
+                    Err(End::Halt(reason)) => return self.halt(r, reason),
+                    Err(End::Retry(why)) => panic!("replica {r}: {why}"),
+                }
+                let n = &mut self.nodes[r];
+                if let Err(e) = n.db.as_ref().unwrap().add_checkpoint(&note) {
+                    panic!("replica {r} refuses a checkpoint of its primary: {e}");
+                }
+                return;
+            }
+            Msg::Heartbeat(epoch) => match n.stream.as_mut().unwrap().follower.on_heartbeat(Epoch(epoch), now) {
+                Ok(ack) => ack,
+                Err(End::Halt(reason)) => return self.halt(r, reason),
+                Err(End::Retry(why)) => panic!("replica {r}: {why}"),
+            },
+        };
+        // The ack reaches the primary (acks are not faulted here: a lost ack is a silent replica, which the
+        // silence rule covers).
+        let s = self.nodes[r].stream.as_mut().unwrap();
+        s.send.on_ack(ack.written, ack.flushed, ack.applied, now);
+        let id = s.id;
+        let settled = self.quorum.ack(id, ack.flushed);
+        self.settle_writes(settled);
     }
 
     /// `aerodb admin rebuild --discard-divergent-tail`: find the longest common prefix with the primary (the
@@ -316,45 +593,25 @@ impl Sim {
         let action = self.rng.below(100);
         let p = self.primary();
         match action {
-            // Client writes on the primary.
+            // Client writes on the primary, through the quorum's admission.
             0..=29 => {
+                let Some(p) = p else { return };
+                if self.nodes[p].db.is_none() {
+                    return;
+                }
+                let k = 1 + self.rng.below(3);
+                self.client_write(k);
+            }
+            // The primary streams to each connected replica, as the core decides; sometimes it checkpoints.
+            30..=49 => {
                 let Some(p) = p else { return };
                 let Some(db) = self.nodes[p].db.clone() else {
                     return;
                 };
-                let k = 1 + self.rng.below(3);
-                let records: Vec<NewRecord> = (0..k)
-                    .map(|_| {
-                        self.tenant_seq += 1;
-                        NewRecord {
-                            tenant: "t".into(),
-                            payload: Payload::Event(Bytes::from(vec![
-                                b'x';
-                                (self.tenant_seq % 200) as usize
-                            ])),
-                        }
-                    })
-                    .collect();
-                let receipts = db.append_many(&records).unwrap();
-                self.pending
-                    .extend(receipts.iter().map(|r| (r.commit_id, r.record_hash)));
-            }
-            // The primary streams to each connected replica.
-            30..=49 => {
-                let Some(p) = p else { return };
-                let Some(pdb) = self.nodes[p].db.clone() else {
-                    return;
-                };
-                for r in 0..self.nodes.len() {
-                    let max = 1 + self.rng.below(1500) as usize;
-                    if let Some(s) = self.nodes[r].stream.as_mut() {
-                        let frames = pdb.raw_frames(s.next, max).unwrap();
-                        if !frames.is_empty() {
-                            s.next += frames.len() as u64;
-                            s.wire.push_back(frames);
-                        }
-                    }
+                if self.rng.below(4) == 0 {
+                    db.checkpoint_now().unwrap();
                 }
+                self.pump(p);
             }
             // The network delivers.
             50..=74 => {
@@ -396,11 +653,11 @@ impl Sim {
             // Partitions.
             85..=89 => {
                 let i = self.rng.below(self.nodes.len() as u64) as usize;
-                let n = &mut self.nodes[i];
-                n.link_up = !n.link_up;
-                if !n.link_up {
-                    n.stream = None;
+                self.nodes[i].link_up = !self.nodes[i].link_up;
+                if !self.nodes[i].link_up {
+                    self.drop_stream(i);
                 }
+                let n = &self.nodes[i];
                 let what = format!("link {i} {}", if n.link_up { "healed" } else { "cut" });
                 self.note(what);
             }
@@ -440,9 +697,10 @@ impl Sim {
                 });
                 let Some(new) = best else { return };
                 // Every replica that could still be connected stops following the old primary.
-                for n in &mut self.nodes {
-                    n.stream = None;
+                for r in 0..self.nodes.len() {
+                    self.drop_stream(r);
                 }
+                self.quorum = Quorum::new(1, self.mode);
                 self.epoch += 1;
                 let n = &mut self.nodes[new];
                 n.applier = None;
@@ -458,6 +716,9 @@ impl Sim {
                     }
                 }
                 self.open(new);
+                // The new term's first act: a checkpoint of its epoch, the proof its replicas raise their epoch on.
+                self.nodes[new].highest_epoch = Epoch(self.epoch);
+                self.nodes[new].db.as_ref().unwrap().checkpoint_now().unwrap();
                 self.note(format!("failover {old} -> {new} (epoch {})", self.epoch));
                 // Records the old primary wrote that no replica had were never acknowledged.
                 self.pending.clear();
@@ -465,10 +726,15 @@ impl Sim {
             }
         }
         self.check_prefixes();
+        let by = Duration::from_millis(self.rng.below(400));
+        self.advance(by);
     }
 
     /// Heals everything and lets the replicas catch up; then every log matches the primary's.
     fn settle(&mut self) {
+        // Writes still held by the quorum reach their deadlines first (parked ones are refused, appended ones
+        // answered outcome-unknown), so nothing is appended while the replicas catch up.
+        self.advance(Duration::from_secs(10));
         for n in &mut self.nodes {
             n.link_up = true;
         }
@@ -491,13 +757,13 @@ impl Sim {
                     Some(other) => panic!("unexpected halt {other}"),
                     None => {}
                 }
-                self.nodes[r].stream = None;
+                self.drop_stream(r);
                 self.connect(r, p);
                 if self.nodes[r].halted.is_some() {
                     continue;
                 }
                 let frames = pdb
-                    .raw_frames(self.nodes[r].stream.as_ref().unwrap().next, usize::MAX)
+                    .raw_frames(self.nodes[r].stream.as_ref().unwrap().send.next_commit().0, usize::MAX)
                     .unwrap();
                 if let Err(e) = self.nodes[r].applier.as_mut().unwrap().apply(&frames) {
                     panic!("replica {r} failed to catch up: {e}");
@@ -529,6 +795,27 @@ impl Sim {
         }
         self.acked.append(&mut self.pending);
         self.check_acked();
+        self.check_refused_absent(p);
+    }
+
+    /// No write the quorum refused is in the primary's log (every replica converged to it).
+    fn check_refused_absent(&self, p: usize) {
+        let db = self.nodes[p].db.as_ref().unwrap();
+        let tip = db.tip().unwrap().commit_id;
+        let mut from = 1;
+        while from <= tip {
+            let recs = db.records(from, 1000).unwrap();
+            for r in &recs {
+                let Payload::Event(b) = &r.record.payload else { continue };
+                let tag: u64 = std::str::from_utf8(&b[1..9]).unwrap().parse().unwrap();
+                assert!(
+                    !self.refused.contains(&tag),
+                    "write {tag} was refused before its append but record {} holds it",
+                    r.record.commit_id
+                );
+            }
+            from += recs.len().max(1) as u64;
+        }
     }
 }
 
@@ -541,6 +828,9 @@ struct Tally {
     gap_halts: u64,
     fork_halts: u64,
     rebuilds: u64,
+    refused: u64,
+    unknown: u64,
+    silences: u64,
 }
 
 fn tally(log: &[String], acked: usize, t: &mut Tally) {
@@ -556,6 +846,8 @@ fn tally(log: &[String], acked: usize, t: &mut Tally) {
             &mut t.fork_halts
         } else if l.starts_with("rebuild") {
             &mut t.rebuilds
+        } else if l.contains("hears nothing") {
+            &mut t.silences
         } else {
             continue;
         };
@@ -577,6 +869,7 @@ fn run(seed: u64) -> Result<Tally, String> {
                     link_up: true,
                     stream: None,
                     may_diverge: false,
+                    highest_epoch: Epoch(1),
                 })
                 .collect(),
             epoch: 1,
@@ -584,6 +877,13 @@ fn run(seed: u64) -> Result<Tally, String> {
             acked: Vec::new(),
             tenant_seq: 0,
             log: Vec::new(),
+            now: Duration::ZERO,
+            quorum: Quorum::new(1, if seed % 2 == 0 { SyncWait::Block } else { SyncWait::Fail }),
+            mode: if seed % 2 == 0 { SyncWait::Block } else { SyncWait::Fail },
+            next_stream: 0,
+            refused: Vec::new(),
+            unknown: 0,
+            writers: BTreeMap::new(),
         };
         for n in &sim.nodes {
             n.fs.create_dir_all(Path::new(DIR)).unwrap();
@@ -591,12 +891,16 @@ fn run(seed: u64) -> Result<Tally, String> {
         for i in 0..3 {
             sim.open(i);
         }
+        // The first term's proof.
+        sim.nodes[0].db.as_ref().unwrap().checkpoint_now().unwrap();
         for _ in 0..STEPS {
             sim.step();
         }
         sim.settle();
         let mut t = Tally::default();
         tally(&sim.log, sim.acked.len(), &mut t);
+        t.refused = sim.refused.len() as u64;
+        t.unknown = sim.unknown;
         t
     });
     outcome.map_err(|e| {
@@ -631,6 +935,9 @@ fn primary_and_two_replicas_under_crashes_partitions_and_failovers() {
                 total.gap_halts += t.gap_halts;
                 total.fork_halts += t.fork_halts;
                 total.rebuilds += t.rebuilds;
+                total.refused += t.refused;
+                total.unknown += t.unknown;
+                total.silences += t.silences;
             }
             Err(e) => panic!("seed {seed} failed (rerun: AERODB_SIM_SEED={seed}): {e}"),
         }
@@ -638,13 +945,19 @@ fn primary_and_two_replicas_under_crashes_partitions_and_failovers() {
     aerodb_tests::report_figure(
         "T15 replication simulator",
         &format!(
-            "{seeds} seeds × {STEPS} steps, primary + 2 replicas: {} acknowledged writes, {} crashes (torn writes), \
-             {} failovers, {} Gap halts from injected drops/reorders, {} Fork halts of diverged ex-primaries ({} \
-             rebuilds); 0 acknowledged writes lost, 0 replicas off the primary's prefix, 0 unexplained halts, all \
-             converge byte-identical ({:.1} s)",
+            "{seeds} seeds × {STEPS} steps on the production replication core (hello, welcome, send state, \
+             quorum, silence; simulated clock), primary + 2 replicas, --sync-replicas 1 block/fail: {} \
+             acknowledged writes (each held by a replica when confirmed), {} records refused before their append \
+             (0 found in any log), {} writes answered outcome-unknown, {} crashes (torn writes), {} failovers, {} \
+             silent-stream reconnects, {} Gap halts from injected drops/reorders, {} Fork halts of diverged \
+             ex-primaries ({} rebuilds); 0 acknowledged writes lost, 0 replicas off the primary's prefix, 0 \
+             unexplained halts, 0 epochs with two writers, all converge byte-identical ({:.1} s)",
             total.acked,
+            total.refused,
+            total.unknown,
             total.crashes,
             total.failovers,
+            total.silences,
             total.gap_halts,
             total.fork_halts,
             total.rebuilds,

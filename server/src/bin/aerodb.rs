@@ -349,7 +349,7 @@ fn admin(cmd: &AdminCmd, j: bool) -> Result<(), String> {
         .map_err(|e| e.to_string())?
         .ok_or_else(|| format!("{} is in use: stop the server first", dir.display()))?;
     let file = RoleFile::new(fs, dir);
-    let mut m = file.load()?;
+    let mut m = file.load().map_err(|e| e.to_string())?;
     let change = match cmd {
         AdminCmd::Role { .. } => None,
         AdminCmd::Promote { epoch, .. } => Some(Command::Promote { epoch: *epoch }),
@@ -387,7 +387,7 @@ fn admin(cmd: &AdminCmd, j: bool) -> Result<(), String> {
                 println!("the local log was moved to {}", aside.display());
             }
         }
-        file.store(&m)?;
+        file.store(&m).map_err(|e| e.to_string())?;
     }
     let detail = format!("{:?}", m.state);
     print(

@@ -40,8 +40,11 @@ pub enum HaltReason {
     },
     /// Bytes that do not check out (CRC, record hash, chain link).
     Corruption(String),
-    /// Who the primary is cannot be decided (two primaries, a higher epoch elsewhere).
+    /// Who the primary is cannot be decided (two primaries, a proven higher epoch elsewhere).
     AuthorityAmbiguity(String),
+    /// This node's own log failed (a write or fsync error, or damage found while applying): it can no longer
+    /// prove what it serves, so it stops serving.
+    LogFailed(String),
 }
 
 impl std::fmt::Display for HaltReason {
@@ -66,6 +69,7 @@ impl std::fmt::Display for HaltReason {
             }
             HaltReason::Corruption(w) => write!(f, "Corruption: {w}"),
             HaltReason::AuthorityAmbiguity(w) => write!(f, "AuthorityAmbiguity: {w}"),
+            HaltReason::LogFailed(w) => write!(f, "LogFailed: {w}"),
         }
     }
 }
