@@ -96,6 +96,14 @@ pub struct EngineFigures {
     pub connected_to_primary: Option<bool>,
     /// Replica: records the primary reported beyond this node's tip.
     pub behind_primary: u64,
+    /// Replica hellos that claimed a newer epoch without proof (refused; the primary kept serving).
+    pub unproven_epoch_claims: u64,
+    /// Synchronous writes refused before their append (too few replicas).
+    pub sync_refused: u64,
+    /// Synchronous writes appended but not confirmed by enough replicas in time (answered OUTCOME_UNKNOWN).
+    pub sync_unconfirmed: u64,
+    /// 1 when the node stopped serving (a state change it could not persist, a halt, a failed-closed log).
+    pub not_serving: bool,
 }
 
 impl Metrics {
@@ -235,6 +243,31 @@ impl Metrics {
             "ha_write_block_active",
             "1 when synchronous writes are blocked because too few replicas are connected.",
             f64::from(u8::from(e.write_block_active)),
+        );
+        for (name, help, v) in [
+            (
+                "aerodb_unproven_epoch_claims_total",
+                "Replica hellos that claimed a newer epoch without a checkpoint of it signed by the log's key (refused).",
+                e.unproven_epoch_claims,
+            ),
+            (
+                "aerodb_sync_refused_total",
+                "Synchronous writes refused before their append because too few replicas were connected.",
+                e.sync_refused,
+            ),
+            (
+                "aerodb_sync_unconfirmed_total",
+                "Synchronous writes appended but not confirmed by enough replicas in time (OUTCOME_UNKNOWN).",
+                e.sync_unconfirmed,
+            ),
+        ] {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
+        }
+        gauge(
+            &mut out,
+            "aerodb_not_serving",
+            "1 when this node serves nothing (halted, failed closed, or fail-stopped); /v1/health answers 503.",
+            f64::from(u8::from(e.not_serving)),
         );
         gauge(
             &mut out,

@@ -945,6 +945,10 @@ impl Node {
             },
             connected_to_primary: (self.config.role == Role::Replica).then_some(follower.connected),
             behind_primary: follower.primary_commit_id.saturating_sub(commit_id),
+            unproven_epoch_claims: self.replicas.unproven_epoch_claims.load(AtomicOrdering::Relaxed),
+            sync_refused: self.replicas.sync_refused.load(AtomicOrdering::Relaxed),
+            sync_unconfirmed: self.replicas.sync_unconfirmed.load(AtomicOrdering::Relaxed),
+            not_serving: !self.health().2,
         }
     }
 }

@@ -123,6 +123,8 @@ impl pb::replication_server::Replication for ReplicationService {
                 )));
             }
             HelloDecision::Superseded { epoch } => {
+                // The welcome (with this node's older epoch) lets the replica halt on its side too.
+                let w = welcome(&node, CommitId(hello.commit_id).next());
                 node.observe(
                     Observation::PeerPrimary {
                         epoch: epoch.0,
@@ -135,11 +137,11 @@ impl pb::replication_server::Replication for ReplicationService {
                         hello.epoch_proof.as_deref().unwrap_or_default()
                     ),
                 );
-                return Err(ApiError::new(
-                    Code::Halted,
-                    format!("a newer term (epoch {}) is proven; this primary halted", epoch.0),
-                )
-                .to_status());
+                let w = w.map_err(|e| e.to_status())?;
+                let (tx, rx) = mpsc::channel::<Result<pb::PrimaryMessage, Status>>(1);
+                let _ = tx.send(msg(PMsg::Welcome(w))).await;
+                let stream: PrimaryStream = Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx));
+                return Ok(Response::new(stream));
             }
         };
         let welcome = welcome(&node, from).map_err(|e| e.to_status())?;
