@@ -698,6 +698,13 @@ impl Db {
         self.inner.state.read().latest.clone()
     }
 
+    /// The `index`-th signed checkpoint of the checkpoint log (0 = the oldest), if there is one: what a primary
+    /// streams to its replicas, in order, so a replica's checkpoint log is a copy of the primary's.
+    pub fn checkpoint_at(&self, index: usize) -> Option<SignedCheckpoint> {
+        let note = self.inner.checkpoints.lock().notes().get(index)?.clone();
+        SignedCheckpoint::verify(&note, &self.inner.verifier).ok()
+    }
+
     /// Every signed checkpoint, oldest first.
     pub fn checkpoints(&self) -> Vec<String> {
         self.inner.checkpoints.lock().notes().to_vec()
@@ -1443,7 +1450,8 @@ impl Inner {
         };
         // Nothing new: unless this term has not signed yet (a new primary's first checkpoint is its term proof,
         // even over a tree an older term already signed).
-        if let Some(l) = latest.filter(|l| l.checkpoint.size >= size && l.checkpoint.epoch >= self.opts.epoch) {
+        if let Some(l) = latest.filter(|l| l.checkpoint.size >= size && l.checkpoint.epoch >= self.opts.epoch)
+        {
             return Ok(l);
         }
         let signed = Checkpoint {

@@ -139,7 +139,11 @@ pub fn open_node(config: Config) -> Result<Node, String> {
             let cp = db
                 .checkpoint_now()
                 .map_err(|e| format!("signing the checkpoint that starts term {epoch}: {e}"))?;
-            tracing::info!(epoch, size = cp.checkpoint.size, "signed the checkpoint that starts this term");
+            tracing::info!(
+                epoch,
+                size = cp.checkpoint.size,
+                "signed the checkpoint that starts this term"
+            );
         }
     }
     // The writer fence (H-1): a fenced primary takes it before it serves, with its epoch as the token.

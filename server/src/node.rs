@@ -503,7 +503,12 @@ impl Node {
     /// After a write of `first..=last` returned: wakes the replication streams and, in synchronous mode, waits
     /// until enough replicas flushed it (blocking; call off the async runtime). Unconfirmed in time, it is
     /// `OUTCOME_UNKNOWN` with its CommitIds: it is durable here.
-    fn replicate(replicas: &Arc<Replicas>, first: u64, last: u64, timeout: std::time::Duration) -> ApiResult<()> {
+    fn replicate(
+        replicas: &Arc<Replicas>,
+        first: u64,
+        last: u64,
+        timeout: std::time::Duration,
+    ) -> ApiResult<()> {
         replicas.published(last);
         replicas
             .wait_flushed(last, timeout)
@@ -678,7 +683,12 @@ impl Node {
                 let receipts = db.append_many(&records)?;
                 fence.check_write(db)?;
                 let first = receipts.first().map_or(0, |r| r.commit_id);
-                Self::replicate(&replicas, first, receipts.last().map_or(0, |r| r.commit_id), timeout)?;
+                Self::replicate(
+                    &replicas,
+                    first,
+                    receipts.last().map_or(0, |r| r.commit_id),
+                    timeout,
+                )?;
                 Ok(receipts)
             })
             .await

@@ -556,7 +556,11 @@ async fn checkpoint_now(State(node): Shared, headers: HeaderMap, RawQuery(raw): 
 async fn health(State(node): Shared) -> Response {
     let (status, writable, serving) = node.health();
     let code = if serving { 200 } else { 503 };
-    finish(&node, code, Ok(json!({ "status": status, "writable": writable, "serving": serving })))
+    finish(
+        &node,
+        code,
+        Ok(json!({ "status": status, "writable": writable, "serving": serving })),
+    )
 }
 
 async fn ha_status(State(node): Shared, headers: HeaderMap) -> Response {

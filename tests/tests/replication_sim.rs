@@ -41,10 +41,10 @@ use aerodb_replication::{
     },
     role::HaltReason,
 };
-use aerodb_wal::{CommitId, Epoch};
-use std::{collections::BTreeMap, time::Duration};
 use aerodb_wal::fs::{CrashMode, Fs, MemFs, Tear, UnsyncedFate};
+use aerodb_wal::{CommitId, Epoch};
 use bytes::Bytes;
+use std::{collections::BTreeMap, time::Duration};
 
 const DIR: &str = "/node";
 const STEPS: usize = 120;
@@ -341,7 +341,10 @@ impl Sim {
         let last = receipts.last().unwrap().0;
         self.pending.extend(receipts.iter().copied());
         let deadline = self.now + Duration::from_millis(1000);
-        if let Some(done) = self.quorum.register(CommitId(last), deadline, Write::Appended(tag, receipts)) {
+        if let Some(done) = self
+            .quorum
+            .register(CommitId(last), deadline, Write::Appended(tag, receipts))
+        {
             self.settle_writes(vec![done]);
         }
     }
@@ -362,7 +365,10 @@ impl Sim {
                         .filter_map(|n| n.db.as_ref())
                         .filter(|db| db.record(last).unwrap().is_some_and(|r| r.hash == hash))
                         .count();
-                    assert!(holders >= 1, "write {tag} confirmed but no replica holds record {last}");
+                    assert!(
+                        holders >= 1,
+                        "write {tag} confirmed but no replica holds record {last}"
+                    );
                     self.pending.retain(|(c, _)| !receipts.iter().any(|r| r.0 == *c));
                     self.acked.extend(receipts);
                 }
@@ -380,7 +386,9 @@ impl Sim {
         let (settled, refused) = self.quorum.tick(self.now);
         self.settle_writes(settled);
         for (w, d) in refused {
-            let Write::Parked(tag, records) = w else { unreachable!() };
+            let Write::Parked(tag, records) = w else {
+                unreachable!()
+            };
             assert!(matches!(d, AdmissionDecision::Refuse { .. }));
             self.note(format!("write {tag} refused at its deadline, never appended"));
             self.refused.extend(tag + 1 - records.len() as u64..=tag);
@@ -402,15 +410,23 @@ impl Sim {
         let pdb = self.nodes[p].db.clone().unwrap();
         for r in 0..self.nodes.len() {
             let max = 1 + self.rng.below(1500) as usize;
-            let cp = pdb.latest_checkpoint();
+            let index = self.nodes[r]
+                .stream
+                .as_ref()
+                .map_or(0, |s| s.send.checkpoints_sent());
+            let cp = pdb.checkpoint_at(index);
             let view = View {
                 tip: CommitId(pdb.tip().unwrap().commit_id),
-                checkpoint: cp.as_ref().map(|c| (c.checkpoint.size, Epoch(c.checkpoint.epoch))),
+                checkpoint: cp
+                    .as_ref()
+                    .map(|c| (c.checkpoint.size, Epoch(c.checkpoint.epoch))),
                 may_write: true,
             };
             let now = self.now;
             let epoch = self.nodes[p].primary_epoch.unwrap();
-            let Some(s) = self.nodes[r].stream.as_mut() else { continue };
+            let Some(s) = self.nodes[r].stream.as_mut() else {
+                continue;
+            };
             match s.send.poll(&view, now) {
                 Next::Frames { from } => {
                     let frames = pdb.raw_frames(from.0, max).unwrap();
@@ -423,8 +439,7 @@ impl Sim {
                 }
                 Next::Checkpoint => {
                     let cp = cp.unwrap();
-                    s.send
-                        .checkpoint_sent((cp.checkpoint.size, Epoch(cp.checkpoint.epoch)), now);
+                    s.send.checkpoint_sent(now);
                     s.wire.push_back(Msg::Checkpoint(cp.note));
                 }
                 Next::Heartbeat => {
@@ -490,7 +505,13 @@ impl Sim {
                 }
                 return;
             }
-            Msg::Heartbeat(epoch) => match n.stream.as_mut().unwrap().follower.on_heartbeat(Epoch(epoch), now) {
+            Msg::Heartbeat(epoch) => match n
+                .stream
+                .as_mut()
+                .unwrap()
+                .follower
+                .on_heartbeat(Epoch(epoch), now)
+            {
                 Ok(ack) => ack,
                 Err(End::Halt(reason)) => return self.halt(r, reason),
                 Err(End::Retry(why)) => panic!("replica {r}: {why}"),
@@ -763,7 +784,10 @@ impl Sim {
                     continue;
                 }
                 let frames = pdb
-                    .raw_frames(self.nodes[r].stream.as_ref().unwrap().send.next_commit().0, usize::MAX)
+                    .raw_frames(
+                        self.nodes[r].stream.as_ref().unwrap().send.next_commit().0,
+                        usize::MAX,
+                    )
                     .unwrap();
                 if let Err(e) = self.nodes[r].applier.as_mut().unwrap().apply(&frames) {
                     panic!("replica {r} failed to catch up: {e}");
@@ -806,7 +830,9 @@ impl Sim {
         while from <= tip {
             let recs = db.records(from, 1000).unwrap();
             for r in &recs {
-                let Payload::Event(b) = &r.record.payload else { continue };
+                let Payload::Event(b) = &r.record.payload else {
+                    continue;
+                };
                 let tag: u64 = std::str::from_utf8(&b[1..9]).unwrap().parse().unwrap();
                 assert!(
                     !self.refused.contains(&tag),
@@ -878,8 +904,19 @@ fn run(seed: u64) -> Result<Tally, String> {
             tenant_seq: 0,
             log: Vec::new(),
             now: Duration::ZERO,
-            quorum: Quorum::new(1, if seed % 2 == 0 { SyncWait::Block } else { SyncWait::Fail }),
-            mode: if seed % 2 == 0 { SyncWait::Block } else { SyncWait::Fail },
+            quorum: Quorum::new(
+                1,
+                if seed % 2 == 0 {
+                    SyncWait::Block
+                } else {
+                    SyncWait::Fail
+                },
+            ),
+            mode: if seed % 2 == 0 {
+                SyncWait::Block
+            } else {
+                SyncWait::Fail
+            },
             next_stream: 0,
             refused: Vec::new(),
             unknown: 0,

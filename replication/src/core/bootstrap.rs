@@ -74,7 +74,10 @@ mod tests {
     #[test]
     fn the_configuration_bootstraps_but_never_promotes_a_replica_or_lowers_an_epoch() {
         let mut m = RoleMachine::default();
-        assert_eq!(bootstrap(&mut m, &Configured::Primary, Epoch(2)).unwrap(), Start::Serving);
+        assert_eq!(
+            bootstrap(&mut m, &Configured::Primary, Epoch(2)).unwrap(),
+            Start::Serving
+        );
         assert_eq!(m.state, State::PrimaryActive { epoch: 2 });
         assert!(bootstrap(&mut m, &Configured::Primary, Epoch(1)).is_err());
         bootstrap(&mut m, &Configured::Primary, Epoch(3)).unwrap();
@@ -88,6 +91,9 @@ mod tests {
         m.observe(super::super::role::Observation::Halt(
             super::super::role::HaltReason::LogFailed("disk".into()),
         ));
-        assert_eq!(bootstrap(&mut m, &Configured::Primary, Epoch(9)).unwrap(), Start::Halted);
+        assert_eq!(
+            bootstrap(&mut m, &Configured::Primary, Epoch(9)).unwrap(),
+            Start::Halted
+        );
     }
 }

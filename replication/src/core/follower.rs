@@ -313,7 +313,10 @@ mod tests {
         );
         assert_eq!(f.epoch_ceiling(), Some(Epoch(3)));
         let back = f.on_welcome(&welcome(2, &vk, None, None), &v, 4096, Duration::ZERO);
-        assert!(matches!(back, Err(End::Halt(HaltReason::EpochRegression { last: 3, got: 2 }))));
+        assert!(matches!(
+            back,
+            Err(End::Halt(HaltReason::EpochRegression { last: 3, got: 2 }))
+        ));
     }
 
     #[test]
@@ -336,7 +339,10 @@ mod tests {
         };
         let mut f = Follower::new(tip, Epoch(1), Duration::ZERO);
         let fork = f.on_welcome(&welcome(1, &vk, None, Some([5; 32])), &v, 4096, Duration::ZERO);
-        assert!(matches!(fork, Err(End::Halt(HaltReason::Fork { commit_id: 4, .. }))));
+        assert!(matches!(
+            fork,
+            Err(End::Halt(HaltReason::Fork { commit_id: 4, .. }))
+        ));
         let shorter = f.on_welcome(&welcome(1, &vk, None, None), &v, 4096, Duration::ZERO);
         assert!(matches!(shorter, Err(End::Halt(HaltReason::Fork { theirs, .. })) if theirs == [0; 32]));
         assert!(f

@@ -73,7 +73,8 @@ pub fn on_hello(own: Option<Epoch>, hello: &Hello<'_>, key: &VerifierKey) -> Hel
 pub struct View {
     /// The applied (and durable) tip: frames up to it may be sent.
     pub tip: CommitId,
-    /// The newest checkpoint: (size, epoch).
+    /// The primary's checkpoint at index [`Stream::checkpoints_sent`] of its checkpoint log, if it has one:
+    /// (size, epoch). Checkpoints go out in log order, every one, so a replica's log is a copy of the primary's.
     pub checkpoint: Option<(u64, Epoch)>,
     /// Whether this node is still the writable primary.
     pub may_write: bool,
@@ -87,7 +88,7 @@ pub enum Next {
         /// The first CommitId to send.
         from: CommitId,
     },
-    /// Send the newest checkpoint (then [`Stream::checkpoint_sent`]).
+    /// Send the checkpoint the view showed (then [`Stream::checkpoint_sent`]).
     Checkpoint,
     /// Send a heartbeat (then [`Stream::heartbeat_sent`]).
     Heartbeat,
@@ -130,7 +131,7 @@ pub struct Lag {
 #[derive(Clone, Debug)]
 pub struct Stream {
     next: CommitId,
-    checkpoint_sent: Option<(u64, Epoch)>,
+    checkpoints_sent: usize,
     connected_at: Duration,
     last_heard: Duration,
     last_sent: Duration,
@@ -146,7 +147,7 @@ impl Stream {
     pub fn new(from: CommitId, now: Duration) -> Self {
         Self {
             next: from,
-            checkpoint_sent: None,
+            checkpoints_sent: 0,
             connected_at: now,
             last_heard: now,
             last_sent: now,
@@ -163,6 +164,12 @@ impl Stream {
         self.next
     }
 
+    /// How many of the primary's checkpoints (in log order) went out: the index of the next one to send.
+    #[must_use]
+    pub fn checkpoints_sent(&self) -> usize {
+        self.checkpoints_sent
+    }
+
     /// What to do now.
     #[must_use]
     pub fn poll(&self, view: &View, now: Duration) -> Next {
@@ -176,11 +183,10 @@ impl Stream {
                 silent.as_millis()
             ));
         }
-        // A checkpoint once the replica has been sent everything it covers; newer means a larger tree, or the
-        // same tree signed in a newer term (the term proof a new primary signs at once).
+        // The next checkpoint once the replica has been sent everything it covers (a term proof over a tree
+        // already sent goes out at once).
         if let Some(cp) = view.checkpoint {
-            let newer = self.checkpoint_sent.is_none_or(|s| cp > s);
-            if newer && cp.0 < self.next.0 {
+            if cp.0 < self.next.0 {
                 return Next::Checkpoint;
             }
         }
@@ -206,9 +212,9 @@ impl Stream {
         self.sent.push_back(Sent { last, bytes, at: now });
     }
 
-    /// The checkpoint `(size, epoch)` went out.
-    pub fn checkpoint_sent(&mut self, cp: (u64, Epoch), now: Duration) {
-        self.checkpoint_sent = Some(cp);
+    /// The checkpoint the view showed went out.
+    pub fn checkpoint_sent(&mut self, now: Duration) {
+        self.checkpoints_sent += 1;
         self.last_sent = now;
     }
 
@@ -218,7 +224,13 @@ impl Stream {
     }
 
     /// An ack arrived (positions never go back). Returns the apply lags of the batches it completes.
-    pub fn on_ack(&mut self, written: CommitId, flushed: CommitId, applied: CommitId, now: Duration) -> Vec<Duration> {
+    pub fn on_ack(
+        &mut self,
+        written: CommitId,
+        flushed: CommitId,
+        applied: CommitId,
+        now: Duration,
+    ) -> Vec<Duration> {
         self.last_heard = now;
         self.written = self.written.max(written);
         self.flushed = self.flushed.max(flushed);
@@ -247,7 +259,10 @@ impl Stream {
             applied: self.applied,
             records: tip.0.saturating_sub(self.applied.0),
             bytes: self.sent.iter().map(|s| s.bytes).sum(),
-            oldest: self.sent.front().map_or(Duration::ZERO, |s| now.saturating_sub(s.at)),
+            oldest: self
+                .sent
+                .front()
+                .map_or(Duration::ZERO, |s| now.saturating_sub(s.at)),
             connected: now.saturating_sub(self.connected_at),
         }
     }
@@ -307,21 +322,31 @@ mod tests {
     fn frames_then_checkpoints_then_heartbeats() {
         let t0 = Duration::ZERO;
         let mut s = Stream::new(CommitId(1), t0);
-        assert_eq!(s.poll(&view(3, Some((2, 1))), t0), Next::Frames { from: CommitId(1) });
+        assert_eq!(
+            s.poll(&view(3, Some((2, 1))), t0),
+            Next::Frames { from: CommitId(1) }
+        );
         s.frames_sent(CommitId(3), 300, t0);
         assert_eq!(s.poll(&view(3, Some((2, 1))), t0), Next::Checkpoint);
-        s.checkpoint_sent((2, Epoch(1)), t0);
-        assert_eq!(s.poll(&view(3, Some((2, 1))), t0), Next::Idle { until: HEARTBEAT });
-        // The same tree signed in a newer term is sent too.
+        s.checkpoint_sent(t0);
+        assert_eq!(s.checkpoints_sent(), 1);
+        assert_eq!(s.poll(&view(3, None), t0), Next::Idle { until: HEARTBEAT });
+        // The same tree signed in a newer term is the next checkpoint: it goes out too.
         assert_eq!(s.poll(&view(3, Some((2, 2))), t0), Next::Checkpoint);
-        s.checkpoint_sent((2, Epoch(2)), t0);
+        s.checkpoint_sent(t0);
         // A checkpoint of records not yet sent waits for them.
-        assert_eq!(s.poll(&view(5, Some((5, 2))), t0), Next::Frames { from: CommitId(4) });
+        assert_eq!(
+            s.poll(&view(5, Some((5, 2))), t0),
+            Next::Frames { from: CommitId(4) }
+        );
         assert_eq!(s.poll(&view(3, None), HEARTBEAT), Next::Heartbeat);
         let lags = s.on_ack(CommitId(3), CommitId(3), CommitId(3), Duration::from_millis(7));
         assert_eq!(lags, vec![Duration::from_millis(7)]);
         assert_eq!(s.lag(CommitId(5), Duration::from_millis(7)).records, 2);
-        assert!(matches!(s.poll(&view(3, None), Duration::from_secs(6)), Next::End(_)));
+        assert!(matches!(
+            s.poll(&view(3, None), Duration::from_secs(6)),
+            Next::End(_)
+        ));
         let mut stopped = view(3, None);
         stopped.may_write = false;
         assert!(matches!(s.poll(&stopped, Duration::from_millis(8)), Next::End(_)));

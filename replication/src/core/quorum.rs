@@ -102,7 +102,7 @@ pub struct Quorum<W> {
     required: usize,
     mode: SyncWait,
     replicas: BTreeMap<ReplicaId, Position>,
-    /// Appended writes, in the order registered (CommitIds increase).
+    /// Appended writes, ordered by CommitId.
     waiting: VecDeque<Waiter<W>>,
     /// Writes parked before their append (block mode), in arrival order.
     parked: VecDeque<(Duration, W)>,
@@ -182,15 +182,16 @@ impl<W> Quorum<W> {
             let s = self.unconfirmed(commit);
             return Some((token, s));
         }
-        debug_assert!(
-            self.waiting.back().is_none_or(|w| w.commit <= commit),
-            "writes register in CommitId order"
+        // Kept in CommitId order: concurrent committers may register their batches in either order.
+        let at = self.waiting.partition_point(|w| w.commit <= commit);
+        self.waiting.insert(
+            at,
+            Waiter {
+                commit,
+                deadline,
+                token,
+            },
         );
-        self.waiting.push_back(Waiter {
-            commit,
-            deadline,
-            token,
-        });
         None
     }
 
@@ -209,7 +210,10 @@ impl<W> Quorum<W> {
         if self.blocked() {
             return Vec::new();
         }
-        self.parked.drain(..).map(|(_, w)| (w, AdmissionDecision::Go)).collect()
+        self.parked
+            .drain(..)
+            .map(|(_, w)| (w, AdmissionDecision::Go))
+            .collect()
     }
 
     /// A replica acknowledged `flushed` (positions never go back). Returns the writes now confirmed.
@@ -315,7 +319,10 @@ mod tests {
         assert!(q.ack(1, CommitId(9)).is_empty(), "one of two is not enough");
         assert_eq!(q.ack(2, CommitId(8)), vec![("w7", Settled::Confirmed)]);
         assert_eq!(q.ack(2, CommitId(9)), vec![("w9", Settled::Confirmed)]);
-        assert_eq!(q.register(CommitId(9), MS, "again"), Some(("again", Settled::Confirmed)));
+        assert_eq!(
+            q.register(CommitId(9), MS, "again"),
+            Some(("again", Settled::Confirmed))
+        );
     }
 
     #[test]
@@ -372,8 +379,24 @@ mod tests {
         let (s, _) = q.tick(30 * MS);
         assert!(matches!(
             s.as_slice(),
-            [("c", Settled::Unconfirmed { commit_id: CommitId(4), .. })]
+            [(
+                "c",
+                Settled::Unconfirmed {
+                    commit_id: CommitId(4),
+                    ..
+                }
+            )]
         ));
+    }
+
+    #[test]
+    fn writes_registered_out_of_commit_order_are_confirmed_in_order() {
+        let mut q = Quorum::new(1, SyncWait::Block);
+        q.connect(1);
+        assert!(q.register(CommitId(9), MS, "b").is_none());
+        assert!(q.register(CommitId(5), MS, "a").is_none());
+        assert_eq!(q.ack(1, CommitId(5)), vec![("a", Settled::Confirmed)]);
+        assert_eq!(q.ack(1, CommitId(9)), vec![("b", Settled::Confirmed)]);
     }
 
     #[test]

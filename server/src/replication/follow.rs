@@ -53,9 +53,15 @@ struct Credentials {
 
 fn credentials(node: &Node) -> Result<Credentials, String> {
     let c = &node.config;
-    let read = |p: &std::path::Path, what: &str| std::fs::read(p).map_err(|e| format!("reading {what} {}: {e}", p.display()));
+    let read = |p: &std::path::Path, what: &str| {
+        std::fs::read(p).map_err(|e| format!("reading {what} {}: {e}", p.display()))
+    };
     let token = match &c.primary_token_file {
-        Some(p) => Some(String::from_utf8_lossy(&read(p, "the replicator token")?).trim().to_owned()),
+        Some(p) => Some(
+            String::from_utf8_lossy(&read(p, "the replicator token")?)
+                .trim()
+                .to_owned(),
+        ),
         None => None,
     };
     let ca = match &c.primary_ca_cert {
@@ -63,7 +69,10 @@ fn credentials(node: &Node) -> Result<Credentials, String> {
         None => None,
     };
     let identity = match &c.primary_client_identity {
-        Some((cert, key)) => Some((read(cert, "the client certificate")?, read(key, "the client key")?)),
+        Some((cert, key)) => Some((
+            read(cert, "the client certificate")?,
+            read(key, "the client key")?,
+        )),
         None => None,
     };
     Ok(Credentials { token, ca, identity })
@@ -149,7 +158,9 @@ async fn connect(url: &str, creds: &Credentials) -> Result<tonic::transport::Cha
         if let Some((cert, key)) = &creds.identity {
             tls = tls.identity(tonic::transport::Identity::from_pem(cert, key));
         }
-        endpoint.tls_config(tls).map_err(|e| format!("TLS to {url}: {e}"))?
+        endpoint
+            .tls_config(tls)
+            .map_err(|e| format!("TLS to {url}: {e}"))?
     };
     endpoint
         .connect()
@@ -171,7 +182,12 @@ async fn send_ack(out: &mpsc::Sender<pb::ReplicaMessage>, ack: Ack) -> Result<()
 }
 
 /// One stream: connect, handshake, apply until it ends.
-async fn stream_once(node: &Arc<Node>, url: &str, creds: &Credentials, applier: &Arc<Mutex<Applier>>) -> StreamEnd {
+async fn stream_once(
+    node: &Arc<Node>,
+    url: &str,
+    creds: &Credentials,
+    applier: &Arc<Mutex<Applier>>,
+) -> StreamEnd {
     let channel = match connect(url, creds).await {
         Ok(c) => c,
         Err(e) => return StreamEnd::Retry(e),
@@ -234,7 +250,12 @@ async fn stream_once(node: &Arc<Node>, url: &str, creds: &Credentials, applier: 
             .and_then(|h| <[u8; 32]>::try_from(h).ok()),
         epoch_proof: w.epoch_proof.as_deref(),
     };
-    let following = match follower.on_welcome(&welcome, &node.db.verifier_key(), node.db.segment_bytes(), now()) {
+    let following = match follower.on_welcome(
+        &welcome,
+        &node.db.verifier_key(),
+        node.db.segment_bytes(),
+        now(),
+    ) {
         Ok(f) => f,
         Err(End::Halt(reason)) => {
             let evidence = format!(
@@ -266,7 +287,12 @@ async fn stream_once(node: &Arc<Node>, url: &str, creds: &Credentials, applier: 
         s.last_error.clear();
     }
     tracing::info!(primary = %w.node_id, %url, epoch = w.epoch, tip = tip.commit_id, "following");
-    let ctx = Ctx { node, url, primary: &w.node_id, applier };
+    let ctx = Ctx {
+        node,
+        url,
+        primary: &w.node_id,
+        applier,
+    };
     follow_stream(&ctx, &mut follower, &mut inbound, &out_tx, &now).await
 }
 
@@ -319,7 +345,8 @@ async fn follow_stream(
                 match follower.on_checkpoint(size, now()) {
                     Ok(()) => {}
                     Err(End::Halt(reason)) => {
-                        let evidence = format!("checkpoint from primary {} at {}:\n{note}", ctx.primary, ctx.url);
+                        let evidence =
+                            format!("checkpoint from primary {} at {}:\n{note}", ctx.primary, ctx.url);
                         return halt(ctx.node, reason, &evidence);
                     }
                     Err(e) => return e.into(),
@@ -329,8 +356,11 @@ async fn follow_stream(
                 match tokio::task::spawn_blocking(move || db.add_checkpoint(&n)).await {
                     Ok(Ok(_)) => Ok(()),
                     Ok(Err(e)) => {
-                        let reason = HaltReason::Corruption(format!("a checkpoint from the primary does not check: {e}"));
-                        let evidence = format!("checkpoint from primary {} at {}:\n{note}", ctx.primary, ctx.url);
+                        let reason = HaltReason::Corruption(format!(
+                            "a checkpoint from the primary does not check: {e}"
+                        ));
+                        let evidence =
+                            format!("checkpoint from primary {} at {}:\n{note}", ctx.primary, ctx.url);
                         return halt(ctx.node, reason, &evidence);
                     }
                     Err(e) => return StreamEnd::Retry(format!("checkpoint task failed: {e}")),
@@ -347,7 +377,9 @@ async fn follow_stream(
                     Err(e) => return e.into(),
                 }
             }
-            Some(PMsg::Welcome(_)) | None => Err(StreamEnd::Retry("unexpected message from the primary".into())),
+            Some(PMsg::Welcome(_)) | None => {
+                Err(StreamEnd::Retry("unexpected message from the primary".into()))
+            }
         };
         if let Err(end) = sent {
             return end;
@@ -407,7 +439,8 @@ async fn apply_gathered(
                 .iter()
                 .find(|f| {
                     // The first frame past the tip, or the first that does not even decode.
-                    aerodb_wal::format::decode_frame_header(f, usize::MAX).map_or(true, |h| h.commit_id.0 > tip.commit_id)
+                    aerodb_wal::format::decode_frame_header(f, usize::MAX)
+                        .map_or(true, |h| h.commit_id.0 > tip.commit_id)
                 })
                 .map(|f| hex(&f[..f.len().min(256)]))
                 .unwrap_or_default();

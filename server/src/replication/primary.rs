@@ -140,6 +140,14 @@ impl pb::replication_server::Replication for ReplicationService {
                 let w = w.map_err(|e| e.to_status())?;
                 let (tx, rx) = mpsc::channel::<Result<pb::PrimaryMessage, Status>>(1);
                 let _ = tx.send(msg(PMsg::Welcome(w))).await;
+                // The stream stays open until the replica has read the welcome and gone (or a few seconds).
+                tokio::spawn(async move {
+                    let _ = tokio::time::timeout(aerodb_replication::core::primary::SILENCE, async {
+                        while let Ok(Some(_)) = inbound.message().await {}
+                    })
+                    .await;
+                    drop(tx);
+                });
                 let stream: PrimaryStream = Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx));
                 return Ok(Response::new(stream));
             }
@@ -237,8 +245,12 @@ async fn send_log(
             return "the node is shutting down".into();
         }
         let tip = CommitId(node.db.tip().map_or(0, |t| t.commit_id));
-        // The checkpoint the view shows is the one sent, so it never covers frames not yet sent.
-        let checkpoint = node.db.latest_checkpoint();
+        // The checkpoint the view shows is the one sent (the next in log order), so it never covers frames not
+        // yet sent.
+        let Some(index) = node.replicas.with_stream(id, |s| s.checkpoints_sent()) else {
+            return "the replica was forgotten".into();
+        };
+        let checkpoint = node.db.checkpoint_at(index);
         let view = View {
             tip,
             checkpoint: checkpoint
@@ -269,9 +281,8 @@ async fn send_log(
             },
             Next::Checkpoint => {
                 let Some(cp) = checkpoint else { continue };
-                let c = (cp.checkpoint.size, Epoch(cp.checkpoint.epoch));
                 let now = node.replicas.now();
-                node.replicas.with_stream(id, |s| s.checkpoint_sent(c, now));
+                node.replicas.with_stream(id, |s| s.checkpoint_sent(now));
                 deliver(tx, PMsg::Checkpoint(cp.note)).await
             }
             Next::Heartbeat => {

@@ -342,10 +342,7 @@ impl Replicas {
             let mut r = self.reg.lock();
             match r.quorum.admit() {
                 Admission::Go => return Ok(()),
-                Admission::Refuse {
-                    connected,
-                    required,
-                } => {
+                Admission::Refuse { connected, required } => {
                     drop(r);
                     return Err(self.refused(connected, required, None));
                 }
@@ -360,10 +357,9 @@ impl Replicas {
         self.wake_expiry();
         match rx.await {
             Ok(AdmissionDecision::Go) => Ok(()),
-            Ok(AdmissionDecision::Refuse {
-                connected,
-                required,
-            }) => Err(self.refused(connected, required, Some(timeout))),
+            Ok(AdmissionDecision::Refuse { connected, required }) => {
+                Err(self.refused(connected, required, Some(timeout)))
+            }
             Err(_) => Err(ApiError::new(Code::Unavailable, "the node is shutting down")),
         }
     }
@@ -441,9 +437,10 @@ impl Replicas {
         let (settled, refused) = r.quorum.tick(self.now());
         if settled.is_empty() && refused.is_empty() {
             let next = r.quorum.next_deadline().map(|d| self.instant(d));
-            let _ = self
-                .expiry
-                .wait_until(&mut r, next.unwrap_or_else(|| Instant::now() + Duration::from_secs(1)));
+            let _ = self.expiry.wait_until(
+                &mut r,
+                next.unwrap_or_else(|| Instant::now() + Duration::from_secs(1)),
+            );
             return;
         }
         drop(r);
