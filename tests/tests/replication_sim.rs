@@ -906,13 +906,13 @@ fn run(seed: u64) -> Result<Tally, String> {
             now: Duration::ZERO,
             quorum: Quorum::new(
                 1,
-                if seed % 2 == 0 {
+                if seed.is_multiple_of(2) {
                     SyncWait::Block
                 } else {
                     SyncWait::Fail
                 },
             ),
-            mode: if seed % 2 == 0 {
+            mode: if seed.is_multiple_of(2) {
                 SyncWait::Block
             } else {
                 SyncWait::Fail

@@ -95,6 +95,9 @@ struct Waiter<W> {
     token: W,
 }
 
+/// What [`Quorum::tick`] found due: appended writes settled (unconfirmed), parked writes refused.
+pub type Expired<W> = (Vec<(W, Settled)>, Vec<(W, AdmissionDecision)>);
+
 /// The quorum: replicas' flushed positions, appended writes waiting for them, and writes parked before their
 /// append. `W` is the edge's handle for a write (whatever it needs to answer the client).
 #[derive(Debug)]
@@ -251,7 +254,7 @@ impl<W> Quorum<W> {
 
     /// The time is `now`: appended writes past their deadline are settled unconfirmed, parked writes past theirs
     /// are refused.
-    pub fn tick(&mut self, now: Duration) -> (Vec<(W, Settled)>, Vec<(W, AdmissionDecision)>) {
+    pub fn tick(&mut self, now: Duration) -> Expired<W> {
         let mut settled = Vec::new();
         let mut keep = VecDeque::with_capacity(self.waiting.len());
         for w in std::mem::take(&mut self.waiting) {
