@@ -1,6 +1,6 @@
 //! The replica's edge: keeps one stream open to the primary (reconnecting with backoff), hands every message to
 //! the core's [`Follower`] and carries out what it decides — apply frames through the
-//! [`Applier`](aerodb_replication::apply::Applier), send acks, halt with evidence, or retry.
+//! [`Applier`], send acks, halt with evidence, or retry.
 
 use std::{
     sync::Arc,

@@ -5,7 +5,7 @@
 //!
 //! - [`registry`]: the primary's connected replicas and the synchronous quorum (it does not know the node).
 //! - [`primary`]: the `aerodb.v1.Replication` service.
-//! - [`follow`]: the replica's stream to its primary.
+//! - [`mod@follow`]: the replica's stream to its primary.
 
 pub mod follow;
 pub mod primary;

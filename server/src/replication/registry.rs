@@ -1,6 +1,6 @@
 //! The primary's registry of connected replicas — the edge around two pieces of the pure core: one
-//! [`Stream`](aerodb_replication::core::primary::Stream) per replica (what to send, lag) and the
-//! [`Quorum`](aerodb_replication::core::quorum::Quorum) (synchronous commits). It holds the one clock of the
+//! [`Stream`] per replica (what to send, lag) and the
+//! [`Quorum`] (synchronous commits). It holds the one clock of the
 //! primary's side (`origin`), answers waiting writes, and runs the thread that passes deadlines to the quorum.
 //! It does not know the node: the node holds it, not the other way round.
 
