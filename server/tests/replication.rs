@@ -28,28 +28,7 @@ const SEGMENT: &str = "65536";
 
 /// Starts a replica of `primary` in `dir`, holding the log's signing key (copied from `key_from`).
 fn start_replica(dir: &Path, primary: &Server, key_from: &Path, extra: &[&str]) -> Server {
-    let data = dir.join("data");
-    std::fs::create_dir_all(&data).unwrap();
-    if !data.join("checkpoint.key").exists() {
-        std::fs::copy(key_from.join("checkpoint.key"), data.join("checkpoint.key")).unwrap();
-    }
-    let token = dir.join("replicator.token");
-    std::fs::write(&token, REPLICATOR).unwrap();
-    let url = format!("http://{}", primary.grpc);
-    let mut args = vec![
-        "--role",
-        "replica",
-        "--primary",
-        &url,
-        "--primary-token-file",
-        token.to_str().unwrap(),
-        "--segment-bytes",
-        SEGMENT,
-        "--node-id",
-        "replica-1",
-    ];
-    args.extend_from_slice(extra);
-    start(dir, &args)
+    start_replica_with(dir, primary, key_from, SEGMENT, extra)
 }
 
 fn ha(s: &Server) -> serde_json::Value {

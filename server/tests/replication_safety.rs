@@ -183,27 +183,7 @@ async fn a_write_the_replicas_do_not_confirm_is_outcome_unknown_with_its_commit_
 }
 
 fn start_replica(dir: &Path, primary: &Server, key_from: &Path) -> Server {
-    let data = dir.join("data");
-    std::fs::create_dir_all(&data).unwrap();
-    std::fs::copy(key_from.join("checkpoint.key"), data.join("checkpoint.key")).unwrap();
-    let token = dir.join("replicator.token");
-    std::fs::write(&token, REPLICATOR).unwrap();
-    let url = format!("http://{}", primary.grpc);
-    start(
-        dir,
-        &[
-            "--role",
-            "replica",
-            "--primary",
-            &url,
-            "--primary-token-file",
-            token.to_str().unwrap(),
-            "--segment-bytes",
-            SEGMENT,
-            "--node-id",
-            "replica-1",
-        ],
-    )
+    start_replica_with(dir, primary, key_from, SEGMENT, &[])
 }
 
 /// Opens a replication stream with `hello` and returns the first answer (a Welcome, or the refusal).

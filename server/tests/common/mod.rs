@@ -82,6 +82,40 @@ pub fn refuse(dir: &Path, extra: &[&str]) -> String {
     String::from_utf8_lossy(&out.stderr).to_string()
 }
 
+/// Starts a replica of `primary` in `dir` with WAL segments of `segment` bytes, holding the log's signing key
+/// (copied from `key_from` before its first start) and a replicator token.
+pub fn start_replica_with(
+    dir: &Path,
+    primary: &Server,
+    key_from: &Path,
+    segment: &str,
+    extra: &[&str],
+) -> Server {
+    let data = dir.join("data");
+    std::fs::create_dir_all(&data).expect("create the replica's data directory");
+    if !data.join("checkpoint.key").exists() {
+        std::fs::copy(key_from.join("checkpoint.key"), data.join("checkpoint.key"))
+            .expect("copy the log key");
+    }
+    let token = dir.join("replicator.token");
+    std::fs::write(&token, REPLICATOR).expect("write the replicator token");
+    let url = format!("http://{}", primary.grpc);
+    let mut args = vec![
+        "--role",
+        "replica",
+        "--primary",
+        &url,
+        "--primary-token-file",
+        token.to_str().expect("UTF-8 path"),
+        "--segment-bytes",
+        segment,
+        "--node-id",
+        "replica-1",
+    ];
+    args.extend_from_slice(extra);
+    start(dir, &args)
+}
+
 /// A running server; killed (SIGKILL) on drop unless stopped first.
 pub struct Server {
     pub child: Option<Child>,
