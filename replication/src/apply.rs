@@ -123,7 +123,7 @@ impl Applier {
                             let body_of =
                                 |f: &[u8]| record::record_hash(&f[aerodb_wal::format::FRAME_HEADER_LEN..]);
                             failure = Some(HaltReason::Fork {
-                                commit_id,
+                                commit_id: aerodb_wal::CommitId(commit_id),
                                 ours: body_of(&ours),
                                 theirs: if raw.len() >= aerodb_wal::format::FRAME_HEADER_LEN {
                                     body_of(raw)

@@ -62,14 +62,14 @@ pub fn check_frame(tip: &Tip, raw: &[u8], max_body: usize) -> Result<Verdict, Ha
     }
     if commit != tip.commit_id + 1 {
         return Err(HaltReason::Gap {
-            expected: tip.commit_id + 1,
-            got: commit,
+            expected: aerodb_wal::CommitId(tip.commit_id + 1),
+            got: aerodb_wal::CommitId(commit),
         });
     }
     if h.epoch.0 < tip.epoch {
         return Err(HaltReason::EpochRegression {
-            last: tip.epoch,
-            got: h.epoch.0,
+            last: aerodb_wal::Epoch(tip.epoch),
+            got: h.epoch,
         });
     }
     let rec = decode_header(body).map_err(|e| HaltReason::Corruption(format!("record {commit}: {e}")))?;
@@ -82,7 +82,7 @@ pub fn check_frame(tip: &Tip, raw: &[u8], max_body: usize) -> Result<Verdict, Ha
     if rec.prev_hash != tip.record_hash {
         // The primary's record before this one is not the one we hold there.
         return Err(HaltReason::Fork {
-            commit_id: tip.commit_id,
+            commit_id: aerodb_wal::CommitId(tip.commit_id),
             ours: tip.record_hash,
             theirs: rec.prev_hash,
         });

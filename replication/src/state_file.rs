@@ -11,7 +11,10 @@
 
 use std::path::{Path, PathBuf};
 
-use aerodb_wal::fs::{read_exact_at, Fs, OpenMode};
+use aerodb_wal::{
+    fs::{read_exact_at, Fs, OpenMode},
+    CommitId, Epoch,
+};
 
 use crate::{
     role::{HaltReason, RoleMachine, State},
@@ -54,11 +57,11 @@ fn put_state(out: &mut Vec<u8>, s: &State) {
         State::Uninitialized => out.push(0),
         State::PrimaryActive { epoch } => {
             out.push(1);
-            out.extend_from_slice(&epoch.to_le_bytes());
+            out.extend_from_slice(&epoch.0.to_le_bytes());
         }
         State::ReplicaActive { epoch, primary } => {
             out.push(2);
-            out.extend_from_slice(&epoch.to_le_bytes());
+            out.extend_from_slice(&epoch.0.to_le_bytes());
             put_str(out, primary);
         }
         State::ReplicationHalted { reason, from } => {
@@ -66,8 +69,8 @@ fn put_state(out: &mut Vec<u8>, s: &State) {
             match reason {
                 HaltReason::Gap { expected, got } => {
                     out.push(0);
-                    out.extend_from_slice(&expected.to_le_bytes());
-                    out.extend_from_slice(&got.to_le_bytes());
+                    out.extend_from_slice(&expected.0.to_le_bytes());
+                    out.extend_from_slice(&got.0.to_le_bytes());
                 }
                 HaltReason::Fork {
                     commit_id,
@@ -75,14 +78,14 @@ fn put_state(out: &mut Vec<u8>, s: &State) {
                     theirs,
                 } => {
                     out.push(1);
-                    out.extend_from_slice(&commit_id.to_le_bytes());
+                    out.extend_from_slice(&commit_id.0.to_le_bytes());
                     out.extend_from_slice(ours);
                     out.extend_from_slice(theirs);
                 }
                 HaltReason::EpochRegression { last, got } => {
                     out.push(2);
-                    out.extend_from_slice(&last.to_le_bytes());
-                    out.extend_from_slice(&got.to_le_bytes());
+                    out.extend_from_slice(&last.0.to_le_bytes());
+                    out.extend_from_slice(&got.0.to_le_bytes());
                 }
                 HaltReason::Corruption(w) => {
                     out.push(3);
@@ -114,7 +117,7 @@ pub fn encode(m: &RoleMachine) -> Vec<u8> {
     let mut out = Vec::with_capacity(28 + body.len());
     out.extend_from_slice(&MAGIC);
     out.extend_from_slice(&VERSION.to_le_bytes());
-    out.extend_from_slice(&m.highest_epoch.to_le_bytes());
+    out.extend_from_slice(&m.highest_epoch.0.to_le_bytes());
     out.extend_from_slice(&(body.len() as u32).to_le_bytes());
     out.extend_from_slice(&body);
     let crc = crc32fast::hash(&out);
@@ -161,25 +164,27 @@ impl Reader<'_> {
     fn state(&mut self, nested: bool) -> Result<State, Malformed> {
         Ok(match self.u8()? {
             0 => State::Uninitialized,
-            1 => State::PrimaryActive { epoch: self.u64()? },
+            1 => State::PrimaryActive {
+                epoch: Epoch(self.u64()?),
+            },
             2 => State::ReplicaActive {
-                epoch: self.u64()?,
+                epoch: Epoch(self.u64()?),
                 primary: self.str()?,
             },
             3 if !nested => {
                 let reason = match self.u8()? {
                     0 => HaltReason::Gap {
-                        expected: self.u64()?,
-                        got: self.u64()?,
+                        expected: CommitId(self.u64()?),
+                        got: CommitId(self.u64()?),
                     },
                     1 => HaltReason::Fork {
-                        commit_id: self.u64()?,
+                        commit_id: CommitId(self.u64()?),
                         ours: self.hash()?,
                         theirs: self.hash()?,
                     },
                     2 => HaltReason::EpochRegression {
-                        last: self.u64()?,
-                        got: self.u64()?,
+                        last: Epoch(self.u64()?),
+                        got: Epoch(self.u64()?),
                     },
                     3 => HaltReason::Corruption(self.str()?),
                     4 => HaltReason::AuthorityAmbiguity(self.str()?),
@@ -225,7 +230,10 @@ pub fn decode(b: &[u8]) -> Result<RoleMachine, Malformed> {
     if !r.0.is_empty() {
         return Err(bad(format!("{} trailing bytes", r.0.len())));
     }
-    Ok(RoleMachine { state, highest_epoch })
+    Ok(RoleMachine {
+        state,
+        highest_epoch: Epoch(highest_epoch),
+    })
 }
 
 /// The role file of a data directory.

@@ -101,7 +101,10 @@ fn every_failure_halts_with_its_reason() {
     let t = tip_at(5);
     assert_eq!(
         check_frame(&t, &a[6], MAX),
-        Err(HaltReason::Gap { expected: 6, got: 7 })
+        Err(HaltReason::Gap {
+            expected: CommitId(6),
+            got: CommitId(7)
+        })
     );
     // A resent frame is handed back for comparison.
     assert_eq!(
@@ -137,7 +140,7 @@ fn every_failure_halts_with_its_reason() {
     assert_eq!(
         check_frame(&t, &b[5], MAX),
         Err(HaltReason::Fork {
-            commit_id: 5,
+            commit_id: CommitId(5),
             ours: t.record_hash,
             theirs: {
                 let bt = replay(&b[..5]).unwrap();
@@ -150,6 +153,9 @@ fn every_failure_halts_with_its_reason() {
     assert_eq!(t.epoch, 2);
     assert_eq!(
         check_frame(&t, &late[12], MAX),
-        Err(HaltReason::EpochRegression { last: 2, got: 1 })
+        Err(HaltReason::EpochRegression {
+            last: aerodb_wal::Epoch(2),
+            got: aerodb_wal::Epoch(1)
+        })
     );
 }

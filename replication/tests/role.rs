@@ -13,19 +13,22 @@ use aerodb_replication::{
     role::{Command, HaltReason, Observation, Refusal, RoleMachine, State},
     state_file::{decode, encode, RoleFile},
 };
-use aerodb_wal::fs::{CrashMode, FaultFs, MemFs, Tear, UnsyncedFate};
+use aerodb_wal::{
+    fs::{CrashMode, FaultFs, MemFs, Tear, UnsyncedFate},
+    CommitId, Epoch,
+};
 use proptest::prelude::*;
 
 fn primary(epoch: u64) -> RoleMachine {
     let mut m = RoleMachine::default();
-    m.command(Command::Promote { epoch }).unwrap();
+    m.command(Command::Promote { epoch: Epoch(epoch) }).unwrap();
     m
 }
 
 fn replica(epoch: u64) -> RoleMachine {
     let mut m = RoleMachine::default();
     m.command(Command::Follow {
-        epoch,
+        epoch: Epoch(epoch),
         primary: "http://p:7000".into(),
     })
     .unwrap();
@@ -36,22 +39,25 @@ fn replica(epoch: u64) -> RoleMachine {
 fn only_an_explicit_promotion_above_every_seen_epoch_makes_a_primary() {
     let mut m = RoleMachine::default();
     assert!(!m.may_write() && !m.may_read(), "Uninitialized takes no traffic");
-    m.command(Command::Promote { epoch: 3 }).unwrap();
-    assert_eq!(m.state, State::PrimaryActive { epoch: 3 });
+    m.command(Command::Promote { epoch: Epoch(3) }).unwrap();
+    assert_eq!(m.state, State::PrimaryActive { epoch: Epoch(3) });
     assert!(m.may_write() && m.may_read());
     // Re-promoting needs a newer epoch.
     assert_eq!(
-        m.command(Command::Promote { epoch: 3 }),
-        Err(Refusal::StaleEpoch { highest: 3, got: 3 })
+        m.command(Command::Promote { epoch: Epoch(3) }),
+        Err(Refusal::StaleEpoch {
+            highest: Epoch(3),
+            got: Epoch(3)
+        })
     );
     // A replica that has seen epoch 7 cannot be promoted to 5.
     let mut r = replica(7);
     assert!(!r.may_write() && r.may_read());
     assert!(matches!(
-        r.command(Command::Promote { epoch: 5 }),
+        r.command(Command::Promote { epoch: Epoch(5) }),
         Err(Refusal::StaleEpoch { .. })
     ));
-    r.command(Command::Promote { epoch: 8 }).unwrap();
+    r.command(Command::Promote { epoch: Epoch(8) }).unwrap();
     assert!(r.may_write());
 }
 
@@ -60,7 +66,7 @@ fn a_primary_that_sees_another_primary_at_its_epoch_or_later_halts() {
     for other in [4u64, 5] {
         let mut m = primary(4);
         assert!(m.observe(Observation::PeerPrimary {
-            epoch: other,
+            epoch: Epoch(other),
             node: "n2".into()
         }));
         assert!(matches!(
@@ -71,30 +77,33 @@ fn a_primary_that_sees_another_primary_at_its_epoch_or_later_halts() {
             }
         ));
         assert!(!m.may_write() && !m.may_read(), "halted: no writes, no reads");
-        assert_eq!(m.highest_epoch, other.max(4));
+        assert_eq!(m.highest_epoch, Epoch(other.max(4)));
     }
     // Once a newer term is known, resuming would make a second primary: refused until promoted above it.
     let mut m = primary(4);
     m.observe(Observation::PeerPrimary {
-        epoch: 6,
+        epoch: Epoch(6),
         node: "n2".into(),
     });
     assert_eq!(
         m.command(Command::Resume),
-        Err(Refusal::StaleEpoch { highest: 6, got: 4 })
+        Err(Refusal::StaleEpoch {
+            highest: Epoch(6),
+            got: Epoch(4)
+        })
     );
     assert!(matches!(m.state, State::ReplicationHalted { .. }), "still halted");
     // A halt at its own epoch resumes: no newer term exists, and the operator decided which node keeps this one.
     let mut same = primary(4);
     same.observe(Observation::PeerPrimary {
-        epoch: 4,
+        epoch: Epoch(4),
         node: "n3".into(),
     });
     assert_eq!(same.command(Command::Resume), Ok(()), "no newer term was seen");
     // An older primary elsewhere does not change this one (that one will be fenced).
     let mut m = primary(4);
     assert!(!m.observe(Observation::PeerPrimary {
-        epoch: 3,
+        epoch: Epoch(3),
         node: "old".into()
     }));
     assert!(m.may_write());
@@ -104,15 +113,18 @@ fn a_primary_that_sees_another_primary_at_its_epoch_or_later_halts() {
 fn a_replica_halts_on_every_replication_failure_and_on_an_older_primary() {
     let reasons = [
         HaltReason::Gap {
-            expected: 10,
-            got: 12,
+            expected: CommitId(10),
+            got: CommitId(12),
         },
         HaltReason::Fork {
-            commit_id: 9,
+            commit_id: CommitId(9),
             ours: [1; 32],
             theirs: [2; 32],
         },
-        HaltReason::EpochRegression { last: 5, got: 4 },
+        HaltReason::EpochRegression {
+            last: Epoch(5),
+            got: Epoch(4),
+        },
         HaltReason::Corruption("frame 12 CRC".into()),
         HaltReason::AuthorityAmbiguity("two primaries".into()),
     ];
@@ -125,12 +137,12 @@ fn a_replica_halts_on_every_replication_failure_and_on_an_older_primary() {
         assert!(matches!(&m.state, State::ReplicationHalted { reason: r, .. } if *r == reason));
         // Halted: nothing but resume or rebuild.
         assert!(matches!(
-            m.command(Command::Promote { epoch: 99 }),
+            m.command(Command::Promote { epoch: Epoch(99) }),
             Err(Refusal::NotInState { .. })
         ));
         assert!(matches!(
             m.command(Command::Follow {
-                epoch: 99,
+                epoch: Epoch(99),
                 primary: "x".into()
             }),
             Err(Refusal::NotInState { .. })
@@ -139,27 +151,30 @@ fn a_replica_halts_on_every_replication_failure_and_on_an_older_primary() {
         resumed.command(Command::Resume).unwrap();
         assert_eq!(resumed.state, replica(5).state);
         m.command(Command::Rebuild {
-            epoch: 6,
+            epoch: Epoch(6),
             primary: "http://q:7000".into(),
         })
         .unwrap();
         assert_eq!(
             m.state,
             State::ReplicaActive {
-                epoch: 6,
+                epoch: Epoch(6),
                 primary: "http://q:7000".into()
             }
         );
     }
     let mut m = replica(5);
     assert!(m.observe(Observation::PeerPrimary {
-        epoch: 4,
+        epoch: Epoch(4),
         node: "stale".into()
     }));
     assert!(matches!(
         m.state,
         State::ReplicationHalted {
-            reason: HaltReason::EpochRegression { last: 5, got: 4 },
+            reason: HaltReason::EpochRegression {
+                last: Epoch(5),
+                got: Epoch(4)
+            },
             ..
         }
     ));
@@ -170,7 +185,7 @@ fn a_replica_halts_on_every_replication_failure_and_on_an_older_primary() {
     ));
     assert!(matches!(
         primary(1).command(Command::Rebuild {
-            epoch: 2,
+            epoch: Epoch(2),
             primary: "p".into()
         }),
         Err(Refusal::NotInState { .. })
@@ -182,13 +197,13 @@ fn a_primary_is_demoted_only_to_a_newer_term() {
     let mut m = primary(4);
     assert!(matches!(
         m.command(Command::Follow {
-            epoch: 4,
+            epoch: Epoch(4),
             primary: "p".into()
         }),
         Err(Refusal::StaleEpoch { .. })
     ));
     m.command(Command::Follow {
-        epoch: 5,
+        epoch: Epoch(5),
         primary: "p".into(),
     })
     .unwrap();
@@ -197,15 +212,21 @@ fn a_primary_is_demoted_only_to_a_newer_term() {
 
 fn any_reason() -> impl Strategy<Value = HaltReason> {
     prop_oneof![
-        (any::<u64>(), any::<u64>()).prop_map(|(expected, got)| HaltReason::Gap { expected, got }),
+        (any::<u64>(), any::<u64>()).prop_map(|(expected, got)| HaltReason::Gap {
+            expected: CommitId(expected),
+            got: CommitId(got)
+        }),
         (any::<u64>(), any::<[u8; 32]>(), any::<[u8; 32]>()).prop_map(|(commit_id, ours, theirs)| {
             HaltReason::Fork {
-                commit_id,
+                commit_id: CommitId(commit_id),
                 ours,
                 theirs,
             }
         }),
-        (any::<u64>(), any::<u64>()).prop_map(|(last, got)| HaltReason::EpochRegression { last, got }),
+        (any::<u64>(), any::<u64>()).prop_map(|(last, got)| HaltReason::EpochRegression {
+            last: Epoch(last),
+            got: Epoch(got)
+        }),
         ".{0,40}".prop_map(HaltReason::Corruption),
         ".{0,40}".prop_map(HaltReason::AuthorityAmbiguity),
     ]
@@ -213,17 +234,26 @@ fn any_reason() -> impl Strategy<Value = HaltReason> {
 
 fn any_observation() -> impl Strategy<Value = Observation> {
     prop_oneof![
-        (0u64..20, ".{0,8}").prop_map(|(epoch, node)| Observation::PeerPrimary { epoch, node }),
+        (0u64..20, ".{0,8}").prop_map(|(epoch, node)| Observation::PeerPrimary {
+            epoch: Epoch(epoch),
+            node
+        }),
         any_reason().prop_map(Observation::Halt),
     ]
 }
 
 fn any_command() -> impl Strategy<Value = Command> {
     prop_oneof![
-        (0u64..20).prop_map(|epoch| Command::Promote { epoch }),
-        (0u64..20, ".{0,8}").prop_map(|(epoch, primary)| Command::Follow { epoch, primary }),
+        (0u64..20).prop_map(|epoch| Command::Promote { epoch: Epoch(epoch) }),
+        (0u64..20, ".{0,8}").prop_map(|(epoch, primary)| Command::Follow {
+            epoch: Epoch(epoch),
+            primary
+        }),
         Just(Command::Resume),
-        (0u64..20, ".{0,8}").prop_map(|(epoch, primary)| Command::Rebuild { epoch, primary }),
+        (0u64..20, ".{0,8}").prop_map(|(epoch, primary)| Command::Rebuild {
+            epoch: Epoch(epoch),
+            primary
+        }),
     ]
 }
 
@@ -236,7 +266,7 @@ proptest! {
         steps in prop::collection::vec(prop_oneof![any_command().prop_map(Ok), any_observation().prop_map(Err)], 0..40)
     ) {
         let mut m = RoleMachine::default();
-        let mut last_primary_epoch = 0u64;
+        let mut last_primary_epoch = Epoch(0);
         for step in steps {
             let could_write = m.may_write();
             let highest = m.highest_epoch;
@@ -262,7 +292,7 @@ proptest! {
 fn every_byte_of_the_role_file_matters() {
     let mut m = replica(7);
     m.observe(Observation::Halt(HaltReason::Fork {
-        commit_id: 3,
+        commit_id: CommitId(3),
         ours: [5; 32],
         theirs: [6; 32],
     }));

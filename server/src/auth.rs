@@ -14,7 +14,7 @@ use std::path::Path;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
-use crate::error::{ApiError, Code};
+use crate::error::{ApiError, Code, Error};
 
 /// What a request wants to do.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -95,20 +95,26 @@ impl Auth {
     }
 
     /// Loads a tokens file. Refuses empty or short tokens and duplicate tokens.
-    pub fn load(path: &Path) -> Result<Self, String> {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
-        let file: TokensFile = toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    pub fn load(path: &Path) -> Result<Self, Error> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::file(path, e))?;
+        let file: TokensFile = toml::from_str(&text).map_err(|e| Error::file(path, e))?;
         if file.tokens.is_empty() {
-            return Err(format!("{} lists no tokens", path.display()));
+            return Err(Error::file(path, "lists no tokens"));
         }
         let mut tokens = Vec::new();
         for t in file.tokens {
             if t.token.len() < 16 {
-                return Err(format!("token {:?} is shorter than 16 characters", t.name));
+                return Err(Error::file(
+                    path,
+                    format!("token {:?} is shorter than 16 characters", t.name),
+                ));
             }
             let digest: [u8; 32] = Sha256::digest(t.token.as_bytes()).into();
             if tokens.iter().any(|(d, _, _)| *d == digest) {
-                return Err(format!("token {:?} duplicates another token", t.name));
+                return Err(Error::file(
+                    path,
+                    format!("token {:?} duplicates another token", t.name),
+                ));
             }
             tokens.push((digest, t.name, t.role));
         }

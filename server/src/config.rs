@@ -6,6 +6,8 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 use clap::Parser;
 use serde::Deserialize;
 
+use crate::error::Error;
+
 /// The most runtime worker threads a configuration may ask for.
 pub const MAX_WORKER_THREADS: usize = 1024;
 
@@ -326,11 +328,11 @@ impl Config {
     }
 
     /// Layers defaults, the file named by `--config`, the environment (through the flags) and the flags.
-    pub fn load(flags: Flags) -> Result<Config, String> {
+    pub fn load(flags: Flags) -> Result<Config, Error> {
         let file = match &flags.config {
             Some(p) => {
-                let text = std::fs::read_to_string(p).map_err(|e| format!("reading {}: {e}", p.display()))?;
-                toml::from_str::<FileConfig>(&text).map_err(|e| format!("{}: {e}", p.display()))?
+                let text = std::fs::read_to_string(p).map_err(|e| Error::file(p, e))?;
+                toml::from_str::<FileConfig>(&text).map_err(|e| Error::file(p, e))?
             }
             None => FileConfig::default(),
         };
@@ -338,9 +340,11 @@ impl Config {
         let c =
             Config {
                 role: flags.role.or(file.role).unwrap_or(Role::Primary),
-                data_dir: flags.data_dir.or(file.data_dir).ok_or(
-                    "a data directory is required (--data-dir, AERODB_DATA_DIR or data_dir in the file)",
-                )?,
+                data_dir: flags.data_dir.or(file.data_dir).ok_or_else(|| {
+                    Error::config(
+                        "a data directory is required (--data-dir, AERODB_DATA_DIR or data_dir in the file)",
+                    )
+                })?,
                 node_id: flags.node_id.or(file.node_id).unwrap_or_else(|| "node-1".into()),
                 http_listen: flags
                     .http_listen
@@ -361,10 +365,9 @@ impl Config {
                     (Some(c), Some(k)) => Some((c, k)),
                     (None, None) => None,
                     _ => {
-                        return Err(
-                            "a client certificate needs both --primary-client-cert and --primary-client-key"
-                                .into(),
-                        )
+                        return Err(Error::config(
+                            "a client certificate needs both --primary-client-cert and --primary-client-key",
+                        ))
                     }
                 },
                 tls_client_ca: flags.tls_client_ca.or(file.tls_client_ca),
@@ -380,16 +383,19 @@ impl Config {
                 ) {
                     (FenceMode::Off, _, _) => None,
                     (FenceMode::Required, Some(id), Some(dir)) => Some((id, dir)),
-                    (FenceMode::Required, _, _) => return Err(
-                        "--writer-fence-mode required needs --writer-fence-lock-id and --writer-fence-dir"
-                            .into(),
-                    ),
+                    (FenceMode::Required, _, _) => return Err(Error::config(
+                        "--writer-fence-mode required needs --writer-fence-lock-id and --writer-fence-dir",
+                    )),
                 },
                 tokens_file: flags.tokens_file.or(file.tokens_file),
                 tls: match (flags.tls_cert.or(file.tls_cert), flags.tls_key.or(file.tls_key)) {
                     (Some(c), Some(k)) => Some((c, k)),
                     (None, None) => None,
-                    _ => return Err("TLS needs both a certificate (--tls-cert) and a key (--tls-key)".into()),
+                    _ => {
+                        return Err(Error::config(
+                            "TLS needs both a certificate (--tls-cert) and a key (--tls-key)",
+                        ))
+                    }
                 },
                 insecure_no_auth: flags.insecure_no_auth || file.insecure_no_auth.unwrap_or(false),
                 max_request_bytes: flags
@@ -434,36 +440,37 @@ impl Config {
                 worker_threads: flags.worker_threads.or(file.worker_threads).unwrap_or(0),
             };
         if c.tls_client_ca.is_some() && c.tls.is_none() {
-            return Err("--tls-client-ca needs TLS (--tls-cert and --tls-key)".into());
+            return Err(Error::config(
+                "--tls-client-ca needs TLS (--tls-cert and --tls-key)",
+            ));
         }
         if c.insecure_no_auth && !(loopback(&c.http_listen) && loopback(&c.grpc_listen)) {
-            return Err(
-                "--insecure-no-auth is only allowed when both APIs listen on loopback addresses".into(),
-            );
+            return Err(Error::config(
+                "--insecure-no-auth is only allowed when both APIs listen on loopback addresses",
+            ));
         }
         if !c.insecure_no_auth && c.tokens_file.is_none() {
-            return Err(
-                "a tokens file is required (--tokens-file); --insecure-no-auth serves loopback without auth"
-                    .into(),
-            );
+            return Err(Error::config(
+                "a tokens file is required (--tokens-file); --insecure-no-auth serves loopback without auth",
+            ));
         }
         if c.max_request_bytes < 1024 || c.max_request_bytes > 256 << 20 {
-            return Err(format!(
+            return Err(Error::config(format!(
                 "max_request_bytes {} is outside 1 KiB ..= 256 MiB",
                 c.max_request_bytes
-            ));
+            )));
         }
         if c.max_concurrent_requests == 0 || c.max_concurrent_streams == 0 {
-            return Err("concurrency limits must be positive".into());
+            return Err(Error::config("concurrency limits must be positive"));
         }
         if c.worker_threads > MAX_WORKER_THREADS {
-            return Err(format!(
+            return Err(Error::config(format!(
                 "worker_threads {} is above {MAX_WORKER_THREADS} (0 picks one fewer than the CPUs)",
                 c.worker_threads
-            ));
+            )));
         }
         if c.role == Role::Replica && c.primary.is_none() {
-            return Err("a replica needs --primary <url>".into());
+            return Err(Error::config("a replica needs --primary <url>"));
         }
         Ok(c)
     }
@@ -484,7 +491,7 @@ mod tests {
         args.extend_from_slice(flags);
         let r = Flags::try_parse_from(args)
             .map_err(|e| e.to_string())
-            .and_then(Config::load);
+            .and_then(|f| Config::load(f).map_err(|e| e.to_string()));
         std::fs::remove_dir_all(&dir).unwrap();
         r
     }

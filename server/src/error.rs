@@ -217,3 +217,85 @@ impl From<EngineError> for ApiError {
 
 /// Results of API operations.
 pub type ApiResult<T> = std::result::Result<T, ApiError>;
+
+/// Errors of `aerodb-server` outside request handling: configuration, start-up, serving and shutdown. (Request
+/// errors are [`ApiError`]s, answered to the client.)
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The configuration is invalid: a flag, a value, or a combination. Fix the configuration and start again.
+    #[error("{0}")]
+    Config(String),
+    /// A file the server reads at start (configuration, tokens, TLS certificate or key) is missing or invalid.
+    #[error("{}: {what}", path.display())]
+    File {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What is wrong with it.
+        what: String,
+    },
+    /// An operating-system call failed (creating the data directory, binding a listener).
+    #[error("{what}: {source}")]
+    Io {
+        /// What the server was doing.
+        what: String,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The database refused to open, sign or close.
+    #[error("{what}: {source}")]
+    Engine {
+        /// What the server was doing.
+        what: String,
+        /// The engine's error.
+        #[source]
+        source: EngineError,
+    },
+    /// The role file or the role machine (a configured role the recorded one refuses, a damaged role file).
+    #[error(transparent)]
+    Replication(#[from] aerodb_replication::Error),
+    /// The writer fence refused this node or could not be read or written.
+    #[error("refusing to start as primary: {0}")]
+    Fence(#[from] crate::fence::FenceError),
+    /// A peer (the primary a replica follows) could not be reached or refused the connection's settings.
+    #[error("{0}")]
+    Peer(String),
+    /// The server task did not start listening in time, or ended abnormally.
+    #[error("{0}")]
+    Task(String),
+}
+
+impl Error {
+    /// An invalid configuration.
+    pub fn config(what: impl Into<String>) -> Self {
+        Error::Config(what.into())
+    }
+
+    /// A bad file.
+    pub fn file(path: &std::path::Path, what: impl std::fmt::Display) -> Self {
+        Error::File {
+            path: path.to_path_buf(),
+            what: what.to_string(),
+        }
+    }
+
+    /// An I/O failure while doing `what`.
+    pub fn io(what: impl Into<String>, source: std::io::Error) -> Self {
+        Error::Io {
+            what: what.into(),
+            source,
+        }
+    }
+
+    /// An engine failure while doing `what`.
+    pub fn engine(what: impl Into<String>, source: EngineError) -> Self {
+        Error::Engine {
+            what: what.into(),
+            source,
+        }
+    }
+}
+
+/// The result of the server's start-up and serving functions.
+pub type Result<T> = std::result::Result<T, Error>;

@@ -35,18 +35,63 @@ pub struct Holder {
 /// Largest fence file read (it is one short line).
 const MAX_FENCE_BYTES: u64 = 4096;
 
+/// Why a fence could not be taken or read.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum FenceError {
+    /// The fence file or directory could not be created, opened, locked, read or written.
+    #[error("{what} {}: {source}", path.display())]
+    Io {
+        /// What the node was doing.
+        what: &'static str,
+        /// The file or directory.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not an AeroDB fence file (never taken as free).
+    #[error("fence file: {0}")]
+    Malformed(String),
+    /// A newer term holds the fence: this node's term is over.
+    #[error(
+        "writer fence {lock_id} is held by {} ({}) for epoch {}, newer than this node's epoch {mine}: this node's \
+         term is over",
+        holder.node, holder.dir, holder.token
+    )]
+    Newer {
+        /// The fence.
+        lock_id: i64,
+        /// Who holds it.
+        holder: Holder,
+        /// This node's epoch.
+        mine: u64,
+    },
+    /// Another node holds the fence at the same epoch.
+    #[error(
+        "writer fence {lock_id} is held by {} ({}) for epoch {}: two primaries may not share a fence and an \
+         epoch; promote this node with a higher epoch (`aerodb admin promote`) if the other one is gone",
+        holder.node, holder.dir, holder.token
+    )]
+    SameEpoch {
+        /// The fence.
+        lock_id: i64,
+        /// Who holds it.
+        holder: Holder,
+    },
+}
+
 /// Parses a fence file's content.
-pub fn parse(text: &str) -> Result<Holder, String> {
+pub fn parse(text: &str) -> Result<Holder, FenceError> {
+    let bad = |what: String| FenceError::Malformed(what);
     let line = text.strip_suffix('\n').unwrap_or(text);
     let rest = line
         .strip_prefix("aerodb-fence v1 token=")
-        .ok_or_else(|| format!("not an AeroDB fence file: {line:?}"))?;
-    let (token, rest) = rest.split_once(" node=").ok_or("fence file: no node")?;
-    let (node, dir) = rest.split_once(" dir=").ok_or("fence file: no dir")?;
+        .ok_or_else(|| bad(format!("not an AeroDB fence file: {line:?}")))?;
+    let (token, rest) = rest.split_once(" node=").ok_or_else(|| bad("no node".into()))?;
+    let (node, dir) = rest.split_once(" dir=").ok_or_else(|| bad("no dir".into()))?;
     Ok(Holder {
-        token: token
-            .parse()
-            .map_err(|_| format!("fence file: bad token {token:?}"))?,
+        token: token.parse().map_err(|_| bad(format!("bad token {token:?}")))?,
         node: node.to_owned(),
         dir: dir.to_owned(),
     })
@@ -59,21 +104,28 @@ fn render(h: &Holder) -> String {
     )
 }
 
-fn read_holder(f: &mut File) -> Result<Option<Holder>, String> {
-    let len = f.metadata().map_err(|e| e.to_string())?.len();
+fn read_holder(f: &mut File, path: &Path) -> Result<Option<Holder>, FenceError> {
+    let io = |what| {
+        move |source| FenceError::Io {
+            what,
+            path: path.to_path_buf(),
+            source,
+        }
+    };
+    let len = f.metadata().map_err(io("reading"))?.len();
     if len == 0 {
         return Ok(None);
     }
     if len > MAX_FENCE_BYTES {
-        return Err(format!(
-            "the fence file is {len} bytes; a fence file is one short line"
-        ));
+        return Err(FenceError::Malformed(format!(
+            "{len} bytes; a fence file is one short line"
+        )));
     }
     let mut text = String::new();
-    f.seek(SeekFrom::Start(0)).map_err(|e| e.to_string())?;
+    f.seek(SeekFrom::Start(0)).map_err(io("reading"))?;
     f.take(MAX_FENCE_BYTES)
         .read_to_string(&mut text)
-        .map_err(|e| format!("reading the fence file: {e}"))?;
+        .map_err(io("reading"))?;
     parse(&text).map(Some)
 }
 
@@ -138,43 +190,44 @@ pub struct Fence {
 
 impl Fence {
     /// Takes fence `lock_id` in `dir` for `me`, or says why not (a newer term, or another holder at the same epoch).
-    pub fn acquire(dir: &Path, lock_id: i64, me: Holder) -> Result<Fence, String> {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| format!("creating the fence directory {}: {e}", dir.display()))?;
+    pub fn acquire(dir: &Path, lock_id: i64, me: Holder) -> Result<Fence, FenceError> {
+        std::fs::create_dir_all(dir).map_err(|source| FenceError::Io {
+            what: "creating the fence directory",
+            path: dir.to_path_buf(),
+            source,
+        })?;
         let path = dir.join(format!("aerodb-fence-{lock_id}"));
+        let io = |what| {
+            let path = path.clone();
+            move |source| FenceError::Io { what, path, source }
+        };
         let mut file = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(false)
             .open(&path)
-            .map_err(|e| format!("opening the fence {}: {e}", path.display()))?;
-        file.lock()
-            .map_err(|e| format!("locking the fence {}: {e}", path.display()))?;
+            .map_err(io("opening the fence"))?;
+        file.lock().map_err(io("locking the fence"))?;
         let result = (|| {
-            if let Some(h) = read_holder(&mut file)? {
+            if let Some(h) = read_holder(&mut file, &path)? {
                 if h.token > me.token {
-                    return Err(format!(
-                        "writer fence {lock_id} is held by {} ({}) for epoch {}, newer than this node's epoch {}: \
-                         this node's term is over",
-                        h.node, h.dir, h.token, me.token
-                    ));
+                    return Err(FenceError::Newer {
+                        lock_id,
+                        holder: h,
+                        mine: me.token,
+                    });
                 }
                 if h.token == me.token && (h.node != me.node || h.dir != me.dir) {
-                    return Err(format!(
-                        "writer fence {lock_id} is held by {} ({}) for epoch {}: two primaries may not share a \
-                         fence and an epoch; promote this node with a higher epoch (`aerodb admin promote`) if \
-                         the other one is gone",
-                        h.node, h.dir, h.token
-                    ));
+                    return Err(FenceError::SameEpoch { lock_id, holder: h });
                 }
             }
             let text = render(&me);
-            file.set_len(0).map_err(|e| e.to_string())?;
-            file.seek(SeekFrom::Start(0)).map_err(|e| e.to_string())?;
-            file.write_all(text.as_bytes())
+            file.set_len(0)
+                .and_then(|()| file.seek(SeekFrom::Start(0)))
+                .and_then(|_| file.write_all(text.as_bytes()))
                 .and_then(|()| file.sync_all())
-                .map_err(|e| format!("writing the fence {}: {e}", path.display()))?;
+                .map_err(io("writing the fence"))?;
             Ok(())
         })();
         let _ = file.unlock();
@@ -190,7 +243,7 @@ impl Fence {
     /// read it also means no write may be acknowledged).
     pub fn check(&self) -> Result<(), Lost> {
         let mut f = self.file.lock();
-        match read_holder(&mut f) {
+        match read_holder(&mut f, &self.path) {
             Ok(Some(h)) if h == self.me => Ok(()),
             Ok(Some(h)) => Err(Lost {
                 message: format!(
@@ -208,7 +261,7 @@ impl Fence {
                 holder: None,
             }),
             Err(e) => Err(Lost {
-                message: format!("writer fence {}: {e}", self.path.display()),
+                message: format!("writer fence: {e}"),
                 holder: None,
             }),
         }
@@ -238,7 +291,7 @@ mod tests {
         assert!(a.check().is_ok());
         // Same epoch, another node: refused; the same node again (a restart): fine.
         let err = Fence::acquire(&dir, 7, h(1, "b")).expect_err("second primary");
-        assert!(err.contains("two primaries"), "{err}");
+        assert!(err.to_string().contains("two primaries"), "{err}");
         assert!(Fence::acquire(&dir, 7, h(1, "a")).is_ok());
         // Another lock id is another fence.
         assert!(Fence::acquire(&dir, 8, h(1, "b")).is_ok());
@@ -248,6 +301,7 @@ mod tests {
         assert!(a.check().expect_err("superseded").message.contains("epoch 2"));
         assert!(Fence::acquire(&dir, 7, h(1, "a"))
             .expect_err("older")
+            .to_string()
             .contains("term is over"));
         // Damaged or foreign content is refused, never taken as free.
         std::fs::write(dir.join("aerodb-fence-9"), "garbage").expect("write");
@@ -262,7 +316,7 @@ mod tests {
             node: "n-1".into(),
             dir: "/var/lib/aerodb data".into(),
         };
-        assert_eq!(parse(&render(&h)), Ok(h));
+        assert_eq!(parse(&render(&h)).expect("parses"), h);
         assert!(parse("aerodb-fence v1 token=x node=a dir=b").is_err());
     }
 }

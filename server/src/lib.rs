@@ -28,6 +28,7 @@ use aerodb_replication::{
 use tokio::net::TcpListener;
 use tonic::codegen::http;
 
+pub use crate::error::{Error, Result};
 use crate::{
     auth::Auth,
     config::{Config, Role},
@@ -50,11 +51,11 @@ pub struct Bound {
 
 /// Establishes the node's role from its persisted `role.state` and the configuration, by the core's bootstrap
 /// rule ([`aerodb_replication::core::bootstrap`]), and persists it if it changed.
-pub fn establish_role(config: &Config) -> Result<RoleMachine, String> {
+pub fn establish_role(config: &Config) -> Result<RoleMachine> {
     std::fs::create_dir_all(&config.data_dir)
-        .map_err(|e| format!("creating {}: {e}", config.data_dir.display()))?;
+        .map_err(|e| Error::io(format!("creating {}", config.data_dir.display()), e))?;
     let file = RoleFile::new(Arc::new(aerodb_wal::fs::RealFs), &config.data_dir);
-    let mut m = file.load().map_err(|e| e.to_string())?;
+    let mut m = file.load()?;
     let before = m.clone();
     let dir = config.data_dir.display();
     let configured = match config.role {
@@ -64,8 +65,10 @@ pub fn establish_role(config: &Config) -> Result<RoleMachine, String> {
         },
     };
     let start = bootstrap(&mut m, &configured, aerodb_wal::Epoch(config.epoch)).map_err(|e| match e {
-        aerodb_replication::Error::Refused(r) => format!("the configured role is refused: {r}"),
-        other => other.to_string().replace("DIR", &dir.to_string()),
+        aerodb_replication::Error::Bootstrap(what) => {
+            aerodb_replication::Error::Bootstrap(what.replace("DIR", &dir.to_string()))
+        }
+        other => other,
     })?;
     if let (Start::Halted, State::ReplicationHalted { reason, .. }) = (start, &m.state) {
         // A halted node starts halted: HA status, health and metrics say why; no reads, no writes, no following.
@@ -76,11 +79,11 @@ pub fn establish_role(config: &Config) -> Result<RoleMachine, String> {
         );
     }
     if m != before {
-        file.store(&m).map_err(|e| e.to_string())?;
+        file.store(&m)?;
         tracing::info!(
             from = before.state.name(),
             to = m.state.name(),
-            epoch = m.highest_epoch,
+            epoch = m.highest_epoch.0,
             "role recorded"
         );
     }
@@ -88,19 +91,22 @@ pub fn establish_role(config: &Config) -> Result<RoleMachine, String> {
 }
 
 /// Opens the database named by `config` (the startup integrity check runs here).
-pub fn open_node(config: Config) -> Result<Node, String> {
+pub fn open_node(config: Config) -> Result<Node> {
     let role = establish_role(&config)?;
     let auth = if config.insecure_no_auth {
         tracing::warn!("authentication is OFF (--insecure-no-auth); both APIs listen on loopback only");
         Auth::disabled()
     } else {
-        let path = config.tokens_file.as_ref().ok_or("a tokens file is required")?;
+        let path = config
+            .tokens_file
+            .as_ref()
+            .ok_or_else(|| Error::config("a tokens file is required"))?;
         Auth::load(path)?
     };
     let opts = Options {
         origin: config.origin.clone(),
         epoch: match role.state {
-            State::PrimaryActive { epoch } | State::ReplicaActive { epoch, .. } => epoch,
+            State::PrimaryActive { epoch } | State::ReplicaActive { epoch, .. } => epoch.0,
             _ => config.epoch,
         },
         checkpoint_every_records: config.checkpoint_every_records,
@@ -119,7 +125,7 @@ pub fn open_node(config: Config) -> Result<Node, String> {
         ..Options::default()
     };
     let db = Db::open(&config.data_dir, opts)
-        .map_err(|e| format!("opening {}: {e}", config.data_dir.display()))?;
+        .map_err(|e| Error::engine(format!("opening {}", config.data_dir.display()), e))?;
     let r = db.open_report();
     tracing::info!(
         records = r.records_verified,
@@ -135,12 +141,15 @@ pub fn open_node(config: Config) -> Result<Node, String> {
     // A primary term starts by signing a checkpoint of its own epoch: its term proof (a replica raises its epoch,
     // and a primary steps down, only on such a checkpoint signed by the log's key).
     if let State::PrimaryActive { epoch } = role.state {
-        if db.latest_checkpoint().is_none_or(|c| c.checkpoint.epoch < epoch) {
+        if db
+            .latest_checkpoint()
+            .is_none_or(|c| c.checkpoint.epoch < epoch.0)
+        {
             let cp = db
                 .checkpoint_now()
-                .map_err(|e| format!("signing the checkpoint that starts term {epoch}: {e}"))?;
+                .map_err(|e| Error::engine(format!("signing the checkpoint that starts term {epoch}"), e))?;
             tracing::info!(
-                epoch,
+                epoch = epoch.0,
                 size = cp.checkpoint.size,
                 "signed the checkpoint that starts this term"
             );
@@ -148,18 +157,15 @@ pub fn open_node(config: Config) -> Result<Node, String> {
     }
     // The writer fence (H-1): a fenced primary takes it before it serves, with its epoch as the token.
     let fence = match (&role.state, &config.writer_fence) {
-        (State::PrimaryActive { epoch }, Some((lock_id, dir))) => Some(
-            fence::Fence::acquire(
-                dir,
-                *lock_id,
-                fence::Holder {
-                    token: *epoch,
-                    node: config.node_id.clone(),
-                    dir: config.data_dir.display().to_string(),
-                },
-            )
-            .map_err(|e| format!("refusing to start as primary: {e}"))?,
-        ),
+        (State::PrimaryActive { epoch }, Some((lock_id, dir))) => Some(fence::Fence::acquire(
+            dir,
+            *lock_id,
+            fence::Holder {
+                token: epoch.0,
+                node: config.node_id.clone(),
+                dir: config.data_dir.display().to_string(),
+            },
+        )?),
         _ => None,
     };
     let node = Node::new(db, config, auth, role);
@@ -195,19 +201,23 @@ pub async fn serve(
     node: Node,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     on_bound: impl FnOnce(Bound),
-) -> Result<(), String> {
+) -> Result<()> {
     let node = Arc::new(node);
     node.answer_on(tokio::runtime::Handle::current());
     let cfg = node.config.clone();
     let http_listener = TcpListener::bind(cfg.http_listen)
         .await
-        .map_err(|e| format!("binding REST on {}: {e}", cfg.http_listen))?;
+        .map_err(|e| Error::io(format!("binding REST on {}", cfg.http_listen), e))?;
     let grpc_listener = TcpListener::bind(cfg.grpc_listen)
         .await
-        .map_err(|e| format!("binding gRPC on {}: {e}", cfg.grpc_listen))?;
+        .map_err(|e| Error::io(format!("binding gRPC on {}", cfg.grpc_listen), e))?;
     let bound = Bound {
-        http: http_listener.local_addr().map_err(|e| e.to_string())?,
-        grpc: grpc_listener.local_addr().map_err(|e| e.to_string())?,
+        http: http_listener
+            .local_addr()
+            .map_err(|e| Error::io("reading the REST address", e))?,
+        grpc: grpc_listener
+            .local_addr()
+            .map_err(|e| Error::io("reading the gRPC address", e))?,
         verifier_key: node.db.verifier_key().to_string(),
     };
     tracing::info!(rest = %bound.http, grpc = %bound.grpc, role = ?cfg.role, tls = cfg.tls.is_some(), "listening");
@@ -230,7 +240,8 @@ pub async fn serve(
     let router = rest::router(node.clone());
     let rest: std::pin::Pin<Box<dyn std::future::Future<Output = std::io::Result<()>> + Send>> = match &tls {
         Some(files) => {
-            let listener = tls::TlsListener::new(http_listener, files).map_err(|e| e.to_string())?;
+            let listener = tls::TlsListener::new(http_listener, files)
+                .map_err(|e| Error::io("starting the TLS listener", e))?;
             Box::pin(
                 axum::serve(listener, router)
                     .with_graceful_shutdown(stopped(stop_rx.clone()))
@@ -285,13 +296,13 @@ pub async fn serve(
     }
     let mut builder = tonic::transport::Server::builder();
     let client_ca = match &cfg.tls_client_ca {
-        Some(p) => Some(std::fs::read(p).map_err(|e| format!("reading {}: {e}", p.display()))?),
+        Some(p) => Some(std::fs::read(p).map_err(|e| Error::file(p, e))?),
         None => None,
     };
     if let Some(files) = &tls {
         builder = builder
             .tls_config(files.grpc(client_ca.as_deref()))
-            .map_err(|e| format!("gRPC TLS: {e}"))?;
+            .map_err(|e| Error::config(format!("gRPC TLS: {e}")))?;
     }
     let grpc = builder
         .timeout(cfg.request_timeout)
@@ -307,8 +318,8 @@ pub async fn serve(
             stopped(stop_rx),
         );
     let (r1, r2) = tokio::join!(rest, grpc);
-    r1.map_err(|e| format!("REST server: {e}"))?;
-    r2.map_err(|e| format!("gRPC server: {e}"))?;
+    r1.map_err(|e| Error::io("REST server", e))?;
+    r2.map_err(|e| Error::Task(format!("gRPC server: {e}")))?;
     if let Some(f) = follower {
         let _ = f.await;
     }
@@ -321,14 +332,14 @@ pub async fn serve(
     {
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }
-    let node =
-        Arc::try_unwrap(node).map_err(|_| "requests still hold the node after shutdown".to_string())?;
-    let db =
-        Arc::try_unwrap(node.db).map_err(|_| "the database is still shared after shutdown".to_string())?;
+    let node = Arc::try_unwrap(node)
+        .map_err(|_| Error::Task("requests still hold the node after shutdown".into()))?;
+    let db = Arc::try_unwrap(node.db)
+        .map_err(|_| Error::Task("the database is still shared after shutdown".into()))?;
     tokio::task::spawn_blocking(move || db.close())
         .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| format!("closing the database: {e}"))?;
+        .map_err(|e| Error::Task(format!("closing the database: {e}")))?
+        .map_err(|e| Error::engine("closing the database", e))?;
     tracing::info!("shut down cleanly");
     Ok(())
 }
@@ -351,12 +362,12 @@ pub struct Running {
     /// Its replicas (on a primary): positions, lag, apply-lag samples.
     pub replicas: Arc<replication::Replicas>,
     stop: tokio::sync::oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<Result<(), String>>,
+    task: tokio::task::JoinHandle<Result<()>>,
 }
 
 impl Running {
     /// Starts serving `node` on `rt` and waits until it listens.
-    pub fn start(rt: &tokio::runtime::Runtime, node: Node) -> Result<Running, String> {
+    pub fn start(rt: &tokio::runtime::Runtime, node: Node) -> Result<Running> {
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let (bound_tx, bound_rx) = std::sync::mpsc::channel();
         let replicas = node.replicas.clone();
@@ -371,7 +382,7 @@ impl Running {
         ));
         let bound = bound_rx
             .recv_timeout(std::time::Duration::from_secs(30))
-            .map_err(|_| "the server did not start listening within 30 s".to_string())?;
+            .map_err(|_| Error::Task("the server did not start listening within 30 s".into()))?;
         Ok(Running {
             bound,
             replicas,
@@ -381,8 +392,9 @@ impl Running {
     }
 
     /// Shuts down gracefully (as on SIGTERM) and waits until the database is closed.
-    pub fn stop(self, rt: &tokio::runtime::Runtime) -> Result<(), String> {
+    pub fn stop(self, rt: &tokio::runtime::Runtime) -> Result<()> {
         let _ = self.stop.send(());
-        rt.block_on(self.task).map_err(|e| e.to_string())?
+        rt.block_on(self.task)
+            .map_err(|e| Error::Task(format!("the server task ended abnormally: {e}")))?
     }
 }

@@ -408,7 +408,7 @@ impl Node {
         let mut role = self.role.lock();
         if role
             .command(Command::Follow {
-                epoch,
+                epoch: aerodb_wal::Epoch(epoch),
                 primary: primary.to_owned(),
             })
             .is_ok()
@@ -476,7 +476,13 @@ impl Node {
                 || "an unknown holder".to_owned(),
                 |h| format!("{} ({})", h.node, h.dir),
             );
-            self.observe(Observation::PeerPrimary { epoch, node }, &lost.message);
+            self.observe(
+                Observation::PeerPrimary {
+                    epoch: aerodb_wal::Epoch(epoch),
+                    node,
+                },
+                &lost.message,
+            );
         }
     }
 
@@ -889,7 +895,7 @@ impl Node {
                 ("PrimaryActive", false) => "ReadOnly",
                 (name, _) => name,
             },
-            epoch: role.highest_epoch,
+            epoch: role.highest_epoch.0,
             leader_id: if primary {
                 self.config.node_id.clone()
             } else {

@@ -11,6 +11,8 @@ use tokio::{
 };
 use tokio_rustls::{rustls, server::TlsStream, TlsAcceptor};
 
+use crate::error::Error;
+
 /// The PEM files, read and checked.
 #[derive(Clone)]
 pub struct TlsFiles {
@@ -29,24 +31,23 @@ impl std::fmt::Debug for TlsFiles {
 
 impl TlsFiles {
     /// Reads and validates the certificate chain and key (the key must match the certificate).
-    pub fn load(cert: &Path, key: &Path) -> Result<Self, String> {
-        let cert_pem = std::fs::read(cert).map_err(|e| format!("reading {}: {e}", cert.display()))?;
-        let key_pem = std::fs::read(key).map_err(|e| format!("reading {}: {e}", key.display()))?;
+    pub fn load(cert: &Path, key: &Path) -> Result<Self, Error> {
+        let cert_pem = std::fs::read(cert).map_err(|e| Error::file(cert, e))?;
+        let key_pem = std::fs::read(key).map_err(|e| Error::file(key, e))?;
         let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_pem)
             .collect::<Result<_, _>>()
-            .map_err(|e| format!("{}: {e}", cert.display()))?;
+            .map_err(|e| Error::file(cert, e))?;
         if certs.is_empty() {
-            return Err(format!("{} holds no certificate", cert.display()));
+            return Err(Error::file(cert, "holds no certificate"));
         }
-        let private =
-            PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| format!("{}: {e}", key.display()))?;
+        let private = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| Error::file(key, e))?;
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut config = rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
-            .map_err(|e| e.to_string())?
+            .map_err(|e| Error::config(format!("TLS: {e}")))?
             .with_no_client_auth()
             .with_single_cert(certs, private)
-            .map_err(|e| format!("the key does not fit the certificate: {e}"))?;
+            .map_err(|e| Error::file(key, format!("the key does not fit the certificate: {e}")))?;
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(Self {
             cert_pem,

@@ -120,7 +120,7 @@ async fn every_halting_reason_stops_a_real_node() {
             "AuthorityAmbiguity",
             Role::Primary,
             Observation::PeerPrimary {
-                epoch: 2,
+                epoch: aerodb_wal::Epoch(2),
                 node: "a replica of epoch 2".into(),
             },
         ),

@@ -147,7 +147,10 @@ fn roles_are_persisted_explicit_and_never_inferred() {
     // A halted node does not start; resume brings it back.
     let file = RoleFile::new(std::sync::Arc::new(aerodb_wal::fs::RealFs), &data);
     let mut m = file.load().unwrap();
-    m.observe(Observation::Halt(HaltReason::Gap { expected: 3, got: 5 }));
+    m.observe(Observation::Halt(HaltReason::Gap {
+        expected: aerodb_wal::CommitId(3),
+        got: aerodb_wal::CommitId(5),
+    }));
     file.store(&m).unwrap();
     // A halted node starts halted: HA status and health say why; reads and writes are refused.
     let mut srv = start(&tmp.0, &["--epoch", "3"]);

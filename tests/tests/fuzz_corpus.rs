@@ -116,17 +116,17 @@ fn write_seeds() {
     {
         use aerodb_replication::{role::*, state_file::encode};
         let mut m = RoleMachine::default();
-        m.command(Command::Promote { epoch: 3 }).unwrap();
+        m.command(Command::Promote { epoch: Epoch(3) }).unwrap();
         save("role_file", "seed-primary", &encode(&m));
         let mut r = RoleMachine::default();
         r.command(Command::Follow {
-            epoch: 3,
+            epoch: Epoch(3),
             primary: "http://127.0.0.1:7000".into(),
         })
         .unwrap();
         save("role_file", "seed-replica", &encode(&r));
         r.observe(Observation::Halt(HaltReason::Fork {
-            commit_id: 9,
+            commit_id: aerodb_wal::CommitId(9),
             ours: [1; 32],
             theirs: [2; 32],
         }));

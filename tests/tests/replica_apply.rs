@@ -152,7 +152,7 @@ fn dropped_duplicated_and_reordered_frames() {
         fed.remove(drop_at);
         match a.apply(&fed) {
             Err(ApplyError::Halt(HaltReason::Gap { expected, got })) if drop_at < 39 => {
-                assert_eq!((expected, got), (drop_at as u64 + 1, drop_at as u64 + 2));
+                assert_eq!((expected.0, got.0), (drop_at as u64 + 1, drop_at as u64 + 2));
             }
             Ok(_) if drop_at == 39 => {} // the last frame missing is only lag
             other => panic!("drop at {drop_at}: {other:?}"),
@@ -178,8 +178,8 @@ fn dropped_duplicated_and_reordered_frames() {
     assert!(matches!(
         a.apply(&swapped),
         Err(ApplyError::Halt(HaltReason::Gap {
-            expected: 11,
-            got: 12
+            expected: CommitId(11),
+            got: CommitId(12)
         }))
     ));
     assert_eq!(r.tip().unwrap().commit_id, 10);
@@ -224,14 +224,14 @@ fn a_log_that_differs_at_any_commit_id_is_a_fork_there() {
         assert_eq!(
             follower.on_welcome(&welcome, &key, r.segment_bytes(), Duration::ZERO),
             Err(End::Halt(HaltReason::Fork {
-                commit_id: k,
+                commit_id: CommitId(k),
                 ours,
                 theirs
             }))
         );
         // And frame by frame: the primary's frame k is compared with the replica's and refused.
         match a.apply(&f[k as usize - 1..]) {
-            Err(ApplyError::Halt(HaltReason::Fork { commit_id, .. })) => assert_eq!(commit_id, k),
+            Err(ApplyError::Halt(HaltReason::Fork { commit_id, .. })) => assert_eq!(commit_id, CommitId(k)),
             other => panic!("fork at {k}: {other:?}"),
         }
         assert_eq!(r.tip().unwrap().commit_id, k, "nothing applied past the fork");

@@ -37,12 +37,12 @@ pub fn bootstrap(m: &mut RoleMachine, role: &Configured, epoch: Epoch) -> Result
     match (&m.state, role) {
         (State::ReplicationHalted { .. }, _) => return Ok(Start::Halted),
         (State::Uninitialized, Configured::Primary) => {
-            m.command(Command::Promote { epoch: epoch.0 }).map_err(refused)?
+            m.command(Command::Promote { epoch }).map_err(refused)?
         }
         (State::PrimaryActive { epoch: mine }, Configured::Primary) => {
-            if epoch.0 > *mine {
-                m.command(Command::Promote { epoch: epoch.0 }).map_err(refused)?;
-            } else if epoch.0 < *mine {
+            if epoch > *mine {
+                m.command(Command::Promote { epoch }).map_err(refused)?;
+            } else if epoch < *mine {
                 return Err(Error::Bootstrap(format!(
                     "the configured epoch {} is below this primary's epoch {mine}; epochs never go back",
                     epoch.0
@@ -58,7 +58,7 @@ pub fn bootstrap(m: &mut RoleMachine, role: &Configured, epoch: Epoch) -> Result
         }
         (_, Configured::Replica { primary }) => m
             .command(Command::Follow {
-                epoch: epoch.0,
+                epoch,
                 primary: primary.clone(),
             })
             .map_err(refused)?,
@@ -78,15 +78,15 @@ mod tests {
             bootstrap(&mut m, &Configured::Primary, Epoch(2)).unwrap(),
             Start::Serving
         );
-        assert_eq!(m.state, State::PrimaryActive { epoch: 2 });
+        assert_eq!(m.state, State::PrimaryActive { epoch: Epoch(2) });
         assert!(bootstrap(&mut m, &Configured::Primary, Epoch(1)).is_err());
         bootstrap(&mut m, &Configured::Primary, Epoch(3)).unwrap();
-        assert_eq!(m.highest_epoch, 3);
+        assert_eq!(m.highest_epoch, Epoch(3));
         let r = Configured::Replica {
             primary: "http://p".into(),
         };
         bootstrap(&mut m, &r, Epoch(4)).unwrap();
-        assert!(matches!(m.state, State::ReplicaActive { epoch: 4, .. }));
+        assert!(matches!(m.state, State::ReplicaActive { epoch: Epoch(4), .. }));
         assert!(bootstrap(&mut m, &Configured::Primary, Epoch(9)).is_err());
         m.observe(super::super::role::Observation::Halt(
             super::super::role::HaltReason::LogFailed("disk".into()),

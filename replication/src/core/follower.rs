@@ -131,8 +131,8 @@ impl Follower {
         }
         if w.epoch < self.highest_epoch {
             return Err(End::Halt(HaltReason::EpochRegression {
-                last: self.highest_epoch.0,
-                got: w.epoch.0,
+                last: self.highest_epoch,
+                got: w.epoch,
             }));
         }
         let raise_to = match judge(self.highest_epoch, w.epoch, w.epoch_proof, key) {
@@ -175,7 +175,7 @@ impl Follower {
         match theirs {
             Some(h) if h == self.tip.record_hash => Ok(()),
             theirs => Err(HaltReason::Fork {
-                commit_id: self.tip.commit_id,
+                commit_id: CommitId(self.tip.commit_id),
                 ours: self.tip.record_hash,
                 theirs: theirs.unwrap_or([0; 32]),
             }),
@@ -210,10 +210,7 @@ impl Follower {
     pub fn on_heartbeat(&mut self, epoch: Epoch, now: Duration) -> Result<Ack, End> {
         self.last_heard = now;
         match self.followed {
-            Some(f) if epoch < f => Err(End::Halt(HaltReason::EpochRegression {
-                last: f.0,
-                got: epoch.0,
-            })),
+            Some(f) if epoch < f => Err(End::Halt(HaltReason::EpochRegression { last: f, got: epoch })),
             Some(f) if epoch > f => Err(End::Retry(format!(
                 "the primary's heartbeat says epoch {} but it proved epoch {}; reconnecting",
                 epoch.0, f.0
@@ -233,8 +230,8 @@ impl Follower {
         self.last_heard = now;
         if size > self.tip.commit_id {
             return Err(End::Halt(HaltReason::Gap {
-                expected: self.tip.commit_id + 1,
-                got: size,
+                expected: CommitId(self.tip.commit_id + 1),
+                got: CommitId(size),
             }));
         }
         Ok(())
@@ -315,7 +312,10 @@ mod tests {
         let back = f.on_welcome(&welcome(2, &vk, None, None), &v, 4096, Duration::ZERO);
         assert!(matches!(
             back,
-            Err(End::Halt(HaltReason::EpochRegression { last: 3, got: 2 }))
+            Err(End::Halt(HaltReason::EpochRegression {
+                last: Epoch(3),
+                got: Epoch(2)
+            }))
         ));
     }
 
@@ -341,7 +341,10 @@ mod tests {
         let fork = f.on_welcome(&welcome(1, &vk, None, Some([5; 32])), &v, 4096, Duration::ZERO);
         assert!(matches!(
             fork,
-            Err(End::Halt(HaltReason::Fork { commit_id: 4, .. }))
+            Err(End::Halt(HaltReason::Fork {
+                commit_id: CommitId(4),
+                ..
+            }))
         ));
         let shorter = f.on_welcome(&welcome(1, &vk, None, None), &v, 4096, Duration::ZERO);
         assert!(matches!(shorter, Err(End::Halt(HaltReason::Fork { theirs, .. })) if theirs == [0; 32]));
@@ -371,7 +374,10 @@ mod tests {
         assert!(f.on_checkpoint(0, Duration::from_secs(4)).is_ok());
         assert!(matches!(
             f.on_checkpoint(3, Duration::from_secs(4)),
-            Err(End::Halt(HaltReason::Gap { expected: 1, got: 3 }))
+            Err(End::Halt(HaltReason::Gap {
+                expected: CommitId(1),
+                got: CommitId(3)
+            }))
         ));
     }
 }

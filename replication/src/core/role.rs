@@ -12,20 +12,22 @@
 //! - *Implicit promotion*: the only way into `PrimaryActive` is [`Command::Promote`] with an epoch greater than
 //!   every epoch this node has seen; nothing the node observes promotes it.
 
+use aerodb_wal::{CommitId, Epoch};
+
 /// Why a node halted.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum HaltReason {
     /// A frame arrived with a CommitId other than the next one.
     Gap {
         /// The CommitId expected.
-        expected: u64,
+        expected: CommitId,
         /// The CommitId received.
-        got: u64,
+        got: CommitId,
     },
     /// The histories differ at a CommitId.
     Fork {
         /// Where.
-        commit_id: u64,
+        commit_id: CommitId,
         /// Our record hash there.
         ours: [u8; 32],
         /// Theirs.
@@ -34,9 +36,9 @@ pub enum HaltReason {
     /// A frame or primary with an epoch lower than one already accepted.
     EpochRegression {
         /// The highest epoch accepted.
-        last: u64,
+        last: Epoch,
         /// The epoch received.
-        got: u64,
+        got: Epoch,
     },
     /// Bytes that do not check out (CRC, record hash, chain link).
     Corruption(String),
@@ -82,12 +84,12 @@ pub enum State {
     /// The sole write authority for `epoch`.
     PrimaryActive {
         /// This term's epoch.
-        epoch: u64,
+        epoch: Epoch,
     },
     /// Follows `primary`, whose epoch is `epoch`.
     ReplicaActive {
         /// The followed primary's epoch.
-        epoch: u64,
+        epoch: Epoch,
         /// Where the primary is.
         primary: String,
     },
@@ -119,12 +121,12 @@ pub enum Command {
     /// Become the write authority for `epoch` (must exceed every epoch seen).
     Promote {
         /// The new term's epoch.
-        epoch: u64,
+        epoch: Epoch,
     },
     /// Follow `primary` (whose epoch is `epoch`).
     Follow {
         /// The primary's epoch.
-        epoch: u64,
+        epoch: Epoch,
         /// Where it is.
         primary: String,
     },
@@ -133,7 +135,7 @@ pub enum Command {
     /// Leave `ReplicationHalted` as a replica of `primary`, after the log was re-synchronised from it.
     Rebuild {
         /// The primary's epoch.
-        epoch: u64,
+        epoch: Epoch,
         /// Where it is.
         primary: String,
     },
@@ -145,7 +147,7 @@ pub enum Observation {
     /// Another node claims to be primary for `epoch`.
     PeerPrimary {
         /// Its epoch.
-        epoch: u64,
+        epoch: Epoch,
         /// Who.
         node: String,
     },
@@ -160,9 +162,9 @@ pub enum Refusal {
     #[error("epoch {got} is not above the highest epoch seen ({highest})")]
     StaleEpoch {
         /// The highest epoch seen.
-        highest: u64,
+        highest: Epoch,
         /// The epoch given.
-        got: u64,
+        got: Epoch,
     },
     /// The command does not apply in this state.
     #[error("{command} is not allowed in state {state}")]
@@ -180,14 +182,14 @@ pub struct RoleMachine {
     /// The current state.
     pub state: State,
     /// The highest epoch seen.
-    pub highest_epoch: u64,
+    pub highest_epoch: Epoch,
 }
 
 impl Default for RoleMachine {
     fn default() -> Self {
         Self {
             state: State::Uninitialized,
-            highest_epoch: 0,
+            highest_epoch: Epoch(0),
         }
     }
 }
@@ -288,9 +290,9 @@ impl RoleMachine {
     /// Follows `primary` at `epoch`, which must be at least `floor` (above it when `strictly`).
     fn become_replica(
         &mut self,
-        epoch: u64,
+        epoch: Epoch,
         primary: String,
-        floor: u64,
+        floor: Epoch,
         strictly: bool,
     ) -> Result<(), Refusal> {
         if epoch < floor || (strictly && epoch == floor) {

@@ -195,10 +195,10 @@ async fn cut_divergent_tail(
     primary: &str,
     token: Option<&str>,
     j: bool,
-) -> Result<(), String> {
+) -> anyhow::Result<()> {
     use aerodb_proto::v1 as pb;
     let key = dir.join(aerodb_engine::KEY_FILE);
-    let signing_key = SigningKey::load(&key).map_err(|e| format!("{}: {e}", key.display()))?;
+    let signing_key = SigningKey::load(&key).map_err(|e| anyhow::anyhow!("{}: {e}", key.display()))?;
     let verifier = signing_key.verifier();
     let opts = aerodb_engine::Options {
         origin: signing_key.name().to_owned(),
@@ -211,21 +211,18 @@ async fn cut_divergent_tail(
     };
     let mut client = pb::ledger_client::LedgerClient::connect(primary.to_owned())
         .await
-        .map_err(|e| format!("connecting to the primary {primary}: {e}"))?;
+        .map_err(|e| anyhow::anyhow!("connecting to the primary {primary}: {e}"))?;
     let auth: Option<tonic::metadata::MetadataValue<_>> = token
         .map(|t| format!("Bearer {t}").parse())
         .transpose()
-        .map_err(|_| "the token is not a valid header value".to_string())?;
-    let db =
-        aerodb_engine::Db::open(dir, opts.clone()).map_err(|e| format!("opening {}: {e}", dir.display()))?;
-    let (mut lo, mut hi) = (0u64, db.tip().map_err(|e| e.to_string())?.commit_id);
+        .map_err(|_| anyhow::anyhow!("the token is not a valid header value"))?;
+    let db = aerodb_engine::Db::open(dir, opts.clone())
+        .map_err(|e| anyhow::anyhow!("opening {}: {e}", dir.display()))?;
+    let (mut lo, mut hi) = (0u64, db.tip()?.commit_id);
     let local_tip = hi;
     while lo < hi {
         let mid = (lo + hi).div_ceil(2);
-        let ours = db
-            .record(mid)
-            .map_err(|e| e.to_string())?
-            .map(|r| r.hash.to_vec());
+        let ours = db.record(mid)?.map(|r| r.hash.to_vec());
         let mut req = tonic::Request::new(pb::GetRecordRequest { commit_id: mid });
         if let Some(a) = &auth {
             req.metadata_mut().insert("authorization", a.clone());
@@ -233,7 +230,7 @@ async fn cut_divergent_tail(
         let theirs = match client.get_record(req).await {
             Ok(r) => r.into_inner().record.map(|r| r.record_hash),
             Err(s) if s.code() == tonic::Code::NotFound => None,
-            Err(s) => return Err(format!("reading record {mid} from the primary: {}", s.message())),
+            Err(s) => anyhow::bail!("reading record {mid} from the primary: {}", s.message()),
         };
         if ours.is_some() && theirs == ours {
             lo = mid;
@@ -241,9 +238,9 @@ async fn cut_divergent_tail(
             hi = mid - 1;
         }
     }
-    db.close().map_err(|e| e.to_string())?;
+    db.close()?;
     let removed = aerodb_engine::truncate_after(Arc::new(aerodb_wal::fs::RealFs), dir, lo, &opts, &verifier)
-        .map_err(|e| format!("cutting the log after {lo}: {e}"))?;
+        .map_err(|e| anyhow::anyhow!("cutting the log after {lo}: {e}"))?;
     print(
         j,
         json!({"common_prefix": lo, "removed": removed, "local_tip_before": local_tip}),
@@ -257,9 +254,9 @@ async fn cut_divergent_tail(
 }
 
 /// `aerodb admin verify-stats`: opens the directory read-only (the startup integrity check runs) and counts.
-fn verify_stats(dir: &std::path::Path, j: bool) -> Result<(), String> {
+fn verify_stats(dir: &std::path::Path, j: bool) -> anyhow::Result<()> {
     let key = dir.join(aerodb_engine::KEY_FILE);
-    let signing_key = SigningKey::load(&key).map_err(|e| format!("{}: {e}", key.display()))?;
+    let signing_key = SigningKey::load(&key).map_err(|e| anyhow::anyhow!("{}: {e}", key.display()))?;
     let db = aerodb_engine::Db::open(
         dir,
         aerodb_engine::Options {
@@ -271,11 +268,11 @@ fn verify_stats(dir: &std::path::Path, j: bool) -> Result<(), String> {
             ..aerodb_engine::Options::default()
         },
     )
-    .map_err(|e| format!("opening {}: {e}", dir.display()))?;
+    .map_err(|e| anyhow::anyhow!("opening {}: {e}", dir.display()))?;
     let (mut first, mut last, mut count, mut gaps) = (0u64, 0u64, 0u64, 0u64);
     let mut from = 1;
     loop {
-        let recs = db.records(from, 10_000).map_err(|e| e.to_string())?;
+        let recs = db.records(from, 10_000)?;
         let Some(end) = recs.last().map(|r| r.record.commit_id) else {
             break;
         };
@@ -294,7 +291,7 @@ fn verify_stats(dir: &std::path::Path, j: bool) -> Result<(), String> {
     let leaves = db.merkle_leaves();
     let report = db.open_report().clone();
     let cp = db.latest_checkpoint();
-    let tip = db.tip().map_err(|e| e.to_string())?;
+    let tip = db.tip()?;
     let (cp_size, cp_root, cp_epoch) = cp.as_ref().map_or((0, String::new(), 0), |c| {
         (c.checkpoint.size, hex(&c.checkpoint.root), c.checkpoint.epoch)
     });
@@ -326,12 +323,14 @@ fn verify_stats(dir: &std::path::Path, j: bool) -> Result<(), String> {
     if gap_free && parity {
         Ok(())
     } else {
-        Err("the log is not gap-free or the leaf count differs from the record count".into())
+        Err(anyhow::anyhow!(
+            "the log is not gap-free or the leaf count differs from the record count"
+        ))
     }
 }
 
 /// Runs an admin command on a stopped node: holds the data directory's lock so the server cannot start meanwhile.
-fn admin(cmd: &AdminCmd, j: bool) -> Result<(), String> {
+fn admin(cmd: &AdminCmd, j: bool) -> anyhow::Result<()> {
     use aerodb_replication::{role::Command, state_file::RoleFile};
     use aerodb_wal::fs::Fs as _;
     let dir = match cmd {
@@ -343,29 +342,30 @@ fn admin(cmd: &AdminCmd, j: bool) -> Result<(), String> {
         | AdminCmd::Rebuild { data_dir, .. } => data_dir,
     };
     let fs = Arc::new(aerodb_wal::fs::RealFs);
-    std::fs::create_dir_all(dir.join("wal")).map_err(|e| format!("{}: {e}", dir.display()))?;
+    std::fs::create_dir_all(dir.join("wal")).map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
     let _lock = fs
-        .try_lock(&dir.join("wal").join(aerodb_wal::LOCK_FILE_NAME))
-        .map_err(|e| e.to_string())?
-        .ok_or_else(|| format!("{} is in use: stop the server first", dir.display()))?;
+        .try_lock(&dir.join("wal").join(aerodb_wal::LOCK_FILE_NAME))?
+        .ok_or_else(|| anyhow::anyhow!("{} is in use: stop the server first", dir.display()))?;
     let file = RoleFile::new(fs, dir);
-    let mut m = file.load().map_err(|e| e.to_string())?;
+    let mut m = file.load()?;
     let change = match cmd {
         AdminCmd::Role { .. } => None,
-        AdminCmd::Promote { epoch, .. } => Some(Command::Promote { epoch: *epoch }),
+        AdminCmd::Promote { epoch, .. } => Some(Command::Promote {
+            epoch: aerodb_wal::Epoch(*epoch),
+        }),
         AdminCmd::Demote { epoch, primary, .. } => Some(Command::Follow {
-            epoch: *epoch,
+            epoch: aerodb_wal::Epoch(*epoch),
             primary: primary.clone(),
         }),
         AdminCmd::Resume { .. } => Some(Command::Resume),
         AdminCmd::Rebuild { epoch, primary, .. } => Some(Command::Rebuild {
-            epoch: *epoch,
+            epoch: aerodb_wal::Epoch(*epoch),
             primary: primary.clone(),
         }),
         AdminCmd::VerifyStats { .. } => None,
     };
     if let Some(c) = change {
-        m.command(c).map_err(|e| format!("refused: {e}"))?;
+        m.command(c).map_err(|e| anyhow::anyhow!("refused: {e}"))?;
         if let AdminCmd::Rebuild {
             discard_local_log: true,
             ..
@@ -375,24 +375,24 @@ fn admin(cmd: &AdminCmd, j: bool) -> Result<(), String> {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis());
             let aside = dir.join(format!("divergent-{ms}"));
-            std::fs::create_dir_all(&aside).map_err(|e| format!("{}: {e}", aside.display()))?;
+            std::fs::create_dir_all(&aside).map_err(|e| anyhow::anyhow!("{}: {e}", aside.display()))?;
             for name in ["wal", "merkle", "index", "checkpoints.log"] {
                 let from = dir.join(name);
                 if from.exists() {
                     std::fs::rename(&from, aside.join(name))
-                        .map_err(|e| format!("moving {} aside: {e}", from.display()))?;
+                        .map_err(|e| anyhow::anyhow!("moving {} aside: {e}", from.display()))?;
                 }
             }
             if !j {
                 println!("the local log was moved to {}", aside.display());
             }
         }
-        file.store(&m).map_err(|e| e.to_string())?;
+        file.store(&m)?;
     }
     let detail = format!("{:?}", m.state);
     print(
         j,
-        json!({"state": m.state.name(), "highest_epoch": m.highest_epoch, "detail": detail}),
+        json!({"state": m.state.name(), "highest_epoch": m.highest_epoch.0, "detail": detail}),
         || {
             format!(
                 "{} (highest epoch seen: {})\n  {detail}",
@@ -421,25 +421,23 @@ fn text(b: &[u8]) -> String {
     String::from_utf8(b.to_vec()).unwrap_or_else(|_| format!("0x{}", hex(b)))
 }
 
-async fn client(cli: &Cli, key: Option<&str>) -> Result<VerifiedClient, String> {
+async fn client(cli: &Cli, key: Option<&str>) -> anyhow::Result<VerifiedClient> {
     let verifier = match key {
-        Some(k) => VerifierKey::parse(k).map_err(|e| format!("verifier key: {e}"))?,
+        Some(k) => VerifierKey::parse(k).map_err(|e| anyhow::anyhow!("verifier key: {e}"))?,
         // Commands that do not verify still use the client's transport; any key parses here.
-        None => SigningKey::from_seed("unverified", [0u8; 32])
-            .map_err(|e| e.to_string())?
-            .verifier(),
+        None => SigningKey::from_seed("unverified", [0u8; 32])?.verifier(),
     };
     let ca = cli
         .ca_cert
         .as_ref()
-        .map(|p| std::fs::read(p).map_err(|e| format!("reading {}: {e}", p.display())))
+        .map(|p| std::fs::read(p).map_err(|e| anyhow::anyhow!("reading {}: {e}", p.display())))
         .transpose()?;
     VerifiedClient::connect_tls(&cli.grpc, cli.token.as_deref(), verifier, ca.as_deref())
         .await
-        .map_err(|e| e.to_string())
+        .map_err(anyhow::Error::from)
 }
 
-async fn run(cli: Cli) -> Result<(), String> {
+async fn run(cli: Cli) -> anyhow::Result<()> {
     let j = cli.json;
     match &cli.cmd {
         Cmd::Admin {
@@ -464,12 +462,12 @@ async fn run(cli: Cli) -> Result<(), String> {
             let health = raw
                 .health(c.request(pb::HealthRequest {}))
                 .await
-                .map_err(|e| e.message().to_owned())?
+                .map_err(|e| anyhow::anyhow!("{}", e.message()))?
                 .into_inner();
             let ha = raw
                 .ha_status(c.request(pb::HaStatusRequest {}))
                 .await
-                .map_err(|e| e.message().to_owned())?
+                .map_err(|e| anyhow::anyhow!("{}", e.message()))?
                 .into_inner();
             let cp = raw
                 .latest_checkpoint(c.request(pb::LatestCheckpointRequest {}))
@@ -513,7 +511,9 @@ async fn run(cli: Cli) -> Result<(), String> {
             } else {
                 let mut ops = Vec::new();
                 for p in put {
-                    let (k, v) = p.split_once('=').ok_or(format!("--put {p:?} is not key=value"))?;
+                    let (k, v) = p
+                        .split_once('=')
+                        .ok_or_else(|| anyhow::anyhow!("--put {p:?} is not key=value"))?;
                     ops.push(Op::Put {
                         key: Bytes::from(k.to_owned().into_bytes()),
                         value: Bytes::from(v.to_owned().into_bytes()),
@@ -525,13 +525,13 @@ async fn run(cli: Cli) -> Result<(), String> {
                     });
                 }
                 if ops.is_empty() {
-                    return Err("nothing to append: give --put, --delete or --event".into());
+                    anyhow::bail!("nothing to append: give --put, --delete or --event");
                 }
                 Payload::Batch(ops)
             };
             let mut c = client(&cli, verifier_key.as_deref()).await?;
             if verifier_key.is_some() {
-                let w = c.append(tenant, payload).await.map_err(|e| e.to_string())?;
+                let w = c.append(tenant, payload).await?;
                 print(
                     j,
                     json!({"commit_id": w.commit_id, "record_hash": hex(&w.record_hash), "verified": true,
@@ -554,10 +554,10 @@ async fn run(cli: Cli) -> Result<(), String> {
                         prove: false,
                     }))
                     .await
-                    .map_err(|e| e.message().to_owned())?
+                    .map_err(|e| anyhow::anyhow!("{}", e.message()))?
                     .into_inner()
                     .receipt
-                    .ok_or("no receipt")?;
+                    .ok_or_else(|| anyhow::anyhow!("no receipt"))?;
                 print(
                     j,
                     json!({"commit_id": r.commit_id, "record_hash": hex(&r.record_hash), "verified": false}),
@@ -580,10 +580,10 @@ async fn run(cli: Cli) -> Result<(), String> {
                     at: *at,
                 }))
                 .await
-                .map_err(|e| e.message().to_owned())?
+                .map_err(|e| anyhow::anyhow!("{}", e.message()))?
                 .into_inner();
             if !r.found {
-                return Err(format!("key {key:?} has no value at CommitId {}", r.at));
+                anyhow::bail!("key {key:?} has no value at CommitId {}", r.at);
             }
             print(
                 j,
@@ -599,11 +599,11 @@ async fn run(cli: Cli) -> Result<(), String> {
                     commit_id: *commit_id,
                 }))
                 .await
-                .map_err(|e| e.message().to_owned())?
+                .map_err(|e| anyhow::anyhow!("{}", e.message()))?
                 .into_inner()
                 .record
-                .ok_or("no record")?;
-            let rec = record::decode(&Bytes::from(r.canonical.clone())).map_err(|e| e.to_string())?;
+                .ok_or_else(|| anyhow::anyhow!("no record"))?;
+            let rec = record::decode(&Bytes::from(r.canonical.clone()))?;
             print(
                 j,
                 json!({"commit_id": rec.commit_id, "epoch": rec.epoch, "timestamp_ms": rec.timestamp_ms,
@@ -628,8 +628,11 @@ async fn run(cli: Cli) -> Result<(), String> {
             verifier_key,
         } => {
             let mut c = client(&cli, Some(verifier_key)).await?;
-            let rec = c.verified_record(*commit_id).await.map_err(|e| e.to_string())?;
-            let cp = c.trusted().cloned().ok_or("no checkpoint accepted")?;
+            let rec = c.verified_record(*commit_id).await?;
+            let cp = c
+                .trusted()
+                .cloned()
+                .ok_or_else(|| anyhow::anyhow!("no checkpoint accepted"))?;
             print(
                 j,
                 json!({"commit_id": rec.commit_id, "verified": true, "checkpoint_size": cp.size,
@@ -651,7 +654,7 @@ async fn run(cli: Cli) -> Result<(), String> {
                 .raw()
                 .latest_checkpoint(c.request(pb::LatestCheckpointRequest {}))
                 .await
-                .map_err(|e| e.message().to_owned())?
+                .map_err(|e| anyhow::anyhow!("{}", e.message()))?
                 .into_inner();
             print(
                 j,
@@ -668,7 +671,7 @@ async fn run(cli: Cli) -> Result<(), String> {
                 .as_deref()
                 .map(VerifierKey::parse)
                 .transpose()
-                .map_err(|e| format!("verifier key: {e}"))?;
+                .map_err(|e| anyhow::anyhow!("verifier key: {e}"))?;
             let opts = VerifyOptions {
                 verifier,
                 strict: *strict,
@@ -691,8 +694,7 @@ async fn run(cli: Cli) -> Result<(), String> {
                     );
                     let _ = std::io::stderr().flush();
                 }
-            })
-            .map_err(|e| e.to_string())?;
+            })?;
             if show {
                 eprintln!();
             }
@@ -724,7 +726,7 @@ async fn run(cli: Cli) -> Result<(), String> {
                 },
             );
             if !report.ok() {
-                return Err(format!("{} problem(s) found", problems.len()));
+                anyhow::bail!("{} problem(s) found", problems.len());
             }
         }
         Cmd::Inspect { dir, from, limit } => {
@@ -734,15 +736,10 @@ async fn run(cli: Cli) -> Result<(), String> {
                 max_record_bytes: aerodb_wal::format::MAX_FRAME_BODY_BYTES,
                 ..aerodb_wal::Options::default()
             };
-            let wal = aerodb_wal::Wal::open(Arc::new(aerodb_wal::fs::RealFs), dir.join("wal"), opts)
-                .map_err(|e| e.to_string())?;
+            let wal = aerodb_wal::Wal::open(Arc::new(aerodb_wal::fs::RealFs), dir.join("wal"), opts)?;
             let mut rows = Vec::new();
-            for f in wal
-                .read_from(aerodb_wal::CommitId((*from).max(1)))
-                .map_err(|e| e.to_string())?
-                .take(*limit)
-            {
-                let f = f.map_err(|e| e.to_string())?;
+            for f in wal.read_from(aerodb_wal::CommitId((*from).max(1)))?.take(*limit) {
+                let f = f?;
                 let body = f.body();
                 let summary = match record::decode(&body) {
                     Ok(r) => format!("tenant {} {:?}", r.tenant, r.payload),
@@ -772,8 +769,8 @@ async fn run(cli: Cli) -> Result<(), String> {
             }
         }
         Cmd::Keygen { origin, out } => {
-            let key = SigningKey::generate(origin).map_err(|e| e.to_string())?;
-            key.save(out).map_err(|e| e.to_string())?;
+            let key = SigningKey::generate(origin)?;
+            key.save(out)?;
             print(
                 j,
                 json!({"path": out, "verifier_key": key.verifier().to_string()}),

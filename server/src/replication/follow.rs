@@ -51,10 +51,10 @@ struct Credentials {
     identity: Option<(Vec<u8>, Vec<u8>)>,
 }
 
-fn credentials(node: &Node) -> Result<Credentials, String> {
+fn credentials(node: &Node) -> crate::Result<Credentials> {
     let c = &node.config;
     let read = |p: &std::path::Path, what: &str| {
-        std::fs::read(p).map_err(|e| format!("reading {what} {}: {e}", p.display()))
+        std::fs::read(p).map_err(|e| crate::Error::file(p, format_args!("reading {what}: {e}")))
     };
     let token = match &c.primary_token_file {
         Some(p) => Some(
@@ -87,7 +87,7 @@ pub async fn follow(node: Arc<Node>, mut stop: watch::Receiver<bool>) {
         Ok(c) => c,
         Err(e) => {
             tracing::error!("{e}; not following");
-            node.follower.lock().last_error = e;
+            node.follower.lock().last_error = e.to_string();
             return;
         }
     };
@@ -143,9 +143,9 @@ fn halt(node: &Node, reason: HaltReason, evidence: &str) -> StreamEnd {
     StreamEnd::Halted
 }
 
-async fn connect(url: &str, creds: &Credentials) -> Result<tonic::transport::Channel, String> {
+async fn connect(url: &str, creds: &Credentials) -> crate::Result<tonic::transport::Channel> {
     let endpoint = tonic::transport::Endpoint::from_shared(url.to_owned())
-        .map_err(|e| format!("bad primary URL {url}: {e}"))?
+        .map_err(|e| crate::Error::config(format!("bad primary URL {url}: {e}")))?
         .connect_timeout(Duration::from_secs(2))
         .tcp_nodelay(true);
     let endpoint = if creds.ca.is_none() && creds.identity.is_none() {
@@ -160,12 +160,12 @@ async fn connect(url: &str, creds: &Credentials) -> Result<tonic::transport::Cha
         }
         endpoint
             .tls_config(tls)
-            .map_err(|e| format!("TLS to {url}: {e}"))?
+            .map_err(|e| crate::Error::Peer(format!("TLS to {url}: {e}")))?
     };
     endpoint
         .connect()
         .await
-        .map_err(|e| format!("connecting to {url}: {e}"))
+        .map_err(|e| crate::Error::Peer(format!("connecting to {url}: {e}")))
 }
 
 async fn send_ack(out: &mpsc::Sender<pb::ReplicaMessage>, ack: Ack) -> Result<(), StreamEnd> {
@@ -190,13 +190,13 @@ async fn stream_once(
 ) -> StreamEnd {
     let channel = match connect(url, creds).await {
         Ok(c) => c,
-        Err(e) => return StreamEnd::Retry(e),
+        Err(e) => return StreamEnd::Retry(e.to_string()),
     };
     let mut client = pb::replication_client::ReplicationClient::new(channel)
         .max_decoding_message_size(BATCH_BYTES + (64 << 20))
         .max_encoding_message_size(1 << 20);
     let tip = applier.lock().tip();
-    let highest = Epoch(node.role.lock().highest_epoch);
+    let highest = node.role.lock().highest_epoch;
     let clock = Instant::now();
     let now = || clock.elapsed();
     let mut follower = Follower::new(tip, highest, now());

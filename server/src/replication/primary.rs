@@ -54,7 +54,7 @@ fn msg(m: PMsg) -> Result<pb::PrimaryMessage, Status> {
 /// This node's epoch if it is the writable primary.
 fn primary_epoch(node: &Node) -> Option<Epoch> {
     match node.role.lock().state {
-        State::PrimaryActive { epoch } if node.db.not_writable().is_none() => Some(Epoch(epoch)),
+        State::PrimaryActive { epoch } if node.db.not_writable().is_none() => Some(epoch),
         _ => None,
     }
 }
@@ -127,7 +127,7 @@ impl pb::replication_server::Replication for ReplicationService {
                 let w = welcome(&node, CommitId(hello.commit_id).next());
                 node.observe(
                     Observation::PeerPrimary {
-                        epoch: epoch.0,
+                        epoch,
                         node: format!("the primary followed by replica {}", hello.node_id),
                     },
                     &format!(
@@ -193,7 +193,7 @@ fn welcome(node: &Node, from: CommitId) -> Result<pb::Welcome, ApiError> {
     };
     Ok(pb::Welcome {
         node_id: node.config.node_id.clone(),
-        epoch: node.role.lock().highest_epoch,
+        epoch: node.role.lock().highest_epoch.0,
         verifier_key: db.verifier_key().to_string(),
         segment_bytes: db.segment_bytes(),
         commit_id: db.tip()?.commit_id,
@@ -205,26 +205,30 @@ fn welcome(node: &Node, from: CommitId) -> Result<pb::Welcome, ApiError> {
 
 /// Queues one message for the replica; a replica that stops reading (a partition: the stream's flow-control
 /// window stays full) is given up after the silence limit.
-async fn deliver(tx: &Tx, m: PMsg) -> Result<(), String> {
+async fn deliver(tx: &Tx, m: PMsg) -> crate::Result<()> {
     let limit = aerodb_replication::core::primary::SILENCE;
     match tokio::time::timeout(limit, tx.send(msg(m))).await {
         Ok(Ok(())) => Ok(()),
-        Ok(Err(_)) => Err("the replica went away".into()),
-        Err(_) => Err(format!("the replica read nothing for {} ms", limit.as_millis())),
+        Ok(Err(_)) => Err(crate::Error::Peer("the replica went away".into())),
+        Err(_) => Err(crate::Error::Peer(format!(
+            "the replica read nothing for {} ms",
+            limit.as_millis()
+        ))),
     }
 }
 
 /// Reads up to a batch of frames from `from`: the live tail (a few records just written, in the page cache) in
 /// place — a hop to the blocking pool would cost more than the read — and catch-up reads on the blocking pool.
-async fn read_frames(node: &Arc<Node>, from: CommitId, tip: CommitId) -> Result<Vec<Bytes>, String> {
+async fn read_frames(node: &Arc<Node>, from: CommitId, tip: CommitId) -> crate::Result<Vec<Bytes>> {
+    let reading = |e| crate::Error::engine(format!("reading frames from CommitId {}", from.0), e);
     if tip.0.saturating_sub(from.0) < LIVE_TAIL_RECORDS {
-        return node.db.raw_frames(from.0, BATCH_BYTES).map_err(|e| e.to_string());
+        return node.db.raw_frames(from.0, BATCH_BYTES).map_err(reading);
     }
     let db = node.db.clone();
     tokio::task::spawn_blocking(move || db.raw_frames(from.0, BATCH_BYTES))
         .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string())
+        .map_err(|e| crate::Error::Task(format!("the frame reader failed: {e}")))?
+        .map_err(reading)
 }
 
 /// Streams the log to replica `id` until it disconnects or this node stops being primary: each turn asks the
@@ -265,7 +269,7 @@ async fn send_log(
         let sent = match next {
             Next::End(why) => return why,
             Next::Frames { from } => match read_frames(node, from, tip).await {
-                Err(e) => return format!("reading the log: {e}"),
+                Err(e) => return e.to_string(),
                 Ok(frames) if frames.is_empty() => Ok(()),
                 Ok(frames) => {
                     let last = CommitId(from.0 + frames.len() as u64 - 1);
@@ -290,7 +294,7 @@ async fn send_log(
                 node.replicas.with_stream(id, |s| s.heartbeat_sent(now));
                 let hb = pb::Heartbeat {
                     primary_commit_id: tip.0,
-                    epoch: node.role.lock().highest_epoch,
+                    epoch: node.role.lock().highest_epoch.0,
                 };
                 deliver(tx, PMsg::Heartbeat(hb)).await
             }
@@ -309,7 +313,7 @@ async fn send_log(
             }
         };
         if let Err(why) = sent {
-            return why;
+            return why.to_string();
         }
     }
 }
