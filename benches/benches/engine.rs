@@ -4,6 +4,7 @@
 //!
 //! Run: `cargo bench -p aerodb-benches --bench engine` (builds a 1M-record directory first, ≈ 5 s).
 
+use aerodb_wal::CommitId;
 use std::{
     sync::{
         atomic::{AtomicU64, Ordering},
@@ -101,7 +102,7 @@ fn at_one_million(c: &mut Criterion) {
         b.iter(|| {
             db.get_at(
                 format!("key-{:012}", next(&mut seed) % 200_000).as_bytes(),
-                RECORDS / 2,
+                CommitId(RECORDS / 2),
             )
             .expect("get_at")
         })
@@ -113,16 +114,17 @@ fn at_one_million(c: &mut Criterion) {
     g.throughput(Throughput::Elements(1));
     g.bench_function("inclusion_generate", |b| {
         b.iter(|| {
-            db.inclusion_proof(1 + next(&mut seed) % RECORDS, RECORDS)
+            db.inclusion_proof(CommitId(1 + next(&mut seed) % RECORDS), RECORDS)
                 .expect("proof")
         })
     });
     let samples: Vec<(merkle::Hash, aerodb_engine::InclusionProof)> = (0..1000)
         .map(|_| {
             let c = 1 + next(&mut seed) % RECORDS;
-            let leaf =
-                aerodb_engine::record::merkle_leaf(&db.record(c).expect("read").expect("record").canonical);
-            (leaf, db.inclusion_proof(c, RECORDS).expect("proof"))
+            let leaf = aerodb_engine::record::merkle_leaf(
+                &db.record(CommitId(c)).expect("read").expect("record").canonical,
+            );
+            (leaf, db.inclusion_proof(CommitId(c), RECORDS).expect("proof"))
         })
         .collect();
     let mut i = 0;

@@ -5,6 +5,7 @@
 //!
 //! Run: `cargo run --release -p aerodb-engine --example ledger [-- DIR]`
 
+use aerodb_wal::CommitId;
 use std::path::PathBuf;
 
 use aerodb_engine::merkle::to_hex as hex;
@@ -68,7 +69,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("acme/balance now      = {:?}", utf8(db.get(b"acme/balance")?));
     println!(
         "acme/balance at #1500 = {:?}",
-        utf8(db.get_at(b"acme/balance", 1500)?)
+        utf8(db.get_at(b"acme/balance", CommitId(1500))?)
     );
     println!(
         "globex/last-op has {} versions",
@@ -76,7 +77,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
     println!(
         "initech has {} records from #2900 on",
-        db.scan_tenant("initech", 2900, 1000)?.len()
+        db.scan_tenant("initech", CommitId(2900), 1000)?.len()
     );
 
     // A checkpoint, as a client receives it, and the key it was told to trust.
@@ -86,8 +87,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let checkpoint = SignedCheckpoint::verify(&cp.note, &trusted)?.checkpoint;
 
     // Inclusion: record #1234 is in the tree the checkpoint signs.
-    let record = db.record(1234)?.ok_or("record 1234 missing")?;
-    let proof = db.inclusion_proof(1234, checkpoint.size)?;
+    let record = db.record(CommitId(1234))?.ok_or("record 1234 missing")?;
+    let proof = db.inclusion_proof(CommitId(1234), checkpoint.size)?;
     let included = merkle::verify_inclusion(
         &record::merkle_leaf(&record.canonical),
         proof.leaf_index,

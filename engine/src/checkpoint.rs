@@ -13,6 +13,7 @@
 //! `<name>+<hex key id>+<base64(0x01 ‖ public key)>`; the private key file holds
 //! `PRIVATE+KEY+<name>+<hex key id>+<base64(0x01 ‖ seed)>`.
 
+use aerodb_wal::Epoch;
 use std::{io, path::Path};
 
 use base64::{engine::general_purpose::STANDARD as B64, Engine};
@@ -345,7 +346,7 @@ pub struct Checkpoint {
     /// The Merkle root at that size.
     pub root: Hash,
     /// The writer's epoch when it was made.
-    pub epoch: u64,
+    pub epoch: Epoch,
 }
 
 impl Checkpoint {
@@ -394,6 +395,7 @@ impl Checkpoint {
                 if epoch
                     .replace(
                         e.parse()
+                            .map(Epoch)
                             .map_err(|_| CheckpointError::Body("epoch is not a number"))?,
                     )
                     .is_some()
@@ -459,7 +461,7 @@ mod tests {
             origin: "example.com/log".into(),
             size: 12,
             root: [9u8; 32],
-            epoch: 4,
+            epoch: Epoch(4),
         };
         let signed = cp.sign(&k);
         let v = VerifierKey::parse(&k.verifier().to_string()).unwrap();
@@ -477,7 +479,7 @@ mod tests {
             origin: "example.com/log".into(),
             size: 12,
             root: [9u8; 32],
-            epoch: 4,
+            epoch: Epoch(4),
         }
         .sign(&k)
         .note;

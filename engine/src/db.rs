@@ -49,7 +49,7 @@ pub struct Options {
     /// The checkpoint signing key. `None`: load `<dir>/checkpoint.key`, creating it (mode 0600) on first open.
     pub signing_key: Option<SigningKey>,
     /// The epoch stamped on every record this node writes.
-    pub epoch: u64,
+    pub epoch: Epoch,
     /// Emit a checkpoint after this many new records (0: never by count).
     pub checkpoint_every_records: u64,
     /// Emit a checkpoint when this much time passed and there are new records (`None`: never by time).
@@ -75,7 +75,7 @@ impl Default for Options {
         Self {
             origin: "aerodb-ledger".into(),
             signing_key: None,
-            epoch: 1,
+            epoch: Epoch(1),
             checkpoint_every_records: 10_000,
             checkpoint_interval: Some(Duration::from_secs(1)),
             fail_on_startup_check: true,
@@ -91,7 +91,7 @@ impl Default for Options {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Receipt {
     /// The record's CommitId.
-    pub commit_id: u64,
+    pub commit_id: CommitId,
     /// `SHA-256` of the record's canonical bytes.
     pub record_hash: Hash,
     /// The record's Merkle leaf index (`commit_id - 1`).
@@ -113,7 +113,7 @@ pub struct StoredRecord {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Version {
     /// The record that wrote it.
-    pub commit_id: u64,
+    pub commit_id: CommitId,
     /// The value, or `None` for a delete.
     pub value: Option<Bytes>,
 }
@@ -133,7 +133,7 @@ pub struct InclusionProof {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Tip {
     /// The last applied CommitId (0 when empty); also the tree size.
-    pub commit_id: u64,
+    pub commit_id: CommitId,
     /// Its record hash (the genesis hash when empty).
     pub record_hash: Hash,
     /// The Merkle root over all applied records.
@@ -545,7 +545,7 @@ impl Db {
     ) -> Result<(Receipt, SignedCheckpoint, InclusionProof)> {
         let receipt = self.append(tenant, payload)?;
         let cp = match self.latest_checkpoint() {
-            Some(c) if c.checkpoint.size >= receipt.commit_id => c,
+            Some(c) if c.checkpoint.size >= receipt.commit_id.0 => c,
             _ => self.checkpoint_now()?,
         };
         let proof = self.inclusion_proof(receipt.commit_id, cp.checkpoint.size)?;
@@ -553,7 +553,8 @@ impl Db {
     }
 
     /// The record `commit_id`, or `None` if the log does not (yet) hold it.
-    pub fn record(&self, commit_id: u64) -> Result<Option<StoredRecord>> {
+    pub fn record(&self, commit_id: CommitId) -> Result<Option<StoredRecord>> {
+        let commit_id = commit_id.0;
         if commit_id == 0 || commit_id > self.inner.state.read().visible {
             return Ok(None);
         }
@@ -561,7 +562,8 @@ impl Db {
     }
 
     /// Records from `from` (inclusive), at most `limit`.
-    pub fn records(&self, from: u64, limit: usize) -> Result<Vec<StoredRecord>> {
+    pub fn records(&self, from: CommitId, limit: usize) -> Result<Vec<StoredRecord>> {
+        let from = from.0;
         let visible = self.inner.state.read().visible;
         let mut out = Vec::new();
         for f in self.inner.wal.read_from(CommitId(from.max(1)))? {
@@ -576,11 +578,12 @@ impl Db {
 
     /// The current value of `key`.
     pub fn get(&self, key: &[u8]) -> Result<Option<Bytes>> {
-        self.get_at(key, u64::MAX)
+        self.get_at(key, CommitId(u64::MAX))
     }
 
     /// The value `key` had right after CommitId `at` was applied.
-    pub fn get_at(&self, key: &[u8], at: u64) -> Result<Option<Bytes>> {
+    pub fn get_at(&self, key: &[u8], at: CommitId) -> Result<Option<Bytes>> {
+        let at = at.0;
         let at = at.min(self.inner.visible());
         let version = self.inner.index.read().version_at(KEYS, key, at);
         match version {
@@ -603,7 +606,7 @@ impl Db {
                     self.inner.value_in(commit, key)?
                 };
                 Ok(Version {
-                    commit_id: commit,
+                    commit_id: CommitId(commit),
                     value,
                 })
             })
@@ -635,7 +638,8 @@ impl Db {
     }
 
     /// Records of `tenant` with CommitId ≥ `from`, oldest first, at most `limit`.
-    pub fn scan_tenant(&self, tenant: &str, from: u64, limit: usize) -> Result<Vec<StoredRecord>> {
+    pub fn scan_tenant(&self, tenant: &str, from: CommitId, limit: usize) -> Result<Vec<StoredRecord>> {
+        let from = from.0;
         let visible = self.inner.visible();
         let ids: Vec<u64> = self
             .inner
@@ -652,7 +656,7 @@ impl Db {
     pub fn tip(&self) -> Result<Tip> {
         let st = self.inner.state.read();
         Ok(Tip {
-            commit_id: st.visible,
+            commit_id: CommitId(st.visible),
             record_hash: st.tip_hash,
             root: merkle::root(&st.merkle, st.visible)?,
         })
@@ -672,7 +676,8 @@ impl Db {
     }
 
     /// The inclusion proof of record `commit_id` in the tree of `tree_size` records.
-    pub fn inclusion_proof(&self, commit_id: u64, tree_size: u64) -> Result<InclusionProof> {
+    pub fn inclusion_proof(&self, commit_id: CommitId, tree_size: u64) -> Result<InclusionProof> {
+        let commit_id = commit_id.0;
         let st = self.inner.state.read();
         check_range("tree size", tree_size, st.visible)?;
         check_range("CommitId", commit_id, tree_size)?;
@@ -725,7 +730,8 @@ impl Db {
 
     /// The frames `from..` (inclusive) exactly as stored (header and body), up to about `max_bytes` (at least one
     /// frame when there is one) and never past the applied mark: what a primary streams to its replicas.
-    pub fn raw_frames(&self, from: u64, max_bytes: usize) -> Result<Vec<Bytes>> {
+    pub fn raw_frames(&self, from: CommitId, max_bytes: usize) -> Result<Vec<Bytes>> {
+        let from = from.0;
         let visible = self.inner.visible();
         let mut out = Vec::new();
         if from == 0 || from > visible {
@@ -767,7 +773,7 @@ impl Db {
     /// and hashing every record twice on the catch-up path would cost a SHA-256 pass per record for nothing
     /// (debug builds check it). The links themselves are checked here against those hashes, starting from this
     /// log's own last hash.
-    pub fn append_replicated(&self, frames: &[(u64, &[u8], Hash)]) -> Result<u64> {
+    pub fn append_replicated(&self, frames: &[(Epoch, &[u8], Hash)]) -> Result<CommitId> {
         let inner = &*self.inner;
         if !inner.opts.replica {
             return Err(Error::InvalidOptions(
@@ -783,7 +789,7 @@ impl Db {
         let mut last = inner.visible();
         // One log append per run of equal epochs (a frame's epoch is its header's, so a run shares it).
         for run in frames.chunk_by(|a, b| a.0 == b.0) {
-            let epoch = run[0].0;
+            let epoch = run[0].0 .0;
             // Lock order as in `append_items`: the chain lock, then (inside `enqueue_with`) the log's.
             let mut chain = inner.lock_chain();
             // The closure checks every record before pushing any, so a refused run leaves the log untouched.
@@ -839,7 +845,7 @@ impl Db {
             queued.wait()?;
         }
         inner.apply_durable(last)?;
-        Ok(last)
+        Ok(CommitId(last))
     }
 
     /// Replica side: stores a checkpoint the primary signed, after checking its signature (this log's verifier
@@ -1298,7 +1304,7 @@ impl Inner {
         // The chain lock orders the engine's appends; the log's ordering lock is taken inside it, only for
         // sealing and queueing, so the log's flush leader never waits behind an appender's indexing.
         let mut chain = self.lock_chain();
-        let queued = self.wal.enqueue_with(Epoch(epoch), |sink| {
+        let queued = self.wal.enqueue_with(epoch, |sink| {
             // Under the log's ordering lock: only the trailer (timestamp, CommitId, previous hash) and the last
             // hash blocks.
             let ts = now_ms().max(chain.last_ts);
@@ -1312,7 +1318,7 @@ impl Inner {
                 sink.push(&sealed.canonical)?;
                 record::recycle(sealed.canonical);
                 it.state = ItemState::Queued(Receipt {
-                    commit_id: commit,
+                    commit_id: CommitId(commit),
                     record_hash: sealed.record_hash,
                     leaf_index: commit - 1,
                 });
@@ -1328,11 +1334,11 @@ impl Inner {
             // records for applying and index them, so acknowledging only has to move the applied mark.
             self.pending.lock().extend(items.iter().map(|it| {
                 let r = it.receipt();
-                Pending::new(r.commit_id, r.record_hash)
+                Pending::new(r.commit_id.0, r.record_hash)
             }));
             self.index_queued(queued.last().0, |ix| {
                 for it in items.iter() {
-                    ix.add_payload(it.receipt().commit_id, it.tenant, it.payload);
+                    ix.add_payload(it.receipt().commit_id.0, it.tenant, it.payload);
                 }
             });
             drop(chain);
@@ -1344,7 +1350,7 @@ impl Inner {
             }
             return Err(e.into());
         }
-        let need = items.last().map_or(0, |it| it.receipt().commit_id);
+        let need = items.last().map_or(0, |it| it.receipt().commit_id.0);
         self.apply_durable(need)
     }
 

@@ -321,7 +321,8 @@ pub fn recycle(buf: Vec<u8>) {
 
 /// Encodes everything but the trailer and hashes it. The caller has validated tenant and payload.
 #[must_use]
-pub fn prepare(epoch: u64, tenant: &str, payload: &Payload) -> Prepared {
+pub fn prepare(epoch: aerodb_wal::Epoch, tenant: &str, payload: &Payload) -> Prepared {
+    let epoch = epoch.0;
     let body = body_len(payload);
     assert!(
         tenant.len() <= MAX_TENANT_BYTES,
@@ -398,7 +399,7 @@ pub fn encode(
     payload: &Payload,
     prev_hash: &Hash,
 ) {
-    *out = prepare(epoch, tenant, payload)
+    *out = prepare(aerodb_wal::Epoch(epoch), tenant, payload)
         .seal(timestamp_ms, commit_id, prev_hash)
         .canonical;
 }

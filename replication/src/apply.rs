@@ -4,6 +4,7 @@
 //! compared byte for byte with the frame the replica holds at that CommitId: equal is skipped, different is a fork.
 //! Anything else halts, and nothing after the failing frame is applied.
 
+use aerodb_wal::{CommitId, Epoch};
 use std::sync::Arc;
 
 use aerodb_engine::{record, Db};
@@ -47,12 +48,12 @@ pub struct Applier {
 /// The tip of a database: its last record's CommitId, hash and epoch.
 pub fn tip_of(db: &Db) -> Result<Tip, aerodb_engine::Error> {
     let t = db.tip()?;
-    if t.commit_id == 0 {
+    if t.commit_id == CommitId(0) {
         return Ok(Tip::genesis());
     }
     let epoch = db.record(t.commit_id)?.map_or(0, |r| r.record.epoch);
     Ok(Tip {
-        commit_id: t.commit_id,
+        commit_id: t.commit_id.0,
         record_hash: t.record_hash,
         epoch,
     })
@@ -87,7 +88,7 @@ impl Applier {
     pub fn apply(&mut self, frames: &[Bytes]) -> Result<Applied, ApplyError> {
         let mut out = Applied::default();
         // Accepted frames: epoch, body, record hash (from the check), and the frame as received.
-        let mut run: Vec<(u64, &[u8], [u8; 32])> = Vec::new();
+        let mut run: Vec<(Epoch, &[u8], [u8; 32])> = Vec::new();
         let mut raws: Vec<&Bytes> = Vec::new();
         let mut tip = self.tip;
         let mut failure = None;
@@ -102,7 +103,7 @@ impl Applier {
                 }
                 Ok(Verdict::Append(next)) => {
                     run.push((
-                        next.epoch,
+                        Epoch(next.epoch),
                         &raw[aerodb_wal::format::FRAME_HEADER_LEN..],
                         next.record_hash,
                     ));
@@ -115,7 +116,7 @@ impl Applier {
                         let i = (commit_id - self.tip.commit_id - 1) as usize;
                         raws.get(i).map(|f| (*f).clone())
                     } else {
-                        self.db.raw_frames(commit_id, 0)?.into_iter().next()
+                        self.db.raw_frames(CommitId(commit_id), 0)?.into_iter().next()
                     };
                     match held {
                         Some(ours) if ours == *raw => out.duplicates += 1,
@@ -123,7 +124,7 @@ impl Applier {
                             let body_of =
                                 |f: &[u8]| record::record_hash(&f[aerodb_wal::format::FRAME_HEADER_LEN..]);
                             failure = Some(HaltReason::Fork {
-                                commit_id: aerodb_wal::CommitId(commit_id),
+                                commit_id: CommitId(commit_id),
                                 ours: body_of(&ours),
                                 theirs: if raw.len() >= aerodb_wal::format::FRAME_HEADER_LEN {
                                     body_of(raw)
@@ -150,7 +151,7 @@ impl Applier {
         }
         if !run.is_empty() {
             let last = self.db.append_replicated(&run)?;
-            debug_assert_eq!(last, tip.commit_id);
+            debug_assert_eq!(last, CommitId(tip.commit_id));
             out.appended += run.len() as u64;
             self.tip = tip;
         }

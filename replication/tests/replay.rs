@@ -8,6 +8,7 @@
     reason = "test code: a panic is the failure report"
 )]
 
+use aerodb_wal::Epoch;
 use std::{path::Path, sync::Arc};
 
 use aerodb_engine::{Db, Options, SigningKey};
@@ -28,7 +29,7 @@ fn log(tag: &str, epochs: &[u64], n: u64) -> (Vec<Vec<u8>>, Tip) {
     for &epoch in epochs {
         let opts = Options {
             signing_key: Some(SigningKey::from_seed("aerodb-ledger", [3u8; 32]).unwrap()),
-            epoch,
+            epoch: Epoch(epoch),
             checkpoint_every_records: 0,
             checkpoint_interval: None,
             wal: aerodb_wal::Options {
@@ -49,7 +50,7 @@ fn log(tag: &str, epochs: &[u64], n: u64) -> (Vec<Vec<u8>>, Tip) {
         }
         let t = db.tip().unwrap();
         tip = Tip {
-            commit_id: t.commit_id,
+            commit_id: t.commit_id.0,
             record_hash: t.record_hash,
             epoch,
         };
@@ -154,8 +155,8 @@ fn every_failure_halts_with_its_reason() {
     assert_eq!(
         check_frame(&t, &late[12], MAX),
         Err(HaltReason::EpochRegression {
-            last: aerodb_wal::Epoch(2),
-            got: aerodb_wal::Epoch(1)
+            last: Epoch(2),
+            got: Epoch(1)
         })
     );
 }

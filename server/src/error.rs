@@ -2,6 +2,7 @@
 //! wrong. Every bad input maps to a precise 4xx / non-INTERNAL gRPC code; only genuine server faults are 500.
 
 use aerodb_engine::{record::RecordError, Error as EngineError, NotWritable};
+use aerodb_wal::CommitId;
 
 /// Stable machine-readable error codes (the `error.code` field of REST responses).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -126,7 +127,7 @@ pub struct ApiError {
     /// Where writes go instead (with `NOT_LEADER`).
     pub leader_url: Option<String>,
     /// With `OUTCOME_UNKNOWN`: the first and last CommitId the write was given.
-    pub commit_ids: Option<(u64, u64)>,
+    pub commit_ids: Option<(CommitId, CommitId)>,
 }
 
 impl ApiError {
@@ -141,7 +142,7 @@ impl ApiError {
     }
 
     /// `OUTCOME_UNKNOWN` for a write given CommitIds `first..=last`: durable here, `why` not confirmed.
-    pub fn outcome_unknown(first: u64, last: u64, why: impl std::fmt::Display) -> Self {
+    pub fn outcome_unknown(first: CommitId, last: CommitId, why: impl std::fmt::Display) -> Self {
         let what = if first == last {
             format!("record {first}")
         } else {
@@ -169,8 +170,8 @@ impl ApiError {
             e["leader_url"] = serde_json::Value::String(u.clone());
         }
         if let Some((first, last)) = self.commit_ids {
-            e["commit_id"] = first.into();
-            e["last_commit_id"] = last.into();
+            e["commit_id"] = first.0.into();
+            e["last_commit_id"] = last.0.into();
         }
         serde_json::json!({ "error": e })
     }
@@ -185,8 +186,8 @@ impl ApiError {
         let mut status = tonic::Status::new(self.code.grpc(), msg);
         if let Some((first, last)) = self.commit_ids {
             let md = status.metadata_mut();
-            md.insert("aerodb-commit-id", first.into());
-            md.insert("aerodb-last-commit-id", last.into());
+            md.insert("aerodb-commit-id", first.0.into());
+            md.insert("aerodb-last-commit-id", last.0.into());
         }
         status
     }

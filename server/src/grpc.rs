@@ -166,7 +166,7 @@ fn new_record(r: pb::NewRecord) -> ApiResult<NewRecord> {
 
 fn receipt(r: &aerodb_engine::Receipt) -> pb::Receipt {
     pb::Receipt {
-        commit_id: r.commit_id,
+        commit_id: r.commit_id.0,
         record_hash: r.record_hash.to_vec(),
         leaf_index: r.leaf_index,
     }
@@ -180,7 +180,7 @@ pub fn checkpoint(c: &SignedCheckpoint) -> pb::Checkpoint {
         origin: c.checkpoint.origin.clone(),
         size: c.checkpoint.size,
         root: c.checkpoint.root.to_vec(),
-        epoch: c.checkpoint.epoch,
+        epoch: c.checkpoint.epoch.0,
     }
 }
 
@@ -337,7 +337,7 @@ impl pb::ledger_server::Ledger for LedgerService {
                 versions: versions
                     .into_iter()
                     .map(|v| pb::Version {
-                        commit_id: v.commit_id,
+                        commit_id: v.commit_id.0,
                         deleted: v.value.is_none(),
                         value: v.value.map(|b| b.to_vec()).unwrap_or_default(),
                     })

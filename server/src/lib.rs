@@ -16,6 +16,7 @@ pub mod replication;
 pub mod rest;
 pub mod tls;
 
+use aerodb_wal::Epoch;
 use std::{future::IntoFuture, net::SocketAddr, sync::Arc};
 
 use aerodb_engine::{Db, Options};
@@ -64,7 +65,7 @@ pub fn establish_role(config: &Config) -> Result<RoleMachine> {
             primary: config.primary.clone().unwrap_or_default(),
         },
     };
-    let start = bootstrap(&mut m, &configured, aerodb_wal::Epoch(config.epoch)).map_err(|e| match e {
+    let start = bootstrap(&mut m, &configured, Epoch(config.epoch)).map_err(|e| match e {
         aerodb_replication::Error::Bootstrap(what) => {
             aerodb_replication::Error::Bootstrap(what.replace("DIR", &dir.to_string()))
         }
@@ -106,8 +107,8 @@ pub fn open_node(config: Config) -> Result<Node> {
     let opts = Options {
         origin: config.origin.clone(),
         epoch: match role.state {
-            State::PrimaryActive { epoch } | State::ReplicaActive { epoch, .. } => epoch.0,
-            _ => config.epoch,
+            State::PrimaryActive { epoch } | State::ReplicaActive { epoch, .. } => Epoch(epoch.0),
+            _ => Epoch(config.epoch),
         },
         checkpoint_every_records: config.checkpoint_every_records,
         checkpoint_interval: Some(config.checkpoint_interval),
@@ -143,7 +144,7 @@ pub fn open_node(config: Config) -> Result<Node> {
     if let State::PrimaryActive { epoch } = role.state {
         if db
             .latest_checkpoint()
-            .is_none_or(|c| c.checkpoint.epoch < epoch.0)
+            .is_none_or(|c| c.checkpoint.epoch < Epoch(epoch.0))
         {
             let cp = db
                 .checkpoint_now()

@@ -2,6 +2,7 @@
 //! operations: appends through the committer threads (or in place when the write path is idle), everything else
 //! on the blocking pool.
 
+use aerodb_wal::{CommitId, Epoch};
 use std::{
     sync::{
         atomic::{AtomicUsize, Ordering as AtomicOrdering},
@@ -220,7 +221,7 @@ fn commit_batch(
         .and_then(|r| fence.check_write(db).map(|()| r));
     match written {
         Ok(receipts) => {
-            let last = receipts.last().map_or(0, |r| r.commit_id);
+            let last = receipts.last().map_or(0, |r| r.commit_id.0);
             replicas.published(last);
             replicas.when_flushed(
                 last,
@@ -332,7 +333,7 @@ impl Node {
     pub fn new(db: Db, config: Config, auth: Auth, role: RoleMachine) -> Self {
         let db = Arc::new(db);
         let replicas = Arc::new(Replicas::new(
-            db.tip().map_or(0, |t| t.commit_id),
+            db.tip().map_or(0, |t| t.commit_id.0),
             config.sync_replicas,
             config.sync_wait,
         ));
@@ -408,7 +409,7 @@ impl Node {
         let mut role = self.role.lock();
         if role
             .command(Command::Follow {
-                epoch: aerodb_wal::Epoch(epoch),
+                epoch: Epoch(epoch),
                 primary: primary.to_owned(),
             })
             .is_ok()
@@ -478,7 +479,7 @@ impl Node {
             );
             self.observe(
                 Observation::PeerPrimary {
-                    epoch: aerodb_wal::Epoch(epoch),
+                    epoch: Epoch(epoch),
                     node,
                 },
                 &lost.message,
@@ -511,13 +512,13 @@ impl Node {
     /// `OUTCOME_UNKNOWN` with its CommitIds: it is durable here.
     fn replicate(
         replicas: &Arc<Replicas>,
-        first: u64,
-        last: u64,
+        first: CommitId,
+        last: CommitId,
         timeout: std::time::Duration,
     ) -> ApiResult<()> {
-        replicas.published(last);
+        replicas.published(last.0);
         replicas
-            .wait_flushed(last, timeout)
+            .wait_flushed(last.0, timeout)
             .map_err(|u| u.error(first, last))
     }
 
@@ -688,13 +689,9 @@ impl Node {
                 fence.check_write(db)?;
                 let receipts = db.append_many(&records)?;
                 fence.check_write(db)?;
-                let first = receipts.first().map_or(0, |r| r.commit_id);
-                Self::replicate(
-                    &replicas,
-                    first,
-                    receipts.last().map_or(0, |r| r.commit_id),
-                    timeout,
-                )?;
+                let first = receipts.first().map_or(CommitId(0), |r| r.commit_id);
+                let last = receipts.last().map_or(CommitId(0), |r| r.commit_id);
+                Self::replicate(&replicas, first, last, timeout)?;
                 Ok(receipts)
             })
             .await
@@ -712,8 +709,8 @@ impl Node {
             return Err(ApiError::invalid("CommitIds start at 1"));
         }
         self.run(move |db| {
-            db.record(commit_id)?.ok_or_else(|| {
-                let tip = db.tip().map_or(0, |t| t.commit_id);
+            db.record(CommitId(commit_id))?.ok_or_else(|| {
+                let tip = db.tip().map_or(0, |t| t.commit_id.0);
                 ApiError::new(
                     Code::NotFound,
                     format!("record {commit_id} does not exist; the log holds {tip} records"),
@@ -734,16 +731,16 @@ impl Node {
         self.run(move |db| {
             let tip = db.tip()?.commit_id;
             let at = match at {
-                Some(a) if a > tip => {
+                Some(a) if a > tip.0 => {
                     return Err(ApiError::new(
                         Code::OutOfRange,
                         format!("at={a} is beyond the tip ({tip})"),
                     ))
                 }
                 Some(a) => a,
-                None => tip,
+                None => tip.0,
             };
-            Ok((db.get_at(&key, at)?, at))
+            Ok((db.get_at(&key, CommitId(at))?, at))
         })
         .await
     }
@@ -783,9 +780,9 @@ impl Node {
                     (cp.checkpoint.size, Some(cp))
                 }
             };
-            let proof = db.inclusion_proof(commit_id, size)?;
+            let proof = db.inclusion_proof(CommitId(commit_id), size)?;
             let record = db
-                .record(commit_id)?
+                .record(CommitId(commit_id))?
                 .ok_or_else(|| ApiError::new(Code::NotFound, format!("record {commit_id} does not exist")))?;
             Ok(Inclusion {
                 proof,
@@ -904,16 +901,16 @@ impl Node {
             leader_url: self.leader_url().unwrap_or_default(),
             is_leader,
             commit_id: if primary {
-                applied
+                applied.0
             } else {
-                follower.primary_commit_id.max(applied)
+                follower.primary_commit_id.max(applied.0)
             },
-            applied_commit_id: applied,
+            applied_commit_id: applied.0,
             write_block_active: !is_leader || block,
             can_accept_protected_writes: is_leader && !block,
             halt_reason: halt,
             replicas: if primary {
-                self.replicas.lags(applied)
+                self.replicas.lags(applied.0)
             } else {
                 Vec::new()
             },
@@ -943,7 +940,7 @@ impl Node {
     pub fn engine_figures(&self) -> EngineFigures {
         let writable = self.db.not_writable().is_none();
         let role = self.role.lock().clone();
-        let commit_id = self.db.tip().map_or(0, |t| t.commit_id);
+        let commit_id = self.db.tip().map_or(0, |t| t.commit_id.0);
         let primary = role.may_write();
         let follower = self.follower.lock().clone();
         EngineFigures {

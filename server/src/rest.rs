@@ -317,14 +317,14 @@ fn checkpoint_json(c: &SignedCheckpoint) -> Value {
         "origin": c.checkpoint.origin,
         "size": c.checkpoint.size,
         "root": hex(&c.checkpoint.root),
-        "epoch": c.checkpoint.epoch,
+        "epoch": c.checkpoint.epoch.0,
         "note": c.note,
     })
 }
 
 fn receipt_json(r: &aerodb_engine::Receipt) -> Value {
     let mut m = serde_json::Map::with_capacity(3);
-    m.insert("commit_id".into(), r.commit_id.into());
+    m.insert("commit_id".into(), r.commit_id.0.into());
     m.insert("record_hash".into(), hex(&r.record_hash).into());
     m.insert("leaf_index".into(), r.leaf_index.into());
     Value::Object(m)
@@ -449,7 +449,7 @@ async fn history(
         let versions: Vec<Value> = versions
             .iter()
             .map(|ver| {
-                let mut o = json!({ "commit_id": ver.commit_id, "deleted": ver.value.is_none() });
+                let mut o = json!({ "commit_id": ver.commit_id.0, "deleted": ver.value.is_none() });
                 if let Some(val) = &ver.value {
                     let (n, x) = bytes_field("value", val);
                     o[n] = x;

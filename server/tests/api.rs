@@ -436,12 +436,12 @@ async fn sigterm_finishes_appends_in_flight_and_exits_zero() {
     .unwrap();
     assert_eq!(
         db.latest_checkpoint().unwrap().checkpoint.size,
-        db.tip().unwrap().commit_id,
+        db.tip().unwrap().commit_id.0,
         "final checkpoint covers everything"
     );
     for r in &acked {
         let rec = db
-            .record(r.commit_id)
+            .record(aerodb_wal::CommitId(r.commit_id))
             .unwrap()
             .expect("acknowledged record present");
         assert_eq!(rec.hash.to_vec(), r.record_hash);

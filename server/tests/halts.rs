@@ -11,6 +11,7 @@
 
 mod common;
 
+use aerodb_wal::{CommitId, Epoch};
 use std::{path::Path, sync::Arc};
 
 use aerodb_engine::{Db, Options, Payload, SigningKey};
@@ -28,7 +29,7 @@ use common::*;
 fn engine_opts(epoch: u64, replica: bool) -> Options {
     Options {
         signing_key: Some(SigningKey::from_seed("aerodb-ledger", [4u8; 32]).unwrap()),
-        epoch,
+        epoch: Epoch(epoch),
         replica,
         checkpoint_every_records: 0,
         checkpoint_interval: None,
@@ -42,7 +43,7 @@ fn frames(dir: &Path, epoch: u64, n: u8, tag: &str) -> Vec<Bytes> {
     for i in 0..n {
         db.append_event(tag, Bytes::from(vec![i; 16])).unwrap();
     }
-    let f = db.raw_frames(1, usize::MAX).unwrap();
+    let f = db.raw_frames(CommitId(1), usize::MAX).unwrap();
     db.close().unwrap();
     f
 }
@@ -91,7 +92,7 @@ async fn every_halting_reason_stops_a_real_node() {
         for i in 0..3u8 {
             db.append_event("e", Bytes::from(vec![i; 8])).unwrap();
         }
-        let f = db.raw_frames(1, usize::MAX).unwrap();
+        let f = db.raw_frames(CommitId(1), usize::MAX).unwrap();
         db.close().unwrap();
         f
     };
@@ -120,7 +121,7 @@ async fn every_halting_reason_stops_a_real_node() {
             "AuthorityAmbiguity",
             Role::Primary,
             Observation::PeerPrimary {
-                epoch: aerodb_wal::Epoch(2),
+                epoch: Epoch(2),
                 node: "a replica of epoch 2".into(),
             },
         ),

@@ -240,7 +240,7 @@ async fn an_unproven_epoch_claim_leaves_the_primary_serving_and_a_proven_one_hal
         origin: "aerodb-ledger".into(),
         size: 0,
         root: aerodb_engine::merkle::empty_root(),
-        epoch: 1 << 62,
+        epoch: aerodb_wal::Epoch(1 << 62),
     }
     .sign(&other)
     .note;
@@ -280,7 +280,7 @@ async fn an_unproven_epoch_claim_leaves_the_primary_serving_and_a_proven_one_hal
         origin: key.name().to_owned(),
         size,
         root,
-        epoch: 2,
+        epoch: aerodb_wal::Epoch(2),
     }
     .sign(&key)
     .note;

@@ -7,6 +7,7 @@
     reason = "test code: a panic is the failure report"
 )]
 
+use aerodb_wal::CommitId;
 use std::{path::Path, sync::Arc};
 
 use aerodb_engine::{merkle, record, Db, Error, NotWritable, Op, Payload, SignedCheckpoint, VerifierKey};
@@ -44,44 +45,49 @@ fn key_value_with_history_tenants_and_reopen() {
             .unwrap();
         let r4 = db.append_event("acme", b("something happened")).unwrap();
         assert_eq!(
-            [r1.commit_id, r2.commit_id, r3.commit_id, r4.commit_id],
+            [r1.commit_id.0, r2.commit_id.0, r3.commit_id.0, r4.commit_id.0],
             [1, 2, 3, 4]
         );
         let check = |db: &Db| {
             assert_eq!(db.get(b"k1").unwrap(), Some(b("v2")));
             assert_eq!(db.get(b"k2").unwrap(), None);
-            assert_eq!(db.get_at(b"k1", 1).unwrap(), Some(b("v1")));
-            assert_eq!(db.get_at(b"k2", 2).unwrap(), Some(b("a")));
-            assert_eq!(db.get_at(b"k2", 3).unwrap(), None);
-            assert_eq!(db.get_at(b"k1", 0).unwrap(), None);
+            assert_eq!(db.get_at(b"k1", CommitId(1)).unwrap(), Some(b("v1")));
+            assert_eq!(db.get_at(b"k2", CommitId(2)).unwrap(), Some(b("a")));
+            assert_eq!(db.get_at(b"k2", CommitId(3)).unwrap(), None);
+            assert_eq!(db.get_at(b"k1", CommitId(0)).unwrap(), None);
             let h: Vec<_> = db
                 .history(b"k2")
                 .unwrap()
                 .into_iter()
                 .map(|v| (v.commit_id, v.value))
                 .collect();
-            assert_eq!(h, vec![(2, Some(b("a"))), (3, None)]);
+            assert_eq!(h, vec![(CommitId(2), Some(b("a"))), (CommitId(3), None)]);
             assert_eq!(db.scan_prefix(b"k", 10).unwrap(), vec![(b("k1"), b("v2"))]);
             let acme: Vec<u64> = db
-                .scan_tenant("acme", 1, 10)
+                .scan_tenant("acme", CommitId(1), 10)
                 .unwrap()
                 .iter()
                 .map(|r| r.record.commit_id)
                 .collect();
             assert_eq!(acme, vec![1, 3, 4]);
-            assert_eq!(db.scan_tenant("acme", 2, 1).unwrap()[0].record.commit_id, 3);
-            let recs = db.records(2, 2).unwrap();
+            assert_eq!(
+                db.scan_tenant("acme", CommitId(2), 1).unwrap()[0]
+                    .record
+                    .commit_id,
+                3
+            );
+            let recs = db.records(CommitId(2), 2).unwrap();
             assert_eq!(
                 recs.iter().map(|r| r.record.commit_id).collect::<Vec<_>>(),
                 vec![2, 3]
             );
             assert_eq!(recs[1].record.prev_hash, recs[0].hash, "records are hash-chained");
             assert_eq!(
-                db.record(4).unwrap().unwrap().record.payload,
+                db.record(CommitId(4)).unwrap().unwrap().record.payload,
                 Payload::Event(b("something happened"))
             );
-            assert!(db.record(0).unwrap().is_none() && db.record(5).unwrap().is_none());
-            assert_eq!(db.tip().unwrap().commit_id, 4);
+            assert!(db.record(CommitId(0)).unwrap().is_none() && db.record(CommitId(5)).unwrap().is_none());
+            assert_eq!(db.tip().unwrap().commit_id, CommitId(4));
         };
         check(&db);
         let tip = db.tip().unwrap();
@@ -97,7 +103,7 @@ fn key_value_with_history_tenants_and_reopen() {
         );
         assert_eq!(
             db.put("acme", b("k3"), b("x")).unwrap().commit_id,
-            5,
+            CommitId(5),
             "the chain continues"
         );
     });
@@ -121,8 +127,8 @@ fn proofs_for_every_size_verify_with_the_published_key_string() {
     for size in 1..=150u64 {
         let root = db.root_at(size).unwrap();
         for commit in (1..=size).step_by(7) {
-            let p = db.inclusion_proof(commit, size).unwrap();
-            let rec = db.record(commit).unwrap().unwrap();
+            let p = db.inclusion_proof(CommitId(commit), size).unwrap();
+            let rec = db.record(CommitId(commit)).unwrap().unwrap();
             assert_eq!(rec.hash, receipts[commit as usize - 1].record_hash);
             assert!(merkle::verify_inclusion(
                 &record::merkle_leaf(&rec.canonical),
@@ -139,13 +145,16 @@ fn proofs_for_every_size_verify_with_the_published_key_string() {
         );
     }
     // Out-of-range requests are typed errors, not panics.
-    assert!(matches!(db.inclusion_proof(0, 10), Err(Error::OutOfRange { .. })));
     assert!(matches!(
-        db.inclusion_proof(11, 10),
+        db.inclusion_proof(CommitId(0), 10),
         Err(Error::OutOfRange { .. })
     ));
     assert!(matches!(
-        db.inclusion_proof(1, 151),
+        db.inclusion_proof(CommitId(11), 10),
+        Err(Error::OutOfRange { .. })
+    ));
+    assert!(matches!(
+        db.inclusion_proof(CommitId(1), 151),
         Err(Error::OutOfRange { .. })
     ));
     assert!(matches!(
@@ -165,7 +174,7 @@ fn append_and_prove_gives_a_verifiable_receipt() {
     db.put("t", b("a"), b("1")).unwrap();
     let (receipt, cp, proof) = db.append_and_prove("t", Payload::Event(b("mine"))).unwrap();
     let leaf = record::merkle_leaf(&db.record(receipt.commit_id).unwrap().unwrap().canonical);
-    assert!(cp.checkpoint.size >= receipt.commit_id);
+    assert!(cp.checkpoint.size >= receipt.commit_id.0);
     assert!(merkle::verify_inclusion(
         &leaf,
         proof.leaf_index,
@@ -174,7 +183,7 @@ fn append_and_prove_gives_a_verifiable_receipt() {
         &cp.checkpoint.root
     ));
     let (r2, cp2, _) = db.append_and_prove("t", Payload::Event(b("again"))).unwrap();
-    assert!(cp2.checkpoint.size >= r2.commit_id && cp2.checkpoint.size > cp.checkpoint.size);
+    assert!(cp2.checkpoint.size >= r2.commit_id.0 && cp2.checkpoint.size > cp.checkpoint.size);
 }
 
 #[test]
@@ -201,7 +210,7 @@ fn bad_input_is_refused_and_leaves_no_trace() {
     assert!(matches!(db.append_batch("t", dup), Err(Error::InvalidInput(_))));
     assert_eq!(
         db.put("t", b("k"), b("v")).unwrap().commit_id,
-        1,
+        CommitId(1),
         "refusals consumed no CommitId"
     );
 }
@@ -324,7 +333,9 @@ fn index_flushes_and_merges_under_concurrent_reads_and_writes() {
             assert_eq!(total as u64, writers * per_writer);
             for w in 0..writers {
                 assert_eq!(
-                    db.scan_tenant(&format!("t{w}"), 1, usize::MAX).unwrap().len() as u64,
+                    db.scan_tenant(&format!("t{w}"), CommitId(1), usize::MAX)
+                        .unwrap()
+                        .len() as u64,
                     per_writer
                 );
             }

@@ -11,6 +11,7 @@
     reason = "test code: a panic is the failure report"
 )]
 
+use aerodb_wal::CommitId;
 use std::{path::Path, sync::Arc};
 
 use aerodb_engine::{merkle, record, verify_dir_with_fs, Db, NewRecord, Op, Payload, Receipt, VerifyOptions};
@@ -75,14 +76,14 @@ fn check(mem: &MemFs, acked: &[Receipt]) -> Result<(), String> {
     }
     let mut tree = merkle::MemTree::new();
     let mut tenant_records = 0;
-    for rec in db.records(1, usize::MAX).map_err(|e| e.to_string())? {
+    for rec in db.records(CommitId(1), usize::MAX).map_err(|e| e.to_string())? {
         tree.push(record::merkle_leaf(&rec.canonical));
         tenant_records += 1;
         // The key index (persisted runs plus what reopening replayed) answers exactly what the log holds.
         if let Payload::Batch(ops) = &rec.record.payload {
             for op in ops {
                 let c = rec.record.commit_id;
-                let got = db.get_at(op.key(), c).map_err(|e| e.to_string())?;
+                let got = db.get_at(op.key(), CommitId(c)).map_err(|e| e.to_string())?;
                 let want = match op {
                     Op::Put { value, .. } => Some(value.clone()),
                     Op::Delete { .. } => None,
@@ -94,7 +95,7 @@ fn check(mem: &MemFs, acked: &[Receipt]) -> Result<(), String> {
                     .history(op.key())
                     .map_err(|e| e.to_string())?
                     .iter()
-                    .any(|v| v.commit_id == c)
+                    .any(|v| v.commit_id == CommitId(c))
                 {
                     return Err(format!("index: history of {:?} lacks {c}", op.key()));
                 }
@@ -102,7 +103,7 @@ fn check(mem: &MemFs, acked: &[Receipt]) -> Result<(), String> {
         }
     }
     let scanned = db
-        .scan_tenant("t", 1, usize::MAX)
+        .scan_tenant("t", CommitId(1), usize::MAX)
         .map_err(|e| e.to_string())?
         .len();
     if scanned != tenant_records {
@@ -110,7 +111,7 @@ fn check(mem: &MemFs, acked: &[Receipt]) -> Result<(), String> {
             "index: tenant scan found {scanned} of {tenant_records} records"
         ));
     }
-    if tree.size() != tip.commit_id || merkle::root(&tree, tree.size()).unwrap() != tip.root {
+    if tree.size() != tip.commit_id.0 || merkle::root(&tree, tree.size()).unwrap() != tip.root {
         return Err("stored Merkle root differs from the recomputed one".into());
     }
     db.put("t", Bytes::from_static(b"after"), Bytes::from_static(b"crash"))
@@ -253,11 +254,11 @@ fn truncate_crash_point_sweep() {
                     let db = Db::open_with_fs(fs.clone(), Path::new(DIR), engine_opts())
                         .map_err(|e| e.to_string())?;
                     let tip = db.tip().map_err(|e| e.to_string())?.commit_id;
-                    if !(KEEP..=60).contains(&tip) {
+                    if !(KEEP..=60).contains(&tip.0) {
                         return Err(format!("tip {tip} outside {KEEP}..=60"));
                     }
-                    for c in 1..=tip {
-                        let h = db.record(c).map_err(|e| e.to_string())?.map(|r| r.hash);
+                    for c in 1..=tip.0 {
+                        let h = db.record(CommitId(c)).map_err(|e| e.to_string())?.map(|r| r.hash);
                         if h != Some(hashes[c as usize - 1]) {
                             return Err(format!("record {c} is not the original's"));
                         }
@@ -267,7 +268,7 @@ fn truncate_crash_point_sweep() {
                         .map_err(|e| format!("cutting again: {e}"))?;
                     let db = Db::open_with_fs(fs.clone(), Path::new(DIR), engine_opts())
                         .map_err(|e| e.to_string())?;
-                    if db.tip().map_err(|e| e.to_string())?.commit_id != KEEP {
+                    if db.tip().map_err(|e| e.to_string())?.commit_id != CommitId(KEEP) {
                         return Err("the second cut did not finish".into());
                     }
                     db.close().map_err(|e| e.to_string())?;

@@ -7,6 +7,7 @@
     reason = "test code: a panic is the failure report"
 )]
 
+use aerodb_wal::CommitId;
 use std::{collections::BTreeMap, path::Path, sync::Arc};
 
 use aerodb_engine::{Db, Op, Payload};
@@ -72,11 +73,11 @@ proptest! {
                     continue;
                 }
                 Step::Put(t, k, v) => {
-                    prop_assert_eq!(db.put(&tenant(t), key(k), Bytes::from(v.clone())).unwrap().commit_id, commit);
+                    prop_assert_eq!(db.put(&tenant(t), key(k), Bytes::from(v.clone())).unwrap().commit_id.0, commit);
                     (t, vec![(k, Some(v))])
                 }
                 Step::Delete(t, k) => {
-                    prop_assert_eq!(db.delete(&tenant(t), key(k)).unwrap().commit_id, commit);
+                    prop_assert_eq!(db.delete(&tenant(t), key(k)).unwrap().commit_id.0, commit);
                     (t, vec![(k, None)])
                 }
                 Step::Batch(t, ops) => {
@@ -84,11 +85,11 @@ proptest! {
                         Some(v) => Op::Put { key: key(*k), value: Bytes::from(v.clone()) },
                         None => Op::Delete { key: key(*k) },
                     }).collect();
-                    prop_assert_eq!(db.append_batch(&tenant(t), batch).unwrap().commit_id, commit);
+                    prop_assert_eq!(db.append_batch(&tenant(t), batch).unwrap().commit_id.0, commit);
                     (t, ops)
                 }
                 Step::Event(t, p) => {
-                    prop_assert_eq!(db.append(&tenant(t), Payload::Event(Bytes::from(p))).unwrap().commit_id, commit);
+                    prop_assert_eq!(db.append(&tenant(t), Payload::Event(Bytes::from(p))).unwrap().commit_id.0, commit);
                     (t, vec![])
                 }
             };
@@ -98,15 +99,15 @@ proptest! {
             }
         }
         let n = tenants.len() as u64;
-        prop_assert_eq!(db.tip().unwrap().commit_id, n);
+        prop_assert_eq!(db.tip().unwrap().commit_id.0, n);
         for k in 0..12u8 {
             let vs = versions.get(&key(k)).cloned().unwrap_or_default();
             let at = |c: u64| vs.iter().rev().find(|(vc, _)| *vc <= c).and_then(|(_, v)| v.clone());
             prop_assert_eq!(db.get(&key(k)).unwrap(), at(n));
             for c in 0..=n {
-                prop_assert_eq!(db.get_at(&key(k), c).unwrap(), at(c), "key {} at {}", k, c);
+                prop_assert_eq!(db.get_at(&key(k), CommitId(c)).unwrap(), at(c), "key {} at {}", k, c);
             }
-            let h: Vec<(u64, Option<Bytes>)> = db.history(&key(k)).unwrap().into_iter().map(|v| (v.commit_id, v.value)).collect();
+            let h: Vec<(u64, Option<Bytes>)> = db.history(&key(k)).unwrap().into_iter().map(|v| (v.commit_id.0, v.value)).collect();
             prop_assert_eq!(h, vs);
         }
         let live: Vec<(Bytes, Bytes)> = versions
@@ -116,10 +117,10 @@ proptest! {
         prop_assert_eq!(&db.scan_prefix(b"key/", 100).unwrap(), &live);
         for t in 0..3u8 {
             let want: Vec<u64> = tenants.iter().enumerate().filter(|(_, x)| **x == tenant(t)).map(|(i, _)| i as u64 + 1).collect();
-            let got: Vec<u64> = db.scan_tenant(&tenant(t), 1, 1000).unwrap().iter().map(|r| r.record.commit_id).collect();
+            let got: Vec<u64> = db.scan_tenant(&tenant(t), CommitId(1), 1000).unwrap().iter().map(|r| r.record.commit_id).collect();
             prop_assert_eq!(&got, &want);
             let from = n / 2 + 1;
-            let got: Vec<u64> = db.scan_tenant(&tenant(t), from, 3).unwrap().iter().map(|r| r.record.commit_id).collect();
+            let got: Vec<u64> = db.scan_tenant(&tenant(t), CommitId(from), 3).unwrap().iter().map(|r| r.record.commit_id).collect();
             let want: Vec<u64> = want.into_iter().filter(|c| *c >= from).take(3).collect();
             prop_assert_eq!(got, want);
         }

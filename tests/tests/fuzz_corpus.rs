@@ -97,7 +97,7 @@ fn write_seeds() {
         origin: "fuzz.example/log".into(),
         size: 42,
         root: [9u8; 32],
-        epoch: 3,
+        epoch: Epoch(3),
     }
     .sign(&key);
     save("checkpoint", "seed-note", cp.note.as_bytes());

@@ -80,8 +80,12 @@ fn an_independent_verifier_accepts_our_checkpoints_and_proofs_and_rejects_tamper
     let root = cp.checkpoint.root;
     let mut inclusion = Vec::new();
     for commit in [1u64, 2, 100, 256, 257, 500, 776, 777] {
-        let p = db.inclusion_proof(commit, size).unwrap();
-        let canonical = db.record(commit).unwrap().unwrap().canonical;
+        let p = db.inclusion_proof(aerodb_wal::CommitId(commit), size).unwrap();
+        let canonical = db
+            .record(aerodb_wal::CommitId(commit))
+            .unwrap()
+            .unwrap()
+            .canonical;
         inclusion.push(format!(
             "{{\"record\":\"{}\",\"index\":{},\"size\":{size},\"proof\":{},\"root\":\"{}\"}}",
             hex(&canonical),

@@ -24,7 +24,7 @@ use bytes::Bytes;
 fn opts(epoch: u64, replica: bool) -> Options {
     Options {
         signing_key: Some(SigningKey::from_seed("aerodb-ledger", [9u8; 32]).unwrap()),
-        epoch,
+        epoch: Epoch(epoch),
         replica,
         checkpoint_every_records: 25,
         checkpoint_interval: None,
@@ -60,7 +60,7 @@ fn primary(dir: &Path, epochs: &[u64], n: u64) -> Db {
 }
 
 fn all_frames(db: &Db) -> Vec<Bytes> {
-    db.raw_frames(1, usize::MAX).unwrap()
+    db.raw_frames(CommitId(1), usize::MAX).unwrap()
 }
 
 fn sha(path: &Path) -> [u8; 32] {
@@ -90,7 +90,7 @@ fn a_replica_fed_in_chunks_holds_byte_identical_sealed_segments() {
     let mut step = 1;
     loop {
         let from = a.tip().commit_id + 1;
-        let frames = p.raw_frames(from, 700 * step).unwrap();
+        let frames = p.raw_frames(CommitId(from), 700 * step).unwrap();
         if frames.is_empty() {
             break;
         }
@@ -128,7 +128,7 @@ fn a_replica_fed_in_chunks_holds_byte_identical_sealed_segments() {
     let f = all_frames(&p);
     let body = &f[0][aerodb_wal::format::FRAME_HEADER_LEN..];
     assert!(matches!(
-        p.append_replicated(&[(1, body, aerodb_engine::record::record_hash(body))]),
+        p.append_replicated(&[(Epoch(1), body, aerodb_engine::record::record_hash(body))]),
         Err(Error::InvalidOptions(_))
     ));
     // The replica reopens to the same tip, and its on-disk index answers.
@@ -158,7 +158,7 @@ fn dropped_duplicated_and_reordered_frames() {
             other => panic!("drop at {drop_at}: {other:?}"),
         }
         // Nothing past the gap was applied.
-        assert_eq!(r.tip().unwrap().commit_id, drop_at as u64);
+        assert_eq!(r.tip().unwrap().commit_id, CommitId(drop_at as u64));
     }
     // Every frame sent twice (and the whole stream again): applied once each.
     let rd = TempDir::new("rep-r");
@@ -182,7 +182,7 @@ fn dropped_duplicated_and_reordered_frames() {
             got: CommitId(12)
         }))
     ));
-    assert_eq!(r.tip().unwrap().commit_id, 10);
+    assert_eq!(r.tip().unwrap().commit_id, CommitId(10));
 }
 
 #[test]
@@ -206,7 +206,7 @@ fn a_log_that_differs_at_any_commit_id_is_a_fork_there() {
         }
         let r = Arc::new(Db::open(rd.path(), opts(1, true)).unwrap());
         let mut a = Applier::new(r.clone(), 1 << 20).unwrap();
-        let theirs = p.record(k).unwrap().unwrap().hash;
+        let theirs = p.record(CommitId(k)).unwrap().unwrap().hash;
         let ours = r.tip().unwrap().record_hash;
         // At the handshake (the core's follower): the primary's record at the replica's tip is another one.
         let key = r.verifier_key();
@@ -234,7 +234,11 @@ fn a_log_that_differs_at_any_commit_id_is_a_fork_there() {
             Err(ApplyError::Halt(HaltReason::Fork { commit_id, .. })) => assert_eq!(commit_id, CommitId(k)),
             other => panic!("fork at {k}: {other:?}"),
         }
-        assert_eq!(r.tip().unwrap().commit_id, k, "nothing applied past the fork");
+        assert_eq!(
+            r.tip().unwrap().commit_id,
+            CommitId(k),
+            "nothing applied past the fork"
+        );
     }
 }
 
@@ -277,7 +281,10 @@ fn a_divergent_tail_is_cut_and_the_replica_rejoins_byte_identical() {
     );
     // It opens (startup check passes) at the cut, with the primary's record 100 as its tip, and follows again.
     let r = Arc::new(Db::open(rd.path(), opts(1, true)).unwrap());
-    assert_eq!(r.tip().unwrap().record_hash, p.record(100).unwrap().unwrap().hash);
+    assert_eq!(
+        r.tip().unwrap().record_hash,
+        p.record(CommitId(100)).unwrap().unwrap().hash
+    );
     assert!(r.latest_checkpoint().is_none_or(|c| c.checkpoint.size <= 100));
     let mut a = Applier::new(r.clone(), 1 << 20).unwrap();
     a.apply(&f[100..]).unwrap();
@@ -304,7 +311,7 @@ fn a_divergent_tail_is_cut_and_the_replica_rejoins_byte_identical() {
         aerodb_engine::truncate_after(
             Arc::new(aerodb_wal::fs::RealFs),
             rd.path(),
-            tip,
+            tip.0,
             &opts(1, true),
             &verifier
         )

@@ -67,7 +67,7 @@ impl Rng {
 fn opts(epoch: u64, replica: bool) -> Options {
     Options {
         signing_key: Some(SigningKey::from_seed("aerodb-ledger", [5u8; 32]).unwrap()),
-        epoch,
+        epoch: Epoch(epoch),
         replica,
         checkpoint_every_records: 0,
         checkpoint_interval: None,
@@ -239,7 +239,7 @@ impl Sim {
             other => panic!("primary {p} refused replica {r}'s hello: {other:?}"),
         };
         let theirs = (tip.commit_id > 0)
-            .then(|| pdb.record(tip.commit_id).unwrap().map(|x| x.hash))
+            .then(|| pdb.record(CommitId(tip.commit_id)).unwrap().map(|x| x.hash))
             .flatten();
         let welcome_proof = pdb.latest_checkpoint().map(|c| c.note);
         let vk = key.to_string();
@@ -248,7 +248,7 @@ impl Sim {
             epoch: own.unwrap(),
             verifier_key: &vk,
             segment_bytes: pdb.segment_bytes(),
-            commit_id: CommitId(pdb.tip().unwrap().commit_id),
+            commit_id: CommitId(pdb.tip().unwrap().commit_id.0),
             hash_at_our_tip: theirs,
             epoch_proof: welcome_proof.as_deref(),
         };
@@ -336,7 +336,7 @@ impl Sim {
             .append_many(&records)
             .unwrap()
             .iter()
-            .map(|r| (r.commit_id, r.record_hash))
+            .map(|r| (r.commit_id.0, r.record_hash))
             .collect();
         let last = receipts.last().unwrap().0;
         self.pending.extend(receipts.iter().copied());
@@ -363,7 +363,7 @@ impl Sim {
                         .iter()
                         .filter(|n| n.primary_epoch.is_none())
                         .filter_map(|n| n.db.as_ref())
-                        .filter(|db| db.record(last).unwrap().is_some_and(|r| r.hash == hash))
+                        .filter(|db| db.record(CommitId(last)).unwrap().is_some_and(|r| r.hash == hash))
                         .count();
                     assert!(
                         holders >= 1,
@@ -416,10 +416,10 @@ impl Sim {
                 .map_or(0, |s| s.send.checkpoints_sent());
             let cp = pdb.checkpoint_at(index);
             let view = View {
-                tip: CommitId(pdb.tip().unwrap().commit_id),
+                tip: CommitId(pdb.tip().unwrap().commit_id.0),
                 checkpoint: cp
                     .as_ref()
-                    .map(|c| (c.checkpoint.size, Epoch(c.checkpoint.epoch))),
+                    .map(|c| (c.checkpoint.size, Epoch(c.checkpoint.epoch.0))),
                 may_write: true,
             };
             let now = self.now;
@@ -429,7 +429,7 @@ impl Sim {
             };
             match s.send.poll(&view, now) {
                 Next::Frames { from } => {
-                    let frames = pdb.raw_frames(from.0, max).unwrap();
+                    let frames = pdb.raw_frames(CommitId(from.0), max).unwrap();
                     if frames.is_empty() {
                         continue;
                     }
@@ -531,14 +531,15 @@ impl Sim {
     fn cut_divergent_tail(&mut self, i: usize, p: usize) {
         let local = self.nodes[i].db.clone().unwrap();
         let primary = self.nodes[p].db.clone().unwrap();
-        let hash = |db: &Db, k: u64| db.record(k).unwrap().map(|r| r.hash);
+        let hash = |db: &Db, k: u64| db.record(CommitId(k)).unwrap().map(|r| r.hash);
         let (mut lo, mut hi) = (
             0,
             local
                 .tip()
                 .unwrap()
                 .commit_id
-                .min(primary.tip().unwrap().commit_id),
+                .min(primary.tip().unwrap().commit_id)
+                .0,
         );
         while lo < hi {
             let mid = (lo + hi).div_ceil(2);
@@ -585,7 +586,7 @@ impl Sim {
             if tip.commit_id == 0 {
                 continue;
             }
-            let theirs = pdb.record(tip.commit_id).unwrap().map(|r| r.hash);
+            let theirs = pdb.record(CommitId(tip.commit_id)).unwrap().map(|r| r.hash);
             assert_eq!(
                 theirs,
                 Some(tip.record_hash),
@@ -601,7 +602,7 @@ impl Sim {
             return;
         };
         for (c, h) in &self.acked {
-            let got = pdb.record(*c).unwrap().map(|r| r.hash);
+            let got = pdb.record(CommitId(*c)).unwrap().map(|r| r.hash);
             assert_eq!(
                 got,
                 Some(*h),
@@ -785,7 +786,7 @@ impl Sim {
                 }
                 let frames = pdb
                     .raw_frames(
-                        self.nodes[r].stream.as_ref().unwrap().send.next_commit().0,
+                        CommitId(self.nodes[r].stream.as_ref().unwrap().send.next_commit().0),
                         usize::MAX,
                     )
                     .unwrap();
@@ -797,7 +798,7 @@ impl Sim {
             let rt = self.nodes[r].applier.as_ref().unwrap().tip();
             assert_eq!(
                 (rt.commit_id, rt.record_hash),
-                (tip.commit_id, tip.record_hash),
+                (tip.commit_id.0, tip.record_hash),
                 "replica {r} did not converge"
             );
             // Byte-identical sealed segments (all but each log's newest).
@@ -825,10 +826,10 @@ impl Sim {
     /// No write the quorum refused is in the primary's log (every replica converged to it).
     fn check_refused_absent(&self, p: usize) {
         let db = self.nodes[p].db.as_ref().unwrap();
-        let tip = db.tip().unwrap().commit_id;
+        let tip = db.tip().unwrap().commit_id.0;
         let mut from = 1;
         while from <= tip {
-            let recs = db.records(from, 1000).unwrap();
+            let recs = db.records(CommitId(from), 1000).unwrap();
             for r in &recs {
                 let Payload::Event(b) = &r.record.payload else {
                     continue;

@@ -323,7 +323,9 @@ fn proofs(dir: &Path, reps: u64, leaves: u64) -> Workload {
                 .wrapping_mul(6364136223846793005)
                 .wrapping_add(1442695040888963407);
             let c = x % leaves + 1;
-            let p = db.inclusion_proof(c, leaves).expect("proof");
+            let p = db
+                .inclusion_proof(aerodb_wal::CommitId(c), leaves)
+                .expect("proof");
             if i < 1000 {
                 proofs.push((c, p));
             }
@@ -335,7 +337,12 @@ fn proofs(dir: &Path, reps: u64, leaves: u64) -> Workload {
         let leaves_of: Vec<_> = proofs
             .iter()
             .map(|(c, _)| {
-                aerodb_engine::merkle::leaf_hash(&db.record(*c).expect("record").expect("exists").hash)
+                aerodb_engine::merkle::leaf_hash(
+                    &db.record(aerodb_wal::CommitId(*c))
+                        .expect("record")
+                        .expect("exists")
+                        .hash,
+                )
             })
             .collect();
         let t = Instant::now();

@@ -9,6 +9,7 @@
 //!
 //! Usage: `cargo run -p aerodb-benches --release --bin engine-memory -- [--records N] [--serve-secs S] [--quick]`
 
+use aerodb_wal::CommitId;
 use std::{
     sync::{
         atomic::{AtomicBool, Ordering},
@@ -120,7 +121,7 @@ fn serve(db_dir: &std::path::Path, records: u64, serve_secs: u64) -> Result<(), 
         "reopened in {open_secs:.2} s ({} index runs, {} records replayed into the index); RssAnon {after_open:.0} MiB",
         rep.index_runs, rep.index_replayed
     );
-    let n = db.tip()?.commit_id;
+    let n = db.tip()?.commit_id.0;
     let stop = Arc::new(AtomicBool::new(false));
     let ops = Arc::new(Mutex::new([0u64; 2]));
     let mut workers = Vec::new();
@@ -138,7 +139,7 @@ fn serve(db_dir: &std::path::Path, records: u64, serve_secs: u64) -> Result<(), 
                         db.get(&key(i)).map_err(e)?.ok_or("a written key is missing")?;
                     }
                     1 => {
-                        db.get_at(&key(i), n / 2).map_err(e)?;
+                        db.get_at(&key(i), CommitId(n / 2)).map_err(e)?;
                     }
                     2 => {
                         db.history(&key(i)).map_err(e)?;
@@ -148,10 +149,11 @@ fn serve(db_dir: &std::path::Path, records: u64, serve_secs: u64) -> Result<(), 
                             .map_err(e)?;
                     }
                     4 => {
-                        db.scan_tenant(&format!("tenant-{}", i % 16), i, 50).map_err(e)?;
+                        db.scan_tenant(&format!("tenant-{}", i % 16), CommitId(i), 50)
+                            .map_err(e)?;
                     }
                     5 => {
-                        db.inclusion_proof(1 + i % n, n).map_err(e)?;
+                        db.inclusion_proof(CommitId(1 + i % n), n).map_err(e)?;
                     }
                     6 => {
                         db.append("serve", payload(records + next(&mut seed) % records))
@@ -160,7 +162,7 @@ fn serve(db_dir: &std::path::Path, records: u64, serve_secs: u64) -> Result<(), 
                         continue;
                     }
                     _ => {
-                        db.record(1 + i % n).map_err(e)?;
+                        db.record(CommitId(1 + i % n)).map_err(e)?;
                     }
                 }
                 reads += 1;

@@ -8,6 +8,7 @@
 //!
 //! Usage: `cargo run -p aerodb-benches --release --bin engine-ratios -- [--rounds N] [--ops N] [--records N] [--quick]`
 
+use aerodb_wal::CommitId;
 use std::{
     sync::{
         atomic::{AtomicU64, Ordering},
@@ -195,13 +196,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let t = Instant::now();
         let proofs: Vec<_> = picks
             .iter()
-            .map(|&c| db.inclusion_proof(c, n))
+            .map(|&c| db.inclusion_proof(CommitId(c), n))
             .collect::<Result<_, _>>()?;
         inc_gen.push(picks.len() as f64 / t.elapsed().as_secs_f64());
         let leaves: Vec<merkle::Hash> = picks
             .iter()
             .take(20_000)
-            .map(|&c| Ok(record::merkle_leaf(&db.record(c)?.ok_or("missing")?.canonical)))
+            .map(|&c| {
+                Ok(record::merkle_leaf(
+                    &db.record(CommitId(c))?.ok_or("missing")?.canonical,
+                ))
+            })
             .collect::<Result<_, Box<dyn std::error::Error>>>()?;
         let t = Instant::now();
         let mut ok = 0usize;
@@ -245,7 +250,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         gets.push(keys.len() as f64 / t.elapsed().as_secs_f64());
         let t = Instant::now();
         for k in &keys {
-            db.get_at(k.as_bytes(), n / 2)?;
+            db.get_at(k.as_bytes(), CommitId(n / 2))?;
         }
         gets_at.push(keys.len() as f64 / t.elapsed().as_secs_f64());
         drop(db);

@@ -18,7 +18,7 @@ use aerodb_wal::Epoch;
 pub fn proven_epoch(note: &str, key: &VerifierKey) -> Option<Epoch> {
     SignedCheckpoint::verify(note, key)
         .ok()
-        .map(|s| Epoch(s.checkpoint.epoch))
+        .map(|s| Epoch(s.checkpoint.epoch.0))
 }
 
 /// What to make of a peer's claim that a term `claimed` exists, with `proof` (a checkpoint note) or without.
@@ -63,7 +63,7 @@ mod tests {
             origin: "log".into(),
             size: 3,
             root: [7; 32],
-            epoch,
+            epoch: Epoch(epoch),
         }
         .sign(key)
         .note

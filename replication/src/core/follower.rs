@@ -273,7 +273,7 @@ mod tests {
             origin: "log".into(),
             size: 0,
             root: [0; 32],
-            epoch,
+            epoch: Epoch(epoch),
         }
         .sign(&key())
         .note

@@ -308,7 +308,7 @@ mod tests {
             origin: "log".into(),
             size: 4,
             root: [0; 32],
-            epoch: 2,
+            epoch: Epoch(2),
         }
         .sign(&key)
         .note;

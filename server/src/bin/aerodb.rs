@@ -2,6 +2,8 @@
 //! `inspect` and `keygen` work on local files. Human output by default, `--json` for machines; the exit code is
 //! non-zero on any failure.
 
+use aerodb_wal::CommitId;
+use aerodb_wal::Epoch;
 use std::{io::Write as _, path::PathBuf, process::ExitCode, sync::Arc};
 
 use aerodb_engine::merkle::to_hex as hex;
@@ -218,11 +220,11 @@ async fn cut_divergent_tail(
         .map_err(|_| anyhow::anyhow!("the token is not a valid header value"))?;
     let db = aerodb_engine::Db::open(dir, opts.clone())
         .map_err(|e| anyhow::anyhow!("opening {}: {e}", dir.display()))?;
-    let (mut lo, mut hi) = (0u64, db.tip()?.commit_id);
+    let (mut lo, mut hi) = (0u64, db.tip()?.commit_id.0);
     let local_tip = hi;
     while lo < hi {
         let mid = (lo + hi).div_ceil(2);
-        let ours = db.record(mid)?.map(|r| r.hash.to_vec());
+        let ours = db.record(CommitId(mid))?.map(|r| r.hash.to_vec());
         let mut req = tonic::Request::new(pb::GetRecordRequest { commit_id: mid });
         if let Some(a) = &auth {
             req.metadata_mut().insert("authorization", a.clone());
@@ -272,7 +274,7 @@ fn verify_stats(dir: &std::path::Path, j: bool) -> anyhow::Result<()> {
     let (mut first, mut last, mut count, mut gaps) = (0u64, 0u64, 0u64, 0u64);
     let mut from = 1;
     loop {
-        let recs = db.records(from, 10_000)?;
+        let recs = db.records(CommitId(from), 10_000)?;
         let Some(end) = recs.last().map(|r| r.record.commit_id) else {
             break;
         };
@@ -293,7 +295,7 @@ fn verify_stats(dir: &std::path::Path, j: bool) -> anyhow::Result<()> {
     let cp = db.latest_checkpoint();
     let tip = db.tip()?;
     let (cp_size, cp_root, cp_epoch) = cp.as_ref().map_or((0, String::new(), 0), |c| {
-        (c.checkpoint.size, hex(&c.checkpoint.root), c.checkpoint.epoch)
+        (c.checkpoint.size, hex(&c.checkpoint.root), c.checkpoint.epoch.0)
     });
     let gap_free = gaps == 0 && (count == 0 || last - first + 1 == count);
     let parity = leaves == count;
@@ -350,16 +352,14 @@ fn admin(cmd: &AdminCmd, j: bool) -> anyhow::Result<()> {
     let mut m = file.load()?;
     let change = match cmd {
         AdminCmd::Role { .. } => None,
-        AdminCmd::Promote { epoch, .. } => Some(Command::Promote {
-            epoch: aerodb_wal::Epoch(*epoch),
-        }),
+        AdminCmd::Promote { epoch, .. } => Some(Command::Promote { epoch: Epoch(*epoch) }),
         AdminCmd::Demote { epoch, primary, .. } => Some(Command::Follow {
-            epoch: aerodb_wal::Epoch(*epoch),
+            epoch: Epoch(*epoch),
             primary: primary.clone(),
         }),
         AdminCmd::Resume { .. } => Some(Command::Resume),
         AdminCmd::Rebuild { epoch, primary, .. } => Some(Command::Rebuild {
-            epoch: aerodb_wal::Epoch(*epoch),
+            epoch: Epoch(*epoch),
             primary: primary.clone(),
         }),
         AdminCmd::VerifyStats { .. } => None,
@@ -738,7 +738,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             let wal = aerodb_wal::Wal::open(Arc::new(aerodb_wal::fs::RealFs), dir.join("wal"), opts)?;
             let mut rows = Vec::new();
-            for f in wal.read_from(aerodb_wal::CommitId((*from).max(1)))?.take(*limit) {
+            for f in wal.read_from(CommitId((*from).max(1)))?.take(*limit) {
                 let f = f?;
                 let body = f.body();
                 let summary = match record::decode(&body) {

@@ -189,14 +189,14 @@ fn welcome(node: &Node, from: CommitId) -> Result<pb::Welcome, ApiError> {
     let replica_tip = from.0 - 1;
     let hash_at_replica_tip = match replica_tip {
         0 => None,
-        c => db.record(c)?.map(|r| r.hash.to_vec()),
+        c => db.record(CommitId(c))?.map(|r| r.hash.to_vec()),
     };
     Ok(pb::Welcome {
         node_id: node.config.node_id.clone(),
         epoch: node.role.lock().highest_epoch.0,
         verifier_key: db.verifier_key().to_string(),
         segment_bytes: db.segment_bytes(),
-        commit_id: db.tip()?.commit_id,
+        commit_id: (db.tip()?.commit_id).0,
         hash_at_replica_tip,
         leader_url: node.config.advertise_url.clone().unwrap_or_default(),
         epoch_proof: db.latest_checkpoint().map(|c| c.note),
@@ -222,10 +222,10 @@ async fn deliver(tx: &Tx, m: PMsg) -> crate::Result<()> {
 async fn read_frames(node: &Arc<Node>, from: CommitId, tip: CommitId) -> crate::Result<Vec<Bytes>> {
     let reading = |e| crate::Error::engine(format!("reading frames from CommitId {}", from.0), e);
     if tip.0.saturating_sub(from.0) < LIVE_TAIL_RECORDS {
-        return node.db.raw_frames(from.0, BATCH_BYTES).map_err(reading);
+        return node.db.raw_frames(CommitId(from.0), BATCH_BYTES).map_err(reading);
     }
     let db = node.db.clone();
-    tokio::task::spawn_blocking(move || db.raw_frames(from.0, BATCH_BYTES))
+    tokio::task::spawn_blocking(move || db.raw_frames(CommitId(from.0), BATCH_BYTES))
         .await
         .map_err(|e| crate::Error::Task(format!("the frame reader failed: {e}")))?
         .map_err(reading)
@@ -248,7 +248,7 @@ async fn send_log(
         if *stop.borrow() {
             return "the node is shutting down".into();
         }
-        let tip = CommitId(node.db.tip().map_or(0, |t| t.commit_id));
+        let tip = CommitId(node.db.tip().map_or(0, |t| t.commit_id.0));
         // The checkpoint the view shows is the one sent (the next in log order), so it never covers frames not
         // yet sent.
         let Some(index) = node.replicas.with_stream(id, |s| s.checkpoints_sent()) else {
@@ -259,7 +259,7 @@ async fn send_log(
             tip,
             checkpoint: checkpoint
                 .as_ref()
-                .map(|c| (c.checkpoint.size, Epoch(c.checkpoint.epoch))),
+                .map(|c| (c.checkpoint.size, Epoch(c.checkpoint.epoch.0))),
             may_write: primary_epoch(node).is_some(),
         };
         let now = node.replicas.now();

@@ -54,7 +54,7 @@ impl std::fmt::Display for Unconfirmed {
 impl Unconfirmed {
     /// The client's answer for the write given CommitIds `first..=last`.
     #[must_use]
-    pub fn error(&self, first: u64, last: u64) -> ApiError {
+    pub fn error(&self, first: CommitId, last: CommitId) -> ApiError {
         ApiError::outcome_unknown(first, last, self)
     }
 }
@@ -548,7 +548,7 @@ mod tests {
         r.unregister(id);
         let u = rx.try_recv().unwrap().unwrap_err();
         assert_eq!(u.required, 1);
-        assert_eq!(u.error(2, 2).code, Code::OutcomeUnknown);
+        assert_eq!(u.error(CommitId(2), CommitId(2)).code, Code::OutcomeUnknown);
     }
 
     #[test]
