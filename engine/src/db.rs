@@ -804,7 +804,7 @@ impl Db {
                         Err(e) => return Ok(Err(corruption(commit, e.to_string()))),
                     };
                     let h = v.header;
-                    if h.commit_id != commit || h.epoch != epoch || h.prev_hash != prev {
+                    if h.commit_id != CommitId(commit) || h.epoch != Epoch(epoch) || h.prev_hash != prev {
                         return Ok(Err(corruption(
                             commit,
                             format!(
@@ -1130,7 +1130,7 @@ fn verify_range(wal: &Wal, from: u64, to: u64, leaf_from: u64) -> Result<RangePa
             }
             let body = frame.body();
             let h = record::decode_header(body).map_err(|e| corruption(commit, e.to_string()))?;
-            if h.commit_id != commit || commit != expect {
+            if h.commit_id != CommitId(commit) || commit != expect {
                 return Err(corruption(
                     commit,
                     format!("record says CommitId {}", h.commit_id),
@@ -1138,14 +1138,14 @@ fn verify_range(wal: &Wal, from: u64, to: u64, leaf_from: u64) -> Result<RangePa
             }
             if commit == from {
                 pass.first_prev = h.prev_hash;
-                pass.first_epoch = h.epoch;
+                pass.first_epoch = h.epoch.0;
             } else if h.prev_hash != pass.last_hash {
                 return Err(corruption(
                     commit,
                     "prev_hash does not match the previous record's hash".into(),
                 ));
             }
-            if h.epoch < pass.last_epoch || h.epoch != frame.epoch.0 {
+            if h.epoch < Epoch(pass.last_epoch) || h.epoch != frame.epoch {
                 return Err(corruption(
                     commit,
                     format!(
@@ -1154,7 +1154,7 @@ fn verify_range(wal: &Wal, from: u64, to: u64, leaf_from: u64) -> Result<RangePa
                     ),
                 ));
             }
-            pass.last_epoch = h.epoch;
+            pass.last_epoch = h.epoch.0;
             pass.max_ts = pass.max_ts.max(h.timestamp_ms);
             let hash = record_hash(body);
             if commit >= leaf_from {

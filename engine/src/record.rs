@@ -12,6 +12,7 @@
 //! place in the log ([`prepare`]), and only the trailer and the last hash blocks are done under the log's
 //! ordering lock ([`Prepared::seal`]).
 
+use aerodb_wal::{CommitId, Epoch};
 use std::collections::HashSet;
 
 use bytes::Bytes;
@@ -112,9 +113,9 @@ pub enum Payload {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Record {
     /// Position in the one global history (1-based, gap-free).
-    pub commit_id: u64,
+    pub commit_id: CommitId,
     /// The epoch of the primary that wrote it.
-    pub epoch: u64,
+    pub epoch: Epoch,
     /// Milliseconds since the Unix epoch, as the writer saw it (never decreasing along the log).
     pub timestamp_ms: u64,
     /// The tenant (filters reads only; the order is global).
@@ -321,7 +322,7 @@ pub fn recycle(buf: Vec<u8>) {
 
 /// Encodes everything but the trailer and hashes it. The caller has validated tenant and payload.
 #[must_use]
-pub fn prepare(epoch: aerodb_wal::Epoch, tenant: &str, payload: &Payload) -> Prepared {
+pub fn prepare(epoch: Epoch, tenant: &str, payload: &Payload) -> Prepared {
     let epoch = epoch.0;
     let body = body_len(payload);
     assert!(
@@ -392,15 +393,15 @@ impl Prepared {
 /// Encodes a whole record into `out` (replacing its content).
 pub fn encode(
     out: &mut Vec<u8>,
-    commit_id: u64,
-    epoch: u64,
+    commit_id: CommitId,
+    epoch: Epoch,
     timestamp_ms: u64,
     tenant: &str,
     payload: &Payload,
     prev_hash: &Hash,
 ) {
-    *out = prepare(aerodb_wal::Epoch(epoch), tenant, payload)
-        .seal(timestamp_ms, commit_id, prev_hash)
+    *out = prepare(epoch, tenant, payload)
+        .seal(timestamp_ms, commit_id.0, prev_hash)
         .canonical;
 }
 
@@ -408,9 +409,9 @@ pub fn encode(
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RecordHeader {
     /// The CommitId.
-    pub commit_id: u64,
+    pub commit_id: CommitId,
     /// The epoch.
-    pub epoch: u64,
+    pub epoch: Epoch,
     /// The timestamp.
     pub timestamp_ms: u64,
     /// The previous record's hash.
@@ -442,8 +443,8 @@ pub fn decode_header(b: &[u8]) -> Result<RecordHeader, RecordError> {
     let mut prev_hash = [0u8; 32];
     prev_hash.copy_from_slice(&b[t + T_PREV_HASH..t + T_PREV_HASH + 32]);
     Ok(RecordHeader {
-        commit_id: u64_at(b, t + T_COMMIT_ID),
-        epoch: u64_at(b, R_EPOCH),
+        commit_id: CommitId(u64_at(b, t + T_COMMIT_ID)),
+        epoch: Epoch(u64_at(b, R_EPOCH)),
         timestamp_ms: u64_at(b, t + T_TIMESTAMP),
         prev_hash,
     })
@@ -604,8 +605,8 @@ mod tests {
 
     fn sample() -> Record {
         Record {
-            commit_id: 42,
-            epoch: 3,
+            commit_id: CommitId(42),
+            epoch: Epoch(3),
             timestamp_ms: 1_700_000_000_000,
             tenant: "acme".into(),
             payload: Payload::Batch(vec![

@@ -345,7 +345,7 @@ pub fn verify_dir_with_fs(
                 what: e.to_string(),
             }),
             Ok(h) => {
-                if h.commit_id != commit {
+                if h.commit_id != aerodb_wal::CommitId(commit) {
                     report.problem(Problem::Record {
                         commit_id: commit,
                         what: format!("record says CommitId {}", h.commit_id),
@@ -357,13 +357,13 @@ pub fn verify_dir_with_fs(
                         what: "prev_hash does not match the previous record".into(),
                     });
                 }
-                if h.epoch < last_epoch || h.epoch != frame.epoch.0 {
+                if h.epoch < aerodb_wal::Epoch(last_epoch) || h.epoch != frame.epoch {
                     report.problem(Problem::Record {
                         commit_id: commit,
                         what: format!("epoch {} after {last_epoch}", h.epoch),
                     });
                 }
-                last_epoch = last_epoch.max(h.epoch);
+                last_epoch = last_epoch.max(h.epoch.0);
             }
         }
         if opts.strict {

@@ -51,11 +51,11 @@ pub fn tip_of(db: &Db) -> Result<Tip, aerodb_engine::Error> {
     if t.commit_id == CommitId(0) {
         return Ok(Tip::genesis());
     }
-    let epoch = db.record(t.commit_id)?.map_or(0, |r| r.record.epoch);
+    let epoch = db.record(t.commit_id)?.map_or(0, |r| r.record.epoch.0);
     Ok(Tip {
-        commit_id: t.commit_id.0,
+        commit_id: t.commit_id,
         record_hash: t.record_hash,
-        epoch,
+        epoch: Epoch(epoch),
     })
 }
 
@@ -94,7 +94,7 @@ impl Applier {
         let mut failure = None;
         for raw in frames {
             match check_frame(&tip, raw, self.max_body) {
-                Ok(Verdict::Append(next)) if next.epoch > self.epoch_ceiling => {
+                Ok(Verdict::Append(next)) if next.epoch > Epoch(self.epoch_ceiling) => {
                     failure = Some(HaltReason::Corruption(format!(
                         "frame {} carries epoch {}, above the epoch {} its primary proved",
                         next.commit_id, next.epoch, self.epoch_ceiling
@@ -103,7 +103,7 @@ impl Applier {
                 }
                 Ok(Verdict::Append(next)) => {
                     run.push((
-                        Epoch(next.epoch),
+                        next.epoch,
                         &raw[aerodb_wal::format::FRAME_HEADER_LEN..],
                         next.record_hash,
                     ));
@@ -113,10 +113,10 @@ impl Applier {
                 Ok(Verdict::AtOrBelowTip { commit_id }) => {
                     // Compare with what this log holds, which may still be in `run`.
                     let held = if commit_id > self.tip.commit_id {
-                        let i = (commit_id - self.tip.commit_id - 1) as usize;
+                        let i = (commit_id.0 - self.tip.commit_id.0 - 1) as usize;
                         raws.get(i).map(|f| (*f).clone())
                     } else {
-                        self.db.raw_frames(CommitId(commit_id), 0)?.into_iter().next()
+                        self.db.raw_frames(commit_id, 0)?.into_iter().next()
                     };
                     match held {
                         Some(ours) if ours == *raw => out.duplicates += 1,
@@ -124,7 +124,7 @@ impl Applier {
                             let body_of =
                                 |f: &[u8]| record::record_hash(&f[aerodb_wal::format::FRAME_HEADER_LEN..]);
                             failure = Some(HaltReason::Fork {
-                                commit_id: CommitId(commit_id),
+                                commit_id,
                                 ours: body_of(&ours),
                                 theirs: if raw.len() >= aerodb_wal::format::FRAME_HEADER_LEN {
                                     body_of(raw)
@@ -151,7 +151,7 @@ impl Applier {
         }
         if !run.is_empty() {
             let last = self.db.append_replicated(&run)?;
-            debug_assert_eq!(last, CommitId(tip.commit_id));
+            debug_assert_eq!(last, tip.commit_id);
             out.appended += run.len() as u64;
             self.tip = tip;
         }

@@ -26,12 +26,12 @@ pub fn fuzz_replay_frame(data: &[u8]) {
     let mut e = [0u8; 8];
     e.copy_from_slice(&data[40..48]);
     let tip = replay::Tip {
-        commit_id: u64::from_le_bytes(c),
+        commit_id: aerodb_wal::CommitId(u64::from_le_bytes(c)),
         record_hash: hash,
-        epoch: u64::from_le_bytes(e),
+        epoch: aerodb_wal::Epoch(u64::from_le_bytes(e)),
     };
     if let Ok(replay::Verdict::Append(t)) = replay::check_frame(&tip, &data[48..], 1 << 20) {
-        assert_eq!(t.commit_id, tip.commit_id + 1);
+        assert_eq!(t.commit_id, tip.commit_id.next());
         assert!(t.epoch >= tip.epoch);
     }
 }

@@ -5,7 +5,7 @@
 //! before a byte is appended to the replica's log.
 
 use aerodb_engine::record::{self, decode_header, genesis_hash};
-use aerodb_wal::format::decode_frame;
+use aerodb_wal::{format::decode_frame, CommitId, Epoch};
 
 use crate::role::HaltReason;
 
@@ -13,11 +13,11 @@ use crate::role::HaltReason;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Tip {
     /// Its CommitId (0: empty log).
-    pub commit_id: u64,
+    pub commit_id: CommitId,
     /// Its record hash (the genesis hash for an empty log).
     pub record_hash: [u8; 32],
     /// Its epoch.
-    pub epoch: u64,
+    pub epoch: Epoch,
 }
 
 impl Tip {
@@ -25,9 +25,9 @@ impl Tip {
     #[must_use]
     pub fn genesis() -> Self {
         Self {
-            commit_id: 0,
+            commit_id: CommitId(0),
             record_hash: genesis_hash(),
-            epoch: 0,
+            epoch: Epoch(0),
         }
     }
 }
@@ -41,7 +41,7 @@ pub enum Verdict {
     /// holds at that CommitId — equal bytes are skipped, different bytes are a fork.
     AtOrBelowTip {
         /// Its CommitId.
-        commit_id: u64,
+        commit_id: CommitId,
     },
 }
 
@@ -56,33 +56,33 @@ pub fn check_frame(tip: &Tip, raw: &[u8], max_body: usize) -> Result<Verdict, Ha
             raw.len() - h.frame_len().min(raw.len())
         )));
     }
-    let commit = h.commit_id.0;
+    let commit = h.commit_id;
     if commit <= tip.commit_id {
         return Ok(Verdict::AtOrBelowTip { commit_id: commit });
     }
-    if commit != tip.commit_id + 1 {
+    if commit != tip.commit_id.next() {
         return Err(HaltReason::Gap {
-            expected: aerodb_wal::CommitId(tip.commit_id + 1),
-            got: aerodb_wal::CommitId(commit),
+            expected: tip.commit_id.next(),
+            got: commit,
         });
     }
-    if h.epoch.0 < tip.epoch {
+    if h.epoch < tip.epoch {
         return Err(HaltReason::EpochRegression {
-            last: aerodb_wal::Epoch(tip.epoch),
+            last: tip.epoch,
             got: h.epoch,
         });
     }
     let rec = decode_header(body).map_err(|e| HaltReason::Corruption(format!("record {commit}: {e}")))?;
-    if rec.commit_id != commit || rec.epoch != h.epoch.0 {
+    if rec.commit_id != commit || rec.epoch != h.epoch {
         return Err(HaltReason::Corruption(format!(
             "record {commit} says CommitId {} epoch {}, its frame CommitId {commit} epoch {}",
-            rec.commit_id, rec.epoch, h.epoch.0
+            rec.commit_id, rec.epoch, h.epoch
         )));
     }
     if rec.prev_hash != tip.record_hash {
         // The primary's record before this one is not the one we hold there.
         return Err(HaltReason::Fork {
-            commit_id: aerodb_wal::CommitId(tip.commit_id),
+            commit_id: tip.commit_id,
             ours: tip.record_hash,
             theirs: rec.prev_hash,
         });
@@ -90,6 +90,6 @@ pub fn check_frame(tip: &Tip, raw: &[u8], max_body: usize) -> Result<Verdict, Ha
     Ok(Verdict::Append(Tip {
         commit_id: commit,
         record_hash: record::record_hash(body),
-        epoch: h.epoch.0,
+        epoch: h.epoch,
     }))
 }

@@ -50,9 +50,9 @@ fn log(tag: &str, epochs: &[u64], n: u64) -> (Vec<Vec<u8>>, Tip) {
         }
         let t = db.tip().unwrap();
         tip = Tip {
-            commit_id: t.commit_id.0,
+            commit_id: t.commit_id,
             record_hash: t.record_hash,
-            epoch,
+            epoch: Epoch(epoch),
         };
         db.close().unwrap();
     }
@@ -110,7 +110,9 @@ fn every_failure_halts_with_its_reason() {
     // A resent frame is handed back for comparison.
     assert_eq!(
         check_frame(&t, &a[2], MAX),
-        Ok(Verdict::AtOrBelowTip { commit_id: 3 })
+        Ok(Verdict::AtOrBelowTip {
+            commit_id: CommitId(3)
+        })
     );
     // A changed byte anywhere in the frame.
     let mut flipped = a[5].clone();
@@ -151,7 +153,7 @@ fn every_failure_halts_with_its_reason() {
     );
     // An epoch-1 frame after an epoch-2 tip: the primary went back a term.
     let t = tip_at(12); // records 11.. are epoch 2
-    assert_eq!(t.epoch, 2);
+    assert_eq!(t.epoch, Epoch(2));
     assert_eq!(
         check_frame(&t, &late[12], MAX),
         Err(HaltReason::EpochRegression {

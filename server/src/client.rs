@@ -230,7 +230,10 @@ impl VerifiedClient {
             return Err(bad("the stored record does not hash to the receipt"));
         }
         let decoded = record::decode(&Bytes::from(stored)).map_err(|e| bad(format!("record: {e}")))?;
-        if decoded.tenant != tenant || decoded.payload != payload || decoded.commit_id != receipt.commit_id {
+        if decoded.tenant != tenant
+            || decoded.payload != payload
+            || decoded.commit_id != aerodb_wal::CommitId(receipt.commit_id)
+        {
             return Err(bad("the stored record is not the one written"));
         }
         Ok(VerifiedWrite {
@@ -291,7 +294,7 @@ impl VerifiedClient {
             )));
         }
         let rec = record::decode(&Bytes::from(canonical)).map_err(|e| bad(format!("record: {e}")))?;
-        if rec.commit_id != commit_id {
+        if rec.commit_id != aerodb_wal::CommitId(commit_id) {
             return Err(bad("the record carries another CommitId"));
         }
         Ok(rec)

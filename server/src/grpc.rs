@@ -220,8 +220,8 @@ pub fn new_record_pb(tenant: &str, payload: &Payload) -> pb::NewRecord {
 fn record(r: &StoredRecord) -> pb::Record {
     let rec = &r.record;
     pb::Record {
-        commit_id: rec.commit_id,
-        epoch: rec.epoch,
+        commit_id: rec.commit_id.0,
+        epoch: rec.epoch.0,
         timestamp_ms: rec.timestamp_ms,
         tenant: rec.tenant.clone(),
         payload: Some(match &rec.payload {

@@ -272,8 +272,8 @@ fn bytes_field(name: &str, b: &[u8]) -> (String, Value) {
 fn record_json(r: &StoredRecord) -> Value {
     let rec = &r.record;
     let mut v = json!({
-        "commit_id": rec.commit_id,
-        "epoch": rec.epoch,
+        "commit_id": rec.commit_id.0,
+        "epoch": rec.epoch.0,
         "timestamp_ms": rec.timestamp_ms,
         "tenant": rec.tenant,
         "prev_hash": hex(&rec.prev_hash),

@@ -67,18 +67,18 @@ fn key_value_with_history_tenants_and_reopen() {
                 .scan_tenant("acme", CommitId(1), 10)
                 .unwrap()
                 .iter()
-                .map(|r| r.record.commit_id)
+                .map(|r| r.record.commit_id.0)
                 .collect();
             assert_eq!(acme, vec![1, 3, 4]);
             assert_eq!(
                 db.scan_tenant("acme", CommitId(2), 1).unwrap()[0]
                     .record
                     .commit_id,
-                3
+                CommitId(3)
             );
             let recs = db.records(CommitId(2), 2).unwrap();
             assert_eq!(
-                recs.iter().map(|r| r.record.commit_id).collect::<Vec<_>>(),
+                recs.iter().map(|r| r.record.commit_id.0).collect::<Vec<_>>(),
                 vec![2, 3]
             );
             assert_eq!(recs[1].record.prev_hash, recs[0].hash, "records are hash-chained");

@@ -83,7 +83,7 @@ fn check(mem: &MemFs, acked: &[Receipt]) -> Result<(), String> {
         if let Payload::Batch(ops) = &rec.record.payload {
             for op in ops {
                 let c = rec.record.commit_id;
-                let got = db.get_at(op.key(), CommitId(c)).map_err(|e| e.to_string())?;
+                let got = db.get_at(op.key(), c).map_err(|e| e.to_string())?;
                 let want = match op {
                     Op::Put { value, .. } => Some(value.clone()),
                     Op::Delete { .. } => None,
@@ -95,7 +95,7 @@ fn check(mem: &MemFs, acked: &[Receipt]) -> Result<(), String> {
                     .history(op.key())
                     .map_err(|e| e.to_string())?
                     .iter()
-                    .any(|v| v.commit_id == CommitId(c))
+                    .any(|v| v.commit_id == c)
                 {
                     return Err(format!("index: history of {:?} lacks {c}", op.key()));
                 }

@@ -117,10 +117,10 @@ proptest! {
         prop_assert_eq!(&db.scan_prefix(b"key/", 100).unwrap(), &live);
         for t in 0..3u8 {
             let want: Vec<u64> = tenants.iter().enumerate().filter(|(_, x)| **x == tenant(t)).map(|(i, _)| i as u64 + 1).collect();
-            let got: Vec<u64> = db.scan_tenant(&tenant(t), CommitId(1), 1000).unwrap().iter().map(|r| r.record.commit_id).collect();
+            let got: Vec<u64> = db.scan_tenant(&tenant(t), CommitId(1), 1000).unwrap().iter().map(|r| r.record.commit_id.0).collect();
             prop_assert_eq!(&got, &want);
             let from = n / 2 + 1;
-            let got: Vec<u64> = db.scan_tenant(&tenant(t), CommitId(from), 3).unwrap().iter().map(|r| r.record.commit_id).collect();
+            let got: Vec<u64> = db.scan_tenant(&tenant(t), CommitId(from), 3).unwrap().iter().map(|r| r.record.commit_id.0).collect();
             let want: Vec<u64> = want.into_iter().filter(|c| *c >= from).take(3).collect();
             prop_assert_eq!(got, want);
         }

@@ -8,6 +8,7 @@
     reason = "test code: a panic is the failure report"
 )]
 
+use aerodb_wal::CommitId;
 use std::{path::PathBuf, sync::Arc};
 
 use aerodb_tests::{body, small_opts, MEM_DIR};
@@ -81,8 +82,8 @@ fn write_seeds() {
     ];
     aerodb_engine::record::encode(
         &mut rec,
-        7,
-        2,
+        CommitId(7),
+        Epoch(2),
         1_700_000_000_000,
         "acme",
         &aerodb_engine::Payload::Batch(ops),
@@ -90,7 +91,15 @@ fn write_seeds() {
     );
     save("record", "seed-batch", &rec);
     let event = aerodb_engine::Payload::Event(bytes::Bytes::from_static(b"{\"audit\":1}"));
-    aerodb_engine::record::encode(&mut rec, 8, 2, 1_700_000_000_001, "globex", &event, &[4u8; 32]);
+    aerodb_engine::record::encode(
+        &mut rec,
+        CommitId(8),
+        Epoch(2),
+        1_700_000_000_001,
+        "globex",
+        &event,
+        &[4u8; 32],
+    );
     save("record", "seed-event", &rec);
     let key = aerodb_engine::SigningKey::from_seed("fuzz.example/log", [7u8; 32]).unwrap();
     let cp = aerodb_engine::Checkpoint {
@@ -126,7 +135,7 @@ fn write_seeds() {
         .unwrap();
         save("role_file", "seed-replica", &encode(&r));
         r.observe(Observation::Halt(HaltReason::Fork {
-            commit_id: aerodb_wal::CommitId(9),
+            commit_id: CommitId(9),
             ours: [1; 32],
             theirs: [2; 32],
         }));
@@ -154,7 +163,7 @@ fn write_seeds() {
         )
         .unwrap();
         let frame = wal
-            .read_from(aerodb_wal::CommitId(1))
+            .read_from(CommitId(1))
             .unwrap()
             .next()
             .unwrap()

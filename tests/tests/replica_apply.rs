@@ -89,8 +89,8 @@ fn a_replica_fed_in_chunks_holds_byte_identical_sealed_segments() {
     // Stream as a primary does: raw frames from the replica's tip, bounded by bytes, in uneven chunks.
     let mut step = 1;
     loop {
-        let from = a.tip().commit_id + 1;
-        let frames = p.raw_frames(CommitId(from), 700 * step).unwrap();
+        let from = a.tip().commit_id.next();
+        let frames = p.raw_frames(from, 700 * step).unwrap();
         if frames.is_empty() {
             break;
         }
@@ -103,7 +103,7 @@ fn a_replica_fed_in_chunks_holds_byte_identical_sealed_segments() {
     }
     let (pt, rt) = (p.tip().unwrap(), r.tip().unwrap());
     assert_eq!(pt, rt);
-    assert_eq!(a.tip().epoch, 3);
+    assert_eq!(a.tip().epoch, Epoch(3));
     assert_eq!(
         r.latest_checkpoint().unwrap().note,
         p.latest_checkpoint().unwrap().note

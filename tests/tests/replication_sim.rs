@@ -229,7 +229,7 @@ impl Sim {
         let proof = rdb.latest_checkpoint().map(|c| c.note);
         let hello = psend::Hello {
             node_id: "r",
-            commit_id: CommitId(tip.commit_id),
+            commit_id: tip.commit_id,
             highest_epoch: self.nodes[r].highest_epoch,
             epoch_proof: proof.as_deref(),
         };
@@ -238,8 +238,8 @@ impl Sim {
             HelloDecision::Accept { from } => from,
             other => panic!("primary {p} refused replica {r}'s hello: {other:?}"),
         };
-        let theirs = (tip.commit_id > 0)
-            .then(|| pdb.record(CommitId(tip.commit_id)).unwrap().map(|x| x.hash))
+        let theirs = (tip.commit_id > CommitId(0))
+            .then(|| pdb.record(tip.commit_id).unwrap().map(|x| x.hash))
             .flatten();
         let welcome_proof = pdb.latest_checkpoint().map(|c| c.note);
         let vk = key.to_string();
@@ -417,9 +417,7 @@ impl Sim {
             let cp = pdb.checkpoint_at(index);
             let view = View {
                 tip: CommitId(pdb.tip().unwrap().commit_id.0),
-                checkpoint: cp
-                    .as_ref()
-                    .map(|c| (c.checkpoint.size, Epoch(c.checkpoint.epoch.0))),
+                checkpoint: cp.as_ref().map(|c| (c.checkpoint.size, c.checkpoint.epoch)),
                 may_write: true,
             };
             let now = self.now;
@@ -429,7 +427,7 @@ impl Sim {
             };
             match s.send.poll(&view, now) {
                 Next::Frames { from } => {
-                    let frames = pdb.raw_frames(CommitId(from.0), max).unwrap();
+                    let frames = pdb.raw_frames(from, max).unwrap();
                     if frames.is_empty() {
                         continue;
                     }
@@ -568,7 +566,10 @@ impl Sim {
         n.halted = None;
         n.may_diverge = false;
         self.open(i);
-        assert_eq!(self.nodes[i].applier.as_ref().unwrap().tip().commit_id, lo);
+        assert_eq!(
+            self.nodes[i].applier.as_ref().unwrap().tip().commit_id,
+            CommitId(lo)
+        );
         self.note(format!("rebuild {i}: cut {removed} records after {lo}"));
     }
 
@@ -583,10 +584,10 @@ impl Sim {
             }
             let Some(a) = n.applier.as_ref() else { continue };
             let tip = a.tip();
-            if tip.commit_id == 0 {
+            if tip.commit_id == CommitId(0) {
                 continue;
             }
-            let theirs = pdb.record(CommitId(tip.commit_id)).unwrap().map(|r| r.hash);
+            let theirs = pdb.record(tip.commit_id).unwrap().map(|r| r.hash);
             assert_eq!(
                 theirs,
                 Some(tip.record_hash),
@@ -798,7 +799,7 @@ impl Sim {
             let rt = self.nodes[r].applier.as_ref().unwrap().tip();
             assert_eq!(
                 (rt.commit_id, rt.record_hash),
-                (tip.commit_id.0, tip.record_hash),
+                (tip.commit_id, tip.record_hash),
                 "replica {r} did not converge"
             );
             // Byte-identical sealed segments (all but each log's newest).

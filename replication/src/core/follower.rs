@@ -169,13 +169,13 @@ impl Follower {
     /// A replica tip the primary's history does not contain is a fork; the all-zero hash stands for
     /// "absent" (the primary's log is shorter, so our records past its tip exist nowhere else).
     fn check_fork(&self, theirs: Option<[u8; 32]>) -> Result<(), HaltReason> {
-        if self.tip.commit_id == 0 {
+        if self.tip.commit_id == CommitId(0) {
             return Ok(());
         }
         match theirs {
             Some(h) if h == self.tip.record_hash => Ok(()),
             theirs => Err(HaltReason::Fork {
-                commit_id: CommitId(self.tip.commit_id),
+                commit_id: self.tip.commit_id,
                 ours: self.tip.record_hash,
                 theirs: theirs.unwrap_or([0; 32]),
             }),
@@ -198,7 +198,7 @@ impl Follower {
     /// The ack of the current tip (the replica's append is synchronous: received = durable = applied).
     #[must_use]
     pub fn ack(&self) -> Ack {
-        let c = CommitId(self.tip.commit_id);
+        let c = self.tip.commit_id;
         Ack {
             written: c,
             flushed: c,
@@ -228,9 +228,9 @@ impl Follower {
     /// beyond this replica's tip means frames went missing: a `Gap` (the checkpoint itself is then not stored).
     pub fn on_checkpoint(&mut self, size: u64, now: Duration) -> Result<(), End> {
         self.last_heard = now;
-        if size > self.tip.commit_id {
+        if size > self.tip.commit_id.0 {
             return Err(End::Halt(HaltReason::Gap {
-                expected: CommitId(self.tip.commit_id + 1),
+                expected: self.tip.commit_id.next(),
                 got: CommitId(size),
             }));
         }
@@ -333,9 +333,9 @@ mod tests {
             Err(End::Retry(_))
         ));
         let tip = Tip {
-            commit_id: 4,
+            commit_id: CommitId(4),
             record_hash: [4; 32],
-            epoch: 1,
+            epoch: Epoch(1),
         };
         let mut f = Follower::new(tip, Epoch(1), Duration::ZERO);
         let fork = f.on_welcome(&welcome(1, &vk, None, Some([5; 32])), &v, 4096, Duration::ZERO);

@@ -281,14 +281,14 @@ fn verify_stats(dir: &std::path::Path, j: bool) -> anyhow::Result<()> {
         for r in &recs {
             let c = r.record.commit_id;
             if count == 0 {
-                first = c;
-            } else if c != last + 1 {
+                first = c.0;
+            } else if c != CommitId(last + 1) {
                 gaps += 1;
             }
-            last = c;
+            last = c.0;
             count += 1;
         }
-        from = end + 1;
+        from = end.0 + 1;
     }
     let leaves = db.merkle_leaves();
     let report = db.open_report().clone();
@@ -606,7 +606,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let rec = record::decode(&Bytes::from(r.canonical.clone()))?;
             print(
                 j,
-                json!({"commit_id": rec.commit_id, "epoch": rec.epoch, "timestamp_ms": rec.timestamp_ms,
+                json!({"commit_id": rec.commit_id.0, "epoch": rec.epoch.0, "timestamp_ms": rec.timestamp_ms,
                        "tenant": rec.tenant, "record_hash": hex(&r.record_hash), "prev_hash": hex(&rec.prev_hash),
                        "payload": format!("{:?}", rec.payload)}),
                 || {
@@ -635,7 +635,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .ok_or_else(|| anyhow::anyhow!("no checkpoint accepted"))?;
             print(
                 j,
-                json!({"commit_id": rec.commit_id, "verified": true, "checkpoint_size": cp.size,
+                json!({"commit_id": rec.commit_id.0, "verified": true, "checkpoint_size": cp.size,
                        "checkpoint_root": hex(&cp.root), "tenant": rec.tenant}),
                 || {
                     format!(

@@ -203,9 +203,9 @@ async fn stream_once(
     let (out_tx, out_rx) = mpsc::channel::<pb::ReplicaMessage>(16);
     let hello = pb::ReplicaHello {
         node_id: node.config.node_id.clone(),
-        commit_id: tip.commit_id,
+        commit_id: tip.commit_id.0,
         record_hash: tip.record_hash.to_vec(),
-        epoch: tip.epoch,
+        epoch: tip.epoch.0,
         highest_epoch: highest.0,
         epoch_proof: node.db.latest_checkpoint().map(|c| c.note),
     };
@@ -286,7 +286,7 @@ async fn stream_once(
         s.epoch = following.epoch;
         s.last_error.clear();
     }
-    tracing::info!(primary = %w.node_id, %url, epoch = w.epoch, tip = tip.commit_id, "following");
+    tracing::info!(primary = %w.node_id, %url, epoch = w.epoch, tip = tip.commit_id.0, "following");
     let ctx = Ctx {
         node,
         url,
@@ -440,7 +440,7 @@ async fn apply_gathered(
                 .find(|f| {
                     // The first frame past the tip, or the first that does not even decode.
                     aerodb_wal::format::decode_frame_header(f, usize::MAX)
-                        .map_or(true, |h| h.commit_id.0 > tip.commit_id)
+                        .map_or(true, |h| h.commit_id.0 > tip.commit_id.0)
                 })
                 .map(|f| hex(&f[..f.len().min(256)]))
                 .unwrap_or_default();
@@ -456,6 +456,6 @@ async fn apply_gathered(
             return Err(StreamEnd::Halted);
         }
     }
-    ctx.node.replicas.published(tip.commit_id);
+    ctx.node.replicas.published(tip.commit_id.0);
     Ok((follower.applied(tip, now()), deferred))
 }
