@@ -275,6 +275,17 @@ fn a_forked_replica_halts_with_evidence_and_stays_halted() {
     assert_eq!(evidence.len(), 1);
     let text = std::fs::read_to_string(r.data.join(&evidence[0])).unwrap();
     assert!(text.contains("Fork") && text.contains("replica tip 30"), "{text}");
+    // both sides' latest checkpoints (signed notes: each ends with a signature line "— <key name> …").
+    let (theirs, ours) = text
+        .split_once("the primary's latest checkpoint:")
+        .expect("the primary's checkpoint is in the evidence");
+    assert!(theirs.contains("primary tip"), "{text}");
+    assert!(ours.contains("\n\u{2014} "), "the primary's signed note: {text}");
+    let own = ours
+        .split_once("this node's checkpoints (newest last):")
+        .expect("this node's checkpoints are in the evidence")
+        .1;
+    assert!(own.contains("\n\u{2014} "), "this node's signed notes: {text}");
     let check_refuses = |s: &Server| {
         for (m, p, b) in [
             ("GET", "/v1/records/1", None),

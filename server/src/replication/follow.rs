@@ -259,13 +259,15 @@ async fn stream_once(
         Ok(f) => f,
         Err(End::Halt(reason)) => {
             let evidence = format!(
-                "handshake with primary {} at {url}: replica tip {} (epoch {}, hash {}), primary tip {} epoch {}",
+                "handshake with primary {} at {url}: replica tip {} (epoch {}, hash {}), primary tip {} epoch {}\n\
+                 the primary's latest checkpoint:\n{}",
                 w.node_id,
                 tip.commit_id,
                 tip.epoch,
                 hex(&tip.record_hash),
                 w.commit_id,
-                w.epoch
+                w.epoch,
+                w.epoch_proof.as_deref().unwrap_or("(none)\n")
             );
             return halt(node, reason, &evidence);
         }
@@ -292,6 +294,7 @@ async fn stream_once(
         url,
         primary: &w.node_id,
         applier,
+        their_checkpoint: Mutex::new(w.epoch_proof.clone()),
     };
     follow_stream(&ctx, &mut follower, &mut inbound, &out_tx, &now).await
 }
@@ -302,6 +305,23 @@ struct Ctx<'a> {
     url: &'a str,
     primary: &'a str,
     applier: &'a Arc<Mutex<Applier>>,
+    /// The primary's latest checkpoint this replica was sent (halt evidence carries it).
+    their_checkpoint: Mutex<Option<String>>,
+}
+
+impl Ctx<'_> {
+    /// Halt evidence: what was observed, then the primary's tip and latest checkpoint as last heard (the node adds
+    /// its own tip and checkpoints).
+    fn evidence(&self, observed: &str) -> String {
+        let their_tip = self.node.follower.lock().primary_commit_id;
+        let cp = self.their_checkpoint.lock().clone();
+        format!(
+            "{observed}\nprimary {} at {}: tip {their_tip}; its latest checkpoint sent here:\n{}",
+            self.primary,
+            self.url,
+            cp.as_deref().unwrap_or("(none)\n")
+        )
+    }
 }
 
 /// The message loop after the handshake.
@@ -345,8 +365,7 @@ async fn follow_stream(
                 match follower.on_checkpoint(size, now()) {
                     Ok(()) => {}
                     Err(End::Halt(reason)) => {
-                        let evidence =
-                            format!("checkpoint from primary {} at {}:\n{note}", ctx.primary, ctx.url);
+                        let evidence = ctx.evidence(&format!("this checkpoint from the primary:\n{note}"));
                         return halt(ctx.node, reason, &evidence);
                     }
                     Err(e) => return e.into(),
@@ -354,13 +373,15 @@ async fn follow_stream(
                 let db = ctx.node.db.clone();
                 let n = note.clone();
                 match tokio::task::spawn_blocking(move || db.add_checkpoint(&n)).await {
-                    Ok(Ok(_)) => Ok(()),
+                    Ok(Ok(_)) => {
+                        *ctx.their_checkpoint.lock() = Some(note);
+                        Ok(())
+                    }
                     Ok(Err(e)) => {
                         let reason = HaltReason::Corruption(format!(
                             "a checkpoint from the primary does not check: {e}"
                         ));
-                        let evidence =
-                            format!("checkpoint from primary {} at {}:\n{note}", ctx.primary, ctx.url);
+                        let evidence = ctx.evidence(&format!("this checkpoint from the primary:\n{note}"));
                         return halt(ctx.node, reason, &evidence);
                     }
                     Err(e) => return StreamEnd::Retry(format!("checkpoint task failed: {e}")),
@@ -371,7 +392,7 @@ async fn follow_stream(
                 match follower.on_heartbeat(Epoch(hb.epoch), now()) {
                     Ok(ack) => send_ack(out, ack).await,
                     Err(End::Halt(reason)) => {
-                        let evidence = format!("heartbeat from primary {} at {}", ctx.primary, ctx.url);
+                        let evidence = ctx.evidence(&format!("a heartbeat with epoch {}", hb.epoch));
                         return halt(ctx.node, reason, &evidence);
                     }
                     Err(e) => return e.into(),
@@ -444,11 +465,11 @@ async fn apply_gathered(
                 })
                 .map(|f| hex(&f[..f.len().min(256)]))
                 .unwrap_or_default();
-            let evidence = format!(
-                "frames from primary {} at {}; replica tip {} (epoch {}); first frame not applied (up to 256 bytes, \
+            let evidence = ctx.evidence(&format!(
+                "frames from the primary; replica tip {} (epoch {}); first frame not applied (up to 256 bytes, \
                  hex): {failing}",
-                ctx.primary, ctx.url, tip.commit_id, tip.epoch
-            );
+                tip.commit_id, tip.epoch
+            ));
             return Err(halt(ctx.node, reason, &evidence));
         }
         Err(ApplyError::Engine(e)) => {
