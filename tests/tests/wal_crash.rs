@@ -159,8 +159,10 @@ fn crash_point_sweep() {
 
 #[test]
 fn directory_entry_of_a_new_segment_is_durable_before_its_first_frame() {
-    // From the op log of a run: a segment file is written as `N.prealloc` (zero fill, then header), synced,
-    // renamed to `N.seg`, and the directory is fsynced; only then may frames be written to it.
+    // From the op log of a run: a segment file is written as `N.prealloc` (zero fill, then header and its first
+    // frames), synced, renamed to `N.seg`, and the directory is fsynced; only then are more frames written to it
+    // — and only then is the segment before it sealed (its footer written and the file cut), so a sealed last
+    // segment never exists. (Acknowledgements come after a sync of the segment that is live by then: T5.)
     let fs = FaultFs::new(MemFs::new());
     workload(&fs);
     let stem = |p: &Path| {
@@ -169,7 +171,8 @@ fn directory_entry_of_a_new_segment_is_durable_before_its_first_frame() {
             .unwrap_or_default()
     };
     let mut state: std::collections::HashMap<String, &str> = Default::default();
-    let mut frame_writes = 0;
+    let (mut frame_writes, mut seals) = (0, 0);
+    let mut last_live: Option<String> = None;
     for (op, path) in fs.op_log() {
         let id = stem(&path);
         match (op, state.get(id.as_str()).copied()) {
@@ -182,20 +185,29 @@ fn directory_entry_of_a_new_segment_is_durable_before_its_first_frame() {
             ("write", Some("zeroed")) => {
                 state.insert(id, "header");
             }
-            ("sync_data", Some("header")) => {
-                state.insert(id, "header synced");
+            ("write", Some("header")) => {
+                state.insert(id, "first frames");
+            }
+            ("sync_data", Some("first frames")) => {
+                state.insert(id, "synced");
             }
             ("rename", Some(s)) => {
-                assert_eq!(
-                    s, "header synced",
-                    "segment {id} renamed before its header was synced"
-                );
+                assert_eq!(s, "synced", "segment {id} renamed before its header and first frames were synced");
                 state.insert(id, "renamed");
             }
             ("sync_dir", _) => {
-                for s in state.values_mut().filter(|s| **s == "renamed") {
+                for (k, s) in state.iter_mut().filter(|(_, s)| **s == "renamed") {
                     *s = "live";
+                    last_live = Some(k.clone());
                 }
+            }
+            ("set_len", Some("live")) => {
+                // Sealing a segment (the footer's cut) happens only once a later segment is live.
+                assert!(
+                    last_live.as_ref().is_some_and(|l| *l > id),
+                    "segment {id} sealed before the segment after it was live"
+                );
+                seals += 1;
             }
             ("write", Some(s)) => {
                 assert!(
@@ -208,7 +220,7 @@ fn directory_entry_of_a_new_segment_is_durable_before_its_first_frame() {
         }
     }
     assert!(
-        frame_writes > 10,
-        "the check saw the frame writes ({frame_writes})"
+        frame_writes > 10 && seals >= 4,
+        "the check saw the frame writes ({frame_writes}) and the seals ({seals})"
     );
 }

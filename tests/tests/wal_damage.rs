@@ -287,3 +287,115 @@ fn missing_segment_and_durable_mark_are_corruption() {
         "{err}"
     );
 }
+
+/// The kind of corruption opening `dir` reports, or a description of what else happened.
+fn open_outcome(fs: &Arc<dyn Fs>, dir: &Path) -> Result<CorruptionKind, String> {
+    match Wal::open(fs.clone(), dir, small_opts()) {
+        Err(e) => e.corruption().map(|c| c.kind.clone()).ok_or(format!("untyped error: {e}")),
+        Ok(w) => Err(format!(
+            "opened silently with {} records (report {:?})",
+            w.durable_commit_id(),
+            w.recovery_report()
+        )),
+    }
+}
+
+/// Damage no crash can cause, on the active end of a log: recovery refuses it with a typed error instead of
+/// cutting acknowledged records (issue 17: shortened or deleted active segments lost 1–297 acknowledged records
+/// with at most one WARN line, and their CommitIds were handed out again).
+fn damaged_directory_suite(fs: Arc<dyn Fs>, dir: &Path) -> (u64, Vec<String>) {
+    let segs = build(fs.clone(), dir, 120);
+    assert!(segs.len() >= 5, "several segments");
+    let (active_path, active) = segs.last().unwrap().clone();
+    let offs = frame_offsets(&active);
+    let mut problems = Vec::new();
+    let mut cases = 0u64;
+    let mut expect = |what: &str, got: Result<CorruptionKind, String>, ok: fn(&CorruptionKind) -> bool| {
+        cases += 1;
+        match got {
+            Ok(k) if ok(&k) => {}
+            other => problems.push(format!("{what}: {other:?}")),
+        }
+    };
+    let shortened = |k: &CorruptionKind| matches!(k, CorruptionKind::SegmentShortened { .. });
+    let missing = |k: &CorruptionKind| matches!(k, CorruptionKind::ActiveSegmentMissing { .. });
+    // The active segment cut inside each of its last frames, in the middle, and right after its last frame.
+    let last = *offs.last().unwrap();
+    let mut cuts: Vec<usize> = offs.iter().rev().take(3).map(|&o| o + 5).collect();
+    cuts.push(offs[offs.len() / 2]);
+    cuts.push(last + 1);
+    let data_end = last + 32 + body(120, 11).len();
+    cuts.push(data_end);
+    for cut in cuts {
+        write(&*fs, &active_path, &active[..cut]);
+        expect(&format!("active segment cut at {cut}"), open_outcome(&fs, dir), shortened);
+    }
+    write(&*fs, &active_path, &active);
+    // The active segment deleted; then also the two sealed segments before it.
+    for k in 1..=3 {
+        for (p, _) in segs.iter().rev().take(k) {
+            let _ = fs.remove_file(p);
+        }
+        expect(&format!("last {k} segment(s) deleted"), open_outcome(&fs, dir), missing);
+        for (p, b) in segs.iter().rev().take(k) {
+            let f = fs.open(p, aerodb_wal::fs::OpenMode::CreateNew).unwrap();
+            f.write_all_at(b, 0).unwrap();
+            f.sync_all().unwrap();
+        }
+        fs.sync_dir(dir).unwrap();
+    }
+    assert_eq!(last_commit(&fs, dir).unwrap().0, 120, "restored log is whole again");
+    (cases, problems)
+}
+
+#[test]
+fn shortened_or_deleted_active_segments_are_refused_not_cut() {
+    let (c1, mut problems) = damaged_directory_suite(Arc::new(MemFs::new()), Path::new(MEM_DIR));
+    let tmp = TempDir::new("damaged-dir");
+    let (c2, p2) = damaged_directory_suite(Arc::new(RealFs), tmp.path());
+    problems.extend(p2);
+    report_figure(
+        "damaged active end (cut inside the last frames, in the middle, after them; 1-3 last segments deleted)",
+        &format!("{} cases on two file systems, {} opened silently or untyped", c1 + c2, problems.len()),
+    );
+    assert!(problems.is_empty(), "{problems:#?}");
+}
+
+#[test]
+fn an_interrupted_roll_is_undone_or_finished() {
+    // The two crash states a roll can leave: the footer written but no successor live (undone: the segment stays
+    // active and the log continues), and the successor live but the old segment not yet cut (finished).
+    let fs: Arc<dyn Fs> = Arc::new(MemFs::new());
+    let dir = Path::new(MEM_DIR);
+    let segs = build(fs.clone(), dir, 120);
+    let n = segs.len();
+    let (sealed_path, sealed) = segs[n - 2].clone();
+    let capacity = small_opts().segment_bytes as usize;
+    let mut uncut = sealed.clone();
+    uncut.resize(capacity, 0);
+    // 1. Successor live, old segment not cut: the cut is finished and nothing is lost.
+    write(&*fs, &sealed_path, &uncut);
+    let wal = Wal::open(fs.clone(), dir, small_opts()).unwrap();
+    assert_eq!(wal.recovery_report().completed_seal, Some(SegmentId(n as u64 - 1)));
+    assert_eq!(wal.durable_commit_id(), CommitId(120));
+    drop(wal);
+    assert_eq!(read(&*fs, &sealed_path), sealed, "cut after its footer again");
+    // 2. No successor, old segment not cut: the roll is undone, the records stay, and appends continue.
+    let (last_path, _) = segs[n - 1].clone();
+    fs.remove_file(&last_path).unwrap();
+    write(&*fs, &sealed_path, &uncut);
+    let first_of_last = {
+        let f = frame_offsets(&segs[n - 1].1)[0];
+        decode_frame_header(&segs[n - 1].1[f..], 1 << 20).unwrap().commit_id
+    };
+    let wal = Wal::open(fs.clone(), dir, small_opts()).unwrap();
+    assert_eq!(wal.recovery_report().undone_roll, Some(SegmentId(n as u64 - 1)));
+    assert_eq!(wal.durable_commit_id(), CommitId(first_of_last.0 - 1));
+    let next = wal.append(Epoch(9), &body(999, 11)).unwrap();
+    assert_eq!(next, first_of_last, "the next CommitId follows the records present");
+    wal.verify().unwrap();
+    report_figure(
+        "interrupted roll",
+        "successor live + old segment uncut: cut finished, 0 lost; no successor: footer undone, appends continue",
+    );
+}

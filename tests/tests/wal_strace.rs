@@ -89,7 +89,7 @@ fn real_syscall_order_of_segment_start_and_acks() {
     // Per segment path stem: the stage it reached.
     let mut stage: HashMap<String, &str> = HashMap::new();
     let mut dir_fds = Vec::new();
-    let mut unsynced_frames = false;
+    let (mut unsynced_frames, mut not_live) = (false, false);
     let (mut acks, mut segments, mut frame_writes) = (0u64, 0u64, 0u64);
     for c in &calls {
         let fd = c.args.split(',').next().unwrap_or("").trim().to_owned();
@@ -119,6 +119,12 @@ fn real_syscall_order_of_segment_start_and_acks() {
                 let id = stem_of(path);
                 if path.ends_with(".prealloc") && offset == 0 && len == 64 {
                     stage.insert(id, "header");
+                } else if path.ends_with(".prealloc") && offset == 64 && stage.get(&id) == Some(&"header") {
+                    // A new segment's first frames go in with its header, before the rename: they may not be
+                    // acknowledged until the rename is durable (`not_live`).
+                    frame_writes += 1;
+                    unsynced_frames = true;
+                    not_live = true;
                 } else if offset >= 64 && stage.get(&id).is_some_and(|s| *s != "header" && *s != "synced") {
                     assert_eq!(
                         stage[&id], "live",
@@ -133,6 +139,7 @@ fn real_syscall_order_of_segment_start_and_acks() {
                     for s in stage.values_mut().filter(|s| **s == "renamed") {
                         *s = "live";
                         segments += 1;
+                        not_live = false;
                     }
                 } else if let Some(path) = fd_path.get(&fd) {
                     let id = stem_of(path);
@@ -153,6 +160,11 @@ fn real_syscall_order_of_segment_start_and_acks() {
                 stage.insert(id, "renamed");
             }
             "write" if fd == "1" && c.args.contains("ack ") => {
+                assert!(
+                    !not_live,
+                    "an ack was printed before the directory entry of its segment was durable: {}",
+                    c.args
+                );
                 assert!(
                     !unsynced_frames,
                     "an ack was printed before the fdatasync covering its frame: {}",

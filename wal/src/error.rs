@@ -230,6 +230,30 @@ pub enum CorruptionKind {
     /// Unexpected bytes after a sealed segment's footer.
     #[error("trailing bytes after the footer")]
     TrailingBytes,
+    /// An unsealed segment is shorter than the capacity it was preallocated to. Segments are zero-filled and
+    /// synced to their full capacity before their first frame, so no crash shortens one: the file was cut, and
+    /// acknowledged records may have been in the part that is gone.
+    #[error(
+        "the segment file is {len} bytes but was preallocated to {capacity}: it was shortened, not torn, and \
+         acknowledged records may be lost"
+    )]
+    SegmentShortened {
+        /// The file's length.
+        len: u64,
+        /// Its capacity (from its header).
+        capacity: u64,
+    },
+    /// The last segment is sealed by a roll (its footer says the next segment was durable before the seal), but
+    /// there is no next segment: the active segment was removed, with whatever acknowledged records it held.
+    #[error("the last segment was sealed after segment {missing} was created, but segment {missing} is missing")]
+    ActiveSegmentMissing {
+        /// The segment that should follow.
+        missing: SegmentId,
+    },
+    /// A segment whose seal was interrupted by a crash is followed by one that holds no frame; a roll never
+    /// leaves that state (the next segment is created with its first frames).
+    #[error("an unsealed segment is followed by an empty one")]
+    EmptySuccessor,
 }
 
 impl Corruption {

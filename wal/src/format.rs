@@ -59,13 +59,13 @@ const SF_FRAME_COUNT: usize = 16;
 const SF_DATA_END: usize = 24;
 const SF_LAST_EPOCH: usize = 32;
 const SF_SHA256: usize = 40;
-const SF_RESERVED: usize = 72;
+const SF_FLAGS: usize = 72;
 const SF_CRC: usize = 76;
 
 const _: () = assert!(SH_CRC + 4 == SEGMENT_HEADER_LEN);
 const _: () = assert!(FH_HEADER_CRC + 4 == FRAME_HEADER_LEN);
 const _: () = assert!(SF_CRC + 4 == FOOTER_LEN);
-const _: () = assert!(SF_SHA256 + 32 == SF_RESERVED);
+const _: () = assert!(SF_SHA256 + 32 == SF_FLAGS);
 const _: () = assert!(MAX_FRAME_BODY_BYTES <= u32::MAX as usize);
 
 fn u32_at(b: &[u8], at: usize) -> u32 {
@@ -355,7 +355,14 @@ pub struct SegmentFooter {
     pub last_epoch: Epoch,
     /// SHA-256 of bytes `[0, data_end)` of the segment file.
     pub sha256: [u8; 32],
+    /// The next segment existed, durably and with frames, before this seal was written (every seal since the
+    /// roll order changed; older logs have `false`). A sealed **last** segment marked so means its successor
+    /// is missing: recovery refuses it.
+    pub rolled: bool,
 }
+
+/// The `flags` bit of a footer written after its successor segment was durable.
+const FOOTER_ROLLED: u32 = 1;
 
 impl SegmentFooter {
     /// Encodes the footer into its fixed 80 bytes.
@@ -368,6 +375,7 @@ impl SegmentFooter {
         put_u64(&mut b, SF_DATA_END, self.data_end);
         put_u64(&mut b, SF_LAST_EPOCH, self.last_epoch.0);
         b[SF_SHA256..SF_SHA256 + 32].copy_from_slice(&self.sha256);
+        put_u32(&mut b, SF_FLAGS, if self.rolled { FOOTER_ROLLED } else { 0 });
         let crc = crc32fast::hash(&b[..SF_CRC]);
         put_u32(&mut b, SF_CRC, crc);
         b
@@ -379,7 +387,7 @@ impl SegmentFooter {
         if b.len() < FOOTER_LEN || b[SF_MAGIC..SF_MAGIC + 8] != FOOTER_MAGIC {
             return None;
         }
-        if crc32fast::hash(&b[..SF_CRC]) != u32_at(b, SF_CRC) || u32_at(b, SF_RESERVED) != 0 {
+        if crc32fast::hash(&b[..SF_CRC]) != u32_at(b, SF_CRC) || u32_at(b, SF_FLAGS) & !FOOTER_ROLLED != 0 {
             return None;
         }
         let mut sha256 = [0u8; 32];
@@ -390,6 +398,7 @@ impl SegmentFooter {
             data_end: u64_at(b, SF_DATA_END),
             last_epoch: Epoch(u64_at(b, SF_LAST_EPOCH)),
             sha256,
+            rolled: u32_at(b, SF_FLAGS) & FOOTER_ROLLED != 0,
         })
     }
 }
@@ -466,9 +475,12 @@ mod tests {
             data_end: 999,
             last_epoch: Epoch(4),
             sha256: [9u8; 32],
+            rolled: true,
         };
         let b = f.encode();
         assert_eq!(SegmentFooter::decode(&b), Some(f));
+        let legacy = SegmentFooter { rolled: false, ..f };
+        assert_eq!(SegmentFooter::decode(&legacy.encode()), Some(legacy));
         for i in 0..FOOTER_LEN {
             let mut c = b;
             c[i] ^= 1;

@@ -85,6 +85,13 @@ pub struct Expect {
     pub min_epoch: Epoch,
     /// Whether this is the last segment (the only one allowed a torn tail or a clean unsealed end).
     pub is_last: bool,
+    /// Whether this is the segment before the last one, whose seal may be unfinished when a crash interrupted a
+    /// roll after the last segment was created: its footer is durable, the cut after it may not be (zero fill
+    /// after the footer); recovery finishes the cut.
+    pub seal_may_be_unfinished: bool,
+    /// Whether `bytes` is the whole file, so that its length can be judged (a verifier reading only the frames
+    /// of the active segment passes `false`).
+    pub whole_file: bool,
     /// The largest frame body the log accepts.
     pub max_body: usize,
     /// CommitIds up to this one are known durable; a torn tail may not remove them.
@@ -213,7 +220,7 @@ pub fn scan_segment(bytes: &[u8], expect: &Expect) -> Result<SegmentScan, Corrup
                 trailing_zeros: false,
             }));
         }
-        if expect.is_last && after.iter().all(|&b| b == 0) {
+        if (expect.is_last || expect.seal_may_be_unfinished) && after.iter().all(|&b| b == 0) {
             return Ok(scan(SegmentEnd::Sealed {
                 footer,
                 trailing_zeros: true,
@@ -228,6 +235,19 @@ pub fn scan_segment(bytes: &[u8], expect: &Expect) -> Result<SegmentScan, Corrup
     }
     let at = pos as u64;
     let rest = &area[pos..];
+    if expect.whole_file && expect.is_last && (bytes.len() as u64) < header.segment_bytes {
+        // Unsealed and shorter than its preallocated capacity: no crash does that (a segment is cut only after
+        // its footer is durable).
+        return Err(corrupt(
+            seg,
+            bytes.len() as u64,
+            Some(expected),
+            CorruptionKind::SegmentShortened {
+                len: bytes.len() as u64,
+                capacity: header.segment_bytes,
+            },
+        ));
+    }
     if !expect.is_last {
         let kind = frame_error_kind(stop, rest.len());
         return Err(corrupt(

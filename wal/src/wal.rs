@@ -91,17 +91,22 @@ impl Default for Options {
     }
 }
 
+/// Bytes a segment always keeps free between its last frame and the end of its capacity, besides the footer's
+/// place: a sealed segment is then always shorter than its capacity, so recovery can tell a segment that was
+/// cut after its footer (its roll finished) from one that was not.
+const SEGMENT_SLACK: u64 = 1;
+
 impl Options {
-    /// The largest record body a segment of `segment_bytes` can hold (its header, one frame header and the sealed
-    /// footer take the rest).
+    /// The largest record body a segment of `segment_bytes` can hold (its header, one frame header, the sealed
+    /// footer and one byte of slack take the rest).
     #[must_use]
     pub fn largest_record_for(segment_bytes: u64) -> usize {
-        let overhead = (SEGMENT_HEADER_LEN + FRAME_HEADER_LEN + FOOTER_LEN) as u64;
+        let overhead = (SEGMENT_HEADER_LEN + FRAME_HEADER_LEN + FOOTER_LEN) as u64 + SEGMENT_SLACK;
         usize::try_from(segment_bytes.saturating_sub(overhead)).unwrap_or(usize::MAX)
     }
 
     fn validate(&self) -> Result<()> {
-        let overhead = (SEGMENT_HEADER_LEN + FRAME_HEADER_LEN + FOOTER_LEN) as u64;
+        let overhead = (SEGMENT_HEADER_LEN + FRAME_HEADER_LEN + FOOTER_LEN) as u64 + SEGMENT_SLACK;
         if self.segment_bytes > MAX_SEGMENT_BYTES {
             return Err(Error::InvalidOptions(format!(
                 "segment_bytes {} exceeds the maximum {MAX_SEGMENT_BYTES}",
@@ -147,6 +152,11 @@ pub struct RecoveryReport {
     pub torn_tail: Option<(SegmentId, u64, u64)>,
     /// An interrupted seal that was completed.
     pub completed_seal: Option<SegmentId>,
+    /// A roll interrupted before the next segment existed: the footer written for it was zeroed again and
+    /// the segment stays the active one.
+    pub undone_roll: Option<SegmentId>,
+    /// A [`truncate_after`] was interrupted (its intent file is present): run it again to finish the cut.
+    pub truncate_in_progress: bool,
     /// An empty trailing segment that was removed (crash right after creating it).
     pub removed_empty_segment: Option<SegmentId>,
     /// Leftover preallocated files removed.
@@ -421,6 +431,10 @@ fn prealloc_file_name(id: SegmentId) -> String {
 /// The name of the lock file inside a WAL directory.
 pub const LOCK_FILE_NAME: &str = "LOCK";
 
+/// Present (and durable) while [`truncate_after`] removes segments: a sealed last segment is then a cut in
+/// progress, not a lost active segment.
+pub const TRUNCATE_INTENT_FILE_NAME: &str = "TRUNCATING";
+
 fn parse_name(name: &str) -> Option<(SegmentId, bool)> {
     let (stem, ext) = name.split_once('.')?;
     if stem.len() != 20 || !stem.bytes().all(|b| b.is_ascii_digit()) {
@@ -458,7 +472,7 @@ impl FrameSink<'_> {
         }
         let s = &mut *self.state;
         let frame_len = (FRAME_HEADER_LEN + body.len()) as u64;
-        if s.tail_offset + frame_len + FOOTER_LEN as u64 > s.tail_segment_bytes {
+        if s.tail_offset + frame_len + FOOTER_LEN as u64 + SEGMENT_SLACK > s.tail_segment_bytes {
             // Roll. New segments get the configured capacity; an existing one keeps the capacity in its header.
             s.tail_segment = s.tail_segment.next();
             s.tail_offset = SEGMENT_HEADER_LEN as u64;
@@ -804,6 +818,8 @@ impl Wal {
                 first_commit_id: expected,
                 min_epoch,
                 is_last: !v.sealed,
+                seal_may_be_unfinished: false,
+                whole_file: v.sealed,
                 max_body: self.shared.opts.max_record_bytes,
                 durable_mark: CommitId(0),
             };
@@ -1063,12 +1079,23 @@ impl Shared {
         let mut spare = Vec::with_capacity(chunks.len());
         let (mut frames, mut bytes, mut sealed) = (0u64, 0u64, 0u64);
         for mut chunk in chunks {
-            if io.active.as_ref().is_none_or(|a| a.id != chunk.segment) {
+            let rolled = io.active.as_ref().is_none_or(|a| a.id != chunk.segment);
+            if rolled {
+                // Roll: the old segment's footer is written and synced with its last frames; then the new
+                // segment is created with this chunk already in it; only then is the old one cut after its
+                // footer. A crash at any point leaves the old segment active (recovery zeroes a footer that was
+                // not followed by a live segment), or both with the old one's cut to finish — never a cut
+                // segment without a successor, so a missing active segment is always detected
+                // (docs/formats.md, recovery).
+                if let Some(old) = io.active.as_ref() {
+                    self.write_footer(old)?;
+                }
+                let new = self.start_segment(&chunk)?;
                 if let Some(old) = io.active.take() {
-                    self.seal(old)?;
+                    self.cut_sealed(old)?;
                     sealed += 1;
                 }
-                io.active = Some(self.start_segment(chunk.segment, chunk.first, chunk.first_epoch)?);
+                io.active = Some(new);
             }
             let active = io.active.as_mut().expect("active segment was just ensured");
             assert_eq!(
@@ -1080,10 +1107,12 @@ impl Shared {
                 active.last_commit.next(),
                 "chunk must continue the CommitIds"
             );
-            active
-                .file
-                .write_all_at(&chunk.bytes, chunk.offset)
-                .map_err(|e| Failure::new("write", active.path.clone(), &e))?;
+            if !rolled {
+                active
+                    .file
+                    .write_all_at(&chunk.bytes, chunk.offset)
+                    .map_err(|e| Failure::new("write", active.path.clone(), &e))?;
+            }
             active.hasher.update(&chunk.bytes);
             active.data_end += chunk.bytes.len() as u64;
             active.frames += chunk.frames;
@@ -1149,8 +1178,9 @@ impl Shared {
         }
     }
 
-    /// Writes the footer, truncates the file to end after it, and fsyncs.
-    fn seal(&self, a: Active) -> Result<(), Failure> {
+    /// First step of a roll: writes the footer after the frames and syncs both (the file still has its
+    /// capacity; [`Shared::cut_sealed`] cuts it once the next segment is live).
+    fn write_footer(&self, a: &Active) -> Result<(), Failure> {
         assert!(a.frames > 0, "never seal an empty segment ({})", a.id);
         let footer = SegmentFooter {
             last_commit_id: a.last_commit,
@@ -1158,11 +1188,18 @@ impl Shared {
             data_end: a.data_end,
             last_epoch: a.last_epoch,
             sha256: a.hasher.clone().finalize().into(),
+            rolled: true,
         };
         let fail = |op, e: &std::io::Error| Failure::new(op, a.path.clone(), e);
         a.file
             .write_all_at(&footer.encode(), a.data_end)
             .map_err(|e| fail("write footer", &e))?;
+        a.file.sync_data().map_err(|e| fail("fdatasync footer", &e))
+    }
+
+    /// Last step of a roll: cuts the file after its footer and fsyncs; readers then see it sealed.
+    fn cut_sealed(&self, a: Active) -> Result<(), Failure> {
+        let fail = |op, e: &std::io::Error| Failure::new(op, a.path.clone(), e);
         a.file
             .set_len(a.data_end + FOOTER_LEN as u64)
             .map_err(|e| fail("truncate sealed segment", &e))?;
@@ -1171,8 +1208,12 @@ impl Shared {
         Ok(())
     }
 
-    /// Turns a preallocated file into segment `id` whose first frame is `first`.
-    fn start_segment(&self, id: SegmentId, first: CommitId, epoch: Epoch) -> Result<Active, Failure> {
+    /// Turns a preallocated file into segment `id` holding `first_chunk` (its first frames): header and frames
+    /// are written and synced under the preallocated name, then the file is renamed and the directory synced. A
+    /// segment file therefore never exists without frames, and its name is durable before any of its frames is
+    /// acknowledged (T5).
+    fn start_segment(&self, first_chunk: &Chunk) -> Result<Active, Failure> {
+        let (id, first, epoch) = (first_chunk.segment, first_chunk.first, first_chunk.first_epoch);
         let path = self.dir.join(segment_file_name(id));
         let pre_path = self.dir.join(prealloc_file_name(id));
         let fail = |op, p: &Path, e: &std::io::Error| Failure::new(op, p.to_owned(), e);
@@ -1197,10 +1238,16 @@ impl Shared {
             segment_bytes: self.opts.segment_bytes,
         };
         let hb = header.encode();
+        assert_eq!(
+            first_chunk.offset, SEGMENT_HEADER_LEN as u64,
+            "a segment's first chunk follows its header"
+        );
         file.write_all_at(&hb, 0)
             .map_err(|e| fail("write segment header", &pre_path, &e))?;
+        file.write_all_at(&first_chunk.bytes, first_chunk.offset)
+            .map_err(|e| fail("write", &pre_path, &e))?;
         file.sync_data()
-            .map_err(|e| fail("fdatasync segment header", &pre_path, &e))?;
+            .map_err(|e| fail("fdatasync new segment", &pre_path, &e))?;
         self.fs
             .rename(&pre_path, &path)
             .map_err(|e| fail("rename segment", &pre_path, &e))?;
@@ -1414,6 +1461,7 @@ fn recover(fs: &dyn Fs, dir: &Path, opts: &Options) -> Result<(Recovered, Recove
             }
             Some((id, false)) => ids.push(id),
             None if name == LOCK_FILE_NAME => {}
+            None if name == TRUNCATE_INTENT_FILE_NAME => report.truncate_in_progress = true,
             None => tracing::warn!(file = %name, "ignoring unknown file in the WAL directory"),
         }
     }
@@ -1446,14 +1494,19 @@ fn recover(fs: &dyn Fs, dir: &Path, opts: &Options) -> Result<(Recovered, Recove
     // Sealed segments are immutable and independent: map and scan them on both cores. Only the checks that link
     // one segment to the one before it (first CommitId, epoch floor) need order; they are made below, in order,
     // so the first problem reported is the same as with a sequential scan.
+    let penultimate = ids.len().checked_sub(2).map(|i| ids[i]);
     let expect = |segment_id, first_commit_id, min_epoch, is_last| Expect {
         segment_id,
         first_commit_id,
         min_epoch,
         is_last,
+        seal_may_be_unfinished: Some(segment_id) == penultimate,
+        whole_file: true,
         max_body: opts.max_record_bytes,
         durable_mark: opts.durable_mark,
     };
+    // The segment before the last one, when a crash interrupted a roll before the cut after its footer.
+    let mut unfinished_cut: Option<SegmentId> = None;
     let sealed_count = ids.len().saturating_sub(1);
     type Scanned = Result<(Box<dyn FsFile>, Bytes, crate::recovery::SegmentScan)>;
     let scan_sealed = |range: &[SegmentId]| -> Vec<Scanned> {
@@ -1542,13 +1595,56 @@ fn recover(fs: &dyn Fs, dir: &Path, opts: &Options) -> Result<(Recovered, Recove
             h
         });
         let bytes = if is_last { Bytes::new() } else { bytes };
-        match scan.end {
+        let mut end = scan.end.clone();
+        if let SegmentEnd::Sealed { footer, trailing_zeros } = &scan.end {
+            if footer.rolled && is_last {
+                // A roll writes the footer, creates the next segment, then cuts the file after the footer.
+                if !trailing_zeros && !report.truncate_in_progress {
+                    // Cut: the next segment was live, and it is gone.
+                    return Err(crate::error::Corruption::new(
+                        id,
+                        footer.data_end,
+                        Some(footer.last_commit_id),
+                        crate::error::CorruptionKind::ActiveSegmentMissing { missing: id.next() },
+                    )
+                    .into());
+                }
+                // Not cut: the crash came before the next segment was live. The roll is undone (the footer
+                // zeroed); this segment stays the active one and the next append rolls again.
+                if *trailing_zeros && !opts.read_only {
+                    file.write_all_at(&[0u8; FOOTER_LEN], footer.data_end)
+                        .and_then(|()| file.sync_data())
+                        .map_err(|e| Error::io("undo an interrupted roll", &path, e))?;
+                }
+                if *trailing_zeros {
+                    report.undone_roll = Some(id);
+                    end = SegmentEnd::Clean;
+                }
+            }
+            if *trailing_zeros && !is_last {
+                unfinished_cut = Some(id);
+            }
+        }
+        if is_last && unfinished_cut.is_some() && scan.frame_count == 0 {
+            return Err(crate::error::Corruption::new(
+                id,
+                SEGMENT_HEADER_LEN as u64,
+                Some(scan.header.first_commit_id),
+                crate::error::CorruptionKind::EmptySuccessor,
+            )
+            .into());
+        }
+        match end {
             SegmentEnd::Sealed { trailing_zeros, .. } => {
                 if trailing_zeros && !opts.read_only {
+                    // The segment before the last (or, in a log written before rolls were ordered so, the last):
+                    // finish the cut after the footer.
                     let len = scan.data_end + FOOTER_LEN as u64;
-                    file.set_len(len)
+                    let rw = fs
+                        .open(&path, OpenMode::ReadWrite)
                         .map_err(|e| Error::io("complete interrupted seal", &path, e))?;
-                    file.sync_all()
+                    rw.set_len(len)
+                        .and_then(|()| rw.sync_all())
                         .map_err(|e| Error::io("complete interrupted seal", &path, e))?;
                     report.completed_seal = Some(id);
                 }
@@ -1560,8 +1656,8 @@ fn recover(fs: &dyn Fs, dir: &Path, opts: &Options) -> Result<(Recovered, Recove
                     data_end: scan.data_end,
                     sealed: true,
                     file: None,
-                    // Keep the map recovery made (the last segment's was dropped: it may have been truncated).
-                    map: if is_last {
+                    // Keep the map recovery made (not when the file was cut after it was mapped).
+                    map: if is_last || trailing_zeros {
                         OnceLock::new()
                     } else {
                         OnceLock::from(bytes.clone())
@@ -1679,7 +1775,9 @@ pub fn truncate_after(fs: Arc<dyn Fs>, dir: &Path, keep: CommitId, opts: &Option
             },
         )?;
         let last = wal.durable_commit_id();
-        if keep >= last {
+        // An interrupted cut (its intent file is there) is finished even when no frame is left to remove: the
+        // segment holding `keep` may still be sealed.
+        if keep >= last && !wal.recovery_report().truncate_in_progress {
             return Ok(0);
         }
         let at = if keep.0 == 0 {
@@ -1715,6 +1813,18 @@ pub fn truncate_after(fs: Arc<dyn Fs>, dir: &Path, keep: CommitId, opts: &Option
         .filter(|(id, _)| segment.is_none_or(|s| *id > s))
         .collect();
     later.sort();
+    // While segments go, a sealed last segment is a cut in progress, not a lost active segment: say so first.
+    let intent = dir.join(TRUNCATE_INTENT_FILE_NAME);
+    {
+        let _ = fs.remove_file(&intent);
+        let f = fs
+            .open(&intent, OpenMode::CreateNew)
+            .map_err(io("create truncate intent", &intent))?;
+        f.write_all_at(format!("cutting after CommitId {keep}\n").as_bytes(), 0)
+            .and_then(|()| f.sync_data())
+            .map_err(io("write truncate intent", &intent))?;
+        fs.sync_dir(dir).map_err(io("sync directory", dir))?;
+    }
     for (_, name) in later.iter().rev() {
         let p = dir.join(name);
         fs.remove_file(&p).map_err(io("remove segment", &p))?;
@@ -1745,6 +1855,14 @@ pub fn truncate_after(fs: Arc<dyn Fs>, dir: &Path, keep: CommitId, opts: &Option
             at += h.frame_len();
         }
         let tail_end = rest.iter().rposition(|b| *b != 0).map_or(0, |i| i + 1);
+        // An active segment keeps its capacity (the rest reads as zeros). Extended first: an unsealed segment
+        // shorter than its capacity is refused as shortened, while a sealed one with zero fill after its footer
+        // is an interrupted seal that recovery finishes (leaving the sealed segment this cut started from).
+        let cap = header.segment_bytes.max(len);
+        if len < cap {
+            file.set_len(cap).map_err(io("extend segment", &p))?;
+            file.sync_all().map_err(io("sync segment", &p))?;
+        }
         // Zero back to front, one piece per synced write: the footer (or other bytes after the last frame) first,
         // then each frame from the last one. A crash at any point leaves valid frames, then at most one partly
         // zeroed piece, then zeros: a torn tail that recovery cuts, never an invalid region before a valid frame.
@@ -1759,13 +1877,11 @@ pub fn truncate_after(fs: Arc<dyn Fs>, dir: &Path, keep: CommitId, opts: &Option
         for &(offset, n) in frames.iter().rev() {
             zero(offset, n)?;
         }
-        // An active segment keeps its capacity (the rest reads as zeros).
-        let cap = header.segment_bytes.max(len);
-        if len < cap {
-            file.set_len(cap).map_err(io("extend segment", &p))?;
-        }
         file.sync_all().map_err(io("sync segment", &p))?;
         fs.sync_dir(dir).map_err(io("sync directory", dir))?;
     }
-    Ok(last.0 - keep.0)
+    fs.remove_file(&intent)
+        .map_err(io("remove truncate intent", &intent))?;
+    fs.sync_dir(dir).map_err(io("sync directory", dir))?;
+    Ok(last.0.saturating_sub(keep.0))
 }
