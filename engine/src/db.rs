@@ -307,6 +307,35 @@ impl Db {
         report.wal_recovery = t.elapsed();
         report.wal = wal.recovery_report().clone();
         let records = wal.durable_commit_id().0;
+        // Derived files ahead of the log: with every append synced before it is applied, no crash leaves them so
+        // (after `kill -9` they hold every applied record; after a power loss, less). It means the log lost
+        // records it had acknowledged: refuse before anything is repaired, so the evidence stays.
+        if opts.wal.durability == aerodb_wal::Durability::Always {
+            let extra = crate::store::leaves_beyond(&*fs, &dir.join("merkle"), records)?;
+            let index_reach = crate::index::manifest_reach(&*fs, &dir.join("index")).unwrap_or(0);
+            let ahead = if extra > 0 {
+                Some(Error::LogBehindDerived {
+                    derived: "the Merkle store",
+                    derived_records: records + extra,
+                    log_records: records,
+                })
+            } else if index_reach > records {
+                Some(Error::LogBehindDerived {
+                    derived: "the index",
+                    derived_records: index_reach,
+                    log_records: records,
+                })
+            } else {
+                None
+            };
+            if let Some(e) = ahead {
+                if opts.fail_on_startup_check {
+                    return Err(e);
+                }
+                tracing::error!(error = %e, "STARTUP INTEGRITY CHECK FAILED; continuing because fail_on_startup_check is off");
+                report.problems.push(e.to_string());
+            }
+        }
 
         let (mut merkle, _) = MerkleStore::open(fs.clone(), &dir.join("merkle"))?;
         if merkle.size() > records {
@@ -981,13 +1010,17 @@ pub fn truncate_after(
         fs.sync_dir(dir).map_err(io("sync directory", dir))?;
     }
     // 2. Merkle leaves past the cut (a store behind the log is rebuilt at open; one ahead is refused).
+    // Synced even when nothing past the cut was trusted: opening cut the untrusted leaves, and a leaf past the
+    // log that came back after a power loss would be taken for lost records.
     let (mut merkle, _) = MerkleStore::open(fs.clone(), &dir.join("merkle"))?;
     if merkle.size() > keep {
         merkle.truncate(keep)?;
-        merkle.sync()?;
     }
+    merkle.sync()?;
     drop(merkle);
-    // 3. The log.
+    // 3. Index runs past the cut (opening keeps the runs the first `keep` records cover and records that).
+    drop(Index::open(fs.clone(), &dir.join("index"), keep)?);
+    // 4. The log.
     Ok(aerodb_wal::truncate_after(
         fs,
         &dir.join("wal"),

@@ -54,6 +54,20 @@ pub enum Error {
         /// What is wrong.
         what: String,
     },
+    /// Files derived from the log (the Merkle store, the index) hold records the log does not: the log lost
+    /// records it had made durable and applied. Nothing is repaired or discarded; the node does not open.
+    #[error(
+        "{derived} covers {derived_records} records but the log holds {log_records}: the log lost records it had \
+         acknowledged (nothing was changed; restore the log, or rebuild this node from a replica)"
+    )]
+    LogBehindDerived {
+        /// Which derived file.
+        derived: &'static str,
+        /// How many records it covers.
+        derived_records: u64,
+        /// How many the log holds.
+        log_records: u64,
+    },
     /// The startup integrity check failed (E-6); the report says what.
     #[error("startup integrity check failed: {0}")]
     Integrity(String),
@@ -85,7 +99,10 @@ impl Error {
     pub fn is_fatal(&self) -> bool {
         match self {
             Error::Wal(e) => e.is_fatal(),
-            Error::Corruption { .. } | Error::Integrity(_) | Error::Store(_) => true,
+            Error::Corruption { .. }
+            | Error::Integrity(_)
+            | Error::Store(_)
+            | Error::LogBehindDerived { .. } => true,
             _ => false,
         }
     }

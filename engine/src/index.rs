@@ -744,6 +744,14 @@ fn run_name(lo: u64, hi: u64) -> String {
 
 const MANIFEST: &str = "MANIFEST";
 
+/// The highest CommitId the index manifest in `dir` says its runs cover, if the manifest is there and valid.
+/// Reads only.
+#[must_use]
+pub fn manifest_reach(fs: &dyn Fs, dir: &Path) -> Option<u64> {
+    let b = read_file(fs, &dir.join(MANIFEST), 16 + MAX_RUNS as u64 * 16 + 4).ok()??;
+    Manifest::parse(&b).ok()?.runs.last().map(|&(_, hi)| hi)
+}
+
 impl Index {
     /// Opens the runs the manifest lists, keeping the longest valid prefix that the log (of `records` records)
     /// covers, and removes files the manifest does not list.

@@ -145,6 +145,28 @@ fn level_name(l: usize) -> String {
     format!("level-{l:02}.hashes")
 }
 
+/// How many leaves the store in `dir` holds past the first `records`, counting only non-zero ones (a file a
+/// power loss extended without its data reads as zeros). Reads only; a missing store holds none.
+pub fn leaves_beyond(fs: &dyn Fs, dir: &Path, records: u64) -> Result<u64, StoreError> {
+    let path = dir.join(level_name(0));
+    let file = match fs.open(&path, OpenMode::Read) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(io("open level file", &path)(e)),
+    };
+    let leaves = file.len().map_err(io("stat level file", &path))? / 32;
+    if leaves <= records {
+        return Ok(0);
+    }
+    let map = file.map().map_err(io("map level file", &path))?;
+    let from = usize::try_from(records * 32).unwrap_or(usize::MAX).min(map.len());
+    let to = usize::try_from(leaves * 32).unwrap_or(usize::MAX).min(map.len());
+    Ok(map[from..to]
+        .chunks_exact(32)
+        .filter(|leaf| leaf.iter().any(|&b| b != 0))
+        .count() as u64)
+}
+
 impl MerkleStore {
     /// Opens (creating if needed) the store in `dir`, repairing levels whose lengths disagree.
     pub fn open(fs: Arc<dyn Fs>, dir: &Path) -> Result<(Self, StoreOpenReport), StoreError> {

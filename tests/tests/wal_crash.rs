@@ -192,7 +192,10 @@ fn directory_entry_of_a_new_segment_is_durable_before_its_first_frame() {
                 state.insert(id, "synced");
             }
             ("rename", Some(s)) => {
-                assert_eq!(s, "synced", "segment {id} renamed before its header and first frames were synced");
+                assert_eq!(
+                    s, "synced",
+                    "segment {id} renamed before its header and first frames were synced"
+                );
                 state.insert(id, "renamed");
             }
             ("sync_dir", _) => {

@@ -291,7 +291,10 @@ fn missing_segment_and_durable_mark_are_corruption() {
 /// The kind of corruption opening `dir` reports, or a description of what else happened.
 fn open_outcome(fs: &Arc<dyn Fs>, dir: &Path) -> Result<CorruptionKind, String> {
     match Wal::open(fs.clone(), dir, small_opts()) {
-        Err(e) => e.corruption().map(|c| c.kind.clone()).ok_or(format!("untyped error: {e}")),
+        Err(e) => e
+            .corruption()
+            .map(|c| c.kind.clone())
+            .ok_or(format!("untyped error: {e}")),
         Ok(w) => Err(format!(
             "opened silently with {} records (report {:?})",
             w.durable_commit_id(),
@@ -328,7 +331,11 @@ fn damaged_directory_suite(fs: Arc<dyn Fs>, dir: &Path) -> (u64, Vec<String>) {
     cuts.push(data_end);
     for cut in cuts {
         write(&*fs, &active_path, &active[..cut]);
-        expect(&format!("active segment cut at {cut}"), open_outcome(&fs, dir), shortened);
+        expect(
+            &format!("active segment cut at {cut}"),
+            open_outcome(&fs, dir),
+            shortened,
+        );
     }
     write(&*fs, &active_path, &active);
     // The active segment deleted; then also the two sealed segments before it.
@@ -336,7 +343,11 @@ fn damaged_directory_suite(fs: Arc<dyn Fs>, dir: &Path) -> (u64, Vec<String>) {
         for (p, _) in segs.iter().rev().take(k) {
             let _ = fs.remove_file(p);
         }
-        expect(&format!("last {k} segment(s) deleted"), open_outcome(&fs, dir), missing);
+        expect(
+            &format!("last {k} segment(s) deleted"),
+            open_outcome(&fs, dir),
+            missing,
+        );
         for (p, b) in segs.iter().rev().take(k) {
             let f = fs.open(p, aerodb_wal::fs::OpenMode::CreateNew).unwrap();
             f.write_all_at(b, 0).unwrap();
@@ -344,7 +355,11 @@ fn damaged_directory_suite(fs: Arc<dyn Fs>, dir: &Path) -> (u64, Vec<String>) {
         }
         fs.sync_dir(dir).unwrap();
     }
-    assert_eq!(last_commit(&fs, dir).unwrap().0, 120, "restored log is whole again");
+    assert_eq!(
+        last_commit(&fs, dir).unwrap().0,
+        120,
+        "restored log is whole again"
+    );
     (cases, problems)
 }
 
@@ -376,7 +391,10 @@ fn an_interrupted_roll_is_undone_or_finished() {
     // 1. Successor live, old segment not cut: the cut is finished and nothing is lost.
     write(&*fs, &sealed_path, &uncut);
     let wal = Wal::open(fs.clone(), dir, small_opts()).unwrap();
-    assert_eq!(wal.recovery_report().completed_seal, Some(SegmentId(n as u64 - 1)));
+    assert_eq!(
+        wal.recovery_report().completed_seal,
+        Some(SegmentId(n as u64 - 1))
+    );
     assert_eq!(wal.durable_commit_id(), CommitId(120));
     drop(wal);
     assert_eq!(read(&*fs, &sealed_path), sealed, "cut after its footer again");
@@ -386,13 +404,18 @@ fn an_interrupted_roll_is_undone_or_finished() {
     write(&*fs, &sealed_path, &uncut);
     let first_of_last = {
         let f = frame_offsets(&segs[n - 1].1)[0];
-        decode_frame_header(&segs[n - 1].1[f..], 1 << 20).unwrap().commit_id
+        decode_frame_header(&segs[n - 1].1[f..], 1 << 20)
+            .unwrap()
+            .commit_id
     };
     let wal = Wal::open(fs.clone(), dir, small_opts()).unwrap();
     assert_eq!(wal.recovery_report().undone_roll, Some(SegmentId(n as u64 - 1)));
     assert_eq!(wal.durable_commit_id(), CommitId(first_of_last.0 - 1));
     let next = wal.append(Epoch(9), &body(999, 11)).unwrap();
-    assert_eq!(next, first_of_last, "the next CommitId follows the records present");
+    assert_eq!(
+        next, first_of_last,
+        "the next CommitId follows the records present"
+    );
     wal.verify().unwrap();
     report_figure(
         "interrupted roll",

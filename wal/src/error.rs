@@ -245,7 +245,9 @@ pub enum CorruptionKind {
     },
     /// The last segment is sealed by a roll (its footer says the next segment was durable before the seal), but
     /// there is no next segment: the active segment was removed, with whatever acknowledged records it held.
-    #[error("the last segment was sealed after segment {missing} was created, but segment {missing} is missing")]
+    #[error(
+        "the last segment was sealed after segment {missing} was created, but segment {missing} is missing"
+    )]
     ActiveSegmentMissing {
         /// The segment that should follow.
         missing: SegmentId,

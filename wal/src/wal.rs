@@ -1596,7 +1596,11 @@ fn recover(fs: &dyn Fs, dir: &Path, opts: &Options) -> Result<(Recovered, Recove
         });
         let bytes = if is_last { Bytes::new() } else { bytes };
         let mut end = scan.end.clone();
-        if let SegmentEnd::Sealed { footer, trailing_zeros } = &scan.end {
+        if let SegmentEnd::Sealed {
+            footer,
+            trailing_zeros,
+        } = &scan.end
+        {
             if footer.rolled && is_last {
                 // A roll writes the footer, creates the next segment, then cuts the file after the footer.
                 if !trailing_zeros && !report.truncate_in_progress {
