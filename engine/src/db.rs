@@ -188,6 +188,9 @@ struct State {
     visible: u64,
     tip_hash: Hash,
     latest: Option<SignedCheckpoint>,
+    /// Applying a durable record failed (the Merkle store could not be written): why. Nothing more is applied
+    /// or accepted until the database is reopened.
+    apply_failed: Option<String>,
 }
 
 #[derive(Debug)]
@@ -360,6 +363,7 @@ impl Db {
             visible: 0,
             tip_hash: genesis_hash(),
             latest: signed.last().cloned(),
+            apply_failed: None,
         };
         // Verify first, then index: the hash chain is checked on both cores (every record hash and link; frame
         // CRCs by the reader), so a corrupt log is refused before any index work; then the records after the
@@ -919,8 +923,7 @@ impl Db {
     /// Stops all writes (client and replicated) with [`NotWritable::Halted`]: the node halted or learned of
     /// a newer primary term (H-1). Reads are the caller's to refuse. Lasts until the database is reopened.
     pub fn halt(&self, reason: impl Into<String>) {
-        *self.inner.not_writable.write() = Some(NotWritable::Halted(reason.into()));
-        self.inner.refusing.store(true, Ordering::Release);
+        self.inner.refuse(NotWritable::Halted(reason.into()));
     }
 
     /// Writes the in-memory part of the key and tenant index to disk now and merges runs as needed (the background
@@ -1100,7 +1103,7 @@ impl<'a> Item<'a> {
 }
 
 /// A record waiting to be applied: its hashes, so applying needs no decoding or record hashing.
-#[derive(Debug)]
+#[derive(Clone, Copy, Debug)]
 struct Pending {
     commit: u64,
     hash: Hash,
@@ -1305,6 +1308,15 @@ impl Inner {
         self.opts.replica || self.writability().is_none()
     }
 
+    /// Refuses every write from now on, for `why` (the first reason stays).
+    fn refuse(&self, why: NotWritable) {
+        let mut nw = self.not_writable.write();
+        if !matches!(*nw, Some(NotWritable::LogFailed(_) | NotWritable::Halted(_))) {
+            *nw = Some(why);
+        }
+        self.refusing.store(true, Ordering::Release);
+    }
+
     fn writability(&self) -> Option<NotWritable> {
         if self.refusing.load(Ordering::Acquire) {
             if let Some(r) = self.not_writable.read().clone() {
@@ -1362,29 +1374,38 @@ impl Inner {
             chain.last_ts = ts;
             Ok(())
         });
-        let result = queued.and_then(|((), queued)| {
-            // Still in CommitId order (the chain lock), while the frames are on their way to disk: queue the
-            // records for applying and index them, so acknowledging only has to move the applied mark.
-            self.pending.lock().extend(items.iter().map(|it| {
-                let r = it.receipt();
-                Pending::new(r.commit_id.0, r.record_hash)
-            }));
-            self.index_queued(queued.last().0, |ix| {
-                for it in items.iter() {
-                    ix.add_payload(it.receipt().commit_id.0, it.tenant, it.payload);
-                }
-            });
-            drop(chain);
-            queued.wait()
+        // Refused before anything was queued: nothing of it is in the log.
+        let ((), queued) = queued?;
+        // Still in CommitId order (the chain lock), while the frames are on their way to disk: queue the records
+        // for applying and index them, so acknowledging only has to move the applied mark.
+        self.pending.lock().extend(items.iter().map(|it| {
+            let r = it.receipt();
+            Pending::new(r.commit_id.0, r.record_hash)
+        }));
+        self.index_queued(queued.last().0, |ix| {
+            for it in items.iter() {
+                ix.add_payload(it.receipt().commit_id.0, it.tenant, it.payload);
+            }
         });
-        if let Err(e) = result {
+        drop(chain);
+        let first = items.first().map_or(CommitId(0), |it| it.receipt().commit_id);
+        let last = items.last().map_or(CommitId(0), |it| it.receipt().commit_id);
+        // From here on the records' bytes may reach the disk whatever happens: a failure is an unknown outcome.
+        if let Err(e) = queued.wait() {
             if let Some(f) = self.wal.failure() {
                 tracing::error!(failure = %f, "the log failed closed; the database refuses writes until reopened");
             }
-            return Err(e.into());
+            return Err(Error::OutcomeUnknown {
+                first,
+                last,
+                reason: e.to_string(),
+            });
         }
-        let need = items.last().map_or(0, |it| it.receipt().commit_id.0);
-        self.apply_durable(need)
+        self.apply_durable(last.0).map_err(|e| Error::OutcomeUnknown {
+            first,
+            last,
+            reason: format!("applying them failed ({e})"),
+        })
     }
 
     fn lock_chain(&self) -> std::sync::MutexGuard<'_, Chain> {
@@ -1425,20 +1446,49 @@ impl Inner {
         if need == 0 && self.pending.lock().front().is_none_or(|p| p.commit > durable) {
             return Ok(());
         }
-        // The state lock is taken before draining, so two appliers can never apply out of order.
+        // The state lock is taken before taking records off the queue, so two appliers never apply out of order.
+        // A record leaves the queue only once applied: a failure leaves it (and all after it) queued.
         let mut st = self.state.write();
-        let batch: Vec<Pending> = {
-            let mut p = self.pending.lock();
-            let n = p.iter().take_while(|p| p.commit <= durable).count();
-            p.drain(..n).collect()
-        };
-        for p in batch {
-            assert_eq!(p.commit, st.visible + 1, "records apply in CommitId order");
-            st.merkle.push(p.leaf)?;
+        if let Some(why) = &st.apply_failed {
+            return Err(Error::NotWritable(NotWritable::LogFailed(why.clone())));
+        }
+        let applied = loop {
+            let Some(p) = self
+                .pending
+                .lock()
+                .front()
+                .copied()
+                .filter(|p| p.commit <= durable)
+            else {
+                break Ok(());
+            };
+            if p.commit != st.visible + 1 {
+                break Err(corruption(
+                    p.commit,
+                    format!("queued for applying after record {}", st.visible),
+                ));
+            }
+            if let Err(e) = st.merkle.push(p.leaf) {
+                break Err(e.into());
+            }
             st.tip_hash = p.hash;
             st.visible = p.commit;
-        }
+            self.pending.lock().pop_front();
+        };
         self.applied.store(st.visible, Ordering::Release);
+        if let Err(e) = applied {
+            // Durable in the log, not applied: this node can no longer serve what it writes. It fails closed
+            // (health, status and metrics say so); a restart applies the records from the log.
+            let why = format!(
+                "applying record {} failed: {e}; restart the node to apply it from the log",
+                st.visible + 1
+            );
+            tracing::error!(reason = %why, "the database fails closed");
+            st.apply_failed = Some(why.clone());
+            drop(st);
+            self.refuse(NotWritable::LogFailed(why));
+            return Err(e);
+        }
         let due = self.opts.checkpoint_every_records > 0
             && st.visible - st.latest.as_ref().map_or(0, |c| c.checkpoint.size)
                 >= self.opts.checkpoint_every_records;

@@ -3,6 +3,8 @@
 
 use std::path::PathBuf;
 
+use aerodb_wal::CommitId;
+
 use crate::{checkpoint::CheckpointError, record::RecordError, store::StoreError};
 
 /// Result alias for the engine.
@@ -87,6 +89,21 @@ pub enum Error {
         /// The error.
         #[source]
         source: std::io::Error,
+    },
+    /// The records were written to the log, but the write or the step after it failed, so whether they are
+    /// durable (and will be there after a restart) is not known. Not a plain failure: a client must look the
+    /// CommitIds up (comparing the record hash) before writing again. The database fails closed.
+    #[error(
+        "records {first}..={last} were written to the log but {reason}: they may be durable; look them up before \
+         writing again"
+    )]
+    OutcomeUnknown {
+        /// The first CommitId the records were given.
+        first: CommitId,
+        /// The last.
+        last: CommitId,
+        /// What failed.
+        reason: String,
     },
     /// The database was opened with invalid options.
     #[error("invalid options: {0}")]

@@ -141,7 +141,8 @@ impl ApiError {
         }
     }
 
-    /// `OUTCOME_UNKNOWN` for a write given CommitIds `first..=last`: durable here, `why` not confirmed.
+    /// `OUTCOME_UNKNOWN` for a write given CommitIds `first..=last`; `why` completes "record N …" (what is and
+    /// is not known).
     pub fn outcome_unknown(first: CommitId, last: CommitId, why: impl std::fmt::Display) -> Self {
         let what = if first == last {
             format!("record {first}")
@@ -152,7 +153,7 @@ impl ApiError {
             commit_ids: Some((first, last)),
             ..Self::new(
                 Code::OutcomeUnknown,
-                format!("{what} is durable on this node but {why}; look it up before writing it again"),
+                format!("{what} {why}; look it up before writing it again"),
             )
         }
     }
@@ -201,6 +202,13 @@ impl From<EngineError> for ApiError {
             }
             EngineError::InvalidInput(_) => Self::invalid(e.to_string()),
             EngineError::OutOfRange { .. } => Self::new(Code::OutOfRange, e.to_string()),
+            EngineError::OutcomeUnknown { first, last, reason } => Self::outcome_unknown(
+                *first,
+                *last,
+                format_args!(
+                    "was written to the log but the write did not complete ({reason}), so it may be durable"
+                ),
+            ),
             EngineError::NotWritable(NotWritable::NotWriteAuthority) => Self::new(
                 Code::NotLeader,
                 "this node does not accept writes (it is not the write authority)",

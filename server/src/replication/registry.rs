@@ -55,7 +55,7 @@ impl Unconfirmed {
     /// The client's answer for the write given CommitIds `first..=last`.
     #[must_use]
     pub fn error(&self, first: CommitId, last: CommitId) -> ApiError {
-        ApiError::outcome_unknown(first, last, self)
+        ApiError::outcome_unknown(first, last, format_args!("is durable on this node but {self}"))
     }
 }
 
