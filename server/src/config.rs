@@ -135,6 +135,17 @@ pub struct Flags {
     /// HTTP/2 streams per gRPC connection.
     #[arg(long, env = "AERODB_MAX_CONCURRENT_STREAMS")]
     pub max_concurrent_streams: Option<u32>,
+    /// REST connections open at once (TLS handshakes included); one more is closed at once.
+    #[arg(long, env = "AERODB_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// Milliseconds a REST client has to send a request head, and to start the next one on an idle
+    /// kept-alive connection; also the limit for sending a request body.
+    #[arg(long, env = "AERODB_HEADER_TIMEOUT_MS")]
+    pub header_timeout_ms: Option<u64>,
+    /// Refuse to start when the startup integrity check fails (default true). `false` only downgrades a failure
+    /// to a loud error log and a node that says so in its health.
+    #[arg(long, env = "AERODB_FAIL_ON_STARTUP_CHECK")]
+    pub fail_on_startup_check: Option<bool>,
     /// Request timeout in milliseconds.
     #[arg(long, env = "AERODB_REQUEST_TIMEOUT_MS")]
     pub request_timeout_ms: Option<u64>,
@@ -193,6 +204,9 @@ pub struct FileConfig {
     max_request_bytes: Option<usize>,
     max_concurrent_requests: Option<usize>,
     max_concurrent_streams: Option<u32>,
+    max_connections: Option<usize>,
+    header_timeout_ms: Option<u64>,
+    fail_on_startup_check: Option<bool>,
     request_timeout_ms: Option<u64>,
     epoch: Option<u64>,
     checkpoint_every_records: Option<u64>,
@@ -247,6 +261,12 @@ pub struct Config {
     pub max_concurrent_requests: usize,
     /// HTTP/2 streams per connection.
     pub max_concurrent_streams: u32,
+    /// REST connections open at once.
+    pub max_connections: usize,
+    /// Time for a REST request head (and body), and for an idle kept-alive connection to start the next one.
+    pub header_timeout: Duration,
+    /// Refuse to start on a failed startup integrity check.
+    pub fail_on_startup_check: bool,
     /// Request timeout.
     pub request_timeout: Duration,
     /// Epoch.
@@ -293,6 +313,9 @@ impl Config {
             max_request_bytes: 4 << 20,
             max_concurrent_requests: 512,
             max_concurrent_streams: 128,
+            max_connections: 512,
+            header_timeout: Duration::from_secs(10),
+            fail_on_startup_check: true,
             request_timeout: Duration::from_secs(10),
             epoch: 1,
             checkpoint_every_records: 10_000,
@@ -406,6 +429,17 @@ impl Config {
                     .max_concurrent_requests
                     .or(file.max_concurrent_requests)
                     .unwrap_or(512),
+                max_connections: flags.max_connections.or(file.max_connections).unwrap_or(512),
+                header_timeout: Duration::from_millis(
+                    flags
+                        .header_timeout_ms
+                        .or(file.header_timeout_ms)
+                        .unwrap_or(10_000),
+                ),
+                fail_on_startup_check: flags
+                    .fail_on_startup_check
+                    .or(file.fail_on_startup_check)
+                    .unwrap_or(true),
                 max_concurrent_streams: flags
                     .max_concurrent_streams
                     .or(file.max_concurrent_streams)
@@ -459,6 +493,11 @@ impl Config {
                 "max_request_bytes {} is outside 1 KiB ..= 256 MiB",
                 c.max_request_bytes
             )));
+        }
+        if c.max_connections == 0 || c.header_timeout.is_zero() {
+            return Err(Error::config(
+                "max_connections and header_timeout_ms must be positive",
+            ));
         }
         if c.max_concurrent_requests == 0 || c.max_concurrent_streams == 0 {
             return Err(Error::config("concurrency limits must be positive"));

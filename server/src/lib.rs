@@ -10,6 +10,7 @@ pub mod error;
 pub mod fence;
 pub mod grpc;
 pub mod httpc;
+pub mod listener;
 pub mod metrics;
 pub mod node;
 pub mod replication;
@@ -17,7 +18,7 @@ pub mod rest;
 pub mod tls;
 
 use aerodb_wal::Epoch;
-use std::{future::IntoFuture, net::SocketAddr, sync::Arc};
+use std::{net::SocketAddr, sync::Arc};
 
 use aerodb_engine::{Db, Options};
 use aerodb_proto::v1::{ledger_server::LedgerServer, replication_server::ReplicationServer};
@@ -111,6 +112,7 @@ pub fn open_node(config: Config) -> Result<Node> {
             _ => Epoch(config.epoch),
         },
         checkpoint_every_records: config.checkpoint_every_records,
+        fail_on_startup_check: config.fail_on_startup_check,
         checkpoint_interval: Some(config.checkpoint_interval),
         read_only: !role.may_write() && !matches!(role.state, State::ReplicaActive { .. }),
         replica: matches!(role.state, State::ReplicaActive { .. }),
@@ -239,30 +241,17 @@ pub async fn serve(
         None => None,
     };
     let router = rest::router(node.clone());
-    let rest: std::pin::Pin<Box<dyn std::future::Future<Output = std::io::Result<()>> + Send>> = match &tls {
-        Some(files) => {
-            let listener = tls::TlsListener::new(http_listener, files)
-                .map_err(|e| Error::io("starting the TLS listener", e))?;
-            Box::pin(
-                axum::serve(listener, router)
-                    .with_graceful_shutdown(stopped(stop_rx.clone()))
-                    .into_future(),
-            )
-        }
-        None => {
-            // Small request/response exchanges: disable Nagle on every accepted connection of both APIs.
-            let listener = axum::serve::ListenerExt::tap_io(http_listener, |tcp| {
-                if let Err(e) = tcp.set_nodelay(true) {
-                    tracing::warn!("TCP_NODELAY: {e}");
-                }
-            });
-            Box::pin(
-                axum::serve(listener, router)
-                    .with_graceful_shutdown(stopped(stop_rx.clone()))
-                    .into_future(),
-            )
-        }
-    };
+    let rest = listener::serve(
+        http_listener,
+        tls.as_ref().map(tls::TlsFiles::acceptor),
+        router,
+        listener::Limits {
+            max_connections: cfg.max_connections,
+            header_timeout: cfg.header_timeout,
+        },
+        node.metrics.rest_connections.clone(),
+        stop_rx.clone(),
+    );
     let limit = cfg.max_request_bytes;
     let svc = LedgerServer::new(grpc::LedgerService::new(node.clone(), stop_rx.clone()))
         .max_decoding_message_size(limit)

@@ -71,6 +71,8 @@ pub struct Metrics {
     pub leader_changes: Mutex<BTreeMap<&'static str, u64>>,
     /// Write-authority acquisition failures by reason.
     pub lock_acquire_failures: Mutex<BTreeMap<&'static str, u64>>,
+    /// The REST listener's connection counts.
+    pub rest_connections: std::sync::Arc<crate::listener::Counters>,
 }
 
 /// Engine figures read at scrape time.
@@ -260,9 +262,24 @@ impl Metrics {
                 "Synchronous writes appended but not confirmed by enough replicas in time (OUTCOME_UNKNOWN).",
                 e.sync_unconfirmed,
             ),
+            (
+                "aerodb_rest_connections_refused_total",
+                "REST connections closed at once because max_connections were open.",
+                self.rest_connections
+                    .refused
+                    .load(std::sync::atomic::Ordering::Relaxed),
+            ),
         ] {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
         }
+        gauge(
+            &mut out,
+            "aerodb_rest_connections_open",
+            "REST connections open now (TLS handshakes included).",
+            self.rest_connections
+                .open
+                .load(std::sync::atomic::Ordering::Relaxed) as f64,
+        );
         gauge(
             &mut out,
             "aerodb_not_serving",

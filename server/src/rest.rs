@@ -48,7 +48,126 @@ pub fn router(node: Arc<Node>) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::from_fn_with_state(node.clone(), gate))
         .with_state(node)
+}
+
+/// The action a POST route needs, for the routes that take a body.
+fn body_route(method: &axum::http::Method, path: &str) -> Option<Action> {
+    if method != axum::http::Method::POST {
+        return None;
+    }
+    match path {
+        "/v1/records" | "/v1/records/batch" => Some(Action::Write),
+        "/v1/checkpoints" => Some(Action::Admin),
+        _ => None,
+    }
+}
+
+/// Before a request body is read: the caller is authenticated and allowed, the content type is exactly JSON,
+/// no content encoding is declared, a declared length over `max_request_bytes` is refused at once (413), and
+/// the body must then arrive within `header_timeout_ms`. So an unauthenticated client never gets its body
+/// buffered, and a slow one cannot hold the buffer.
+async fn gate(State(node): Shared, req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let Some(action) = body_route(req.method(), req.uri().path()) else {
+        return next.run(req).await;
+    };
+    let checked = (|| {
+        authorize(&node, req.headers(), action)?;
+        if req.uri().path() == "/v1/checkpoints" {
+            return Ok(());
+        }
+        content_type_is_json(req.headers())?;
+        if let Some(enc) = req.headers().get(header::CONTENT_ENCODING) {
+            let enc = enc.to_str().unwrap_or("?");
+            if !enc.eq_ignore_ascii_case("identity") {
+                return Err(ApiError::new(
+                    Code::UnsupportedMediaType,
+                    format!("Content-Encoding {enc:?} is not supported; send the body unencoded"),
+                ));
+            }
+        }
+        let declared = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > node.config.max_request_bytes as u64) {
+            return Err(ApiError::new(
+                Code::PayloadTooLarge,
+                format!(
+                    "the declared body of {} bytes exceeds max_request_bytes ({})",
+                    declared.unwrap_or(0),
+                    node.config.max_request_bytes
+                ),
+            ));
+        }
+        Ok(())
+    })();
+    if let Err(e) = checked {
+        return finish(&node, 0, Err(e));
+    }
+    let (parts, body) = req.into_parts();
+    let limit = node.config.max_request_bytes;
+    let read = tokio::time::timeout(node.config.header_timeout, axum::body::to_bytes(body, limit)).await;
+    let bytes = match read {
+        Ok(Ok(b)) => b,
+        Ok(Err(e)) => {
+            // axum reports the limit as its body's `LengthLimitError` ("length limit exceeded").
+            let too_large = format!("{e:?}").contains("LengthLimit");
+            let err = if too_large {
+                ApiError::new(
+                    Code::PayloadTooLarge,
+                    "the request body exceeds max_request_bytes",
+                )
+            } else {
+                ApiError::invalid(format!("could not read the body: {e}"))
+            };
+            return finish(&node, 0, Err(err));
+        }
+        Err(_) => return finish(
+            &node,
+            0,
+            Err(ApiError::new(
+                Code::DeadlineExceeded,
+                format!(
+                    "the request body did not arrive within {} ms (header_timeout_ms); nothing was written",
+                    node.config.header_timeout.as_millis()
+                ),
+            )),
+        ),
+    };
+    next.run(axum::extract::Request::from_parts(
+        parts,
+        axum::body::Body::from(bytes),
+    ))
+    .await
+}
+
+/// The content type is `application/json`, with at most a `charset=utf-8` parameter.
+fn content_type_is_json(headers: &HeaderMap) -> ApiResult<()> {
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let mut parts = ct.split(';').map(str::trim);
+    let essence_ok = parts
+        .next()
+        .is_some_and(|m| m.eq_ignore_ascii_case("application/json"));
+    let params_ok = parts.all(|p| {
+        p.split_once('=').is_some_and(|(k, v)| {
+            k.trim().eq_ignore_ascii_case("charset")
+                && v.trim().trim_matches('"').eq_ignore_ascii_case("utf-8")
+        })
+    });
+    if essence_ok && params_ok {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            Code::UnsupportedMediaType,
+            format!("the body must be application/json (got {ct:?})"),
+        ))
+    }
 }
 
 fn json_response(status: u16, body: &Value) -> Response {
@@ -149,20 +268,7 @@ fn path_param(p: Result<Path<String>, axum::extract::rejection::PathRejection>) 
 }
 
 fn body(b: Result<BodyBytes, BytesRejection>, headers: &HeaderMap) -> ApiResult<Bytes> {
-    let ct = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    if !ct
-        .trim_start()
-        .to_ascii_lowercase()
-        .starts_with("application/json")
-    {
-        return Err(ApiError::new(
-            Code::UnsupportedMediaType,
-            format!("the body must be application/json (got {ct:?})"),
-        ));
-    }
+    content_type_is_json(headers)?;
     b.map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::new(

@@ -1,15 +1,12 @@
 //! Optional TLS for both APIs (rustls with the `ring` provider): the certificate chain and private key come from
-//! PEM files (`tls_cert`, `tls_key`). gRPC uses tonic's TLS; REST is served through [`TlsListener`], which does
-//! handshakes off the accept path (a slow or silent client cannot hold up others) with a 10-second limit.
+//! PEM files (`tls_cert`, `tls_key`). gRPC uses tonic's TLS; REST connections are handed to
+//! [`TlsFiles::acceptor`] by [`crate::listener`], which runs each handshake in the connection's own task with a
+//! 10-second limit (a slow or silent client cannot hold up others, and counts against the connection cap).
 
-use std::{net::SocketAddr, path::Path, sync::Arc, time::Duration};
+use std::{path::Path, sync::Arc};
 
 use rustls_pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
-use tokio::{
-    net::{TcpListener, TcpStream},
-    sync::mpsc,
-};
-use tokio_rustls::{rustls, server::TlsStream, TlsAcceptor};
+use tokio_rustls::{rustls, TlsAcceptor};
 
 use crate::error::Error;
 
@@ -56,6 +53,12 @@ impl TlsFiles {
         })
     }
 
+    /// The acceptor for REST connections.
+    #[must_use]
+    pub fn acceptor(&self) -> TlsAcceptor {
+        TlsAcceptor::from(self.config.clone())
+    }
+
     /// tonic's server TLS settings. With `client_ca` (PEM), clients may present a certificate, verified against
     /// it (mutual TLS); the replication stream then requires one.
     #[must_use]
@@ -70,76 +73,5 @@ impl TlsFiles {
                 .client_auth_optional(true),
             None => c,
         }
-    }
-}
-
-/// A TLS listener for axum: a task accepts TCP connections and runs each handshake in its own task.
-pub struct TlsListener {
-    local: SocketAddr,
-    ready: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
-    acceptor_task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for TlsListener {
-    fn drop(&mut self) {
-        // Stop accepting (and close the port) as soon as the server lets go of the listener.
-        self.acceptor_task.abort();
-    }
-}
-
-impl TlsListener {
-    /// Starts accepting on `tcp`.
-    pub fn new(tcp: TcpListener, files: &TlsFiles) -> std::io::Result<Self> {
-        let local = tcp.local_addr()?;
-        let acceptor = TlsAcceptor::from(files.config.clone());
-        let (tx, ready) = mpsc::channel(128);
-        let acceptor_task = tokio::spawn(async move {
-            loop {
-                let (stream, peer) = match tcp.accept().await {
-                    Ok(x) => x,
-                    Err(e) => {
-                        tracing::warn!("accept: {e}");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                let _ = stream.set_nodelay(true);
-                if tx.is_closed() {
-                    return;
-                }
-                let (acceptor, tx) = (acceptor.clone(), tx.clone());
-                tokio::spawn(async move {
-                    match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
-                        Ok(Ok(tls)) => {
-                            let _ = tx.send((tls, peer)).await;
-                        }
-                        Ok(Err(e)) => tracing::debug!(%peer, "TLS handshake failed: {e}"),
-                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-                    }
-                });
-            }
-        });
-        Ok(Self {
-            local,
-            ready,
-            acceptor_task,
-        })
-    }
-}
-
-impl axum::serve::Listener for TlsListener {
-    type Io = TlsStream<TcpStream>;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        match self.ready.recv().await {
-            Some(x) => x,
-            // The accept task only ends when this listener is dropped; never resolve after that.
-            None => std::future::pending().await,
-        }
-    }
-
-    fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        Ok(self.local)
     }
 }
