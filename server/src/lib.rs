@@ -94,6 +94,7 @@ pub fn establish_role(config: &Config) -> Result<RoleMachine> {
 
 /// Opens the database named by `config` (the startup integrity check runs here).
 pub fn open_node(config: Config) -> Result<Node> {
+    budget_file_descriptors(&config)?;
     let role = establish_role(&config)?;
     let auth = if config.insecure_no_auth {
         tracing::warn!("authentication is OFF (--insecure-no-auth); both APIs listen on loopback only");
@@ -198,6 +199,29 @@ fn bad_protobuf_is_invalid_argument(
     resp
 }
 
+/// File descriptors the node needs besides its connections: the log's segments, the Merkle store, the index
+/// runs, the checkpoint log, the replication stream and the runtime.
+const FD_RESERVE: u64 = 128;
+
+/// Raises the soft limit on open files to the hard limit, and refuses a configuration whose connection caps
+/// (REST and gRPC, `max_connections` each) do not fit in it with [`FD_RESERVE`] to spare. A node that runs out
+/// of descriptors cannot write its own files; it is better not to start.
+pub fn budget_file_descriptors(config: &Config) -> Result<u64> {
+    let limit =
+        rlimit::increase_nofile_limit(u64::MAX).map_err(|e| Error::io("raising the open-file limit", e))?;
+    let needed = 2 * config.max_connections as u64 + FD_RESERVE;
+    if limit < needed {
+        return Err(Error::config(format!(
+            "max_connections {} needs {needed} file descriptors (2 listeners x {} + {FD_RESERVE} for the log, \
+             index, checkpoints and replication), but the open-file limit is {limit}: raise it (ulimit -n, \
+             LimitNOFILE=) or lower --max-connections",
+            config.max_connections, config.max_connections
+        )));
+    }
+    tracing::info!(limit, needed, "file descriptors budgeted");
+    Ok(limit)
+}
+
 /// Binds both listeners and serves until `shutdown` resolves; then stops accepting, lets in-flight requests
 /// finish, and closes the database (final checkpoint, fsync). `on_bound` sees the bound addresses first.
 pub async fn serve(
@@ -296,6 +320,8 @@ pub async fn serve(
     }
     let grpc = builder
         .timeout(cfg.request_timeout)
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)))
         .max_concurrent_streams(cfg.max_concurrent_streams)
         .concurrency_limit_per_connection(cfg.max_concurrent_streams as usize)
         .layer(tower::util::MapResponseLayer::new(
@@ -304,7 +330,14 @@ pub async fn serve(
         .add_service(svc)
         .add_service(replication)
         .serve_with_incoming_shutdown(
-            tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true)),
+            listener::grpc_incoming(
+                grpc_listener,
+                listener::Limits {
+                    max_connections: cfg.max_connections,
+                    header_timeout: cfg.header_timeout,
+                },
+                node.metrics.grpc_connections.clone(),
+            ),
             stopped(stop_rx),
         );
     let (r1, r2) = tokio::join!(rest, grpc);

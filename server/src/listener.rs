@@ -126,3 +126,116 @@ async fn serve_connection<S>(
         tracing::debug!("REST connection ended: {e}");
     }
 }
+
+/// The gRPC side of the same budget: connections beyond `limits.max_connections` are closed at once, and one
+/// that sends nothing within `limits.header_timeout` of being accepted (not even the HTTP/2 preface or a TLS
+/// hello) is closed. (Idle HTTP/2 connections are probed with keep-alive pings by the server.)
+pub fn grpc_incoming(
+    tcp: TcpListener,
+    limits: Limits,
+    counters: Arc<Counters>,
+) -> impl futures_util::Stream<Item = std::io::Result<Capped>> + Send + 'static {
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    futures_util::stream::unfold(
+        (tcp, slots, limits, counters),
+        |(tcp, slots, limits, counters)| async move {
+            loop {
+                let (stream, peer) = match tcp.accept().await {
+                    Ok(x) => x,
+                    Err(e) => {
+                        tracing::warn!("gRPC accept: {e}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let Ok(slot) = slots.clone().try_acquire_owned() else {
+                    counters.refused.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(%peer, max = limits.max_connections, "gRPC connection refused: too many open");
+                    continue;
+                };
+                let _ = stream.set_nodelay(true);
+                let capped = Capped {
+                    inner: stream,
+                    _slot: slot,
+                    first_byte: Some(Box::pin(tokio::time::sleep(limits.header_timeout))),
+                };
+                return Some((Ok(capped), (tcp, slots, limits, counters)));
+            }
+        },
+    )
+}
+
+/// A gRPC connection holding one of the capped slots until it is dropped; closed if its first byte does not
+/// arrive in time.
+#[derive(Debug)]
+pub struct Capped {
+    inner: tokio::net::TcpStream,
+    _slot: tokio::sync::OwnedSemaphorePermit,
+    first_byte: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl AsyncRead for Capped {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.first_byte = None;
+        } else if let Some(deadline) = self.first_byte.as_mut() {
+            if r.is_pending() && std::future::Future::poll(deadline.as_mut(), cx).is_ready() {
+                return std::task::Poll::Ready(Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "the client sent nothing in time",
+                )));
+            }
+        }
+        r
+    }
+}
+
+impl AsyncWrite for Capped {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+impl tonic::transport::server::Connected for Capped {
+    type ConnectInfo = tonic::transport::server::TcpConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.inner.connect_info()
+    }
+}

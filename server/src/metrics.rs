@@ -73,6 +73,8 @@ pub struct Metrics {
     pub lock_acquire_failures: Mutex<BTreeMap<&'static str, u64>>,
     /// The REST listener's connection counts.
     pub rest_connections: std::sync::Arc<crate::listener::Counters>,
+    /// The gRPC listener's refused connections.
+    pub grpc_connections: std::sync::Arc<crate::listener::Counters>,
 }
 
 /// Engine figures read at scrape time.
@@ -261,6 +263,13 @@ impl Metrics {
                 "aerodb_sync_unconfirmed_total",
                 "Synchronous writes appended but not confirmed by enough replicas in time (OUTCOME_UNKNOWN).",
                 e.sync_unconfirmed,
+            ),
+            (
+                "aerodb_grpc_connections_refused_total",
+                "gRPC connections closed at once because max_connections were open.",
+                self.grpc_connections
+                    .refused
+                    .load(std::sync::atomic::Ordering::Relaxed),
             ),
             (
                 "aerodb_rest_connections_refused_total",

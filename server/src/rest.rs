@@ -125,17 +125,19 @@ async fn gate(State(node): Shared, req: axum::extract::Request, next: axum::midd
             };
             return finish(&node, 0, Err(err));
         }
-        Err(_) => return finish(
-            &node,
-            0,
-            Err(ApiError::new(
-                Code::DeadlineExceeded,
-                format!(
+        Err(_) => {
+            return finish(
+                &node,
+                0,
+                Err(ApiError::new(
+                    Code::DeadlineExceeded,
+                    format!(
                     "the request body did not arrive within {} ms (header_timeout_ms); nothing was written",
                     node.config.header_timeout.as_millis()
                 ),
-            )),
-        ),
+                )),
+            )
+        }
     };
     next.run(axum::extract::Request::from_parts(
         parts,

@@ -187,3 +187,172 @@ fn connections_heads_and_bodies_are_bounded() {
         ),
     );
 }
+
+/// Starts the server with an open-file limit of `nofile` (soft and hard), as a shell's `ulimit -n` does.
+fn start_with_nofile(dir: &std::path::Path, nofile: u64, extra: &[&str]) -> Server {
+    let data = dir.join("data");
+    let tokens = write_tokens(dir);
+    let ports = dir.join("ports.json");
+    let mut args: Vec<String> = vec![
+        "--data-dir".into(),
+        data.display().to_string(),
+        "--tokens-file".into(),
+        tokens.display().to_string(),
+        "--http-listen".into(),
+        "127.0.0.1:0".into(),
+        "--grpc-listen".into(),
+        "127.0.0.1:0".into(),
+        "--ports-file".into(),
+        ports.display().to_string(),
+    ];
+    args.extend(extra.iter().map(|s| (*s).to_owned()));
+    let child = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("ulimit -n {nofile} && exec \"$0\" \"$@\""))
+        .arg(env!("CARGO_BIN_EXE_aerodb-server"))
+        .args(&args)
+        .env("AERODB_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut child = Some(child);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let text = loop {
+        if let Ok(t) = std::fs::read_to_string(&ports) {
+            break t;
+        }
+        if let Some(s) = child.as_mut().unwrap().try_wait().unwrap() {
+            panic!("the server exited at start: {s}");
+        }
+        assert!(Instant::now() < deadline, "no start within 30 s");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    Server {
+        child,
+        http: v["http"].as_str().unwrap().parse().unwrap(),
+        grpc: v["grpc"].as_str().unwrap().parse().unwrap(),
+        verifier_key: v["verifier_key"].as_str().unwrap().to_owned(),
+        data,
+    }
+}
+
+#[test]
+fn running_out_of_file_descriptors_is_refused_at_the_door_not_in_the_log() {
+    // Issue 17: ~1,030 idle connections exhausted a 1,024-descriptor limit; the next append got a 500 from the
+    // Merkle store, the committers panicked, later appends got 503 while health said writable, and the strict
+    // verifier found damage after SIGTERM. Here: 256 descriptors, caps of 48 connections per API, and 600 idle
+    // connections opened against both APIs while 8 clients append.
+    let tmp = Tmp::new("nofile");
+    // A configuration whose caps do not fit the limit is refused at start, with the arithmetic.
+    let refused = std::process::Command::new("sh")
+        .arg("-c")
+        .arg("ulimit -n 256 && exec \"$0\" \"$@\"")
+        .arg(env!("CARGO_BIN_EXE_aerodb-server"))
+        .args([
+            "--data-dir",
+            &tmp.0.join("x").display().to_string(),
+            "--insecure-no-auth",
+        ])
+        .args(["--http-listen", "127.0.0.1:0", "--grpc-listen", "127.0.0.1:0"])
+        .args(["--max-connections", "512"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success() && stderr.contains("open-file limit is 256"),
+        "{stderr}"
+    );
+
+    let mut srv = start_with_nofile(
+        &tmp.0,
+        256,
+        &["--max-connections", "48", "--header-timeout-ms", "1500"],
+    );
+    let (h, g) = (srv.http, srv.grpc);
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (statuses, held) = std::thread::scope(|s| {
+        let writers: Vec<_> = (0..8)
+            .map(|w| {
+                let stop = &stop;
+                s.spawn(move || {
+                    let mut seen = std::collections::BTreeMap::<u16, u64>::new();
+                    let mut i = 0;
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        let body = format!(r#"{{"tenant":"t","event":"w{w}-{i}"}}"#);
+                        let req = aerodb_server::httpc::request(
+                            "POST",
+                            "/v1/records",
+                            Some(WRITER),
+                            Some(&body),
+                            false,
+                        );
+                        // A refused connection is closed before any answer: no status, nothing written.
+                        let status = aerodb_server::httpc::send(h, &req).map_or(0, |r| r.status);
+                        *seen.entry(status).or_default() += 1;
+                        i += 1;
+                    }
+                    seen
+                })
+            })
+            .collect();
+        let mut held = Vec::new();
+        for i in 0..600 {
+            if let Ok(c) = TcpStream::connect(if i % 2 == 0 { h } else { g }) {
+                held.push(c);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(2500));
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let mut all = std::collections::BTreeMap::<u16, u64>::new();
+        for w in writers {
+            for (k, v) in w.join().unwrap() {
+                *all.entry(k).or_default() += v;
+            }
+        }
+        (all, held.len())
+    });
+    // Only successes and refusals at the door: no 500, no 503, no panic.
+    assert!(
+        statuses.keys().all(|s| [0, 201].contains(s)),
+        "answers under descriptor pressure: {statuses:?}"
+    );
+    let health = http(h, "GET", "/v1/health", None, None);
+    assert_eq!(health.status, 200, "{}", String::from_utf8_lossy(&health.body));
+    assert_eq!(health.json()["writable"], true);
+    assert_eq!(
+        http(
+            h,
+            "POST",
+            "/v1/records",
+            Some(WRITER),
+            Some(r#"{"tenant":"t","event":"after"}"#)
+        )
+        .status,
+        201
+    );
+    let acked = statuses.get(&201).copied().unwrap_or(0) + 1;
+    assert!(srv.terminate().success(), "clean exit after the flood");
+    let report = aerodb_engine::verify_dir(
+        &srv.data,
+        &aerodb_engine::VerifyOptions {
+            verifier: Some(aerodb_engine::VerifierKey::parse(&srv.verifier_key).unwrap()),
+            strict: true,
+        },
+        &mut |_, _| {},
+    )
+    .unwrap();
+    assert!(report.ok(), "{:?}", report.problems);
+    assert_eq!(report.records, acked, "every acknowledged append, nothing else");
+    report_figure(
+        "file descriptors exhausted at the door (RLIMIT_NOFILE 256, caps 48+48)",
+        &format!(
+            "{held} idle connections opened against both APIs while 8 clients appended: {acked} appends \
+             acknowledged, {} refused at the door, 0 errors from the log; healthy and writable after; strict \
+             verify after SIGTERM: {} records, 0 problems",
+            statuses.get(&0).copied().unwrap_or(0),
+            report.records
+        ),
+    );
+}
