@@ -128,6 +128,9 @@ pub struct ApiError {
     pub leader_url: Option<String>,
     /// With `OUTCOME_UNKNOWN`: the first and last CommitId the write was given.
     pub commit_ids: Option<(CommitId, CommitId)>,
+    /// With `RESOURCE_EXHAUSTED` from admission: when to try again (REST `Retry-After`, JSON `retry_after_ms`,
+    /// gRPC metadata `retry-after-ms`).
+    pub retry_after_ms: Option<u64>,
 }
 
 impl ApiError {
@@ -138,6 +141,15 @@ impl ApiError {
             message: message.into(),
             leader_url: None,
             commit_ids: None,
+            retry_after_ms: None,
+        }
+    }
+
+    /// `RESOURCE_EXHAUSTED` with a retry hint: refused at admission, nothing written.
+    pub fn overloaded(message: impl Into<String>, retry_after_ms: u64) -> Self {
+        Self {
+            retry_after_ms: Some(retry_after_ms),
+            ..Self::new(Code::ResourceExhausted, message)
         }
     }
 
@@ -174,6 +186,9 @@ impl ApiError {
             e["commit_id"] = first.0.into();
             e["last_commit_id"] = last.0.into();
         }
+        if let Some(ms) = self.retry_after_ms {
+            e["retry_after_ms"] = ms.into();
+        }
         serde_json::json!({ "error": e })
     }
 
@@ -189,6 +204,9 @@ impl ApiError {
             let md = status.metadata_mut();
             md.insert("aerodb-commit-id", first.0.into());
             md.insert("aerodb-last-commit-id", last.0.into());
+        }
+        if let Some(ms) = self.retry_after_ms {
+            status.metadata_mut().insert("retry-after-ms", ms.into());
         }
         status
     }

@@ -71,6 +71,8 @@ pub struct Metrics {
     pub leader_changes: Mutex<BTreeMap<&'static str, u64>>,
     /// Write-authority acquisition failures by reason.
     pub lock_acquire_failures: Mutex<BTreeMap<&'static str, u64>>,
+    /// Appends refused at admission (`max_concurrent_requests` in flight).
+    pub appends_refused_overload: AtomicU64,
     /// The REST listener's connection counts.
     pub rest_connections: std::sync::Arc<crate::listener::Counters>,
     /// The gRPC listener's refused connections.
@@ -263,6 +265,12 @@ impl Metrics {
                 "aerodb_sync_unconfirmed_total",
                 "Synchronous writes appended but not confirmed by enough replicas in time (OUTCOME_UNKNOWN).",
                 e.sync_unconfirmed,
+            ),
+            (
+                "aerodb_appends_refused_overload_total",
+                "Appends refused at admission with 429 / RESOURCE_EXHAUSTED (max_concurrent_requests in flight); none was written.",
+                self.appends_refused_overload
+                    .load(std::sync::atomic::Ordering::Relaxed),
             ),
             (
                 "aerodb_grpc_connections_refused_total",

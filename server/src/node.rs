@@ -47,6 +47,33 @@ const COMMITTERS: usize = 2;
 struct Job {
     record: NewRecord,
     done: oneshot::Sender<ApiResult<Receipt>>,
+    /// Past this, a committer answers `DEADLINE_EXCEEDED` instead of writing it (nothing was written).
+    deadline: Instant,
+}
+
+/// How long an append whose bytes are on their way to the log waits for the log's answer beyond the request
+/// timeout before it answers `OUTCOME_UNKNOWN` (a disk that stalls this long).
+const WRITE_GRACE: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The hint given with an admission refusal.
+const RETRY_AFTER_MS: u64 = 100;
+
+/// One admitted append (or batch) until it is dropped.
+struct Admitted<'a>(&'a AtomicUsize);
+
+impl Drop for Admitted<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, AtomicOrdering::AcqRel);
+    }
+}
+
+/// The answer to each write of a batch whose records are durable (or may be) but are not to be acknowledged
+/// plainly: `OUTCOME_UNKNOWN` with its own CommitId.
+fn unknown_each(receipts: &[Receipt], why: &str) -> Vec<ApiError> {
+    receipts
+        .iter()
+        .map(|r| ApiError::outcome_unknown(r.commit_id, r.commit_id, why))
+        .collect()
 }
 
 /// Shared state of a running node.
@@ -61,6 +88,8 @@ pub struct Node {
     /// Metrics.
     pub metrics: Metrics,
     limit: Semaphore,
+    /// Appends admitted and not yet answered.
+    admitted: AtomicUsize,
     /// Appends from every client go to the committers, which write whatever has gathered as one batch: one
     /// durable write per batch instead of one blocked thread per request.
     jobs: Mutex<Option<mpsc::Sender<Job>>>,
@@ -191,6 +220,22 @@ fn committer(
         // Counted as writing before it stops counting as queued, so an append never sees an idle path meanwhile.
         load.writing.fetch_add(1, AtomicOrdering::AcqRel);
         load.queued.fetch_sub(batch.len(), AtomicOrdering::AcqRel);
+        // An append that waited past its deadline is not written: its client gets a definite answer.
+        let now = Instant::now();
+        let (batch, expired): (Vec<Job>, Vec<Job>) = batch.into_iter().partition(|j| j.deadline > now);
+        for j in expired {
+            let _ = j.done.send(Err(ApiError::new(
+                Code::DeadlineExceeded,
+                format!(
+                    "the append waited longer than the request timeout ({} ms) for the log; it was not written",
+                    timeout.as_millis()
+                ),
+            )));
+        }
+        if batch.is_empty() {
+            load.finish_writing();
+            continue;
+        }
         commit_batch(&db, &replicas, &fence, timeout, batch, answer_rt.get());
         load.finish_writing();
     }
@@ -215,10 +260,31 @@ fn commit_batch(
     let answer_on = answer_on.cloned();
     let (records, dones): (Vec<NewRecord>, Vec<_>) = batch.into_iter().map(|j| (j.record, j.done)).unzip();
     // A fenced primary checks the fence before writing and again before acknowledging.
-    let written = fence
-        .check_write(db)
-        .and_then(|()| db.append_many(&records).map_err(ApiError::from))
-        .and_then(|r| fence.check_write(db).map(|()| r));
+    // A fenced primary checks the fence before writing (a refusal: nothing written) and after (the records are
+    // durable but this node may no longer be the writer: not acknowledged, an unknown outcome for each).
+    let written: Result<Vec<Receipt>, Vec<ApiError>> = match fence.check_write(db) {
+        Err(e) => Err(vec![e; records.len()]),
+        Ok(()) => match db.append_many(&records) {
+            Ok(r) => match fence.check_write(db) {
+                Ok(()) => Ok(r),
+                Err(e) => Err(unknown_each(&r, &format!("is durable on this node but {}", e.message))),
+            },
+            // Possibly durable: each client gets its own CommitId.
+            Err(aerodb_engine::Error::OutcomeUnknown { first, reason, .. }) => Err((0..records.len())
+                .map(|i| {
+                    let c = CommitId(first.0 + i as u64);
+                    ApiError::outcome_unknown(
+                        c,
+                        c,
+                        format_args!(
+                            "was written to the log but the write did not complete ({reason}), so it may be durable"
+                        ),
+                    )
+                })
+                .collect()),
+            Err(e) => Err(vec![ApiError::from(e); records.len()]),
+        },
+    };
     match written {
         Ok(receipts) => {
             let last = receipts.last().map_or(0, |r| r.commit_id.0);
@@ -249,9 +315,9 @@ fn commit_batch(
                 }),
             );
         }
-        Err(e) => {
-            for done in dones {
-                let _ = done.send(Err(e.clone()));
+        Err(errors) => {
+            for (done, e) in dones.into_iter().zip(errors) {
+                let _ = done.send(Err(e));
             }
         }
     }
@@ -356,6 +422,7 @@ impl Node {
         Self {
             role_file: RoleFile::new(Arc::new(aerodb_wal::fs::RealFs), &config.data_dir),
             limit: Semaphore::new(config.max_concurrent_requests),
+            admitted: AtomicUsize::new(0),
             db,
             config,
             auth,
@@ -540,6 +607,53 @@ impl Node {
         self.auth.check(header, action)
     }
 
+    /// Admits one append (or batch) under `max_concurrent_requests`, or refuses it at once with a retry hint
+    /// (nothing written). Every append path — REST and gRPC, single, `prove`, batch and stream — comes through here.
+    fn admit_append(&self) -> ApiResult<Admitted<'_>> {
+        let limit = self.config.max_concurrent_requests;
+        if self.admitted.fetch_add(1, AtomicOrdering::AcqRel) >= limit {
+            self.admitted.fetch_sub(1, AtomicOrdering::AcqRel);
+            self.metrics
+                .appends_refused_overload
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return Err(ApiError::overloaded(
+                format!(
+                    "{limit} appends are in flight (max_concurrent_requests); this one was not written: retry \
+                     after {RETRY_AFTER_MS} ms"
+                ),
+                RETRY_AFTER_MS,
+            ));
+        }
+        Ok(Admitted(&self.admitted))
+    }
+
+    /// Runs a write on the blocking pool: like [`Node::run`], but once it runs it is waited for (its bytes may
+    /// reach the log; only the log's own answer tells).
+    async fn run_write<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Db) -> ApiResult<T> + Send + 'static,
+    ) -> ApiResult<T> {
+        self.refuse_if_halted()?;
+        let timeout = self.config.request_timeout;
+        let permit = tokio::time::timeout(timeout, self.limit.acquire())
+            .await
+            .map_err(|_| {
+                ApiError::overloaded(
+                    format!(
+                        "{} requests are in flight; none finished within {} ms; this write was not started",
+                        self.config.max_concurrent_requests,
+                        timeout.as_millis()
+                    ),
+                    RETRY_AFTER_MS,
+                )
+            })?
+            .map_err(|_| ApiError::new(Code::Unavailable, "the node is shutting down"))?;
+        let db = self.db.clone();
+        let out = tokio::task::spawn_blocking(move || f(&db)).await;
+        drop(permit);
+        out.map_err(|e| ApiError::new(Code::Internal, format!("request task failed: {e}")))?
+    }
+
     /// Runs `f` on the blocking pool under the concurrency limit and the request timeout.
     async fn run<T: Send + 'static>(
         &self,
@@ -590,6 +704,7 @@ impl Node {
     /// waiting (with `prove`, on its own, since it also makes a checkpoint).
     pub async fn append(&self, tenant: String, payload: Payload, prove: bool) -> ApiResult<Appended> {
         let started = Instant::now();
+        let _admitted = self.admit_append()?;
         if !prove {
             let _in_flight = InFlight::enter(&self.load);
             self.refuse_if_halted()?;
@@ -600,6 +715,7 @@ impl Node {
             let job = Job {
                 record: NewRecord { tenant, payload },
                 done,
+                deadline: Instant::now() + self.config.request_timeout,
             };
             let timeout = self.config.request_timeout;
             let open = self.jobs.lock().is_some();
@@ -618,14 +734,18 @@ impl Node {
                     return Err(ApiError::new(Code::Unavailable, "the node is shutting down"));
                 }
             }
-            let receipt = tokio::time::timeout(timeout, wait)
+            // A committer answers a job that waited past its deadline without writing it; one it writes is answered
+            // when the log is: wait for that, with a grace period for a stalled disk.
+            let receipt = tokio::time::timeout(timeout + WRITE_GRACE, wait)
                 .await
                 .map_err(|_| {
+                    // Taken by a committer (or it would have been answered by now): its bytes may be on their way.
                     ApiError::new(
-                        Code::DeadlineExceeded,
+                        Code::OutcomeUnknown,
                         format!(
-                            "the append did not finish within {} ms (it may still become durable)",
-                            timeout.as_millis()
+                            "the log did not answer within {} ms; the record may be durable (its CommitId is not \
+                             known here): look up its content before writing it again",
+                            (timeout + WRITE_GRACE).as_millis()
                         ),
                     )
                 })?
@@ -645,10 +765,16 @@ impl Node {
         self.refuse_if_halted()?;
         self.replicas.admit(timeout).await?;
         let out = self
-            .run(move |db| {
+            .run_write(move |db| {
                 fence.check_write(db)?;
                 let (receipt, cp, proof) = db.append_and_prove(&tenant, payload)?;
-                fence.check_write(db)?;
+                fence.check_write(db).map_err(|e| {
+                    ApiError::outcome_unknown(
+                        receipt.commit_id,
+                        receipt.commit_id,
+                        format_args!("is durable on this node but {}", e.message),
+                    )
+                })?;
                 Self::replicate(&replicas, receipt.commit_id, receipt.commit_id, timeout)?;
                 Ok(Appended {
                     receipt,
@@ -676,6 +802,7 @@ impl Node {
             )));
         }
         let started = Instant::now();
+        let _admitted = self.admit_append()?;
         let n = records.len() as u64;
         let (replicas, timeout, fence) = (
             self.replicas.clone(),
@@ -685,12 +812,18 @@ impl Node {
         self.refuse_if_halted()?;
         self.replicas.admit(timeout).await?;
         let out = self
-            .run(move |db| {
+            .run_write(move |db| {
                 fence.check_write(db)?;
                 let receipts = db.append_many(&records)?;
-                fence.check_write(db)?;
                 let first = receipts.first().map_or(CommitId(0), |r| r.commit_id);
                 let last = receipts.last().map_or(CommitId(0), |r| r.commit_id);
+                fence.check_write(db).map_err(|e| {
+                    ApiError::outcome_unknown(
+                        first,
+                        last,
+                        format_args!("are durable on this node but {}", e.message),
+                    )
+                })?;
                 Self::replicate(&replicas, first, last, timeout)?;
                 Ok(receipts)
             })

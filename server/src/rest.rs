@@ -193,7 +193,15 @@ fn finish(node: &Node, ok_status: u16, r: ApiResult<Value>) -> Response {
             if e.code == Code::Internal {
                 tracing::error!(message = %e.message, "internal error answering a REST request");
             }
-            json_response(e.code.http_status(), &e.to_json())
+            let mut resp = json_response(e.code.http_status(), &e.to_json());
+            if let Some(ms) = e.retry_after_ms {
+                // Whole seconds, at least one.
+                let secs = ms.div_ceil(1000).max(1);
+                if let Ok(v) = header::HeaderValue::from_str(&secs.to_string()) {
+                    resp.headers_mut().insert(header::RETRY_AFTER, v);
+                }
+            }
+            resp
         }
     }
 }

@@ -38,14 +38,20 @@ fn limits_hold_under_a_flood_and_the_server_recovers() {
         let appends: Vec<_> = (0..200)
             .map(|i| {
                 s.spawn(move || {
-                    http(
+                    let r = http(
                         h,
                         "POST",
                         "/v1/records",
                         Some(WRITER),
                         Some(&format!(r#"{{"tenant":"t","event":"flood {i}"}}"#)),
-                    )
-                    .status
+                    );
+                    if r.status == 429 {
+                        // Refused at admission: said so at once, with a retry hint.
+                        let e = &r.json()["error"];
+                        assert_eq!(e["code"], "RESOURCE_EXHAUSTED");
+                        assert!(e["retry_after_ms"].as_u64().is_some_and(|ms| ms > 0), "{e}");
+                    }
+                    (i, r.status)
                 })
             })
             .collect();
@@ -57,14 +63,18 @@ fn limits_hold_under_a_flood_and_the_server_recovers() {
             })
             .collect();
         let mut out: BTreeMap<(&str, u16), u32> = BTreeMap::new();
+        let mut answered = BTreeMap::new();
         for t in appends {
-            *out.entry(("append", t.join().unwrap())).or_default() += 1;
+            let (i, st) = t.join().unwrap();
+            *out.entry(("append", st)).or_default() += 1;
+            answered.insert(format!("flood {i}"), st);
         }
         for t in oversized {
             *out.entry(("oversized", t.join().unwrap())).or_default() += 1;
         }
-        out
+        (out, answered)
     });
+    let (statuses, answered) = statuses;
     drop(idle);
     let bad: Vec<_> = statuses
         .iter()
@@ -78,6 +88,31 @@ fn limits_hold_under_a_flood_and_the_server_recovers() {
         statuses.get(&("append", 201)).copied().unwrap_or(0) > 0,
         "some appends got through: {statuses:?}"
     );
+    // The limit was crossed: overload was answered with 429 ...
+    assert!(
+        statuses.get(&("append", 429)).copied().unwrap_or(0) > 0,
+        "200 appends over a limit of 2 were all admitted: {statuses:?}"
+    );
+    // ... and what the log holds is exactly what was acknowledged: nothing answered 429 (or 504: it waited past
+    // its deadline in the queue and was not written) is in it.
+    let tip = http(h, "GET", "/v1/ha/status", Some(READER), None).json()["commit_id"]
+        .as_u64()
+        .unwrap();
+    let mut in_log = std::collections::BTreeSet::new();
+    for c in 1..=tip {
+        let r = http(h, "GET", &format!("/v1/records/{c}"), Some(READER), None).json();
+        if let Some(ev) = r["record"]["event"].as_str().or(r["event"].as_str()) {
+            in_log.insert(ev.to_owned());
+        }
+    }
+    for (ev, st) in &answered {
+        assert_eq!(
+            in_log.contains(ev),
+            *st == 201,
+            "{ev}: answered {st}, in the log: {}",
+            in_log.contains(ev)
+        );
+    }
     let health = http(h, "GET", "/v1/health", None, None);
     assert_eq!(
         (health.status, health.json()["writable"].as_bool()),
