@@ -36,7 +36,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     std::fs::create_dir_all(&dir)?;
     let (writer, reader, admin) = (token(), token(), token());
     let tokens = dir.join("tokens.toml");
-    std::fs::write(
+    aerodb_server::auth::write_secret_file(
         &tokens,
         format!(
             "[[tokens]]\nname = \"demo-writer\"\nrole = \"writer\"\ntoken = \"{writer}\"\n\n\

@@ -96,6 +96,7 @@ impl Auth {
 
     /// Loads a tokens file. Refuses empty or short tokens and duplicate tokens.
     pub fn load(path: &Path) -> Result<Self, Error> {
+        refuse_shared_file(path)?;
         let text = std::fs::read_to_string(path).map_err(|e| Error::file(path, e))?;
         let file: TokensFile = toml::from_str(&text).map_err(|e| Error::file(path, e))?;
         if file.tokens.is_empty() {
@@ -165,4 +166,38 @@ impl Auth {
             role,
         })
     }
+}
+
+/// Refuses a secret file (tokens, a private key) that its group or others may read or write: secrets are kept
+/// mode 0600 (or stricter) by the operator; the node does not start with one that is not.
+pub fn refuse_shared_file(path: &Path) -> Result<(), Error> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path)
+        .map_err(|e| Error::file(path, e))?
+        .permissions()
+        .mode()
+        & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(Error::file(
+            path,
+            format!(
+                "holds secrets but has mode {mode:04o}: its group or others may read it; run `chmod 600 {}`",
+                path.display()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Writes a secret file (tokens, a private key) readable by its owner only (mode 0600), replacing any content.
+pub fn write_secret_file(path: &Path, contents: impl AsRef<[u8]>) -> std::io::Result<()> {
+    use std::{io::Write, os::unix::fs::OpenOptionsExt, os::unix::fs::PermissionsExt};
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    f.write_all(contents.as_ref())
 }

@@ -508,6 +508,14 @@ impl Config {
                 c.worker_threads
             )));
         }
+        if (c.primary_ca_cert.is_some() || c.primary_client_identity.is_some())
+            && c.primary.as_deref().is_some_and(|u| !u.starts_with("https://"))
+        {
+            return Err(Error::config(
+                "--primary-ca-cert / --primary-client-cert need an https:// primary URL: with http:// the replica \
+                 would send its token in clear",
+            ));
+        }
         if c.role == Role::Replica && c.primary.is_none() {
             return Err(Error::config("a replica needs --primary <url>"));
         }

@@ -40,6 +40,8 @@ pub fn bad_message_code(code: tonic::Code, message: &[u8]) -> Option<tonic::Code
                 b"failed to decode",
                 b"protocol%20error",
                 b"protocol error",
+                b"Missing%20request%20message",
+                b"Missing request message",
             ]) =>
         {
             Some(tonic::Code::InvalidArgument)

@@ -54,8 +54,14 @@ pub struct Bound {
 /// Establishes the node's role from its persisted `role.state` and the configuration, by the core's bootstrap
 /// rule ([`aerodb_replication::core::bootstrap`]), and persists it if it changed.
 pub fn establish_role(config: &Config) -> Result<RoleMachine> {
-    std::fs::create_dir_all(&config.data_dir)
-        .map_err(|e| Error::io(format!("creating {}", config.data_dir.display()), e))?;
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&config.data_dir)
+            .map_err(|e| Error::io(format!("creating {}", config.data_dir.display()), e))?;
+    }
     let file = RoleFile::new(Arc::new(aerodb_wal::fs::RealFs), &config.data_dir);
     let mut m = file.load()?;
     let before = m.clone();

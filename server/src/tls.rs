@@ -30,6 +30,7 @@ impl TlsFiles {
     /// Reads and validates the certificate chain and key (the key must match the certificate).
     pub fn load(cert: &Path, key: &Path) -> Result<Self, Error> {
         let cert_pem = std::fs::read(cert).map_err(|e| Error::file(cert, e))?;
+        crate::auth::refuse_shared_file(key)?;
         let key_pem = std::fs::read(key).map_err(|e| Error::file(key, e))?;
         let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_pem)
             .collect::<Result<_, _>>()

@@ -857,7 +857,7 @@ fn a_partition_under_load_heals_to_identical_logs() {
     let data = rt.0.join("data");
     std::fs::create_dir_all(&data).unwrap();
     std::fs::copy(primary.data.join("checkpoint.key"), data.join("checkpoint.key")).unwrap();
-    std::fs::write(rt.0.join("replicator.token"), REPLICATOR).unwrap();
+    aerodb_server::auth::write_secret_file(&rt.0.join("replicator.token"), REPLICATOR).unwrap();
     let via = format!("http://{}", proxy.addr);
     let token = rt.0.join("replicator.token");
     let mut replica = start(
@@ -978,7 +978,7 @@ fn the_replication_stream_takes_mutual_tls() {
     let (client_cert, client_key) = leaf(vec!["replica-1".into()]);
     let w = |dir: &Path, name: &str, text: &str| {
         let p = dir.join(name);
-        std::fs::write(&p, text).unwrap();
+        aerodb_server::auth::write_secret_file(&p, text).unwrap();
         p.to_str().unwrap().to_owned()
     };
     let (sc, sk, ca_path) = (

@@ -25,6 +25,11 @@ async fn both_apis_serve_tls_and_refuse_plaintext() {
     let (cert_pem, key_pem) = (cert.cert.pem(), cert.key_pair.serialize_pem());
     std::fs::write(tmp.0.join("cert.pem"), &cert_pem).unwrap();
     std::fs::write(tmp.0.join("key.pem"), &key_pem).unwrap();
+    std::fs::set_permissions(
+        tmp.0.join("key.pem"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
     let cert_path = tmp.0.join("cert.pem");
     let key_path = tmp.0.join("key.pem");
     let srv = start(

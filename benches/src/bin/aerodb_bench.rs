@@ -380,7 +380,7 @@ fn proofs(dir: &Path, reps: u64, leaves: u64) -> Workload {
 fn tokens(dir: &Path) -> PathBuf {
     let p = dir.join("tokens.toml");
     std::fs::create_dir_all(dir).expect("dir");
-    std::fs::write(
+    aerodb_server::auth::write_secret_file(
         &p,
         format!(
             "[[tokens]]\nname = \"bench\"\nrole = \"admin\"\ntoken = \"{TOKEN}\"\n\n\
@@ -415,7 +415,7 @@ fn start_server(
         std::fs::copy(key_from.join("checkpoint.key"), data.join("checkpoint.key"))
             .expect("copy the log key");
         let token = dir.join("replicator.token");
-        std::fs::write(&token, REPLICATOR).expect("token");
+        aerodb_server::auth::write_secret_file(&token, REPLICATOR).expect("token");
         config.primary = Some(url.to_owned());
         config.primary_token_file = Some(token);
     }

@@ -86,7 +86,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let per_client = (ops / CLIENTS as u64).max(1);
     let dir = bench_dir("net-ratios");
     let tokens = dir.join("tokens.toml");
-    std::fs::write(
+    aerodb_server::auth::write_secret_file(
         &tokens,
         format!("[[tokens]]\nname = \"bench\"\nrole = \"admin\"\ntoken = \"{TOKEN}\"\n"),
     )?;

@@ -51,7 +51,7 @@ fn replica_config(dir: &Path, primary: &Config, grpc: SocketAddr, tokens: &Path)
     )
     .expect("copy the log key");
     let token = dir.join("replicator.token");
-    std::fs::write(&token, REPLICATOR).expect("token");
+    aerodb_server::auth::write_secret_file(&token, REPLICATOR).expect("token");
     Config {
         role: Role::Replica,
         node_id: "replica".into(),
@@ -88,7 +88,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
     let dir = bench_dir("repl-lag");
     let tokens = dir.join("tokens.toml");
-    std::fs::write(
+    aerodb_server::auth::write_secret_file(
         &tokens,
         format!(
             "[[tokens]]\nname = \"bench\"\nrole = \"admin\"\ntoken = \"{TOKEN}\"\n\n\

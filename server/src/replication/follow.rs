@@ -56,6 +56,13 @@ fn credentials(node: &Node) -> crate::Result<Credentials> {
     let read = |p: &std::path::Path, what: &str| {
         std::fs::read(p).map_err(|e| crate::Error::file(p, format_args!("reading {what}: {e}")))
     };
+    // The replicator token and the client key are secrets: refused if others may read them.
+    if let Some(p) = &c.primary_token_file {
+        crate::auth::refuse_shared_file(p)?;
+    }
+    if let Some((_, key)) = &c.primary_client_identity {
+        crate::auth::refuse_shared_file(key)?;
+    }
     let token = match &c.primary_token_file {
         Some(p) => Some(
             String::from_utf8_lossy(&read(p, "the replicator token")?)

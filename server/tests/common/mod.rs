@@ -50,7 +50,7 @@ pub fn rand_u64() -> u64 {
 
 pub fn write_tokens(dir: &Path) -> PathBuf {
     let p = dir.join("tokens.toml");
-    std::fs::write(
+    aerodb_server::auth::write_secret_file(
         &p,
         format!(
             "[[tokens]]\nname = \"w\"\nrole = \"writer\"\ntoken = \"{WRITER}\"\n\n\
@@ -98,7 +98,7 @@ pub fn start_replica_with(
             .expect("copy the log key");
     }
     let token = dir.join("replicator.token");
-    std::fs::write(&token, REPLICATOR).expect("write the replicator token");
+    aerodb_server::auth::write_secret_file(&token, REPLICATOR).expect("write the replicator token");
     let url = format!("http://{}", primary.grpc);
     let mut args = vec![
         "--role",

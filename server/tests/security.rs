@@ -1,0 +1,137 @@
+//! Security details (issue 17): secrets others may read are refused, the data directory is created 0700, a
+//! replica configured for TLS never talks to an `http://` primary, and a gRPC unary call without its request
+//! message is bad input, not a server fault.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test code: a panic is the failure report"
+)]
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+
+use common::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_modes_plaintext_replicas_and_empty_unary_calls() {
+    let mut refused = 0;
+    // 1. A tokens file its group or others may read: refused, with the fix in the message.
+    let tmp = Tmp::new("sec-tokens");
+    let tokens = write_tokens(&tmp.0);
+    std::fs::set_permissions(&tokens, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_aerodb-server"))
+        .args(["--data-dir", &tmp.0.join("data").display().to_string()])
+        .args(["--tokens-file", &tokens.display().to_string()])
+        .args(["--http-listen", "127.0.0.1:0", "--grpc-listen", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("mode 0644") && err.contains("chmod 600"),
+        "{err}"
+    );
+    refused += 1;
+
+    // 2. A replica with a CA or client certificate and an http:// primary: refused (its token would go in clear).
+    let tmp = Tmp::new("sec-plain");
+    let ca = tmp.0.join("ca.pem");
+    std::fs::write(&ca, "not read: refused before").unwrap();
+    let err = refuse(
+        &tmp.0,
+        &[
+            "--role",
+            "replica",
+            "--primary",
+            "http://127.0.0.1:9",
+            "--primary-ca-cert",
+            &ca.display().to_string(),
+        ],
+    );
+    assert!(err.contains("https://"), "{err}");
+    refused += 1;
+
+    // 3. The data directory is created 0700.
+    let tmp = Tmp::new("sec-dir");
+    let srv = start(&tmp.0, &[]);
+    let mode = std::fs::metadata(&srv.data).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700, "data directory mode {mode:o}");
+    let key_mode = std::fs::metadata(srv.data.join("checkpoint.key"))
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(key_mode, 0o600);
+
+    // 4. A replicator token file others may read: the replica does not follow with it, and says why.
+    let rt = Tmp::new("sec-replica");
+    std::fs::create_dir_all(rt.0.join("data")).unwrap();
+    std::fs::copy(srv.data.join("checkpoint.key"), rt.0.join("data/checkpoint.key")).unwrap();
+    let token = rt.0.join("replicator.token");
+    std::fs::write(&token, REPLICATOR).unwrap();
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let primary_url = format!("http://{}", srv.grpc);
+    let replica = start(
+        &rt.0,
+        &[
+            "--role",
+            "replica",
+            "--node-id",
+            "r1",
+            "--primary",
+            &primary_url,
+            "--primary-token-file",
+            &token.display().to_string(),
+        ],
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let status = loop {
+        let s = http(replica.http, "GET", "/v1/ha/status", Some(READER), None).json();
+        if s["replication_error"].as_str().is_some_and(|e| !e.is_empty())
+            || std::time::Instant::now() > deadline
+        {
+            break s;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let why = status["replication_error"].as_str().unwrap_or_default();
+    assert!(
+        why.contains("mode 0640") && status["connected_to_primary"] == false,
+        "{status}"
+    );
+    refused += 1;
+
+    // 5. A unary call with no request message: INVALID_ARGUMENT (tonic says INTERNAL).
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", srv.grpc))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.unwrap();
+    let codec: tonic_prost::ProstCodec<
+        aerodb_proto::v1::GetRecordRequest,
+        aerodb_proto::v1::GetRecordResponse,
+    > = tonic_prost::ProstCodec::default();
+    let req = with_token(
+        futures_util::stream::empty::<aerodb_proto::v1::GetRecordRequest>(),
+        READER,
+    );
+    let status = grpc
+        .client_streaming(
+            req,
+            tonic::codegen::http::uri::PathAndQuery::from_static("/aerodb.v1.Ledger/GetRecord"),
+            codec,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    report_figure(
+        "security details",
+        &format!(
+            "{refused} unsafe configurations refused (tokens 0644, TLS replica to http://, replicator token 0640); \
+             data dir 0700, key 0600; unary call without a message: INVALID_ARGUMENT"
+        ),
+    );
+}
