@@ -715,6 +715,16 @@ impl Db {
         check_range("tree size", tree_size, st.visible)?;
         check_range("CommitId", commit_id, tree_size)?;
         let hashes = merkle::inclusion_proof(&st.merkle, commit_id - 1, tree_size)?;
+        // Never serve a proof that does not verify: the leaf comes from the log, the root from the signed
+        // checkpoint of that size when it is the newest one (else from the store).
+        let leaf = leaf_hash(&self.inner.read_record(commit_id)?.hash);
+        let root = self.expected_root(&st, tree_size)?;
+        if !merkle::verify_inclusion(&leaf, commit_id - 1, tree_size, &hashes, &root) {
+            return Err(self.inner.merkle_damaged(
+                commit_id,
+                format!("the inclusion proof of record {commit_id} in a tree of {tree_size} does not verify"),
+            ));
+        }
         Ok(InclusionProof {
             leaf_index: commit_id - 1,
             tree_size,
@@ -722,12 +732,32 @@ impl Db {
         })
     }
 
+    /// The root a proof for a tree of `size` must reach: the newest signed checkpoint's when it has that size,
+    /// else the one the store computes.
+    fn expected_root(&self, st: &State, size: u64) -> Result<Hash> {
+        match &st.latest {
+            Some(c) if c.checkpoint.size == size => Ok(c.checkpoint.root),
+            _ => Ok(merkle::root(&st.merkle, size)?),
+        }
+    }
+
     /// The consistency proof between the trees of `old_size` and `new_size` records.
     pub fn consistency_proof(&self, old_size: u64, new_size: u64) -> Result<Vec<Hash>> {
         let st = self.inner.state.read();
         check_range("tree size", new_size, st.visible)?;
         check_range("old tree size", old_size, new_size)?;
-        Ok(merkle::consistency_proof(&st.merkle, old_size, new_size)?)
+        let proof = merkle::consistency_proof(&st.merkle, old_size, new_size)?;
+        let (old_root, new_root) = (
+            self.expected_root(&st, old_size)?,
+            self.expected_root(&st, new_size)?,
+        );
+        if !merkle::verify_consistency(old_size, new_size, &old_root, &new_root, &proof) {
+            return Err(self.inner.merkle_damaged(
+                new_size,
+                format!("the consistency proof from {old_size} to {new_size} does not verify"),
+            ));
+        }
+        Ok(proof)
     }
 
     /// The newest signed checkpoint.
@@ -1306,6 +1336,18 @@ impl Inner {
     /// Whether this database writes index runs: a writable one or a replica (not a read-only inspection).
     fn maintains_index(&self) -> bool {
         self.opts.replica || self.writability().is_none()
+    }
+
+    /// The stored Merkle tree disagrees with the log or a signed checkpoint: the proof is not served, the node
+    /// fails closed (it can no longer prove what it holds) and says why.
+    fn merkle_damaged(&self, commit_id: u64, what: String) -> Error {
+        let why = format!(
+            "{what}: the Merkle store is damaged; the proof was not served (restart to have the startup check name \
+             the damage, or rebuild the store from the log)"
+        );
+        tracing::error!(reason = %why, "the database fails closed");
+        self.refuse(NotWritable::LogFailed(why.clone()));
+        corruption(commit_id, why)
     }
 
     /// Refuses every write from now on, for `why` (the first reason stays).

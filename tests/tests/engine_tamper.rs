@@ -418,3 +418,42 @@ fn derived_files_ahead_of_the_log_refuse_the_open_and_stay_untouched() {
         ),
     );
 }
+
+#[test]
+fn a_damaged_stored_leaf_is_never_served_in_a_proof() {
+    // One stored Merkle leaf changed below the newest checkpoint (the startup check compares only the leaves after
+    // it and the last one, so the node opens): a proof through it would not verify against the signed root. The
+    // node does not serve it; it fails closed and says why. (Issue 17: it served proofs that did not verify.)
+    let mem = MemFs::new();
+    build(&mem, 120, 7);
+    let level0 = PathBuf::from(DIR).join("merkle/level-00.hashes");
+    let f = aerodb_wal::fs::Fs::open(&mem, &level0, aerodb_wal::fs::OpenMode::ReadWrite).unwrap();
+    let mut leaf = [0u8; 32];
+    aerodb_wal::fs::read_exact_at(&*f, &mut leaf, 2 * 32).unwrap();
+    leaf[0] ^= 1;
+    f.write_all_at(&leaf, 2 * 32).unwrap();
+    f.sync_all().unwrap();
+    let db = Db::open_with_fs(Arc::new(mem.clone()), Path::new(DIR), engine_opts()).unwrap();
+    let size = db.latest_checkpoint().unwrap().checkpoint.size;
+    // Record 3's own proof does not use its stored leaf (the leaf comes from the log): it verifies and is
+    // served. Record 4's proof has the damaged leaf as its sibling: refused.
+    let p3 = db.inclusion_proof(aerodb_wal::CommitId(3), size).unwrap();
+    assert_eq!(p3.leaf_index, 2);
+    match db.inclusion_proof(aerodb_wal::CommitId(4), size) {
+        Err(Error::Corruption { .. }) => {}
+        other => panic!("proof of 4 through a damaged leaf: {:?}", other.map(|p| p.hashes.len())),
+    }
+    assert!(
+        db.not_writable()
+            .is_some_and(|r| r.to_string().contains("Merkle store is damaged")),
+        "{:?}",
+        db.not_writable()
+    );
+    // A proof that does not touch the damaged subtree is still fine to serve.
+    let p = db.inclusion_proof(aerodb_wal::CommitId(100), size).unwrap();
+    assert_eq!(p.tree_size, size);
+    report_figure(
+        "damaged stored leaf",
+        "the proof through it refused, the node fails closed with the reason; proofs that do not use it still served",
+    );
+}
