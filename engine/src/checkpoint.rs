@@ -528,7 +528,8 @@ mod tests {
 #[derive(Debug)]
 pub struct CheckpointLog {
     path: std::path::PathBuf,
-    file: Box<dyn aerodb_wal::fs::FsFile>,
+    /// `None`: opened read-only and missing (reads as empty).
+    file: Option<Box<dyn aerodb_wal::fs::FsFile>>,
     end: u64,
     notes: Vec<String>,
 }
@@ -548,9 +549,42 @@ impl CheckpointLog {
     /// Opens (creating) the log at `path`. A torn last entry (crash during an append) is cut off and reported;
     /// the checkpoint it carried was never returned to anyone, since appends return after the fsync.
     pub fn open(fs: &dyn aerodb_wal::fs::Fs, path: &Path) -> Result<(Self, CheckpointLogReport), io::Error> {
+        Self::open_mode(fs, path, false)
+    }
+
+    /// Opens the log at `path` without changing anything: a missing log reads as empty, a torn last entry is
+    /// reported and left in place. (Appending to it fails.)
+    pub fn open_read_only(
+        fs: &dyn aerodb_wal::fs::Fs,
+        path: &Path,
+    ) -> Result<(Self, CheckpointLogReport), io::Error> {
+        Self::open_mode(fs, path, true)
+    }
+
+    fn open_mode(
+        fs: &dyn aerodb_wal::fs::Fs,
+        path: &Path,
+        read_only: bool,
+    ) -> Result<(Self, CheckpointLogReport), io::Error> {
         use aerodb_wal::fs::OpenMode;
-        let file = match fs.open(path, OpenMode::ReadWrite) {
+        let mode = if read_only {
+            OpenMode::Read
+        } else {
+            OpenMode::ReadWrite
+        };
+        let file = match fs.open(path, mode) {
             Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound && read_only => {
+                return Ok((
+                    Self {
+                        path: path.to_owned(),
+                        file: None,
+                        end: 0,
+                        notes: Vec::new(),
+                    },
+                    CheckpointLogReport::default(),
+                ));
+            }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 let f = fs.open(path, OpenMode::CreateNew)?;
                 if let Some(dir) = path.parent() {
@@ -568,7 +602,7 @@ impl CheckpointLog {
             entries: notes.len(),
             torn_bytes: (len - end) as u64,
         };
-        if end < len {
+        if end < len && !read_only {
             tracing::warn!(path = %path.display(), bytes = len - end, "discarding a torn checkpoint log entry");
             file.set_len(end as u64)?;
             file.sync_all()?;
@@ -577,7 +611,7 @@ impl CheckpointLog {
         Ok((
             Self {
                 path: path.to_owned(),
-                file,
+                file: Some(file),
                 end: end as u64,
                 notes,
             },
@@ -592,8 +626,12 @@ impl CheckpointLog {
         entry.extend_from_slice(&(note.len() as u32).to_le_bytes());
         entry.extend_from_slice(&crc32fast::hash(note.as_bytes()).to_le_bytes());
         entry.extend_from_slice(note.as_bytes());
-        self.file.write_all_at(&entry, self.end)?;
-        self.file.sync_data()?;
+        let file = self
+            .file
+            .as_ref()
+            .ok_or_else(|| io::Error::other("the checkpoint log was opened read-only"))?;
+        file.write_all_at(&entry, self.end)?;
+        file.sync_data()?;
         self.end += entry.len() as u64;
         self.notes.push(note.to_owned());
         Ok(())

@@ -286,11 +286,25 @@ impl Db {
 
         // Checkpoints first: the newest one tells WAL recovery which records must never be cut as a torn tail.
         let cp_path = dir.join(CHECKPOINT_LOG);
-        let (checkpoints, _) = CheckpointLog::open(&*fs, &cp_path).map_err(|e| Error::Io {
+        let opened = if opts.read_only {
+            CheckpointLog::open_read_only(&*fs, &cp_path)
+        } else {
+            CheckpointLog::open(&*fs, &cp_path)
+        };
+        let (checkpoints, cp_report) = opened.map_err(|e| Error::Io {
             op: "open checkpoint log",
             path: cp_path.clone(),
             source: e,
         })?;
+        if cp_report.torn_bytes > 0 {
+            report.repairs.push(format!(
+                "checkpoints.log: a torn last entry ({} bytes, after {} whole entries) {} — its checkpoint was never \
+                 returned (an append returns after its fsync)",
+                cp_report.torn_bytes,
+                cp_report.entries,
+                if opts.read_only { "is there (read-only: left in place)" } else { "was cut" }
+            ));
+        }
         let mut signed = Vec::new();
         for (i, note) in checkpoints.notes().iter().enumerate() {
             match SignedCheckpoint::verify(note, &verifier) {
@@ -354,9 +368,9 @@ impl Db {
         let index_files = ix.files();
         let mut ix = ix;
         report.index_runs = ix_open.runs;
-        report.repairs = ix_open.notes;
+        report.repairs.extend(ix_open.notes);
         for note in &report.repairs {
-            tracing::warn!(note = %note, "index repaired from the log");
+            tracing::warn!(note = %note, "repaired at open");
         }
         let mut state = State {
             merkle,

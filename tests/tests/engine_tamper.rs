@@ -441,7 +441,10 @@ fn a_damaged_stored_leaf_is_never_served_in_a_proof() {
     assert_eq!(p3.leaf_index, 2);
     match db.inclusion_proof(aerodb_wal::CommitId(4), size) {
         Err(Error::Corruption { .. }) => {}
-        other => panic!("proof of 4 through a damaged leaf: {:?}", other.map(|p| p.hashes.len())),
+        other => panic!(
+            "proof of 4 through a damaged leaf: {:?}",
+            other.map(|p| p.hashes.len())
+        ),
     }
     assert!(
         db.not_writable()
@@ -455,5 +458,54 @@ fn a_damaged_stored_leaf_is_never_served_in_a_proof() {
     report_figure(
         "damaged stored leaf",
         "the proof through it refused, the node fails closed with the reason; proofs that do not use it still served",
+    );
+}
+
+#[test]
+fn a_torn_last_checkpoint_entry_is_reported_and_a_read_only_open_leaves_it() {
+    let mem = MemFs::new();
+    build(&mem, 120, 3);
+    let path = PathBuf::from(DIR).join("checkpoints.log");
+    let f = aerodb_wal::fs::Fs::open(&mem, &path, aerodb_wal::fs::OpenMode::ReadWrite).unwrap();
+    let len = f.len().unwrap();
+    // Half an entry, as a crash during an append leaves it: a length header and part of a note.
+    let mut torn = 200u32.to_le_bytes().to_vec();
+    torn.extend_from_slice(&[0xAB; 4]);
+    torn.extend_from_slice(b"aerodb-ledger\n12");
+    f.write_all_at(&torn, len).unwrap();
+    f.sync_all().unwrap();
+    let read_only = aerodb_engine::Options {
+        read_only: true,
+        ..engine_opts()
+    };
+    let db = Db::open_with_fs(Arc::new(mem.clone()), Path::new(DIR), read_only).unwrap();
+    assert!(
+        db.open_report()
+            .repairs
+            .iter()
+            .any(|r| r.contains("torn last entry") && r.contains("left in place")),
+        "{:?}",
+        db.open_report().repairs
+    );
+    drop(db);
+    assert_eq!(
+        f.len().unwrap(),
+        len + torn.len() as u64,
+        "a read-only open changed the file"
+    );
+    let db = Db::open_with_fs(Arc::new(mem.clone()), Path::new(DIR), engine_opts()).unwrap();
+    assert!(
+        db.open_report()
+            .repairs
+            .iter()
+            .any(|r| r.contains("torn last entry") && r.contains("was cut")),
+        "{:?}",
+        db.open_report().repairs
+    );
+    drop(db);
+    assert_eq!(f.len().unwrap(), len, "cut back to the last whole entry");
+    report_figure(
+        "torn checkpoint log entry",
+        "read-only open: reported, file unchanged; writable open: cut to the last whole entry and reported",
     );
 }
