@@ -46,6 +46,11 @@ pub enum Problem {
     Wal(String),
     /// A torn tail that recovery would discard (not acknowledged data; reported for completeness).
     TornTail(String),
+    /// A derived file is behind the log (a crash before it was written or synced): the next open rebuilds it
+    /// from the log. Not damage.
+    Behind(String),
+    /// Worth knowing, not damage: e.g. no checkpoint at all on a log with records.
+    Notice(String),
     /// A record does not decode or does not continue the chain.
     Record {
         /// Its CommitId.
@@ -81,11 +86,25 @@ pub enum Problem {
     },
 }
 
+impl Problem {
+    /// Whether opening the directory repairs this without losing anything acknowledged (a torn final write, a
+    /// derived file behind the log), or it is only a note — as opposed to damage.
+    #[must_use]
+    pub fn is_repairable(&self) -> bool {
+        matches!(
+            self,
+            Problem::TornTail(_) | Problem::Behind(_) | Problem::Notice(_)
+        )
+    }
+}
+
 impl fmt::Display for Problem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Problem::Wal(w) => write!(f, "WAL: {w}"),
-            Problem::TornTail(w) => write!(f, "torn tail (unacknowledged): {w}"),
+            Problem::TornTail(w) => write!(f, "torn tail (unacknowledged; recovery cuts it): {w}"),
+            Problem::Behind(w) => write!(f, "behind the log (the next open rebuilds it): {w}"),
+            Problem::Notice(w) => write!(f, "note: {w}"),
             Problem::Record { commit_id, what } => write!(f, "record {commit_id}: {what}"),
             Problem::Node { level, index } => write!(
                 f,
@@ -132,10 +151,11 @@ impl VerifyReport {
     /// True when nothing is wrong (a torn, unacknowledged tail does not count).
     #[must_use]
     pub fn ok(&self) -> bool {
-        self.problems.iter().all(|p| matches!(p, Problem::TornTail(_)))
+        self.problems.iter().all(Problem::is_repairable)
     }
 
     fn problem(&mut self, p: Problem) {
+        // (Repairable and notice lines are reported like the others; `ok` tells them apart.)
         if self.problems.len() < 1000 {
             self.problems.push(p);
         }
@@ -283,6 +303,7 @@ pub fn verify_dir_with_fs(
         }
     };
     report.checkpoints = notes.len();
+    let no_checkpoints = notes.is_empty();
     // (number, checkpoint) of those whose signature verifies, in log order.
     let mut signed = Vec::new();
     for (i, note) in notes.iter().enumerate() {
@@ -376,7 +397,9 @@ pub fn verify_dir_with_fs(
         frontier.push(leaf_hash(&prev), |level, index, hash| {
             if opts.strict {
                 checked += 1;
-                if stored.get(level as usize, index).as_ref() != Some(hash) {
+                // A node the store does not have yet is the store being behind (counted below per level); one it
+                // has with other bytes is damage.
+                if stored.get(level as usize, index).is_some_and(|h| h != *hash) {
                     node_problems += 1;
                     if node_problems <= 100 {
                         report.problems.push(Problem::Node { level, index });
@@ -416,6 +439,14 @@ pub fn verify_dir_with_fs(
         }
     }
     progress(report.records, total);
+    if no_checkpoints && report.records > 0 {
+        report.problem(Problem::Notice(format!(
+            "checkpoints.log is missing or empty, yet the log holds {} records: either the node never signed one \
+             (a crash before its first checkpoint) or the file was emptied or deleted — nothing here is anchored \
+             by a signature",
+            report.records
+        )));
+    }
     for &(number, size, _) in cps {
         if size == 0 {
             report.checkpoints_ok += 1;
@@ -438,7 +469,11 @@ pub fn verify_dir_with_fs(
         let n = report.records;
         for level in 0..stored.levels.len().max(64 - n.leading_zeros() as usize) {
             let (have, want) = (stored.len(level), n >> level);
-            if have != want {
+            if have < want {
+                report.problem(Problem::Behind(format!(
+                    "Merkle store level {level} holds {have} nodes, the log implies {want}"
+                )));
+            } else if have > want {
                 report.problem(Problem::LevelLength {
                     level: level as u32,
                     stored: have,

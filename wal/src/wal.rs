@@ -581,8 +581,12 @@ impl Wal {
         fs.create_dir_all(&dir)
             .map_err(|e| Error::io("create directory", &dir, e))?;
         let lock_path = dir.join(LOCK_FILE_NAME);
-        let lock = fs
-            .try_lock(&lock_path)
+        let lock = if opts.read_only {
+            fs.try_lock_read(&lock_path)
+        } else {
+            fs.try_lock(&lock_path)
+        };
+        let lock = lock
             .map_err(|e| Error::io("lock", &lock_path, e))?
             .ok_or_else(|| Error::Locked {
                 dir: dir.clone(),

@@ -701,7 +701,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let problems: Vec<String> = report.problems.iter().map(ToString::to_string).collect();
             print(
                 j,
-                json!({"ok": report.ok(), "records": report.records, "bytes": report.bytes,
+                json!({"ok": report.ok(), "damage": report.problems.iter().filter(|p| !p.is_repairable()).count(),
+                       "records": report.records, "bytes": report.bytes,
                        "nodes_checked": report.nodes_checked, "checkpoints": report.checkpoints,
                        "checkpoints_ok": report.checkpoints_ok, "consistency_ok": report.consistency_ok,
                        "problems": problems, "elapsed_ms": report.elapsed.as_millis() as u64}),
@@ -718,15 +719,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     );
                     if problems.is_empty() {
                         s.push_str("\nOK: nothing wrong");
+                    } else if report.ok() {
+                        s.push_str("\nOK: no damage (what follows the next open repairs, or is only a note)");
                     }
-                    for p in &problems {
-                        s.push_str(&format!("\nPROBLEM: {p}"));
+                    for p in &report.problems {
+                        let label = if p.is_repairable() { "REPAIRABLE" } else { "DAMAGE" };
+                        s.push_str(&format!("\n{label}: {p}"));
                     }
                     s
                 },
             );
             if !report.ok() {
-                anyhow::bail!("{} problem(s) found", problems.len());
+                let damage = report.problems.iter().filter(|p| !p.is_repairable()).count();
+                anyhow::bail!("{damage} problem(s) found that are damage, not a crash the next open repairs");
             }
         }
         Cmd::Inspect { dir, from, limit } => {

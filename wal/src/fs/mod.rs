@@ -48,6 +48,13 @@ pub trait Fs: Send + Sync + std::fmt::Debug + 'static {
     fn sync_dir(&self, path: &Path) -> io::Result<()>;
     /// Takes an exclusive lock on `lock_file` (created if missing). `Ok(None)` when someone else holds it.
     fn try_lock(&self, lock_file: &Path) -> io::Result<Option<Box<dyn DirLock>>>;
+
+    /// Like [`Fs::try_lock`] for a reader that changes nothing (a read-only open, a verifier): shares the lock
+    /// with other readers, excludes a writer, and writes nothing (a missing lock file is not created). The
+    /// simulated file systems take the writer's lock.
+    fn try_lock_read(&self, lock_file: &Path) -> io::Result<Option<Box<dyn DirLock>>> {
+        self.try_lock(lock_file)
+    }
 }
 
 /// An open file.

@@ -87,7 +87,27 @@ impl Fs for RealFs {
             Err(std::fs::TryLockError::Error(e)) => Err(e),
         }
     }
+
+    fn try_lock_read(&self, lock_file: &Path) -> io::Result<Option<Box<dyn DirLock>>> {
+        let f = match OpenOptions::new().read(true).open(lock_file) {
+            Ok(f) => f,
+            // Nobody ever wrote here: nothing to exclude, and nothing is created.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Some(Box::new(NoLock))),
+            Err(e) => return Err(e),
+        };
+        match f.try_lock_shared() {
+            Ok(()) => Ok(Some(Box::new(RealLock(f)))),
+            Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+            Err(std::fs::TryLockError::Error(e)) => Err(e),
+        }
+    }
 }
+
+/// The lock of a directory that has no lock file (a reader creates none).
+#[derive(Debug)]
+struct NoLock;
+
+impl DirLock for NoLock {}
 
 impl FsFile for RealFile {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
