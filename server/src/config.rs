@@ -135,6 +135,11 @@ pub struct Flags {
     /// HTTP/2 streams per gRPC connection.
     #[arg(long, env = "AERODB_MAX_CONCURRENT_STREAMS")]
     pub max_concurrent_streams: Option<u32>,
+    /// Replica identities the primary accepts on the replication stream (mutual TLS): a replica's client
+    /// certificate must name one of them (DNS name or IP address in its SANs). Empty: any certificate the client
+    /// CA signed.
+    #[arg(long, env = "AERODB_REPLICA_IDENTITIES", value_delimiter = ',')]
+    pub replica_identities: Option<Vec<String>>,
     /// REST connections open at once (TLS handshakes included); one more is closed at once.
     #[arg(long, env = "AERODB_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
@@ -205,6 +210,7 @@ pub struct FileConfig {
     max_concurrent_requests: Option<usize>,
     max_concurrent_streams: Option<u32>,
     max_connections: Option<usize>,
+    replica_identities: Option<Vec<String>>,
     header_timeout_ms: Option<u64>,
     fail_on_startup_check: Option<bool>,
     request_timeout_ms: Option<u64>,
@@ -263,6 +269,8 @@ pub struct Config {
     pub max_concurrent_streams: u32,
     /// REST connections open at once.
     pub max_connections: usize,
+    /// Replica certificate identities accepted (empty: any the client CA signed).
+    pub replica_identities: Vec<String>,
     /// Time for a REST request head (and body), and for an idle kept-alive connection to start the next one.
     pub header_timeout: Duration,
     /// Refuse to start on a failed startup integrity check.
@@ -314,6 +322,7 @@ impl Config {
             max_concurrent_requests: 512,
             max_concurrent_streams: 128,
             max_connections: 512,
+            replica_identities: Vec::new(),
             header_timeout: Duration::from_secs(10),
             fail_on_startup_check: true,
             request_timeout: Duration::from_secs(10),
@@ -430,6 +439,10 @@ impl Config {
                     .or(file.max_concurrent_requests)
                     .unwrap_or(512),
                 max_connections: flags.max_connections.or(file.max_connections).unwrap_or(512),
+                replica_identities: flags
+                    .replica_identities
+                    .or(file.replica_identities)
+                    .unwrap_or_default(),
                 header_timeout: Duration::from_millis(
                     flags
                         .header_timeout_ms
@@ -493,6 +506,11 @@ impl Config {
                 "max_request_bytes {} is outside 1 KiB ..= 256 MiB",
                 c.max_request_bytes
             )));
+        }
+        if !c.replica_identities.is_empty() && c.tls_client_ca.is_none() {
+            return Err(Error::config(
+                "--replica-identities needs mutual TLS (--tls-client-ca): identities are read from client certificates",
+            ));
         }
         if c.max_connections == 0 || c.header_timeout.is_zero() {
             return Err(Error::config(

@@ -957,11 +957,17 @@ fn a_partition_under_load_heals_to_identical_logs() {
     );
 }
 
-/// Mutual TLS on the replication stream: the primary serves TLS with a client CA; a replica that presents no
-/// client certificate is refused (and says why in HA status); one with a certificate the CA signed follows.
+/// Mutual TLS on the replication stream: the primary serves TLS with a client CA and an identity allow-list; a
+/// replica that presents no client certificate is refused (and says why in HA status), so is one whose
+/// certificate the CA signed for another name; one with a certificate for an allowed name follows.
 #[test]
 fn the_replication_stream_takes_mutual_tls() {
-    let (pt, rt, rt2) = (Tmp::new("mtls-p"), Tmp::new("mtls-r"), Tmp::new("mtls-r2"));
+    let (pt, rt, rt2, rt3) = (
+        Tmp::new("mtls-p"),
+        Tmp::new("mtls-r"),
+        Tmp::new("mtls-r2"),
+        Tmp::new("mtls-r3"),
+    );
     let ca_key = rcgen::KeyPair::generate().unwrap();
     let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
     ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
@@ -976,6 +982,7 @@ fn the_replication_stream_takes_mutual_tls() {
     };
     let (server_cert, server_key) = leaf(vec!["localhost".into(), "127.0.0.1".into()]);
     let (client_cert, client_key) = leaf(vec!["replica-1".into()]);
+    let (other_cert, other_key) = leaf(vec!["intruder".into()]);
     let w = |dir: &Path, name: &str, text: &str| {
         let p = dir.join(name);
         aerodb_server::auth::write_secret_file(&p, text).unwrap();
@@ -997,6 +1004,8 @@ fn the_replication_stream_takes_mutual_tls() {
             &sk,
             "--tls-client-ca",
             &ca_path,
+            "--replica-identities",
+            "replica-1,replica-2",
         ],
     );
     // Writes go over REST/TLS here; use the gRPC API with the CA to append.
@@ -1069,7 +1078,19 @@ fn the_replication_stream_takes_mutual_tls() {
         assert!(Instant::now() < deadline, "no refusal: {h}");
         std::thread::sleep(Duration::from_millis(50));
     }
-    // With one the CA signed: it follows.
+    // With one the CA signed for a name not on the list: refused.
+    let other = follow(&rt3.0, Some((&other_cert, &other_key)));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let h = ha(&other);
+        if h["replication_error"].as_str().unwrap().contains("names none") {
+            assert_eq!(h["applied_commit_id"], 0);
+            break;
+        }
+        assert!(Instant::now() < deadline, "no refusal of a foreign identity: {h}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // With one the CA signed for an allowed name: it follows.
     let good = follow(&rt2.0, Some((&client_cert, &client_key)));
     wait_applied(&good, 10);
 }

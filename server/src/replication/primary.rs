@@ -82,6 +82,22 @@ impl pb::replication_server::Replication for ReplicationService {
             )
             .to_status());
         }
+        // And with an identity allow-list, the certificate must name one of them (any CA-signed certificate is
+        // not enough).
+        if !node.config.replica_identities.is_empty() {
+            let certs = req.peer_certs();
+            let leaf = certs.as_ref().and_then(|c| c.first());
+            if !leaf.is_some_and(|c| names_one_of(c.as_ref(), &node.config.replica_identities)) {
+                return Err(ApiError::new(
+                    Code::PermissionDenied,
+                    format!(
+                        "the replica's client certificate names none of the allowed replica identities ({})",
+                        node.config.replica_identities.join(", ")
+                    ),
+                )
+                .to_status());
+            }
+        }
         let peer = req.remote_addr().map_or_else(|| "?".into(), |a| a.to_string());
         let mut inbound = req.into_inner();
         let hello = match inbound.message().await? {
@@ -316,4 +332,16 @@ async fn send_log(
             return why.to_string();
         }
     }
+}
+
+/// Whether the DER certificate `der` is valid for one of `names` (DNS names or IP addresses in its SANs).
+fn names_one_of(der: &[u8], names: &[String]) -> bool {
+    let der = rustls_pki_types::CertificateDer::from(der);
+    let Ok(cert) = webpki::EndEntityCert::try_from(&der) else {
+        return false;
+    };
+    names.iter().any(|n| {
+        rustls_pki_types::ServerName::try_from(n.as_str())
+            .is_ok_and(|name| cert.verify_is_valid_for_subject_name(&name).is_ok())
+    })
 }
