@@ -207,10 +207,10 @@ fn bad_protobuf_is_invalid_argument(
 
 /// File descriptors the node needs besides its connections: the log's segments, the Merkle store, the index
 /// runs, the checkpoint log, the replication stream and the runtime.
-const FD_RESERVE: u64 = 128;
+pub const FD_RESERVE: u64 = 128;
 
 /// Raises the soft limit on open files to the hard limit, and refuses a configuration whose connection caps
-/// (REST and gRPC, `max_connections` each) do not fit in it with [`FD_RESERVE`] to spare. A node that runs out
+/// (REST and gRPC, `max_connections` each) do not fit in it with 128 descriptors to spare. A node that runs out
 /// of descriptors cannot write its own files; it is better not to start.
 pub fn budget_file_descriptors(config: &Config) -> Result<u64> {
     let limit =

@@ -135,3 +135,73 @@ async fn secrets_modes_plaintext_replicas_and_empty_unary_calls() {
         ),
     );
 }
+
+/// Runs the server in `dir` and returns (whether it exited on its own within `secs`, what it printed).
+fn run_briefly(dir: &std::path::Path, extra: &[&str], secs: u64) -> (bool, String) {
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_aerodb-server"))
+        .args(["--data-dir", &dir.join("data").display().to_string()])
+        .args(["--tokens-file", &dir.join("tokens.toml").display().to_string()])
+        .args(["--http-listen", "127.0.0.1:0", "--grpc-listen", "127.0.0.1:0"])
+        .args(extra)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while std::time::Instant::now() < deadline {
+        if child.try_wait().unwrap().is_some() {
+            let out = child.wait_with_output().unwrap();
+            return (true, String::from_utf8_lossy(&out.stderr).to_string());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    (false, String::from_utf8_lossy(&out.stderr).to_string())
+}
+
+#[test]
+fn a_failed_startup_check_refuses_to_start_unless_downgraded() {
+    let tmp = Tmp::new("startup-check");
+    let mut srv = start(&tmp.0, &[]);
+    for i in 0..20 {
+        let body = format!(r#"{{"tenant":"t","event":"e{i}"}}"#);
+        assert_eq!(
+            http(srv.http, "POST", "/v1/records", Some(WRITER), Some(&body)).status,
+            201
+        );
+    }
+    assert!(srv.terminate().success());
+    // The last two frames of the log zeroed: the log reads a clean end, but the final checkpoint (and the index)
+    // cover them — the startup check fails.
+    let mut segs: Vec<_> = std::fs::read_dir(srv.data.join("wal"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
+        .collect();
+    segs.sort();
+    let seg = segs.last().unwrap();
+    let mut b = std::fs::read(seg).unwrap();
+    let mut offs = Vec::new();
+    let mut pos = aerodb_wal::format::SEGMENT_HEADER_LEN;
+    while let Ok(h) = aerodb_wal::format::decode_frame_header(&b[pos..], 1 << 24) {
+        offs.push(pos);
+        pos += h.frame_len();
+    }
+    let from = offs[offs.len() - 2];
+    b[from..pos].fill(0);
+    std::fs::write(seg, &b).unwrap();
+    let (exited, err) = run_briefly(&tmp.0, &[], 20);
+    assert!(
+        exited && (err.contains("startup integrity check failed") || err.contains("the log lost records")),
+        "{err}"
+    );
+    // Downgraded: it starts, and says loudly what failed.
+    let (exited, err) = run_briefly(&tmp.0, &["--fail-on-startup-check", "false"], 3);
+    assert!(!exited, "did not keep running: {err}");
+    assert!(err.contains("STARTUP INTEGRITY CHECK FAILED"), "{err}");
+    report_figure(
+        "--fail-on-startup-check",
+        "the log's last frames gone under a checkpoint covering them: refused to start by default; runs (and \
+         says so) with --fail-on-startup-check false",
+    );
+}
