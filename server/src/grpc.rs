@@ -473,3 +473,107 @@ impl pb::ledger_server::Ledger for LedgerService {
         self.finish(r)
     }
 }
+
+/// Whether the gRPC method at `path` takes exactly one request message.
+fn is_unary(path: &str) -> bool {
+    path.starts_with("/aerodb.v1.Ledger/") && path != "/aerodb.v1.Ledger/AppendStream"
+}
+
+/// Wraps the body of a unary call so that a second request message is refused with `INVALID_ARGUMENT` (tonic
+/// reads the first and drops the rest silently).
+pub fn one_message_per_unary_call(
+    req: tonic::codegen::http::Request<tonic::body::Body>,
+) -> tonic::codegen::http::Request<tonic::body::Body> {
+    if is_unary(req.uri().path()) {
+        req.map(|b| tonic::body::Body::new(OneMessage::new(b)))
+    } else {
+        req
+    }
+}
+
+/// A request body that counts gRPC messages (each: a flag byte, a big-endian `u32` length, the bytes) and fails
+/// once a second one begins.
+struct OneMessage {
+    inner: tonic::body::Body,
+    /// Bytes of the current message still to come.
+    need: u64,
+    header: [u8; 5],
+    header_got: usize,
+    messages: u32,
+}
+
+impl OneMessage {
+    fn new(inner: tonic::body::Body) -> Self {
+        Self {
+            inner,
+            need: 0,
+            header: [0; 5],
+            header_got: 0,
+            messages: 0,
+        }
+    }
+
+    fn scan(&mut self, mut b: &[u8]) -> Result<(), Status> {
+        while !b.is_empty() {
+            if self.need > 0 {
+                let n = usize::try_from(self.need).unwrap_or(usize::MAX).min(b.len());
+                self.need -= n as u64;
+                b = &b[n..];
+                continue;
+            }
+            if self.header_got == 0 {
+                self.messages += 1;
+                if self.messages > 1 {
+                    return Err(Status::invalid_argument(
+                        "INVALID_ARGUMENT: a unary call carries exactly one request message; this one carries more",
+                    ));
+                }
+            }
+            let n = (5 - self.header_got).min(b.len());
+            self.header[self.header_got..self.header_got + n].copy_from_slice(&b[..n]);
+            self.header_got += n;
+            b = &b[n..];
+            if self.header_got == 5 {
+                self.need = u64::from(u32::from_be_bytes([
+                    self.header[1],
+                    self.header[2],
+                    self.header[3],
+                    self.header[4],
+                ]));
+                self.header_got = 0;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl http_body::Body for OneMessage {
+    type Data = bytes::Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let this = self.get_mut();
+        match std::pin::Pin::new(&mut this.inner).poll_frame(cx) {
+            std::task::Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    if let Err(s) = this.scan(data) {
+                        return std::task::Poll::Ready(Some(Err(s)));
+                    }
+                }
+                std::task::Poll::Ready(Some(Ok(frame)))
+            }
+            other => other,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        http_body::Body::is_end_stream(&self.inner)
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::Body::size_hint(&self.inner)
+    }
+}

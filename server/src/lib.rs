@@ -333,6 +333,9 @@ pub async fn serve(
         .layer(tower::util::MapResponseLayer::new(
             bad_protobuf_is_invalid_argument,
         ))
+        .layer(tower::util::MapRequestLayer::new(
+            grpc::one_message_per_unary_call,
+        ))
         .add_service(svc)
         .add_service(replication)
         .serve_with_incoming_shutdown(

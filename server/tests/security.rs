@@ -127,11 +127,30 @@ async fn secrets_modes_plaintext_replicas_and_empty_unary_calls() {
         .await
         .unwrap_err();
     assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    // Two request messages: INVALID_ARGUMENT too (tonic read the first and dropped the second).
+    let codec: tonic_prost::ProstCodec<
+        aerodb_proto::v1::GetRecordRequest,
+        aerodb_proto::v1::GetRecordResponse,
+    > = tonic_prost::ProstCodec::default();
+    let two = futures_util::stream::iter(vec![
+        aerodb_proto::v1::GetRecordRequest { commit_id: 1 },
+        aerodb_proto::v1::GetRecordRequest { commit_id: 2 },
+    ]);
+    grpc.ready().await.unwrap();
+    let status = grpc
+        .client_streaming(
+            with_token(two, READER),
+            tonic::codegen::http::uri::PathAndQuery::from_static("/aerodb.v1.Ledger/GetRecord"),
+            codec,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
     report_figure(
         "security details",
         &format!(
             "{refused} unsafe configurations refused (tokens 0644, TLS replica to http://, replicator token 0640); \
-             data dir 0700, key 0600; unary call without a message: INVALID_ARGUMENT"
+             data dir 0700, key 0600; unary call without a message or with two: INVALID_ARGUMENT"
         ),
     );
 }
