@@ -595,7 +595,8 @@ impl Db {
             Some(c) if c.checkpoint.size >= receipt.commit_id.0 => c,
             _ => self.checkpoint_now()?,
         };
-        let proof = self.inclusion_proof(receipt.commit_id, cp.checkpoint.size)?;
+        // The record's hash is the receipt's: no need to read it back from the log.
+        let proof = self.proof_for(receipt.commit_id.0, &receipt.record_hash, cp.checkpoint.size)?;
         Ok((receipt, cp, proof))
     }
 
@@ -725,13 +726,24 @@ impl Db {
     /// The inclusion proof of record `commit_id` in the tree of `tree_size` records.
     pub fn inclusion_proof(&self, commit_id: CommitId, tree_size: u64) -> Result<InclusionProof> {
         let commit_id = commit_id.0;
+        {
+            let st = self.inner.state.read();
+            check_range("tree size", tree_size, st.visible)?;
+            check_range("CommitId", commit_id, tree_size)?;
+        }
+        let record_hash = self.inner.read_record(commit_id)?.hash;
+        self.proof_for(commit_id, &record_hash, tree_size)
+    }
+
+    /// The inclusion proof of record `commit_id` (whose hash, from the log, is `record_hash`), checked before it
+    /// is returned: never serve a proof that does not verify. The root is the signed checkpoint's of that size
+    /// when it is the newest one (else the store's).
+    fn proof_for(&self, commit_id: u64, record_hash: &Hash, tree_size: u64) -> Result<InclusionProof> {
         let st = self.inner.state.read();
         check_range("tree size", tree_size, st.visible)?;
         check_range("CommitId", commit_id, tree_size)?;
         let hashes = merkle::inclusion_proof(&st.merkle, commit_id - 1, tree_size)?;
-        // Never serve a proof that does not verify: the leaf comes from the log, the root from the signed
-        // checkpoint of that size when it is the newest one (else from the store).
-        let leaf = leaf_hash(&self.inner.read_record(commit_id)?.hash);
+        let leaf = leaf_hash(record_hash);
         let root = self.expected_root(&st, tree_size)?;
         if !merkle::verify_inclusion(&leaf, commit_id - 1, tree_size, &hashes, &root) {
             return Err(self.inner.merkle_damaged(

@@ -61,26 +61,12 @@ pub async fn serve(
     let graceful = GracefulShutdown::new();
     loop {
         let accepted = tokio::select! {
-            r = tcp.accept() => Some(r),
+            a = admit(&tcp, &slots, &limits, &counters, "REST") => Some(a),
             () = async { let _ = stop.wait_for(|s| *s).await; } => None,
         };
-        let Some(accepted) = accepted else { break };
-        let (stream, peer) = match accepted {
-            Ok(x) => x,
-            Err(e) => {
-                // Out of file descriptors, or a connection reset before it was accepted: go on shortly.
-                tracing::warn!("REST accept: {e}");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
+        let Some((stream, peer, slot)) = accepted else {
+            break;
         };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            counters.refused.fetch_add(1, Ordering::Relaxed);
-            tracing::debug!(%peer, max = limits.max_connections, "REST connection refused: too many open");
-            drop(stream);
-            continue;
-        };
-        let _ = stream.set_nodelay(true);
         counters.open.fetch_add(1, Ordering::Relaxed);
         let (router, limits, counters) = (router.clone(), limits.clone(), counters.clone());
         let watcher = graceful.watcher();
@@ -106,6 +92,38 @@ pub async fn serve(
         );
     }
     Ok(())
+}
+
+/// The next connection that gets one of the `slots`: connections over the cap are closed at once (and
+/// counted); accept errors (out of descriptors, a reset before the accept) are logged and retried shortly.
+async fn admit(
+    tcp: &TcpListener,
+    slots: &Arc<Semaphore>,
+    limits: &Limits,
+    counters: &Counters,
+    api: &'static str,
+) -> (
+    tokio::net::TcpStream,
+    std::net::SocketAddr,
+    tokio::sync::OwnedSemaphorePermit,
+) {
+    loop {
+        let (stream, peer) = match tcp.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!("{api} accept: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            counters.refused.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(%peer, max = limits.max_connections, "{api} connection refused: too many open");
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        return (stream, peer, slot);
+    }
 }
 
 async fn serve_connection<S>(
@@ -139,28 +157,13 @@ pub fn grpc_incoming(
     futures_util::stream::unfold(
         (tcp, slots, limits, counters),
         |(tcp, slots, limits, counters)| async move {
-            loop {
-                let (stream, peer) = match tcp.accept().await {
-                    Ok(x) => x,
-                    Err(e) => {
-                        tracing::warn!("gRPC accept: {e}");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                let Ok(slot) = slots.clone().try_acquire_owned() else {
-                    counters.refused.fetch_add(1, Ordering::Relaxed);
-                    tracing::debug!(%peer, max = limits.max_connections, "gRPC connection refused: too many open");
-                    continue;
-                };
-                let _ = stream.set_nodelay(true);
-                let capped = Capped {
-                    inner: stream,
-                    _slot: slot,
-                    first_byte: Some(Box::pin(tokio::time::sleep(limits.header_timeout))),
-                };
-                return Some((Ok(capped), (tcp, slots, limits, counters)));
-            }
+            let (stream, _peer, slot) = admit(&tcp, &slots, &limits, &counters, "gRPC").await;
+            let capped = Capped {
+                inner: stream,
+                _slot: slot,
+                first_byte: Some(Box::pin(tokio::time::sleep(limits.header_timeout))),
+            };
+            Some((Ok(capped), (tcp, slots, limits, counters)))
         },
     )
 }

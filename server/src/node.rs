@@ -633,56 +633,47 @@ impl Node {
         &self,
         f: impl FnOnce(&Db) -> ApiResult<T> + Send + 'static,
     ) -> ApiResult<T> {
-        self.refuse_if_halted()?;
-        let timeout = self.config.request_timeout;
-        let permit = tokio::time::timeout(timeout, self.limit.acquire())
-            .await
-            .map_err(|_| {
-                ApiError::overloaded(
-                    format!(
-                        "{} requests are in flight; none finished within {} ms; this write was not started",
-                        self.config.max_concurrent_requests,
-                        timeout.as_millis()
-                    ),
-                    RETRY_AFTER_MS,
-                )
-            })?
-            .map_err(|_| ApiError::new(Code::Unavailable, "the node is shutting down"))?;
+        let permit = self.permit().await?;
         let db = self.db.clone();
         let out = tokio::task::spawn_blocking(move || f(&db)).await;
         drop(permit);
         out.map_err(|e| ApiError::new(Code::Internal, format!("request task failed: {e}")))?
     }
 
-    /// Runs `f` on the blocking pool under the concurrency limit and the request timeout.
+    /// A slot of the blocking-pool concurrency limit, waited for at most the request timeout (then refused with
+    /// a retry hint: nothing was started).
+    async fn permit(&self) -> ApiResult<tokio::sync::SemaphorePermit<'_>> {
+        self.refuse_if_halted()?;
+        let timeout = self.config.request_timeout;
+        tokio::time::timeout(timeout, self.limit.acquire())
+            .await
+            .map_err(|_| {
+                ApiError::overloaded(
+                    format!(
+                        "{} requests are in flight; none finished within {} ms; this one was not started",
+                        self.config.max_concurrent_requests,
+                        timeout.as_millis()
+                    ),
+                    RETRY_AFTER_MS,
+                )
+            })?
+            .map_err(|_| ApiError::new(Code::Unavailable, "the node is shutting down"))
+    }
+
+    /// Runs `f` (a read, or a non-append write) on the blocking pool under the concurrency limit and the request
+    /// timeout.
     async fn run<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Db) -> ApiResult<T> + Send + 'static,
     ) -> ApiResult<T> {
-        self.refuse_if_halted()?;
         let timeout = self.config.request_timeout;
-        let permit = tokio::time::timeout(timeout, self.limit.acquire())
-            .await
-            .map_err(|_| {
-                ApiError::new(
-                    Code::ResourceExhausted,
-                    format!(
-                        "{} requests are in flight; none finished within {} ms",
-                        self.config.max_concurrent_requests,
-                        timeout.as_millis()
-                    ),
-                )
-            })?
-            .map_err(|_| ApiError::new(Code::Unavailable, "the node is shutting down"))?;
+        let permit = self.permit().await?;
         let db = self.db.clone();
         let task = tokio::task::spawn_blocking(move || f(&db));
         let out = tokio::time::timeout(timeout, task).await.map_err(|_| {
             ApiError::new(
                 Code::DeadlineExceeded,
-                format!(
-                    "the request did not finish within {} ms (an append may still become durable)",
-                    timeout.as_millis()
-                ),
+                format!("the request did not finish within {} ms", timeout.as_millis()),
             )
         })?;
         drop(permit);
