@@ -57,7 +57,9 @@ pub struct Options {
     /// Refuse to open when the startup integrity check fails (E-6). `false` only downgrades failures to a loud
     /// warning.
     pub fail_on_startup_check: bool,
-    /// Open without write authority: every append is refused with [`NotWritable::NotWriteAuthority`].
+    /// Open without write authority and without changing any file: every append is refused with
+    /// [`NotWritable::NotWriteAuthority`]; what a writable open would repair (a torn log tail, derived files behind
+    /// the log) is reported and caught up in memory only.
     pub read_only: bool,
     /// A replica: no write authority (as `read_only`), but records replicated from the primary are appended with
     /// [`Db::append_replicated`], and the index is maintained on disk as on a primary.
@@ -230,10 +232,27 @@ struct Inner {
 /// An open AeroDB database. `Db` is `Send + Sync`; share it behind an `Arc` across threads.
 #[derive(Debug)]
 pub struct Db {
-    inner: Arc<Inner>,
-    ticker: Option<JoinHandle<()>>,
-    merger: Option<JoinHandle<()>>,
+    /// The open database, or why it is gone (an in-place recovery could not open it again).
+    live: RwLock<Live>,
+    /// The background threads of the open database (periodic checkpoints and index flushes; index merges).
+    threads: Mutex<Vec<JoinHandle<()>>>,
+    /// What `open` was given, so [`Db::recover_in_place`] can open the same database again.
+    fs: Arc<dyn Fs>,
+    dir: PathBuf,
+    opts: Options,
+    verifier: VerifierKey,
     report: OpenReport,
+    /// The report of the last in-place recovery, and how many succeeded.
+    recovered: Mutex<(Option<OpenReport>, u64)>,
+    /// One in-place recovery at a time.
+    recovering: Mutex<()>,
+}
+
+/// The state behind a [`Db`]: open, or gone for a stated reason.
+#[derive(Debug)]
+enum Live {
+    Open(Arc<Inner>),
+    Gone(String),
 }
 
 /// File name of the generated signing key.
@@ -264,242 +283,18 @@ impl Db {
 
     /// Opens the database in `dir` on the file system `fs` (tests use the memory and fault file systems).
     pub fn open_with_fs(fs: Arc<dyn Fs>, dir: &Path, opts: Options) -> Result<Db> {
-        let started = Instant::now();
-        fs.create_dir_all(dir).map_err(|e| Error::Io {
-            op: "create directory",
-            path: dir.to_owned(),
-            source: e,
-        })?;
-        let signer = match &opts.signing_key {
-            Some(k) => k.clone(),
-            None => load_or_create_key(&dir.join(KEY_FILE), &opts.origin)?,
-        };
-        if signer.name() != opts.origin {
-            return Err(Error::InvalidOptions(format!(
-                "the signing key is named {:?} but the origin is {:?}; they must match",
-                signer.name(),
-                opts.origin
-            )));
-        }
-        let verifier = signer.verifier();
-        let mut report = OpenReport::default();
-
-        // Checkpoints first: the newest one tells WAL recovery which records must never be cut as a torn tail.
-        let cp_path = dir.join(CHECKPOINT_LOG);
-        let opened = if opts.read_only {
-            CheckpointLog::open_read_only(&*fs, &cp_path)
-        } else {
-            CheckpointLog::open(&*fs, &cp_path)
-        };
-        let (checkpoints, cp_report) = opened.map_err(|e| Error::Io {
-            op: "open checkpoint log",
-            path: cp_path.clone(),
-            source: e,
-        })?;
-        if cp_report.torn_bytes > 0 {
-            report.repairs.push(format!(
-                "checkpoints.log: a torn last entry ({} bytes, after {} whole entries) {} — its checkpoint was never \
-                 returned (an append returns after its fsync)",
-                cp_report.torn_bytes,
-                cp_report.entries,
-                if opts.read_only { "is there (read-only: left in place)" } else { "was cut" }
-            ));
-        }
-        let mut signed = Vec::new();
-        for (i, note) in checkpoints.notes().iter().enumerate() {
-            match SignedCheckpoint::verify(note, &verifier) {
-                Ok(s) => signed.push(s),
-                Err(e) => report
-                    .problems
-                    .push(format!("checkpoint #{} does not verify: {e}", i + 1)),
-            }
-        }
-        let durable_mark = signed.iter().map(|s| s.checkpoint.size).max().unwrap_or(0);
-        let wal_opts = aerodb_wal::Options {
-            durable_mark: CommitId(durable_mark),
-            ..opts.wal.clone()
-        };
-        let t = Instant::now();
-        let wal = Wal::open(fs.clone(), dir.join("wal"), wal_opts)?;
-        report.wal_recovery = t.elapsed();
-        report.wal = wal.recovery_report().clone();
-        let records = wal.durable_commit_id().0;
-        // Derived files ahead of the log: with every append synced before it is applied, no crash leaves them so
-        // (after `kill -9` they hold every applied record; after a power loss, less). It means the log lost
-        // records it had acknowledged: refuse before anything is repaired, so the evidence stays.
-        if opts.wal.durability == aerodb_wal::Durability::Always {
-            let extra = crate::store::leaves_beyond(&*fs, &dir.join("merkle"), records)?;
-            let index_reach = crate::index::manifest_reach(&*fs, &dir.join("index")).unwrap_or(0);
-            let ahead = if extra > 0 {
-                Some(Error::LogBehindDerived {
-                    derived: "the Merkle store",
-                    derived_records: records + extra,
-                    log_records: records,
-                })
-            } else if index_reach > records {
-                Some(Error::LogBehindDerived {
-                    derived: "the index",
-                    derived_records: index_reach,
-                    log_records: records,
-                })
-            } else {
-                None
-            };
-            if let Some(e) = ahead {
-                if opts.fail_on_startup_check {
-                    return Err(e);
-                }
-                tracing::error!(error = %e, "STARTUP INTEGRITY CHECK FAILED; continuing because fail_on_startup_check is off");
-                report.problems.push(e.to_string());
-            }
-        }
-
-        let (mut merkle, _) = MerkleStore::open(fs.clone(), &dir.join("merkle"))?;
-        if merkle.size() > records {
-            report.problems.push(format!(
-                "Merkle store holds {} leaves but the log {} records; the extra leaves were discarded",
-                merkle.size(),
-                records
-            ));
-            merkle.truncate(records)?;
-        }
-        let stored_leaves = merkle.size();
-        let (ix, ix_open) = Index::open(fs.clone(), &dir.join("index"), records)?;
-        let index_files = ix.files();
-        let mut ix = ix;
-        report.index_runs = ix_open.runs;
-        report.repairs.extend(ix_open.notes);
-        for note in &report.repairs {
-            tracing::warn!(note = %note, "repaired at open");
-        }
-        let mut state = State {
-            merkle,
-            visible: 0,
-            tip_hash: genesis_hash(),
-            latest: signed.last().cloned(),
-            apply_failed: None,
-        };
-        // Verify first, then index: the hash chain is checked on both cores (every record hash and link; frame
-        // CRCs by the reader), so a corrupt log is refused before any index work; then the records after the
-        // persisted index runs are replayed into the index's memory table.
-        let check_from = durable_mark;
-        let t = Instant::now();
-        let chain = verify_chain(&wal, &mut state.merkle, stored_leaves, check_from, records)?;
-        report.chain_verify = t.elapsed();
-        let covered = ix_open.covered;
-        if covered < records {
-            wal.read_from(CommitId(covered + 1))?
-                .for_each_ref(|frame| -> Result<()> {
-                    let commit = frame.commit_id.0;
-                    if commit > records {
-                        return Ok(());
-                    }
-                    let v = record::view(frame.body()).map_err(|e| corruption(commit, e.to_string()))?;
-                    ix.add_view(commit, &v);
-                    Ok(())
-                })?;
-        }
-        report.index_replayed = records - covered;
-        report.records_verified = records;
-        report.leaves_rebuilt = chain.leaves_rebuilt;
-        report.problems.extend(chain.problems);
-        state.tip_hash = chain.tip_hash;
-        state.visible = records;
-        let last_ts = chain.last_ts;
-        // Every checkpoint: sizes never decrease, and the root at its size is what it signed.
-        let mut prev_size = 0;
-        for (i, s) in signed.iter().enumerate() {
-            let c = &s.checkpoint;
-            if c.size < prev_size {
-                report.problems.push(format!(
-                    "checkpoint #{} has size {} after size {prev_size}",
-                    i + 1,
-                    c.size
-                ));
-            }
-            prev_size = prev_size.max(c.size);
-            if c.size > state.visible {
-                report.problems.push(format!(
-                    "checkpoint #{} covers {} records but the log holds {}",
-                    i + 1,
-                    c.size,
-                    state.visible
-                ));
-            } else if merkle::root(&state.merkle, c.size)? != c.root {
-                report.problems.push(format!(
-                    "checkpoint #{} root does not match the log at size {}",
-                    i + 1,
-                    c.size
-                ));
-            } else {
-                report.checkpoints_verified += 1;
-            }
-        }
-        if !report.problems.is_empty() {
-            let summary = report.problems.join("; ");
-            if opts.fail_on_startup_check {
-                return Err(Error::Integrity(summary));
-            }
-            tracing::error!(problems = %summary, "STARTUP INTEGRITY CHECK FAILED; continuing because fail_on_startup_check is off");
-        }
-        state.merkle.sync()?;
-        let not_writable = (opts.read_only || opts.replica).then_some(NotWritable::NotWriteAuthority);
-        let inner = Arc::new(Inner {
-            dir: dir.to_owned(),
-            chain: std::sync::Mutex::new(Chain {
-                last_hash: state.tip_hash,
-                last_ts,
-            }),
-            wal,
-            signer,
-            verifier,
-            pending: Mutex::new(VecDeque::new()),
-            applied: AtomicU64::new(state.visible),
-            indexed: AtomicU64::new(state.visible),
-            state: RwLock::new(state),
-            checkpoints: Mutex::new(checkpoints),
-            refusing: AtomicBool::new(not_writable.is_some()),
-            not_writable: RwLock::new(not_writable),
-            stop: AtomicBool::new(false),
-            tick: (Mutex::new(()), Condvar::new()),
-            index_files,
-            index: RwLock::new(ix),
-            index_flush: Mutex::new(()),
-            index_merge: Mutex::new(()),
-            merge_wake: (Mutex::new(false), Condvar::new()),
-            opts,
-        });
-        // The first appender woken after a group commit applies the whole commit before waking the others.
-        let weak = Arc::downgrade(&inner);
-        inner.wal.set_durable_hook(Box::new(move |mine| {
-            if let Some(i) = weak.upgrade() {
-                if let Err(e) = i.apply_durable(mine.0) {
-                    tracing::error!(error = %e, "applying durable records failed");
-                }
-            }
-        }));
-        // Background work: periodic checkpoints and index flushes on one thread; index merges (which can take
-        // seconds on a large index) on another, so flushes, and with them the memory table's size, never wait
-        // for a merge.
-        let spawn = |name: &str, f: fn(&Inner)| {
-            let i = inner.clone();
-            std::thread::Builder::new()
-                .name(name.into())
-                .spawn(move || f(&i))
-                .map_err(|e| Error::Io {
-                    op: "spawn background thread",
-                    path: dir.to_owned(),
-                    source: e,
-                })
-        };
-        let ticker = Some(spawn("aerodb-background", Inner::ticker)?);
-        let merger = Some(spawn("aerodb-index-merge", Inner::merger)?);
-        report.elapsed = started.elapsed();
+        let (inner, report) = open_inner(fs.clone(), dir, opts.clone())?;
+        let threads = start_background(&inner)?;
         Ok(Db {
-            inner,
-            ticker,
-            merger,
+            verifier: inner.verifier.clone(),
+            live: RwLock::new(Live::Open(inner)),
+            threads: Mutex::new(threads),
+            fs,
+            dir: dir.to_owned(),
+            opts,
             report,
+            recovered: Mutex::new((None, 0)),
+            recovering: Mutex::new(()),
         })
     }
 
@@ -512,32 +307,36 @@ impl Db {
     /// The log's counters since open (frames, bytes, group commits, fsyncs and their latency).
     #[must_use]
     pub fn wal_stats(&self) -> aerodb_wal::WalStats {
-        self.inner.wal.stats()
+        self.live().map(|i| i.wal.stats()).unwrap_or_default()
     }
 
     /// The data directory.
     #[must_use]
     pub fn dir(&self) -> &Path {
-        &self.inner.dir
+        &self.dir
     }
 
     /// The key that verifies this log's checkpoints (`<name>+<id>+<key>`).
     #[must_use]
     pub fn verifier_key(&self) -> VerifierKey {
-        self.inner.verifier.clone()
+        self.verifier.clone()
     }
 
     /// Why writes are refused, if they are.
     #[must_use]
     pub fn not_writable(&self) -> Option<NotWritable> {
-        self.inner.writability()
+        match &*self.live.read() {
+            Live::Open(i) => i.writability(),
+            Live::Gone(why) => Some(NotWritable::LogFailed(why.clone())),
+        }
     }
 
     /// Appends one record.
     pub fn append(&self, tenant: &str, payload: Payload) -> Result<Receipt> {
+        let inner = self.inner()?;
         // One item on the stack: a single append allocates no vectors of its own.
         let mut items = [Item::new(tenant, &payload)];
-        self.inner.append_items(&mut items)?;
+        inner.append_items(&mut items)?;
         Ok(items[0].receipt())
     }
 
@@ -570,16 +369,17 @@ impl Db {
     /// Checks a record the way an append would (tenant, batch, size) without writing it, so a caller that
     /// gathers records from many clients into one [`Db::append_many`] can refuse a bad one alone.
     pub fn check(&self, tenant: &str, payload: &Payload) -> Result<()> {
-        check_record(tenant, payload, self.inner.opts.wal.max_record_bytes)
+        check_record(tenant, payload, self.opts.wal.max_record_bytes)
     }
 
     /// Appends several records as consecutive CommitIds in one durable write.
     pub fn append_many(&self, records: &[NewRecord]) -> Result<Vec<Receipt>> {
+        let inner = self.inner()?;
         let mut items: Vec<Item<'_>> = records
             .iter()
             .map(|r| Item::new(r.tenant.as_str(), &r.payload))
             .collect();
-        self.inner.append_items(&mut items)?;
+        inner.append_items(&mut items)?;
         Ok(items.iter().map(Item::receipt).collect())
     }
 
@@ -602,19 +402,21 @@ impl Db {
 
     /// The record `commit_id`, or `None` if the log does not (yet) hold it.
     pub fn record(&self, commit_id: CommitId) -> Result<Option<StoredRecord>> {
+        let inner = self.inner()?;
         let commit_id = commit_id.0;
-        if commit_id == 0 || commit_id > self.inner.state.read().visible {
+        if commit_id == 0 || commit_id > inner.state.read().visible {
             return Ok(None);
         }
-        self.inner.read_record(commit_id).map(Some)
+        inner.read_record(commit_id).map(Some)
     }
 
     /// Records from `from` (inclusive), at most `limit`.
     pub fn records(&self, from: CommitId, limit: usize) -> Result<Vec<StoredRecord>> {
+        let inner = self.inner()?;
         let from = from.0;
-        let visible = self.inner.state.read().visible;
+        let visible = inner.state.read().visible;
         let mut out = Vec::new();
-        for f in self.inner.wal.read_from(CommitId(from.max(1)))? {
+        for f in inner.wal.read_from(CommitId(from.max(1)))? {
             let f = f?;
             if f.commit_id.0 > visible || out.len() >= limit {
                 break;
@@ -631,19 +433,21 @@ impl Db {
 
     /// The value `key` had right after CommitId `at` was applied.
     pub fn get_at(&self, key: &[u8], at: CommitId) -> Result<Option<Bytes>> {
+        let inner = self.inner()?;
         let at = at.0;
-        let at = at.min(self.inner.visible());
-        let version = self.inner.index.read().version_at(KEYS, key, at);
+        let at = at.min(inner.visible());
+        let version = inner.index.read().version_at(KEYS, key, at);
         match version {
-            Some(v) if !ver_deleted(v) => self.inner.value_in(ver_commit(v), key),
+            Some(v) if !ver_deleted(v) => inner.value_in(ver_commit(v), key),
             _ => Ok(None),
         }
     }
 
     /// Every version of `key`, oldest first.
     pub fn history(&self, key: &[u8]) -> Result<Vec<Version>> {
-        let visible = self.inner.visible();
-        let versions = self.inner.index.read().versions(KEYS, key, visible);
+        let inner = self.inner()?;
+        let visible = inner.visible();
+        let versions = inner.index.read().versions(KEYS, key, visible);
         versions
             .into_iter()
             .map(|v| (ver_commit(v), ver_deleted(v)))
@@ -651,7 +455,7 @@ impl Db {
                 let value = if deleted {
                     None
                 } else {
-                    self.inner.value_in(commit, key)?
+                    inner.value_in(commit, key)?
                 };
                 Ok(Version {
                     commit_id: CommitId(commit),
@@ -663,12 +467,13 @@ impl Db {
 
     /// Current `(key, value)` pairs with keys in `range`, in key order, at most `limit`.
     pub fn scan<R: RangeBounds<[u8]>>(&self, range: R, limit: usize) -> Result<Vec<(Bytes, Bytes)>> {
-        let visible = self.inner.visible();
+        let inner = self.inner()?;
+        let visible = inner.visible();
         let lo: Bound<&[u8]> = range.start_bound();
         let hi: Bound<&[u8]> = range.end_bound();
-        let hits = self.inner.index.read().scan(lo, hi, visible, limit);
+        let hits = inner.index.read().scan(lo, hi, visible, limit);
         hits.into_iter()
-            .filter_map(|(k, c)| match self.inner.value_in(c, &k) {
+            .filter_map(|(k, c)| match inner.value_in(c, &k) {
                 Ok(Some(v)) => Some(Ok((k, v))),
                 Ok(None) => None,
                 Err(e) => Some(Err(e)),
@@ -687,22 +492,23 @@ impl Db {
 
     /// Records of `tenant` with CommitId ≥ `from`, oldest first, at most `limit`.
     pub fn scan_tenant(&self, tenant: &str, from: CommitId, limit: usize) -> Result<Vec<StoredRecord>> {
+        let inner = self.inner()?;
         let from = from.0;
-        let visible = self.inner.visible();
-        let ids: Vec<u64> = self
-            .inner
+        let visible = inner.visible();
+        let ids: Vec<u64> = inner
             .index
             .read()
             .versions_from(TENANTS, tenant.as_bytes(), from, visible, limit)
             .into_iter()
             .map(ver_commit)
             .collect();
-        ids.into_iter().map(|c| self.inner.read_record(c)).collect()
+        ids.into_iter().map(|c| inner.read_record(c)).collect()
     }
 
     /// The head of the log.
     pub fn tip(&self) -> Result<Tip> {
-        let st = self.inner.state.read();
+        let inner = self.inner()?;
+        let st = inner.state.read();
         Ok(Tip {
             commit_id: CommitId(st.visible),
             record_hash: st.tip_hash,
@@ -712,7 +518,8 @@ impl Db {
 
     /// The Merkle root of the first `size` records.
     pub fn root_at(&self, size: u64) -> Result<Hash> {
-        let st = self.inner.state.read();
+        let inner = self.inner()?;
+        let st = inner.state.read();
         if size > st.visible {
             return Err(Error::OutOfRange {
                 what: "tree size",
@@ -725,13 +532,14 @@ impl Db {
 
     /// The inclusion proof of record `commit_id` in the tree of `tree_size` records.
     pub fn inclusion_proof(&self, commit_id: CommitId, tree_size: u64) -> Result<InclusionProof> {
+        let inner = self.inner()?;
         let commit_id = commit_id.0;
         {
-            let st = self.inner.state.read();
+            let st = inner.state.read();
             check_range("tree size", tree_size, st.visible)?;
             check_range("CommitId", commit_id, tree_size)?;
         }
-        let record_hash = self.inner.read_record(commit_id)?.hash;
+        let record_hash = inner.read_record(commit_id)?.hash;
         self.proof_for(commit_id, &record_hash, tree_size)
     }
 
@@ -739,14 +547,15 @@ impl Db {
     /// is returned: never serve a proof that does not verify. The root is the signed checkpoint's of that size
     /// when it is the newest one (else the store's).
     fn proof_for(&self, commit_id: u64, record_hash: &Hash, tree_size: u64) -> Result<InclusionProof> {
-        let st = self.inner.state.read();
+        let inner = self.inner()?;
+        let st = inner.state.read();
         check_range("tree size", tree_size, st.visible)?;
         check_range("CommitId", commit_id, tree_size)?;
         let hashes = merkle::inclusion_proof(&st.merkle, commit_id - 1, tree_size)?;
         let leaf = leaf_hash(record_hash);
         let root = self.expected_root(&st, tree_size)?;
         if !merkle::verify_inclusion(&leaf, commit_id - 1, tree_size, &hashes, &root) {
-            return Err(self.inner.merkle_damaged(
+            return Err(inner.merkle_damaged(
                 commit_id,
                 format!("the inclusion proof of record {commit_id} in a tree of {tree_size} does not verify"),
             ));
@@ -769,7 +578,8 @@ impl Db {
 
     /// The consistency proof between the trees of `old_size` and `new_size` records.
     pub fn consistency_proof(&self, old_size: u64, new_size: u64) -> Result<Vec<Hash>> {
-        let st = self.inner.state.read();
+        let inner = self.inner()?;
+        let st = inner.state.read();
         check_range("tree size", new_size, st.visible)?;
         check_range("old tree size", old_size, new_size)?;
         let proof = merkle::consistency_proof(&st.merkle, old_size, new_size)?;
@@ -778,7 +588,7 @@ impl Db {
             self.expected_root(&st, new_size)?,
         );
         if !merkle::verify_consistency(old_size, new_size, &old_root, &new_root, &proof) {
-            return Err(self.inner.merkle_damaged(
+            return Err(inner.merkle_damaged(
                 new_size,
                 format!("the consistency proof from {old_size} to {new_size} does not verify"),
             ));
@@ -789,7 +599,7 @@ impl Db {
     /// The newest signed checkpoint.
     #[must_use]
     pub fn latest_checkpoint(&self) -> Option<SignedCheckpoint> {
-        self.inner.state.read().latest.clone()
+        self.live()?.state.read().latest.clone()
     }
 
     /// The `index`-th signed checkpoint of the checkpoint log (0 = the oldest), if there is one: what a primary
@@ -799,7 +609,7 @@ impl Db {
     /// and again at open, so only its body is parsed here: the send loop asks for one on every turn, and an
     /// Ed25519 verification per turn would be work done twice.
     pub fn checkpoint_at(&self, index: usize) -> Option<SignedCheckpoint> {
-        let note = self.inner.checkpoints.lock().notes().get(index)?.clone();
+        let note = self.live()?.checkpoints.lock().notes().get(index)?.clone();
         let body = &note[..=note.find("\n\n")?];
         let checkpoint = Checkpoint::parse_body(body).ok()?;
         Some(SignedCheckpoint { checkpoint, note })
@@ -807,27 +617,31 @@ impl Db {
 
     /// Every signed checkpoint, oldest first.
     pub fn checkpoints(&self) -> Vec<String> {
-        self.inner.checkpoints.lock().notes().to_vec()
+        self.live()
+            .map(|i| i.checkpoints.lock().notes().to_vec())
+            .unwrap_or_default()
     }
 
     /// Signs and persists a checkpoint of everything applied now (returns the newest one if nothing is new and
     /// this term has signed before). Only a writable database signs: a replica, read-only, halted or failed one
     /// gets [`Error::NotWritable`] (a replica's checkpoints are the primary's, via [`Db::add_checkpoint`]).
     pub fn checkpoint_now(&self) -> Result<SignedCheckpoint> {
-        self.inner.checkpoint_now()
+        let inner = self.inner()?;
+        inner.checkpoint_now()
     }
 
     /// The frames `from..` (inclusive) exactly as stored (header and body), up to about `max_bytes` (at least one
     /// frame when there is one) and never past the applied mark: what a primary streams to its replicas (R-3).
     pub fn raw_frames(&self, from: CommitId, max_bytes: usize) -> Result<Vec<Bytes>> {
+        let inner = self.inner()?;
         let from = from.0;
-        let visible = self.inner.visible();
+        let visible = inner.visible();
         let mut out = Vec::new();
         if from == 0 || from > visible {
             return Ok(out);
         }
         let mut bytes = 0;
-        for f in self.inner.wal.read_from(CommitId(from))? {
+        for f in inner.wal.read_from(CommitId(from))? {
             let f = f?;
             if f.commit_id.0 > visible || (bytes >= max_bytes && !out.is_empty()) {
                 break;
@@ -841,13 +655,13 @@ impl Db {
     /// Leaves in the Merkle store (equal to the applied records once open has rebuilt any it lacked).
     #[must_use]
     pub fn merkle_leaves(&self) -> u64 {
-        self.inner.state.read().merkle.size()
+        self.live().map_or(0, |i| i.state.read().merkle.size())
     }
 
     /// The capacity of new WAL segments (a replica must use the primary's, so sealed segments are byte-identical).
     #[must_use]
     pub fn segment_bytes(&self) -> u64 {
-        self.inner.opts.wal.segment_bytes
+        self.opts.wal.segment_bytes
     }
 
     /// Replica side (R-3): appends records received from the primary, each given as `(epoch, body, record hash)`
@@ -863,7 +677,8 @@ impl Db {
     /// (debug builds check it). The links themselves are checked here against those hashes, starting from this
     /// log's own last hash.
     pub fn append_replicated(&self, frames: &[(Epoch, &[u8], Hash)]) -> Result<CommitId> {
-        let inner = &*self.inner;
+        let inner = self.inner()?;
+
         if !inner.opts.replica {
             return Err(Error::InvalidOptions(
                 "only a replica (opened with `Options::replica`) appends replicated records".into(),
@@ -941,7 +756,8 @@ impl Db {
     /// key: a replica holds the log's key), that its size does not go back and that its root is this log's at that
     /// size. Returns `false` for a checkpoint no newer than the latest one held.
     pub fn add_checkpoint(&self, note: &str) -> Result<bool> {
-        let inner = &*self.inner;
+        let inner = self.inner()?;
+
         let signed = SignedCheckpoint::verify(note, &inner.verifier)?;
         let c = &signed.checkpoint;
         let mut log = inner.checkpoints.lock();
@@ -979,52 +795,184 @@ impl Db {
     /// Stops all writes (client and replicated) with [`NotWritable::Halted`]: the node halted (R-4) or learned of
     /// a newer primary term (H-1). Reads are the caller's to refuse. Lasts until the database is reopened.
     pub fn halt(&self, reason: impl Into<String>) {
-        self.inner.refuse(NotWritable::Halted(reason.into()));
+        if let Some(i) = self.live() {
+            i.refuse(NotWritable::Halted(reason.into()));
+        }
     }
 
     /// Writes the in-memory part of the key and tenant index to disk now and merges runs as needed (the background
     /// thread does this whenever it grows past [`Options::index_flush_versions`]).
     pub fn flush_index(&self) -> Result<()> {
-        self.inner.apply_durable(0)?;
-        self.inner.flush_index_table(1)?;
-        self.inner.merge_index_runs()
+        let inner = self.inner()?;
+        inner.apply_durable(0)?;
+        inner.flush_index_table(1)?;
+        inner.merge_index_runs()
     }
 
     /// Makes everything durable, writes a final checkpoint if there are new records, and stops background work.
     pub fn close(mut self) -> Result<()> {
-        self.stop_ticker();
-        self.inner.apply_durable(0)?;
+        self.stop_background();
+        let inner = self.inner()?;
+        inner.apply_durable(0)?;
         let has_new = {
-            let st = self.inner.state.read();
+            let st = inner.state.read();
             st.latest
                 .as_ref()
                 .map_or(st.visible > 0, |c| c.checkpoint.size < st.visible)
         };
-        if has_new && self.inner.writability().is_none() {
-            self.inner.checkpoint_now()?;
+        if has_new && inner.writability().is_none() {
+            inner.checkpoint_now()?;
         }
-        self.inner.state.write().merkle.sync()?;
-        if self.inner.wal.failure().is_none() && self.inner.maintains_index() {
+        inner.state.write().merkle.sync()?;
+        if inner.wal.failure().is_none() && inner.maintains_index() {
             // Persist the index's memory table so the next open replays nothing.
-            self.inner.flush_index_table(1)?;
-            self.inner.merge_index_runs()?;
+            inner.flush_index_table(1)?;
+            inner.merge_index_runs()?;
         }
         Ok(())
     }
 
-    fn stop_ticker(&mut self) {
-        self.inner.stop.store(true, Ordering::SeqCst);
-        self.inner.tick.1.notify_all();
-        self.inner.merge_wake.1.notify_all();
-        for t in [self.ticker.take(), self.merger.take()].into_iter().flatten() {
-            let _ = t.join();
+    /// Opens the database again in place after its log failed closed (a full disk, an I/O error, a file that
+    /// could not be opened), without a restart: the same steps as a restart — WAL recovery, the startup integrity
+    /// check, the Merkle store and index caught up from the log — then writes are accepted again. Callers wait
+    /// while it runs (new calls block; calls in flight finish first, for at most 10 s).
+    ///
+    /// Records whose outcome was unknown (their batch failed after its bytes were written) are kept if recovery
+    /// finds them whole, and their bytes are written again and synced ([`Wal::rewrite_active`]): a failed
+    /// `fdatasync` may have left them in the page cache only. A CommitId is never handed out twice: the log
+    /// continues after what it holds.
+    ///
+    /// Refused ([`Error::RecoveryRefused`]) unless writes are refused because the log or an apply step failed:
+    /// a halted node, a read-only database or a replica's role are not failures. If the database cannot be opened
+    /// again (the disk is still full, or the startup check finds damage), it is opened read-only so reads go on,
+    /// the error is returned and writes stay refused with the reason; if even that fails, every call answers
+    /// [`Error::Unavailable`] until a later recovery succeeds. Returns what the new open found.
+    pub fn recover_in_place(&self) -> Result<OpenReport> {
+        let _one = self.recovering.lock();
+        let old = match &*self.live.read() {
+            Live::Open(i) => match i.writability() {
+                Some(NotWritable::LogFailed(_)) => Some(i.clone()),
+                Some(other) => {
+                    return Err(Error::RecoveryRefused(format!(
+                        "writes are refused because {other}"
+                    )))
+                }
+                None => return Err(Error::RecoveryRefused("the database is writable".into())),
+            },
+            Live::Gone(_) => None,
+        };
+        let mut live = self.live.write();
+        if let Some(old) = old {
+            // Quiesce: no background work, no call in flight. New calls wait on `live`.
+            let threads = std::mem::take(&mut *self.threads.lock());
+            stop_threads(&old, threads);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Arc::strong_count(&old) > 2 {
+                if Instant::now() > deadline {
+                    old.stop.store(false, Ordering::SeqCst);
+                    *self.threads.lock() = start_background(&old)?;
+                    return Err(Error::RecoveryRefused(format!(
+                        "{} calls still use the database after 10 s",
+                        Arc::strong_count(&old) - 2
+                    )));
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            *live = Live::Gone("the database is being opened again in place".into());
+            // Close the failed log (its threads stop, its lock is released) and every file, then open again.
+            let Ok(Inner { wal, .. }) = Arc::try_unwrap(old) else {
+                unreachable!("the last reference is this one: the count was checked under the write lock")
+            };
+            if let Err(e) = wal.close() {
+                tracing::info!(error = %e, "closed the failed log");
+            }
         }
+        let t = Instant::now();
+        let opened = open_inner(self.fs.clone(), &self.dir, self.opts.clone()).and_then(|(inner, mut report)| {
+            let rewritten = inner.wal.rewrite_active()?;
+            report.repairs.push(format!(
+                "opened again in place after the log failed closed; the active segment's {rewritten} bytes were                  written again and synced"
+            ));
+            report.elapsed = t.elapsed();
+            Ok((inner, report))
+        });
+        match opened {
+            Ok((inner, report)) => {
+                *self.threads.lock() = start_background(&inner)?;
+                *live = Live::Open(inner);
+                let mut r = self.recovered.lock();
+                r.0 = Some(report.clone());
+                r.1 += 1;
+                tracing::warn!(
+                    records = report.records_verified,
+                    elapsed_ms = report.elapsed.as_millis() as u64,
+                    "the database was opened again in place; writes are accepted"
+                );
+                Ok(report)
+            }
+            Err(e) => {
+                let why = format!("opening the database again in place failed: {e}");
+                tracing::error!(reason = %why, "in-place recovery failed");
+                let ro = Options {
+                    read_only: true,
+                    ..self.opts.clone()
+                };
+                *live = match open_inner(self.fs.clone(), &self.dir, ro) {
+                    Ok((inner, _)) => {
+                        inner.refuse(NotWritable::LogFailed(why));
+                        Live::Open(inner)
+                    }
+                    Err(e2) => Live::Gone(format!("{why}; a read-only open also failed: {e2}")),
+                };
+                Err(e)
+            }
+        }
+    }
+
+    /// The report of the last successful [`Db::recover_in_place`] and how many have succeeded since open.
+    #[must_use]
+    pub fn recoveries(&self) -> (Option<OpenReport>, u64) {
+        self.recovered.lock().clone()
+    }
+
+    /// The open database, or `None` if it is gone.
+    fn live(&self) -> Option<Arc<Inner>> {
+        match &*self.live.read() {
+            Live::Open(i) => Some(i.clone()),
+            Live::Gone(_) => None,
+        }
+    }
+
+    /// The open database, or [`Error::Unavailable`] if it is gone.
+    fn inner(&self) -> Result<Arc<Inner>> {
+        match &*self.live.read() {
+            Live::Open(i) => Ok(i.clone()),
+            Live::Gone(why) => Err(Error::Unavailable(why.clone())),
+        }
+    }
+
+    /// Stops the background threads (they finish their current step).
+    fn stop_background(&mut self) {
+        let threads = std::mem::take(&mut *self.threads.lock());
+        if let Live::Open(i) = &*self.live.read() {
+            stop_threads(i, threads);
+        }
+    }
+}
+
+/// Asks an open database's background threads to stop and waits for them.
+fn stop_threads(inner: &Inner, threads: Vec<JoinHandle<()>>) {
+    inner.stop.store(true, Ordering::SeqCst);
+    inner.tick.1.notify_all();
+    inner.merge_wake.1.notify_all();
+    for t in threads {
+        let _ = t.join();
     }
 }
 
 impl Drop for Db {
     fn drop(&mut self) {
-        self.stop_ticker();
+        self.stop_background();
     }
 }
 
@@ -1078,7 +1026,7 @@ pub fn truncate_after(
     merkle.sync()?;
     drop(merkle);
     // 3. Index runs past the cut (opening keeps the runs the first `keep` records cover and records that).
-    drop(Index::open(fs.clone(), &dir.join("index"), keep)?);
+    drop(Index::open(fs.clone(), &dir.join("index"), keep, false)?);
     // 4. The log.
     Ok(aerodb_wal::truncate_after(
         fs,
@@ -1341,6 +1289,255 @@ fn verify_chain(
         }
     }
     Ok(pass)
+}
+
+/// Opens the database in `dir`: checkpoints, WAL recovery, the startup integrity check, the Merkle store and the
+/// index. The background threads are the caller's to start ([`start_background`]).
+fn open_inner(fs: Arc<dyn Fs>, dir: &Path, opts: Options) -> Result<(Arc<Inner>, OpenReport)> {
+    let started = Instant::now();
+    fs.create_dir_all(dir).map_err(|e| Error::Io {
+        op: "create directory",
+        path: dir.to_owned(),
+        source: e,
+    })?;
+    let signer = match &opts.signing_key {
+        Some(k) => k.clone(),
+        None => load_or_create_key(&dir.join(KEY_FILE), &opts.origin)?,
+    };
+    if signer.name() != opts.origin {
+        return Err(Error::InvalidOptions(format!(
+            "the signing key is named {:?} but the origin is {:?}; they must match",
+            signer.name(),
+            opts.origin
+        )));
+    }
+    let verifier = signer.verifier();
+    let mut report = OpenReport::default();
+
+    // Checkpoints first: the newest one tells WAL recovery which records must never be cut as a torn tail.
+    let cp_path = dir.join(CHECKPOINT_LOG);
+    let opened = if opts.read_only {
+        CheckpointLog::open_read_only(&*fs, &cp_path)
+    } else {
+        CheckpointLog::open(&*fs, &cp_path)
+    };
+    let (checkpoints, cp_report) = opened.map_err(|e| Error::Io {
+        op: "open checkpoint log",
+        path: cp_path.clone(),
+        source: e,
+    })?;
+    if cp_report.torn_bytes > 0 {
+        report.repairs.push(format!(
+                "checkpoints.log: a torn last entry ({} bytes, after {} whole entries) {} — its checkpoint was never \
+                 returned (an append returns after its fsync)",
+                cp_report.torn_bytes,
+                cp_report.entries,
+                if opts.read_only { "is there (read-only: left in place)" } else { "was cut" }
+            ));
+    }
+    let mut signed = Vec::new();
+    for (i, note) in checkpoints.notes().iter().enumerate() {
+        match SignedCheckpoint::verify(note, &verifier) {
+            Ok(s) => signed.push(s),
+            Err(e) => report
+                .problems
+                .push(format!("checkpoint #{} does not verify: {e}", i + 1)),
+        }
+    }
+    let durable_mark = signed.iter().map(|s| s.checkpoint.size).max().unwrap_or(0);
+    let wal_opts = aerodb_wal::Options {
+        durable_mark: CommitId(durable_mark),
+        // A read-only database changes no file, the log included (a torn tail is reported, not cut).
+        read_only: opts.wal.read_only || opts.read_only,
+        ..opts.wal.clone()
+    };
+    let t = Instant::now();
+    let wal = Wal::open(fs.clone(), dir.join("wal"), wal_opts)?;
+    report.wal_recovery = t.elapsed();
+    report.wal = wal.recovery_report().clone();
+    let records = wal.durable_commit_id().0;
+    // Derived files ahead of the log: with every append synced before it is applied, no crash leaves them so
+    // (after `kill -9` they hold every applied record; after a power loss, less). It means the log lost
+    // records it had acknowledged: refuse before anything is repaired, so the evidence stays.
+    if opts.wal.durability == aerodb_wal::Durability::Always {
+        let extra = crate::store::leaves_beyond(&*fs, &dir.join("merkle"), records)?;
+        let index_reach = crate::index::manifest_reach(&*fs, &dir.join("index")).unwrap_or(0);
+        let ahead = if extra > 0 {
+            Some(Error::LogBehindDerived {
+                derived: "the Merkle store",
+                derived_records: records + extra,
+                log_records: records,
+            })
+        } else if index_reach > records {
+            Some(Error::LogBehindDerived {
+                derived: "the index",
+                derived_records: index_reach,
+                log_records: records,
+            })
+        } else {
+            None
+        };
+        if let Some(e) = ahead {
+            if opts.fail_on_startup_check {
+                return Err(e);
+            }
+            tracing::error!(error = %e, "STARTUP INTEGRITY CHECK FAILED; continuing because fail_on_startup_check is off");
+            report.problems.push(e.to_string());
+        }
+    }
+
+    let merkle_dir = dir.join("merkle");
+    let (mut merkle, _) = if opts.read_only {
+        MerkleStore::open_read_only(fs.clone(), &merkle_dir)?
+    } else {
+        MerkleStore::open(fs.clone(), &merkle_dir)?
+    };
+    if merkle.size() > records {
+        report.problems.push(format!(
+            "Merkle store holds {} leaves but the log {} records; the extra leaves were discarded",
+            merkle.size(),
+            records
+        ));
+        merkle.truncate(records)?;
+    }
+    let stored_leaves = merkle.size();
+    let (ix, ix_open) = Index::open(fs.clone(), &dir.join("index"), records, opts.read_only)?;
+    let index_files = ix.files();
+    let mut ix = ix;
+    report.index_runs = ix_open.runs;
+    report.repairs.extend(ix_open.notes);
+    for note in &report.repairs {
+        tracing::warn!(note = %note, "repaired at open");
+    }
+    let mut state = State {
+        merkle,
+        visible: 0,
+        tip_hash: genesis_hash(),
+        latest: signed.last().cloned(),
+        apply_failed: None,
+    };
+    // Verify first, then index: the hash chain is checked on both cores (every record hash and link; frame
+    // CRCs by the reader), so a corrupt log is refused before any index work; then the records after the
+    // persisted index runs are replayed into the index's memory table.
+    let check_from = durable_mark;
+    let t = Instant::now();
+    let chain = verify_chain(&wal, &mut state.merkle, stored_leaves, check_from, records)?;
+    report.chain_verify = t.elapsed();
+    let covered = ix_open.covered;
+    if covered < records {
+        wal.read_from(CommitId(covered + 1))?
+            .for_each_ref(|frame| -> Result<()> {
+                let commit = frame.commit_id.0;
+                if commit > records {
+                    return Ok(());
+                }
+                let v = record::view(frame.body()).map_err(|e| corruption(commit, e.to_string()))?;
+                ix.add_view(commit, &v);
+                Ok(())
+            })?;
+    }
+    report.index_replayed = records - covered;
+    report.records_verified = records;
+    report.leaves_rebuilt = chain.leaves_rebuilt;
+    report.problems.extend(chain.problems);
+    state.tip_hash = chain.tip_hash;
+    state.visible = records;
+    let last_ts = chain.last_ts;
+    // Every checkpoint: sizes never decrease, and the root at its size is what it signed.
+    let mut prev_size = 0;
+    for (i, s) in signed.iter().enumerate() {
+        let c = &s.checkpoint;
+        if c.size < prev_size {
+            report.problems.push(format!(
+                "checkpoint #{} has size {} after size {prev_size}",
+                i + 1,
+                c.size
+            ));
+        }
+        prev_size = prev_size.max(c.size);
+        if c.size > state.visible {
+            report.problems.push(format!(
+                "checkpoint #{} covers {} records but the log holds {}",
+                i + 1,
+                c.size,
+                state.visible
+            ));
+        } else if merkle::root(&state.merkle, c.size)? != c.root {
+            report.problems.push(format!(
+                "checkpoint #{} root does not match the log at size {}",
+                i + 1,
+                c.size
+            ));
+        } else {
+            report.checkpoints_verified += 1;
+        }
+    }
+    if !report.problems.is_empty() {
+        let summary = report.problems.join("; ");
+        if opts.fail_on_startup_check {
+            return Err(Error::Integrity(summary));
+        }
+        tracing::error!(problems = %summary, "STARTUP INTEGRITY CHECK FAILED; continuing because fail_on_startup_check is off");
+    }
+    state.merkle.sync()?;
+    let not_writable = (opts.read_only || opts.replica).then_some(NotWritable::NotWriteAuthority);
+    let inner = Arc::new(Inner {
+        dir: dir.to_owned(),
+        chain: std::sync::Mutex::new(Chain {
+            last_hash: state.tip_hash,
+            last_ts,
+        }),
+        wal,
+        signer,
+        verifier,
+        pending: Mutex::new(VecDeque::new()),
+        applied: AtomicU64::new(state.visible),
+        indexed: AtomicU64::new(state.visible),
+        state: RwLock::new(state),
+        checkpoints: Mutex::new(checkpoints),
+        refusing: AtomicBool::new(not_writable.is_some()),
+        not_writable: RwLock::new(not_writable),
+        stop: AtomicBool::new(false),
+        tick: (Mutex::new(()), Condvar::new()),
+        index_files,
+        index: RwLock::new(ix),
+        index_flush: Mutex::new(()),
+        index_merge: Mutex::new(()),
+        merge_wake: (Mutex::new(false), Condvar::new()),
+        opts,
+    });
+    // The first appender woken after a group commit applies the whole commit before waking the others.
+    let weak = Arc::downgrade(&inner);
+    inner.wal.set_durable_hook(Box::new(move |mine| {
+        if let Some(i) = weak.upgrade() {
+            if let Err(e) = i.apply_durable(mine.0) {
+                tracing::error!(error = %e, "applying durable records failed");
+            }
+        }
+    }));
+    report.elapsed = started.elapsed();
+    Ok((inner, report))
+}
+
+/// Starts the background threads of an open database: periodic checkpoints and index flushes on one thread; index
+/// merges (which can take seconds on a large index) on another, so flushes, and with them the memory table's size,
+/// never wait for a merge.
+fn start_background(inner: &Arc<Inner>) -> Result<Vec<JoinHandle<()>>> {
+    let spawn = |name: &str, f: fn(&Inner)| {
+        let i = inner.clone();
+        std::thread::Builder::new()
+            .name(name.into())
+            .spawn(move || f(&i))
+            .map_err(|e| Error::Io {
+                op: "spawn background thread",
+                path: inner.dir.clone(),
+                source: e,
+            })
+    };
+    Ok(vec![
+        spawn("aerodb-background", Inner::ticker)?,
+        spawn("aerodb-index-merge", Inner::merger)?,
+    ])
 }
 
 fn load_or_create_key(path: &Path, origin: &str) -> Result<SigningKey> {

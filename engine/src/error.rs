@@ -70,6 +70,13 @@ pub enum Error {
         /// How many the log holds.
         log_records: u64,
     },
+    /// The database is not open: an in-place recovery could not open it again (the reason says why). A restart
+    /// runs the startup check and names the problem.
+    #[error("the database is unavailable: {0}")]
+    Unavailable(String),
+    /// [`crate::Db::recover_in_place`] did not run: the database has not failed closed, or is still in use.
+    #[error("in-place recovery refused: {0}")]
+    RecoveryRefused(String),
     /// The startup integrity check failed (E-6); the report says what.
     #[error("startup integrity check failed: {0}")]
     Integrity(String),

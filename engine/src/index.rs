@@ -754,9 +754,17 @@ pub fn manifest_reach(fs: &dyn Fs, dir: &Path) -> Option<u64> {
 
 impl Index {
     /// Opens the runs the manifest lists, keeping the longest valid prefix that the log (of `records` records)
-    /// covers, and removes files the manifest does not list.
-    pub fn open(fs: Arc<dyn Fs>, dir: &Path, records: u64) -> crate::Result<(Index, IndexOpen)> {
-        fs.create_dir_all(dir).map_err(io_err("create directory", dir))?;
+    /// covers, and removes files the manifest does not list. `read_only` changes no file: refused runs are left
+    /// in place and what they covered is replayed from the log into memory.
+    pub fn open(
+        fs: Arc<dyn Fs>,
+        dir: &Path,
+        records: u64,
+        read_only: bool,
+    ) -> crate::Result<(Index, IndexOpen)> {
+        if !read_only {
+            fs.create_dir_all(dir).map_err(io_err("create directory", dir))?;
+        }
         let mut report = IndexOpen::default();
         let manifest_path = dir.join(MANIFEST);
         let manifest = match read_file(&*fs, &manifest_path, 16 + MAX_RUNS as u64 * 16 + 4) {
@@ -807,7 +815,13 @@ impl Index {
             }
         }
         let live: Vec<String> = runs.iter().map(|r| run_name(r.lo, r.hi)).collect();
-        for name in fs.list_dir(dir).map_err(io_err("list directory", dir))? {
+        let names = match fs.list_dir(dir) {
+            Ok(n) if !read_only => n,
+            Ok(_) => Vec::new(),
+            Err(e) if read_only && e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(io_err("list directory", dir)(e)),
+        };
+        for name in names {
             if name != MANIFEST && !live.contains(&name) {
                 let _ = fs.remove_file(&dir.join(&name));
             }
@@ -815,7 +829,7 @@ impl Index {
         let covered = runs.last().map_or(0, |r| r.hi);
         report.covered = covered;
         report.runs = runs.len();
-        if runs.len() != manifest.runs.len() {
+        if runs.len() != manifest.runs.len() && !read_only {
             // Record the shorter list now, so a later crash cannot resurrect a refused run.
             write_manifest(
                 &*fs,
@@ -1353,7 +1367,7 @@ mod tests {
     fn flush_merge_and_reopen_answer_like_memory() {
         let fs: Arc<dyn Fs> = Arc::new(MemFs::new());
         let dir = Path::new("/ix");
-        let (mut ix, _) = Index::open(fs.clone(), dir, 0).unwrap();
+        let (mut ix, _) = Index::open(fs.clone(), dir, 0, false).unwrap();
         let mut model: BTreeMap<Bytes, Vec<Ver>> = BTreeMap::new();
         for c in 1..=500u64 {
             let key = k(&format!("k{:03}", c % 37));
@@ -1401,7 +1415,7 @@ mod tests {
         };
         check(&ix);
         let covered = ix.runs.last().unwrap().hi;
-        let (mut again, rep) = Index::open(fs.clone(), dir, 500).unwrap();
+        let (mut again, rep) = Index::open(fs.clone(), dir, 500, false).unwrap();
         assert_eq!(rep.covered, covered);
         for c in covered + 1..=500 {
             let key = k(&format!("k{:03}", c % 37));
@@ -1409,7 +1423,7 @@ mod tests {
         }
         check(&again);
         // A log shorter than the runs: runs past it are dropped.
-        let (short, rep) = Index::open(fs, dir, covered - 1).unwrap();
+        let (short, rep) = Index::open(fs, dir, covered - 1, false).unwrap();
         assert!(short.runs.iter().all(|r| r.hi < covered));
         assert!(!rep.notes.is_empty());
     }
@@ -1418,7 +1432,7 @@ mod tests {
     fn parse_refuses_every_single_byte_change_in_a_run() {
         let fs: Arc<dyn Fs> = Arc::new(MemFs::new());
         let dir = Path::new("/ix");
-        let (mut ix, _) = Index::open(fs.clone(), dir, 0).unwrap();
+        let (mut ix, _) = Index::open(fs.clone(), dir, 0, false).unwrap();
         for c in 1..=20u64 {
             ix.add(c, "t", [(k(&format!("key{c}")), false)]);
         }
@@ -1441,7 +1455,7 @@ mod tests {
     #[test]
     fn freezing_keeps_records_after_the_visible_mark_in_memory() {
         let fs: Arc<dyn Fs> = Arc::new(MemFs::new());
-        let (mut ix, _) = Index::open(fs, Path::new("/ix"), 0).unwrap();
+        let (mut ix, _) = Index::open(fs, Path::new("/ix"), 0, false).unwrap();
         for c in 1..=10u64 {
             ix.add(c, "t", [(k(&format!("k{}", c % 3)), c == 9)]);
         }

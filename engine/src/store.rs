@@ -53,7 +53,8 @@ pub enum StoreError {
 #[derive(Debug)]
 struct Level {
     path: PathBuf,
-    file: Arc<dyn FsFile>,
+    /// The level file; `None` in a read-only store whose file does not exist.
+    file: Option<Arc<dyn FsFile>>,
     /// Hashes written to the file.
     written: u64,
     /// A map of the file's first `map.len() / 32` hashes.
@@ -86,6 +87,8 @@ pub struct MerkleStore {
     size: u64,
     /// Serializes watermark writes and remembers the highest one, so META never moves backwards.
     meta: Arc<parking_lot::Mutex<u64>>,
+    /// A read-only store changes no file: repairs and new hashes stay in memory.
+    read_only: bool,
 }
 
 /// The second half of a sync, run without holding the store: fsync the level files written by
@@ -98,11 +101,16 @@ pub struct SyncTicket {
     leaves: u64,
     root: Hash,
     meta: Arc<parking_lot::Mutex<u64>>,
+    /// False for a read-only store: nothing is written.
+    write: bool,
 }
 
 impl SyncTicket {
     /// Fsyncs the files and writes the watermark atomically (temp file, fsync, rename, fsync dir).
     pub fn commit(self) -> Result<(), StoreError> {
+        if !self.write {
+            return Ok(());
+        }
         for (f, path) in &self.files {
             f.sync_data().map_err(io("fsync level file", path))?;
         }
@@ -170,8 +178,30 @@ pub fn leaves_beyond(fs: &dyn Fs, dir: &Path, records: u64) -> Result<u64, Store
 impl MerkleStore {
     /// Opens (creating if needed) the store in `dir`, repairing levels whose lengths disagree.
     pub fn open(fs: Arc<dyn Fs>, dir: &Path) -> Result<(Self, StoreOpenReport), StoreError> {
-        fs.create_dir_all(dir).map_err(io("create directory", dir))?;
-        let names = fs.list_dir(dir).map_err(io("list directory", dir))?;
+        Self::open_mode(fs, dir, false)
+    }
+
+    /// Opens the store without changing any file (a read-only database, a verifier): what a writable open would
+    /// repair or catch up is done in memory only.
+    pub fn open_read_only(fs: Arc<dyn Fs>, dir: &Path) -> Result<(Self, StoreOpenReport), StoreError> {
+        Self::open_mode(fs, dir, true)
+    }
+
+    fn open_mode(
+        fs: Arc<dyn Fs>,
+        dir: &Path,
+        read_only: bool,
+    ) -> Result<(Self, StoreOpenReport), StoreError> {
+        let names = if read_only {
+            match fs.list_dir(dir) {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+                Err(e) => return Err(io("list directory", dir)(e)),
+            }
+        } else {
+            fs.create_dir_all(dir).map_err(io("create directory", dir))?;
+            fs.list_dir(dir).map_err(io("list directory", dir))?
+        };
         let mut count = 0;
         while names.contains(&level_name(count)) {
             count += 1;
@@ -182,6 +212,7 @@ impl MerkleStore {
             levels: Vec::new(),
             size: 0,
             meta: Arc::default(),
+            read_only,
         };
         let mut report = StoreOpenReport::default();
         for l in 0..count {
@@ -263,6 +294,28 @@ impl MerkleStore {
 
     fn open_level(&mut self, l: usize) -> Result<(), StoreError> {
         let path = self.dir.join(level_name(l));
+        if self.read_only {
+            let file = match self.fs.open(&path, OpenMode::Read) {
+                Ok(f) => Some(Arc::<dyn FsFile>::from(f)),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                Err(e) => return Err(io("open level file", &path)(e)),
+            };
+            let (written, map) = match &file {
+                Some(f) => (
+                    f.len().map_err(io("stat level file", &path))? / 32,
+                    f.map().map_err(io("map level file", &path))?,
+                ),
+                None => (0, Bytes::new()),
+            };
+            self.levels.push(Level {
+                path,
+                file,
+                written,
+                map: RwLock::new(map),
+                buf: Vec::new(),
+            });
+            return Ok(());
+        }
         let file = match self.fs.open(&path, OpenMode::ReadWrite) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => self
@@ -281,7 +334,7 @@ impl MerkleStore {
         let file: Arc<dyn FsFile> = Arc::from(file);
         self.levels.push(Level {
             path,
-            file,
+            file: Some(file),
             written,
             map: RwLock::new(map),
             buf: Vec::new(),
@@ -292,12 +345,17 @@ impl MerkleStore {
     fn truncate_level(&mut self, l: usize, n: u64) -> Result<(), StoreError> {
         let level = &mut self.levels[l];
         level.buf.clear();
-        level
-            .file
-            .set_len(n * 32)
-            .map_err(io("truncate level file", &level.path))?;
         level.written = n;
-        *level.map.write() = level.file.map().map_err(io("map level file", &level.path))?;
+        if self.read_only {
+            // Only `written` bounds what is read from the map: the hashes beyond it are gone for this store.
+            return Ok(());
+        }
+        let Some(file) = &level.file else {
+            return Ok(());
+        };
+        file.set_len(n * 32)
+            .map_err(io("truncate level file", &level.path))?;
+        *level.map.write() = file.map().map_err(io("map level file", &level.path))?;
         Ok(())
     }
 
@@ -340,7 +398,8 @@ impl MerkleStore {
             }
         }
         // Written since the map was made: map the file again (the old map stays valid for its readers).
-        let fresh = l.file.map().map_err(io("map level file", &l.path))?;
+        let file = l.file.as_ref().ok_or_else(missing)?;
+        let fresh = file.map().map_err(io("map level file", &l.path))?;
         let mut h = [0u8; 32];
         h.copy_from_slice(fresh.get(at..at + 32).ok_or_else(missing)?);
         *l.map.write() = fresh;
@@ -374,13 +433,16 @@ impl MerkleStore {
 
     /// Writes buffered hashes to the level files (no fsync).
     pub fn flush(&mut self) -> Result<(), StoreError> {
+        if self.read_only {
+            return Ok(());
+        }
         for l in &mut self.levels {
             if l.buf.is_empty() {
                 continue;
             }
+            let Some(file) = &l.file else { continue };
             let bytes: Vec<u8> = l.buf.iter().flatten().copied().collect();
-            l.file
-                .write_all_at(&bytes, l.written * 32)
+            file.write_all_at(&bytes, l.written * 32)
                 .map_err(io("write level file", &l.path))?;
             l.written += l.buf.len() as u64;
             l.buf.clear();
@@ -403,9 +465,10 @@ impl MerkleStore {
             files: self
                 .levels
                 .iter()
-                .map(|l| (l.file.clone(), l.path.clone()))
+                .filter_map(|l| Some((l.file.clone()?, l.path.clone())))
                 .collect(),
             leaves: self.size,
+            write: !self.read_only,
             root: crate::merkle::root(self, self.size)?,
             meta: self.meta.clone(),
         })

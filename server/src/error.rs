@@ -25,7 +25,8 @@ pub enum Code {
     PermissionDenied,
     /// This node does not accept writes; another node is (or may be) the leader.
     NotLeader,
-    /// The log failed an fsync or write and refuses writes until the node restarts.
+    /// The log failed an fsync or write and refuses writes until it is opened again (by the node itself once the
+    /// disk has room, or by a restart).
     LogFailed,
     /// The node is halted.
     Halted,
@@ -233,6 +234,7 @@ impl From<EngineError> for ApiError {
             ),
             EngineError::NotWritable(NotWritable::LogFailed(_)) => Self::new(Code::LogFailed, e.to_string()),
             EngineError::NotWritable(NotWritable::Halted(_)) => Self::new(Code::Halted, e.to_string()),
+            EngineError::Unavailable(_) => Self::new(Code::Unavailable, e.to_string()),
             EngineError::Wal(aerodb_wal::Error::FailedClosed(_)) => Self::new(Code::LogFailed, e.to_string()),
             EngineError::Wal(aerodb_wal::Error::RecordTooLarge { .. }) => {
                 Self::new(Code::PayloadTooLarge, e.to_string())

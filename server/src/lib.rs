@@ -40,6 +40,11 @@ use crate::{
 /// How often a fenced primary re-checks its fence between writes.
 const FENCE_CHECK: std::time::Duration = std::time::Duration::from_millis(200);
 
+/// How often a node whose log failed closed checks for room to open it again.
+const RECOVER_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
+/// The longest wait between failed in-place reopen attempts (doubling from `RECOVER_CHECK`).
+const RECOVER_BACKOFF_MAX: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// The addresses a running server bound.
 #[derive(Clone, Debug)]
 pub struct Bound {
@@ -311,6 +316,52 @@ pub async fn serve(
                 }
                 let n = node.clone();
                 let _ = tokio::task::spawn_blocking(move || n.check_fence()).await;
+            }
+        });
+    }
+    // A node whose log failed closed opens it again in place once the disk has room (see `recover_if_possible`).
+    {
+        let (node, mut stop) = (node.clone(), stop_rx.clone());
+        tokio::spawn(async move {
+            let mut backoff = RECOVER_CHECK;
+            let mut said_no_room = false;
+            loop {
+                tokio::select! {
+                    () = tokio::time::sleep(backoff) => {}
+                    _ = stop.wait_for(|s| *s) => return,
+                }
+                let n = node.clone();
+                let Ok(step) = tokio::task::spawn_blocking(move || n.recover_if_possible()).await else {
+                    continue;
+                };
+                match step {
+                    node::Recovery::NotNeeded => said_no_room = false,
+                    node::Recovery::NoRoom { free, need } => {
+                        if !said_no_room {
+                            tracing::warn!(
+                                free,
+                                need,
+                                "the log failed closed; waiting for free space to open it again"
+                            );
+                            said_no_room = true;
+                        }
+                    }
+                    node::Recovery::Recovered => {
+                        tracing::warn!("the log was opened again in place; writes are accepted");
+                        said_no_room = false;
+                        backoff = RECOVER_CHECK;
+                        continue;
+                    }
+                    node::Recovery::Failed(why) => {
+                        backoff = (backoff * 2).min(RECOVER_BACKOFF_MAX);
+                        tracing::error!(
+                            retry_in_ms = backoff.as_millis() as u64,
+                            "opening the log again failed: {why}"
+                        );
+                        continue;
+                    }
+                }
+                backoff = RECOVER_CHECK;
             }
         });
     }

@@ -73,6 +73,10 @@ pub struct Metrics {
     pub lock_acquire_failures: Mutex<BTreeMap<&'static str, u64>>,
     /// Appends refused at admission (`max_concurrent_requests` in flight).
     pub appends_refused_overload: AtomicU64,
+    /// Times the log was opened again in place after it failed closed.
+    pub log_recoveries: AtomicU64,
+    /// In-place reopen attempts that failed.
+    pub log_recovery_failures: AtomicU64,
     /// The REST listener's connection counts.
     pub rest_connections: std::sync::Arc<crate::listener::Counters>,
     /// The gRPC listener's refused connections.
@@ -270,6 +274,18 @@ impl Metrics {
                 "aerodb_appends_refused_overload_total",
                 "Appends refused at admission with 429 / RESOURCE_EXHAUSTED (max_concurrent_requests in flight); none was written.",
                 self.appends_refused_overload
+                    .load(std::sync::atomic::Ordering::Relaxed),
+            ),
+            (
+                "aerodb_log_recoveries_total",
+                "Times the log was opened again in place (recovery and startup check re-run) after it failed closed, once the disk had room.",
+                self.log_recoveries
+                    .load(std::sync::atomic::Ordering::Relaxed),
+            ),
+            (
+                "aerodb_log_recovery_failures_total",
+                "In-place reopen attempts of a failed-closed log that failed (writes stay refused; retried with backoff).",
+                self.log_recovery_failures
                     .load(std::sync::atomic::Ordering::Relaxed),
             ),
             (

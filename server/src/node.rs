@@ -76,6 +76,30 @@ fn unknown_each(receipts: &[Receipt], why: &str) -> Vec<ApiError> {
         .collect()
 }
 
+/// What one [`Node::recover_if_possible`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Recovery {
+    /// Writes are not refused for a log failure.
+    NotNeeded,
+    /// The data directory's file system has less room than a reopen needs.
+    NoRoom {
+        /// Bytes available to this process.
+        free: u64,
+        /// Bytes wanted: two segments (the active one's successor is preallocated).
+        need: u64,
+    },
+    /// The log was opened again in place and accepts writes.
+    Recovered,
+    /// The reopen failed; writes stay refused (the reason).
+    Failed(String),
+}
+
+/// Bytes available to an unprivileged writer on the file system holding `dir`.
+fn free_bytes(dir: &std::path::Path) -> std::io::Result<u64> {
+    let st = rustix::fs::statvfs(dir)?;
+    Ok(st.f_bavail.saturating_mul(st.f_frsize))
+}
+
 /// Shared state of a running node.
 #[derive(Debug)]
 pub struct Node {
@@ -977,6 +1001,38 @@ impl Node {
                 ("ok (read-only replica)".into(), false, true)
             }
             Some(r) => (format!("failed closed: {r}"), false, false),
+        }
+    }
+
+    /// A node whose log failed closed (a full disk, an I/O error) opens it again in place once the data
+    /// directory's file system has room for two segments: recovery and the startup check run again, then writes
+    /// are accepted (called on a timer by `serve`). A halted or fail-stopped node is not failed closed and is left
+    /// alone; so is a replica, which halts when its log fails.
+    pub fn recover_if_possible(&self) -> Recovery {
+        if self.fail_stopped.lock().is_some()
+            || !matches!(self.db.not_writable(), Some(NotWritable::LogFailed(_)))
+        {
+            return Recovery::NotNeeded;
+        }
+        let need = self.config.segment_bytes.saturating_mul(2);
+        match free_bytes(&self.config.data_dir) {
+            Ok(free) if free < need => return Recovery::NoRoom { free, need },
+            Ok(_) => {}
+            Err(e) => {
+                return Recovery::Failed(format!("free space of {}: {e}", self.config.data_dir.display()))
+            }
+        }
+        match self.db.recover_in_place() {
+            Ok(_) => {
+                self.metrics.log_recoveries.fetch_add(1, AtomicOrdering::Relaxed);
+                Recovery::Recovered
+            }
+            Err(e) => {
+                self.metrics
+                    .log_recovery_failures
+                    .fetch_add(1, AtomicOrdering::Relaxed);
+                Recovery::Failed(e.to_string())
+            }
         }
     }
 

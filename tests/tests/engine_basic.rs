@@ -354,3 +354,96 @@ fn index_flushes_and_merges_under_concurrent_reads_and_writes() {
         check(&db);
     });
 }
+
+/// Every file under `dir` with its bytes and mode, and every directory.
+fn snapshot(dir: &Path) -> Vec<(String, Vec<u8>, u32)> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_owned()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            let m = std::fs::metadata(&p).unwrap();
+            let name = p.strip_prefix(dir).unwrap().display().to_string();
+            if m.is_dir() {
+                out.push((name + "/", Vec::new(), m.permissions().mode()));
+                todo.push(p);
+            } else {
+                out.push((name, std::fs::read(&p).unwrap(), m.permissions().mode()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn a_read_only_open_changes_no_file_even_when_derived_files_lag_or_are_damaged() {
+    let tmp = TempDir::new("ro-open");
+    let dir = tmp.path().join("db");
+    let opts = aerodb_engine::Options {
+        index_flush_versions: 64,
+        ..engine_opts()
+    };
+    let db = Db::open(&dir, opts.clone()).unwrap();
+    for i in 0..300u32 {
+        db.put(
+            "t",
+            Bytes::from(format!("k{}", i % 50)),
+            Bytes::from(i.to_string()),
+        )
+        .unwrap();
+        if i == 150 {
+            db.checkpoint_now().unwrap();
+            db.flush_index().unwrap();
+        }
+    }
+    drop(db); // no final checkpoint, no index flush: the index's memory table and the last leaves are replayed
+    let ro = aerodb_engine::Options {
+        read_only: true,
+        ..opts.clone()
+    };
+    let mut cases = 0;
+    type Hurt = fn(&Path);
+    let damage: [(&str, Hurt); 4] = [
+        ("as the crash left it", |_| {}),
+        ("Merkle store behind the log", |d| {
+            let f = std::fs::OpenOptions::new()
+                .write(true)
+                .open(d.join("merkle/level-00.hashes"))
+                .unwrap();
+            f.set_len(100 * 32 + 7).unwrap();
+        }),
+        ("index manifest damaged", |d| {
+            std::fs::write(d.join("index/MANIFEST"), b"garbage").unwrap()
+        }),
+        ("Merkle store deleted", |d| {
+            std::fs::remove_dir_all(d.join("merkle")).unwrap()
+        }),
+    ];
+    for (what, hurt) in damage {
+        hurt(&dir);
+        let before = snapshot(&dir);
+        let db = Db::open(&dir, ro.clone()).unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert_eq!(db.tip().unwrap().commit_id, CommitId(300), "{what}");
+        assert_eq!(db.get(b"k7").unwrap(), Some(b("257")), "{what}");
+        let cp = db.latest_checkpoint().unwrap();
+        let p = db.inclusion_proof(CommitId(120), cp.checkpoint.size).unwrap();
+        assert_eq!(p.tree_size, 151, "{what}");
+        db.close().unwrap();
+        assert_eq!(
+            snapshot(&dir),
+            before,
+            "{what}: a read-only open changed the directory"
+        );
+        cases += 1;
+    }
+    // A writable open then repairs what the read-only ones left.
+    let db = Db::open(&dir, opts).unwrap();
+    assert!(!db.open_report().repairs.is_empty());
+    assert_eq!(db.get(b"k7").unwrap(), Some(b("257")));
+    aerodb_tests::report_figure(
+        "engine_basic read-only open",
+        &format!("{cases} directory states, 0 bytes changed"),
+    );
+}

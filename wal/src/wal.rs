@@ -578,8 +578,10 @@ impl Wal {
     pub fn open(fs: Arc<dyn Fs>, dir: impl AsRef<Path>, opts: Options) -> Result<Wal> {
         opts.validate()?;
         let dir = dir.as_ref().to_owned();
-        fs.create_dir_all(&dir)
-            .map_err(|e| Error::io("create directory", &dir, e))?;
+        if !opts.read_only {
+            fs.create_dir_all(&dir)
+                .map_err(|e| Error::io("create directory", &dir, e))?;
+        }
         let lock_path = dir.join(LOCK_FILE_NAME);
         let lock = if opts.read_only {
             fs.try_lock_read(&lock_path)
@@ -768,6 +770,37 @@ impl Wal {
     #[must_use]
     pub fn stats(&self) -> WalStats {
         *self.shared.stats.lock()
+    }
+
+    /// Writes the active segment's bytes (header and every recovered frame) back in place and syncs them, so that
+    /// what recovery read is on the disk and not only in the page cache. After an earlier handle's `fdatasync`
+    /// failed, the kernel may have dropped the dirty pages' error and marked them clean: the bytes then read back
+    /// as written although the disk may not hold them, and a later sync would not write them again. A fresh write
+    /// dirties them, and a successful sync makes them durable. Used when a log is opened again in place after it
+    /// failed closed. Returns the bytes written (0 without an active segment or when read-only).
+    pub fn rewrite_active(&self) -> Result<u64> {
+        if self.shared.opts.read_only {
+            return Ok(0);
+        }
+        let io = self.shared.io.lock();
+        let Some(a) = io.active.as_ref() else {
+            return Ok(0);
+        };
+        let mut buf = vec![0u8; 1 << 20];
+        let mut at = 0;
+        while at < a.data_end {
+            let n = (a.data_end - at).min(buf.len() as u64) as usize;
+            crate::fs::read_exact_at(&*a.file, &mut buf[..n], at)
+                .map_err(|e| Error::io("read segment for rewrite", &a.path, e))?;
+            a.file
+                .write_all_at(&buf[..n], at)
+                .map_err(|e| Error::io("rewrite segment", &a.path, e))?;
+            at += n as u64;
+        }
+        a.file
+            .sync_data()
+            .map_err(|e| Error::io("fdatasync rewritten segment", &a.path, e))?;
+        Ok(a.data_end)
     }
 
     /// Why the log failed closed, if it did.

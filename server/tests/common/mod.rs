@@ -126,11 +126,24 @@ pub struct Server {
 }
 
 pub fn start(dir: &Path, extra: &[&str]) -> Server {
-    let data = dir.join("data");
+    start_wrapped(dir, &dir.join("data"), &[], extra)
+}
+
+/// Starts the server with data in `data`, run through `wrapper` (a command that ends by running its arguments,
+/// such as `unshare`), with the tokens and ports files in `dir`.
+pub fn start_wrapped(dir: &Path, data: &Path, wrapper: &[&str], extra: &[&str]) -> Server {
+    let data = data.to_owned();
     let tokens = write_tokens(dir);
     let ports = dir.join("ports.json");
     let _ = std::fs::remove_file(&ports);
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_aerodb-server"));
+    let mut cmd = match wrapper.split_first() {
+        Some((first, rest)) => {
+            let mut c = Command::new(first);
+            c.args(rest).arg(env!("CARGO_BIN_EXE_aerodb-server"));
+            c
+        }
+        None => Command::new(env!("CARGO_BIN_EXE_aerodb-server")),
+    };
     cmd.arg("--data-dir")
         .arg(&data)
         .arg("--tokens-file")
