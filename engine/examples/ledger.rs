@@ -8,12 +8,12 @@
 use aerodb_wal::CommitId;
 use std::path::PathBuf;
 
-use aerodb_engine::merkle::to_hex as hex;
 use aerodb_engine::{
     merkle, record, verify_dir, Db, NewRecord, Op, Options, Payload, SignedCheckpoint, VerifierKey,
     VerifyOptions,
 };
 use bytes::Bytes;
+use hex::encode as hex;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let dir = std::env::args()
@@ -62,7 +62,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "appended {} records in {:.0} ms; root {}",
         tip.commit_id,
         started.elapsed().as_secs_f64() * 1e3,
-        hex(&tip.root)
+        hex(tip.root)
     );
 
     // Reads: now, at an older CommitId, the history of one key, one tenant's records.

@@ -14,18 +14,6 @@ pub type Hash = [u8; 32];
 /// Upper bound on proof length accepted by the verifiers (a tree of 2^64 leaves needs at most 64 hashes).
 pub const MAX_PROOF_HASHES: usize = 64;
 
-/// Lower-case hexadecimal of `bytes` (how hashes are shown in JSON, logs and the CLI).
-#[must_use]
-pub fn to_hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for &b in bytes {
-        s.push(DIGITS[usize::from(b >> 4)] as char);
-        s.push(DIGITS[usize::from(b & 0x0f)] as char);
-    }
-    s
-}
-
 /// The root of the empty tree: SHA-256 of the empty string.
 #[must_use]
 pub fn empty_root() -> Hash {
@@ -374,27 +362,12 @@ pub mod reference {
 mod tests {
     use super::*;
 
-    #[test]
-    fn to_hex_is_lower_case_two_digits_per_byte() {
-        assert_eq!(to_hex(&[]), "");
-        assert_eq!(to_hex(&[0x00, 0x0f, 0xa0, 0xff, 0x5c]), "000fa0ff5c");
-        let all: Vec<u8> = (0..=255).collect();
-        let expected: String = all.iter().map(|b| format!("{b:02x}")).collect();
-        assert_eq!(to_hex(&all), expected);
-    }
-
     fn h(s: &str) -> Hash {
-        let mut out = [0u8; 32];
-        for (i, b) in out.iter_mut().enumerate() {
-            *b = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).unwrap();
-        }
-        out
+        hex::decode(s).unwrap().try_into().unwrap()
     }
 
     fn unhex(s: &str) -> Vec<u8> {
-        (0..s.len() / 2)
-            .map(|i| u8::from_str_radix(&s[2 * i..2 * i + 2], 16).unwrap())
-            .collect()
+        hex::decode(s).unwrap()
     }
 
     /// The Certificate Transparency reference inputs and tree heads for sizes 0..=8, as published with the

@@ -638,7 +638,7 @@ mod tests {
 
     #[test]
     fn genesis_hash_is_the_documented_constant() {
-        let hex: String = genesis_hash().iter().map(|b| format!("{b:02x}")).collect();
+        let hex = hex::encode(genesis_hash());
         assert_eq!(
             hex,
             "45891d22996825604eabd7768ba11bc7ce557e7e210acf8fdb24777e6ee7dd81"

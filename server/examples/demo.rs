@@ -22,7 +22,7 @@ use bytes::Bytes;
 fn token() -> String {
     let mut b = [0u8; 18];
     getrandom::getrandom(&mut b).expect("OS randomness");
-    b.iter().map(|x| format!("{x:02x}")).collect()
+    hex::encode(b)
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

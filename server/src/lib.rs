@@ -376,7 +376,10 @@ pub async fn serve(
             .map_err(|e| Error::config(format!("gRPC TLS: {e}")))?;
     }
     let grpc = builder
-        .timeout(cfg.request_timeout)
+        // The transport's own timeout is a backstop: the handlers answer at `request_timeout` with the precise code
+        // (DEADLINE_EXCEEDED unwritten, SYNC_REPLICAS_UNAVAILABLE after a bounded wait), which a transport timeout
+        // of the same length would race and turn into a bare CANCELLED.
+        .timeout(cfg.request_timeout + std::time::Duration::from_millis(500))
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)))
         .max_concurrent_streams(cfg.max_concurrent_streams)

@@ -533,7 +533,7 @@ impl Node {
             .map_or(0, |d| d.as_millis());
         let path = self.config.data_dir.join(format!("halt-evidence-{ms}.txt"));
         let tip = self.db.tip().ok();
-        let hex = |h: &[u8]| h.iter().map(|b| format!("{b:02x}")).collect::<String>();
+        let hex = hex::encode::<&[u8; 32]>;
         let mut text = format!(
             "AeroDB halt evidence\nnode: {}\nstate before: {before:?}\nstate now: {:?}\nhighest epoch: {}\n",
             self.config.node_id, role.state, role.highest_epoch

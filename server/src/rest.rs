@@ -4,7 +4,6 @@
 
 use std::{collections::HashMap, sync::Arc};
 
-use aerodb_engine::merkle::to_hex as hex;
 use aerodb_engine::{merkle, NewRecord, Op, Payload, SignedCheckpoint, StoredRecord};
 use axum::{
     body::Bytes as BodyBytes,
@@ -16,6 +15,7 @@ use axum::{
 };
 use base64::{engine::general_purpose::STANDARD as B64, Engine as _};
 use bytes::Bytes;
+use hex::encode as hex;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -392,9 +392,9 @@ fn record_json(r: &StoredRecord) -> Value {
         "epoch": rec.epoch.0,
         "timestamp_ms": rec.timestamp_ms,
         "tenant": rec.tenant,
-        "prev_hash": hex(&rec.prev_hash),
-        "record_hash": hex(&r.hash),
-        "leaf_hash": hex(&merkle::leaf_hash(&r.hash)),
+        "prev_hash": hex(rec.prev_hash),
+        "record_hash": hex(r.hash),
+        "leaf_hash": hex(merkle::leaf_hash(&r.hash)),
         "canonical_base64": B64.encode(&r.canonical),
     });
     match &rec.payload {
@@ -432,7 +432,7 @@ fn checkpoint_json(c: &SignedCheckpoint) -> Value {
     json!({
         "origin": c.checkpoint.origin,
         "size": c.checkpoint.size,
-        "root": hex(&c.checkpoint.root),
+        "root": hex(c.checkpoint.root),
         "epoch": c.checkpoint.epoch.0,
         "note": c.note,
     })
@@ -441,7 +441,7 @@ fn checkpoint_json(c: &SignedCheckpoint) -> Value {
 fn receipt_json(r: &aerodb_engine::Receipt) -> Value {
     let mut m = serde_json::Map::with_capacity(3);
     m.insert("commit_id".into(), r.commit_id.0.into());
-    m.insert("record_hash".into(), hex(&r.record_hash).into());
+    m.insert("record_hash".into(), hex(r.record_hash).into());
     m.insert("leaf_index".into(), r.leaf_index.into());
     Value::Object(m)
 }
@@ -474,7 +474,7 @@ async fn append(
             v["proof"] = json!({
                 "leaf_index": proof.leaf_index,
                 "tree_size": proof.tree_size,
-                "hashes": proof.hashes.iter().map(|h| hex(h)).collect::<Vec<_>>(),
+                "hashes": proof.hashes.iter().map(hex).collect::<Vec<_>>(),
             });
         }
         Ok(v)
@@ -617,7 +617,7 @@ async fn inclusion(State(node): Shared, headers: HeaderMap, RawQuery(raw): RawQu
         let mut v = json!({
             "leaf_index": inc.proof.leaf_index,
             "tree_size": inc.proof.tree_size,
-            "hashes": inc.proof.hashes.iter().map(|h| hex(h)).collect::<Vec<_>>(),
+            "hashes": inc.proof.hashes.iter().map(hex).collect::<Vec<_>>(),
             "record": record_json(&inc.record),
         });
         if let Some(cp) = &inc.checkpoint {
@@ -642,7 +642,7 @@ async fn consistency(State(node): Shared, headers: HeaderMap, RawQuery(raw): Raw
         Ok(json!({
             "old_size": old,
             "new_size": new,
-            "hashes": hashes.iter().map(|h| hex(h)).collect::<Vec<_>>(),
+            "hashes": hashes.iter().map(hex).collect::<Vec<_>>(),
         }))
     }
     .await;

@@ -18,17 +18,13 @@ use bytes::Bytes;
 use common::*;
 
 fn unhex(s: &str) -> [u8; 32] {
-    let v: Vec<u8> = (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-        .collect();
-    v.try_into().unwrap()
+    hex::decode(s).unwrap().try_into().unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rest_and_grpc_round_trips_with_locally_verified_proofs() {
-    let tmp = Tmp::new("api");
-    let srv = start(&tmp.0, &["--checkpoint-interval-ms", "50"]);
+    let tmp = TempDir::new("api");
+    let srv = start(tmp.path(), &["--checkpoint-interval-ms", "50"]);
     let h = srv.http;
     let vkey = VerifierKey::parse(&srv.verifier_key).unwrap();
 
@@ -319,8 +315,8 @@ async fn rest_and_grpc_round_trips_with_locally_verified_proofs() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_finishes_appends_in_flight_and_exits_zero() {
-    let tmp = Tmp::new("sigterm");
-    let mut srv = start(&tmp.0, &[]);
+    let tmp = TempDir::new("sigterm");
+    let mut srv = start(tmp.path(), &[]);
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut tasks = Vec::new();
     // Eight writers on AppendStream calls: at the shutdown their streams end with UNAVAILABLE, after the answer to
@@ -494,8 +490,8 @@ async fn append_stream(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn append_stream_answers_each_append_in_order_and_the_first_error_ends_it() {
-    let tmp = Tmp::new("append-stream");
-    let srv = start(&tmp.0, &[]);
+    let tmp = TempDir::new("append-stream");
+    let srv = start(tmp.path(), &[]);
     let mut c = srv.grpc().await;
 
     // Five appends sent at once: answered in the order sent, as consecutive CommitIds, each with its receipt; the

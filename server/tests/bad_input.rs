@@ -107,9 +107,9 @@ fn good_append() -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_bad_input_gets_a_precise_error_and_the_server_stays_healthy() {
-    let tmp = Tmp::new("t14");
+    let tmp = TempDir::new("t14");
     let srv = start(
-        &tmp.0,
+        tmp.path(),
         &["--max-request-bytes", "65536", "--checkpoint-interval-ms", "50"],
     );
     let h = srv.http;

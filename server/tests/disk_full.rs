@@ -13,7 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{http, report_figure, start_wrapped, Tmp, ADMIN, READER, WRITER};
+use common::{http, report_figure, start_wrapped, TempDir, ADMIN, READER, WRITER};
 
 /// Size of the tmpfs, and of the filler file that leaves the node little room.
 const TMPFS_MB: u64 = 24;
@@ -65,8 +65,8 @@ fn a_full_disk_fails_closed_and_the_node_recovers_in_place_once_space_is_freed()
         probe.is_ok_and(|s| s.success()),
         "this test needs `unshare -m` (root, or user namespaces) to give the server a tmpfs of its own"
     );
-    let tmp = Tmp::new("disk-full");
-    let mnt = tmp.0.join("mnt");
+    let tmp = TempDir::new("disk-full");
+    let mnt = tmp.path().join("mnt");
     std::fs::create_dir_all(&mnt).unwrap();
     let mnt_s = mnt.to_str().unwrap().to_owned();
     // The wrapper mounts the tmpfs in a new mount namespace, fills most of it, then runs the server there.
@@ -85,7 +85,7 @@ fn a_full_disk_fails_closed_and_the_node_recovers_in_place_once_space_is_freed()
         "sh",
     ];
     let mut server = start_wrapped(
-        &tmp.0,
+        tmp.path(),
         &Path::new(&mnt_s).join("data"),
         &wrapper,
         &["--segment-bytes", "1048576", "--checkpoint-every-records", "200"],

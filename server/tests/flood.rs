@@ -16,9 +16,9 @@ use common::*;
 
 #[test]
 fn limits_hold_under_a_flood_and_the_server_recovers() {
-    let tmp = Tmp::new("flood");
+    let tmp = TempDir::new("flood");
     let srv = start(
-        &tmp.0,
+        tmp.path(),
         &[
             "--max-concurrent-requests",
             "2",

@@ -79,15 +79,15 @@ fn node(dir: &Path, role: Role) -> aerodb_server::node::Node {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_halting_reason_stops_a_real_node() {
-    let tmp = Tmp::new("halts");
-    let a = frames(&tmp.0.join("a"), 1, 6, "a");
-    let b = frames(&tmp.0.join("b"), 1, 6, "b");
+    let tmp = TempDir::new("halts");
+    let a = frames(&tmp.path().join("a"), 1, 6, "a");
+    let b = frames(&tmp.path().join("b"), 1, 6, "b");
     let mut flipped = a[3].to_vec();
     let last = flipped.len() - 1;
     flipped[last] ^= 1;
     let epoch2 = {
         // A log whose records 1..=3 are at epoch 2, then a frame 4 at epoch 1 arrives.
-        let dir = tmp.0.join("e2");
+        let dir = tmp.path().join("e2");
         let db = Db::open(&dir, engine_opts(2, false)).unwrap();
         for i in 0..3u8 {
             db.append_event("e", Bytes::from(vec![i; 8])).unwrap();
@@ -100,22 +100,26 @@ async fn every_halting_reason_stops_a_real_node() {
         (
             "Gap",
             Role::Replica,
-            Observation::Halt(reason(&tmp.0.join("r-gap"), &a[..2], &a[3..])),
+            Observation::Halt(reason(&tmp.path().join("r-gap"), &a[..2], &a[3..])),
         ),
         (
             "Fork",
             Role::Replica,
-            Observation::Halt(reason(&tmp.0.join("r-fork"), &a[..3], &b[3..])),
+            Observation::Halt(reason(&tmp.path().join("r-fork"), &a[..3], &b[3..])),
         ),
         (
             "EpochRegression",
             Role::Replica,
-            Observation::Halt(reason(&tmp.0.join("r-epoch"), &epoch2, &a[3..4])),
+            Observation::Halt(reason(&tmp.path().join("r-epoch"), &epoch2, &a[3..4])),
         ),
         (
             "Corruption",
             Role::Replica,
-            Observation::Halt(reason(&tmp.0.join("r-corrupt"), &a[..3], &[Bytes::from(flipped)])),
+            Observation::Halt(reason(
+                &tmp.path().join("r-corrupt"),
+                &a[..3],
+                &[Bytes::from(flipped)],
+            )),
         ),
         (
             "AuthorityAmbiguity",
@@ -127,7 +131,7 @@ async fn every_halting_reason_stops_a_real_node() {
         ),
     ];
     for (name, role, observation) in cases {
-        let dir = tmp.0.join(format!("node-{name}"));
+        let dir = tmp.path().join(format!("node-{name}"));
         let n = node(&dir, role);
         if role == Role::Primary {
             n.append("t".into(), Payload::Event(Bytes::from_static(b"before")), false)

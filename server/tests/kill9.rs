@@ -51,13 +51,13 @@ async fn kill_9_under_concurrent_appends_loses_nothing() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(30);
-    let tmp = Tmp::new("t8");
+    let tmp = TempDir::new("t8");
     let mut acked: BTreeMap<u64, Vec<u8>> = BTreeMap::new();
     let (mut lost, mut mismatched, mut duplicates) = (0u64, 0u64, 0u64);
     let mut seed = rand_u64() | 1;
     let mut checked_upto = 0u64;
     for cycle in 0..cycles {
-        let mut srv = start(&tmp.0, &["--checkpoint-interval-ms", "20"]);
+        let mut srv = start(tmp.path(), &["--checkpoint-interval-ms", "20"]);
         // Check what the previous cycle acknowledged (earlier cycles were checked after their own restart; the
         // final restart checks everything again).
         let mut c = srv.grpc().await;
@@ -117,7 +117,7 @@ async fn kill_9_under_concurrent_appends_loses_nothing() {
         eprintln!("cycle {cycle}: {} acknowledged so far", acked.len());
     }
     // A final restart: everything is there, gap-free, and the directory verifies strictly.
-    let mut srv = start(&tmp.0, &[]);
+    let mut srv = start(tmp.path(), &[]);
     let mut c = srv.grpc().await;
     let (l, m) = check(&mut c, acked.iter()).await;
     lost += l;

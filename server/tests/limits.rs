@@ -59,9 +59,9 @@ fn tip(srv: &Server) -> u64 {
 
 #[test]
 fn connections_heads_and_bodies_are_bounded() {
-    let tmp = Tmp::new("limits");
+    let tmp = TempDir::new("limits");
     let srv = start(
-        &tmp.0,
+        tmp.path(),
         &[
             "--max-connections",
             &CAP.to_string(),
@@ -244,7 +244,7 @@ fn running_out_of_file_descriptors_is_refused_at_the_door_not_in_the_log() {
     // Merkle store, the committers panicked, later appends got 503 while health said writable, and the strict
     // verifier found damage after SIGTERM. Here: 256 descriptors, caps of 48 connections per API, and 600 idle
     // connections opened against both APIs while 8 clients append.
-    let tmp = Tmp::new("nofile");
+    let tmp = TempDir::new("nofile");
     // A configuration whose caps do not fit the limit is refused at start, with the arithmetic.
     let refused = std::process::Command::new("sh")
         .arg("-c")
@@ -252,7 +252,7 @@ fn running_out_of_file_descriptors_is_refused_at_the_door_not_in_the_log() {
         .arg(env!("CARGO_BIN_EXE_aerodb-server"))
         .args([
             "--data-dir",
-            &tmp.0.join("x").display().to_string(),
+            &tmp.path().join("x").display().to_string(),
             "--insecure-no-auth",
         ])
         .args(["--http-listen", "127.0.0.1:0", "--grpc-listen", "127.0.0.1:0"])
@@ -266,7 +266,7 @@ fn running_out_of_file_descriptors_is_refused_at_the_door_not_in_the_log() {
     );
 
     let mut srv = start_with_nofile(
-        &tmp.0,
+        tmp.path(),
         256,
         &["--max-connections", "48", "--header-timeout-ms", "1500"],
     );

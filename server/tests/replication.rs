@@ -116,10 +116,10 @@ fn identical_logs(primary: &Server, replica: &Server, tip: u64) -> Vec<(String, 
 
 #[test]
 fn a_replica_follows_restarts_and_ends_byte_identical() {
-    let (pt, rt) = (Tmp::new("repl-p"), Tmp::new("repl-r"));
+    let (pt, rt) = (TempDir::new("repl-p"), TempDir::new("repl-r"));
     let advertise = "http://127.0.0.1:1/primary";
     let primary = start(
-        &pt.0,
+        pt.path(),
         &[
             "--segment-bytes",
             SEGMENT,
@@ -133,13 +133,13 @@ fn a_replica_follows_restarts_and_ends_byte_identical() {
     for i in 0..400 {
         append(&primary, "before", i);
     }
-    let mut replica = start_replica(&rt.0, &primary, &primary.data, &[]);
+    let mut replica = start_replica(rt.path(), &primary, &primary.data, &[]);
     // The live tail under concurrent appends, with a kill -9 of the replica in the middle.
     let (stop, acked, writers) = sustained_load(primary.http);
     std::thread::sleep(Duration::from_millis(700));
     replica.kill9();
     std::thread::sleep(Duration::from_millis(300));
-    let replica = start_replica(&rt.0, &primary, &primary.data, &[]);
+    let replica = start_replica(rt.path(), &primary, &primary.data, &[]);
     std::thread::sleep(Duration::from_millis(700));
     // The primary sees the replica and its lag.
     let h = ha(&primary);
@@ -236,21 +236,29 @@ fn a_replica_follows_restarts_and_ends_byte_identical() {
 
 #[test]
 fn a_forked_replica_halts_with_evidence_and_stays_halted() {
-    let (at, bt, rt) = (Tmp::new("fork-a"), Tmp::new("fork-b"), Tmp::new("fork-r"));
-    let a = start(&at.0, &["--segment-bytes", SEGMENT]);
+    let (at, bt, rt) = (
+        TempDir::new("fork-a"),
+        TempDir::new("fork-b"),
+        TempDir::new("fork-r"),
+    );
+    let a = start(at.path(), &["--segment-bytes", SEGMENT]);
     // B holds the same log key but its own history.
-    std::fs::create_dir_all(bt.0.join("data")).unwrap();
-    std::fs::copy(a.data.join("checkpoint.key"), bt.0.join("data/checkpoint.key")).unwrap();
-    let b = start(&bt.0, &["--segment-bytes", SEGMENT]);
+    std::fs::create_dir_all(bt.path().join("data")).unwrap();
+    std::fs::copy(
+        a.data.join("checkpoint.key"),
+        bt.path().join("data/checkpoint.key"),
+    )
+    .unwrap();
+    let b = start(bt.path(), &["--segment-bytes", SEGMENT]);
     for i in 0..30 {
         append(&a, "a", i);
         append(&b, "b", i);
     }
-    let mut r = start_replica(&rt.0, &a, &a.data, &[]);
+    let mut r = start_replica(rt.path(), &a, &a.data, &[]);
     wait_applied(&r, 30);
     r.terminate();
     // Pointed at B, whose record 30 is not the replica's: a fork at the handshake.
-    let mut r = start_replica(&rt.0, &b, &a.data, &[]);
+    let mut r = start_replica(rt.path(), &b, &a.data, &[]);
     let deadline = Instant::now() + Duration::from_secs(10);
     let h = loop {
         let h = ha(&r);
@@ -305,7 +313,7 @@ fn a_forked_replica_halts_with_evidence_and_stays_halted() {
     check_refuses(&r);
     // Still halted after a restart, and nothing of B's was applied.
     assert!(r.terminate().success());
-    let mut r = start_replica(&rt.0, &b, &a.data, &[]);
+    let mut r = start_replica(rt.path(), &b, &a.data, &[]);
     let h = ha(&r);
     assert_eq!(h["state"], "ReplicationHalted");
     assert_eq!(h["applied_commit_id"], 30);
@@ -333,7 +341,7 @@ fn a_forked_replica_halts_with_evidence_and_stays_halted() {
     let (ok, out) = aerodb_admin(&["rebuild", "--data-dir", d, "--epoch", "1", "--primary", &url]);
     assert!(ok && out.contains("ReplicaActive"), "{out}");
     // Without discarding, the fork is found again at the handshake.
-    let mut r = start_replica(&rt.0, &b, &a.data, &[]);
+    let mut r = start_replica(rt.path(), &b, &a.data, &[]);
     let deadline = Instant::now() + Duration::from_secs(10);
     while ha(&r)["state"] != "ReplicationHalted" {
         assert!(Instant::now() < deadline, "the fork was not found again");
@@ -357,7 +365,7 @@ fn a_forked_replica_halts_with_evidence_and_stays_halted() {
         ok && out.contains("shares 0 records") && out.contains("cut the 30"),
         "{out}"
     );
-    let r = start_replica(&rt.0, &b, &a.data, &[]);
+    let r = start_replica(rt.path(), &b, &a.data, &[]);
     wait_applied(&r, 30);
     let (x, y) = (
         http(b.http, "GET", "/v1/records/30", Some(READER), None).json(),
@@ -391,18 +399,18 @@ fn a_forked_replica_halts_with_evidence_and_stays_halted() {
         .file_name()
         .to_string_lossy()
         .starts_with("divergent-")));
-    let r = start_replica(&rt.0, &b, &a.data, &[]);
+    let r = start_replica(rt.path(), &b, &a.data, &[]);
     wait_applied(&r, 30);
 }
 
 #[test]
 fn epochs_fence_a_superseded_primary() {
-    let (at, rt) = (Tmp::new("epoch-a"), Tmp::new("epoch-r"));
-    let mut a = start(&at.0, &["--segment-bytes", SEGMENT]);
+    let (at, rt) = (TempDir::new("epoch-a"), TempDir::new("epoch-r"));
+    let mut a = start(at.path(), &["--segment-bytes", SEGMENT]);
     for i in 0..10 {
         append(&a, "a", i);
     }
-    let mut r = start_replica(&rt.0, &a, &a.data, &[]);
+    let mut r = start_replica(rt.path(), &a, &a.data, &[]);
     wait_applied(&r, 10);
     r.terminate();
     a.terminate();
@@ -410,21 +418,25 @@ fn epochs_fence_a_superseded_primary() {
     // and the replica follows it.
     let (ok, out) = aerodb_admin(&["promote", "--data-dir", a.data.to_str().unwrap(), "--epoch", "2"]);
     assert!(ok, "{out}");
-    let a2 = start(&at.0, &["--segment-bytes", SEGMENT, "--epoch", "2"]);
+    let a2 = start(at.path(), &["--segment-bytes", SEGMENT, "--epoch", "2"]);
     append(&a2, "a", 11);
-    let mut r = start_replica(&rt.0, &a2, &a.data, &["--epoch", "2"]);
+    let mut r = start_replica(rt.path(), &a2, &a.data, &["--epoch", "2"]);
     wait_applied(&r, 11);
     assert_eq!(ha(&r)["epoch"], 2);
     r.terminate();
     let mut a2 = a2;
     a2.terminate();
     // A stale primary of epoch 1 (another node with the same log up to 10).
-    let st = Tmp::new("epoch-stale");
-    std::fs::create_dir_all(st.0.join("data")).unwrap();
-    std::fs::copy(a.data.join("checkpoint.key"), st.0.join("data/checkpoint.key")).unwrap();
-    let stale = start(&st.0, &["--segment-bytes", SEGMENT]);
+    let st = TempDir::new("epoch-stale");
+    std::fs::create_dir_all(st.path().join("data")).unwrap();
+    std::fs::copy(
+        a.data.join("checkpoint.key"),
+        st.path().join("data/checkpoint.key"),
+    )
+    .unwrap();
+    let stale = start(st.path(), &["--segment-bytes", SEGMENT]);
     // The replica, which saw epoch 2, refuses it: EpochRegression.
-    let r = start_replica(&rt.0, &stale, &a.data, &["--epoch", "2"]);
+    let r = start_replica(rt.path(), &stale, &a.data, &["--epoch", "2"]);
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let h = ha(&r);
@@ -460,9 +472,9 @@ fn epochs_fence_a_superseded_primary() {
 
 #[test]
 fn synchronous_mode_waits_for_a_replica() {
-    let (pt, rt) = (Tmp::new("sync-p"), Tmp::new("sync-r"));
+    let (pt, rt) = (TempDir::new("sync-p"), TempDir::new("sync-r"));
     let p = start(
-        &pt.0,
+        pt.path(),
         &[
             "--segment-bytes",
             SEGMENT,
@@ -492,7 +504,7 @@ fn synchronous_mode_waits_for_a_replica() {
         (r.status, r.json()["error"]["code"].as_str()),
         (503, Some("SYNC_REPLICAS_UNAVAILABLE"))
     );
-    let mut replica = start_replica(&rt.0, &p, &p.data, &[]);
+    let mut replica = start_replica(rt.path(), &p, &p.data, &[]);
     let deadline = Instant::now() + Duration::from_secs(10);
     while ha(&p)["write_block_active"] != false {
         assert!(Instant::now() < deadline, "the replica never counted");
@@ -533,11 +545,7 @@ fn aerodb_admin(args: &[&str]) -> (bool, String) {
 }
 
 fn hash32(hex: &str) -> [u8; 32] {
-    let v: Vec<u8> = (0..hex.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
-        .collect();
-    v.try_into().unwrap()
+    hex::decode(hex).unwrap().try_into().unwrap()
 }
 
 /// T12 and seed 000 §7: two primaries on one fence (the second refuses to start); the primary paused (SIGSTOP)
@@ -547,12 +555,12 @@ fn hash32(hex: &str) -> [u8; 32] {
 #[test]
 fn fencing_and_failover_under_load() {
     let (at, bt, rt, ft) = (
-        Tmp::new("fence-a"),
-        Tmp::new("fence-b"),
-        Tmp::new("fence-r"),
-        Tmp::new("fence-dir"),
+        TempDir::new("fence-a"),
+        TempDir::new("fence-b"),
+        TempDir::new("fence-r"),
+        TempDir::new("fence-dir"),
     );
-    let fdir = ft.0.to_str().unwrap();
+    let fdir = ft.path().to_str().unwrap();
     let fence = |node: &'static str| -> Vec<String> {
         [
             "--writer-fence-mode",
@@ -586,13 +594,13 @@ fn fencing_and_failover_under_load() {
             "1",
         ],
     );
-    let a = start(&at.0, &a_args.iter().map(String::as_str).collect::<Vec<_>>());
+    let a = start(at.path(), &a_args.iter().map(String::as_str).collect::<Vec<_>>());
     // A second primary on the same fence and epoch refuses to start, with the reason.
     let b_args = args(&fence("b"), &["--segment-bytes", SEGMENT]);
-    let err = refuse(&bt.0, &b_args.iter().map(String::as_str).collect::<Vec<_>>());
+    let err = refuse(bt.path(), &b_args.iter().map(String::as_str).collect::<Vec<_>>());
     assert!(err.contains("two primaries may not share a fence"), "{err}");
 
-    let r = start_replica(&rt.0, &a, &a.data, &[]);
+    let r = start_replica(rt.path(), &a, &a.data, &[]);
     // Sustained appends on A from 4 writers; each records what was acknowledged.
     let stop = Arc::new(AtomicBool::new(false));
     let acked = Arc::new(parking_lot::Mutex::new(Vec::new()));
@@ -637,7 +645,7 @@ fn fencing_and_failover_under_load() {
     let (ok, out) = aerodb_admin(&["promote", "--data-dir", r.data.to_str().unwrap(), "--epoch", "2"]);
     assert!(ok, "{out}");
     let r_args = args(&fence("r"), &["--segment-bytes", SEGMENT, "--epoch", "2"]);
-    let p2 = start(&rt.0, &r_args.iter().map(String::as_str).collect::<Vec<_>>());
+    let p2 = start(rt.path(), &r_args.iter().map(String::as_str).collect::<Vec<_>>());
     let mut last = replica_tip;
     for i in 0..20 {
         let c = append(&p2, "after", i);
@@ -851,17 +859,17 @@ impl Proxy {
 /// catches up to the same CommitId and root, and the sealed segments are byte-identical.
 #[test]
 fn a_partition_under_load_heals_to_identical_logs() {
-    let (pt, rt) = (Tmp::new("part-p"), Tmp::new("part-r"));
-    let mut primary = start(&pt.0, &["--segment-bytes", SEGMENT]);
+    let (pt, rt) = (TempDir::new("part-p"), TempDir::new("part-r"));
+    let mut primary = start(pt.path(), &["--segment-bytes", SEGMENT]);
     let proxy = Proxy::start(primary.grpc);
-    let data = rt.0.join("data");
+    let data = rt.path().join("data");
     std::fs::create_dir_all(&data).unwrap();
     std::fs::copy(primary.data.join("checkpoint.key"), data.join("checkpoint.key")).unwrap();
-    aerodb_server::auth::write_secret_file(&rt.0.join("replicator.token"), REPLICATOR).unwrap();
+    aerodb_server::auth::write_secret_file(&rt.path().join("replicator.token"), REPLICATOR).unwrap();
     let via = format!("http://{}", proxy.addr);
-    let token = rt.0.join("replicator.token");
+    let token = rt.path().join("replicator.token");
     let mut replica = start(
-        &rt.0,
+        rt.path(),
         &[
             "--role",
             "replica",
@@ -963,10 +971,10 @@ fn a_partition_under_load_heals_to_identical_logs() {
 #[test]
 fn the_replication_stream_takes_mutual_tls() {
     let (pt, rt, rt2, rt3) = (
-        Tmp::new("mtls-p"),
-        Tmp::new("mtls-r"),
-        Tmp::new("mtls-r2"),
-        Tmp::new("mtls-r3"),
+        TempDir::new("mtls-p"),
+        TempDir::new("mtls-r"),
+        TempDir::new("mtls-r2"),
+        TempDir::new("mtls-r3"),
     );
     let ca_key = rcgen::KeyPair::generate().unwrap();
     let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
@@ -989,12 +997,12 @@ fn the_replication_stream_takes_mutual_tls() {
         p.to_str().unwrap().to_owned()
     };
     let (sc, sk, ca_path) = (
-        w(&pt.0, "server.pem", &server_cert),
-        w(&pt.0, "server.key", &server_key),
-        w(&pt.0, "ca.pem", &ca.pem()),
+        w(pt.path(), "server.pem", &server_cert),
+        w(pt.path(), "server.key", &server_key),
+        w(pt.path(), "ca.pem", &ca.pem()),
     );
     let primary = start(
-        &pt.0,
+        pt.path(),
         &[
             "--segment-bytes",
             SEGMENT,
@@ -1063,7 +1071,7 @@ fn the_replication_stream_takes_mutual_tls() {
         start(dir, &args.iter().map(String::as_str).collect::<Vec<_>>())
     };
     // Without a client certificate: refused, and the replica says why.
-    let bare = follow(&rt.0, None);
+    let bare = follow(rt.path(), None);
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let h = ha(&bare);
@@ -1079,7 +1087,7 @@ fn the_replication_stream_takes_mutual_tls() {
         std::thread::sleep(Duration::from_millis(50));
     }
     // With one the CA signed for a name not on the list: refused.
-    let other = follow(&rt3.0, Some((&other_cert, &other_key)));
+    let other = follow(rt3.path(), Some((&other_cert, &other_key)));
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let h = ha(&other);
@@ -1091,6 +1099,6 @@ fn the_replication_stream_takes_mutual_tls() {
         std::thread::sleep(Duration::from_millis(50));
     }
     // With one the CA signed for an allowed name: it follows.
-    let good = follow(&rt2.0, Some((&client_cert, &client_key)));
+    let good = follow(rt2.path(), Some((&client_cert, &client_key)));
     wait_applied(&good, 10);
 }

@@ -89,9 +89,9 @@ async fn refused_synchronous_writes_are_not_in_the_log() {
     let mut tried = 0;
     let mut waited = Duration::ZERO;
     for mode in ["fail", "block"] {
-        let t = Tmp::new(&format!("sync-refuse-{mode}"));
+        let t = TempDir::new(&format!("sync-refuse-{mode}"));
         let p = start(
-            &t.0,
+            t.path(),
             &[
                 "--segment-bytes",
                 SEGMENT,
@@ -117,7 +117,7 @@ async fn refused_synchronous_writes_are_not_in_the_log() {
         assert!(text.contains("aerodb_sync_refused_total 5"), "{text}");
         let mut p = p;
         p.terminate();
-        let p = start(&t.0, &["--segment-bytes", SEGMENT]);
+        let p = start(t.path(), &["--segment-bytes", SEGMENT]);
         assert_eq!(
             tip(&p),
             0,
@@ -136,9 +136,9 @@ async fn refused_synchronous_writes_are_not_in_the_log() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_the_replicas_do_not_confirm_is_outcome_unknown_with_its_commit_id() {
-    let (pt, rt) = (Tmp::new("sync-unknown-p"), Tmp::new("sync-unknown-r"));
+    let (pt, rt) = (TempDir::new("sync-unknown-p"), TempDir::new("sync-unknown-r"));
     let p = start(
-        &pt.0,
+        pt.path(),
         &[
             "--segment-bytes",
             SEGMENT,
@@ -148,7 +148,7 @@ async fn a_write_the_replicas_do_not_confirm_is_outcome_unknown_with_its_commit_
             "400",
         ],
     );
-    let r = start_replica(&rt.0, &p, &p.data);
+    let r = start_replica(rt.path(), &p, &p.data);
     let deadline = Instant::now() + Duration::from_secs(10);
     while ha(&p)["write_block_active"] != false {
         assert!(Instant::now() < deadline, "the replica never connected");
@@ -222,8 +222,8 @@ fn claim(epoch: u64, proof: Option<String>) -> pb::ReplicaHello {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unproven_epoch_claim_leaves_the_primary_serving_and_a_proven_one_halts_it() {
-    let t = Tmp::new("forged-epoch");
-    let p = start(&t.0, &["--segment-bytes", SEGMENT]);
+    let t = TempDir::new("forged-epoch");
+    let p = start(t.path(), &["--segment-bytes", SEGMENT]);
     for i in 0..3 {
         let r = http(
             p.http,
@@ -271,11 +271,10 @@ async fn an_unproven_epoch_claim_leaves_the_primary_serving_and_a_proven_one_hal
     let key = aerodb_engine::SigningKey::load(&p.data.join("checkpoint.key")).unwrap();
     let cp = http(p.http, "GET", "/v1/checkpoints/latest", Some(READER), None).json();
     let size = cp["size"].as_u64().unwrap();
-    let hex = cp["root"].as_str().unwrap();
-    let mut root = [0u8; 32];
-    for (i, b) in root.iter_mut().enumerate() {
-        *b = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap();
-    }
+    let root: [u8; 32] = hex::decode(cp["root"].as_str().unwrap())
+        .unwrap()
+        .try_into()
+        .unwrap();
     let proof = aerodb_engine::Checkpoint {
         origin: key.name().to_owned(),
         size,
@@ -314,12 +313,12 @@ async fn an_unproven_epoch_claim_leaves_the_primary_serving_and_a_proven_one_hal
 
 #[test]
 fn a_replica_never_signs_and_its_checkpoint_log_is_the_primarys() {
-    let (pt, rt) = (Tmp::new("sign-p"), Tmp::new("sign-r"));
+    let (pt, rt) = (TempDir::new("sign-p"), TempDir::new("sign-r"));
     let mut p = start(
-        &pt.0,
+        pt.path(),
         &["--segment-bytes", SEGMENT, "--checkpoint-every-records", "7"],
     );
-    let mut r = start_replica(&rt.0, &p, &p.data);
+    let mut r = start_replica(rt.path(), &p, &p.data);
     let mut refused = 0;
     for i in 0..60 {
         let w = http(

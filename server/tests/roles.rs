@@ -36,12 +36,12 @@ fn admin(args: &[&str]) -> (bool, String) {
 
 #[test]
 fn roles_are_persisted_explicit_and_never_inferred() {
-    let tmp = Tmp::new("roles");
-    let data = tmp.0.join("data");
+    let tmp = TempDir::new("roles");
+    let data = tmp.path().join("data");
     let d = data.to_str().unwrap();
 
     // Bootstrap as primary of epoch 1.
-    let mut srv = start(&tmp.0, &[]);
+    let mut srv = start(tmp.path(), &[]);
     let ha = http(srv.http, "GET", "/v1/ha/status", Some(READER), None).json();
     assert_eq!(
         (ha["state"].as_str(), ha["epoch"].as_u64()),
@@ -77,11 +77,11 @@ fn roles_are_persisted_explicit_and_never_inferred() {
     ]);
     assert!(ok && out.contains("ReplicaActive"), "{out}");
     // It will not start as primary: no self-promotion.
-    let err = refuse(&tmp.0, &[]);
+    let err = refuse(tmp.path(), &[]);
     assert!(err.contains("never promotes itself"), "{err}");
     // As a replica it serves reads and refuses writes with NOT_LEADER and the leader's URL.
     let mut srv = start(
-        &tmp.0,
+        tmp.path(),
         &[
             "--role",
             "replica",
@@ -122,9 +122,9 @@ fn roles_are_persisted_explicit_and_never_inferred() {
     let (ok, out) = admin(&["promote", "--data-dir", d, "--epoch", "3"]);
     assert!(ok && out.contains("PrimaryActive"), "{out}");
     // A configuration below the recorded epoch is refused; the recorded one starts and stamps its epoch.
-    let err = refuse(&tmp.0, &["--epoch", "2"]);
+    let err = refuse(tmp.path(), &["--epoch", "2"]);
     assert!(err.contains("never go back"), "{err}");
-    let mut srv = start(&tmp.0, &["--epoch", "3"]);
+    let mut srv = start(tmp.path(), &["--epoch", "3"]);
     let r = http(
         srv.http,
         "POST",
@@ -153,7 +153,7 @@ fn roles_are_persisted_explicit_and_never_inferred() {
     }));
     file.store(&m).unwrap();
     // A halted node starts halted: HA status and health say why; reads and writes are refused.
-    let mut srv = start(&tmp.0, &["--epoch", "3"]);
+    let mut srv = start(tmp.path(), &["--epoch", "3"]);
     let ha = http(srv.http, "GET", "/v1/ha/status", Some(READER), None).json();
     assert_eq!(ha["state"], "ReplicationHalted", "{ha}");
     assert!(ha["halt_reason"].as_str().unwrap().contains("Gap"), "{ha}");
@@ -176,7 +176,7 @@ fn roles_are_persisted_explicit_and_never_inferred() {
     assert!(srv.terminate().success());
     let (ok, out) = admin(&["resume", "--data-dir", d]);
     assert!(ok && out.contains("PrimaryActive"), "{out}");
-    let mut srv = start(&tmp.0, &["--epoch", "3"]);
+    let mut srv = start(tmp.path(), &["--epoch", "3"]);
     assert!(srv.terminate().success());
     report_figure("static authority (roles)", "bootstrap, demote, no self-promotion, NOT_LEADER + leader_url, epoch fencing, halt/resume: all as specified");
 }

@@ -18,11 +18,11 @@ use common::*;
 async fn secrets_modes_plaintext_replicas_and_empty_unary_calls() {
     let mut refused = 0;
     // 1. A tokens file its group or others may read: refused, with the fix in the message.
-    let tmp = Tmp::new("sec-tokens");
-    let tokens = write_tokens(&tmp.0);
+    let tmp = TempDir::new("sec-tokens");
+    let tokens = write_tokens(tmp.path());
     std::fs::set_permissions(&tokens, std::fs::Permissions::from_mode(0o644)).unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_aerodb-server"))
-        .args(["--data-dir", &tmp.0.join("data").display().to_string()])
+        .args(["--data-dir", &tmp.path().join("data").display().to_string()])
         .args(["--tokens-file", &tokens.display().to_string()])
         .args(["--http-listen", "127.0.0.1:0", "--grpc-listen", "127.0.0.1:0"])
         .output()
@@ -35,11 +35,11 @@ async fn secrets_modes_plaintext_replicas_and_empty_unary_calls() {
     refused += 1;
 
     // 2. A replica with a CA or client certificate and an http:// primary: refused (its token would go in clear).
-    let tmp = Tmp::new("sec-plain");
-    let ca = tmp.0.join("ca.pem");
+    let tmp = TempDir::new("sec-plain");
+    let ca = tmp.path().join("ca.pem");
     std::fs::write(&ca, "not read: refused before").unwrap();
     let err = refuse(
-        &tmp.0,
+        tmp.path(),
         &[
             "--role",
             "replica",
@@ -53,8 +53,8 @@ async fn secrets_modes_plaintext_replicas_and_empty_unary_calls() {
     refused += 1;
 
     // 3. The data directory is created 0700.
-    let tmp = Tmp::new("sec-dir");
-    let srv = start(&tmp.0, &[]);
+    let tmp = TempDir::new("sec-dir");
+    let srv = start(tmp.path(), &[]);
     let mode = std::fs::metadata(&srv.data).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o700, "data directory mode {mode:o}");
     let key_mode = std::fs::metadata(srv.data.join("checkpoint.key"))
@@ -65,15 +65,19 @@ async fn secrets_modes_plaintext_replicas_and_empty_unary_calls() {
     assert_eq!(key_mode, 0o600);
 
     // 4. A replicator token file others may read: the replica does not follow with it, and says why.
-    let rt = Tmp::new("sec-replica");
-    std::fs::create_dir_all(rt.0.join("data")).unwrap();
-    std::fs::copy(srv.data.join("checkpoint.key"), rt.0.join("data/checkpoint.key")).unwrap();
-    let token = rt.0.join("replicator.token");
+    let rt = TempDir::new("sec-replica");
+    std::fs::create_dir_all(rt.path().join("data")).unwrap();
+    std::fs::copy(
+        srv.data.join("checkpoint.key"),
+        rt.path().join("data/checkpoint.key"),
+    )
+    .unwrap();
+    let token = rt.path().join("replicator.token");
     std::fs::write(&token, REPLICATOR).unwrap();
     std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o640)).unwrap();
     let primary_url = format!("http://{}", srv.grpc);
     let replica = start(
-        &rt.0,
+        rt.path(),
         &[
             "--role",
             "replica",
@@ -180,8 +184,8 @@ fn run_briefly(dir: &std::path::Path, extra: &[&str], secs: u64) -> (bool, Strin
 
 #[test]
 fn a_failed_startup_check_refuses_to_start_unless_downgraded() {
-    let tmp = Tmp::new("startup-check");
-    let mut srv = start(&tmp.0, &[]);
+    let tmp = TempDir::new("startup-check");
+    let mut srv = start(tmp.path(), &[]);
     for i in 0..20 {
         let body = format!(r#"{{"tenant":"t","event":"e{i}"}}"#);
         assert_eq!(
@@ -209,13 +213,13 @@ fn a_failed_startup_check_refuses_to_start_unless_downgraded() {
     let from = offs[offs.len() - 2];
     b[from..pos].fill(0);
     std::fs::write(seg, &b).unwrap();
-    let (exited, err) = run_briefly(&tmp.0, &[], 20);
+    let (exited, err) = run_briefly(tmp.path(), &[], 20);
     assert!(
         exited && (err.contains("startup integrity check failed") || err.contains("the log lost records")),
         "{err}"
     );
     // Downgraded: it starts, and says loudly what failed.
-    let (exited, err) = run_briefly(&tmp.0, &["--fail-on-startup-check", "false"], 3);
+    let (exited, err) = run_briefly(tmp.path(), &["--fail-on-startup-check", "false"], 3);
     assert!(!exited, "did not keep running: {err}");
     assert!(err.contains("STARTUP INTEGRITY CHECK FAILED"), "{err}");
     report_figure(

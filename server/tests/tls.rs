@@ -20,20 +20,20 @@ use tokio_rustls::rustls;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn both_apis_serve_tls_and_refuse_plaintext() {
-    let tmp = Tmp::new("tls");
+    let tmp = TempDir::new("tls");
     let cert = rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
     let (cert_pem, key_pem) = (cert.cert.pem(), cert.key_pair.serialize_pem());
-    std::fs::write(tmp.0.join("cert.pem"), &cert_pem).unwrap();
-    std::fs::write(tmp.0.join("key.pem"), &key_pem).unwrap();
+    std::fs::write(tmp.path().join("cert.pem"), &cert_pem).unwrap();
+    std::fs::write(tmp.path().join("key.pem"), &key_pem).unwrap();
     std::fs::set_permissions(
-        tmp.0.join("key.pem"),
+        tmp.path().join("key.pem"),
         std::os::unix::fs::PermissionsExt::from_mode(0o600),
     )
     .unwrap();
-    let cert_path = tmp.0.join("cert.pem");
-    let key_path = tmp.0.join("key.pem");
+    let cert_path = tmp.path().join("cert.pem");
+    let key_path = tmp.path().join("key.pem");
     let srv = start(
-        &tmp.0,
+        tmp.path(),
         &[
             "--tls-cert",
             cert_path.to_str().unwrap(),

@@ -62,12 +62,12 @@ fn verify_cli(dir: &Path, key: &str) -> (bool, String) {
 
 #[test]
 fn verify_strict_passes_crashed_directories_and_still_finds_damage() {
-    let tmp = Tmp::new("verify-crashed");
+    let tmp = TempDir::new("verify-crashed");
     let rounds = 6;
     let (mut passed, mut repairable_lines) = (0, 0);
     let mut key = String::new();
     for round in 0..rounds {
-        let mut srv = start(&tmp.0, &["--checkpoint-interval-ms", "100"]);
+        let mut srv = start(tmp.path(), &["--checkpoint-interval-ms", "100"]);
         key.clone_from(&srv.verifier_key);
         let h = srv.http;
         let stop = std::sync::atomic::AtomicBool::new(false);
@@ -97,7 +97,7 @@ fn verify_strict_passes_crashed_directories_and_still_finds_damage() {
             stop.store(true, std::sync::atomic::Ordering::Relaxed);
         });
         // The crashed directory, as kill -9 left it, copied so the next round reopens the original.
-        let copy = tmp.0.join(format!("crashed-{round}"));
+        let copy = tmp.path().join(format!("crashed-{round}"));
         copy_dir(&srv.data, &copy);
         let before = snapshot(&copy);
         let (ok, out) = verify_cli(&copy, &key);
@@ -110,7 +110,7 @@ fn verify_strict_passes_crashed_directories_and_still_finds_damage() {
         passed += 1;
     }
     // Damage is still damage: one byte of a sealed frame changed in the last crashed copy.
-    let copy = tmp.0.join(format!("crashed-{}", rounds - 1));
+    let copy = tmp.path().join(format!("crashed-{}", rounds - 1));
     let wal = copy.join("wal");
     let mut segs: Vec<PathBuf> = std::fs::read_dir(&wal)
         .unwrap()

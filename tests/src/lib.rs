@@ -1,45 +1,32 @@
 //! Helpers shared by AeroDB's integration, crash and fault tests.
 
-use std::{
-    io::Write,
-    path::{Path, PathBuf},
-    sync::atomic::{AtomicU64, Ordering},
-};
+use std::{io::Write, path::Path};
 
 use aerodb_wal::{Durability, Options};
 
-/// A temporary directory, removed on drop.
+/// A temporary directory, removed on drop (the one temporary-directory type of the tests; `tempfile` underneath).
 #[derive(Debug)]
-pub struct TempDir(PathBuf);
+pub struct TempDir(tempfile::TempDir);
 
 impl TempDir {
-    /// Creates a fresh directory under the system temp dir.
+    /// Creates a fresh directory under the system temp dir, its name starting with `aerodb-<tag>-`.
     ///
     /// # Panics
     /// If the directory cannot be created.
     #[must_use]
     pub fn new(tag: &str) -> Self {
-        static N: AtomicU64 = AtomicU64::new(0);
-        let p = std::env::temp_dir().join(format!(
-            "aerodb-test-{tag}-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::SeqCst)
-        ));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).expect("create temp dir");
-        TempDir(p)
+        TempDir(
+            tempfile::Builder::new()
+                .prefix(&format!("aerodb-{tag}-"))
+                .tempdir()
+                .expect("create temp dir"),
+        )
     }
 
     /// The directory.
     #[must_use]
     pub fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+        self.0.path()
     }
 }
 

@@ -51,7 +51,7 @@ pub enum HaltReason {
 
 impl std::fmt::Display for HaltReason {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let hex = |h: &[u8; 32]| h.iter().map(|b| format!("{b:02x}")).collect::<String>();
+        let hex = hex::encode::<&[u8; 32]>;
         match self {
             HaltReason::Gap { expected, got } => write!(f, "Gap: expected CommitId {expected}, got {got}"),
             HaltReason::Fork {

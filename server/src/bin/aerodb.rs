@@ -6,12 +6,12 @@ use aerodb_wal::CommitId;
 use aerodb_wal::Epoch;
 use std::{io::Write as _, path::PathBuf, process::ExitCode, sync::Arc};
 
-use aerodb_engine::merkle::to_hex as hex;
 use aerodb_engine::{record, Op, Payload, SigningKey, VerifierKey, VerifyOptions};
 use aerodb_proto::v1 as pb;
 use aerodb_server::client::VerifiedClient;
 use bytes::Bytes;
 use clap::{Parser, Subcommand};
+use hex::encode as hex;
 use serde_json::json;
 
 #[derive(Parser)]
@@ -295,7 +295,7 @@ fn verify_stats(dir: &std::path::Path, j: bool) -> anyhow::Result<()> {
     let cp = db.latest_checkpoint();
     let tip = db.tip()?;
     let (cp_size, cp_root, cp_epoch) = cp.as_ref().map_or((0, String::new(), 0), |c| {
-        (c.checkpoint.size, hex(&c.checkpoint.root), c.checkpoint.epoch.0)
+        (c.checkpoint.size, hex(c.checkpoint.root), c.checkpoint.epoch.0)
     });
     let gap_free = gaps == 0 && (count == 0 || last - first + 1 == count);
     let parity = leaves == count;
@@ -305,7 +305,7 @@ fn verify_stats(dir: &std::path::Path, j: bool) -> anyhow::Result<()> {
             "min_commit_id": first, "max_commit_id": last, "count": count, "gap_free": gap_free,
             "record_count": count, "leaf_count": leaves, "leaf_parity": parity,
             "leaves_rebuilt_at_open": report.leaves_rebuilt,
-            "root": hex(&tip.root),
+            "root": hex(tip.root),
             "latest_checkpoint": {"tree_size": cp_size, "root_hash": cp_root, "epoch": cp_epoch},
         }),
         || {
@@ -317,7 +317,7 @@ fn verify_stats(dir: &std::path::Path, j: bool) -> anyhow::Result<()> {
                 if gap_free { "gap-free" } else { "GAPS" },
                 if parity { "parity holds" } else { "PARITY BROKEN" },
                 report.leaves_rebuilt,
-                hex(&tip.root)
+                hex(tip.root)
             )
         },
     );
@@ -534,15 +534,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 let w = c.append(tenant, payload).await?;
                 print(
                     j,
-                    json!({"commit_id": w.commit_id, "record_hash": hex(&w.record_hash), "verified": true,
-                           "checkpoint_size": w.checkpoint.size, "checkpoint_root": hex(&w.checkpoint.root)}),
+                    json!({"commit_id": w.commit_id, "record_hash": hex(w.record_hash), "verified": true,
+                           "checkpoint_size": w.checkpoint.size, "checkpoint_root": hex(w.checkpoint.root)}),
                     || {
                         format!(
                             "appended CommitId {} (record {}); verified in signed checkpoint {} (root {})",
                             w.commit_id,
-                            hex(&w.record_hash),
+                            hex(w.record_hash),
                             w.checkpoint.size,
-                            hex(&w.checkpoint.root)
+                            hex(w.checkpoint.root)
                         )
                     },
                 );
@@ -607,7 +607,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             print(
                 j,
                 json!({"commit_id": rec.commit_id.0, "epoch": rec.epoch.0, "timestamp_ms": rec.timestamp_ms,
-                       "tenant": rec.tenant, "record_hash": hex(&r.record_hash), "prev_hash": hex(&rec.prev_hash),
+                       "tenant": rec.tenant, "record_hash": hex(&r.record_hash), "prev_hash": hex(rec.prev_hash),
                        "payload": format!("{:?}", rec.payload)}),
                 || {
                     format!(
@@ -617,7 +617,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         rec.tenant,
                         rec.timestamp_ms,
                         hex(&r.record_hash),
-                        hex(&rec.prev_hash),
+                        hex(rec.prev_hash),
                         rec.payload
                     )
                 },
@@ -636,13 +636,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             print(
                 j,
                 json!({"commit_id": rec.commit_id.0, "verified": true, "checkpoint_size": cp.size,
-                       "checkpoint_root": hex(&cp.root), "tenant": rec.tenant}),
+                       "checkpoint_root": hex(cp.root), "tenant": rec.tenant}),
                 || {
                     format!(
                         "OK: record {} is included in the signed checkpoint of size {} (root {}), verified with {}",
                         rec.commit_id,
                         cp.size,
-                        hex(&cp.root),
+                        hex(cp.root),
                         verifier_key.split('+').next().unwrap_or("")
                     )
                 },
@@ -753,7 +753,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 rows.push(
                     json!({"commit_id": f.commit_id.0, "epoch": f.epoch.0, "segment": f.segment.0,
                                  "offset": f.offset, "frame_bytes": f.raw.len(),
-                                 "record_hash": hex(&record::record_hash(&body)), "summary": summary}),
+                                 "record_hash": hex(record::record_hash(&body)), "summary": summary}),
                 );
             }
             if j {

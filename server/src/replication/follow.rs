@@ -7,7 +7,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use aerodb_engine::merkle::to_hex as hex;
 use aerodb_proto::v1::{self as pb, primary_message::Msg as PMsg, replica_message::Msg as RMsg};
 use aerodb_replication::{
     apply::{Applier, ApplyError},
@@ -16,6 +15,7 @@ use aerodb_replication::{
 };
 use aerodb_wal::{CommitId, Epoch};
 use bytes::Bytes;
+use hex::encode as hex;
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, watch};
 use tonic::Request;
@@ -271,7 +271,7 @@ async fn stream_once(
                 w.node_id,
                 tip.commit_id,
                 tip.epoch,
-                hex(&tip.record_hash),
+                hex(tip.record_hash),
                 w.commit_id,
                 w.epoch,
                 w.epoch_proof.as_deref().unwrap_or("(none)\n")

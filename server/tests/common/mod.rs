@@ -19,27 +19,7 @@ pub const READER: &str = "reader-token-0123456789";
 pub const ADMIN: &str = "admin-token-01234567890";
 pub const REPLICATOR: &str = "replicator-token-012345";
 
-/// A temporary directory removed on drop.
-pub struct Tmp(pub PathBuf);
-
-impl Tmp {
-    pub fn new(tag: &str) -> Self {
-        let p = std::env::temp_dir().join(format!(
-            "aerodb-server-test-{tag}-{}-{}",
-            std::process::id(),
-            rand_u64()
-        ));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).expect("create temp dir");
-        Tmp(p)
-    }
-}
-
-impl Drop for Tmp {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+pub use aerodb_tests::TempDir;
 
 pub fn rand_u64() -> u64 {
     use std::hash::{BuildHasher, Hasher};
