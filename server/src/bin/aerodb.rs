@@ -4,7 +4,7 @@
 
 use aerodb_wal::CommitId;
 use aerodb_wal::Epoch;
-use std::{io::Write as _, path::PathBuf, process::ExitCode, sync::Arc};
+use std::{path::PathBuf, process::ExitCode, sync::Arc};
 
 use aerodb_engine::{record, Op, Payload, SigningKey, VerifierKey, VerifyOptions};
 use aerodb_proto::v1 as pb;
@@ -15,7 +15,14 @@ use hex::encode as hex;
 use serde_json::json;
 
 #[derive(Parser)]
-#[command(name = "aerodb", version, about = "AeroDB command-line client")]
+#[command(
+    name = "aerodb",
+    version,
+    about = "AeroDB command-line client",
+    after_help = "Exit status: 0 on success; 1 on any failure (the server refused or could not be reached, a \
+                  verification failed, `verify` found damage — what it reports as REPAIRABLE is not); 2 on a usage \
+                  error. Progress bars go to stderr, only when it is a terminal and without --json."
+)]
 struct Cli {
     /// gRPC endpoint of the server.
     #[arg(
@@ -222,7 +229,14 @@ async fn cut_divergent_tail(
         .map_err(|e| anyhow::anyhow!("opening {}: {e}", dir.display()))?;
     let (mut lo, mut hi) = (0u64, db.tip()?.commit_id.0);
     let local_tip = hi;
+    // Bisection: about log2(tip) reads of the primary.
+    let bar = progress(
+        j,
+        u64::from(u64::BITS - local_tip.leading_zeros()),
+        "finding the common prefix",
+    );
     while lo < hi {
+        bar.inc(1);
         let mid = (lo + hi).div_ceil(2);
         let ours = db.record(CommitId(mid))?.map(|r| r.hash.to_vec());
         let mut req = tonic::Request::new(pb::GetRecordRequest { commit_id: mid });
@@ -240,6 +254,7 @@ async fn cut_divergent_tail(
             hi = mid - 1;
         }
     }
+    bar.finish_and_clear();
     db.close()?;
     let removed = aerodb_engine::truncate_after(Arc::new(aerodb_wal::fs::RealFs), dir, lo, &opts, &verifier)
         .map_err(|e| anyhow::anyhow!("cutting the log after {lo}: {e}"))?;
@@ -273,8 +288,10 @@ fn verify_stats(dir: &std::path::Path, j: bool) -> anyhow::Result<()> {
     .map_err(|e| anyhow::anyhow!("opening {}: {e}", dir.display()))?;
     let (mut first, mut last, mut count, mut gaps) = (0u64, 0u64, 0u64, 0u64);
     let mut from = 1;
+    let bar = progress(j, db.tip()?.commit_id.0, "counting records");
     loop {
         let recs = db.records(CommitId(from), 10_000)?;
+        bar.inc(recs.len() as u64);
         let Some(end) = recs.last().map(|r| r.record.commit_id) else {
             break;
         };
@@ -290,6 +307,7 @@ fn verify_stats(dir: &std::path::Path, j: bool) -> anyhow::Result<()> {
         }
         from = end.0 + 1;
     }
+    bar.finish_and_clear();
     let leaves = db.merkle_leaves();
     let report = db.open_report().clone();
     let cp = db.latest_checkpoint();
@@ -402,6 +420,25 @@ fn admin(cmd: &AdminCmd, j: bool) -> anyhow::Result<()> {
         },
     );
     Ok(())
+}
+
+/// A progress bar on stderr for `total` steps of `what`: hidden with `--json` and when stderr is not a terminal
+/// (so it never mixes into machine output or a log file). A `total` of 0 is set later by the caller.
+fn progress(json: bool, total: u64, what: &'static str) -> indicatif::ProgressBar {
+    use std::io::IsTerminal as _;
+    if json || !std::io::stderr().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(total);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{msg} [{bar:30}] {pos}/{len} ({percent}%, {per_sec}, eta {eta})",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    bar.set_message(what);
+    bar
 }
 
 fn fail(msg: impl std::fmt::Display) -> ExitCode {
@@ -676,28 +713,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 verifier,
                 strict: *strict,
             };
-            let show = !j;
-            let mut last = std::time::Instant::now();
+            let bar = progress(j, 0, "verifying records");
             let report = aerodb_engine::verify_dir(dir, &opts, &mut |done, total| {
-                if show && (last.elapsed().as_millis() >= 200 || done == total) {
-                    last = std::time::Instant::now();
-                    let pct = if total == 0 {
-                        100.0
-                    } else {
-                        done as f64 * 100.0 / total as f64
-                    };
-                    let filled = (pct / 5.0) as usize;
-                    eprint!(
-                        "\r[{}{}] {pct:5.1}% {done}/{total} records",
-                        "#".repeat(filled),
-                        " ".repeat(20 - filled.min(20))
-                    );
-                    let _ = std::io::stderr().flush();
-                }
+                bar.set_length(total);
+                bar.set_position(done);
             })?;
-            if show {
-                eprintln!();
-            }
+            bar.finish_and_clear();
             let problems: Vec<String> = report.problems.iter().map(ToString::to_string).collect();
             print(
                 j,
@@ -743,7 +764,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             let wal = aerodb_wal::Wal::open(Arc::new(aerodb_wal::fs::RealFs), dir.join("wal"), opts)?;
             let mut rows = Vec::new();
+            let tip = wal.durable_commit_id().0;
+            let bar = progress(
+                j,
+                tip.saturating_sub(*from - 1).min(*limit as u64),
+                "reading frames",
+            );
             for f in wal.read_from(CommitId((*from).max(1)))?.take(*limit) {
+                bar.inc(1);
                 let f = f?;
                 let body = f.body();
                 let summary = match record::decode(&body) {
