@@ -5,7 +5,8 @@ use aerodb_engine::{record::RecordError, Error as EngineError, NotWritable};
 use aerodb_wal::CommitId;
 
 /// Stable machine-readable error codes (the `error.code` field of REST responses).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum Code {
     /// The request is malformed or a value is invalid.
     InvalidArgument,
@@ -176,21 +177,19 @@ impl ApiError {
         Self::new(Code::InvalidArgument, message)
     }
 
-    /// The REST body: `{"error": {"code", "message", "leader_url"?}}`.
+    /// The REST body: `{"error": {"code", "message", …}}` ([`crate::openapi::ErrorOut`]).
     #[must_use]
-    pub fn to_json(&self) -> serde_json::Value {
-        let mut e = serde_json::json!({ "code": self.code.as_str(), "message": self.message });
-        if let Some(u) = &self.leader_url {
-            e["leader_url"] = serde_json::Value::String(u.clone());
+    pub fn to_body(&self) -> crate::openapi::ErrorOut {
+        crate::openapi::ErrorOut {
+            error: crate::openapi::ErrorBody {
+                code: self.code,
+                message: self.message.clone(),
+                leader_url: self.leader_url.clone(),
+                commit_id: self.commit_ids.map(|(first, _)| first.0),
+                last_commit_id: self.commit_ids.map(|(_, last)| last.0),
+                retry_after_ms: self.retry_after_ms,
+            },
         }
-        if let Some((first, last)) = self.commit_ids {
-            e["commit_id"] = first.0.into();
-            e["last_commit_id"] = last.0.into();
-        }
-        if let Some(ms) = self.retry_after_ms {
-            e["retry_after_ms"] = ms.into();
-        }
-        serde_json::json!({ "error": e })
     }
 
     /// The gRPC status (the code name leads the message, so clients can tell `NOT_LEADER` from `LOG_FAILED`).
@@ -328,3 +327,37 @@ impl Error {
 
 /// The result of the server's start-up and serving functions.
 pub type Result<T> = std::result::Result<T, Error>;
+
+#[cfg(test)]
+mod tests {
+    use super::Code;
+
+    /// The JSON name of every code (what the OpenAPI enum lists) is the name the server sends.
+    #[test]
+    fn serde_names_are_the_wire_names() {
+        for c in [
+            Code::InvalidArgument,
+            Code::OutOfRange,
+            Code::NotFound,
+            Code::MethodNotAllowed,
+            Code::PayloadTooLarge,
+            Code::UnsupportedMediaType,
+            Code::Unauthenticated,
+            Code::PermissionDenied,
+            Code::NotLeader,
+            Code::LogFailed,
+            Code::Halted,
+            Code::SyncReplicasUnavailable,
+            Code::OutcomeUnknown,
+            Code::ResourceExhausted,
+            Code::DeadlineExceeded,
+            Code::Unavailable,
+            Code::Internal,
+        ] {
+            assert_eq!(
+                serde_json::to_value(c).ok(),
+                Some(serde_json::Value::from(c.as_str()))
+            );
+        }
+    }
+}

@@ -13,6 +13,7 @@ pub mod httpc;
 pub mod listener;
 pub mod metrics;
 pub mod node;
+pub mod openapi;
 pub mod replication;
 pub mod rest;
 pub mod tls;

@@ -368,7 +368,7 @@ pub struct Inclusion {
 }
 
 /// HA status (H-4).
-#[derive(Debug)]
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
 pub struct HaStatus {
     /// Node id.
     pub node_id: String,
@@ -384,6 +384,11 @@ pub struct HaStatus {
     pub leader_url: String,
     /// Whether this node is the write authority.
     pub is_leader: bool,
+    /// The authority lease's length in ms: 0 under the static authority (no lease; the operator and the fence
+    /// decide), the etcd lease's TTL under automatic failover.
+    pub lease_ms: u64,
+    /// Until the lease must be renewed, in ms (0 without a lease).
+    pub expires_in_ms: u64,
     /// Highest durable CommitId.
     pub commit_id: u64,
     /// Highest applied CommitId.
@@ -1066,6 +1071,8 @@ impl Node {
         let block = primary && self.replicas.write_block_active();
         let is_leader = primary && writable && role.may_write();
         Ok(HaStatus {
+            lease_ms: 0,
+            expires_in_ms: 0,
             node_id: self.config.node_id.clone(),
             role: if primary { "primary" } else { "replica" },
             state: match (role.state.name(), writable) {

@@ -1,6 +1,7 @@
 //! The REST/JSON API (axum). Every input is parsed by hand from the raw body, path and query, so every bad input
 //! gets the JSON error envelope with a precise status — axum's own plain-text rejections never reach a client.
-//! Routes and schemas: `GET /v1/openapi.json` (`server/openapi.json`).
+//! Routes and schemas: `GET /v1/openapi.json`, generated from the types in [`crate::openapi`] and the
+//! `#[utoipa::path]` of each handler (committed as `server/openapi.json`).
 
 use std::{collections::HashMap, sync::Arc};
 
@@ -15,14 +16,16 @@ use axum::{
 };
 use base64::{engine::general_purpose::STANDARD as B64, Engine as _};
 use bytes::Bytes;
-use hex::encode as hex;
-use serde::Deserialize;
-use serde_json::{json, Value};
 
 use crate::{
     auth::Action,
     error::{ApiError, ApiResult, Code},
-    node::Node,
+    node::{HaStatus, Node},
+    openapi::{
+        AppendOut, BatchIn, BatchOut, CheckpointOut, ConsistencyOut, ErrorOut, HealthOut, HexHash,
+        HistoryOut, InclusionOut, ItemOut, KeyBytes, KeyValueOut, OpKind, OpOut, ProofOut, ReceiptOut,
+        RecordIn, RecordOut, ScanOut, ValueBytes, VersionOut,
+    },
 };
 
 type Shared = State<Arc<Node>>;
@@ -105,7 +108,7 @@ async fn gate(State(node): Shared, req: axum::extract::Request, next: axum::midd
         Ok(())
     })();
     if let Err(e) = checked {
-        return finish(&node, 0, Err(e));
+        return finish::<()>(&node, 0, Err(e));
     }
     let (parts, body) = req.into_parts();
     let limit = node.config.max_request_bytes;
@@ -123,10 +126,10 @@ async fn gate(State(node): Shared, req: axum::extract::Request, next: axum::midd
             } else {
                 ApiError::invalid(format!("could not read the body: {e}"))
             };
-            return finish(&node, 0, Err(err));
+            return finish::<()>(&node, 0, Err(err));
         }
         Err(_) => {
-            return finish(
+            return finish::<()>(
                 &node,
                 0,
                 Err(ApiError::new(
@@ -172,17 +175,23 @@ fn content_type_is_json(headers: &HeaderMap) -> ApiResult<()> {
     }
 }
 
-fn json_response(status: u16, body: &Value) -> Response {
+fn json_response(status: u16, body: &impl serde::Serialize) -> Response {
     let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    (
-        status,
-        [(header::CONTENT_TYPE, "application/json")],
-        body.to_string(),
-    )
-        .into_response()
+    match serde_json::to_string(body) {
+        Ok(text) => (status, [(header::CONTENT_TYPE, "application/json")], text).into_response(),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            [(header::CONTENT_TYPE, "application/json")],
+            ApiError::new(Code::Internal, format!("encoding the answer: {e}"))
+                .to_body()
+                .error
+                .message,
+        )
+            .into_response(),
+    }
 }
 
-fn finish(node: &Node, ok_status: u16, r: ApiResult<Value>) -> Response {
+fn finish<T: serde::Serialize>(node: &Node, ok_status: u16, r: ApiResult<T>) -> Response {
     match r {
         Ok(v) => {
             node.metrics.request("rest", "OK");
@@ -193,7 +202,7 @@ fn finish(node: &Node, ok_status: u16, r: ApiResult<Value>) -> Response {
             if e.code == Code::Internal {
                 tracing::error!(message = %e.message, "internal error answering a REST request");
             }
-            let mut resp = json_response(e.code.http_status(), &e.to_json());
+            let mut resp = json_response(e.code.http_status(), &e.to_body());
             if let Some(ms) = e.retry_after_ms {
                 // Whole seconds, at least one.
                 let secs = ms.div_ceil(1000).max(1);
@@ -291,30 +300,6 @@ fn body(b: Result<BodyBytes, BytesRejection>, headers: &HeaderMap) -> ApiResult<
     })
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct OpIn {
-    op: String,
-    key: String,
-    value: Option<String>,
-    value_base64: Option<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RecordIn {
-    tenant: String,
-    ops: Option<Vec<OpIn>>,
-    event: Option<String>,
-    event_base64: Option<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct BatchIn {
-    records: Vec<RecordIn>,
-}
-
 fn b64(field: &str, s: &str) -> ApiResult<Bytes> {
     B64.decode(s)
         .map(Bytes::from)
@@ -327,33 +312,28 @@ fn payload_of(r: RecordIn) -> ApiResult<NewRecord> {
             let mut out = Vec::with_capacity(ops.len());
             for (i, o) in ops.into_iter().enumerate() {
                 let key = Bytes::from(o.key.into_bytes());
-                out.push(match (o.op.as_str(), o.value, o.value_base64) {
-                    ("put", Some(v), None) => Op::Put {
+                out.push(match (o.op, o.value, o.value_base64) {
+                    (OpKind::Put, Some(v), None) => Op::Put {
                         key,
                         value: Bytes::from(v.into_bytes()),
                     },
-                    ("put", None, Some(v)) => Op::Put {
+                    (OpKind::Put, None, Some(v)) => Op::Put {
                         key,
                         value: b64("value_base64", &v)?,
                     },
-                    ("put", None, None) => {
+                    (OpKind::Put, None, None) => {
                         return Err(ApiError::invalid(format!(
                             "ops[{i}]: a put needs value or value_base64"
                         )))
                     }
-                    ("put", Some(_), Some(_)) => {
+                    (OpKind::Put, Some(_), Some(_)) => {
                         return Err(ApiError::invalid(format!(
                             "ops[{i}]: give value or value_base64, not both"
                         )))
                     }
-                    ("delete", None, None) => Op::Delete { key },
-                    ("delete", _, _) => {
+                    (OpKind::Delete, None, None) => Op::Delete { key },
+                    (OpKind::Delete, _, _) => {
                         return Err(ApiError::invalid(format!("ops[{i}]: a delete takes no value")))
-                    }
-                    (other, _, _) => {
-                        return Err(ApiError::invalid(format!(
-                            "ops[{i}]: unknown op {other:?}; expected \"put\" or \"delete\""
-                        )))
                     }
                 });
             }
@@ -378,72 +358,82 @@ fn parse_json<T: serde::de::DeserializeOwned>(b: &[u8]) -> ApiResult<T> {
     serde_json::from_slice(b).map_err(|e| ApiError::invalid(format!("invalid JSON body: {e}")))
 }
 
-fn bytes_field(name: &str, b: &[u8]) -> (String, Value) {
+/// Bytes as text when they are UTF-8, else as base64: `(text, base64)`.
+fn text_or_b64(b: &[u8]) -> (Option<String>, Option<String>) {
     match std::str::from_utf8(b) {
-        Ok(s) => (name.to_owned(), Value::String(s.to_owned())),
-        Err(_) => (format!("{name}_base64"), Value::String(B64.encode(b))),
+        Ok(s) => (Some(s.to_owned()), None),
+        Err(_) => (None, Some(B64.encode(b))),
     }
 }
 
-fn record_json(r: &StoredRecord) -> Value {
+fn key_bytes(b: &[u8]) -> KeyBytes {
+    let (key, key_base64) = text_or_b64(b);
+    KeyBytes { key, key_base64 }
+}
+
+fn value_bytes(b: &[u8]) -> ValueBytes {
+    let (value, value_base64) = text_or_b64(b);
+    ValueBytes { value, value_base64 }
+}
+
+fn record_out(r: &StoredRecord) -> RecordOut {
     let rec = &r.record;
-    let mut v = json!({
-        "commit_id": rec.commit_id.0,
-        "epoch": rec.epoch.0,
-        "timestamp_ms": rec.timestamp_ms,
-        "tenant": rec.tenant,
-        "prev_hash": hex(rec.prev_hash),
-        "record_hash": hex(r.hash),
-        "leaf_hash": hex(merkle::leaf_hash(&r.hash)),
-        "canonical_base64": B64.encode(&r.canonical),
-    });
+    let (mut ops, mut event, mut event_base64) = (None, None, None);
     match &rec.payload {
-        Payload::Batch(ops) => {
-            let ops: Vec<Value> = ops
-                .iter()
-                .map(|op| {
-                    let mut o = serde_json::Map::new();
-                    let (kn, kv) = bytes_field("key", op.key());
-                    o.insert(kn, kv);
-                    match op {
-                        Op::Put { value, .. } => {
-                            o.insert("op".into(), "put".into());
-                            let (vn, vv) = bytes_field("value", value);
-                            o.insert(vn, vv);
-                        }
-                        Op::Delete { .. } => {
-                            o.insert("op".into(), "delete".into());
-                        }
-                    }
-                    Value::Object(o)
-                })
-                .collect();
-            v["ops"] = Value::Array(ops);
+        Payload::Batch(list) => {
+            ops = Some(
+                list.iter()
+                    .map(|op| OpOut {
+                        op: match op {
+                            Op::Put { .. } => OpKind::Put,
+                            Op::Delete { .. } => OpKind::Delete,
+                        },
+                        key: key_bytes(op.key()),
+                        value: match op {
+                            Op::Put { value, .. } => value_bytes(value),
+                            Op::Delete { .. } => ValueBytes::default(),
+                        },
+                    })
+                    .collect(),
+            );
         }
-        Payload::Event(e) => {
-            let (n, val) = bytes_field("event", e);
-            v[n] = val;
-        }
+        Payload::Event(e) => (event, event_base64) = text_or_b64(e),
     }
-    v
+    RecordOut {
+        commit_id: rec.commit_id.0,
+        epoch: rec.epoch.0,
+        timestamp_ms: rec.timestamp_ms,
+        tenant: rec.tenant.clone(),
+        prev_hash: HexHash::of(&rec.prev_hash),
+        record_hash: HexHash::of(&r.hash),
+        leaf_hash: HexHash::of(&merkle::leaf_hash(&r.hash)),
+        canonical_base64: B64.encode(&r.canonical),
+        ops,
+        event,
+        event_base64,
+    }
 }
 
-fn checkpoint_json(c: &SignedCheckpoint) -> Value {
-    json!({
-        "origin": c.checkpoint.origin,
-        "size": c.checkpoint.size,
-        "root": hex(c.checkpoint.root),
-        "epoch": c.checkpoint.epoch.0,
-        "note": c.note,
-    })
+fn checkpoint_out(c: &SignedCheckpoint) -> CheckpointOut {
+    CheckpointOut {
+        origin: c.checkpoint.origin.clone(),
+        size: c.checkpoint.size,
+        root: HexHash::of(&c.checkpoint.root),
+        epoch: c.checkpoint.epoch.0,
+        note: c.note.clone(),
+    }
 }
 
-fn receipt_json(r: &aerodb_engine::Receipt) -> Value {
-    let mut m = serde_json::Map::with_capacity(3);
-    m.insert("commit_id".into(), r.commit_id.0.into());
-    m.insert("record_hash".into(), hex(r.record_hash).into());
-    m.insert("leaf_index".into(), r.leaf_index.into());
-    Value::Object(m)
+fn receipt_out(r: &aerodb_engine::Receipt) -> ReceiptOut {
+    ReceiptOut {
+        commit_id: r.commit_id.0,
+        record_hash: HexHash::of(&r.record_hash),
+        leaf_index: r.leaf_index,
+    }
+}
+
+fn hashes_out(h: &[merkle::Hash]) -> Vec<HexHash> {
+    h.iter().map(HexHash::of).collect()
 }
 
 fn flag(q: &HashMap<String, String>, name: &str) -> ApiResult<bool> {
@@ -456,7 +446,29 @@ fn flag(q: &HashMap<String, String>, name: &str) -> ApiResult<bool> {
     }
 }
 
-async fn append(
+/// Append one record; durable before the answer.
+#[utoipa::path(
+    post,
+    path = "/v1/records",
+    operation_id = "append",
+    tag = "write",
+    params(("prove" = Option<bool>, Query, description = "also return a checkpoint covering the record and its inclusion proof")),
+    request_body(content = RecordIn, content_type = "application/json"),
+    responses(
+        (status = 201, description = "appended and durable", body = AppendOut),
+        (status = 400, description = "INVALID_ARGUMENT: a bad body, field or query parameter; nothing written", body = ErrorOut),
+        (status = 401, description = "UNAUTHENTICATED: no or an unknown token (checked before the body is read)", body = ErrorOut),
+        (status = 403, description = "PERMISSION_DENIED: the token's role may not write", body = ErrorOut),
+        (status = 405, description = "METHOD_NOT_ALLOWED: another method on this path", body = ErrorOut),
+        (status = 413, description = "PAYLOAD_TOO_LARGE: the body (declared or read) or the record is over the limit", body = ErrorOut),
+        (status = 415, description = "UNSUPPORTED_MEDIA_TYPE: not exactly application/json, or a Content-Encoding", body = ErrorOut),
+        (status = 429, description = "RESOURCE_EXHAUSTED: too many appends in flight; retry_after_ms and Retry-After say when; nothing written", body = ErrorOut),
+        (status = 500, description = "INTERNAL: a fault inside the server", body = ErrorOut),
+        (status = 503, description = "NOT_LEADER (with leader_url), LOG_FAILED, HALTED, SYNC_REPLICAS_UNAVAILABLE (nothing written), OUTCOME_UNKNOWN (with commit_id: look it up before writing again), UNAVAILABLE", body = ErrorOut),
+        (status = 504, description = "DEADLINE_EXCEEDED: not written in time (nothing written) or the body did not arrive", body = ErrorOut),
+    ),
+)]
+pub(crate) async fn append(
     State(node): Shared,
     headers: HeaderMap,
     RawQuery(raw): RawQuery,
@@ -468,22 +480,49 @@ async fn append(
         let prove = flag(&q, "prove")?;
         let rec = payload_of(parse_json::<RecordIn>(&body(b, &headers)?)?)?;
         let out = node.append(rec.tenant, rec.payload, prove).await?;
-        let mut v = receipt_json(&out.receipt);
-        if let Some((cp, proof)) = out.proof {
-            v["checkpoint"] = checkpoint_json(&cp);
-            v["proof"] = json!({
-                "leaf_index": proof.leaf_index,
-                "tree_size": proof.tree_size,
-                "hashes": proof.hashes.iter().map(hex).collect::<Vec<_>>(),
-            });
-        }
-        Ok(v)
+        let (checkpoint, proof) = match out.proof {
+            Some((cp, p)) => (
+                Some(checkpoint_out(&cp)),
+                Some(ProofOut {
+                    leaf_index: p.leaf_index,
+                    tree_size: p.tree_size,
+                    hashes: hashes_out(&p.hashes),
+                }),
+            ),
+            None => (None, None),
+        };
+        Ok(AppendOut {
+            receipt: receipt_out(&out.receipt),
+            checkpoint,
+            proof,
+        })
     }
     .await;
     finish(&node, 201, r)
 }
 
-async fn append_batch(
+/// Append several records as consecutive CommitIds in one durable write.
+#[utoipa::path(
+    post,
+    path = "/v1/records/batch",
+    operation_id = "appendBatch",
+    tag = "write",
+    request_body(content = BatchIn, content_type = "application/json"),
+    responses(
+        (status = 201, description = "all appended and durable", body = BatchOut),
+        (status = 400, description = "INVALID_ARGUMENT: a bad body or record (the whole batch is refused; nothing written)", body = ErrorOut),
+        (status = 401, description = "UNAUTHENTICATED", body = ErrorOut),
+        (status = 403, description = "PERMISSION_DENIED", body = ErrorOut),
+        (status = 405, description = "METHOD_NOT_ALLOWED", body = ErrorOut),
+        (status = 413, description = "PAYLOAD_TOO_LARGE", body = ErrorOut),
+        (status = 415, description = "UNSUPPORTED_MEDIA_TYPE", body = ErrorOut),
+        (status = 429, description = "RESOURCE_EXHAUSTED (retry_after_ms); nothing written", body = ErrorOut),
+        (status = 500, description = "INTERNAL", body = ErrorOut),
+        (status = 503, description = "NOT_LEADER, LOG_FAILED, HALTED, SYNC_REPLICAS_UNAVAILABLE, OUTCOME_UNKNOWN (commit_id..last_commit_id), UNAVAILABLE", body = ErrorOut),
+        (status = 504, description = "DEADLINE_EXCEEDED", body = ErrorOut),
+    ),
+)]
+pub(crate) async fn append_batch(
     State(node): Shared,
     headers: HeaderMap,
     b: Result<BodyBytes, BytesRejection>,
@@ -497,7 +536,9 @@ async fn append_batch(
             .map(payload_of)
             .collect::<ApiResult<Vec<_>>>()?;
         let receipts = node.append_batch(records).await?;
-        Ok(json!({ "receipts": receipts.iter().map(receipt_json).collect::<Vec<_>>() }))
+        Ok(BatchOut {
+            receipts: receipts.iter().map(receipt_out).collect(),
+        })
     }
     .await;
     finish(&node, 201, r)
@@ -508,7 +549,25 @@ fn commit_id_param(s: &str) -> ApiResult<u64> {
         .map_err(|_| ApiError::invalid(format!("the CommitId must be a positive integer, got {s:?}")))
 }
 
-async fn get_record(
+/// One record by CommitId.
+#[utoipa::path(
+    get,
+    path = "/v1/records/{commit_id}",
+    operation_id = "getRecord",
+    tag = "read",
+    params(("commit_id" = u64, Path, minimum = 1, description = "the record's CommitId")),
+    responses(
+        (status = 200, description = "the record", body = RecordOut),
+        (status = 400, description = "INVALID_ARGUMENT (not a number, an unknown query parameter) or OUT_OF_RANGE", body = ErrorOut),
+        (status = 401, description = "UNAUTHENTICATED", body = ErrorOut),
+        (status = 403, description = "PERMISSION_DENIED", body = ErrorOut),
+        (status = 404, description = "NOT_FOUND: the log does not hold it (yet)", body = ErrorOut),
+        (status = 405, description = "METHOD_NOT_ALLOWED", body = ErrorOut),
+        (status = 500, description = "INTERNAL", body = ErrorOut),
+        (status = 503, description = "HALTED or UNAVAILABLE: this node serves no reads", body = ErrorOut),
+    ),
+)]
+pub(crate) async fn get_record(
     State(node): Shared,
     headers: HeaderMap,
     RawQuery(raw): RawQuery,
@@ -518,13 +577,34 @@ async fn get_record(
         authorize(&node, &headers, Action::Read)?;
         query(raw, &[])?;
         let id = commit_id_param(&path_param(p)?)?;
-        Ok(record_json(&node.record(id).await?))
+        Ok(record_out(&node.record(id).await?))
     }
     .await;
     finish(&node, 200, r)
 }
 
-async fn get_key(
+/// A key's value, now or at a CommitId.
+#[utoipa::path(
+    get,
+    path = "/v1/kv/{key}",
+    operation_id = "getKey",
+    tag = "read",
+    params(
+        ("key" = String, Path, description = "the key (percent-encoded), 1 to 1024 bytes"),
+        ("at" = Option<u64>, Query, description = "read as of this CommitId (default: the newest)"),
+    ),
+    responses(
+        (status = 200, description = "the value", body = KeyValueOut),
+        (status = 400, description = "INVALID_ARGUMENT", body = ErrorOut),
+        (status = 401, description = "UNAUTHENTICATED", body = ErrorOut),
+        (status = 403, description = "PERMISSION_DENIED", body = ErrorOut),
+        (status = 404, description = "NOT_FOUND: the key has no value at that CommitId", body = ErrorOut),
+        (status = 405, description = "METHOD_NOT_ALLOWED", body = ErrorOut),
+        (status = 500, description = "INTERNAL", body = ErrorOut),
+        (status = 503, description = "HALTED or UNAVAILABLE", body = ErrorOut),
+    ),
+)]
+pub(crate) async fn get_key(
     State(node): Shared,
     headers: HeaderMap,
     RawQuery(raw): RawQuery,
@@ -542,16 +622,34 @@ async fn get_key(
                 format!("key {key:?} has no value at CommitId {at}"),
             )
         })?;
-        let mut v = json!({ "key": key, "at": at });
-        let (n, val) = bytes_field("value", &value);
-        v[n] = val;
-        Ok(v)
+        Ok(KeyValueOut {
+            key,
+            at,
+            value: value_bytes(&value),
+        })
     }
     .await;
     finish(&node, 200, r)
 }
 
-async fn history(
+/// Every version of a key, oldest first.
+#[utoipa::path(
+    get,
+    path = "/v1/kv/{key}/history",
+    operation_id = "keyHistory",
+    tag = "read",
+    params(("key" = String, Path, description = "the key (percent-encoded)")),
+    responses(
+        (status = 200, description = "its versions (empty: never written)", body = HistoryOut),
+        (status = 400, description = "INVALID_ARGUMENT", body = ErrorOut),
+        (status = 401, description = "UNAUTHENTICATED", body = ErrorOut),
+        (status = 403, description = "PERMISSION_DENIED", body = ErrorOut),
+        (status = 405, description = "METHOD_NOT_ALLOWED", body = ErrorOut),
+        (status = 500, description = "INTERNAL", body = ErrorOut),
+        (status = 503, description = "HALTED or UNAVAILABLE", body = ErrorOut),
+    ),
+)]
+pub(crate) async fn history(
     State(node): Shared,
     headers: HeaderMap,
     RawQuery(raw): RawQuery,
@@ -562,24 +660,41 @@ async fn history(
         query(raw, &[])?;
         let key = path_param(p)?;
         let versions = node.history(Bytes::from(key.clone().into_bytes())).await?;
-        let versions: Vec<Value> = versions
+        let versions = versions
             .iter()
-            .map(|ver| {
-                let mut o = json!({ "commit_id": ver.commit_id.0, "deleted": ver.value.is_none() });
-                if let Some(val) = &ver.value {
-                    let (n, x) = bytes_field("value", val);
-                    o[n] = x;
-                }
-                o
+            .map(|ver| VersionOut {
+                commit_id: ver.commit_id.0,
+                deleted: ver.value.is_none(),
+                value: ver.value.as_deref().map(value_bytes).unwrap_or_default(),
             })
             .collect();
-        Ok(json!({ "key": key, "versions": versions }))
+        Ok(HistoryOut { key, versions })
     }
     .await;
     finish(&node, 200, r)
 }
 
-async fn scan(State(node): Shared, headers: HeaderMap, RawQuery(raw): RawQuery) -> Response {
+/// Keys with a prefix and their current values, in key order.
+#[utoipa::path(
+    get,
+    path = "/v1/kv",
+    operation_id = "scanKeys",
+    tag = "read",
+    params(
+        ("prefix" = Option<String>, Query, description = "only keys starting with this (default: all)"),
+        ("limit" = Option<u32>, Query, description = "at most this many (default 100)"),
+    ),
+    responses(
+        (status = 200, description = "the keys", body = ScanOut),
+        (status = 400, description = "INVALID_ARGUMENT", body = ErrorOut),
+        (status = 401, description = "UNAUTHENTICATED", body = ErrorOut),
+        (status = 403, description = "PERMISSION_DENIED", body = ErrorOut),
+        (status = 405, description = "METHOD_NOT_ALLOWED", body = ErrorOut),
+        (status = 500, description = "INTERNAL", body = ErrorOut),
+        (status = 503, description = "HALTED or UNAVAILABLE", body = ErrorOut),
+    ),
+)]
+pub(crate) async fn scan(State(node): Shared, headers: HeaderMap, RawQuery(raw): RawQuery) -> Response {
     let r = async {
         authorize(&node, &headers, Action::Read)?;
         let q = query(raw, &["prefix", "limit"])?;
@@ -587,24 +702,42 @@ async fn scan(State(node): Shared, headers: HeaderMap, RawQuery(raw): RawQuery) 
         let limit = number(&q, "limit")?.unwrap_or(100);
         let limit = u32::try_from(limit).map_err(|_| ApiError::invalid("limit is too large"))?;
         let items = node.scan(Bytes::from(prefix.into_bytes()), limit).await?;
-        let items: Vec<Value> = items
-            .iter()
-            .map(|(k, v)| {
-                let mut o = serde_json::Map::new();
-                let (kn, kv) = bytes_field("key", k);
-                let (vn, vv) = bytes_field("value", v);
-                o.insert(kn, kv);
-                o.insert(vn, vv);
-                Value::Object(o)
-            })
-            .collect();
-        Ok(json!({ "items": items }))
+        Ok(ScanOut {
+            items: items
+                .iter()
+                .map(|(k, v)| ItemOut {
+                    key: key_bytes(k),
+                    value: value_bytes(v),
+                })
+                .collect(),
+        })
     }
     .await;
     finish(&node, 200, r)
 }
 
-async fn inclusion(State(node): Shared, headers: HeaderMap, RawQuery(raw): RawQuery) -> Response {
+/// A record with its inclusion proof (verify it against a signed checkpoint of `tree_size`).
+#[utoipa::path(
+    get,
+    path = "/v1/proofs/inclusion",
+    operation_id = "inclusionProof",
+    tag = "proofs",
+    params(
+        ("commit_id" = u64, Query, minimum = 1, description = "the record"),
+        ("tree_size" = Option<u64>, Query, minimum = 1, description = "the tree size (default: the newest checkpoint's)"),
+    ),
+    responses(
+        (status = 200, description = "the record and its audit path", body = InclusionOut),
+        (status = 400, description = "INVALID_ARGUMENT or OUT_OF_RANGE", body = ErrorOut),
+        (status = 401, description = "UNAUTHENTICATED", body = ErrorOut),
+        (status = 403, description = "PERMISSION_DENIED", body = ErrorOut),
+        (status = 404, description = "NOT_FOUND", body = ErrorOut),
+        (status = 405, description = "METHOD_NOT_ALLOWED", body = ErrorOut),
+        (status = 500, description = "INTERNAL (a proof that would not verify is never served)", body = ErrorOut),
+        (status = 503, description = "HALTED or UNAVAILABLE", body = ErrorOut),
+    ),
+)]
+pub(crate) async fn inclusion(State(node): Shared, headers: HeaderMap, RawQuery(raw): RawQuery) -> Response {
     let r = async {
         authorize(&node, &headers, Action::Read)?;
         let q = query(raw, &["commit_id", "tree_size"])?;
@@ -614,22 +747,44 @@ async fn inclusion(State(node): Shared, headers: HeaderMap, RawQuery(raw): RawQu
             return Err(ApiError::invalid("tree_size must be at least 1"));
         }
         let inc = node.inclusion(commit, size).await?;
-        let mut v = json!({
-            "leaf_index": inc.proof.leaf_index,
-            "tree_size": inc.proof.tree_size,
-            "hashes": inc.proof.hashes.iter().map(hex).collect::<Vec<_>>(),
-            "record": record_json(&inc.record),
-        });
-        if let Some(cp) = &inc.checkpoint {
-            v["checkpoint"] = checkpoint_json(cp);
-        }
-        Ok(v)
+        Ok(InclusionOut {
+            leaf_index: inc.proof.leaf_index,
+            tree_size: inc.proof.tree_size,
+            hashes: hashes_out(&inc.proof.hashes),
+            record: record_out(&inc.record),
+            checkpoint: inc.checkpoint.as_ref().map(checkpoint_out),
+        })
     }
     .await;
     finish(&node, 200, r)
 }
 
-async fn consistency(State(node): Shared, headers: HeaderMap, RawQuery(raw): RawQuery) -> Response {
+/// A consistency proof between two tree sizes.
+#[utoipa::path(
+    get,
+    path = "/v1/proofs/consistency",
+    operation_id = "consistencyProof",
+    tag = "proofs",
+    params(
+        ("old_size" = u64, Query, description = "the older size"),
+        ("new_size" = Option<u64>, Query, minimum = 1, description = "the newer size (default: the newest checkpoint's)"),
+    ),
+    responses(
+        (status = 200, description = "the proof", body = ConsistencyOut),
+        (status = 400, description = "INVALID_ARGUMENT or OUT_OF_RANGE", body = ErrorOut),
+        (status = 401, description = "UNAUTHENTICATED", body = ErrorOut),
+        (status = 403, description = "PERMISSION_DENIED", body = ErrorOut),
+        (status = 404, description = "NOT_FOUND", body = ErrorOut),
+        (status = 405, description = "METHOD_NOT_ALLOWED", body = ErrorOut),
+        (status = 500, description = "INTERNAL", body = ErrorOut),
+        (status = 503, description = "HALTED or UNAVAILABLE", body = ErrorOut),
+    ),
+)]
+pub(crate) async fn consistency(
+    State(node): Shared,
+    headers: HeaderMap,
+    RawQuery(raw): RawQuery,
+) -> Response {
     let r = async {
         authorize(&node, &headers, Action::Read)?;
         let q = query(raw, &["old_size", "new_size"])?;
@@ -639,88 +794,167 @@ async fn consistency(State(node): Shared, headers: HeaderMap, RawQuery(raw): Raw
             return Err(ApiError::invalid("new_size must be at least 1"));
         }
         let (old, new, hashes) = node.consistency(old, new).await?;
-        Ok(json!({
-            "old_size": old,
-            "new_size": new,
-            "hashes": hashes.iter().map(hex).collect::<Vec<_>>(),
-        }))
+        Ok(ConsistencyOut {
+            old_size: old,
+            new_size: new,
+            hashes: hashes_out(&hashes),
+        })
     }
     .await;
     finish(&node, 200, r)
 }
 
-async fn latest_checkpoint(State(node): Shared, headers: HeaderMap, RawQuery(raw): RawQuery) -> Response {
+/// The newest signed checkpoint.
+#[utoipa::path(
+    get,
+    path = "/v1/checkpoints/latest",
+    operation_id = "latestCheckpoint",
+    tag = "proofs",
+    responses(
+        (status = 200, description = "the checkpoint", body = CheckpointOut),
+        (status = 400, description = "INVALID_ARGUMENT (a query parameter)", body = ErrorOut),
+        (status = 401, description = "UNAUTHENTICATED", body = ErrorOut),
+        (status = 403, description = "PERMISSION_DENIED", body = ErrorOut),
+        (status = 404, description = "NOT_FOUND: none signed yet", body = ErrorOut),
+        (status = 405, description = "METHOD_NOT_ALLOWED", body = ErrorOut),
+        (status = 500, description = "INTERNAL", body = ErrorOut),
+        (status = 503, description = "HALTED or UNAVAILABLE", body = ErrorOut),
+    ),
+)]
+pub(crate) async fn latest_checkpoint(
+    State(node): Shared,
+    headers: HeaderMap,
+    RawQuery(raw): RawQuery,
+) -> Response {
     let r = async {
         authorize(&node, &headers, Action::Read)?;
         query(raw, &[])?;
-        Ok(checkpoint_json(&node.latest_checkpoint().await?))
+        Ok(checkpoint_out(&node.latest_checkpoint().await?))
     }
     .await;
     finish(&node, 200, r)
 }
 
-async fn checkpoint_now(State(node): Shared, headers: HeaderMap, RawQuery(raw): RawQuery) -> Response {
+/// Sign a checkpoint now (admin; the writable primary only).
+#[utoipa::path(
+    post,
+    path = "/v1/checkpoints",
+    operation_id = "checkpointNow",
+    tag = "admin",
+    responses(
+        (status = 201, description = "signed", body = CheckpointOut),
+        (status = 400, description = "INVALID_ARGUMENT (a query parameter)", body = ErrorOut),
+        (status = 401, description = "UNAUTHENTICATED", body = ErrorOut),
+        (status = 403, description = "PERMISSION_DENIED: not an admin token", body = ErrorOut),
+        (status = 405, description = "METHOD_NOT_ALLOWED", body = ErrorOut),
+        (status = 500, description = "INTERNAL", body = ErrorOut),
+        (status = 503, description = "NOT_LEADER (only the writable primary signs), LOG_FAILED, HALTED, UNAVAILABLE", body = ErrorOut),
+        (status = 504, description = "DEADLINE_EXCEEDED", body = ErrorOut),
+    ),
+)]
+pub(crate) async fn checkpoint_now(
+    State(node): Shared,
+    headers: HeaderMap,
+    RawQuery(raw): RawQuery,
+) -> Response {
     let r = async {
         authorize(&node, &headers, Action::Admin)?;
         query(raw, &[])?;
-        Ok(checkpoint_json(&node.checkpoint_now().await?))
+        Ok(checkpoint_out(&node.checkpoint_now().await?))
     }
     .await;
     finish(&node, 201, r)
 }
 
-async fn health(State(node): Shared) -> Response {
+/// Node health (no token needed).
+#[utoipa::path(
+    get,
+    path = "/v1/health",
+    operation_id = "health",
+    tag = "status",
+    security(()),
+    responses(
+        (status = 200, description = "serving", body = HealthOut),
+        (status = 405, description = "METHOD_NOT_ALLOWED", body = ErrorOut),
+        (status = 503, description = "not serving: halted, failed closed or stopped (the status says why)", body = HealthOut),
+    ),
+)]
+pub(crate) async fn health(State(node): Shared) -> Response {
     let (status, writable, serving) = node.health();
     let code = if serving { 200 } else { 503 };
     finish(
         &node,
         code,
-        Ok(json!({ "status": status, "writable": writable, "serving": serving })),
+        Ok(HealthOut {
+            status,
+            writable,
+            serving,
+        }),
     )
 }
 
-async fn ha_status(State(node): Shared, headers: HeaderMap) -> Response {
+/// Replication and authority status (answered even when halted: it says why).
+#[utoipa::path(
+    get,
+    path = "/v1/ha/status",
+    operation_id = "haStatus",
+    tag = "status",
+    responses(
+        (status = 200, description = "the status", body = HaStatus),
+        (status = 401, description = "UNAUTHENTICATED", body = ErrorOut),
+        (status = 403, description = "PERMISSION_DENIED", body = ErrorOut),
+        (status = 405, description = "METHOD_NOT_ALLOWED", body = ErrorOut),
+        (status = 500, description = "INTERNAL", body = ErrorOut),
+    ),
+)]
+pub(crate) async fn ha_status(State(node): Shared, headers: HeaderMap) -> Response {
     let r = async {
         authorize(&node, &headers, Action::Read)?;
-        let s = node.ha_status().await?;
-        Ok(json!({
-            "node_id": s.node_id,
-            "role": s.role,
-            "state": s.state,
-            "epoch": s.epoch,
-            "leader_id": s.leader_id,
-            "leader_url": s.leader_url,
-            "is_leader": s.is_leader,
-            "lease_ms": 0,
-            "expires_in_ms": 0,
-            "commit_id": s.commit_id,
-            "applied_commit_id": s.applied_commit_id,
-            "replicas": s.replicas,
-            "write_block_active": s.write_block_active,
-            "can_accept_protected_writes": s.can_accept_protected_writes,
-            "halt_reason": s.halt_reason,
-            "connected_to_primary": s.connected_to_primary,
-            "primary_commit_id": s.primary_commit_id,
-            "replication_error": s.replication_error,
-        }))
+        node.ha_status().await
     }
     .await;
     finish(&node, 200, r)
 }
 
-async fn openapi(State(node): Shared) -> Response {
+/// This document.
+#[utoipa::path(
+    get,
+    path = "/v1/openapi.json",
+    operation_id = "openapi",
+    tag = "status",
+    security(()),
+    responses(
+        (status = 200, description = "the OpenAPI document", content_type = "application/json", body = Object),
+        (status = 405, description = "METHOD_NOT_ALLOWED", body = ErrorOut),
+    ),
+)]
+pub(crate) async fn openapi(State(node): Shared) -> Response {
+    static DOC: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     node.metrics.request("rest", "OK");
     (
         StatusCode::OK,
         [(header::CONTENT_TYPE, "application/json")],
-        include_str!("../openapi.json"),
+        DOC.get_or_init(crate::openapi::document).clone(),
     )
         .into_response()
 }
 
-async fn metrics(State(node): Shared, headers: HeaderMap) -> Response {
+/// Prometheus metrics (text exposition 0.0.4).
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    operation_id = "metrics",
+    tag = "status",
+    responses(
+        (status = 200, description = "the metrics", content_type = "text/plain; version=0.0.4", body = String),
+        (status = 401, description = "UNAUTHENTICATED", body = ErrorOut),
+        (status = 403, description = "PERMISSION_DENIED: the token's role may not read metrics", body = ErrorOut),
+        (status = 405, description = "METHOD_NOT_ALLOWED", body = ErrorOut),
+    ),
+)]
+pub(crate) async fn metrics(State(node): Shared, headers: HeaderMap) -> Response {
     if let Err(e) = authorize(&node, &headers, Action::Metrics) {
-        return finish(&node, 200, Err(e));
+        return finish::<()>(&node, 200, Err(e));
     }
     node.metrics.request("rest", "OK");
     let text = node.metrics.render(&node.engine_figures());
@@ -733,7 +967,7 @@ async fn metrics(State(node): Shared, headers: HeaderMap) -> Response {
 }
 
 async fn not_found(State(node): Shared, uri: axum::http::Uri) -> Response {
-    finish(
+    finish::<()>(
         &node,
         200,
         Err(ApiError::new(Code::NotFound, format!("no route {}", uri.path()))),
@@ -745,7 +979,7 @@ async fn method_not_allowed(
     method: axum::http::Method,
     uri: axum::http::Uri,
 ) -> Response {
-    finish(
+    finish::<()>(
         &node,
         200,
         Err(ApiError::new(

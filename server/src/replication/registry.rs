@@ -94,7 +94,7 @@ impl Token {
 }
 
 /// Per-replica lag, as the primary reports it: a plain snapshot for status and metrics.
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, serde::Serialize, utoipa::ToSchema)]
 pub struct ReplicaLag {
     /// The replica's node id.
     pub node_id: String,
