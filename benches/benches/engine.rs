@@ -94,14 +94,18 @@ fn at_one_million(c: &mut Criterion) {
     g.throughput(Throughput::Elements(1));
     g.bench_function("get", |b| {
         b.iter(|| {
-            db.get(format!("key-{:012}", next(&mut seed) % 200_000).as_bytes())
+            // Key `x` belongs to tenant `x % 8` (200,000 is a multiple of 8).
+            let x = next(&mut seed) % 200_000;
+            db.get(&format!("t{}", x % 8), format!("key-{x:012}").as_bytes())
                 .expect("get")
         })
     });
     g.bench_function("get_at", |b| {
         b.iter(|| {
+            let x = next(&mut seed) % 200_000;
             db.get_at(
-                format!("key-{:012}", next(&mut seed) % 200_000).as_bytes(),
+                &format!("t{}", x % 8),
+                format!("key-{x:012}").as_bytes(),
                 CommitId(RECORDS / 2),
             )
             .expect("get_at")

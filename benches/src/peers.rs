@@ -78,7 +78,10 @@ impl Store for Aero {
         self.0.append_many(&records).expect("AeroDB append_many");
     }
     fn get(&self, k: u64) -> Option<Vec<u8>> {
-        self.0.get(&key(k)).expect("AeroDB get").map(|b| b.to_vec())
+        self.0
+            .get("bench", &key(k))
+            .expect("AeroDB get")
+            .map(|b| b.to_vec())
     }
 }
 

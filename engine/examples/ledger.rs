@@ -66,14 +66,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
 
     // Reads: now, at an older CommitId, the history of one key, one tenant's records.
-    println!("acme/balance now      = {:?}", utf8(db.get(b"acme/balance")?));
+    println!(
+        "acme/balance now      = {:?}",
+        utf8(db.get("acme", b"acme/balance")?)
+    );
     println!(
         "acme/balance at #1500 = {:?}",
-        utf8(db.get_at(b"acme/balance", CommitId(1500))?)
+        utf8(db.get_at("acme", b"acme/balance", CommitId(1500))?)
     );
     println!(
         "globex/last-op has {} versions",
-        db.history(b"globex/last-op")?.len()
+        db.history("globex", b"globex/last-op")?.len()
     );
     println!(
         "initech has {} records from #2900 on",

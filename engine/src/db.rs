@@ -199,6 +199,9 @@ struct State {
 struct Inner {
     dir: PathBuf,
     opts: Options,
+    /// The record version this log follows (and appends): 2 (keys per tenant) or 1 (global keys). Set by the
+    /// first record; a new log takes the current version.
+    version: std::sync::atomic::AtomicU8,
     wal: Wal,
     signer: SigningKey,
     verifier: VerifierKey,
@@ -426,28 +429,32 @@ impl Db {
         Ok(out)
     }
 
-    /// The current value of `key`.
-    pub fn get(&self, key: &[u8]) -> Result<Option<Bytes>> {
-        self.get_at(key, CommitId(u64::MAX))
+    /// The current value of `key` in `tenant`'s key space (on a log of version-1 records, whose keys are global
+    /// across tenants, the tenant does not scope the key; see [`Db::tenant_keys`]).
+    pub fn get(&self, tenant: &str, key: &[u8]) -> Result<Option<Bytes>> {
+        self.get_at(tenant, key, CommitId(u64::MAX))
     }
 
-    /// The value `key` had right after CommitId `at` was applied.
-    pub fn get_at(&self, key: &[u8], at: CommitId) -> Result<Option<Bytes>> {
+    /// The value `key` (in `tenant`'s key space) had right after CommitId `at` was applied.
+    pub fn get_at(&self, tenant: &str, key: &[u8], at: CommitId) -> Result<Option<Bytes>> {
         let inner = self.inner()?;
-        let at = at.0;
-        let at = at.min(inner.visible());
-        let version = inner.index.read().version_at(KEYS, key, at);
+        let at = at.0.min(inner.visible());
+        let scoped = inner.scoped(tenant, key);
+        let version = inner.index.read().version_at(KEYS, &scoped, at);
         match version {
             Some(v) if !ver_deleted(v) => inner.value_in(ver_commit(v), key),
             _ => Ok(None),
         }
     }
 
-    /// Every version of `key`, oldest first.
-    pub fn history(&self, key: &[u8]) -> Result<Vec<Version>> {
+    /// Every version of `key` in `tenant`'s key space, oldest first.
+    pub fn history(&self, tenant: &str, key: &[u8]) -> Result<Vec<Version>> {
         let inner = self.inner()?;
         let visible = inner.visible();
-        let versions = inner.index.read().versions(KEYS, key, visible);
+        let versions = inner
+            .index
+            .read()
+            .versions(KEYS, &inner.scoped(tenant, key), visible);
         versions
             .into_iter()
             .map(|v| (ver_commit(v), ver_deleted(v)))
@@ -465,29 +472,63 @@ impl Db {
             .collect()
     }
 
-    /// Current `(key, value)` pairs with keys in `range`, in key order, at most `limit`.
-    pub fn scan<R: RangeBounds<[u8]>>(&self, range: R, limit: usize) -> Result<Vec<(Bytes, Bytes)>> {
+    /// Current `(key, value)` pairs of `tenant` with keys in `range`, in key order, at most `limit`.
+    pub fn scan<R: RangeBounds<[u8]>>(
+        &self,
+        tenant: &str,
+        range: R,
+        limit: usize,
+    ) -> Result<Vec<(Bytes, Bytes)>> {
         let inner = self.inner()?;
         let visible = inner.visible();
-        let lo: Bound<&[u8]> = range.start_bound();
-        let hi: Bound<&[u8]> = range.end_bound();
-        let hits = inner.index.read().scan(lo, hi, visible, limit);
+        // The tenant's key space is the scoped keys `tenant ‖ 0x00 ‖ key`: bound the range inside it.
+        let scope = inner.scoped(tenant, b"");
+        let bound = |b: Bound<&[u8]>| match b {
+            Bound::Included(k) => Bound::Included([scope.as_slice(), k].concat()),
+            Bound::Excluded(k) => Bound::Excluded([scope.as_slice(), k].concat()),
+            Bound::Unbounded => Bound::Unbounded,
+        };
+        let lo = match bound(range.start_bound()) {
+            Bound::Unbounded => Bound::Included(scope.clone()),
+            b => b,
+        };
+        let hi = match bound(range.end_bound()) {
+            // Past the scope: its successor (none when the scope is empty, on a version-1 log).
+            Bound::Unbounded => prefix_successor(&scope).map_or(Bound::Unbounded, Bound::Excluded),
+            b => b,
+        };
+        let hits = inner
+            .index
+            .read()
+            .scan(bound_ref(&lo), bound_ref(&hi), visible, limit);
         hits.into_iter()
-            .filter_map(|(k, c)| match inner.value_in(c, &k) {
-                Ok(Some(v)) => Some(Ok((k, v))),
-                Ok(None) => None,
-                Err(e) => Some(Err(e)),
+            .filter_map(|(k, c)| {
+                let key = k.slice(scope.len()..);
+                match inner.value_in(c, &key) {
+                    Ok(Some(v)) => Some(Ok((key, v))),
+                    Ok(None) => None,
+                    Err(e) => Some(Err(e)),
+                }
             })
             .collect()
     }
 
-    /// Current `(key, value)` pairs whose key starts with `prefix`, at most `limit`.
-    pub fn scan_prefix(&self, prefix: &[u8], limit: usize) -> Result<Vec<(Bytes, Bytes)>> {
+    /// Current `(key, value)` pairs of `tenant` whose key starts with `prefix`, at most `limit`.
+    pub fn scan_prefix(&self, tenant: &str, prefix: &[u8], limit: usize) -> Result<Vec<(Bytes, Bytes)>> {
         // The range [prefix, successor of prefix): only matching keys are visited, so no value is read from the
         // log for a key that would be discarded.
         let end = prefix_successor(prefix);
         let hi = end.as_deref().map_or(Bound::Unbounded, Bound::Excluded);
-        self.scan::<(Bound<&[u8]>, Bound<&[u8]>)>((Bound::Included(prefix), hi), limit)
+        self.scan::<(Bound<&[u8]>, Bound<&[u8]>)>(tenant, (Bound::Included(prefix), hi), limit)
+    }
+
+    /// Whether this log gives each tenant its own key space (its records are version 2, the default for a new
+    /// log) or keeps one global key space (version-1 records, written before tenants had their own keys; such a
+    /// log keeps its rule, and the tenant arguments of the key reads do not scope keys on it).
+    #[must_use]
+    pub fn tenant_keys(&self) -> bool {
+        self.live()
+            .is_none_or(|i| record::tenant_keys(i.version.load(Ordering::Acquire)))
     }
 
     /// Records of `tenant` with CommitId ≥ `from`, oldest first, at most `limit`.
@@ -708,6 +749,19 @@ impl Db {
                         Err(e) => return Ok(Err(corruption(commit, e.to_string()))),
                     };
                     let h = v.header;
+                    // One log, one key rule: the first record sets it, every later one must follow it.
+                    if commit == 1 {
+                        inner.version.store(h.version, Ordering::Release);
+                    } else if h.version != inner.version.load(Ordering::Acquire) {
+                        return Ok(Err(corruption(
+                            commit,
+                            format!(
+                                "replicated record of version {} in a log of version-{} records",
+                                h.version,
+                                inner.version.load(Ordering::Acquire)
+                            ),
+                        )));
+                    }
                     if h.commit_id != CommitId(commit) || h.epoch != Epoch(epoch) || h.prev_hash != prev {
                         return Ok(Err(corruption(
                             commit,
@@ -1356,6 +1410,15 @@ fn open_inner(fs: Arc<dyn Fs>, dir: &Path, opts: Options) -> Result<(Arc<Inner>,
     report.wal_recovery = t.elapsed();
     report.wal = wal.recovery_report().clone();
     let records = wal.durable_commit_id().0;
+    // The rule this log follows is its first record's version (a new log takes the current one).
+    let version = match wal.read_from(CommitId(1))?.next().transpose()? {
+        Some(f) if records > 0 => {
+            record::decode_header(&f.body())
+                .map_err(|e| corruption(1, e.to_string()))?
+                .version
+        }
+        _ => record::RECORD_VERSION,
+    };
     // Derived files ahead of the log: with every append synced before it is applied, no crash leaves them so
     // (after `kill -9` they hold every applied record; after a power loss, less). It means the log lost
     // records it had acknowledged: refuse before anything is repaired, so the evidence stays.
@@ -1482,6 +1545,7 @@ fn open_inner(fs: Arc<dyn Fs>, dir: &Path, opts: Options) -> Result<(Arc<Inner>,
     state.merkle.sync()?;
     let not_writable = (opts.read_only || opts.replica).then_some(NotWritable::NotWriteAuthority);
     let inner = Arc::new(Inner {
+        version: std::sync::atomic::AtomicU8::new(version),
         dir: dir.to_owned(),
         chain: std::sync::Mutex::new(Chain {
             last_hash: state.tip_hash,
@@ -1540,6 +1604,15 @@ fn start_background(inner: &Arc<Inner>) -> Result<Vec<JoinHandle<()>>> {
     ])
 }
 
+/// A bound on owned bytes as a bound on a slice.
+fn bound_ref(b: &Bound<Vec<u8>>) -> Bound<&[u8]> {
+    match b {
+        Bound::Included(k) => Bound::Included(k.as_slice()),
+        Bound::Excluded(k) => Bound::Excluded(k.as_slice()),
+        Bound::Unbounded => Bound::Unbounded,
+    }
+}
+
 fn load_or_create_key(path: &Path, origin: &str) -> Result<SigningKey> {
     if path.exists() {
         return Ok(SigningKey::load(path)?);
@@ -1551,6 +1624,18 @@ fn load_or_create_key(path: &Path, origin: &str) -> Result<SigningKey> {
 }
 
 impl Inner {
+    /// The index key of `key` in `tenant`'s key space under this log's rule.
+    fn scoped(&self, tenant: &str, key: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(tenant.len() + 1 + key.len());
+        record::scoped_key(
+            record::tenant_keys(self.version.load(Ordering::Acquire)),
+            tenant,
+            key,
+            &mut out,
+        );
+        out
+    }
+
     /// The applied mark: every record up to it is durable and visible to readers.
     fn visible(&self) -> u64 {
         self.applied.load(Ordering::Acquire)
@@ -1598,10 +1683,11 @@ impl Inner {
         }
         let max = self.opts.wal.max_record_bytes;
         let epoch = self.opts.epoch;
+        let version = self.version.load(Ordering::Acquire);
         // Validate, encode and hash everything but the trailer before taking any lock.
         for it in items.iter_mut() {
             check_record(it.tenant, it.payload, max)?;
-            let p = record::prepare(epoch, it.tenant, it.payload);
+            let p = record::prepare_version(version, epoch, it.tenant, it.payload);
             debug_assert_eq!(
                 p.sealed_len(),
                 record::RECORD_OVERHEAD + it.tenant.len() + record::body_len(it.payload)
@@ -1649,7 +1735,12 @@ impl Inner {
         }));
         self.index_queued(queued.last().0, |ix| {
             for it in items.iter() {
-                ix.add_payload(it.receipt().commit_id.0, it.tenant, it.payload);
+                ix.add_payload(
+                    it.receipt().commit_id.0,
+                    record::tenant_keys(version),
+                    it.tenant,
+                    it.payload,
+                );
             }
         });
         drop(chain);

@@ -21,15 +21,7 @@ pub fn record(data: &[u8]) {
     );
     if let Ok(r) = decoded {
         let mut again = Vec::new();
-        record::encode(
-            &mut again,
-            r.commit_id,
-            r.epoch,
-            r.timestamp_ms,
-            &r.tenant,
-            &r.payload,
-            &r.prev_hash,
-        );
+        record::encode_record(&mut again, &r);
         assert_eq!(again, data, "decode/encode round trip");
     }
 }

@@ -477,7 +477,12 @@ impl IndexCheck {
                 ));
             }
         };
-        v.for_each_write(|key, deleted| probe(KEYS, key, ver(commit, deleted)));
+        let tenant_keys = crate::record::tenant_keys(v.header.version);
+        let mut scoped = Vec::new();
+        v.for_each_write(|key, deleted| {
+            crate::record::scoped_key(tenant_keys, v.tenant, key, &mut scoped);
+            probe(KEYS, &scoped, ver(commit, deleted));
+        });
         probe(TENANTS, v.tenant.as_bytes(), ver(commit, false));
         self.matched[self.cur] += found;
         self.problems.extend(missing);
@@ -716,6 +721,8 @@ pub(crate) struct Index {
     runs: Vec<Arc<Run>>,
     frozen: Option<Arc<MemTable>>,
     mem: MemTable,
+    /// Reused for the tenant-scoped key of each write.
+    scratch: Vec<u8>,
 }
 
 /// Table numbers.
@@ -849,6 +856,7 @@ impl Index {
                 runs,
                 frozen: None,
                 mem: MemTable::starting_after(covered),
+                scratch: Vec::new(),
             },
             report,
         ))
@@ -871,14 +879,20 @@ impl Index {
     }
 
     /// Adds a record being appended (each key is copied into the memory table's key chunks the first time the
-    /// table sees it).
-    pub fn add_payload(&mut self, commit: u64, tenant: &str, payload: &crate::record::Payload) {
+    /// table sees it), its keys scoped to its tenant when `tenant_keys` (record version 2).
+    pub fn add_payload(
+        &mut self,
+        commit: u64,
+        tenant_keys: bool,
+        tenant: &str,
+        payload: &crate::record::Payload,
+    ) {
         debug_assert!(commit > self.mem.hi);
         if let crate::record::Payload::Batch(ops) = payload {
             for op in ops {
-                let key = op.key();
+                crate::record::scoped_key(tenant_keys, tenant, op.key(), &mut self.scratch);
                 let deleted = matches!(op, crate::record::Op::Delete { .. });
-                self.mem.push(KEYS, key, ver(commit, deleted));
+                self.mem.push(KEYS, &self.scratch, ver(commit, deleted));
             }
         }
         self.mem.push(TENANTS, tenant.as_bytes(), ver(commit, false));
@@ -887,8 +901,11 @@ impl Index {
 
     /// Adds a record read back from the log, copying each key only the first time the memory table sees it.
     pub fn add_view(&mut self, commit: u64, v: &crate::record::RecordView<'_>) {
+        let tenant_keys = crate::record::tenant_keys(v.header.version);
+        let (mem, scratch) = (&mut self.mem, &mut self.scratch);
         v.for_each_write(|key, deleted| {
-            self.mem.push(KEYS, key, ver(commit, deleted));
+            crate::record::scoped_key(tenant_keys, v.tenant, key, scratch);
+            mem.push(KEYS, scratch, ver(commit, deleted));
         });
         self.mem.push(TENANTS, v.tenant.as_bytes(), ver(commit, false));
         self.mem.hi = commit;

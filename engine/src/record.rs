@@ -20,8 +20,31 @@ use sha2::{Digest, Sha256};
 
 use crate::merkle::Hash;
 
-/// The encoding version this code writes and reads.
-pub const RECORD_VERSION: u8 = 1;
+/// The encoding version this code writes on a new log: version 2, whose keys belong to the record's tenant (each
+/// tenant has its own key space). The layout is version 1's; only the rule differs.
+pub const RECORD_VERSION: u8 = 2;
+/// Version 1: keys are global across tenants (a put by one tenant overwrites another's key of the same name).
+/// Still read, and still written to a log whose records are version 1: a log follows one rule, never migrated
+/// silently.
+pub const RECORD_VERSION_GLOBAL_KEYS: u8 = 1;
+
+/// Whether records of `version` give each tenant its own key space.
+#[must_use]
+pub fn tenant_keys(version: u8) -> bool {
+    version >= RECORD_VERSION
+}
+
+/// The index key of `key` under a log's rule, into `out` (replacing its content): the key itself for version 1
+/// (global keys), `tenant ‖ 0x00 ‖ key` for version 2 (a tenant has no control characters, so the 0x00 cannot be
+/// part of it and the scoped keys of different tenants never collide).
+pub fn scoped_key(tenant_keys: bool, tenant: &str, key: &[u8], out: &mut Vec<u8>) {
+    out.clear();
+    if tenant_keys {
+        out.extend_from_slice(tenant.as_bytes());
+        out.push(0);
+    }
+    out.extend_from_slice(key);
+}
 /// Length of the fixed head of a record (before the tenant).
 pub const RECORD_HEAD_LEN: usize = 16;
 /// Length of the trailer (after the body).
@@ -112,6 +135,8 @@ pub enum Payload {
 /// A record as stored: the canonical fields. Its hash is computed from the encoding, never stored in it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Record {
+    /// The encoding version: 1 (keys global across tenants) or 2 (each tenant its own key space).
+    pub version: u8,
     /// Position in the one global history (1-based, gap-free).
     pub commit_id: CommitId,
     /// The epoch of the primary that wrote it.
@@ -323,6 +348,13 @@ pub fn recycle(buf: Vec<u8>) {
 /// Encodes everything but the trailer and hashes it. The caller has validated tenant and payload.
 #[must_use]
 pub fn prepare(epoch: Epoch, tenant: &str, payload: &Payload) -> Prepared {
+    prepare_version(RECORD_VERSION, epoch, tenant, payload)
+}
+
+/// [`prepare`] with the encoding version of the log the record goes to ([`RECORD_VERSION`] or
+/// [`RECORD_VERSION_GLOBAL_KEYS`]).
+#[must_use]
+pub fn prepare_version(version: u8, epoch: Epoch, tenant: &str, payload: &Payload) -> Prepared {
     let epoch = epoch.0;
     let body = body_len(payload);
     assert!(
@@ -334,7 +366,7 @@ pub fn prepare(epoch: Epoch, tenant: &str, payload: &Payload) -> Prepared {
         "body length validated before encoding"
     );
     let mut out = spare_buffer(RECORD_OVERHEAD + tenant.len() + body);
-    out.push(RECORD_VERSION);
+    out.push(version);
     out.push(match payload {
         Payload::Batch(_) => KIND_BATCH,
         Payload::Event(_) => KIND_EVENT,
@@ -390,7 +422,7 @@ impl Prepared {
     }
 }
 
-/// Encodes a whole record into `out` (replacing its content).
+/// Encodes a whole record of the current version into `out` (replacing its content).
 pub fn encode(
     out: &mut Vec<u8>,
     commit_id: CommitId,
@@ -405,9 +437,18 @@ pub fn encode(
         .canonical;
 }
 
+/// Encodes `r` into `out` (replacing its content), in its own version.
+pub fn encode_record(out: &mut Vec<u8>, r: &Record) {
+    *out = prepare_version(r.version, r.epoch, &r.tenant, &r.payload)
+        .seal(r.timestamp_ms, r.commit_id.0, &r.prev_hash)
+        .canonical;
+}
+
 /// The fixed fields of an encoded record, read without decoding the body.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RecordHeader {
+    /// The encoding version (1: global keys, 2: keys per tenant).
+    pub version: u8,
     /// The CommitId.
     pub commit_id: CommitId,
     /// The epoch.
@@ -426,7 +467,7 @@ pub fn decode_header(b: &[u8]) -> Result<RecordHeader, RecordError> {
             need: RECORD_OVERHEAD,
         });
     }
-    if b[R_VERSION] != RECORD_VERSION {
+    if b[R_VERSION] != RECORD_VERSION && b[R_VERSION] != RECORD_VERSION_GLOBAL_KEYS {
         return Err(RecordError::Version(b[R_VERSION]));
     }
     if b[R_KIND] != KIND_BATCH && b[R_KIND] != KIND_EVENT {
@@ -443,6 +484,7 @@ pub fn decode_header(b: &[u8]) -> Result<RecordHeader, RecordError> {
     let mut prev_hash = [0u8; 32];
     prev_hash.copy_from_slice(&b[t + T_PREV_HASH..t + T_PREV_HASH + 32]);
     Ok(RecordHeader {
+        version: b[R_VERSION],
         commit_id: CommitId(u64_at(b, t + T_COMMIT_ID)),
         epoch: Epoch(u64_at(b, R_EPOCH)),
         timestamp_ms: u64_at(b, t + T_TIMESTAMP),
@@ -468,6 +510,7 @@ pub fn decode(b: &Bytes) -> Result<Record, RecordError> {
         _ => Payload::Batch(decode_ops(&body)?),
     };
     Ok(Record {
+        version: h.version,
         commit_id: h.commit_id,
         epoch: h.epoch,
         timestamp_ms: h.timestamp_ms,
@@ -605,6 +648,7 @@ mod tests {
 
     fn sample() -> Record {
         Record {
+            version: RECORD_VERSION,
             commit_id: CommitId(42),
             epoch: Epoch(3),
             timestamp_ms: 1_700_000_000_000,

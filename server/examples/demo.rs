@@ -85,8 +85,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "1. REST: 300 durable appends from one client in {:.2} s",
         t.elapsed().as_secs_f64()
     );
-    let r = httpc::call(bound.http, "GET", "/v1/kv/invoice%2F7?at=8", Some(&reader), None)?;
-    println!("   GET /v1/kv/invoice%2F7?at=8 -> {}", r.json());
+    // Keys belong to a tenant: invoice/7 was written by globex (record 8), invoice/7 of acme is another key.
+    let r = httpc::call(
+        bound.http,
+        "GET",
+        "/v1/kv/invoice%2F7?tenant=globex&at=8",
+        Some(&reader),
+        None,
+    )?;
+    println!("   GET /v1/kv/invoice%2F7?tenant=globex&at=8 -> {}", r.json());
+    if r.status != 200 {
+        return Err(format!("the key read answered {}", r.status).into());
+    }
 
     // 2. gRPC: 64 concurrent clients for two seconds.
     let done = Arc::new(AtomicU64::new(0));
@@ -180,7 +190,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let h = bound.http;
         println!("\n== The server keeps running. Try (Ctrl-C to stop):");
         println!("curl -s -XPOST -H 'Authorization: Bearer {writer}' -H 'Content-Type: application/json' \\\n  http://{h}/v1/records?prove=true -d '{{\"tenant\":\"acme\",\"ops\":[{{\"op\":\"put\",\"key\":\"hello\",\"value\":\"world\"}}]}}'");
-        println!("curl -s -H 'Authorization: Bearer {reader}' http://{h}/v1/kv/hello");
+        println!("curl -s -H 'Authorization: Bearer {reader}' 'http://{h}/v1/kv/hello?tenant=acme'");
         println!("curl -s -H 'Authorization: Bearer {reader}' 'http://{h}/v1/proofs/inclusion?commit_id=1'");
         println!("curl -s -H 'Authorization: Bearer {reader}' http://{h}/metrics | head");
         println!("cargo run -q -p aerodb-server --bin aerodb -- --grpc http://{g} --token {reader} proof 1 --verifier-key {}", bound.verifier_key);

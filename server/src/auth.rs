@@ -5,6 +5,7 @@
 //! name = "billing-service"   # shown in logs, never the token
 //! role = "writer"            # reader | writer | replicator | admin
 //! token = "at least 16 characters of secret"
+//! tenants = ["acme"]         # optional: only these tenants' records and keys (absent: every tenant)
 //! ```
 //!
 //! Tokens are kept only as SHA-256 digests and compared in constant time, against every configured token.
@@ -64,6 +65,8 @@ struct TokenEntry {
     name: String,
     role: Role,
     token: String,
+    #[serde(default)]
+    tenants: Option<Vec<String>>,
 }
 
 #[derive(Deserialize)]
@@ -75,7 +78,16 @@ struct TokensFile {
 /// The configured tokens (or none: authentication disabled).
 #[derive(Clone, Debug)]
 pub struct Auth {
-    tokens: Option<Vec<([u8; 32], String, Role)>>,
+    tokens: Option<Vec<Token>>,
+}
+
+/// A configured token: its digest, name, role and the tenants it is limited to.
+#[derive(Clone, Debug)]
+struct Token {
+    digest: [u8; 32],
+    name: String,
+    role: Role,
+    tenants: Option<Vec<String>>,
 }
 
 /// The caller, once authenticated.
@@ -85,6 +97,50 @@ pub struct Caller {
     pub name: String,
     /// Its role.
     pub role: Role,
+    /// The tenants it may write and read (`None`: every tenant).
+    pub tenants: Option<Vec<String>>,
+}
+
+impl Caller {
+    /// An admin limited to no tenant (an in-process caller: tools, tests).
+    #[must_use]
+    pub fn admin(name: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            role: Role::Admin,
+            tenants: None,
+        }
+    }
+
+    /// Whether this caller may write or read `tenant`'s records and keys: `PERMISSION_DENIED` if its token is
+    /// limited to other tenants.
+    pub fn may_use_tenant(&self, tenant: &str) -> Result<(), ApiError> {
+        match &self.tenants {
+            Some(list) if !list.iter().any(|t| t == tenant) => Err(ApiError::new(
+                Code::PermissionDenied,
+                format!(
+                    "token {:?} is limited to the tenants {list:?}, not {tenant:?}",
+                    self.name
+                ),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// Whether this caller may read across every tenant (a scan of the whole log, a key of a log whose keys are
+    /// global): only a token limited to no tenant.
+    pub fn may_use_every_tenant(&self, what: &str) -> Result<(), ApiError> {
+        match &self.tenants {
+            Some(list) => Err(ApiError::new(
+                Code::PermissionDenied,
+                format!(
+                    "token {:?} is limited to the tenants {list:?}; {what} needs a token for every tenant",
+                    self.name
+                ),
+            )),
+            None => Ok(()),
+        }
+    }
 }
 
 impl Auth {
@@ -111,13 +167,34 @@ impl Auth {
                 ));
             }
             let digest: [u8; 32] = Sha256::digest(t.token.as_bytes()).into();
-            if tokens.iter().any(|(d, _, _)| *d == digest) {
+            if tokens.iter().any(|k: &Token| k.digest == digest) {
                 return Err(Error::file(
                     path,
                     format!("token {:?} duplicates another token", t.name),
                 ));
             }
-            tokens.push((digest, t.name, t.role));
+            if let Some(list) = &t.tenants {
+                if list.is_empty() {
+                    return Err(Error::file(
+                        path,
+                        format!(
+                            "token {:?} lists no tenants (leave `tenants` out for every tenant)",
+                            t.name
+                        ),
+                    ));
+                }
+                for tenant in list {
+                    aerodb_engine::record::check_tenant(tenant).map_err(|e| {
+                        Error::file(path, format!("token {:?}: tenant {tenant:?}: {e}", t.name))
+                    })?;
+                }
+            }
+            tokens.push(Token {
+                digest,
+                name: t.name,
+                role: t.role,
+                tenants: t.tenants,
+            });
         }
         Ok(Self { tokens: Some(tokens) })
     }
@@ -134,6 +211,7 @@ impl Auth {
             return Ok(Caller {
                 name: "anonymous".into(),
                 role: Role::Admin,
+                tenants: None,
             });
         };
         let header = header
@@ -147,14 +225,18 @@ impl Auth {
         let digest: [u8; 32] = Sha256::digest(token).into();
         // Compare with every token, without stopping early or branching on the bytes.
         let mut found = None;
-        for (d, name, role) in tokens {
-            let diff = d.iter().zip(digest.iter()).fold(0u8, |acc, (a, b)| acc | (a ^ b));
+        for t in tokens {
+            let diff = t
+                .digest
+                .iter()
+                .zip(digest.iter())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b));
             if diff == 0 {
-                found = Some((name, *role));
+                found = Some(t);
             }
         }
-        let (name, role) =
-            found.ok_or_else(|| ApiError::new(Code::Unauthenticated, "unknown bearer token"))?;
+        let t = found.ok_or_else(|| ApiError::new(Code::Unauthenticated, "unknown bearer token"))?;
+        let (name, role) = (&t.name, t.role);
         if !role.allows(action) {
             return Err(ApiError::new(
                 Code::PermissionDenied,
@@ -164,6 +246,7 @@ impl Auth {
         Ok(Caller {
             name: name.clone(),
             role,
+            tenants: t.tenants.clone(),
         })
     }
 }

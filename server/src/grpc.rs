@@ -9,7 +9,7 @@ use tokio::sync::watch;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::{
-    auth::Action,
+    auth::{Action, Caller},
     error::{ApiError, ApiResult, Code},
     node::Node,
 };
@@ -67,11 +67,12 @@ impl LedgerService {
     }
 
     /// Appends one requested record (no authorization check: the caller has made it).
-    async fn append_one(&self, req: pb::AppendRequest) -> ApiResult<pb::AppendResponse> {
+    async fn append_one(&self, caller: &Caller, req: pb::AppendRequest) -> ApiResult<pb::AppendResponse> {
         let rec = new_record(
             req.record
                 .ok_or_else(|| ApiError::invalid("the request has no record"))?,
         )?;
+        caller.may_use_tenant(&rec.tenant)?;
         let out = self.node.append(rec.tenant, rec.payload, req.prove).await?;
         Ok(pb::AppendResponse {
             receipt: Some(receipt(&out.receipt)),
@@ -84,6 +85,7 @@ impl LedgerService {
     /// has sent its last request. A shutdown is noticed only between requests: an append once read is finished.
     async fn next_streamed(
         &self,
+        caller: &Caller,
         inbound: &mut Streaming<pb::AppendRequest>,
         stop: &mut watch::Receiver<bool>,
     ) -> Option<Result<pb::AppendResponse, Status>> {
@@ -105,16 +107,15 @@ impl LedgerService {
             },
         };
         let r = match msg {
-            Ok(req) => self.append_one(req).await,
+            Ok(req) => self.append_one(caller, req).await,
             Err(e) => Err(e),
         };
         Some(self.finish(r).map(Response::into_inner))
     }
 
-    fn authorize<T>(&self, req: &Request<T>, action: Action) -> ApiResult<()> {
+    fn authorize<T>(&self, req: &Request<T>, action: Action) -> ApiResult<Caller> {
         self.node
             .authorize(req.metadata().get("authorization").map(|v| v.as_bytes()), action)
-            .map(|_| ())
     }
 
     fn finish<T>(&self, r: ApiResult<T>) -> Result<Response<T>, Status> {
@@ -248,8 +249,8 @@ fn proof(p: &aerodb_engine::InclusionProof) -> pb::InclusionProof {
 impl pb::ledger_server::Ledger for LedgerService {
     async fn append(&self, req: Request<pb::AppendRequest>) -> Result<Response<pb::AppendResponse>, Status> {
         let r = async {
-            self.authorize(&req, Action::Write)?;
-            self.append_one(req.into_inner()).await
+            let caller = self.authorize(&req, Action::Write)?;
+            self.append_one(&caller, req.into_inner()).await
         }
         .await;
         self.finish(r)
@@ -262,14 +263,15 @@ impl pb::ledger_server::Ledger for LedgerService {
         req: Request<Streaming<pb::AppendRequest>>,
     ) -> Result<Response<AppendStream>, Status> {
         // The token is checked once, when the stream opens; whether the node accepts writes, at every append.
-        if let Err(e) = self.authorize(&req, Action::Write) {
-            return self.finish(Err(e));
-        }
-        let state = (self.clone(), req.into_inner(), self.stop.clone());
+        let caller = match self.authorize(&req, Action::Write) {
+            Ok(c) => c,
+            Err(e) => return self.finish(Err(e)),
+        };
+        let state = (self.clone(), caller, req.into_inner(), self.stop.clone());
         let answers = futures_util::stream::unfold(Some(state), |state| async move {
-            let (svc, mut inbound, mut stop) = state?;
-            match svc.next_streamed(&mut inbound, &mut stop).await? {
-                Ok(answer) => Some((Ok(answer), Some((svc, inbound, stop)))),
+            let (svc, caller, mut inbound, mut stop) = state?;
+            match svc.next_streamed(&caller, &mut inbound, &mut stop).await? {
+                Ok(answer) => Some((Ok(answer), Some((svc, caller, inbound, stop)))),
                 // The first error ends the stream, with its status.
                 Err(status) => Some((Err(status), None)),
             }
@@ -282,13 +284,16 @@ impl pb::ledger_server::Ledger for LedgerService {
         req: Request<pb::AppendBatchRequest>,
     ) -> Result<Response<pb::AppendBatchResponse>, Status> {
         let r = async {
-            self.authorize(&req, Action::Write)?;
+            let caller = self.authorize(&req, Action::Write)?;
             let records = req
                 .into_inner()
                 .records
                 .into_iter()
                 .map(new_record)
                 .collect::<ApiResult<Vec<_>>>()?;
+            for r in &records {
+                caller.may_use_tenant(&r.tenant)?;
+            }
             let receipts = self.node.append_batch(records).await?;
             Ok(pb::AppendBatchResponse {
                 receipts: receipts.iter().map(receipt).collect(),
@@ -303,8 +308,8 @@ impl pb::ledger_server::Ledger for LedgerService {
         req: Request<pb::GetRecordRequest>,
     ) -> Result<Response<pb::GetRecordResponse>, Status> {
         let r = async {
-            self.authorize(&req, Action::Read)?;
-            let rec = self.node.record(req.into_inner().commit_id).await?;
+            let caller = self.authorize(&req, Action::Read)?;
+            let rec = self.node.record(&caller, req.into_inner().commit_id).await?;
             Ok(pb::GetRecordResponse {
                 record: Some(record(&rec)),
             })
@@ -315,9 +320,12 @@ impl pb::ledger_server::Ledger for LedgerService {
 
     async fn get_key(&self, req: Request<pb::GetKeyRequest>) -> Result<Response<pb::GetKeyResponse>, Status> {
         let r = async {
-            self.authorize(&req, Action::Read)?;
+            let caller = self.authorize(&req, Action::Read)?;
             let req = req.into_inner();
-            let (value, at) = self.node.get(Bytes::from(req.key), req.at).await?;
+            let (value, at) = self
+                .node
+                .get(&caller, req.tenant, Bytes::from(req.key), req.at)
+                .await?;
             Ok(pb::GetKeyResponse {
                 found: value.is_some(),
                 value: value.map(|v| v.to_vec()).unwrap_or_default(),
@@ -333,8 +341,12 @@ impl pb::ledger_server::Ledger for LedgerService {
         req: Request<pb::HistoryRequest>,
     ) -> Result<Response<pb::HistoryResponse>, Status> {
         let r = async {
-            self.authorize(&req, Action::Read)?;
-            let versions = self.node.history(Bytes::from(req.into_inner().key)).await?;
+            let caller = self.authorize(&req, Action::Read)?;
+            let req = req.into_inner();
+            let versions = self
+                .node
+                .history(&caller, req.tenant, Bytes::from(req.key))
+                .await?;
             Ok(pb::HistoryResponse {
                 versions: versions
                     .into_iter()
@@ -352,9 +364,12 @@ impl pb::ledger_server::Ledger for LedgerService {
 
     async fn scan(&self, req: Request<pb::ScanRequest>) -> Result<Response<pb::ScanResponse>, Status> {
         let r = async {
-            self.authorize(&req, Action::Read)?;
+            let caller = self.authorize(&req, Action::Read)?;
             let req = req.into_inner();
-            let items = self.node.scan(Bytes::from(req.prefix), req.limit).await?;
+            let items = self
+                .node
+                .scan(&caller, req.tenant, Bytes::from(req.prefix), req.limit)
+                .await?;
             Ok(pb::ScanResponse {
                 items: items
                     .into_iter()
@@ -369,16 +384,36 @@ impl pb::ledger_server::Ledger for LedgerService {
         self.finish(r)
     }
 
+    async fn scan_records(
+        &self,
+        req: Request<pb::ScanRecordsRequest>,
+    ) -> Result<Response<pb::ScanRecordsResponse>, Status> {
+        let r = async {
+            let caller = self.authorize(&req, Action::Read)?;
+            let req = req.into_inner();
+            let (recs, next_from) = self
+                .node
+                .records(&caller, req.from, req.limit, req.tenant)
+                .await?;
+            Ok(pb::ScanRecordsResponse {
+                records: recs.iter().map(record).collect(),
+                next_from,
+            })
+        }
+        .await;
+        self.finish(r)
+    }
+
     async fn inclusion_proof(
         &self,
         req: Request<pb::InclusionProofRequest>,
     ) -> Result<Response<pb::InclusionProofResponse>, Status> {
         let r = async {
-            self.authorize(&req, Action::Read)?;
+            let caller = self.authorize(&req, Action::Read)?;
             let req = req.into_inner();
             let inc = self
                 .node
-                .inclusion(req.commit_id, Some(req.tree_size).filter(|s| *s > 0))
+                .inclusion(&caller, req.commit_id, Some(req.tree_size).filter(|s| *s > 0))
                 .await?;
             Ok(pb::InclusionProofResponse {
                 proof: Some(proof(&inc.proof)),

@@ -35,6 +35,8 @@ use crate::{
 
 /// Most pairs a scan returns.
 pub const MAX_SCAN_LIMIT: u32 = 10_000;
+/// The most records one page of a records scan returns.
+pub const MAX_RECORDS_PAGE: u32 = 1_000;
 /// Most records in one batch append.
 pub const MAX_BATCH_RECORDS: usize = 10_000;
 
@@ -857,25 +859,94 @@ impl Node {
     }
 
     /// Record `commit_id`.
-    pub async fn record(&self, commit_id: u64) -> ApiResult<StoredRecord> {
+    pub async fn record(&self, caller: &Caller, commit_id: u64) -> ApiResult<StoredRecord> {
         if commit_id == 0 {
             return Err(ApiError::invalid("CommitIds start at 1"));
         }
-        self.run(move |db| {
-            db.record(CommitId(commit_id))?.ok_or_else(|| {
-                let tip = db.tip().map_or(0, |t| t.commit_id.0);
-                ApiError::new(
-                    Code::NotFound,
-                    format!("record {commit_id} does not exist; the log holds {tip} records"),
-                )
+        let rec = self
+            .run(move |db| {
+                db.record(CommitId(commit_id))?.ok_or_else(|| {
+                    let tip = db.tip().map_or(0, |t| t.commit_id.0);
+                    ApiError::new(
+                        Code::NotFound,
+                        format!("record {commit_id} does not exist; the log holds {tip} records"),
+                    )
+                })
             })
+            .await?;
+        caller.may_use_tenant(&rec.record.tenant)?;
+        Ok(rec)
+    }
+
+    /// Up to `limit` records from CommitId `from` (only `tenant`'s when given), and where the next page starts
+    /// (0: no more now).
+    pub async fn records(
+        &self,
+        caller: &Caller,
+        from: u64,
+        limit: u32,
+        tenant: Option<String>,
+    ) -> ApiResult<(Vec<StoredRecord>, u64)> {
+        if limit > MAX_RECORDS_PAGE {
+            return Err(ApiError::invalid(format!(
+                "limit {limit} exceeds the maximum {MAX_RECORDS_PAGE}"
+            )));
+        }
+        let limit = if limit == 0 { 100 } else { limit as usize };
+        match &tenant {
+            Some(t) => {
+                aerodb_engine::record::check_tenant(t)
+                    .map_err(|e| ApiError::invalid(format!("tenant: {e}")))?;
+                caller.may_use_tenant(t)?;
+            }
+            None => caller.may_use_every_tenant("a scan of every tenant's records")?,
+        }
+        let from = from.max(1);
+        self.run(move |db| {
+            // One more than asked: whether a next page exists.
+            let mut recs = match &tenant {
+                Some(t) => db.scan_tenant(t, CommitId(from), limit + 1)?,
+                None => db.records(CommitId(from), limit + 1)?,
+            };
+            let next = if recs.len() > limit {
+                recs.truncate(limit);
+                recs.last().map_or(0, |r| r.record.commit_id.0 + 1)
+            } else {
+                0
+            };
+            Ok((recs, next))
         })
         .await
     }
 
+    /// Checks that `caller` may read keys of `tenant` on this log: a tenant is required where tenants have their
+    /// own key spaces (version-2 records), and a log of global keys (version 1) needs a token for every tenant.
+    fn key_scope(&self, caller: &Caller, tenant: &str) -> ApiResult<()> {
+        if self.db.tenant_keys() {
+            if tenant.is_empty() {
+                return Err(ApiError::invalid(
+                    "keys belong to a tenant on this log: give the tenant (REST ?tenant=, gRPC `tenant`)",
+                ));
+            }
+            aerodb_engine::record::check_tenant(tenant)
+                .map_err(|e| ApiError::invalid(format!("tenant: {e}")))?;
+            caller.may_use_tenant(tenant)
+        } else {
+            caller
+                .may_use_every_tenant("a key of this log (its version-1 records share one global key space)")
+        }
+    }
+
     /// The value of `key` now or right after `at`; returns it with the CommitId the read was answered at.
-    pub async fn get(&self, key: Bytes, at: Option<u64>) -> ApiResult<(Option<Bytes>, u64)> {
+    pub async fn get(
+        &self,
+        caller: &Caller,
+        tenant: String,
+        key: Bytes,
+        at: Option<u64>,
+    ) -> ApiResult<(Option<Bytes>, u64)> {
         check_key(&key)?;
+        self.key_scope(caller, &tenant)?;
         if at == Some(0) {
             return Err(ApiError::invalid(
                 "at=0 is before the first record; CommitIds start at 1",
@@ -893,19 +964,27 @@ impl Node {
                 Some(a) => a,
                 None => tip.0,
             };
-            Ok((db.get_at(&key, CommitId(at))?, at))
+            Ok((db.get_at(&tenant, &key, CommitId(at))?, at))
         })
         .await
     }
 
     /// Every version of `key`.
-    pub async fn history(&self, key: Bytes) -> ApiResult<Vec<Version>> {
+    pub async fn history(&self, caller: &Caller, tenant: String, key: Bytes) -> ApiResult<Vec<Version>> {
         check_key(&key)?;
-        self.run(move |db| Ok(db.history(&key)?)).await
+        self.key_scope(caller, &tenant)?;
+        self.run(move |db| Ok(db.history(&tenant, &key)?)).await
     }
 
     /// Current pairs whose key starts with `prefix`.
-    pub async fn scan(&self, prefix: Bytes, limit: u32) -> ApiResult<Vec<(Bytes, Bytes)>> {
+    pub async fn scan(
+        &self,
+        caller: &Caller,
+        tenant: String,
+        prefix: Bytes,
+        limit: u32,
+    ) -> ApiResult<Vec<(Bytes, Bytes)>> {
+        self.key_scope(caller, &tenant)?;
         if prefix.len() > MAX_KEY_BYTES {
             return Err(ApiError::invalid("the prefix is longer than a key may be"));
         }
@@ -915,35 +994,44 @@ impl Node {
             )));
         }
         let limit = if limit == 0 { 100 } else { limit as usize };
-        self.run(move |db| Ok(db.scan_prefix(&prefix, limit)?)).await
+        self.run(move |db| Ok(db.scan_prefix(&tenant, &prefix, limit)?))
+            .await
     }
 
     /// The inclusion proof of `commit_id` in the tree of `tree_size` (0 or `None`: the newest checkpoint's size).
-    pub async fn inclusion(&self, commit_id: u64, tree_size: Option<u64>) -> ApiResult<Inclusion> {
+    pub async fn inclusion(
+        &self,
+        caller: &Caller,
+        commit_id: u64,
+        tree_size: Option<u64>,
+    ) -> ApiResult<Inclusion> {
         if commit_id == 0 {
             return Err(ApiError::invalid("CommitIds start at 1"));
         }
-        self.run(move |db| {
-            let (size, checkpoint) = match tree_size.filter(|s| *s > 0) {
-                Some(s) => (s, None),
-                None => {
-                    let cp = db.latest_checkpoint().ok_or_else(|| {
-                        ApiError::new(Code::NotFound, "there is no checkpoint yet; pass tree_size")
-                    })?;
-                    (cp.checkpoint.size, Some(cp))
-                }
-            };
-            let proof = db.inclusion_proof(CommitId(commit_id), size)?;
-            let record = db
-                .record(CommitId(commit_id))?
-                .ok_or_else(|| ApiError::new(Code::NotFound, format!("record {commit_id} does not exist")))?;
-            Ok(Inclusion {
-                proof,
-                record,
-                checkpoint,
+        let inc = self
+            .run(move |db| {
+                let (size, checkpoint) = match tree_size.filter(|s| *s > 0) {
+                    Some(s) => (s, None),
+                    None => {
+                        let cp = db.latest_checkpoint().ok_or_else(|| {
+                            ApiError::new(Code::NotFound, "there is no checkpoint yet; pass tree_size")
+                        })?;
+                        (cp.checkpoint.size, Some(cp))
+                    }
+                };
+                let proof = db.inclusion_proof(CommitId(commit_id), size)?;
+                let record = db.record(CommitId(commit_id))?.ok_or_else(|| {
+                    ApiError::new(Code::NotFound, format!("record {commit_id} does not exist"))
+                })?;
+                Ok(Inclusion {
+                    proof,
+                    record,
+                    checkpoint,
+                })
             })
-        })
-        .await
+            .await?;
+        caller.may_use_tenant(&inc.record.record.tenant)?;
+        Ok(inc)
     }
 
     /// The consistency proof between two tree sizes (`new_size` 0 or `None`: the newest checkpoint's size).

@@ -217,6 +217,15 @@ pub struct RecordOut {
     pub event_base64: Option<String>,
 }
 
+/// A page of records.
+#[derive(Serialize, ToSchema)]
+pub struct RecordsOut {
+    /// The records, in CommitId order.
+    pub records: Vec<RecordOut>,
+    /// Where the next page starts (0: no more records now).
+    pub next_from: u64,
+}
+
 /// A key's value at a CommitId.
 #[derive(Serialize, ToSchema)]
 pub struct KeyValueOut {
@@ -363,6 +372,7 @@ impl Modify for BearerAuth {
     paths(
         crate::rest::append,
         crate::rest::append_batch,
+        crate::rest::list_records,
         crate::rest::get_record,
         crate::rest::scan,
         crate::rest::get_key,

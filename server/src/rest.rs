@@ -18,13 +18,13 @@ use base64::{engine::general_purpose::STANDARD as B64, Engine as _};
 use bytes::Bytes;
 
 use crate::{
-    auth::Action,
+    auth::{Action, Caller},
     error::{ApiError, ApiResult, Code},
     node::{HaStatus, Node},
     openapi::{
         AppendOut, BatchIn, BatchOut, CheckpointOut, ConsistencyOut, ErrorOut, HealthOut, HexHash,
         HistoryOut, InclusionOut, ItemOut, KeyBytes, KeyValueOut, OpKind, OpOut, ProofOut, ReceiptOut,
-        RecordIn, RecordOut, ScanOut, ValueBytes, VersionOut,
+        RecordIn, RecordOut, RecordsOut, ScanOut, ValueBytes, VersionOut,
     },
 };
 
@@ -34,7 +34,7 @@ type Shared = State<Arc<Node>>;
 pub fn router(node: Arc<Node>) -> Router {
     let limit = node.config.max_request_bytes;
     Router::new()
-        .route("/v1/records", post(append))
+        .route("/v1/records", post(append).get(list_records))
         .route("/v1/records/batch", post(append_batch))
         .route("/v1/records/{commit_id}", get(get_record))
         .route("/v1/kv", get(scan))
@@ -215,9 +215,8 @@ fn finish<T: serde::Serialize>(node: &Node, ok_status: u16, r: ApiResult<T>) -> 
     }
 }
 
-fn authorize(node: &Node, headers: &HeaderMap, action: Action) -> ApiResult<()> {
+fn authorize(node: &Node, headers: &HeaderMap, action: Action) -> ApiResult<Caller> {
     node.authorize(headers.get(header::AUTHORIZATION).map(|v| v.as_bytes()), action)
-        .map(|_| ())
 }
 
 /// Parses a query string strictly: known parameters only, each at most once, percent-decoded UTF-8.
@@ -475,10 +474,11 @@ pub(crate) async fn append(
     b: Result<BodyBytes, BytesRejection>,
 ) -> Response {
     let r = async {
-        authorize(&node, &headers, Action::Write)?;
+        let caller = authorize(&node, &headers, Action::Write)?;
         let q = query(raw, &["prove"])?;
         let prove = flag(&q, "prove")?;
         let rec = payload_of(parse_json::<RecordIn>(&body(b, &headers)?)?)?;
+        caller.may_use_tenant(&rec.tenant)?;
         let out = node.append(rec.tenant, rec.payload, prove).await?;
         let (checkpoint, proof) = match out.proof {
             Some((cp, p)) => (
@@ -528,13 +528,16 @@ pub(crate) async fn append_batch(
     b: Result<BodyBytes, BytesRejection>,
 ) -> Response {
     let r = async {
-        authorize(&node, &headers, Action::Write)?;
+        let caller = authorize(&node, &headers, Action::Write)?;
         let batch: BatchIn = parse_json(&body(b, &headers)?)?;
         let records = batch
             .records
             .into_iter()
             .map(payload_of)
             .collect::<ApiResult<Vec<_>>>()?;
+        for r in &records {
+            caller.may_use_tenant(&r.tenant)?;
+        }
         let receipts = node.append_batch(records).await?;
         Ok(BatchOut {
             receipts: receipts.iter().map(receipt_out).collect(),
@@ -547,6 +550,50 @@ pub(crate) async fn append_batch(
 fn commit_id_param(s: &str) -> ApiResult<u64> {
     s.parse::<u64>()
         .map_err(|_| ApiError::invalid(format!("the CommitId must be a positive integer, got {s:?}")))
+}
+
+/// Records in CommitId order, a page at a time: every tenant's, or one tenant's.
+#[utoipa::path(
+    get,
+    path = "/v1/records",
+    operation_id = "listRecords",
+    tag = "read",
+    params(
+        ("from" = Option<u64>, Query, description = "the first CommitId (default 1)"),
+        ("limit" = Option<u32>, Query, maximum = 1000, description = "at most this many (default 100)"),
+        ("tenant" = Option<String>, Query, description = "only this tenant's records (a token limited to tenants must give one)"),
+    ),
+    responses(
+        (status = 200, description = "a page of records; `next_from` continues it (0: no more now)", body = RecordsOut),
+        (status = 400, description = "INVALID_ARGUMENT", body = ErrorOut),
+        (status = 401, description = "UNAUTHENTICATED", body = ErrorOut),
+        (status = 403, description = "PERMISSION_DENIED: another tenant's records, or every tenant's with a token limited to some", body = ErrorOut),
+        (status = 405, description = "METHOD_NOT_ALLOWED", body = ErrorOut),
+        (status = 500, description = "INTERNAL", body = ErrorOut),
+        (status = 503, description = "HALTED or UNAVAILABLE", body = ErrorOut),
+    ),
+)]
+pub(crate) async fn list_records(
+    State(node): Shared,
+    headers: HeaderMap,
+    RawQuery(raw): RawQuery,
+) -> Response {
+    let r = async {
+        let caller = authorize(&node, &headers, Action::Read)?;
+        let q = query(raw, &["from", "limit", "tenant"])?;
+        let from = number(&q, "from")?.unwrap_or(1);
+        let limit = number(&q, "limit")?.unwrap_or(100);
+        let limit = u32::try_from(limit).map_err(|_| ApiError::invalid("limit is too large"))?;
+        let (recs, next_from) = node
+            .records(&caller, from, limit, q.get("tenant").cloned())
+            .await?;
+        Ok(RecordsOut {
+            records: recs.iter().map(record_out).collect(),
+            next_from,
+        })
+    }
+    .await;
+    finish(&node, 200, r)
 }
 
 /// One record by CommitId.
@@ -574,10 +621,10 @@ pub(crate) async fn get_record(
     p: Result<Path<String>, axum::extract::rejection::PathRejection>,
 ) -> Response {
     let r = async {
-        authorize(&node, &headers, Action::Read)?;
+        let caller = authorize(&node, &headers, Action::Read)?;
         query(raw, &[])?;
         let id = commit_id_param(&path_param(p)?)?;
-        Ok(record_out(&node.record(id).await?))
+        Ok(record_out(&node.record(&caller, id).await?))
     }
     .await;
     finish(&node, 200, r)
@@ -591,6 +638,7 @@ pub(crate) async fn get_record(
     tag = "read",
     params(
         ("key" = String, Path, description = "the key (percent-encoded), 1 to 1024 bytes"),
+        ("tenant" = Option<String>, Query, description = "the tenant whose key space the key is in (required on a log of version-2 records; docs/formats.md)"),
         ("at" = Option<u64>, Query, description = "read as of this CommitId (default: the newest)"),
     ),
     responses(
@@ -611,11 +659,14 @@ pub(crate) async fn get_key(
     p: Result<Path<String>, axum::extract::rejection::PathRejection>,
 ) -> Response {
     let r = async {
-        authorize(&node, &headers, Action::Read)?;
-        let q = query(raw, &["at"])?;
+        let caller = authorize(&node, &headers, Action::Read)?;
+        let q = query(raw, &["at", "tenant"])?;
         let key = path_param(p)?;
         let at = number(&q, "at")?;
-        let (value, at) = node.get(Bytes::from(key.clone().into_bytes()), at).await?;
+        let tenant = q.get("tenant").cloned().unwrap_or_default();
+        let (value, at) = node
+            .get(&caller, tenant, Bytes::from(key.clone().into_bytes()), at)
+            .await?;
         let value = value.ok_or_else(|| {
             ApiError::new(
                 Code::NotFound,
@@ -638,7 +689,10 @@ pub(crate) async fn get_key(
     path = "/v1/kv/{key}/history",
     operation_id = "keyHistory",
     tag = "read",
-    params(("key" = String, Path, description = "the key (percent-encoded)")),
+    params(
+        ("key" = String, Path, description = "the key (percent-encoded)"),
+        ("tenant" = Option<String>, Query, description = "the tenant whose key space the key is in (required on a log of version-2 records)"),
+    ),
     responses(
         (status = 200, description = "its versions (empty: never written)", body = HistoryOut),
         (status = 400, description = "INVALID_ARGUMENT", body = ErrorOut),
@@ -656,10 +710,13 @@ pub(crate) async fn history(
     p: Result<Path<String>, axum::extract::rejection::PathRejection>,
 ) -> Response {
     let r = async {
-        authorize(&node, &headers, Action::Read)?;
-        query(raw, &[])?;
+        let caller = authorize(&node, &headers, Action::Read)?;
+        let q = query(raw, &["tenant"])?;
         let key = path_param(p)?;
-        let versions = node.history(Bytes::from(key.clone().into_bytes())).await?;
+        let tenant = q.get("tenant").cloned().unwrap_or_default();
+        let versions = node
+            .history(&caller, tenant, Bytes::from(key.clone().into_bytes()))
+            .await?;
         let versions = versions
             .iter()
             .map(|ver| VersionOut {
@@ -681,6 +738,7 @@ pub(crate) async fn history(
     operation_id = "scanKeys",
     tag = "read",
     params(
+        ("tenant" = Option<String>, Query, description = "the tenant whose keys to scan (required on a log of version-2 records)"),
         ("prefix" = Option<String>, Query, description = "only keys starting with this (default: all)"),
         ("limit" = Option<u32>, Query, description = "at most this many (default 100)"),
     ),
@@ -696,12 +754,15 @@ pub(crate) async fn history(
 )]
 pub(crate) async fn scan(State(node): Shared, headers: HeaderMap, RawQuery(raw): RawQuery) -> Response {
     let r = async {
-        authorize(&node, &headers, Action::Read)?;
-        let q = query(raw, &["prefix", "limit"])?;
+        let caller = authorize(&node, &headers, Action::Read)?;
+        let q = query(raw, &["prefix", "limit", "tenant"])?;
         let prefix = q.get("prefix").cloned().unwrap_or_default();
         let limit = number(&q, "limit")?.unwrap_or(100);
         let limit = u32::try_from(limit).map_err(|_| ApiError::invalid("limit is too large"))?;
-        let items = node.scan(Bytes::from(prefix.into_bytes()), limit).await?;
+        let tenant = q.get("tenant").cloned().unwrap_or_default();
+        let items = node
+            .scan(&caller, tenant, Bytes::from(prefix.into_bytes()), limit)
+            .await?;
         Ok(ScanOut {
             items: items
                 .iter()
@@ -739,14 +800,14 @@ pub(crate) async fn scan(State(node): Shared, headers: HeaderMap, RawQuery(raw):
 )]
 pub(crate) async fn inclusion(State(node): Shared, headers: HeaderMap, RawQuery(raw): RawQuery) -> Response {
     let r = async {
-        authorize(&node, &headers, Action::Read)?;
+        let caller = authorize(&node, &headers, Action::Read)?;
         let q = query(raw, &["commit_id", "tree_size"])?;
         let commit = required(&q, "commit_id")?;
         let size = number(&q, "tree_size")?;
         if size == Some(0) {
             return Err(ApiError::invalid("tree_size must be at least 1"));
         }
-        let inc = node.inclusion(commit, size).await?;
+        let inc = node.inclusion(&caller, commit, size).await?;
         Ok(InclusionOut {
             leaf_index: inc.proof.leaf_index,
             tree_size: inc.proof.tree_size,
@@ -992,6 +1053,7 @@ async fn method_not_allowed(
 /// Used by the OpenAPI test: every route the router serves.
 pub const ROUTES: &[(&str, &str)] = &[
     ("post", "/v1/records"),
+    ("get", "/v1/records"),
     ("post", "/v1/records/batch"),
     ("get", "/v1/records/{commit_id}"),
     ("get", "/v1/kv"),

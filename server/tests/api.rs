@@ -76,21 +76,85 @@ async fn rest_and_grpc_round_trips_with_locally_verified_proofs() {
     assert_eq!(r.status, 201);
     assert_eq!(r.json()["receipts"].as_array().unwrap().len(), 2);
 
-    let g = http(h, "GET", "/v1/kv/invoice%2F42", Some(READER), None).json();
+    // Each tenant has its own key space: globex's invoice/42 did not overwrite acme's.
+    let g = http(h, "GET", "/v1/kv/invoice%2F42?tenant=globex", Some(READER), None).json();
     assert_eq!((g["value"].as_str(), g["at"].as_u64()), (Some("v4"), Some(8)));
-    let g = http(h, "GET", "/v1/kv/invoice%2F42?at=1", Some(READER), None).json();
+    let g = http(h, "GET", "/v1/kv/invoice%2F42?tenant=acme", Some(READER), None).json();
+    assert_eq!((g["value"].as_str(), g["at"].as_u64()), (Some("paid"), Some(8)));
+    let g = http(
+        h,
+        "GET",
+        "/v1/kv/invoice%2F42?tenant=acme&at=1",
+        Some(READER),
+        None,
+    )
+    .json();
     assert_eq!(g["value"], "paid");
-    let g = http(h, "GET", "/v1/kv/bin?at=1", Some(READER), None).json();
+    assert_eq!(
+        http(
+            h,
+            "GET",
+            "/v1/kv/invoice%2F42?tenant=globex&at=1",
+            Some(READER),
+            None
+        )
+        .status,
+        404
+    );
+    let g = http(h, "GET", "/v1/kv/bin?tenant=acme&at=1", Some(READER), None).json();
     assert_eq!(g["value_base64"], "AP8=");
     assert_eq!(
-        http(h, "GET", "/v1/kv/bin", Some(READER), None).status,
+        http(h, "GET", "/v1/kv/bin?tenant=acme", Some(READER), None).status,
         404,
         "deleted"
     );
-    let hist = http(h, "GET", "/v1/kv/invoice%2F42/history", Some(READER), None).json();
-    assert_eq!(hist["versions"].as_array().unwrap().len(), 6);
-    let scan = http(h, "GET", "/v1/kv?prefix=inv&limit=10", Some(READER), None).json();
+    let no_tenant = http(h, "GET", "/v1/kv/bin", Some(READER), None);
+    assert_eq!(no_tenant.status, 400, "a key read names its tenant");
+    assert!(String::from_utf8_lossy(&no_tenant.body).contains("tenant"));
+    let hist = http(
+        h,
+        "GET",
+        "/v1/kv/invoice%2F42/history?tenant=globex",
+        Some(READER),
+        None,
+    )
+    .json();
+    assert_eq!(hist["versions"].as_array().unwrap().len(), 5);
+    let hist = http(
+        h,
+        "GET",
+        "/v1/kv/invoice%2F42/history?tenant=acme",
+        Some(READER),
+        None,
+    )
+    .json();
+    assert_eq!(hist["versions"].as_array().unwrap().len(), 1);
+    let scan = http(
+        h,
+        "GET",
+        "/v1/kv?tenant=globex&prefix=inv&limit=10",
+        Some(READER),
+        None,
+    )
+    .json();
     assert_eq!(scan["items"].as_array().unwrap().len(), 1);
+    // Records by CommitId range, a page at a time; and one tenant's.
+    let page = http(h, "GET", "/v1/records?from=2&limit=3", Some(READER), None).json();
+    let ids: Vec<u64> = page["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["commit_id"].as_u64().unwrap())
+        .collect();
+    assert_eq!((ids, page["next_from"].as_u64()), (vec![2, 3, 4], Some(5)));
+    let page = http(h, "GET", "/v1/records?tenant=acme", Some(READER), None).json();
+    let ids: Vec<u64> = page["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["commit_id"].as_u64().unwrap())
+        .collect();
+    assert_eq!((ids, page["next_from"].as_u64()), (vec![1, 7, 8], Some(0)));
 
     // A record and its proof against the newest checkpoint, verified from the record's own bytes.
     let cp_now = http(h, "POST", "/v1/checkpoints", Some(ADMIN), None).json();
@@ -211,6 +275,7 @@ async fn rest_and_grpc_round_trips_with_locally_verified_proofs() {
             pb::GetKeyRequest {
                 key: b"invoice/42".to_vec(),
                 at: Some(2),
+                tenant: "globex".into(),
             },
             READER,
         ))
@@ -219,7 +284,13 @@ async fn rest_and_grpc_round_trips_with_locally_verified_proofs() {
         .into_inner();
     assert_eq!((g.found, g.value.as_slice()), (true, &b"v0"[..]));
     let hist = c
-        .history(with_token(pb::HistoryRequest { key: b"bin".to_vec() }, READER))
+        .history(with_token(
+            pb::HistoryRequest {
+                key: b"bin".to_vec(),
+                tenant: "acme".into(),
+            },
+            READER,
+        ))
         .await
         .unwrap()
         .into_inner();
@@ -232,6 +303,7 @@ async fn rest_and_grpc_round_trips_with_locally_verified_proofs() {
             pb::ScanRequest {
                 prefix: b"g".to_vec(),
                 limit: 0,
+                tenant: "acme".into(),
             },
             READER,
         ))

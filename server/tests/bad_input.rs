@@ -170,14 +170,17 @@ async fn every_bad_input_gets_a_precise_error_and_the_server_stays_healthy() {
         ("CommitId beyond the tip", get("/v1/records/999999"), 404, "NOT_FOUND"),
         ("CommitId overflowing u64", get("/v1/records/18446744073709551616"), 400, "INVALID_ARGUMENT"),
         ("query on a route without parameters", get("/v1/records/1?x=1"), 400, "INVALID_ARGUMENT"),
-        ("invalid UTF-8 in a path key", get("/v1/kv/%FF%FE"), 400, "INVALID_ARGUMENT"),
-        ("missing key", get("/v1/kv/missing"), 404, "NOT_FOUND"),
-        ("at=0", get("/v1/kv/k?at=0"), 400, "INVALID_ARGUMENT"),
-        ("at not a number", get("/v1/kv/k?at=abc"), 400, "INVALID_ARGUMENT"),
-        ("at beyond the tip", get("/v1/kv/k?at=99999"), 400, "OUT_OF_RANGE"),
-        ("oversized key in the path", get(&format!("/v1/kv/{long}")), 400, "INVALID_ARGUMENT"),
-        ("scan limit over the maximum", get("/v1/kv?limit=20000"), 400, "INVALID_ARGUMENT"),
-        ("scan limit not a number", get("/v1/kv?limit=ten"), 400, "INVALID_ARGUMENT"),
+        ("invalid UTF-8 in a path key", get("/v1/kv/%FF%FE?tenant=t"), 400, "INVALID_ARGUMENT"),
+        ("missing key", get("/v1/kv/missing?tenant=t"), 404, "NOT_FOUND"),
+        ("a key read without its tenant", get("/v1/kv/k"), 400, "INVALID_ARGUMENT"),
+        ("a tenant with a control character", get("/v1/kv/k?tenant=a%01b"), 400, "INVALID_ARGUMENT"),
+        ("records page over the maximum", get("/v1/records?limit=5000"), 400, "INVALID_ARGUMENT"),
+        ("at=0", get("/v1/kv/k?tenant=t&at=0"), 400, "INVALID_ARGUMENT"),
+        ("at not a number", get("/v1/kv/k?tenant=t&at=abc"), 400, "INVALID_ARGUMENT"),
+        ("at beyond the tip", get("/v1/kv/k?tenant=t&at=99999"), 400, "OUT_OF_RANGE"),
+        ("oversized key in the path", get(&format!("/v1/kv/{long}?tenant=t")), 400, "INVALID_ARGUMENT"),
+        ("scan limit over the maximum", get("/v1/kv?tenant=t&limit=20000"), 400, "INVALID_ARGUMENT"),
+        ("scan limit not a number", get("/v1/kv?tenant=t&limit=ten"), 400, "INVALID_ARGUMENT"),
         ("inclusion proof without commit_id", get("/v1/proofs/inclusion"), 400, "INVALID_ARGUMENT"),
         ("inclusion proof of CommitId 0", get("/v1/proofs/inclusion?commit_id=0"), 400, "INVALID_ARGUMENT"),
         ("inclusion proof of a record beyond the tree", get("/v1/proofs/inclusion?commit_id=3&tree_size=2"), 400, "OUT_OF_RANGE"),
@@ -187,8 +190,8 @@ async fn every_bad_input_gets_a_precise_error_and_the_server_stays_healthy() {
         ("consistency from size 0", get("/v1/proofs/consistency?old_size=0&new_size=2"), 400, "INVALID_ARGUMENT"),
         ("consistency to a tree beyond the log", get("/v1/proofs/consistency?old_size=1&new_size=99999"), 400, "OUT_OF_RANGE"),
         ("consistency without old_size", get("/v1/proofs/consistency?new_size=2"), 400, "INVALID_ARGUMENT"),
-        ("malformed percent-encoding", get("/v1/kv?prefix=%zz"), 400, "INVALID_ARGUMENT"),
-        ("repeated query parameter", get("/v1/kv/k?at=1&at=2"), 400, "INVALID_ARGUMENT"),
+        ("malformed percent-encoding", get("/v1/kv?tenant=t&prefix=%zz"), 400, "INVALID_ARGUMENT"),
+        ("repeated query parameter", get("/v1/kv/k?tenant=t&at=1&at=2"), 400, "INVALID_ARGUMENT"),
         ("no token", http(h, "GET", "/v1/records/1", None, None), 401, "UNAUTHENTICATED"),
         ("unknown token", http(h, "GET", "/v1/records/1", Some("not-a-real-token-at-all"), None), 401, "UNAUTHENTICATED"),
         ("Basic instead of Bearer", raw(h, b"GET /v1/records/1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Basic dXNlcjpwYXNz\r\n\r\n"), 401, "UNAUTHENTICATED"),
@@ -198,7 +201,7 @@ async fn every_bad_input_gets_a_precise_error_and_the_server_stays_healthy() {
         ("metrics without a token", http(h, "GET", "/metrics", None, None), 401, "UNAUTHENTICATED"),
         ("unknown route", get("/v2/anything"), 404, "NOT_FOUND"),
         ("DELETE on records", http(h, "DELETE", "/v1/records", Some(WRITER), None), 405, "METHOD_NOT_ALLOWED"),
-        ("PUT on a key", http(h, "PUT", "/v1/kv/k", Some(WRITER), Some("{}")), 405, "METHOD_NOT_ALLOWED"),
+        ("PUT on a key", http(h, "PUT", "/v1/kv/k?tenant=t", Some(WRITER), Some("{}")), 405, "METHOD_NOT_ALLOWED"),
     ];
     let mut failures = Vec::new();
     let n_rest = cases.len();
@@ -311,6 +314,22 @@ async fn every_bad_input_gets_a_precise_error_and_the_server_stays_healthy() {
                 pb::GetKeyRequest {
                     key: vec![],
                     at: None,
+                    tenant: "t".into(),
+                },
+                READER,
+            ))
+            .await
+            .err()
+            .map_or(Code::Ok, |s| s.code()),
+            Code::InvalidArgument,
+        ),
+        (
+            "get without a tenant",
+            c.get_key(with_token(
+                pb::GetKeyRequest {
+                    key: b"k".to_vec(),
+                    at: None,
+                    tenant: String::new(),
                 },
                 READER,
             ))
@@ -325,6 +344,7 @@ async fn every_bad_input_gets_a_precise_error_and_the_server_stays_healthy() {
                 pb::GetKeyRequest {
                     key: b"k".to_vec(),
                     at: Some(1 << 40),
+                    tenant: "t".into(),
                 },
                 READER,
             ))
@@ -367,6 +387,7 @@ async fn every_bad_input_gets_a_precise_error_and_the_server_stays_healthy() {
                 pb::ScanRequest {
                     prefix: vec![],
                     limit: 1_000_000,
+                    tenant: "t".into(),
                 },
                 READER,
             ))

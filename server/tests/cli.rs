@@ -105,12 +105,19 @@ fn every_subcommand_in_human_and_json_form_with_documented_exit_codes() {
     runs += 6;
 
     // get: now, at a CommitId, a missing key (exit 1).
-    assert_eq!(cli.ok(READER, &["get", "invoice/1"]).trim(), "11");
-    let v = cli.json(READER, &["get", "invoice/1", "--at", "1"]);
+    assert_eq!(
+        cli.ok(READER, &["get", "invoice/1", "--tenant", "acme"]).trim(),
+        "11"
+    );
+    let v = cli.json(READER, &["get", "invoice/1", "--tenant", "acme", "--at", "1"]);
     assert_eq!((v["value"].as_str(), v["at"].as_u64()), (Some("10"), Some(1)));
-    let err = cli.fails(READER, &["get", "nope"], 1);
+    let err = cli.fails(READER, &["get", "nope", "--tenant", "acme"], 1);
     assert!(err.contains("has no value"), "{err}");
-    runs += 3;
+    let err = cli.fails(READER, &["get", "invoice/1", "--tenant", "globex"], 1);
+    assert!(err.contains("has no value"), "another tenant's key space: {err}");
+    let err = cli.fails(READER, &["get", "invoice/1"], 1);
+    assert!(err.contains("tenant"), "{err}");
+    runs += 5;
 
     // record.
     let out = cli.ok(READER, &["record", "2"]);

@@ -143,7 +143,10 @@ async fn every_halting_reason_stops_a_real_node() {
         assert_eq!(ha.state, "ReplicationHalted", "{name}");
         assert!(ha.halt_reason.starts_with(name), "{name}: {}", ha.halt_reason);
         assert!(n.health().0.starts_with("halted"), "{name}");
-        let read = n.record(1).await.unwrap_err();
+        let read = n
+            .record(&aerodb_server::auth::Caller::admin("test"), 1)
+            .await
+            .unwrap_err();
         assert_eq!(read.code, Code::Halted, "{name}: {}", read.message);
         let write = n
             .append("t".into(), Payload::Event(Bytes::from_static(b"x")), false)
@@ -170,7 +173,13 @@ async fn every_halting_reason_stops_a_real_node() {
             "ReplicationHalted",
             "{name} after restart"
         );
-        assert_eq!(n.record(1).await.unwrap_err().code, Code::Halted);
+        assert_eq!(
+            n.record(&aerodb_server::auth::Caller::admin("test"), 1)
+                .await
+                .unwrap_err()
+                .code,
+            Code::Halted
+        );
         n.stop_committers();
     }
     report_figure(

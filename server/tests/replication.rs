@@ -174,8 +174,9 @@ fn a_replica_follows_restarts_and_ends_byte_identical() {
         .json();
         assert_eq!(a, b, "record {c}");
     }
-    let a = http(primary.http, "GET", "/v1/kv/k7", Some(READER), None).json();
-    let b = http(replica.http, "GET", "/v1/kv/k7", Some(READER), None).json();
+    let a = http(primary.http, "GET", "/v1/kv/k7?tenant=before", Some(READER), None).json();
+    let b = http(replica.http, "GET", "/v1/kv/k7?tenant=before", Some(READER), None).json();
+    assert!(a["value"].is_string(), "{a}");
     assert_eq!(a["value"], b["value"]);
     let r = http(
         replica.http,
@@ -297,7 +298,7 @@ fn a_forked_replica_halts_with_evidence_and_stays_halted() {
     let check_refuses = |s: &Server| {
         for (m, p, b) in [
             ("GET", "/v1/records/1", None),
-            ("GET", "/v1/kv/k1", None),
+            ("GET", "/v1/kv/k1?tenant=t", None),
             ("POST", "/v1/records", Some(r#"{"tenant":"t","event":"x"}"#)),
         ] {
             let resp = http(s.http, m, p, Some(WRITER), b);

@@ -228,3 +228,120 @@ fn a_failed_startup_check_refuses_to_start_unless_downgraded() {
          says so) with --fail-on-startup-check false",
     );
 }
+
+/// A token limited to tenants (`tenants = ["acme"]` in the tokens file) writes and reads only acme's records and
+/// keys, on both APIs; records of other tenants, their keys and proofs of their records are PERMISSION_DENIED, and
+/// so is a scan of every tenant's records. Roots and consistency proofs carry no tenant data and stay readable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_limited_to_a_tenant_sees_and_writes_only_that_tenant() {
+    use aerodb_proto::v1 as pb;
+    let tmp = TempDir::new("tenant-tokens");
+    let srv = start(tmp.path(), &["--checkpoint-every-records", "1"]);
+    let h = srv.http;
+    let put = |tenant: &str, v: &str| {
+        format!(r#"{{"tenant":"{tenant}","ops":[{{"op":"put","key":"k","value":"{v}"}}]}}"#)
+    };
+    let post = |token: &str, body: &str| http(h, "POST", "/v1/records", Some(token), Some(body)).status;
+    let get = |token: &str, path: &str| http(h, "GET", path, Some(token), None).status;
+    let mut checks = 0;
+    // Writes.
+    assert_eq!(post(WRITER, &put("globex", "g")), 201); // record 1
+    assert_eq!(post(ACME_WRITER, &put("acme", "a")), 201); // record 2
+    assert_eq!(post(ACME_WRITER, &put("globex", "x")), 403);
+    let mixed = r#"{"records":[{"tenant":"acme","event":"e"},{"tenant":"globex","event":"e"}]}"#;
+    assert_eq!(
+        http(h, "POST", "/v1/records/batch", Some(ACME_WRITER), Some(mixed)).status,
+        403
+    );
+    checks += 4;
+    // Reads.
+    for (path, want) in [
+        ("/v1/kv/k?tenant=acme", 200),
+        ("/v1/kv/k?tenant=globex", 403),
+        ("/v1/kv/k/history?tenant=globex", 403),
+        ("/v1/kv?tenant=globex", 403),
+        ("/v1/records/2", 200),
+        ("/v1/records/1", 403),
+        ("/v1/records?tenant=acme", 200),
+        ("/v1/records?tenant=globex", 403),
+        ("/v1/records", 403),
+        ("/v1/proofs/inclusion?commit_id=2&tree_size=2", 200),
+        ("/v1/proofs/inclusion?commit_id=1&tree_size=2", 403),
+        ("/v1/proofs/consistency?old_size=1&new_size=2", 200),
+        ("/v1/checkpoints/latest", 200),
+    ] {
+        assert_eq!(get(ACME_READER, path), want, "{path}");
+        checks += 1;
+    }
+    // The unlimited reader sees both.
+    assert_eq!(get(READER, "/v1/records/1"), 200);
+    assert_eq!(get(READER, "/v1/records"), 200);
+    // Nothing of the refused writes is in the log.
+    let all = http(h, "GET", "/v1/records", Some(READER), None).json();
+    assert_eq!(all["records"].as_array().unwrap().len(), 2);
+    // gRPC: the same rules.
+    let mut c = srv.grpc().await;
+    fn denied<T>(r: Result<tonic::Response<T>, tonic::Status>) -> bool {
+        matches!(r, Err(s) if s.code() == tonic::Code::PermissionDenied)
+    }
+    let r = c
+        .get_key(with_token(
+            pb::GetKeyRequest {
+                key: b"k".to_vec(),
+                at: None,
+                tenant: "globex".into(),
+            },
+            ACME_READER,
+        ))
+        .await;
+    assert!(denied(r));
+    let r = c
+        .scan_records(with_token(
+            pb::ScanRecordsRequest {
+                from: 1,
+                limit: 10,
+                tenant: None,
+            },
+            ACME_READER,
+        ))
+        .await;
+    assert!(denied(r));
+    let page = c
+        .scan_records(with_token(
+            pb::ScanRecordsRequest {
+                from: 1,
+                limit: 10,
+                tenant: Some("acme".into()),
+            },
+            ACME_READER,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        page.records.iter().map(|r| r.commit_id).collect::<Vec<_>>(),
+        vec![2]
+    );
+    let r = c
+        .append(with_token(
+            pb::AppendRequest {
+                record: Some(pb::NewRecord {
+                    tenant: "globex".into(),
+                    payload: Some(pb::new_record::Payload::Event(b"x".to_vec())),
+                }),
+                prove: false,
+            },
+            ACME_WRITER,
+        ))
+        .await;
+    assert!(denied(r));
+    let r = c
+        .get_record(with_token(pb::GetRecordRequest { commit_id: 1 }, ACME_READER))
+        .await;
+    assert!(denied(r));
+    checks += 5;
+    report_figure(
+        "tenant-limited tokens",
+        &format!("{checks} REST and gRPC requests: acme's token wrote and read only acme, the rest PERMISSION_DENIED"),
+    );
+}

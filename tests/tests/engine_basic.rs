@@ -49,20 +49,39 @@ fn key_value_with_history_tenants_and_reopen() {
             [1, 2, 3, 4]
         );
         let check = |db: &Db| {
-            assert_eq!(db.get(b"k1").unwrap(), Some(b("v2")));
-            assert_eq!(db.get(b"k2").unwrap(), None);
-            assert_eq!(db.get_at(b"k1", CommitId(1)).unwrap(), Some(b("v1")));
-            assert_eq!(db.get_at(b"k2", CommitId(2)).unwrap(), Some(b("a")));
-            assert_eq!(db.get_at(b"k2", CommitId(3)).unwrap(), None);
-            assert_eq!(db.get_at(b"k1", CommitId(0)).unwrap(), None);
-            let h: Vec<_> = db
-                .history(b"k2")
-                .unwrap()
-                .into_iter()
-                .map(|v| (v.commit_id, v.value))
-                .collect();
-            assert_eq!(h, vec![(CommitId(2), Some(b("a"))), (CommitId(3), None)]);
-            assert_eq!(db.scan_prefix(b"k", 10).unwrap(), vec![(b("k1"), b("v2"))]);
+            assert!(db.tenant_keys(), "a new log gives each tenant its own key space");
+            assert_eq!(db.get("acme", b"k1").unwrap(), Some(b("v2")));
+            assert_eq!(
+                db.get("globex", b"k1").unwrap(),
+                None,
+                "acme's key is not globex's"
+            );
+            // acme's delete of k2 is in acme's key space: globex's k2 stands.
+            assert_eq!(db.get("globex", b"k2").unwrap(), Some(b("a")));
+            assert_eq!(db.get("acme", b"k2").unwrap(), None);
+            assert_eq!(db.get_at("acme", b"k1", CommitId(1)).unwrap(), Some(b("v1")));
+            assert_eq!(db.get_at("globex", b"k2", CommitId(3)).unwrap(), Some(b("a")));
+            assert_eq!(db.get_at("globex", b"k2", CommitId(1)).unwrap(), None);
+            assert_eq!(db.get_at("acme", b"k1", CommitId(0)).unwrap(), None);
+            let h = |t: &str| -> Vec<_> {
+                db.history(t, b"k2")
+                    .unwrap()
+                    .into_iter()
+                    .map(|v| (v.commit_id, v.value))
+                    .collect()
+            };
+            assert_eq!(h("globex"), vec![(CommitId(2), Some(b("a")))]);
+            assert_eq!(h("acme"), vec![(CommitId(3), None)]);
+            assert_eq!(
+                db.scan_prefix("acme", b"k", 10).unwrap(),
+                vec![(b("k1"), b("v2"))]
+            );
+            assert_eq!(
+                db.scan_prefix("globex", b"", 10).unwrap(),
+                vec![(b("k2"), b("a"))]
+            );
+            assert_eq!(db.scan("acme", .., 10).unwrap(), vec![(b("k1"), b("v2"))]);
+            assert!(db.scan_prefix("nobody", b"", 10).unwrap().is_empty());
             let acme: Vec<u64> = db
                 .scan_tenant("acme", CommitId(1), 10)
                 .unwrap()
@@ -230,7 +249,7 @@ fn writes_are_refused_without_authority_or_after_fsync_failure() {
         db.put("t", b("k"), b("w")),
         Err(Error::NotWritable(NotWritable::NotWriteAuthority))
     ));
-    assert_eq!(db.get(b"k").unwrap(), Some(b("v")), "reads still work");
+    assert_eq!(db.get("t", b"k").unwrap(), Some(b("v")), "reads still work");
     drop(db);
 
     let fault = FaultFs::new(mem);
@@ -253,7 +272,7 @@ fn writes_are_refused_without_authority_or_after_fsync_failure() {
         "{err}"
     );
     assert_eq!(
-        db.get(b"k").unwrap(),
+        db.get("t", b"k").unwrap(),
         Some(b("v")),
         "the failed write is not visible"
     );
@@ -276,7 +295,7 @@ fn scan_prefix_stops_at_the_end_of_the_prefix_and_handles_0xff() {
             .unwrap();
     }
     let keys = |p: &[u8], limit| -> Vec<Vec<u8>> {
-        db.scan_prefix(p, limit)
+        db.scan_prefix("t", p, limit)
             .unwrap()
             .into_iter()
             .map(|(k, _)| k.to_vec())
@@ -315,11 +334,12 @@ fn index_flushes_and_merges_under_concurrent_reads_and_writes() {
                     for i in 0..per_writer {
                         let k = format!("k{:03}", (w * per_writer + i) % keys);
                         let v = format!("w{w}-{i}");
-                        let r = db.put(&format!("t{w}"), b(&k), b(&v)).unwrap();
+                        let t = format!("t{w}");
+                        let r = db.put(&t, b(&k), b(&v)).unwrap();
                         // Read-your-write at the receipt's CommitId, whichever source holds it now.
-                        assert_eq!(db.get_at(k.as_bytes(), r.commit_id).unwrap(), Some(b(&v)));
+                        assert_eq!(db.get_at(&t, k.as_bytes(), r.commit_id).unwrap(), Some(b(&v)));
                         assert!(db
-                            .history(k.as_bytes())
+                            .history(&t, k.as_bytes())
                             .unwrap()
                             .iter()
                             .any(|x| x.commit_id == r.commit_id));
@@ -328,9 +348,12 @@ fn index_flushes_and_merges_under_concurrent_reads_and_writes() {
             }
         });
         let check = |db: &Db| {
-            let total: usize = (0..keys)
-                .map(|k| {
-                    let h = db.history(format!("k{k:03}").as_bytes()).unwrap();
+            let total: usize = (0..keys * writers)
+                .map(|n| {
+                    let (k, w) = (n % keys, n / keys);
+                    let h = db
+                        .history(&format!("t{w}"), format!("k{k:03}").as_bytes())
+                        .unwrap();
                     assert!(h.windows(2).all(|w| w[0].commit_id < w[1].commit_id));
                     h.len()
                 })
@@ -344,7 +367,10 @@ fn index_flushes_and_merges_under_concurrent_reads_and_writes() {
                     per_writer
                 );
             }
-            assert_eq!(db.scan_prefix(b"k", usize::MAX).unwrap().len() as u64, keys);
+            for w in 0..writers {
+                let t = format!("t{w}");
+                assert_eq!(db.scan_prefix(&t, b"k", usize::MAX).unwrap().len() as u64, keys);
+            }
         };
         check(&db);
         Arc::into_inner(db).unwrap().close().unwrap();
@@ -426,7 +452,7 @@ fn a_read_only_open_changes_no_file_even_when_derived_files_lag_or_are_damaged()
         let before = snapshot(&dir);
         let db = Db::open(&dir, ro.clone()).unwrap_or_else(|e| panic!("{what}: {e}"));
         assert_eq!(db.tip().unwrap().commit_id, CommitId(300), "{what}");
-        assert_eq!(db.get(b"k7").unwrap(), Some(b("257")), "{what}");
+        assert_eq!(db.get("t", b"k7").unwrap(), Some(b("257")), "{what}");
         let cp = db.latest_checkpoint().unwrap();
         let p = db.inclusion_proof(CommitId(120), cp.checkpoint.size).unwrap();
         assert_eq!(p.tree_size, 151, "{what}");
@@ -441,9 +467,88 @@ fn a_read_only_open_changes_no_file_even_when_derived_files_lag_or_are_damaged()
     // A writable open then repairs what the read-only ones left.
     let db = Db::open(&dir, opts).unwrap();
     assert!(!db.open_report().repairs.is_empty());
-    assert_eq!(db.get(b"k7").unwrap(), Some(b("257")));
+    assert_eq!(db.get("t", b"k7").unwrap(), Some(b("257")));
     aerodb_tests::report_figure(
         "engine_basic read-only open",
         &format!("{cases} directory states, 0 bytes changed"),
+    );
+}
+
+/// A log of version-1 records (written before tenants had their own key spaces) keeps its rule: keys are global
+/// there, whatever tenant wrote them, and the records appended to it are version 1 as well; a version-2 record
+/// cannot join it.
+#[test]
+fn a_log_of_version_1_records_keeps_global_keys() {
+    use aerodb_engine::record::{self as rec, RECORD_VERSION_GLOBAL_KEYS};
+    use aerodb_wal::Epoch;
+    let mem = MemFs::new();
+    let replica = aerodb_engine::Options {
+        replica: true,
+        ..engine_opts()
+    };
+    let db = Db::open_with_fs(Arc::new(mem.clone()), Path::new("/db"), replica.clone()).unwrap();
+    assert!(
+        db.tenant_keys(),
+        "an empty log takes the current rule until its first record"
+    );
+    // Records as an older primary wrote them: acme puts k=a, globex puts k=b.
+    let put = |k: &str, v: &str| {
+        Payload::Batch(vec![Op::Put {
+            key: b(k),
+            value: b(v),
+        }])
+    };
+    let mut prev = rec::genesis_hash();
+    let mut frames = Vec::new();
+    for (i, (tenant, payload)) in [("acme", put("k", "a")), ("globex", put("k", "b"))]
+        .into_iter()
+        .enumerate()
+    {
+        let s = rec::prepare_version(RECORD_VERSION_GLOBAL_KEYS, Epoch(1), tenant, &payload).seal(
+            1_700_000_000_000 + i as u64,
+            i as u64 + 1,
+            &prev,
+        );
+        prev = s.record_hash;
+        frames.push(s);
+    }
+    let refs: Vec<(Epoch, &[u8], merkle::Hash)> = frames
+        .iter()
+        .map(|s| (Epoch(1), s.canonical.as_slice(), s.record_hash))
+        .collect();
+    db.append_replicated(&refs).unwrap();
+    let check = |db: &Db| {
+        assert!(!db.tenant_keys(), "the log's first record is version 1");
+        assert_eq!(
+            db.get("acme", b"k").unwrap(),
+            Some(b("b")),
+            "globex overwrote acme's k: keys are global"
+        );
+        assert_eq!(db.get("", b"k").unwrap(), Some(b("b")));
+        assert_eq!(db.history("globex", b"k").unwrap().len(), 2);
+    };
+    check(&db);
+    // A version-2 record does not join a version-1 log.
+    let v2 = rec::prepare(Epoch(1), "acme", &put("k", "c")).seal(1_700_000_000_005, 3, &prev);
+    let err = db
+        .append_replicated(&[(Epoch(1), v2.canonical.as_slice(), v2.record_hash)])
+        .unwrap_err();
+    assert!(matches!(err, Error::Corruption { commit_id: 3, .. }), "{err}");
+    db.close().unwrap();
+    // Opened as a writer, it goes on writing version-1 records.
+    let db = Db::open_with_fs(Arc::new(mem.clone()), Path::new("/db"), engine_opts()).unwrap();
+    check(&db);
+    let r = db.put("acme", b("k"), b("c")).unwrap();
+    assert_eq!(
+        db.record(r.commit_id).unwrap().unwrap().record.version,
+        RECORD_VERSION_GLOBAL_KEYS
+    );
+    assert_eq!(db.get("globex", b"k").unwrap(), Some(b("c")));
+    // A new log is version 2.
+    let fresh = Db::open_in_memory(engine_opts()).unwrap();
+    let r = fresh.put("acme", b("k"), b("x")).unwrap();
+    assert_eq!(
+        fresh.record(r.commit_id).unwrap().unwrap().record.version,
+        rec::RECORD_VERSION
     );
 }

@@ -83,7 +83,8 @@ fn check(mem: &MemFs, acked: &[Receipt]) -> Result<(), String> {
         if let Payload::Batch(ops) = &rec.record.payload {
             for op in ops {
                 let c = rec.record.commit_id;
-                let got = db.get_at(op.key(), c).map_err(|e| e.to_string())?;
+                let tenant = rec.record.tenant.as_str();
+                let got = db.get_at(tenant, op.key(), c).map_err(|e| e.to_string())?;
                 let want = match op {
                     Op::Put { value, .. } => Some(value.clone()),
                     Op::Delete { .. } => None,
@@ -92,7 +93,7 @@ fn check(mem: &MemFs, acked: &[Receipt]) -> Result<(), String> {
                     return Err(format!("index: get_at({:?}, {c}) = {got:?}", op.key()));
                 }
                 if !db
-                    .history(op.key())
+                    .history(tenant, op.key())
                     .map_err(|e| e.to_string())?
                     .iter()
                     .any(|v| v.commit_id == c)

@@ -28,6 +28,8 @@ enum Step {
 
 /// Writes of one step: (key number, value or `None` for a delete).
 type Writes = Vec<(u8, Option<Vec<u8>>)>;
+/// The versions of one key: (CommitId, value or `None` for a delete).
+type Writes2 = Vec<(u64, Option<Bytes>)>;
 
 fn key(k: u8) -> Bytes {
     Bytes::from(format!("key/{k:02}"))
@@ -57,8 +59,9 @@ proptest! {
         let mem = MemFs::new();
         let open = || Db::open_with_fs(Arc::new(mem.clone()), Path::new("/db"), engine_opts()).unwrap();
         let mut db = open();
-        // Model: per key, every (commit, value or None for delete); per commit, its tenant.
-        let mut versions: BTreeMap<Bytes, Vec<(u64, Option<Bytes>)>> = BTreeMap::new();
+        // Model: per (tenant, key) — each tenant has its own key space — every (commit, value or None for
+        // delete); per commit, its tenant.
+        let mut versions: BTreeMap<(String, Bytes), Writes2> = BTreeMap::new();
         let mut tenants: Vec<String> = Vec::new();
         for s in steps {
             let commit = tenants.len() as u64 + 1;
@@ -95,26 +98,32 @@ proptest! {
             };
             tenants.push(tenant(t));
             for (k, v) in writes {
-                versions.entry(key(k)).or_default().push((commit, v.map(Bytes::from)));
+                versions.entry((tenant(t), key(k))).or_default().push((commit, v.map(Bytes::from)));
             }
         }
         let n = tenants.len() as u64;
         prop_assert_eq!(db.tip().unwrap().commit_id.0, n);
-        for k in 0..12u8 {
-            let vs = versions.get(&key(k)).cloned().unwrap_or_default();
-            let at = |c: u64| vs.iter().rev().find(|(vc, _)| *vc <= c).and_then(|(_, v)| v.clone());
-            prop_assert_eq!(db.get(&key(k)).unwrap(), at(n));
-            for c in 0..=n {
-                prop_assert_eq!(db.get_at(&key(k), CommitId(c)).unwrap(), at(c), "key {} at {}", k, c);
+        for t in 0..3u8 {
+            let tn = tenant(t);
+            for k in 0..12u8 {
+                let vs = versions.get(&(tn.clone(), key(k))).cloned().unwrap_or_default();
+                let at = |c: u64| vs.iter().rev().find(|(vc, _)| *vc <= c).and_then(|(_, v)| v.clone());
+                prop_assert_eq!(db.get(&tn, &key(k)).unwrap(), at(n));
+                for c in 0..=n {
+                    prop_assert_eq!(db.get_at(&tn, &key(k), CommitId(c)).unwrap(), at(c), "{} key {} at {}", tn, k, c);
+                }
+                let h: Vec<(u64, Option<Bytes>)> = db.history(&tn, &key(k)).unwrap().into_iter().map(|v| (v.commit_id.0, v.value)).collect();
+                prop_assert_eq!(h, vs);
             }
-            let h: Vec<(u64, Option<Bytes>)> = db.history(&key(k)).unwrap().into_iter().map(|v| (v.commit_id.0, v.value)).collect();
-            prop_assert_eq!(h, vs);
+            let live: Vec<(Bytes, Bytes)> = versions
+                .iter()
+                .filter(|((vt, _), _)| *vt == tn)
+                .filter_map(|((_, k), vs)| vs.last().and_then(|(_, v)| v.clone()).map(|v| (k.clone(), v)))
+                .collect();
+            prop_assert_eq!(&db.scan_prefix(&tn, b"key/", 100).unwrap(), &live);
+            let mid: Vec<(Bytes, Bytes)> = live.iter().filter(|(k, _)| k.as_ref() > b"key/03".as_slice()).take(4).cloned().collect();
+            prop_assert_eq!(db.scan(&tn, (std::ops::Bound::Excluded(&b"key/03"[..]), std::ops::Bound::Unbounded), 4).unwrap(), mid);
         }
-        let live: Vec<(Bytes, Bytes)> = versions
-            .iter()
-            .filter_map(|(k, vs)| vs.last().and_then(|(_, v)| v.clone()).map(|v| (k.clone(), v)))
-            .collect();
-        prop_assert_eq!(&db.scan_prefix(b"key/", 100).unwrap(), &live);
         for t in 0..3u8 {
             let want: Vec<u64> = tenants.iter().enumerate().filter(|(_, x)| **x == tenant(t)).map(|(i, _)| i as u64 + 1).collect();
             let got: Vec<u64> = db.scan_tenant(&tenant(t), CommitId(1), 1000).unwrap().iter().map(|r| r.record.commit_id.0).collect();
@@ -124,7 +133,5 @@ proptest! {
             let want: Vec<u64> = want.into_iter().filter(|c| *c >= from).take(3).collect();
             prop_assert_eq!(got, want);
         }
-        let mid: Vec<(Bytes, Bytes)> = live.iter().filter(|(k, _)| k.as_ref() > b"key/03".as_slice()).take(4).cloned().collect();
-        prop_assert_eq!(db.scan((std::ops::Bound::Excluded(&b"key/03"[..]), std::ops::Bound::Unbounded), 4).unwrap(), mid);
     }
 }

@@ -108,8 +108,8 @@ fn a_replica_fed_in_chunks_holds_byte_identical_sealed_segments() {
         r.latest_checkpoint().unwrap().note,
         p.latest_checkpoint().unwrap().note
     );
-    assert_eq!(r.get(b"k3").unwrap(), p.get(b"k3").unwrap());
-    assert_eq!(r.history(b"k5").unwrap(), p.history(b"k5").unwrap());
+    assert_eq!(r.get("t", b"k3").unwrap(), p.get("t", b"k3").unwrap());
+    assert_eq!(r.history("t", b"k5").unwrap(), p.history("t", b"k5").unwrap());
     let sealed = sealed_segments(pd.path());
     assert!(sealed.len() >= 5, "the log rolled: {sealed:?}");
     assert_eq!(sealed, sealed_segments(rd.path()));
@@ -136,7 +136,7 @@ fn a_replica_fed_in_chunks_holds_byte_identical_sealed_segments() {
     Arc::try_unwrap(r).unwrap().close().unwrap();
     let r = Db::open(rd.path(), opts(3, true)).unwrap();
     assert_eq!(r.tip().unwrap(), pt);
-    assert_eq!(r.get(b"k16").unwrap(), p.get(b"k16").unwrap());
+    assert_eq!(r.get("t", b"k16").unwrap(), p.get("t", b"k16").unwrap());
 }
 
 #[test]
@@ -289,9 +289,9 @@ fn a_divergent_tail_is_cut_and_the_replica_rejoins_byte_identical() {
     let mut a = Applier::new(r.clone(), 1 << 20).unwrap();
     a.apply(&f[100..]).unwrap();
     assert_eq!(r.tip().unwrap(), p.tip().unwrap());
-    assert_eq!(r.get(b"k3").unwrap(), p.get(b"k3").unwrap());
+    assert_eq!(r.get("t", b"k3").unwrap(), p.get("t", b"k3").unwrap());
     assert!(
-        r.get(b"mine3").unwrap().is_none(),
+        r.get("t", b"mine3").unwrap().is_none(),
         "the cut records' keys are gone from the index"
     );
     drop(a);

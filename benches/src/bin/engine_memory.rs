@@ -134,18 +134,22 @@ fn serve(db_dir: &std::path::Path, records: u64, serve_secs: u64) -> Result<(), 
             while !stop.load(Ordering::Relaxed) {
                 let i = next(&mut seed) % records;
                 let e = |e: aerodb_engine::Error| e.to_string();
+                // Key `i` was written by tenant `i % 16`, in that tenant's key space.
+                let tenant = format!("tenant-{}", i % 16);
                 match next(&mut seed) % 8 {
                     0 => {
-                        db.get(&key(i)).map_err(e)?.ok_or("a written key is missing")?;
+                        db.get(&tenant, &key(i))
+                            .map_err(e)?
+                            .ok_or("a written key is missing")?;
                     }
                     1 => {
-                        db.get_at(&key(i), CommitId(n / 2)).map_err(e)?;
+                        db.get_at(&tenant, &key(i), CommitId(n / 2)).map_err(e)?;
                     }
                     2 => {
-                        db.history(&key(i)).map_err(e)?;
+                        db.history(&tenant, &key(i)).map_err(e)?;
                     }
                     3 => {
-                        db.scan_prefix(format!("key-{:09}", i / 1000).as_bytes(), 100)
+                        db.scan_prefix(&tenant, format!("key-{:09}", i / 1000).as_bytes(), 100)
                             .map_err(e)?;
                     }
                     4 => {

@@ -240,17 +240,22 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         con_ver.push(ok as f64 / t.elapsed().as_secs_f64());
         assert_eq!(ok, old_roots.len() * 10, "every consistency proof verifies");
         // Point reads.
-        let keys: Vec<String> = (0..100_000)
-            .map(|_| format!("key-{:012}", next(&mut seed) % 200_000.min(n)))
+        // Key `x` is written by record `i` with `i % 200_000 == x`, of tenant `i % 8` = `x % 8` (200,000 is a
+        // multiple of 8): each key lives in one tenant's key space.
+        let keys: Vec<(String, String)> = (0..100_000)
+            .map(|_| {
+                let x = next(&mut seed) % 200_000.min(n);
+                (format!("tenant-{}", x % 8), format!("key-{x:012}"))
+            })
             .collect();
         let t = Instant::now();
-        for k in &keys {
-            db.get(k.as_bytes())?;
+        for (tenant, k) in &keys {
+            db.get(tenant, k.as_bytes())?;
         }
         gets.push(keys.len() as f64 / t.elapsed().as_secs_f64());
         let t = Instant::now();
-        for k in &keys {
-            db.get_at(k.as_bytes(), CommitId(n / 2))?;
+        for (tenant, k) in &keys {
+            db.get_at(tenant, k.as_bytes(), CommitId(n / 2))?;
         }
         gets_at.push(keys.len() as f64 / t.elapsed().as_secs_f64());
         drop(db);

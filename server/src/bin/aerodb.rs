@@ -68,10 +68,13 @@ enum Cmd {
         #[arg(long)]
         verifier_key: Option<String>,
     },
-    /// The value of a key (now, or at a CommitId).
+    /// The value of a key (now, or at a CommitId) in a tenant's key space.
     Get {
         /// The key.
         key: String,
+        /// The tenant whose key it is (required on a log of version-2 records, where each tenant has its own keys).
+        #[arg(long, default_value = "")]
+        tenant: String,
         /// Read as of this CommitId.
         #[arg(long)]
         at: Option<u64>,
@@ -608,13 +611,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 );
             }
         }
-        Cmd::Get { key, at } => {
+        Cmd::Get { key, at, tenant } => {
             let c = client(&cli, None).await?;
             let r = c
                 .raw()
                 .get_key(c.request(pb::GetKeyRequest {
                     key: key.clone().into_bytes(),
                     at: *at,
+                    tenant: tenant.clone(),
                 }))
                 .await
                 .map_err(|e| anyhow::anyhow!("{}", e.message()))?

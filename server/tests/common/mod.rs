@@ -18,6 +18,9 @@ pub const WRITER: &str = "writer-token-0123456789";
 pub const READER: &str = "reader-token-0123456789";
 pub const ADMIN: &str = "admin-token-01234567890";
 pub const REPLICATOR: &str = "replicator-token-012345";
+/// A writer and a reader limited to tenant `acme`.
+pub const ACME_WRITER: &str = "acme-writer-token-0123456";
+pub const ACME_READER: &str = "acme-reader-token-0123456";
 
 pub use aerodb_tests::TempDir;
 
@@ -36,7 +39,9 @@ pub fn write_tokens(dir: &Path) -> PathBuf {
             "[[tokens]]\nname = \"w\"\nrole = \"writer\"\ntoken = \"{WRITER}\"\n\n\
              [[tokens]]\nname = \"r\"\nrole = \"reader\"\ntoken = \"{READER}\"\n\n\
              [[tokens]]\nname = \"a\"\nrole = \"admin\"\ntoken = \"{ADMIN}\"\n\n\
-             [[tokens]]\nname = \"p\"\nrole = \"replicator\"\ntoken = \"{REPLICATOR}\"\n"
+             [[tokens]]\nname = \"p\"\nrole = \"replicator\"\ntoken = \"{REPLICATOR}\"\n\n\
+             [[tokens]]\nname = \"acme-w\"\nrole = \"writer\"\ntoken = \"{ACME_WRITER}\"\ntenants = [\"acme\"]\n\n\
+             [[tokens]]\nname = \"acme-r\"\nrole = \"reader\"\ntoken = \"{ACME_READER}\"\ntenants = [\"acme\"]\n"
         ),
     )
     .expect("write tokens");
