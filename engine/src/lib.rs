@@ -6,7 +6,9 @@
 //!
 //! let db = Db::open_in_memory(Options::default()).unwrap();
 //! let receipt = db.put("acme", &b"invoice/42"[..], &b"paid"[..]).unwrap();
-//! assert_eq!(db.get(b"invoice/42").unwrap().as_deref(), Some(&b"paid"[..]));
+//! // Each tenant has its own keys: acme's invoice/42 is not globex's.
+//! assert_eq!(db.get("acme", b"invoice/42").unwrap().as_deref(), Some(&b"paid"[..]));
+//! assert_eq!(db.get("globex", b"invoice/42").unwrap(), None);
 //!
 //! // Prove the write against a signed checkpoint, as a client would.
 //! let cp = db.checkpoint_now().unwrap();

@@ -7,3 +7,15 @@
 pub mod v1 {
     tonic::include_proto!("aerodb.v1");
 }
+
+/// etcd's v3 API, the part AeroDB's etcd authority uses (`proto/etcd/`): KV range/put, leases.
+#[allow(missing_docs, clippy::all, clippy::pedantic, reason = "generated code")]
+pub mod etcdserverpb {
+    tonic::include_proto!("etcdserverpb");
+}
+
+/// etcd's v3 election service (campaign, leader, observe, resign).
+#[allow(missing_docs, clippy::all, clippy::pedantic, reason = "generated code")]
+pub mod v3electionpb {
+    tonic::include_proto!("v3electionpb");
+}

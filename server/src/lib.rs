@@ -7,6 +7,7 @@ pub mod auth;
 pub mod client;
 pub mod config;
 pub mod error;
+pub mod etcd;
 pub mod fence;
 pub mod grpc;
 pub mod httpc;
