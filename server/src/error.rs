@@ -20,6 +20,10 @@ pub enum Code {
     PayloadTooLarge,
     /// The content type is not JSON.
     UnsupportedMediaType,
+    /// The request target (path and query) is longer than the server reads (414).
+    UriTooLong,
+    /// The request's headers are more or larger than the server reads (431).
+    HeadersTooLarge,
     /// No or an unknown bearer token.
     Unauthenticated,
     /// The token's role may not do this.
@@ -59,6 +63,8 @@ impl Code {
             Code::MethodNotAllowed => "METHOD_NOT_ALLOWED",
             Code::PayloadTooLarge => "PAYLOAD_TOO_LARGE",
             Code::UnsupportedMediaType => "UNSUPPORTED_MEDIA_TYPE",
+            Code::UriTooLong => "URI_TOO_LONG",
+            Code::HeadersTooLarge => "HEADERS_TOO_LARGE",
             Code::Unauthenticated => "UNAUTHENTICATED",
             Code::PermissionDenied => "PERMISSION_DENIED",
             Code::NotLeader => "NOT_LEADER",
@@ -84,6 +90,8 @@ impl Code {
             Code::MethodNotAllowed => 405,
             Code::PayloadTooLarge => 413,
             Code::UnsupportedMediaType => 415,
+            Code::UriTooLong => 414,
+            Code::HeadersTooLarge => 431,
             Code::ResourceExhausted => 429,
             Code::Internal => 500,
             Code::NotLeader
@@ -100,9 +108,11 @@ impl Code {
     #[must_use]
     pub fn grpc(self) -> tonic::Code {
         match self {
-            Code::InvalidArgument | Code::UnsupportedMediaType | Code::MethodNotAllowed => {
-                tonic::Code::InvalidArgument
-            }
+            Code::InvalidArgument
+            | Code::UnsupportedMediaType
+            | Code::MethodNotAllowed
+            | Code::UriTooLong
+            | Code::HeadersTooLarge => tonic::Code::InvalidArgument,
             Code::OutOfRange => tonic::Code::OutOfRange,
             Code::NotFound => tonic::Code::NotFound,
             Code::PayloadTooLarge | Code::ResourceExhausted => tonic::Code::ResourceExhausted,
@@ -342,6 +352,8 @@ mod tests {
             Code::MethodNotAllowed,
             Code::PayloadTooLarge,
             Code::UnsupportedMediaType,
+            Code::UriTooLong,
+            Code::HeadersTooLarge,
             Code::Unauthenticated,
             Code::PermissionDenied,
             Code::NotLeader,

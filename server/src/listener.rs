@@ -138,6 +138,10 @@ async fn serve_connection<S>(
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_timeout)
+        // Room above the API's own head limits (`rest::MAX_URI_BYTES`, `MAX_HEADERS`, `MAX_HEADER_BYTES`), so a
+        // request just over them reaches the API and gets its JSON answer (414 / 431) rather than hyper's bare one.
+        .max_buf_size(4 * (crate::rest::MAX_URI_BYTES + crate::rest::MAX_HEADER_BYTES))
+        .max_headers(4 * crate::rest::MAX_HEADERS)
         .keep_alive(true);
     let conn = builder.serve_connection(TokioIo::new(io), TowerToHyperService::new(router));
     if let Err(e) = watcher.watch(conn).await {

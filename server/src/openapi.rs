@@ -412,6 +412,25 @@ pub fn document() -> String {
         { "required": ["value"], "properties": { "op": { "const": "put" }, "value": { "type": "string" } } },
         { "required": ["value_base64"], "properties": { "op": { "const": "put" }, "value_base64": { "type": "string" } } },
     ]);
+    // Every operation can be refused before routing for an oversized target or headers.
+    if let Some(paths) = doc["paths"].as_object_mut() {
+        for ops in paths.values_mut().filter_map(serde_json::Value::as_object_mut) {
+            for op in ops.values_mut() {
+                for (status, what) in [
+                    ("414", "URI_TOO_LONG: the path and query are longer than 8 KiB"),
+                    (
+                        "431",
+                        "HEADERS_TOO_LARGE: more than 100 headers or 16 KiB of them",
+                    ),
+                ] {
+                    op["responses"][status] = serde_json::json!({
+                        "description": what,
+                        "content": { "application/json": { "schema": { "$ref": "#/components/schemas/ErrorOut" } } }
+                    });
+                }
+            }
+        }
+    }
     let mut s = serde_json::to_string_pretty(&doc).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"));
     s.push('\n');
     s

@@ -52,7 +52,52 @@ pub fn router(node: Arc<Node>) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(limit))
         .layer(axum::middleware::from_fn_with_state(node.clone(), gate))
+        .layer(axum::middleware::from_fn_with_state(node.clone(), head_limits))
         .with_state(node)
+}
+
+/// The longest request target (path and query) the REST API reads.
+pub const MAX_URI_BYTES: usize = 8 << 10;
+/// The most headers a REST request may carry.
+pub const MAX_HEADERS: usize = 100;
+/// The most header bytes (names and values) a REST request may carry.
+pub const MAX_HEADER_BYTES: usize = 16 << 10;
+
+/// Every request, before routing: a target over [`MAX_URI_BYTES`] is 414 and headers over [`MAX_HEADERS`] or
+/// [`MAX_HEADER_BYTES`] are 431, with the JSON error envelope. (The HTTP layer reads up to 4× these before it
+/// answers on its own, without a body; a request line it cannot parse gets its bare 400.)
+async fn head_limits(
+    State(node): Shared,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let target = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
+    if target > MAX_URI_BYTES {
+        return finish::<()>(
+            &node,
+            0,
+            Err(ApiError::new(
+                Code::UriTooLong,
+                format!("the request target is {target} bytes; the limit is {MAX_URI_BYTES}"),
+            )),
+        );
+    }
+    let h = req.headers();
+    let bytes: usize = h.iter().map(|(k, v)| k.as_str().len() + v.len()).sum();
+    if h.len() > MAX_HEADERS || bytes > MAX_HEADER_BYTES {
+        return finish::<()>(
+            &node,
+            0,
+            Err(ApiError::new(
+                Code::HeadersTooLarge,
+                format!(
+                    "{} headers of {bytes} bytes; the limits are {MAX_HEADERS} headers and {MAX_HEADER_BYTES} bytes",
+                    h.len()
+                ),
+            )),
+        );
+    }
+    next.run(req).await
 }
 
 /// The action a POST route needs, for the routes that take a body.

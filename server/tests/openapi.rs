@@ -354,6 +354,14 @@ fn the_document_is_generated_committed_and_every_live_answer_matches_it() {
         ("post", "/v1/health", "/v1/health".into(), None, None, 405),
         (
             "get",
+            "/v1/records/{commit_id}",
+            format!("/v1/records/1?pad={}", "a".repeat(9 << 10)),
+            Some(READER),
+            None,
+            414,
+        ),
+        (
+            "get",
             "/v1/records",
             "/v1/records?from=2&limit=2".into(),
             Some(READER),
