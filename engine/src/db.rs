@@ -439,8 +439,7 @@ impl Db {
     pub fn get_at(&self, tenant: &str, key: &[u8], at: CommitId) -> Result<Option<Bytes>> {
         let inner = self.inner()?;
         let at = at.0.min(inner.visible());
-        let scoped = inner.scoped(tenant, key);
-        let version = inner.index.read().version_at(KEYS, &scoped, at);
+        let version = inner.with_scoped(tenant, key, |k| inner.index.read().version_at(KEYS, k, at));
         match version {
             Some(v) if !ver_deleted(v) => inner.value_in(ver_commit(v), key),
             _ => Ok(None),
@@ -455,6 +454,7 @@ impl Db {
             .index
             .read()
             .versions(KEYS, &inner.scoped(tenant, key), visible);
+        // (A history allocates its answer anyway; only the point reads reuse a buffer.)
         versions
             .into_iter()
             .map(|v| (ver_commit(v), ver_deleted(v)))
@@ -1624,6 +1624,22 @@ fn load_or_create_key(path: &Path, origin: &str) -> Result<SigningKey> {
 }
 
 impl Inner {
+    /// Runs `f` on the index key of `key` in `tenant`'s key space, built in this thread's reused buffer (a point
+    /// read then allocates nothing for it).
+    fn with_scoped<T>(&self, tenant: &str, key: &[u8], f: impl FnOnce(&[u8]) -> T) -> T {
+        thread_local! {
+            static BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+        }
+        let rule = record::tenant_keys(self.version.load(Ordering::Acquire));
+        BUF.with(|b| match b.try_borrow_mut() {
+            Ok(mut buf) => {
+                record::scoped_key(rule, tenant, key, &mut buf);
+                f(&buf)
+            }
+            Err(_) => f(&self.scoped(tenant, key)),
+        })
+    }
+
     /// The index key of `key` in `tenant`'s key space under this log's rule.
     fn scoped(&self, tenant: &str, key: &[u8]) -> Vec<u8> {
         let mut out = Vec::with_capacity(tenant.len() + 1 + key.len());
