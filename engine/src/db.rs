@@ -920,23 +920,32 @@ impl Db {
             // Quiesce: no background work, no call in flight. New calls wait on `live`.
             let threads = std::mem::take(&mut *self.threads.lock());
             stop_threads(&old, threads);
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while Arc::strong_count(&old) > 2 {
-                if Instant::now() > deadline {
-                    old.stop.store(false, Ordering::SeqCst);
-                    *self.threads.lock() = start_background(&old)?;
-                    return Err(Error::RecoveryRefused(format!(
-                        "{} calls still use the database after 10 s",
-                        Arc::strong_count(&old) - 2
-                    )));
-                }
-                std::thread::sleep(Duration::from_millis(1));
-            }
+            // Take the database out of the cell, then wait until this is its last reference: calls in flight
+            // finish (new ones wait on `live`), and the log's durable hook upgrades its weak reference only for
+            // the moment it applies.
             *live = Live::Gone("the database is being opened again in place".into());
-            // Close the failed log (its threads stop, its lock is released) and every file, then open again.
-            let Ok(Inner { wal, .. }) = Arc::try_unwrap(old) else {
-                unreachable!("the last reference is this one: the count was checked under the write lock")
+            let deadline = Instant::now() + Duration::from_secs(10);
+            let mut old = old;
+            let inner = loop {
+                match Arc::try_unwrap(old) {
+                    Ok(inner) => break inner,
+                    Err(still) if Instant::now() > deadline => {
+                        let n = Arc::strong_count(&still) - 1;
+                        still.stop.store(false, Ordering::SeqCst);
+                        *live = Live::Open(still.clone());
+                        *self.threads.lock() = start_background(&still)?;
+                        return Err(Error::RecoveryRefused(format!(
+                            "{n} calls still use the database after 10 s"
+                        )));
+                    }
+                    Err(still) => {
+                        old = still;
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                }
             };
+            // Close the failed log (its threads stop, its lock is released) and every file, then open again.
+            let Inner { wal, .. } = inner;
             if let Err(e) = wal.close() {
                 tracing::info!(error = %e, "closed the failed log");
             }
@@ -945,7 +954,8 @@ impl Db {
         let opened = open_inner(self.fs.clone(), &self.dir, self.opts.clone()).and_then(|(inner, mut report)| {
             let rewritten = inner.wal.rewrite_active()?;
             report.repairs.push(format!(
-                "opened again in place after the log failed closed; the active segment's {rewritten} bytes were                  written again and synced"
+                "opened again in place after the log failed closed; the active segment's {rewritten} bytes were \
+                 written again and synced"
             ));
             report.elapsed = t.elapsed();
             Ok((inner, report))

@@ -8,7 +8,7 @@ pub mod v1 {
     tonic::include_proto!("aerodb.v1");
 }
 
-/// etcd's v3 API, the part AeroDB's etcd authority uses (`proto/etcd/`): KV range/put, leases.
+/// etcd's v3 API, the part AeroDB's etcd authority uses (`proto/etcd/`): leases and the key-value record.
 #[allow(missing_docs, clippy::all, clippy::pedantic, reason = "generated code")]
 pub mod etcdserverpb {
     tonic::include_proto!("etcdserverpb");

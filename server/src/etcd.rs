@@ -93,10 +93,6 @@ impl Etcd {
         election::election_client::ElectionClient::new(self.channel.clone())
     }
 
-    fn kv(&self) -> etcd::kv_client::KvClient<Channel> {
-        etcd::kv_client::KvClient::new(self.channel.clone())
-    }
-
     /// Grants a lease of `ttl` (whole seconds, at least 1; etcd may raise it to its minimum) and keeps it alive
     /// every third of its TTL until the returned [`Lease`] is revoked or dropped.
     pub async fn grant(&self, ttl: Duration, margin: Duration) -> Result<Lease, EtcdError> {
@@ -204,44 +200,6 @@ impl Etcd {
             .await
             .map_err(rpc("resign"))?;
         Ok(())
-    }
-
-    /// Writes `key = value`, attached to `lease` when given (the key goes when the lease does).
-    pub async fn put(&self, key: &[u8], value: &[u8], lease: Option<&Lease>) -> Result<i64, EtcdError> {
-        let r = self
-            .kv()
-            .put(self.unary(etcd::PutRequest {
-                key: key.to_vec(),
-                value: value.to_vec(),
-                lease: lease.map_or(0, |l| l.id),
-            }))
-            .await
-            .map_err(rpc("put"))?
-            .into_inner();
-        Ok(r.header.map_or(0, |h| h.revision))
-    }
-
-    /// Every key under `prefix` with its value.
-    pub async fn prefix(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, EtcdError> {
-        let mut end = prefix.to_vec();
-        match end.iter().rposition(|&b| b < 0xff) {
-            Some(i) => {
-                end.truncate(i + 1);
-                end[i] += 1;
-            }
-            None => end = vec![0],
-        }
-        let r = self
-            .kv()
-            .range(self.unary(etcd::RangeRequest {
-                key: prefix.to_vec(),
-                range_end: end,
-                limit: 0,
-            }))
-            .await
-            .map_err(rpc("range"))?
-            .into_inner();
-        Ok(r.kvs.into_iter().map(|kv| (kv.key, kv.value)).collect())
     }
 }
 
