@@ -89,6 +89,18 @@ impl Default for Options {
     }
 }
 
+/// The role a [`Db::reopen_as`] opens the database in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OpenRole {
+    /// The writable primary of term `epoch` (stamped on every record it writes).
+    Primary {
+        /// The new term's epoch.
+        epoch: Epoch,
+    },
+    /// A replica: records come from the primary ([`Db::append_replicated`]).
+    Replica,
+}
+
 /// What an append returns: enough for the writer to verify its own write later (E-8).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Receipt {
@@ -242,7 +254,8 @@ pub struct Db {
     /// What `open` was given, so [`Db::recover_in_place`] can open the same database again.
     fs: Arc<dyn Fs>,
     dir: PathBuf,
-    opts: Options,
+    /// The options of the current open (a [`Db::reopen_as`] changes the role and epoch).
+    opts: Mutex<Options>,
     verifier: VerifierKey,
     report: OpenReport,
     /// The report of the last in-place recovery, and how many succeeded.
@@ -294,7 +307,7 @@ impl Db {
             threads: Mutex::new(threads),
             fs,
             dir: dir.to_owned(),
-            opts,
+            opts: Mutex::new(opts),
             report,
             recovered: Mutex::new((None, 0)),
             recovering: Mutex::new(()),
@@ -372,7 +385,7 @@ impl Db {
     /// Checks a record the way an append would (tenant, batch, size) without writing it, so a caller that
     /// gathers records from many clients into one [`Db::append_many`] can refuse a bad one alone.
     pub fn check(&self, tenant: &str, payload: &Payload) -> Result<()> {
-        check_record(tenant, payload, self.opts.wal.max_record_bytes)
+        check_record(tenant, payload, self.opts.lock().wal.max_record_bytes)
     }
 
     /// Appends several records as consecutive CommitIds in one durable write.
@@ -702,7 +715,7 @@ impl Db {
     /// The capacity of new WAL segments (a replica must use the primary's, so sealed segments are byte-identical).
     #[must_use]
     pub fn segment_bytes(&self) -> u64 {
-        self.opts.wal.segment_bytes
+        self.opts.lock().wal.segment_bytes
     }
 
     /// Replica side (R-3): appends records received from the primary, each given as `(epoch, body, record hash)`
@@ -917,41 +930,11 @@ impl Db {
         };
         let mut live = self.live.write();
         if let Some(old) = old {
-            // Quiesce: no background work, no call in flight. New calls wait on `live`.
-            let threads = std::mem::take(&mut *self.threads.lock());
-            stop_threads(&old, threads);
-            // Take the database out of the cell, then wait until this is its last reference: calls in flight
-            // finish (new ones wait on `live`), and the log's durable hook upgrades its weak reference only for
-            // the moment it applies.
-            *live = Live::Gone("the database is being opened again in place".into());
-            let deadline = Instant::now() + Duration::from_secs(10);
-            let mut old = old;
-            let inner = loop {
-                match Arc::try_unwrap(old) {
-                    Ok(inner) => break inner,
-                    Err(still) if Instant::now() > deadline => {
-                        let n = Arc::strong_count(&still) - 1;
-                        still.stop.store(false, Ordering::SeqCst);
-                        *live = Live::Open(still.clone());
-                        *self.threads.lock() = start_background(&still)?;
-                        return Err(Error::RecoveryRefused(format!(
-                            "{n} calls still use the database after 10 s"
-                        )));
-                    }
-                    Err(still) => {
-                        old = still;
-                        std::thread::sleep(Duration::from_millis(1));
-                    }
-                }
-            };
-            // Close the failed log (its threads stop, its lock is released) and every file, then open again.
-            let Inner { wal, .. } = inner;
-            if let Err(e) = wal.close() {
-                tracing::info!(error = %e, "closed the failed log");
-            }
+            self.quiesce(&mut live, old)?;
         }
         let t = Instant::now();
-        let opened = open_inner(self.fs.clone(), &self.dir, self.opts.clone()).and_then(|(inner, mut report)| {
+        let opts = self.opts.lock().clone();
+        let opened = open_inner(self.fs.clone(), &self.dir, opts.clone()).and_then(|(inner, mut report)| {
             let rewritten = inner.wal.rewrite_active()?;
             report.repairs.push(format!(
                 "opened again in place after the log failed closed; the active segment's {rewritten} bytes were \
@@ -979,7 +962,110 @@ impl Db {
                 tracing::error!(reason = %why, "in-place recovery failed");
                 let ro = Options {
                     read_only: true,
-                    ..self.opts.clone()
+                    ..opts
+                };
+                *live = match open_inner(self.fs.clone(), &self.dir, ro) {
+                    Ok((inner, _)) => {
+                        inner.refuse(NotWritable::LogFailed(why));
+                        Live::Open(inner)
+                    }
+                    Err(e2) => Live::Gone(format!("{why}; a read-only open also failed: {e2}")),
+                };
+                Err(e)
+            }
+        }
+    }
+
+    /// Takes the open database `old` out of `live` and closes it once no call uses it any more: background work
+    /// stops, new calls wait on `live`, calls in flight finish (at most 10 s, else it is put back and refused).
+    fn quiesce(&self, live: &mut Live, old: Arc<Inner>) -> Result<()> {
+        let threads = std::mem::take(&mut *self.threads.lock());
+        stop_threads(&old, threads);
+        // Take the database out of the cell, then wait until this is its last reference: calls in flight
+        // finish (new ones wait on `live`), and the log's durable hook upgrades its weak reference only for
+        // the moment it applies.
+        *live = Live::Gone("the database is being opened again in place".into());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut old = old;
+        let inner = loop {
+            match Arc::try_unwrap(old) {
+                Ok(inner) => break inner,
+                Err(still) if Instant::now() > deadline => {
+                    let n = Arc::strong_count(&still) - 1;
+                    still.stop.store(false, Ordering::SeqCst);
+                    *live = Live::Open(still.clone());
+                    *self.threads.lock() = start_background(&still)?;
+                    return Err(Error::RecoveryRefused(format!(
+                        "{n} calls still use the database after 10 s"
+                    )));
+                }
+                Err(still) => {
+                    old = still;
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+        };
+        // Close the log (its threads stop, its lock is released) and every file.
+        let Inner { wal, .. } = inner;
+        if let Err(e) = wal.close() {
+            tracing::info!(error = %e, "closed the log");
+        }
+        Ok(())
+    }
+
+    /// Opens the database again in place in another role (an authority such as etcd changed it): the same steps
+    /// as a restart — WAL recovery, the startup integrity check (E-6), the Merkle store and index caught up from
+    /// the log — with the options of `role`. A replica that won an election becomes the writable primary of the
+    /// new term this way (its first act is to sign a checkpoint of that term); a primary whose term ended becomes
+    /// a replica. Callers wait while it runs, as for [`Db::recover_in_place`]. A halted database is refused (the
+    /// halt is evidence; only an operator clears it). If the open fails the database is opened read-only, as after
+    /// a failed recovery, and the error is returned. Returns what the open found.
+    pub fn reopen_as(&self, role: OpenRole) -> Result<OpenReport> {
+        let _one = self.recovering.lock();
+        let old = match &*self.live.read() {
+            Live::Open(i) => {
+                if let Some(h @ NotWritable::Halted(_)) = i.writability() {
+                    return Err(Error::RecoveryRefused(format!("the database is {h}")));
+                }
+                Some(i.clone())
+            }
+            Live::Gone(_) => None,
+        };
+        let mut live = self.live.write();
+        if let Some(old) = old {
+            self.quiesce(&mut live, old)?;
+        }
+        let mut opts = self.opts.lock().clone();
+        opts.read_only = false;
+        match role {
+            OpenRole::Primary { epoch } => {
+                opts.replica = false;
+                opts.epoch = epoch;
+            }
+            OpenRole::Replica => opts.replica = true,
+        }
+        let t = Instant::now();
+        match open_inner(self.fs.clone(), &self.dir, opts.clone()) {
+            Ok((inner, mut report)) => {
+                report.elapsed = t.elapsed();
+                *self.threads.lock() = start_background(&inner)?;
+                *live = Live::Open(inner);
+                *self.opts.lock() = opts;
+                tracing::info!(
+                    ?role,
+                    records = report.records_verified,
+                    elapsed_ms = report.elapsed.as_millis() as u64,
+                    "the database was opened again in place in a new role; startup integrity check passed"
+                );
+                Ok(report)
+            }
+            Err(e) => {
+                let why = format!("opening the database again as {role:?} failed: {e}");
+                tracing::error!(reason = %why, "reopen failed");
+                let ro = Options {
+                    read_only: true,
+                    replica: false,
+                    ..opts
                 };
                 *live = match open_inner(self.fs.clone(), &self.dir, ro) {
                     Ok((inner, _)) => {

@@ -32,6 +32,7 @@ pub mod verify;
 
 pub use checkpoint::{Checkpoint, SignedCheckpoint, SigningKey, VerifierKey};
 pub use db::{
+    OpenRole,
     truncate_after, Db, InclusionProof, NewRecord, OpenReport, Options, Receipt, StoredRecord, Tip, Version,
     KEY_FILE,
 };

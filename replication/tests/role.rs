@@ -352,3 +352,31 @@ fn the_role_file_is_replaced_atomically_across_a_crash() {
         .unwrap();
     assert!(f.load().is_err());
 }
+
+#[test]
+fn a_primary_that_steps_down_writes_again_only_in_a_newer_term() {
+    let mut m = RoleMachine::default();
+    m.command(Command::Promote { epoch: Epoch(5) }).unwrap();
+    m.command(Command::StepDown).unwrap();
+    assert_eq!(m.state, State::Uninitialized);
+    assert!(!m.may_write() && !m.may_read());
+    assert_eq!(m.highest_epoch, Epoch(5));
+    // Its own term again is refused: that term may have a successor's records by now.
+    assert!(matches!(
+        m.command(Command::Promote { epoch: Epoch(5) }),
+        Err(Refusal::StaleEpoch { .. })
+    ));
+    m.command(Command::Promote { epoch: Epoch(9) }).unwrap();
+    assert!(m.may_write());
+    // A replica is left as it is; a halted node refuses.
+    let mut r = RoleMachine::default();
+    r.command(Command::Follow {
+        epoch: Epoch(2),
+        primary: "p".into(),
+    })
+    .unwrap();
+    r.command(Command::StepDown).unwrap();
+    assert!(matches!(r.state, State::ReplicaActive { .. }));
+    r.observe(Observation::Halt(HaltReason::Corruption("x".into())));
+    assert!(r.command(Command::StepDown).is_err());
+}

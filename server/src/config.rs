@@ -41,6 +41,49 @@ pub enum FenceMode {
     Off,
 }
 
+/// Who grants write authority (H-2).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthorityKind {
+    /// The operator: `--role` and `--epoch` at start, `aerodb admin promote` on a stopped node.
+    Static,
+    /// An etcd election: nodes campaign under a lease; the winner's leader-key revision is its epoch.
+    Etcd,
+}
+
+/// The etcd authority's settings (`--authority etcd`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EtcdAuthority {
+    /// etcd client URLs (`http://host:port`).
+    pub endpoints: Vec<String>,
+    /// The election's name: one per ledger, the same on every node of it.
+    pub election: String,
+    /// The lease's TTL (etcd grants whole seconds: rounded up, at least 1 s).
+    pub lease_ttl: Duration,
+    /// Nodes in the cluster (primary and replicas) campaigning in this election.
+    pub cluster_size: usize,
+}
+
+impl EtcdAuthority {
+    /// How much before the proven end of its lease a primary stops acknowledging: a tenth of the TTL, at least
+    /// 100 ms (covers the rate difference between this node's and etcd's clocks and etcd's own processing).
+    #[must_use]
+    pub fn margin(&self) -> Duration {
+        (self.lease_ttl / 10).max(Duration::from_millis(100))
+    }
+
+    /// Fresh tips (published by nodes that follow nobody) a candidate must see, its own included, before it may
+    /// campaign: `cluster_size - sync_replicas`, at least 1 and at most `cluster_size - 1`. Any set of this many
+    /// surviving nodes holds at least one of the `sync_replicas` replicas that flushed each acknowledged write.
+    #[must_use]
+    pub fn tips_needed(&self, sync_replicas: usize) -> usize {
+        self.cluster_size
+            .saturating_sub(sync_replicas)
+            .min(self.cluster_size.saturating_sub(1))
+            .max(1)
+    }
+}
+
 /// Log output format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -80,6 +123,29 @@ pub struct Flags {
     /// This node's public REST URL (reported as the leader URL).
     #[arg(long, env = "AERODB_ADVERTISE_URL")]
     pub advertise_url: Option<String>,
+    /// This node's public gRPC URL (what replicas follow when it leads; default: `http://` and the bound gRPC
+    /// address).
+    #[arg(long, env = "AERODB_ADVERTISE_GRPC_URL")]
+    pub advertise_grpc_url: Option<String>,
+    /// Who grants write authority: `static` (the operator: --role, --epoch, `aerodb admin promote`) or `etcd`
+    /// (automatic failover: an election through --etcd-endpoints; --role is then ignored).
+    #[arg(long, env = "AERODB_AUTHORITY", value_enum)]
+    pub authority: Option<AuthorityKind>,
+    /// etcd client URLs, comma-separated (`--authority etcd`), e.g. `http://127.0.0.1:2379`.
+    #[arg(long, env = "AERODB_ETCD_ENDPOINTS", value_delimiter = ',')]
+    pub etcd_endpoints: Option<Vec<String>>,
+    /// The etcd election's name: one per ledger, the same on all its nodes (default `aerodb/<origin>`).
+    #[arg(long, env = "AERODB_ELECTION")]
+    pub election: Option<String>,
+    /// The authority lease's TTL in milliseconds (etcd grants whole seconds: rounded up; default 2000). A SIGKILLed
+    /// primary is replaced about one TTL later; a primary stops acknowledging a tenth of it (at least 100 ms)
+    /// before its lease could end.
+    #[arg(long, env = "AERODB_LEASE_TTL_MS")]
+    pub lease_ttl_ms: Option<u64>,
+    /// Nodes in the cluster (primary and replicas) taking part in the election (default 3). A candidate needs the
+    /// tips of `cluster_size - sync_replicas` of them (itself included, at most all but one) to campaign.
+    #[arg(long, env = "AERODB_CLUSTER_SIZE")]
+    pub cluster_size: Option<usize>,
     /// The primary's gRPC URL (replica role: what it follows, e.g. `http://127.0.0.1:7001`).
     #[arg(long, env = "AERODB_PRIMARY")]
     pub primary: Option<String>,
@@ -191,6 +257,12 @@ pub struct FileConfig {
     http_listen: Option<SocketAddr>,
     grpc_listen: Option<SocketAddr>,
     advertise_url: Option<String>,
+    advertise_grpc_url: Option<String>,
+    authority: Option<AuthorityKind>,
+    etcd_endpoints: Option<Vec<String>>,
+    election: Option<String>,
+    lease_ttl_ms: Option<u64>,
+    cluster_size: Option<usize>,
     primary: Option<String>,
     primary_token_file: Option<PathBuf>,
     primary_ca_cert: Option<PathBuf>,
@@ -239,6 +311,10 @@ pub struct Config {
     pub grpc_listen: SocketAddr,
     /// Public REST URL of this node.
     pub advertise_url: Option<String>,
+    /// Public gRPC URL of this node (what replicas follow when it leads); `None`: from the bound address.
+    pub advertise_grpc_url: Option<String>,
+    /// The etcd authority (`None`: the static one, the operator).
+    pub etcd: Option<EtcdAuthority>,
     /// The primary's gRPC URL (replicas).
     pub primary: Option<String>,
     /// The token a replica presents to its primary.
@@ -307,6 +383,8 @@ impl Config {
             http_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             grpc_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             advertise_url: None,
+            advertise_grpc_url: None,
+            etcd: None,
             primary: None,
             primary_token_file: None,
             primary_ca_cert: None,
@@ -387,6 +465,21 @@ impl Config {
                     .or(file.grpc_listen)
                     .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 7001))),
                 advertise_url: flags.advertise_url.or(file.advertise_url),
+                advertise_grpc_url: flags.advertise_grpc_url.or(file.advertise_grpc_url),
+                etcd: match flags.authority.or(file.authority).unwrap_or(AuthorityKind::Static) {
+                    AuthorityKind::Static => None,
+                    AuthorityKind::Etcd => Some(EtcdAuthority {
+                        endpoints: flags.etcd_endpoints.or(file.etcd_endpoints).unwrap_or_default(),
+                        election: flags.election.or(file.election).unwrap_or_else(|| {
+                            format!(
+                                "aerodb/{}",
+                                flags.origin.as_deref().or(file.origin.as_deref()).unwrap_or("aerodb-ledger")
+                            )
+                        }),
+                        lease_ttl: Duration::from_millis(flags.lease_ttl_ms.or(file.lease_ttl_ms).unwrap_or(2_000)),
+                        cluster_size: flags.cluster_size.or(file.cluster_size).unwrap_or(3),
+                    }),
+                },
                 primary: flags.primary.or(file.primary),
                 primary_token_file: flags.primary_token_file.or(file.primary_token_file),
                 primary_ca_cert: flags.primary_ca_cert.or(file.primary_ca_cert),
@@ -534,6 +627,27 @@ impl Config {
                  would send its token in clear",
             ));
         }
+        if let Some(e) = &c.etcd {
+            if e.endpoints.is_empty() {
+                return Err(Error::config("--authority etcd needs --etcd-endpoints"));
+            }
+            if e.lease_ttl.is_zero() || e.lease_ttl > Duration::from_secs(3600) {
+                return Err(Error::config("--lease-ttl-ms must be within 1 ..= 3600000"));
+            }
+            if !(1..=64).contains(&e.cluster_size) {
+                return Err(Error::config("--cluster-size must be within 1 ..= 64"));
+            }
+            if e.election.is_empty() || e.election.len() > 256 {
+                return Err(Error::config("--election must be 1 to 256 bytes"));
+            }
+            if c.writer_fence.is_some() {
+                return Err(Error::config(
+                    "--authority etcd fences writers by its lease; --writer-fence-mode required is for the static \
+                     authority",
+                ));
+            }
+            return Ok(c);
+        }
         if c.role == Role::Replica && c.primary.is_none() {
             return Err(Error::config("a replica needs --primary <url>"));
         }
@@ -586,5 +700,26 @@ mod tests {
         assert!(e.contains("worker_threads 5000 is above 1024"), "{e}");
         let e = load(&format!("{BASE}worker_threads = -1\n"), &[]).unwrap_err();
         assert!(e.contains("worker_threads"), "{e}");
+    }
+
+    #[test]
+    fn the_etcd_authority_needs_endpoints_and_counts_tips() {
+        let e = load(BASE, &["--authority", "etcd"]).unwrap_err();
+        assert!(e.contains("--etcd-endpoints"), "{e}");
+        let c = load(
+            BASE,
+            &["--authority", "etcd", "--etcd-endpoints", "http://127.0.0.1:1,http://127.0.0.1:2"],
+        )
+        .unwrap();
+        let a = c.etcd.unwrap();
+        assert_eq!(a.endpoints.len(), 2);
+        assert_eq!(a.election, "aerodb/aerodb-ledger");
+        assert_eq!(a.lease_ttl, Duration::from_secs(2));
+        assert_eq!(a.margin(), Duration::from_millis(200));
+        // 3 nodes: with 1 synchronous replica both survivors' tips are needed; with 2, either one holds all.
+        assert_eq!((a.tips_needed(0), a.tips_needed(1), a.tips_needed(2)), (2, 2, 1));
+        let e = load(BASE, &["--authority", "etcd", "--etcd-endpoints", "http://x:1", "--cluster-size", "0"])
+            .unwrap_err();
+        assert!(e.contains("--cluster-size"), "{e}");
     }
 }

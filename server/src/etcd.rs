@@ -89,6 +89,10 @@ impl Etcd {
         etcd::lease_client::LeaseClient::new(self.channel.clone())
     }
 
+    fn kv(&self) -> etcd::kv_client::KvClient<Channel> {
+        etcd::kv_client::KvClient::new(self.channel.clone())
+    }
+
     fn elections(&self) -> election::election_client::ElectionClient<Channel> {
         election::election_client::ElectionClient::new(self.channel.clone())
     }
@@ -114,6 +118,7 @@ impl Etcd {
         let state = Arc::new(Mutex::new(LeaseState {
             valid_until: Some(sent + ttl),
             error: None,
+            expired: false,
         }));
         let keeper = tokio::spawn(keep_alive(self.leases(), r.id, ttl, state.clone()));
         Ok(Lease {
@@ -186,6 +191,34 @@ impl Etcd {
         }))
     }
 
+    /// Sets `key` to `value`, attached to `lease` (the key goes when the lease does).
+    pub async fn put(&self, key: &[u8], value: &[u8], lease: &Lease) -> Result<(), EtcdError> {
+        self.kv()
+            .put(self.unary(etcd::PutRequest {
+                key: key.to_vec(),
+                value: value.to_vec(),
+                lease: lease.id,
+            }))
+            .await
+            .map_err(rpc("put"))?;
+        Ok(())
+    }
+
+    /// Every key starting with `prefix` (at most `limit`), with its value, in key order.
+    pub async fn prefix(&self, prefix: &[u8], limit: i64) -> Result<Vec<(Vec<u8>, Vec<u8>)>, EtcdError> {
+        let r = self
+            .kv()
+            .range(self.unary(etcd::RangeRequest {
+                key: prefix.to_vec(),
+                range_end: prefix_end(prefix),
+                limit,
+            }))
+            .await
+            .map_err(rpc("range"))?
+            .into_inner();
+        Ok(r.kvs.into_iter().map(|kv| (kv.key, kv.value)).collect())
+    }
+
     /// Gives up leadership held by `key` (the next campaigner wins at once).
     pub async fn resign(&self, key: &LeaderKey) -> Result<(), EtcdError> {
         self.elections()
@@ -201,6 +234,19 @@ impl Etcd {
             .map_err(rpc("resign"))?;
         Ok(())
     }
+}
+
+/// The end of the key range holding every key that starts with `prefix`: the prefix with its last byte that is not
+/// 0xff increased by one (etcd's convention; `\0` alone means every key).
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
 }
 
 /// A leader of an election, as etcd reports it.
@@ -246,6 +292,8 @@ struct LeaseState {
     valid_until: Option<Instant>,
     /// Why keep-alive stopped, if it did.
     error: Option<String>,
+    /// etcd answered that the lease has expired.
+    expired: bool,
 }
 
 /// A granted lease, kept alive in the background.
@@ -281,6 +329,18 @@ impl Lease {
             .checked_sub(self.margin)?
             .checked_duration_since(Instant::now())
             .filter(|d| !d.is_zero())
+    }
+
+    /// The monotonic instant until which the lease is proven alive, less the safety margin (`None`: not proven).
+    #[must_use]
+    pub fn proven_until(&self) -> Option<Instant> {
+        self.state.lock().valid_until?.checked_sub(self.margin)
+    }
+
+    /// Whether etcd said the lease has expired (nothing can revive it: a new one is needed).
+    #[must_use]
+    pub fn expired(&self) -> bool {
+        self.state.lock().expired
     }
 
     /// Why keep-alive stopped, if it did.
@@ -356,6 +416,7 @@ async fn keep_alive(
                     // TTL ≤ 0: etcd says the lease has expired; nothing can revive it.
                     let mut s = state.lock();
                     s.valid_until = None;
+                    s.expired = true;
                     s.error = Some("the lease expired".into());
                     return;
                 }

@@ -19,6 +19,10 @@ pub enum Configured {
         /// Where the primary is.
         primary: String,
     },
+    /// `--authority etcd`: the role comes from the election, never from the configuration or the last run. A node
+    /// that was primary starts without write authority (it steps down, keeping its epoch) and must win a newer
+    /// term to write again; a replica keeps following until the election says otherwise.
+    Elected,
 }
 
 /// How the node starts.
@@ -56,6 +60,7 @@ pub fn bootstrap(m: &mut RoleMachine, role: &Configured, epoch: Epoch) -> Result
                 m.highest_epoch
             )))
         }
+        (_, Configured::Elected) => m.command(Command::StepDown).map_err(refused)?,
         (_, Configured::Replica { primary }) => m
             .command(Command::Follow {
                 epoch,

@@ -132,6 +132,10 @@ pub enum Command {
     },
     /// Leave `ReplicationHalted` back to the state it halted from, after the operator fixed the cause.
     Resume,
+    /// Give up write authority without a successor known yet (an external authority's lease ended or could not be
+    /// proven, or the node resigned): `PrimaryActive` becomes `Uninitialized`, keeping the highest epoch, so the
+    /// node can only become primary again through a newer term. Anything but a primary is left as it is.
+    StepDown,
     /// Leave `ReplicationHalted` as a replica of `primary`, after the log was re-synchronised from it.
     Rebuild {
         /// The primary's epoch.
@@ -271,6 +275,16 @@ impl RoleMachine {
                         command: "resume",
                         state,
                     });
+                }
+            },
+            Command::StepDown => match self.state {
+                State::PrimaryActive { .. } => self.state = State::Uninitialized,
+                State::Uninitialized | State::ReplicaActive { .. } => {}
+                State::ReplicationHalted { .. } => {
+                    return Err(Refusal::NotInState {
+                        command: "step-down",
+                        state,
+                    })
                 }
             },
             Command::Rebuild { epoch, primary } => {
