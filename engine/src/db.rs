@@ -712,6 +712,13 @@ impl Db {
         self.live().map_or(0, |i| i.state.read().merkle.size())
     }
 
+    /// Whether the database is open as a replica ([`Options::replica`], or [`OpenRole::Replica`] after a
+    /// [`Db::reopen_as`]).
+    #[must_use]
+    pub fn is_replica(&self) -> bool {
+        self.opts.lock().replica
+    }
+
     /// The capacity of new WAL segments (a replica must use the primary's, so sealed segments are byte-identical).
     #[must_use]
     pub fn segment_bytes(&self) -> u64 {
@@ -1077,6 +1084,47 @@ impl Db {
                 Err(e)
             }
         }
+    }
+
+    /// Cuts the log after record `keep` in place (a replica discarding a divergent tail its new primary proved
+    /// was never acknowledged): the database is closed as for [`Db::reopen_as`], cut with [`truncate_after`] —
+    /// checkpoints past `keep` dropped, Merkle leaves and log frames removed — and opened again with the same
+    /// options (the startup check runs). Refused on anything but a replica. Returns the records removed.
+    pub fn truncate_in_place(&self, keep: u64) -> Result<u64> {
+        let _one = self.recovering.lock();
+        let opts = self.opts.lock().clone();
+        if !opts.replica {
+            return Err(Error::RecoveryRefused(
+                "only a replica's log is cut in place".into(),
+            ));
+        }
+        let old = match &*self.live.read() {
+            Live::Open(i) => {
+                if let Some(h @ NotWritable::Halted(_)) = i.writability() {
+                    return Err(Error::RecoveryRefused(format!("the database is {h}")));
+                }
+                Some(i.clone())
+            }
+            Live::Gone(_) => None,
+        };
+        let mut live = self.live.write();
+        if let Some(old) = old {
+            self.quiesce(&mut live, old)?;
+        }
+        let cut = truncate_after(self.fs.clone(), &self.dir, keep, &opts, &self.verifier);
+        match open_inner(self.fs.clone(), &self.dir, opts.clone()) {
+            Ok((inner, _)) => {
+                *self.threads.lock() = start_background(&inner)?;
+                *live = Live::Open(inner);
+            }
+            Err(e) => {
+                *live = Live::Gone(format!(
+                    "opening the database after cutting it after record {keep}: {e}"
+                ));
+                return Err(e);
+            }
+        }
+        cut
     }
 
     /// The report of the last successful [`Db::recover_in_place`] and how many have succeeded since open.

@@ -32,9 +32,8 @@ pub mod verify;
 
 pub use checkpoint::{Checkpoint, SignedCheckpoint, SigningKey, VerifierKey};
 pub use db::{
-    OpenRole,
-    truncate_after, Db, InclusionProof, NewRecord, OpenReport, Options, Receipt, StoredRecord, Tip, Version,
-    KEY_FILE,
+    truncate_after, Db, InclusionProof, NewRecord, OpenReport, OpenRole, Options, Receipt, StoredRecord, Tip,
+    Version, KEY_FILE,
 };
 pub use error::{Error, NotWritable, Result};
 pub use record::{Op, Payload, Record};

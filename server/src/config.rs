@@ -466,17 +466,27 @@ impl Config {
                     .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 7001))),
                 advertise_url: flags.advertise_url.or(file.advertise_url),
                 advertise_grpc_url: flags.advertise_grpc_url.or(file.advertise_grpc_url),
-                etcd: match flags.authority.or(file.authority).unwrap_or(AuthorityKind::Static) {
+                etcd: match flags
+                    .authority
+                    .or(file.authority)
+                    .unwrap_or(AuthorityKind::Static)
+                {
                     AuthorityKind::Static => None,
                     AuthorityKind::Etcd => Some(EtcdAuthority {
                         endpoints: flags.etcd_endpoints.or(file.etcd_endpoints).unwrap_or_default(),
                         election: flags.election.or(file.election).unwrap_or_else(|| {
                             format!(
                                 "aerodb/{}",
-                                flags.origin.as_deref().or(file.origin.as_deref()).unwrap_or("aerodb-ledger")
+                                flags
+                                    .origin
+                                    .as_deref()
+                                    .or(file.origin.as_deref())
+                                    .unwrap_or("aerodb-ledger")
                             )
                         }),
-                        lease_ttl: Duration::from_millis(flags.lease_ttl_ms.or(file.lease_ttl_ms).unwrap_or(2_000)),
+                        lease_ttl: Duration::from_millis(
+                            flags.lease_ttl_ms.or(file.lease_ttl_ms).unwrap_or(2_000),
+                        ),
                         cluster_size: flags.cluster_size.or(file.cluster_size).unwrap_or(3),
                     }),
                 },
@@ -637,8 +647,12 @@ impl Config {
             if !(1..=64).contains(&e.cluster_size) {
                 return Err(Error::config("--cluster-size must be within 1 ..= 64"));
             }
-            if e.election.is_empty() || e.election.len() > 256 {
-                return Err(Error::config("--election must be 1 to 256 bytes"));
+            if e.election.is_empty() || e.election.len() > 256 || e.election.starts_with(crate::ha::TIPS_ROOT)
+            {
+                return Err(Error::config(format!(
+                    "--election must be 1 to 256 bytes and not start with {:?} (where tips are published)",
+                    crate::ha::TIPS_ROOT
+                )));
             }
             if c.writer_fence.is_some() {
                 return Err(Error::config(
@@ -708,7 +722,12 @@ mod tests {
         assert!(e.contains("--etcd-endpoints"), "{e}");
         let c = load(
             BASE,
-            &["--authority", "etcd", "--etcd-endpoints", "http://127.0.0.1:1,http://127.0.0.1:2"],
+            &[
+                "--authority",
+                "etcd",
+                "--etcd-endpoints",
+                "http://127.0.0.1:1,http://127.0.0.1:2",
+            ],
         )
         .unwrap();
         let a = c.etcd.unwrap();
@@ -718,8 +737,18 @@ mod tests {
         assert_eq!(a.margin(), Duration::from_millis(200));
         // 3 nodes: with 1 synchronous replica both survivors' tips are needed; with 2, either one holds all.
         assert_eq!((a.tips_needed(0), a.tips_needed(1), a.tips_needed(2)), (2, 2, 1));
-        let e = load(BASE, &["--authority", "etcd", "--etcd-endpoints", "http://x:1", "--cluster-size", "0"])
-            .unwrap_err();
+        let e = load(
+            BASE,
+            &[
+                "--authority",
+                "etcd",
+                "--etcd-endpoints",
+                "http://x:1",
+                "--cluster-size",
+                "0",
+            ],
+        )
+        .unwrap_err();
         assert!(e.contains("--cluster-size"), "{e}");
     }
 }

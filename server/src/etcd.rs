@@ -191,13 +191,14 @@ impl Etcd {
         }))
     }
 
-    /// Sets `key` to `value`, attached to `lease` (the key goes when the lease does).
-    pub async fn put(&self, key: &[u8], value: &[u8], lease: &Lease) -> Result<(), EtcdError> {
+    /// Sets `key` to `value`, attached to `lease` (the key goes when the lease does), or kept until overwritten
+    /// without one.
+    pub async fn put(&self, key: &[u8], value: &[u8], lease: Option<&Lease>) -> Result<(), EtcdError> {
         self.kv()
             .put(self.unary(etcd::PutRequest {
                 key: key.to_vec(),
                 value: value.to_vec(),
-                lease: lease.id,
+                lease: lease.map_or(0, |l| l.id),
             }))
             .await
             .map_err(rpc("put"))?;

@@ -138,11 +138,25 @@ pub struct Lost {
     pub holder: Option<Holder>,
 }
 
-/// The fence as the node uses it: installed at start on a fenced primary, checked around every durable write.
+/// The etcd authority's lease as the write path sees it (H-2, seed 001's lease semantics).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum LeaseGate {
+    /// No lease: the static authority (the operator, and the fence if one is configured).
+    #[default]
+    Off,
+    /// Writes may be acknowledged until this monotonic instant: the lease's proven end less the safety margin.
+    Until(std::time::Instant),
+    /// This node may not write now (it does not lead, or it is handing over): why.
+    Closed(String),
+}
+
+/// The fence as the node uses it: installed at start on a fenced primary, checked around every durable write;
+/// under the etcd authority also the lease gate, checked before a write and again before it is acknowledged.
 #[derive(Debug, Default)]
 pub struct FenceState {
     fence: std::sync::OnceLock<Fence>,
     lost: Mutex<Option<Lost>>,
+    gate: Mutex<LeaseGate>,
 }
 
 impl FenceState {
@@ -157,9 +171,37 @@ impl FenceState {
         self.fence.get().map(Fence::token)
     }
 
+    /// Sets the lease gate (the etcd authority's supervisor keeps it current).
+    pub fn set_gate(&self, gate: LeaseGate) {
+        *self.gate.lock() = gate;
+    }
+
+    /// The lease gate now.
+    #[must_use]
+    pub fn gate(&self) -> LeaseGate {
+        self.gate.lock().clone()
+    }
+
+    /// Under the etcd authority: refuses (`NOT_LEADER`) unless this node leads and can prove its lease is still
+    /// valid at this moment. Checked before a write (nothing written) and again right before it is acknowledged.
+    pub fn check_lease(&self) -> ApiResult<()> {
+        match &*self.gate.lock() {
+            LeaseGate::Off => Ok(()),
+            LeaseGate::Until(t) if std::time::Instant::now() < *t => Ok(()),
+            LeaseGate::Until(_) => Err(ApiError::new(
+                Code::NotLeader,
+                "this node cannot prove that its authority lease is still valid (etcd unreachable or slow); it \
+                 acknowledges nothing until it can",
+            )),
+            LeaseGate::Closed(why) => Err(ApiError::new(Code::NotLeader, why.clone())),
+        }
+    }
+
     /// Before and after a durable write on a fenced primary: refuses once the fence was taken by a newer term,
-    /// and stops the database's writes at once (the node turns the loss into a halt on its next request).
+    /// and stops the database's writes at once (the node turns the loss into a halt on its next request). Under
+    /// the etcd authority, the lease gate ([`FenceState::check_lease`]).
     pub fn check_write(&self, db: &aerodb_engine::Db) -> ApiResult<()> {
+        self.check_lease()?;
         let Some(f) = self.fence.get() else {
             return Ok(());
         };

@@ -10,6 +10,7 @@ pub mod error;
 pub mod etcd;
 pub mod fence;
 pub mod grpc;
+pub mod ha;
 pub mod httpc;
 pub mod listener;
 pub mod metrics;
@@ -74,6 +75,7 @@ pub fn establish_role(config: &Config) -> Result<RoleMachine> {
     let before = m.clone();
     let dir = config.data_dir.display();
     let configured = match config.role {
+        _ if config.etcd.is_some() => Configured::Elected,
         Role::Primary => Configured::Primary,
         Role::Replica => Configured::Replica {
             primary: config.primary.clone().unwrap_or_default(),
@@ -119,6 +121,7 @@ pub fn open_node(config: Config) -> Result<Node> {
             .ok_or_else(|| Error::config("a tokens file is required"))?;
         Auth::load(path)?
     };
+    let elected = config.etcd.is_some() && !matches!(role.state, State::ReplicationHalted { .. });
     let opts = Options {
         origin: config.origin.clone(),
         epoch: match role.state {
@@ -128,8 +131,9 @@ pub fn open_node(config: Config) -> Result<Node> {
         checkpoint_every_records: config.checkpoint_every_records,
         fail_on_startup_check: config.fail_on_startup_check,
         checkpoint_interval: Some(config.checkpoint_interval),
-        read_only: !role.may_write() && !matches!(role.state, State::ReplicaActive { .. }),
-        replica: matches!(role.state, State::ReplicaActive { .. }),
+        // Under the etcd authority every node opens as a replica; the election makes one the primary.
+        read_only: !role.may_write() && !matches!(role.state, State::ReplicaActive { .. }) && !elected,
+        replica: matches!(role.state, State::ReplicaActive { .. }) || elected,
         // Records up to 16 MiB, or what a segment of the configured size holds: a function of the segment size
         // alone, so a primary and a replica with the same segments take the same records.
         wal: aerodb_wal::Options {
@@ -185,7 +189,13 @@ pub fn open_node(config: Config) -> Result<Node> {
         )?),
         _ => None,
     };
+    let etcd = config.etcd.is_some();
     let node = Node::new(db, config, auth, role);
+    if etcd {
+        node.fence.set_gate(fence::LeaseGate::Closed(
+            "this node has not been elected (the etcd election decides who writes)".into(),
+        ));
+    }
     if let Some(f) = fence {
         tracing::info!(token = f.token(), "writer fence taken");
         node.fence.install(f);
@@ -261,11 +271,39 @@ pub async fn serve(
         verifier_key: node.db.verifier_key().to_string(),
     };
     tracing::info!(rest = %bound.http, grpc = %bound.grpc, role = ?cfg.role, tls = cfg.tls.is_some(), "listening");
+    let (http_addr, grpc_addr) = (bound.http, bound.grpc);
     on_bound(bound);
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let scheme = if cfg.tls.is_some() { "https" } else { "http" };
+    let me = ha::LeaderInfo {
+        node_id: cfg.node_id.clone(),
+        rest_url: cfg
+            .advertise_url
+            .clone()
+            .unwrap_or_else(|| format!("{scheme}://{http_addr}")),
+        grpc_url: cfg
+            .advertise_grpc_url
+            .clone()
+            .unwrap_or_else(|| format!("{scheme}://{grpc_addr}")),
+    };
+    let _ = node.advertised.set(me.clone());
+    // Under the etcd authority a supervisor runs the election; on shutdown it hands over first (a leader's
+    // replicas must still be streamed to), then the servers stop.
+    let (handover_tx, handover_rx) = tokio::sync::mpsc::channel::<ha::HandoverRequest>(1);
+    let supervisor = cfg
+        .etcd
+        .is_some()
+        .then(|| tokio::spawn(ha::supervise(node.clone(), me, stop_rx.clone(), handover_rx)));
+    let elected = supervisor.is_some();
     tokio::spawn(async move {
         shutdown.await;
+        if elected {
+            let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+            if handover_tx.send(done_tx).await.is_ok() {
+                let _ = tokio::time::timeout(std::time::Duration::from_secs(15), done_rx).await;
+            }
+        }
         tracing::info!("shutdown requested: no new connections; finishing requests in flight");
         let _ = stop_tx.send(true);
     });
@@ -300,8 +338,14 @@ pub async fn serve(
     ))
     .max_decoding_message_size(64 << 10)
     .max_encoding_message_size(128 << 20);
-    let follower = matches!(node.role.lock().state, State::ReplicaActive { .. })
-        .then(|| tokio::spawn(replication::follow(node.clone(), stop_rx.clone())));
+    let follower = match (&cfg.primary, &node.role.lock().state) {
+        (Some(url), State::ReplicaActive { .. }) if !elected => Some(tokio::spawn(replication::follow(
+            node.clone(),
+            url.clone(),
+            stop_rx.clone(),
+        ))),
+        _ => None,
+    };
     // A fenced primary re-checks its fence on a timer: a primary resumed after a pause (SIGSTOP) learns within
     // this period that a newer term took over, and reports and refuses from then on.
     if node.fence.token().is_some() {
@@ -410,6 +454,9 @@ pub async fn serve(
     r2.map_err(|e| Error::Task(format!("gRPC server: {e}")))?;
     if let Some(f) = follower {
         let _ = f.await;
+    }
+    if let Some(s) = supervisor {
+        let _ = s.await;
     }
     // Every request has finished: make everything durable and sign a final checkpoint. Tasks that served the
     // last requests and replication streams may still be dropping their handles; give them a moment.

@@ -27,7 +27,7 @@ use aerodb_replication::{
 
 use crate::{
     auth::{Action, Auth, Caller},
-    config::{Config, Role},
+    config::Config,
     error::{ApiError, ApiResult, Code},
     metrics::{EngineFigures, Metrics},
     replication::registry::{FollowerStatus, ReplicaLag, Replicas},
@@ -134,6 +134,10 @@ pub struct Node {
     answer_rt: Arc<OnceLock<tokio::runtime::Handle>>,
     /// Why the node stopped serving (a state change it could not persist), if it did.
     fail_stopped: Mutex<Option<String>>,
+    /// Under the etcd authority: the lease and the leader as last learned (HA status, routing).
+    pub authority: Mutex<crate::ha::View>,
+    /// This node's own URLs (set once it listens).
+    pub advertised: OnceLock<crate::ha::LeaderInfo>,
 }
 
 impl std::fmt::Debug for Job {
@@ -278,7 +282,7 @@ fn committer(
 fn commit_batch(
     db: &Db,
     replicas: &Arc<Replicas>,
-    fence: &crate::fence::FenceState,
+    fence: &Arc<crate::fence::FenceState>,
     timeout: std::time::Duration,
     batch: Vec<Job>,
     answer_on: Option<&tokio::runtime::Handle>,
@@ -313,29 +317,45 @@ fn commit_batch(
     };
     match written {
         Ok(receipts) => {
+            let lease = fence.clone();
             let last = receipts.last().map_or(0, |r| r.commit_id.0);
             replicas.published(last);
             replicas.when_flushed(
                 last,
                 timeout,
-                Box::new(move |flushed| match flushed {
-                    Ok(()) => {
-                        let answer = move || {
+                Box::new(move |flushed| {
+                    match flushed
+                        .map_err(Err)
+                        .and_then(|()| lease.check_lease().map_err(Ok))
+                    {
+                        // The lease could no longer be proven while the replicas flushed: durable, not acknowledged.
+                        Err(Ok(e)) => {
                             for (done, r) in dones.into_iter().zip(receipts) {
-                                let _ = done.send(Ok(r));
+                                let _ = done.send(Err(ApiError::outcome_unknown(
+                                    r.commit_id,
+                                    r.commit_id,
+                                    format_args!("is durable but {}", e.message),
+                                )));
                             }
-                        };
-                        match answer_on {
-                            // Dropped unrun only if the runtime is shutting down: the requests then see the node
-                            // shutting down.
-                            Some(rt) => drop(rt.spawn(async move { answer() })),
-                            None => answer(),
                         }
-                    }
-                    // Durable here, not confirmed by the replicas: each client is told so with its own CommitId.
-                    Err(u) => {
-                        for (done, r) in dones.into_iter().zip(receipts) {
-                            let _ = done.send(Err(u.error(r.commit_id, r.commit_id)));
+                        Ok(()) => {
+                            let answer = move || {
+                                for (done, r) in dones.into_iter().zip(receipts) {
+                                    let _ = done.send(Ok(r));
+                                }
+                            };
+                            match answer_on {
+                                // Dropped unrun only if the runtime is shutting down: the requests then see the node
+                                // shutting down.
+                                Some(rt) => drop(rt.spawn(async move { answer() })),
+                                None => answer(),
+                            }
+                        }
+                        // Durable here, not confirmed by the replicas: each client is told so with its own CommitId.
+                        Err(Err(u)) => {
+                            for (done, r) in dones.into_iter().zip(receipts) {
+                                let _ = done.send(Err(u.error(r.commit_id, r.commit_id)));
+                            }
                         }
                     }
                 }),
@@ -467,6 +487,8 @@ impl Node {
             load,
             answer_rt,
             fail_stopped: Mutex::new(None),
+            authority: Mutex::new(crate::ha::View::default()),
+            advertised: OnceLock::new(),
         }
     }
 
@@ -519,6 +541,200 @@ impl Node {
             }
         }
         true
+    }
+
+    /// Persists the role after a change; a change that cannot be persisted fail-stops the node. Returns whether it
+    /// was persisted.
+    fn persist_role(&self, role: &RoleMachine) -> bool {
+        match self.role_file.store(role) {
+            Ok(()) => true,
+            Err(e) => {
+                self.fail_stop(&format!("persisting the role {:?}: {e}", role.state.name()));
+                false
+            }
+        }
+    }
+
+    /// The etcd authority elected this node for term `epoch` (its leader-key revision): the role becomes
+    /// `PrimaryActive` (persisted first), the database is opened again in place as the writable primary of that
+    /// term — the startup integrity check runs — and the checkpoint that starts the term is signed, consistent
+    /// with every earlier one. Writes are still refused until the caller opens the lease gate. Blocking.
+    pub fn take_authority(&self, epoch: u64) -> Result<SignedCheckpoint, String> {
+        {
+            let mut role = self.role.lock();
+            role.command(Command::Promote { epoch: Epoch(epoch) })
+                .map_err(|e| format!("term {epoch} refused: {e}"))?;
+            if !self.persist_role(&role) {
+                return Err("the new role could not be persisted".into());
+            }
+        }
+        let opened = self
+            .db
+            .reopen_as(aerodb_engine::OpenRole::Primary { epoch: Epoch(epoch) })
+            .map_err(|e| format!("opening the log as primary of term {epoch}: {e}"))
+            .and_then(|_| {
+                self.db
+                    .checkpoint_now()
+                    .map_err(|e| format!("signing the checkpoint that starts term {epoch}: {e}"))
+            });
+        match opened {
+            Ok(cp) => {
+                self.replicas.published(cp.checkpoint.size);
+                *self
+                    .metrics
+                    .leader_changes
+                    .lock()
+                    .entry("became_leader")
+                    .or_default() += 1;
+                tracing::warn!(
+                    epoch,
+                    size = cp.checkpoint.size,
+                    "elected: this node is the primary of a new term"
+                );
+                Ok(cp)
+            }
+            Err(e) => {
+                self.step_down(&e);
+                Err(e)
+            }
+        }
+    }
+
+    /// This node's term ended or never started (the lease could not be proven, another node leads, it resigned):
+    /// writes are refused from now on (`NOT_LEADER`, `why`), the role steps down (persisted), and a database open
+    /// as primary is opened again as a replica, ready to follow whoever etcd elects. Blocking.
+    pub fn step_down(&self, why: &str) {
+        self.fence
+            .set_gate(crate::fence::LeaseGate::Closed(why.to_owned()));
+        let was_primary = {
+            let mut role = self.role.lock();
+            let was = role.may_write();
+            if was && role.command(Command::StepDown).is_ok() {
+                self.persist_role(&role);
+            }
+            was
+        };
+        if was_primary {
+            *self
+                .metrics
+                .leader_changes
+                .lock()
+                .entry("stepped_down")
+                .or_default() += 1;
+            tracing::warn!(reason = why, "stepped down: this node no longer accepts writes");
+        }
+        if !self.db.is_replica() {
+            if let Err(e) = self.db.reopen_as(aerodb_engine::OpenRole::Replica) {
+                tracing::error!("opening the log again as a replica: {e}");
+            }
+        }
+    }
+
+    /// The etcd authority names `primary` (gRPC URL) the leader of term `epoch`: the role becomes
+    /// `ReplicaActive` following it (persisted), with the database open as a replica. Blocking.
+    pub fn follow_authority(&self, epoch: u64, primary: &str) -> Result<(), String> {
+        {
+            let mut role = self.role.lock();
+            role.command(Command::Follow {
+                epoch: Epoch(epoch),
+                primary: primary.to_owned(),
+            })
+            .map_err(|e| format!("following term {epoch} refused: {e}"))?;
+            if !self.persist_role(&role) {
+                return Err("the new role could not be persisted".into());
+            }
+        }
+        if !self.db.is_replica() {
+            self.db
+                .reopen_as(aerodb_engine::OpenRole::Replica)
+                .map_err(|e| format!("opening the log as a replica: {e}"))?;
+        }
+        Ok(())
+    }
+
+    /// Whether a history that differs from the elected primary's at this replica's tip may be cut instead of
+    /// halting: under the etcd authority with synchronous replication (the winning rule guarantees the elected
+    /// primary holds every acknowledged record), on a replica. Every node of a cluster runs the same
+    /// `--sync-replicas`.
+    #[must_use]
+    pub fn may_cut_divergent_tail(&self) -> bool {
+        self.config.etcd.is_some()
+            && self.config.sync_replicas >= 1
+            && matches!(self.role.lock().state, State::ReplicaActive { .. })
+    }
+
+    /// Cuts this replica's log after record `keep` (see [`Node::may_cut_divergent_tail`]): the records removed and
+    /// the checkpoints they invalidate are first written, with `primary` and this node's state, to
+    /// `divergent-tail-<unix ms>.txt` in the data directory and synced; nothing is dropped without that file.
+    /// Blocking. Returns what was done, for the log.
+    pub fn cut_divergent_tail(&self, keep: u64, primary: &str) -> Result<String, String> {
+        use std::io::Write as _;
+        let tip = self.db.tip().map_err(|e| e.to_string())?.commit_id.0;
+        let ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis());
+        let path = self.config.data_dir.join(format!("divergent-tail-{ms}.txt"));
+        let mut text = format!(
+            "AeroDB divergent tail\nnode: {}\nelected primary: {primary}\nthis node's tip: {tip}; kept: 1..={keep}\n\
+             these records were never acknowledged (the etcd authority's winning rule with synchronous replication: \
+             the elected primary holds every acknowledged record)\n\ncheckpoints dropped (over more than {keep} \
+             records):\n",
+            self.config.node_id
+        );
+        for note in self.db.checkpoints() {
+            if aerodb_engine::SignedCheckpoint::verify(&note, &self.db.verifier_key())
+                .is_ok_and(|c| c.checkpoint.size > keep)
+            {
+                text.push_str(&note);
+                text.push('\n');
+            }
+        }
+        text.push_str("\nframes removed (hex, one per line):\n");
+        let mut next = keep + 1;
+        while next <= tip {
+            let frames = self
+                .db
+                .raw_frames(CommitId(next), 8 << 20)
+                .map_err(|e| format!("reading the divergent tail: {e}"))?;
+            if frames.is_empty() {
+                break;
+            }
+            for f in &frames {
+                text.push_str(&hex::encode(f));
+                text.push('\n');
+            }
+            next += frames.len() as u64;
+        }
+        std::fs::File::create(&path)
+            .and_then(|mut f| {
+                f.write_all(text.as_bytes())?;
+                f.sync_all()
+            })
+            .and_then(|()| std::fs::File::open(&self.config.data_dir)?.sync_all())
+            .map_err(|e| format!("writing {}: {e}", path.display()))?;
+        let removed = self
+            .db
+            .truncate_in_place(keep)
+            .map_err(|e| format!("cutting the divergent tail after record {keep}: {e}"))?;
+        self.replicas.published(keep);
+        Ok(format!(
+            "cut {removed} records after CommitId {keep} that differ from the elected primary's history (never \
+             acknowledged); evidence in {}",
+            path.display()
+        ))
+    }
+
+    /// Whether the node is halted or fail-stopped (it serves nothing until an operator acts).
+    #[must_use]
+    pub fn is_halted(&self) -> bool {
+        self.fail_stopped.lock().is_some()
+            || matches!(self.role.lock().state, State::ReplicationHalted { .. })
+    }
+
+    /// Appends (and batches) admitted and not yet answered.
+    #[must_use]
+    pub fn appends_in_flight(&self) -> usize {
+        self.admitted.load(AtomicOrdering::Acquire)
     }
 
     /// Stops serving anything: a state change the node could not persist (it could not prove it after a restart).
@@ -620,6 +836,14 @@ impl Node {
             .map_err(|u| u.error(first, last))
     }
 
+    /// Right before acknowledging `first..=last`: under the etcd authority the lease must still be provable, or
+    /// the records (durable here) are answered `OUTCOME_UNKNOWN`.
+    fn still_leased(fence: &crate::fence::FenceState, first: CommitId, last: CommitId) -> ApiResult<()> {
+        fence
+            .check_lease()
+            .map_err(|e| ApiError::outcome_unknown(first, last, format_args!("durable but {}", e.message)))
+    }
+
     /// Has the committers answer appends on `rt` (the runtime serving the APIs; the first call wins).
     pub fn answer_on(&self, rt: tokio::runtime::Handle) {
         let _ = self.answer_rt.set(rt);
@@ -641,6 +865,9 @@ impl Node {
     /// Admits one append (or batch) under `max_concurrent_requests`, or refuses it at once with a retry hint
     /// (nothing written). Every append path — REST and gRPC, single, `prove`, batch and stream — comes through here.
     fn admit_append(&self) -> ApiResult<Admitted<'_>> {
+        // A node that does not lead under the etcd authority refuses before anything else (synchronous admission
+        // included): NOT_LEADER with the leader's URL.
+        self.fence.check_lease().map_err(|e| self.not_leader(e))?;
         let limit = self.config.max_concurrent_requests;
         if self.admitted.fetch_add(1, AtomicOrdering::AcqRel) >= limit {
             self.admitted.fetch_sub(1, AtomicOrdering::AcqRel);
@@ -798,6 +1025,7 @@ impl Node {
                     )
                 })?;
                 Self::replicate(&replicas, receipt.commit_id, receipt.commit_id, timeout)?;
+                Self::still_leased(&fence, receipt.commit_id, receipt.commit_id)?;
                 Ok(Appended {
                     receipt,
                     proof: Some((cp, proof)),
@@ -847,6 +1075,7 @@ impl Node {
                     )
                 })?;
                 Self::replicate(&replicas, first, last, timeout)?;
+                Self::still_leased(&fence, first, last)?;
                 Ok(receipts)
             })
             .await
@@ -1090,7 +1319,7 @@ impl Node {
         }
         match self.db.not_writable() {
             None => ("ok".into(), true, true),
-            Some(NotWritable::NotWriteAuthority) if self.config.role == Role::Replica => {
+            Some(NotWritable::NotWriteAuthority) if !self.role.lock().may_write() => {
                 ("ok (read-only replica)".into(), false, true)
             }
             Some(r) => (format!("failed closed: {r}"), false, false),
@@ -1157,10 +1386,15 @@ impl Node {
         };
         let follower = self.follower.lock().clone();
         let block = primary && self.replicas.write_block_active();
-        let is_leader = primary && writable && role.may_write();
+        let authority = self.authority.lock().clone();
+        let leased = self.fence.check_lease().is_ok();
+        let is_leader = primary && writable && role.may_write() && leased;
+        let etcd_leader = authority.leader.as_ref().map(|(l, _)| l.clone());
         Ok(HaStatus {
-            lease_ms: 0,
-            expires_in_ms: 0,
+            lease_ms: authority.lease_ms,
+            expires_in_ms: authority.proven_until.map_or(0, |t| {
+                t.saturating_duration_since(Instant::now()).as_millis() as u64
+            }),
             node_id: self.config.node_id.clone(),
             role: if primary { "primary" } else { "replica" },
             state: match (role.state.name(), writable) {
@@ -1168,10 +1402,10 @@ impl Node {
                 (name, _) => name,
             },
             epoch: role.highest_epoch.0,
-            leader_id: if primary {
-                self.config.node_id.clone()
-            } else {
-                follower.leader_id.clone()
+            leader_id: match etcd_leader {
+                _ if primary => self.config.node_id.clone(),
+                Some(l) => l.node_id,
+                None => follower.leader_id.clone(),
             },
             leader_url: self.leader_url().unwrap_or_default(),
             is_leader,
@@ -1199,6 +1433,18 @@ impl Node {
     /// its stream told it, else the configured primary URL.
     #[must_use]
     pub fn leader_url(&self) -> Option<String> {
+        if self.config.etcd.is_some() {
+            if self.role.lock().may_write() {
+                return self.advertised.get().map(|a| a.rest_url.clone());
+            }
+            return self
+                .authority
+                .lock()
+                .leader
+                .as_ref()
+                .map(|(l, _)| l.rest_url.clone())
+                .filter(|u| !u.is_empty());
+        }
         if self.role.lock().may_write() {
             return self.config.advertise_url.clone();
         }
@@ -1231,7 +1477,8 @@ impl Node {
             } else {
                 Vec::new()
             },
-            connected_to_primary: (self.config.role == Role::Replica).then_some(follower.connected),
+            connected_to_primary: matches!(role.state, State::ReplicaActive { .. })
+                .then_some(follower.connected),
             behind_primary: follower.primary_commit_id.saturating_sub(commit_id),
             unproven_epoch_claims: self.replicas.unproven_epoch_claims.load(AtomicOrdering::Relaxed),
             sync_refused: self.replicas.sync_refused.load(AtomicOrdering::Relaxed),

@@ -32,6 +32,8 @@ enum StreamEnd {
     Halted,
     /// The stream broke or was refused; try again.
     Retry(String),
+    /// A divergent tail was cut: read the tip again and reconnect at once.
+    Cut(String),
 }
 
 impl From<End> for StreamEnd {
@@ -85,11 +87,9 @@ fn credentials(node: &Node) -> crate::Result<Credentials> {
     Ok(Credentials { token, ca, identity })
 }
 
-/// The replica's side: keeps a stream to the primary open until shutdown or a halt, reconnecting with backoff.
-pub async fn follow(node: Arc<Node>, mut stop: watch::Receiver<bool>) {
-    let Some(url) = node.config.primary.clone() else {
-        return;
-    };
+/// The replica's side: keeps a stream to the primary at `url` (gRPC) open until `stop`, a halt, or shutdown,
+/// reconnecting with backoff.
+pub async fn follow(node: Arc<Node>, url: String, mut stop: watch::Receiver<bool>) {
     let creds = match credentials(&node) {
         Ok(c) => c,
         Err(e) => {
@@ -98,12 +98,22 @@ pub async fn follow(node: Arc<Node>, mut stop: watch::Receiver<bool>) {
             return;
         }
     };
-    let db = node.db.clone();
-    let applier = match tokio::task::spawn_blocking(move || Applier::new(db, 64 << 20)).await {
-        Ok(Ok(a)) => Arc::new(Mutex::new(a)),
-        Ok(Err(e)) => return log_failed(&node, &format!("reading the replica's tip: {e}")),
+    let new_applier = |node: &Arc<Node>| {
+        let db = node.db.clone();
+        async move {
+            match tokio::task::spawn_blocking(move || Applier::new(db, 64 << 20)).await {
+                Ok(Ok(a)) => Ok(Arc::new(Mutex::new(a))),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(e) => Err(e.to_string()),
+            }
+        }
+    };
+    let mut applier = match new_applier(&node).await {
+        Ok(a) => a,
         Err(e) => return log_failed(&node, &format!("reading the replica's tip: {e}")),
     };
+    // How far back the next cut of a divergent tail goes (doubling while the histories still differ).
+    let mut cut_step = 1;
     let mut backoff = Duration::from_millis(50);
     loop {
         if *stop.borrow() {
@@ -111,7 +121,7 @@ pub async fn follow(node: Arc<Node>, mut stop: watch::Receiver<bool>) {
         }
         let started = Instant::now();
         let end = tokio::select! {
-            end = stream_once(&node, &url, &creds, &applier) => Some(end),
+            end = stream_once(&node, &url, &creds, &applier, &mut cut_step) => Some(end),
             _ = stop.wait_for(|s| *s) => None,
         };
         {
@@ -123,6 +133,15 @@ pub async fn follow(node: Arc<Node>, mut stop: watch::Receiver<bool>) {
         }
         match end {
             None | Some(StreamEnd::Halted) => return,
+            Some(StreamEnd::Cut(what)) => {
+                tracing::warn!(primary = %url, "{what}; reconnecting");
+                applier = match new_applier(&node).await {
+                    Ok(a) => a,
+                    Err(e) => {
+                        return log_failed(&node, &format!("reading the replica's tip after a cut: {e}"))
+                    }
+                };
+            }
             Some(StreamEnd::Retry(why)) => {
                 if started.elapsed() > Duration::from_secs(5) {
                     backoff = Duration::from_millis(50);
@@ -194,6 +213,7 @@ async fn stream_once(
     url: &str,
     creds: &Credentials,
     applier: &Arc<Mutex<Applier>>,
+    cut_step: &mut u64,
 ) -> StreamEnd {
     let channel = match connect(url, creds).await {
         Ok(c) => c,
@@ -263,7 +283,27 @@ async fn stream_once(
         node.db.segment_bytes(),
         now(),
     ) {
-        Ok(f) => f,
+        Ok(f) => {
+            *cut_step = 1;
+            f
+        }
+        Err(End::Halt(HaltReason::Fork { commit_id, .. })) if node.may_cut_divergent_tail() => {
+            // The elected primary's history differs at our tip. Under the etcd authority with synchronous
+            // replication the winner holds every acknowledged record, so ours past the common prefix were never
+            // acknowledged: cut them (kept in an evidence file) and try again, further back each time.
+            let keep = commit_id.0.saturating_sub(*cut_step).min(w.commit_id);
+            *cut_step = cut_step.saturating_mul(2);
+            let n = node.clone();
+            let primary = format!("{} at {url} (tip {}, epoch {})", w.node_id, w.commit_id, w.epoch);
+            return match tokio::task::spawn_blocking(move || n.cut_divergent_tail(keep, &primary)).await {
+                Ok(Ok(what)) => StreamEnd::Cut(what),
+                Ok(Err(e)) => {
+                    log_failed(node, &e);
+                    StreamEnd::Halted
+                }
+                Err(e) => StreamEnd::Retry(format!("cut task failed: {e}")),
+            };
+        }
         Err(End::Halt(reason)) => {
             let evidence = format!(
                 "handshake with primary {} at {url}: replica tip {} (epoch {}, hash {}), primary tip {} epoch {}\n\

@@ -214,7 +214,12 @@ fn welcome(node: &Node, from: CommitId) -> Result<pb::Welcome, ApiError> {
         segment_bytes: db.segment_bytes(),
         commit_id: (db.tip()?.commit_id).0,
         hash_at_replica_tip,
-        leader_url: node.config.advertise_url.clone().unwrap_or_default(),
+        leader_url: node
+            .advertised
+            .get()
+            .map(|a| a.rest_url.clone())
+            .or_else(|| node.config.advertise_url.clone())
+            .unwrap_or_default(),
         epoch_proof: db.latest_checkpoint().map(|c| c.note),
     })
 }

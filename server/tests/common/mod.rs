@@ -137,7 +137,10 @@ pub fn start_wrapped(dir: &Path, data: &Path, wrapper: &[&str], extra: &[&str]) 
         .arg("--ports-file")
         .arg(&ports)
         .args(extra)
-        .env("AERODB_LOG", "warn")
+        .env(
+            "AERODB_LOG",
+            std::env::var("AERODB_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+        )
         .stdout(Stdio::null())
         .stderr(Stdio::inherit());
     let mut child = cmd.spawn().expect("spawn aerodb-server");
