@@ -16,8 +16,9 @@
 //!   ended, so before any node saw the election empty and published a fresh tip: any `cluster_size −
 //!   sync_replicas` surviving nodes include one of them, and the highest fresh tip holds the write.
 //! - **Handover.** On SIGTERM a leader closes its gate, lets appends in flight finish, signs a final checkpoint,
-//!   waits (bounded) until its connected replicas flushed its tip, and revokes its lease: its leader key goes at
-//!   once and the most advanced replica takes over without waiting for a TTL.
+//!   waits (bounded) until as many replicas as a synchronous write needs (at least one) flushed its tip, records
+//!   that final tip and its term in etcd, and revokes its lease: its leader key goes at once and a replica holding
+//!   the final tip takes over without waiting for a TTL.
 
 use std::{
     sync::Arc,
@@ -530,7 +531,8 @@ impl Supervisor {
             self.node.fence.set_gate(LeaseGate::Closed(
                 "this node is handing over leadership (shutting down); retry at the new leader".into(),
             ));
-            let deadline = Instant::now() + self.node.config.request_timeout;
+            let started = Instant::now();
+            let deadline = started + self.node.config.request_timeout;
             while self.node.appends_in_flight() > 0 && Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
@@ -543,14 +545,20 @@ impl Supervisor {
                 })
                 .await
                 .unwrap_or(0);
+            let drained = started.elapsed();
             let deadline = Instant::now() + HANDOVER_WAIT;
             loop {
+                // The replicas a synchronous write needs (at least one) hold the final tip: one of them wins.
                 let lags = self.node.replicas.lags(tip);
-                if lags.iter().all(|r| r.flushed >= tip) || Instant::now() > deadline {
+                let caught = lags.iter().filter(|r| r.flushed >= tip).count();
+                let needed = self.node.config.sync_replicas.max(1).min(lags.len());
+                if caught >= needed || Instant::now() > deadline {
                     tracing::info!(
                         tip,
+                        drained_ms = drained.as_millis() as u64,
+                        waited_ms = started.elapsed().as_millis() as u64,
                         replicas = lags.len(),
-                        caught_up = lags.iter().filter(|r| r.flushed >= tip).count(),
+                        caught_up = caught,
                         "handing over leadership"
                     );
                     break;

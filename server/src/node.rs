@@ -295,7 +295,12 @@ fn commit_batch(
     let written: Result<Vec<Receipt>, Vec<ApiError>> = match fence.check_write(db) {
         Err(e) => Err(vec![e; records.len()]),
         Ok(()) => match db.append_many(&records) {
-            Ok(r) => match fence.check_write(db) {
+            // Written: the replication streams send it whatever the answer (an unacknowledged record is still in
+            // the log, and a handover waits for its replicas to hold the whole log).
+            Ok(r) => match {
+                replicas.published(r.last().map_or(0, |x| x.commit_id.0));
+                fence.check_write(db)
+            } {
                 Ok(()) => Ok(r),
                 Err(e) => Err(unknown_each(&r, &format!("is durable on this node but {}", e.message))),
             },
@@ -1017,6 +1022,7 @@ impl Node {
             .run_write(move |db| {
                 fence.check_write(db)?;
                 let (receipt, cp, proof) = db.append_and_prove(&tenant, payload)?;
+                replicas.published(receipt.commit_id.0);
                 fence.check_write(db).map_err(|e| {
                     ApiError::outcome_unknown(
                         receipt.commit_id,
@@ -1067,6 +1073,7 @@ impl Node {
                 let receipts = db.append_many(&records)?;
                 let first = receipts.first().map_or(CommitId(0), |r| r.commit_id);
                 let last = receipts.last().map_or(CommitId(0), |r| r.commit_id);
+                replicas.published(last.0);
                 fence.check_write(db).map_err(|e| {
                     ApiError::outcome_unknown(
                         first,

@@ -37,6 +37,62 @@ struct Cluster {
     dirs: Vec<TempDir>,
     nodes: Vec<Option<Server>>,
     sync: String,
+    /// Each node's way to etcd (a proxy that a test can cut), when not direct.
+    proxies: Vec<Proxy>,
+}
+
+/// A TCP proxy between one node and etcd that a test can cut (every connection closed, new ones refused) and
+/// restore: the node loses etcd while clients still reach it.
+struct Proxy {
+    endpoint: String,
+    cut: Arc<AtomicBool>,
+    conns: Arc<Mutex<Vec<std::net::TcpStream>>>,
+}
+
+impl Proxy {
+    fn to(target: &str) -> Proxy {
+        let target: SocketAddr = target.strip_prefix("http://").unwrap().parse().unwrap();
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let endpoint = format!("http://{}", l.local_addr().unwrap());
+        let cut = Arc::new(AtomicBool::new(false));
+        let conns = Arc::new(Mutex::new(Vec::new()));
+        let (c, cs) = (cut.clone(), conns.clone());
+        std::thread::spawn(move || {
+            for down in l.incoming() {
+                let Ok(down) = down else { return };
+                if c.load(Ordering::SeqCst) {
+                    continue;
+                }
+                let Ok(up) = std::net::TcpStream::connect(target) else {
+                    continue;
+                };
+                let (mut d2, mut u2) = (down.try_clone().unwrap(), up.try_clone().unwrap());
+                cs.lock()
+                    .extend([down.try_clone().unwrap(), up.try_clone().unwrap()]);
+                let (mut d, mut u) = (down, up);
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut d, &mut u);
+                    let _ = u.shutdown(std::net::Shutdown::Both);
+                });
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut u2, &mut d2);
+                    let _ = d2.shutdown(std::net::Shutdown::Both);
+                });
+            }
+        });
+        Proxy { endpoint, cut, conns }
+    }
+
+    fn cut(&self) {
+        self.cut.store(true, Ordering::SeqCst);
+        for s in self.conns.lock().drain(..) {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    fn restore(&self) {
+        self.cut.store(false, Ordering::SeqCst);
+    }
 }
 
 fn start_node(c: &Cluster, i: usize) -> Server {
@@ -50,7 +106,7 @@ fn start_node(c: &Cluster, i: usize) -> Server {
             "--authority",
             "etcd",
             "--etcd-endpoints",
-            &c.etcd.endpoint,
+            c.proxies.get(i).map_or(&c.etcd.endpoint, |p| &p.endpoint),
             "--node-id",
             &id,
             "--lease-ttl-ms",
@@ -69,12 +125,19 @@ fn start_node(c: &Cluster, i: usize) -> Server {
     )
 }
 
-fn cluster(sync: &str) -> Cluster {
+fn cluster(sync: &str, proxied: bool) -> Cluster {
+    let etcd = EtcdServer::start();
+    let proxies = if proxied {
+        (0..3).map(|_| Proxy::to(&etcd.endpoint)).collect()
+    } else {
+        Vec::new()
+    };
     let mut c = Cluster {
-        etcd: EtcdServer::start(),
+        etcd,
         dirs: (0..3).map(|_| TempDir::new("failover")).collect(),
         nodes: Vec::new(),
         sync: sync.into(),
+        proxies,
     };
     // Every node holds the log's one key (docs/replication.md, "Signing"): the first node makes it.
     let first = start_node(&c, 0);
@@ -95,8 +158,15 @@ fn cluster(sync: &str) -> Cluster {
     c
 }
 
+/// One request with a short timeout: a paused node must not hold a client (or the test) for long.
+fn send(addr: SocketAddr, raw: &[u8]) -> std::io::Result<aerodb_server::httpc::Response> {
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500))?;
+    s.set_read_timeout(Some(Duration::from_millis(1500)))?;
+    aerodb_server::httpc::exchange(&mut s, raw)
+}
+
 fn get(addr: SocketAddr, path: &str) -> Option<serde_json::Value> {
-    let r = aerodb_server::httpc::send(
+    let r = send(
         addr,
         &aerodb_server::httpc::request("GET", path, Some(READER), None, false),
     )
@@ -181,7 +251,7 @@ fn writers(n: usize, nodes: Arc<Mutex<Vec<SocketAddr>>>) -> Writers {
                     };
                     seq += 1;
                     let body = format!("{{\"tenant\":\"t\",\"event\":\"w{w}-{seq}\"}}");
-                    let r = aerodb_server::httpc::send(
+                    let r = send(
                         addr,
                         &aerodb_server::httpc::request(
                             "POST",
@@ -330,7 +400,7 @@ fn epoch_of_latest_checkpoint(node: SocketAddr) -> u64 {
 
 #[test]
 fn sigkill_and_sigterm_of_the_primary_under_sync_appends_lose_nothing() {
-    let mut c = cluster("1");
+    let mut c = cluster("1", false);
     let first = c.leader(Duration::from_secs(20));
     let leader_http = c.nodes[first].as_ref().unwrap().http;
     // A follower's HA status: the lease and the leader's URL.
@@ -433,4 +503,154 @@ fn sigkill_and_sigterm_of_the_primary_under_sync_appends_lose_nothing() {
         wait_caught_up(a, tip, Duration::from_secs(20));
         check_history(&acks, a);
     }
+}
+
+/// Acknowledgements `node` gave after `t`.
+fn acks_by_after(acks: &[Ack], node: SocketAddr, t: Instant) -> Vec<u64> {
+    acks.iter()
+        .filter(|a| a.by == node && a.at > t)
+        .map(|a| a.commit_id)
+        .collect()
+}
+
+#[test]
+fn a_primary_that_cannot_prove_its_lease_acknowledges_nothing() {
+    let ttl = Duration::from_millis(TTL_MS.parse().unwrap());
+    let mut c = cluster("1", true);
+    let addrs = Arc::new(Mutex::new(
+        c.live().into_iter().map(|(_, a)| a).collect::<Vec<_>>(),
+    ));
+    let w = writers(3, addrs.clone());
+    let mut checks = Vec::new();
+
+    // 1. The primary is cut from etcd but not from its clients: it stops acknowledging within its lease, a new
+    //    primary is elected, and the old one acknowledges nothing after its lease (checked by the history).
+    let l = c.leader(Duration::from_secs(20));
+    let old = c.nodes[l].as_ref().unwrap().http;
+    w.wait_for(100, Duration::from_secs(30));
+    let t_cut = Instant::now();
+    c.proxies[l].cut();
+    let took = w.first_ack_after(t_cut, old, Duration::from_secs(15));
+    let (acks_now, _) = (w.acks.lock().clone(), ());
+    let late = acks_by_after(&acks_now, old, t_cut + ttl);
+    assert!(
+        late.is_empty(),
+        "the primary cut from etcd acknowledged {late:?} after its lease"
+    );
+    // Its HA status says it does not lead.
+    let st = ha(old).unwrap();
+    assert_eq!(st["is_leader"], false, "{st}");
+    assert_eq!(st["can_accept_protected_writes"], false, "{st}");
+    c.proxies[l].restore();
+    let l2 = c.leader(Duration::from_secs(20));
+    assert_ne!(l2, l);
+    checks.push(format!(
+        "etcd cut from the primary: new leader's first ack after {} ms",
+        took.as_millis()
+    ));
+
+    // 2. The primary is paused (SIGSTOP) past its lease, then resumed: a newer term took over meanwhile and the
+    //    resumed node acknowledges nothing (its pending requests answer NOT_LEADER or OUTCOME_UNKNOWN).
+    let paused = c.nodes[l2].as_ref().unwrap();
+    let (paused_http, pid) = (paused.http, paused.child.as_ref().unwrap().id().to_string());
+    w.wait_for(w.acked() + 100, Duration::from_secs(30));
+    let t_stop = Instant::now();
+    std::process::Command::new("kill")
+        .args(["-STOP", &pid])
+        .status()
+        .unwrap();
+    let took = w.first_ack_after(t_stop, paused_http, Duration::from_secs(15));
+    std::process::Command::new("kill")
+        .args(["-CONT", &pid])
+        .status()
+        .unwrap();
+    let l3 = c.leader(Duration::from_secs(20));
+    assert_ne!(l3, l2);
+    w.wait_for(w.acked() + 100, Duration::from_secs(30));
+    let late = acks_by_after(&w.acks.lock().clone(), paused_http, t_stop + ttl);
+    assert!(
+        late.is_empty(),
+        "the paused primary acknowledged {late:?} after its lease"
+    );
+    checks.push(format!(
+        "primary paused past its lease: new leader's first ack after {} ms",
+        took.as_millis()
+    ));
+
+    // 3. etcd itself paused past the TTL: the primary stops acknowledging within its lease; replicas keep serving
+    //    reads; writes resume once etcd is back.
+    let leader_http = c.nodes[l3].as_ref().unwrap().http;
+    let replica_http = c.live().into_iter().find(|(i, _)| *i != l3).unwrap().1;
+    let t_etcd = Instant::now();
+    c.etcd.signal("STOP");
+    std::thread::sleep(ttl + Duration::from_millis(500));
+    let st = ha(leader_http).unwrap();
+    assert_eq!(st["can_accept_protected_writes"], false, "{st}");
+    assert_eq!(st["write_block_active"], true, "{st}");
+    let read = get(replica_http, "/v1/records/1").expect("a replica serves reads while etcd is away");
+    assert_eq!(read["commit_id"], 1, "{read}");
+    let during = w.acks.lock().iter().filter(|a| a.at > t_etcd + ttl).count();
+    c.etcd.signal("CONT");
+    let resumed = Instant::now();
+    w.wait_for(w.acked() + 50, Duration::from_secs(30));
+    assert_eq!(
+        during, 0,
+        "{during} writes acknowledged while etcd was away past the lease"
+    );
+    let back = w
+        .acks
+        .lock()
+        .iter()
+        .find(|a| a.at > resumed)
+        .map(|a| a.at - resumed)
+        .unwrap();
+    checks.push(format!(
+        "etcd paused {} ms: 0 acknowledged after the lease, writes back {} ms after etcd",
+        (ttl + Duration::from_millis(500)).as_millis(),
+        back.as_millis()
+    ));
+
+    // 4. A replica far behind never wins: pause it, let the primary run ahead, kill the primary, resume it.
+    let l4 = c.leader(Duration::from_secs(20));
+    let (lag_i, _) = c.live().into_iter().find(|(i, _)| *i != l4).unwrap();
+    let lag_pid = c.nodes[lag_i]
+        .as_ref()
+        .unwrap()
+        .child
+        .as_ref()
+        .unwrap()
+        .id()
+        .to_string();
+    std::process::Command::new("kill")
+        .args(["-STOP", &lag_pid])
+        .status()
+        .unwrap();
+    w.wait_for(w.acked() + 300, Duration::from_secs(30));
+    let killed = c.nodes[l4].as_ref().unwrap().http;
+    c.nodes[l4].as_mut().unwrap().kill9();
+    c.nodes[l4] = None;
+    addrs.lock().retain(|a| *a != killed);
+    std::process::Command::new("kill")
+        .args(["-CONT", &lag_pid])
+        .status()
+        .unwrap();
+    let l5 = c.leader(Duration::from_secs(20));
+    assert_ne!(l5, lag_i, "the replica that was far behind won the election");
+    let (acks, unknown) = w.finish();
+    let final_leader = c.nodes[l5].as_ref().unwrap().http;
+    check_history(&acks, final_leader);
+    let tip = ha(final_leader).unwrap()["commit_id"].as_u64().unwrap();
+    let lagger = c.nodes[lag_i].as_ref().unwrap().http;
+    wait_caught_up(lagger, tip, Duration::from_secs(20));
+    check_history(&acks, lagger);
+    checks.push("a lagging replica never won".into());
+    report_figure(
+        "failover-lease",
+        &format!(
+            "lease TTL {TTL_MS} ms: {}; {} writes acknowledged, 0 lost, 0 after a lease; {} OUTCOME_UNKNOWN",
+            checks.join("; "),
+            acks.len(),
+            unknown.len()
+        ),
+    );
 }
