@@ -12,6 +12,7 @@ pub mod fence;
 pub mod grpc;
 pub mod ha;
 pub mod httpc;
+pub mod lab;
 pub mod listener;
 pub mod metrics;
 pub mod node;

@@ -289,7 +289,6 @@ fn commit_batch(
 ) {
     let answer_on = answer_on.cloned();
     let (records, dones): (Vec<NewRecord>, Vec<_>) = batch.into_iter().map(|j| (j.record, j.done)).unzip();
-    // A fenced primary checks the fence before writing and again before acknowledging.
     // A fenced primary checks the fence before writing (a refusal: nothing written) and after (the records are
     // durable but this node may no longer be the writer: not acknowledged, an unknown outcome for each).
     let written: Result<Vec<Receipt>, Vec<ApiError>> = match fence.check_write(db) {
@@ -297,13 +296,13 @@ fn commit_batch(
         Ok(()) => match db.append_many(&records) {
             // Written: the replication streams send it whatever the answer (an unacknowledged record is still in
             // the log, and a handover waits for its replicas to hold the whole log).
-            Ok(r) => match {
+            Ok(r) => {
                 replicas.published(r.last().map_or(0, |x| x.commit_id.0));
-                fence.check_write(db)
-            } {
-                Ok(()) => Ok(r),
-                Err(e) => Err(unknown_each(&r, &format!("is durable on this node but {}", e.message))),
-            },
+                match fence.check_write(db) {
+                    Ok(()) => Ok(r),
+                    Err(e) => Err(unknown_each(&r, &format!("is durable on this node but {}", e.message))),
+                }
+            }
             // Possibly durable: each client gets its own CommitId.
             Err(aerodb_engine::Error::OutcomeUnknown { first, reason, .. }) => Err((0..records.len())
                 .map(|i| {

@@ -22,6 +22,7 @@ pub const REPLICATOR: &str = "replicator-token-012345";
 pub const ACME_WRITER: &str = "acme-writer-token-0123456";
 pub const ACME_READER: &str = "acme-reader-token-0123456";
 
+#[allow(unused_imports, reason = "each test file uses a subset")]
 pub use aerodb_tests::TempDir;
 
 pub fn rand_u64() -> u64 {
@@ -250,84 +251,12 @@ pub fn with_token<T>(msg: T, token: &str) -> tonic::Request<T> {
 
 pub use aerodb_tests::report_figure;
 
-/// A free loopback port (bound then released: the OS picked it).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
-/// A real single-member etcd (Debian's `etcd-server`) on loopback ports the OS picked, with a short election
-/// timeout; killed and its data removed on drop.
-pub struct EtcdServer {
-    pub child: Option<Child>,
-    pub endpoint: String,
-    _dir: TempDir,
-}
+/// A real single-member etcd (Debian's `etcd-server`) on loopback ports the OS picked (`aerodb_server::lab`).
+pub struct EtcdServer;
 
 impl EtcdServer {
-    pub fn start() -> Self {
-        let dir = TempDir::new("etcd");
-        let (client, peer) = (free_port(), free_port());
-        let endpoint = format!("http://127.0.0.1:{client}");
-        let peer_url = format!("http://127.0.0.1:{peer}");
-        let child = Command::new("etcd")
-            .args(["--name", "t", "--data-dir"])
-            .arg(dir.path().join("data"))
-            .args([
-                "--listen-client-urls",
-                &endpoint,
-                "--advertise-client-urls",
-                &endpoint,
-            ])
-            .args([
-                "--listen-peer-urls",
-                &peer_url,
-                "--initial-advertise-peer-urls",
-                &peer_url,
-            ])
-            .args(["--initial-cluster", &format!("t={peer_url}")])
-            .args([
-                "--heartbeat-interval",
-                "10",
-                "--election-timeout",
-                "100",
-                "--log-level",
-                "error",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("run etcd (Debian package etcd-server; scripts/test installs it)");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", client)).is_err() {
-            assert!(Instant::now() < deadline, "etcd did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        EtcdServer {
-            child: Some(child),
-            endpoint,
-            _dir: dir,
-        }
-    }
-
-    /// Sends a signal (`STOP`, `CONT`, `KILL`) to the etcd process.
-    pub fn signal(&self, sig: &str) {
-        if let Some(c) = &self.child {
-            let _ = Command::new("kill")
-                .args([&format!("-{sig}"), &c.id().to_string()])
-                .status();
-        }
-    }
-}
-
-impl Drop for EtcdServer {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = Command::new("kill").args(["-CONT", &c.id().to_string()]).status();
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+    pub fn start() -> aerodb_server::lab::Etcd {
+        aerodb_server::lab::Etcd::start()
+            .expect("etcd (Debian package etcd-server; scripts/test installs it)")
     }
 }
