@@ -202,6 +202,8 @@ pub struct ClusterSpec {
     pub proxied: bool,
     /// `AERODB_LOG` for the nodes (their stderr is inherited).
     pub log: String,
+    /// Where the nodes' temporary data directories go (`None`: the system's temporary directory).
+    pub data_root: Option<PathBuf>,
 }
 
 /// A running node of a lab cluster.
@@ -256,10 +258,12 @@ impl Cluster {
         };
         let dirs = (0..spec.nodes)
             .map(|_| {
-                tempfile::Builder::new()
-                    .prefix("aerodb-lab-")
-                    .tempdir()
-                    .map_err(|e| format!("a temporary directory: {e}"))
+                let b = tempfile::Builder::new().prefix("aerodb-lab-").clone();
+                match &spec.data_root {
+                    Some(root) => b.tempdir_in(root),
+                    None => b.tempdir(),
+                }
+                .map_err(|e| format!("a temporary directory: {e}"))
             })
             .collect::<LabResult<Vec<_>>>()?;
         let mut c = Cluster {

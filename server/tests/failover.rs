@@ -31,6 +31,7 @@ fn cluster(sync: usize, proxied: bool) -> Cluster {
         lease_ttl_ms: TTL_MS,
         proxied,
         log: std::env::var("AERODB_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+        data_root: None,
     })
     .unwrap()
 }
