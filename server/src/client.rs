@@ -63,6 +63,10 @@ pub struct VerifiedWrite {
 #[derive(Debug, Clone)]
 pub struct VerifiedClient {
     inner: LedgerClient<Channel>,
+    /// The CA an `https://` endpoint is verified with (kept to reconnect to a leader).
+    ca: Option<Vec<u8>>,
+    /// Where it is connected.
+    url: String,
     token: Option<MetadataValue<tonic::metadata::Ascii>>,
     verifier: VerifierKey,
     trusted: Option<Checkpoint>,
@@ -82,6 +86,25 @@ impl VerifiedClient {
         verifier: VerifierKey,
         ca_pem: Option<&[u8]>,
     ) -> Result<Self, ClientError> {
+        let inner = Self::channel(url, ca_pem).await?;
+        let token = token
+            .map(|t| {
+                format!("Bearer {t}")
+                    .parse()
+                    .map_err(|_| ClientError::Connect("the token is not valid header text".into()))
+            })
+            .transpose()?;
+        Ok(Self {
+            inner,
+            ca: ca_pem.map(<[u8]>::to_vec),
+            url: url.to_owned(),
+            token,
+            verifier,
+            trusted: None,
+        })
+    }
+
+    async fn channel(url: &str, ca_pem: Option<&[u8]>) -> Result<LedgerClient<Channel>, ClientError> {
         let connect_err = |e: tonic::transport::Error| ClientError::Connect(format!("{url}: {e}"));
         let mut endpoint = tonic::transport::Endpoint::from_shared(url.to_owned()).map_err(connect_err)?;
         if let Some(ca) = ca_pem {
@@ -92,20 +115,31 @@ impl VerifiedClient {
                 )
                 .map_err(connect_err)?;
         }
-        let inner = LedgerClient::new(endpoint.connect().await.map_err(connect_err)?);
-        let token = token
-            .map(|t| {
-                format!("Bearer {t}")
-                    .parse()
-                    .map_err(|_| ClientError::Connect("the token is not valid header text".into()))
-            })
-            .transpose()?;
-        Ok(Self {
-            inner,
-            token,
-            verifier,
-            trusted: None,
-        })
+        Ok(LedgerClient::new(endpoint.connect().await.map_err(connect_err)?))
+    }
+
+    /// Where this client is connected.
+    #[must_use]
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// After a `NOT_LEADER` answer that names the leader's gRPC URL (metadata `aerodb-leader-grpc-url`) other than
+    /// this client's: reconnects there (same token, CA and trusted checkpoint) and returns true, so the caller
+    /// retries once. Anything else: false.
+    pub async fn follow_leader(&mut self, status: &tonic::Status) -> Result<bool, ClientError> {
+        let Some(url) = status
+            .metadata()
+            .get(crate::error::LEADER_GRPC_URL)
+            .and_then(|v| v.to_str().ok())
+            .filter(|u| *u != self.url && status.message().starts_with("NOT_LEADER"))
+            .map(str::to_owned)
+        else {
+            return Ok(false);
+        };
+        self.inner = Self::channel(&url, self.ca.as_deref()).await?;
+        self.url = url;
+        Ok(true)
     }
 
     /// The newest checkpoint accepted so far.
@@ -187,16 +221,19 @@ impl VerifiedClient {
 
     /// Appends a record and verifies it: the server's proof against a checkpoint it signed, the checkpoint's
     /// consistency with what this client saw before, and that the record at that CommitId is the one written.
+    /// A `NOT_LEADER` answer naming the leader is followed once ([`VerifiedClient::follow_leader`]).
     pub async fn append(&mut self, tenant: &str, payload: Payload) -> Result<VerifiedWrite, ClientError> {
         let record = crate::grpc::new_record_pb(tenant, &payload);
-        let resp = self
-            .inner
-            .append(self.req(pb::AppendRequest {
-                record: Some(record),
-                prove: true,
-            }))
-            .await?
-            .into_inner();
+        let request = pb::AppendRequest {
+            record: Some(record),
+            prove: true,
+        };
+        let resp = match self.inner.append(self.req(request.clone())).await {
+            Ok(r) => r,
+            Err(s) if self.follow_leader(&s).await? => self.inner.append(self.req(request)).await?,
+            Err(s) => return Err(s.into()),
+        }
+        .into_inner();
         let receipt = resp.receipt.ok_or_else(|| bad("no receipt"))?;
         let cp = resp
             .checkpoint

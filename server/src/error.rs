@@ -129,6 +129,9 @@ impl Code {
     }
 }
 
+/// The gRPC metadata key of a `NOT_LEADER` status that names the leader's gRPC URL (what a client reconnects to).
+pub const LEADER_GRPC_URL: &str = "aerodb-leader-grpc-url";
+
 /// An API error: code, message, and for `NOT_LEADER` the leader's URL when known.
 #[derive(Clone, Debug)]
 pub struct ApiError {
@@ -138,6 +141,8 @@ pub struct ApiError {
     pub message: String,
     /// Where writes go instead (with `NOT_LEADER`).
     pub leader_url: Option<String>,
+    /// The leader's gRPC URL (with `NOT_LEADER`; gRPC metadata `aerodb-leader-grpc-url`).
+    pub leader_grpc_url: Option<String>,
     /// With `OUTCOME_UNKNOWN`: the first and last CommitId the write was given.
     pub commit_ids: Option<(CommitId, CommitId)>,
     /// With `RESOURCE_EXHAUSTED` from admission: when to try again (REST `Retry-After`, JSON `retry_after_ms`,
@@ -152,6 +157,7 @@ impl ApiError {
             code,
             message: message.into(),
             leader_url: None,
+            leader_grpc_url: None,
             commit_ids: None,
             retry_after_ms: None,
         }
@@ -217,6 +223,9 @@ impl ApiError {
         }
         if let Some(ms) = self.retry_after_ms {
             status.metadata_mut().insert("retry-after-ms", ms.into());
+        }
+        if let Some(v) = self.leader_grpc_url.as_deref().and_then(|u| u.parse().ok()) {
+            status.metadata_mut().insert(LEADER_GRPC_URL, v);
         }
         status
     }

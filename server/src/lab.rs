@@ -214,6 +214,8 @@ pub struct LabNode {
     pub http: SocketAddr,
     /// gRPC address.
     pub grpc: SocketAddr,
+    /// The log's verifier key, as the node reported it.
+    pub verifier_key: String,
 }
 
 impl LabNode {
@@ -371,6 +373,7 @@ impl Cluster {
         Ok(LabNode {
             http: addr("http")?,
             grpc: addr("grpc")?,
+            verifier_key: v["verifier_key"].as_str().unwrap_or_default().to_owned(),
             child,
         })
     }

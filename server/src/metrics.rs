@@ -223,7 +223,7 @@ impl Metrics {
             "# HELP ha_leader_changes_total Leadership changes of this node, by event.\n# TYPE ha_leader_changes_total counter"
         );
         let changes = self.leader_changes.lock();
-        for event in ["acquired", "lost", "resigned", "halted"] {
+        for event in ["became_leader", "stepped_down", "halted"] {
             let _ = writeln!(
                 out,
                 "ha_leader_changes_total{{event=\"{event}\"}} {}",
@@ -235,7 +235,7 @@ impl Metrics {
             "# HELP ha_lock_acquire_failures_total Failed attempts to take write authority, by reason.\n# TYPE ha_lock_acquire_failures_total counter"
         );
         let failures = self.lock_acquire_failures.lock();
-        for reason in ["held_by_other", "stale_epoch", "provider_error"] {
+        for reason in ["contended", "error"] {
             let _ = writeln!(
                 out,
                 "ha_lock_acquire_failures_total{{reason=\"{reason}\"}} {}",

@@ -946,6 +946,7 @@ impl Node {
         if e.code == Code::NotLeader {
             ApiError {
                 leader_url: self.leader_url(),
+                leader_grpc_url: self.leader_grpc_url(),
                 ..e
             }
         } else {
@@ -1460,6 +1461,24 @@ impl Node {
         } else {
             Some(f.leader_url.clone())
         }
+    }
+
+    /// The leader's gRPC URL: this node's own when it leads; under the etcd authority the elected leader's; on a
+    /// static replica the primary it follows.
+    #[must_use]
+    pub fn leader_grpc_url(&self) -> Option<String> {
+        if self.role.lock().may_write() {
+            return self.advertised.get().map(|a| a.grpc_url.clone());
+        }
+        if self.config.etcd.is_some() {
+            return self
+                .authority
+                .lock()
+                .leader
+                .as_ref()
+                .map(|(l, _)| l.grpc_url.clone());
+        }
+        self.config.primary.clone()
     }
 
     /// Engine figures for metrics.

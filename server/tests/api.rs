@@ -234,8 +234,8 @@ async fn rest_and_grpc_round_trips_with_locally_verified_proofs() {
         "aerodb_wal_bytes_written_total",
         "aerodb_checkpoint_size",
         "ha_is_leader 1",
-        "ha_leader_changes_total{event=\"acquired\"}",
-        "ha_lock_acquire_failures_total{reason=\"held_by_other\"}",
+        "ha_leader_changes_total{event=\"became_leader\"}",
+        "ha_lock_acquire_failures_total{reason=\"contended\"}",
     ] {
         assert!(metrics.contains(m), "metrics lack {m:?}:\n{metrics}");
     }

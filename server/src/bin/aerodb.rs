@@ -587,13 +587,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     },
                 );
             } else {
-                let r = c
-                    .raw()
-                    .append(c.request(pb::AppendRequest {
-                        record: Some(aerodb_server::grpc::new_record_pb(tenant, &payload)),
-                        prove: false,
-                    }))
-                    .await
+                let request = pb::AppendRequest {
+                    record: Some(aerodb_server::grpc::new_record_pb(tenant, &payload)),
+                    prove: false,
+                };
+                let first = c.raw().append(c.request(request.clone())).await;
+                // A NOT_LEADER answer that names the leader is followed once.
+                let answer = match first {
+                    Err(s) if c.follow_leader(&s).await? => c.raw().append(c.request(request)).await,
+                    other => other,
+                };
+                let r = answer
                     .map_err(|e| anyhow::anyhow!("{}", e.message()))?
                     .into_inner()
                     .receipt
