@@ -6,7 +6,7 @@
 //! is checked: every acknowledged write is in the final leader's log with its hash, no CommitId acknowledged twice.
 //!
 //! Usage: `cargo run -p aerodb-benches --release --bin failover -- [--cycles N] [--ttl-ms N] [--quick]` (needs
-//! `etcd` from Debian's `etcd-server`; builds `aerodb-server` in release if it is not next to this program).
+//! `etcd` from Debian's `etcd-server`; builds the release `aerodb-server` it starts).
 
 use std::{
     process::Command,
@@ -18,29 +18,19 @@ use aerodb_benches::{bench_dir, quantile, run_ceiling, RawCeiling};
 use aerodb_server::lab::{self, check_history, Cluster, ClusterSpec, Writers};
 use parking_lot::Mutex;
 
+/// The release `aerodb-server` next to this program, built (or brought up to date) first. Built together with
+/// this package so cargo resolves the same features and rebuilds nothing of this program's.
 fn server_binary() -> Result<std::path::PathBuf, String> {
-    if let Some(b) = lab::sibling_server_binary() {
-        return Ok(b);
-    }
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    eprintln!("building aerodb-server (release) for the cluster's nodes");
     let ok = Command::new(cargo)
-        .args([
-            "build",
-            "--release",
-            "-p",
-            "aerodb-server",
-            "--bin",
-            "aerodb-server",
-        ])
+        .args(["build", "--release", "-p", "aerodb-benches", "-p", "aerodb-server", "--bin", "aerodb-server"])
         .status()
         .map_err(|e| format!("running cargo: {e}"))?
         .success();
     if !ok {
         return Err("building aerodb-server failed".into());
     }
-    lab::sibling_server_binary()
-        .ok_or_else(|| "aerodb-server is not next to this program after the build".into())
+    lab::sibling_server_binary().ok_or_else(|| "aerodb-server is not next to this program after the build".into())
 }
 
 fn ms(d: Duration) -> f64 {
