@@ -37,6 +37,7 @@ pub struct Etcd {
     child: Option<Child>,
     /// Its client URL (`http://127.0.0.1:port`).
     pub endpoint: String,
+    peer_url: String,
     _dir: tempfile::TempDir,
 }
 
@@ -48,14 +49,23 @@ impl Etcd {
             .tempdir()
             .map_err(|e| format!("a temporary directory for etcd: {e}"))?;
         let (client, peer) = (free_port()?, free_port()?);
-        let endpoint = format!("http://127.0.0.1:{client}");
-        let peer_url = format!("http://127.0.0.1:{peer}");
+        let mut etcd = Etcd {
+            child: None,
+            endpoint: format!("http://127.0.0.1:{client}"),
+            peer_url: format!("http://127.0.0.1:{peer}"),
+            _dir: dir,
+        };
+        etcd.run()?;
+        Ok(etcd)
+    }
+
+    fn run(&mut self) -> LabResult<()> {
         let child = Command::new("etcd")
             .args(["--name", "lab", "--data-dir"])
-            .arg(dir.path().join("data"))
-            .args(["--listen-client-urls", &endpoint, "--advertise-client-urls", &endpoint])
-            .args(["--listen-peer-urls", &peer_url, "--initial-advertise-peer-urls", &peer_url])
-            .args(["--initial-cluster", &format!("lab={peer_url}")])
+            .arg(self._dir.path().join("data"))
+            .args(["--listen-client-urls", &self.endpoint, "--advertise-client-urls", &self.endpoint])
+            .args(["--listen-peer-urls", &self.peer_url, "--initial-advertise-peer-urls", &self.peer_url])
+            .args(["--initial-cluster", &format!("lab={}", self.peer_url)])
             .args(["--heartbeat-interval", "10", "--election-timeout", "100", "--log-level", "error"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -63,19 +73,30 @@ impl Etcd {
             .map_err(|e| {
                 format!("running etcd: {e} (install Debian's etcd-server: apt-get install etcd-server; scripts/test does)")
             })?;
-        let etcd = Etcd {
-            child: Some(child),
-            endpoint,
-            _dir: dir,
-        };
+        self.child = Some(child);
+        let addr = self.endpoint.trim_start_matches("http://").to_owned();
         let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", client)).is_err() {
+        while std::net::TcpStream::connect(&addr).is_err() {
             if Instant::now() > deadline {
                 return Err("etcd did not accept connections within 20 s".into());
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        Ok(etcd)
+        Ok(())
+    }
+
+    /// SIGKILLs etcd (its data stays).
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts etcd again on the same ports with the same data, after [`Etcd::kill`].
+    pub fn restart(&mut self) -> LabResult<()> {
+        self.kill();
+        self.run()
     }
 
     /// Sends `sig` (`STOP`, `CONT`, `KILL`) to the etcd process.

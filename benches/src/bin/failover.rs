@@ -23,14 +23,24 @@ use parking_lot::Mutex;
 fn server_binary() -> Result<std::path::PathBuf, String> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let ok = Command::new(cargo)
-        .args(["build", "--release", "-p", "aerodb-benches", "-p", "aerodb-server", "--bin", "aerodb-server"])
+        .args([
+            "build",
+            "--release",
+            "-p",
+            "aerodb-benches",
+            "-p",
+            "aerodb-server",
+            "--bin",
+            "aerodb-server",
+        ])
         .status()
         .map_err(|e| format!("running cargo: {e}"))?
         .success();
     if !ok {
         return Err("building aerodb-server failed".into());
     }
-    lab::sibling_server_binary().ok_or_else(|| "aerodb-server is not next to this program after the build".into())
+    lab::sibling_server_binary()
+        .ok_or_else(|| "aerodb-server is not next to this program after the build".into())
 }
 
 fn ms(d: Duration) -> f64 {
