@@ -622,10 +622,7 @@ impl CheckpointLog {
     /// Appends a signed note and fsyncs it.
     pub fn append(&mut self, note: &str) -> Result<(), io::Error> {
         assert!(note.len() <= MAX_NOTE_BYTES, "notes are bounded when made");
-        let mut entry = Vec::with_capacity(ENTRY_HEADER + note.len());
-        entry.extend_from_slice(&(note.len() as u32).to_le_bytes());
-        entry.extend_from_slice(&crc32fast::hash(note.as_bytes()).to_le_bytes());
-        entry.extend_from_slice(note.as_bytes());
+        let entry = encode_entry(note);
         let file = self
             .file
             .as_ref()
@@ -654,6 +651,16 @@ impl CheckpointLog {
     pub fn path(&self) -> &Path {
         &self.path
     }
+}
+
+/// One checkpoint log entry: `len u32 | crc32 u32 | note bytes` (little-endian), as appended to the log.
+#[must_use]
+pub fn encode_entry(note: &str) -> Vec<u8> {
+    let mut entry = Vec::with_capacity(ENTRY_HEADER + note.len());
+    entry.extend_from_slice(&(note.len() as u32).to_le_bytes());
+    entry.extend_from_slice(&crc32fast::hash(note.as_bytes()).to_le_bytes());
+    entry.extend_from_slice(note.as_bytes());
+    entry
 }
 
 /// Parses entries from untrusted bytes; returns the valid notes and where the valid prefix ends. A bad entry

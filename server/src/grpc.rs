@@ -256,6 +256,51 @@ impl pb::ledger_server::Ledger for LedgerService {
         self.finish(r)
     }
 
+    type BackupStream =
+        std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::BackupChunk, Status>> + Send + 'static>>;
+
+    async fn backup(&self, req: Request<pb::BackupRequest>) -> Result<Response<Self::BackupStream>, Status> {
+        let r = self.authorize(&req, Action::Admin).and_then(|_| {
+            if self
+                .node
+                .backup_running
+                .swap(true, std::sync::atomic::Ordering::AcqRel)
+            {
+                return Err(ApiError::overloaded(
+                    "a backup of this node is already running; one at a time",
+                    1000,
+                ));
+            }
+            Ok(())
+        });
+        if let Err(e) = r {
+            // `finish` counts the refusal and turns it into its status.
+            return Err(self
+                .finish::<()>(Err(e))
+                .err()
+                .unwrap_or_else(|| Status::internal("backup refused")));
+        }
+        let node = self.node.clone();
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<pb::BackupChunk, Status>>(4);
+        tokio::spawn(async move {
+            let n = node.clone();
+            let plan = tokio::task::spawn_blocking(move || n.backup_plan()).await;
+            let sent = match plan {
+                Ok(Ok((cut, pieces, head))) => send_backup(&node, cut, pieces, head, &tx).await,
+                Ok(Err(e)) => Err(e.to_status()),
+                Err(e) => Err(Status::internal(format!("backup task: {e}"))),
+            };
+            if let Err(s) = sent {
+                let _ = tx.send(Err(s)).await;
+            }
+            node.backup_running
+                .store(false, std::sync::atomic::Ordering::Release);
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
     type AppendStreamStream = AppendStream;
 
     async fn append_stream(
@@ -611,4 +656,69 @@ impl http_body::Body for OneMessage {
     fn size_hint(&self) -> http_body::SizeHint {
         http_body::Body::size_hint(&self.inner)
     }
+}
+
+/// Streams an online backup: the start, then each piece as its header and 1 MiB chunks (read off the runtime).
+async fn send_backup(
+    node: &Node,
+    cut: aerodb_engine::SignedCheckpoint,
+    pieces: Vec<aerodb_engine::backup::Piece>,
+    head: [u8; 32],
+    tx: &tokio::sync::mpsc::Sender<Result<pb::BackupChunk, Status>>,
+) -> Result<(), Status> {
+    use aerodb_engine::backup::Source;
+    use pb::backup_chunk::Part;
+    let size = |p: &aerodb_engine::backup::Piece| match &p.source {
+        Source::File { len, .. } => *len,
+        Source::Bytes(b) => b.len() as u64,
+    };
+    let gone = || Status::cancelled("the client went away");
+    let start = pb::BackupStart {
+        checkpoint: cut.note.clone(),
+        head: if cut.checkpoint.size == 0 {
+            Vec::new()
+        } else {
+            head.to_vec()
+        },
+        segment_bytes: node.db.segment_bytes(),
+        origin: cut.checkpoint.origin.clone(),
+        verifier_key: node.db.verifier_key().to_string(),
+        total_bytes: pieces.iter().map(size).sum(),
+    };
+    let chunk = |part| Ok(pb::BackupChunk { part: Some(part) });
+    tx.send(chunk(Part::Start(start))).await.map_err(|_| gone())?;
+    for p in pieces {
+        tx.send(chunk(Part::File(pb::BackupFile {
+            path: p.rel.clone(),
+            size: size(&p),
+        })))
+        .await
+        .map_err(|_| gone())?;
+        let mut reader = aerodb_engine::backup::open_piece(&p).map_err(Status::internal)?;
+        loop {
+            let (r, buf) = tokio::task::spawn_blocking(move || {
+                let mut buf = vec![0u8; 1 << 20];
+                let mut filled = 0;
+                while filled < buf.len() {
+                    match std::io::Read::read(&mut reader, &mut buf[filled..]) {
+                        Ok(0) => break,
+                        Ok(k) => filled += k,
+                        Err(e) => return (Err(e), (reader, buf)),
+                    }
+                }
+                buf.truncate(filled);
+                (Ok(filled), (reader, buf))
+            })
+            .await
+            .map_err(|e| Status::internal(format!("backup read task: {e}")))?;
+            let (rd, data) = buf;
+            reader = rd;
+            let k = r.map_err(|e| Status::internal(format!("reading {}: {e}", p.rel)))?;
+            if k == 0 {
+                break;
+            }
+            tx.send(chunk(Part::Data(data))).await.map_err(|_| gone())?;
+        }
+    }
+    Ok(())
 }

@@ -134,6 +134,8 @@ pub struct Node {
     answer_rt: Arc<OnceLock<tokio::runtime::Handle>>,
     /// Why the node stopped serving (a state change it could not persist), if it did.
     fail_stopped: Mutex<Option<String>>,
+    /// Set while an online backup streams (one at a time).
+    pub backup_running: std::sync::atomic::AtomicBool,
     /// Under the etcd authority: the lease and the leader as last learned (HA status, routing).
     pub authority: Mutex<crate::ha::View>,
     /// This node's own URLs (set once it listens).
@@ -491,6 +493,7 @@ impl Node {
             load,
             answer_rt,
             fail_stopped: Mutex::new(None),
+            backup_running: std::sync::atomic::AtomicBool::new(false),
             authority: Mutex::new(crate::ha::View::default()),
             advertised: OnceLock::new(),
         }
@@ -1479,6 +1482,27 @@ impl Node {
                 .map(|(l, _)| l.grpc_url.clone());
         }
         self.config.primary.clone()
+    }
+
+    /// The cut of an online backup (B-1): a writable primary signs a checkpoint of its tip first; any other node
+    /// uses its newest checkpoint. Returns the checkpoint, the pieces to send and the chain head. Blocking.
+    pub fn backup_plan(&self) -> ApiResult<(SignedCheckpoint, Vec<aerodb_engine::backup::Piece>, [u8; 32])> {
+        let cut = if self.role.lock().may_write() && self.db.not_writable().is_none() {
+            self.db.checkpoint_now()?
+        } else {
+            self.db.latest_checkpoint().ok_or_else(|| {
+                ApiError::new(
+                    Code::Unavailable,
+                    "this node holds no signed checkpoint yet (a backup is bound to one): retry after the primary's \
+                     next checkpoint",
+                )
+            })?
+        };
+        let notes = self.db.checkpoints();
+        let (pieces, head) =
+            aerodb_engine::backup::plan(self.db.dir(), &notes, &cut, &self.db.verifier_key())
+                .map_err(|e| ApiError::new(Code::Internal, format!("planning the backup: {e}")))?;
+        Ok((cut, pieces, head))
     }
 
     /// Engine figures for metrics.

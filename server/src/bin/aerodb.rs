@@ -121,6 +121,50 @@ enum Cmd {
         #[command(subcommand)]
         cmd: AdminCmd,
     },
+    /// Make a backup bound to a signed checkpoint — online from the node at --grpc (admin token; writes go on), or
+    /// offline from a stopped node's --data-dir — or check one (`aerodb backup verify DIR`).
+    #[command(args_conflicts_with_subcommands = true)]
+    Backup {
+        #[command(subcommand)]
+        cmd: Option<BackupCmd>,
+        /// The new directory to write the backup to.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Back up this stopped node's data directory instead of the running node at --grpc.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+    /// Restore a backup into a new data directory, after every check of `backup verify` and the rollback guard.
+    Restore {
+        /// The backup directory.
+        backup: PathBuf,
+        /// The new data directory (absent or empty).
+        #[arg(long)]
+        to: PathBuf,
+        /// The log's signing key file (never in a backup).
+        #[arg(long)]
+        signing_key: PathBuf,
+        /// The role the restored node starts in: `replica` (with --primary and --epoch), `primary` (with --epoch
+        /// above the backup's) or `unassigned` (the election or the configuration decides).
+        #[arg(long, value_enum)]
+        role: RestoreRoleArg,
+        /// The primary's gRPC URL (`--role replica`).
+        #[arg(long)]
+        primary: Option<String>,
+        /// The epoch (`--role replica`: the primary's; `--role primary`: the new term's).
+        #[arg(long)]
+        epoch: Option<u64>,
+        /// A checkpoint note of this log the operator trusts (a file): a backup older than it is refused, and the
+        /// backup must be provably consistent with it.
+        #[arg(long)]
+        trusted_checkpoint: Option<PathBuf>,
+        /// Fetch the trusted checkpoint from a live node of the same log (gRPC URL; --token as for reads).
+        #[arg(long)]
+        trusted_from: Option<String>,
+        /// Restore without a trusted checkpoint (no rollback guard).
+        #[arg(long)]
+        no_rollback_check: bool,
+    },
     /// Generate a checkpoint signing key (file mode 0600) and print its verifier key.
     Keygen {
         /// The log's origin (key name).
@@ -130,6 +174,26 @@ enum Cmd {
         #[arg(long)]
         out: PathBuf,
     },
+}
+
+#[derive(Subcommand)]
+enum BackupCmd {
+    /// Check a backup offline, like pg_verifybackup: the manifest's checksum, missing, extra and resized files,
+    /// every file's SHA-256, every frame and chain link, the Merkle root against the checkpoint and its signature.
+    Verify {
+        /// The backup directory.
+        dir: PathBuf,
+        /// The log's verifier key (default: the one in the manifest; give it to check the backup is of your log).
+        #[arg(long)]
+        verifier_key: Option<String>,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum RestoreRoleArg {
+    Replica,
+    Primary,
+    Unassigned,
 }
 
 #[derive(Subcommand)]
@@ -809,6 +873,84 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             }
         }
+        Cmd::Backup { cmd, out, data_dir } => {
+            backup_cmd(&cli, cmd.as_ref(), out.as_deref(), data_dir.as_deref()).await?
+        }
+        Cmd::Restore {
+            backup,
+            to,
+            signing_key,
+            role,
+            primary,
+            epoch,
+            trusted_checkpoint,
+            trusted_from,
+            no_rollback_check,
+        } => {
+            use aerodb_server::backup::RestoreRole;
+            let role = match (role, primary, epoch) {
+                (RestoreRoleArg::Replica, Some(p), Some(e)) => RestoreRole::Replica {
+                    primary: p.clone(),
+                    epoch: *e,
+                },
+                (RestoreRoleArg::Replica, _, _) => {
+                    anyhow::bail!("--role replica needs --primary and --epoch")
+                }
+                (RestoreRoleArg::Primary, _, Some(e)) => RestoreRole::Primary { epoch: *e },
+                (RestoreRoleArg::Primary, _, None) => {
+                    anyhow::bail!("--role primary needs --epoch (above the backup's)")
+                }
+                (RestoreRoleArg::Unassigned, _, _) => RestoreRole::Unassigned,
+            };
+            let trusted = match (trusted_checkpoint, trusted_from, no_rollback_check) {
+                (Some(f), None, false) => Some(
+                    std::fs::read_to_string(f).map_err(|e| anyhow::anyhow!("reading {}: {e}", f.display()))?,
+                ),
+                (None, Some(url), false) => {
+                    let mut c = pb::ledger_client::LedgerClient::connect(url.clone())
+                        .await
+                        .map_err(|e| anyhow::anyhow!("connecting to {url}: {e}"))?;
+                    let mut req = tonic::Request::new(pb::LatestCheckpointRequest {});
+                    if let Some(t) = &cli.token {
+                        req.metadata_mut().insert("authorization", format!("Bearer {t}").parse()?);
+                    }
+                    Some(
+                        c.latest_checkpoint(req)
+                            .await
+                            .map_err(|e| anyhow::anyhow!("the trusted checkpoint from {url}: {}", e.message()))?
+                            .into_inner()
+                            .note,
+                    )
+                }
+                (None, None, true) => None,
+                _ => anyhow::bail!(
+                    "give exactly one of --trusted-checkpoint FILE, --trusted-from URL (the rollback guard) or \
+                     --no-rollback-check"
+                ),
+            };
+            let (backup, to, signing_key) = (backup.clone(), to.clone(), signing_key.clone());
+            let r = tokio::task::spawn_blocking(move || {
+                aerodb_server::backup::restore(&backup, &to, &signing_key, &role, trusted.as_deref())
+            })
+            .await?
+            .map_err(|p| anyhow::anyhow!("restore refused:\n  {}", p.join("\n  ")))?;
+            print(
+                j,
+                json!({"records": r.checked.records, "checkpoints": r.checked.checkpoints,
+                       "anchored_at": r.anchored_at, "elapsed_ms": r.elapsed.as_millis() as u64}),
+                || {
+                    format!(
+                        "restored {} records ({} checkpoints verified){} in {} ms",
+                        r.checked.records,
+                        r.checked.checkpoints,
+                        r.anchored_at
+                            .map(|s| format!(", consistent with the trusted checkpoint of {s} records"))
+                            .unwrap_or_default(),
+                        r.elapsed.as_millis()
+                    )
+                },
+            );
+        }
         Cmd::Keygen { origin, out } => {
             let key = SigningKey::generate(origin)?;
             key.save(out)?;
@@ -825,6 +967,101 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             );
         }
     }
+    Ok(())
+}
+
+/// `aerodb backup` and `aerodb backup verify`.
+async fn backup_cmd(
+    cli: &Cli,
+    cmd: Option<&BackupCmd>,
+    out: Option<&std::path::Path>,
+    data_dir: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
+    let j = cli.json;
+    if let Some(BackupCmd::Verify { dir, verifier_key }) = cmd {
+        let key = verifier_key
+            .as_deref()
+            .map(VerifierKey::parse)
+            .transpose()
+            .map_err(|e| anyhow::anyhow!("verifier key: {e}"))?;
+        let dir = dir.clone();
+        let c = tokio::task::spawn_blocking(move || {
+            let work = tempfile::Builder::new()
+                .prefix("aerodb-backup-verify-")
+                .tempdir()
+                .map_err(|e| vec![format!("a temporary directory: {e}")])?;
+            aerodb_server::backup::check(&dir, key.as_ref(), &work.path().join("data"))
+        })
+        .await?
+        .map_err(|p| anyhow::anyhow!("the backup does not verify:\n  {}", p.join("\n  ")))?;
+        print(
+            j,
+            json!({"ok": true, "records": c.records, "checkpoints": c.checkpoints, "size": c.checkpoint.size,
+                   "root": hex(c.checkpoint.root), "epoch": c.checkpoint.epoch.0, "files": c.manifest.files.len()}),
+            || {
+                format!(
+                    "backup OK: {} records, {} files, {} checkpoints verified; bound to the checkpoint of size {} \
+                     (epoch {}, root {})",
+                    c.records,
+                    c.manifest.files.len(),
+                    c.checkpoints,
+                    c.checkpoint.size,
+                    c.checkpoint.epoch,
+                    hex(c.checkpoint.root)
+                )
+            },
+        );
+        return Ok(());
+    }
+    let out = out.ok_or_else(|| anyhow::anyhow!("give --out DIR (a new directory) for the backup"))?;
+    let bar = progress(j, 0, "backing up");
+    let bar2 = bar.clone();
+    let mut set_total = move |t| bar2.set_length(t);
+    let bar3 = bar.clone();
+    let mut step = move |k| bar3.inc(k);
+    let made = match data_dir {
+        Some(d) => {
+            let (d, out) = (d.to_owned(), out.to_owned());
+            tokio::task::spawn_blocking(move || {
+                aerodb_server::backup::offline(&d, &out, &mut set_total, &mut step)
+            })
+            .await?
+        }
+        None => {
+            let c = client(cli, None).await?;
+            let auth = cli
+                .token
+                .as_ref()
+                .map(|t| format!("Bearer {t}").parse())
+                .transpose()
+                .map_err(|_| anyhow::anyhow!("the token is not a valid header value"))?;
+            aerodb_server::backup::online(&mut c.raw(), auth, out, &mut set_total, &mut step).await
+        }
+    }
+    .map_err(|e| anyhow::anyhow!("backup failed: {e}"))?;
+    bar.finish_and_clear();
+    let manifest_sha = aerodb_engine::backup::sha256_file(&out.join(aerodb_engine::backup::MANIFEST))
+        .map(|(_, h)| hex(h))
+        .unwrap_or_default();
+    let m = &made.manifest;
+    print(
+        j,
+        json!({"dir": out, "records": m.size, "epoch": m.epoch, "files": m.files.len(), "bytes": made.bytes,
+               "elapsed_ms": made.elapsed.as_millis() as u64, "manifest_sha256": manifest_sha,
+               "head": hex(m.head)}),
+        || {
+            format!(
+                "backup of {} records (epoch {}) in {}: {} files, {} bytes, {} ms; manifest SHA-256 {}",
+                m.size,
+                m.epoch,
+                out.display(),
+                m.files.len(),
+                made.bytes,
+                made.elapsed.as_millis(),
+                manifest_sha
+            )
+        },
+    );
     Ok(())
 }
 
