@@ -569,11 +569,7 @@ pub type RecordVisitor<'a> = dyn FnMut(u64, &[u8]) -> Result<(), String> + 'a;
 
 /// Calls `f` with each record's CommitId and body, `1..=size`, reading the segments of `dir` in order (each frame's
 /// header is checked for its CommitId; the full checks are the verifier's).
-pub fn for_each_record(
-    dir: &Path,
-    size: u64,
-    f: &mut RecordVisitor<'_>,
-) -> Result<(), String> {
+pub fn for_each_record(dir: &Path, size: u64, f: &mut RecordVisitor<'_>) -> Result<(), String> {
     let mut next = 1u64;
     for (path, h, len) in segments(dir)? {
         if next > size {
@@ -628,4 +624,63 @@ pub fn build_merkle(dir: &Path, size: u64) -> Result<(), String> {
         .flush()
         .map_err(|e| format!("flushing the Merkle store: {e}"))?;
     store.sync().map_err(|e| format!("syncing the Merkle store: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "test code")]
+    use super::*;
+
+    fn sample() -> Manifest {
+        Manifest {
+            origin: "log".into(),
+            verifier: "log+01020304+AQ".into(),
+            size: 7,
+            head: [3; 32],
+            epoch: 2,
+            segment_bytes: 4096,
+            created_ms: 1,
+            tool: "aerodb test".into(),
+            files: vec![
+                FileEntry {
+                    path: "wal/00000000000000000001.seg".into(),
+                    size: 100,
+                    sha256: [1; 32],
+                },
+                FileEntry {
+                    path: "checkpoints.log".into(),
+                    size: 10,
+                    sha256: [2; 32],
+                },
+            ],
+            // A note whose text holds a line that looks like the manifest's own.
+            checkpoint: "log\n7\nroot\nepoch 2\n\ncheckpoint 99\n".into(),
+        }
+    }
+
+    #[test]
+    fn manifests_round_trip_and_every_change_is_caught() {
+        let m = sample();
+        let b = m.encode();
+        assert_eq!(Manifest::decode(&b).unwrap(), m);
+        // Any flipped byte: the checksum (or the checksum line itself) refuses it.
+        for i in 0..b.len() {
+            let mut t = b.clone();
+            t[i] ^= 0x20;
+            assert!(Manifest::decode(&t).is_err(), "byte {i} flipped was accepted");
+        }
+        assert!(Manifest::decode(&b[..b.len() - 1]).is_err());
+        // A path outside the backup's layout is refused even with a valid checksum.
+        let mut bad = sample();
+        bad.files[0].path = "wal/../../etc/passwd".into();
+        assert!(Manifest::decode(&bad.encode())
+            .unwrap_err()
+            .contains("never holds"));
+        let mut dup = sample();
+        dup.files[1].path = dup.files[0].path.clone();
+        assert!(Manifest::decode(&dup.encode()).unwrap_err().contains("twice"));
+        // Limits are checked before reading on.
+        let big = vec![b'a'; MAX_MANIFEST_BYTES as usize + 1];
+        assert!(Manifest::decode(&big).unwrap_err().contains("limit"));
+    }
 }

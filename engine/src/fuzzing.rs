@@ -46,6 +46,16 @@ pub fn checkpoint(data: &[u8]) {
     }
 }
 
+/// Backup manifests: the decoder never panics, bounds every length before it allocates, and a manifest that
+/// decodes re-encodes to the input byte for byte (its checksum line included).
+pub fn backup_manifest(data: &[u8]) {
+    if let Ok(m) = crate::backup::Manifest::decode(data) {
+        assert_eq!(m.encode(), data, "decode/encode round trip");
+        assert!(m.files.len() <= crate::backup::MAX_FILES);
+        assert!(m.files.iter().all(|f| crate::backup::allowed_path(&f.path)));
+    }
+}
+
 /// Index files: the first byte picks the manifest parser (0) or the run parser (anything else). A manifest that
 /// parses re-encodes to the input; a run that parses answers lookups consistently for every key it holds.
 pub fn index(data: &[u8]) {
