@@ -56,6 +56,17 @@ pub fn backup_manifest(data: &[u8]) {
     }
 }
 
+/// Auditor bundles: the decoder never panics and bounds every length before it allocates; a bundle that decodes
+/// re-encodes to the input and its verification (with a fixed key) never panics.
+pub fn audit_bundle(data: &[u8]) {
+    if let Ok(b) = crate::audit::Bundle::decode(data) {
+        assert_eq!(b.encode(), data, "decode/encode round trip");
+        if let Ok(k) = SigningKey::from_seed("fuzz.example/log", [7u8; 32]) {
+            let _ = b.verify(&k.verifier(), true);
+        }
+    }
+}
+
 /// Index files: the first byte picks the manifest parser (0) or the run parser (anything else). A manifest that
 /// parses re-encodes to the input; a run that parses answers lookups consistently for every key it holds.
 pub fn index(data: &[u8]) {

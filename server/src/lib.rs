@@ -3,6 +3,7 @@
 //! router, so REST adds no HTTP stack of its own (see `docs/architecture.md`).
 #![forbid(unsafe_code)]
 
+pub mod audit;
 pub mod auth;
 pub mod backup;
 pub mod client;

@@ -218,6 +218,7 @@ fn fuzz_corpus_replays_cleanly() {
         + replay("checkpoint", aerodb_engine::fuzzing::checkpoint)
         + replay("index", aerodb_engine::fuzzing::index)
         + replay("backup_manifest", aerodb_engine::fuzzing::backup_manifest)
+        + replay("audit_bundle", aerodb_engine::fuzzing::audit_bundle)
         + replay("role_file", aerodb_replication::fuzz_role_file)
         + replay("replay_frame", aerodb_replication::fuzz_replay_frame);
     aerodb_tests::report_figure("T13 fuzz corpus replay", &format!("{n} inputs, 0 failures"));

@@ -165,6 +165,12 @@ enum Cmd {
         #[arg(long)]
         no_rollback_check: bool,
     },
+    /// The auditor bundle: export records with the proofs that tie them to a signed checkpoint, or verify one
+    /// offline with nothing but the log's verifier key.
+    Audit {
+        #[command(subcommand)]
+        cmd: AuditCmd,
+    },
     /// Generate a checkpoint signing key (file mode 0600) and print its verifier key.
     Keygen {
         /// The log's origin (key name).
@@ -186,6 +192,43 @@ enum BackupCmd {
         /// The log's verifier key (default: the one in the manifest; give it to check the backup is of your log).
         #[arg(long)]
         verifier_key: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCmd {
+    /// Export records `--from..=--to` (only `--tenant`'s, when given) from the node at --grpc, each with its
+    /// inclusion proof against the node's newest checkpoint; with `--since NOTE`, also the consistency proof from
+    /// that earlier checkpoint. One file.
+    Export {
+        /// First CommitId.
+        #[arg(long)]
+        from: u64,
+        /// Last CommitId (at most the newest checkpoint's size).
+        #[arg(long)]
+        to: u64,
+        /// Only this tenant's records.
+        #[arg(long)]
+        tenant: Option<String>,
+        /// A checkpoint note of this log the auditor already holds (a file).
+        #[arg(long)]
+        since: Option<PathBuf>,
+        /// The bundle file to write (new).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Verify a bundle offline: every record's bytes and hash, the chain link between consecutive records, each
+    /// inclusion proof, the checkpoints' signatures and the consistency between them.
+    Verify {
+        /// The bundle file.
+        bundle: PathBuf,
+        /// The log's verifier key.
+        #[arg(long)]
+        verifier_key: String,
+        /// Also require at least one record, CommitIds in order and (without a tenant) contiguous, and no record
+        /// of a later epoch than the checkpoint.
+        #[arg(long)]
+        strict: bool,
     },
 }
 
@@ -951,6 +994,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 },
             );
         }
+        Cmd::Audit { cmd } => audit_cmd(&cli, cmd).await?,
         Cmd::Keygen { origin, out } => {
             let key = SigningKey::generate(origin)?;
             key.save(out)?;
@@ -962,6 +1006,112 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         "wrote {} (mode 0600)\nverifier key: {}",
                         out.display(),
                         key.verifier()
+                    )
+                },
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `aerodb audit export` and `aerodb audit verify`.
+async fn audit_cmd(cli: &Cli, cmd: &AuditCmd) -> anyhow::Result<()> {
+    let j = cli.json;
+    match cmd {
+        AuditCmd::Export {
+            from,
+            to,
+            tenant,
+            since,
+            out,
+        } => {
+            if out.exists() {
+                anyhow::bail!("{} exists: a bundle goes to a new file", out.display());
+            }
+            let since = since
+                .as_ref()
+                .map(|p| {
+                    std::fs::read_to_string(p).map_err(|e| anyhow::anyhow!("reading {}: {e}", p.display()))
+                })
+                .transpose()?;
+            let c = client(cli, None).await?;
+            let auth = cli
+                .token
+                .as_ref()
+                .map(|t| format!("Bearer {t}").parse())
+                .transpose()
+                .map_err(|_| anyhow::anyhow!("the token is not a valid header value"))?;
+            let bar = progress(j, 0, "exporting records with proofs");
+            let b2 = bar.clone();
+            let bundle = aerodb_server::audit::export(
+                &mut c.raw(),
+                auth,
+                *from,
+                *to,
+                tenant.clone(),
+                since,
+                &mut |done, total| {
+                    b2.set_length(total);
+                    b2.set_position(done);
+                },
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!("export failed: {e}"))?;
+            bar.finish_and_clear();
+            let bytes = bundle.encode();
+            let tmp = out.with_extension("partial");
+            std::fs::write(&tmp, &bytes).map_err(|e| anyhow::anyhow!("writing {}: {e}", tmp.display()))?;
+            std::fs::rename(&tmp, out)
+                .map_err(|e| anyhow::anyhow!("renaming into {}: {e}", out.display()))?;
+            print(
+                j,
+                json!({"out": out, "records": bundle.records.len(), "bytes": bytes.len(), "prior": bundle.prior.is_some()}),
+                || {
+                    format!(
+                        "wrote {} records with their proofs to {} ({} bytes)",
+                        bundle.records.len(),
+                        out.display(),
+                        bytes.len()
+                    )
+                },
+            );
+        }
+        AuditCmd::Verify {
+            bundle,
+            verifier_key,
+            strict,
+        } => {
+            let key = VerifierKey::parse(verifier_key).map_err(|e| anyhow::anyhow!("verifier key: {e}"))?;
+            let len = std::fs::metadata(bundle)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", bundle.display()))?
+                .len();
+            if len > aerodb_engine::audit::MAX_BUNDLE_BYTES {
+                anyhow::bail!(
+                    "{}: {len} bytes; a bundle is at most {}",
+                    bundle.display(),
+                    aerodb_engine::audit::MAX_BUNDLE_BYTES
+                );
+            }
+            let bytes =
+                std::fs::read(bundle).map_err(|e| anyhow::anyhow!("reading {}: {e}", bundle.display()))?;
+            let b = aerodb_engine::audit::Bundle::decode(&bytes)
+                .map_err(|e| anyhow::anyhow!("the bundle does not verify: {e}"))?;
+            let cp = b
+                .verify(&key, *strict)
+                .map_err(|p| anyhow::anyhow!("the bundle does not verify:\n  {}", p.join("\n  ")))?;
+            print(
+                j,
+                json!({"ok": true, "records": b.records.len(), "checkpoint_size": cp.size, "epoch": cp.epoch.0,
+                       "root": hex(cp.root), "prior": b.prior.is_some(), "strict": strict}),
+                || {
+                    format!(
+                        "bundle OK{}: {} records, each included in the checkpoint of size {} (epoch {}, root {}){}",
+                        if *strict { " (strict)" } else { "" },
+                        b.records.len(),
+                        cp.size,
+                        cp.epoch,
+                        hex(cp.root),
+                        if b.prior.is_some() { ", consistent with the earlier checkpoint" } else { "" }
                     )
                 },
             );
