@@ -92,28 +92,25 @@ pub fn offline(
     let key =
         aerodb_engine::SigningKey::load(&key_path).map_err(|e| format!("{}: {e}", key_path.display()))?;
     let verifier = key.verifier();
-    // A read-only open: the startup check runs on the source, nothing in it changes.
-    let db = aerodb_engine::Db::open(
-        data,
-        aerodb_engine::Options {
-            origin: key.name().to_owned(),
-            signing_key: Some(key),
-            read_only: true,
-            checkpoint_every_records: 0,
-            checkpoint_interval: None,
-            ..aerodb_engine::Options::default()
-        },
-    )
-    .map_err(|e| format!("opening {}: {e}", data.display()))?;
-    let cut = db.latest_checkpoint().ok_or_else(|| {
+    // The checkpoint log and the segments are read as they are (no open, no startup check: `backup verify` and
+    // restore check everything); the newest checkpoint is the cut.
+    let log = data.join("checkpoints.log");
+    let notes = std::fs::read(&log)
+        .map_err(|e| format!("{}: {e}", log.display()))
+        .and_then(|b| {
+            aerodb_engine::checkpoint::parse_entries(&b)
+                .map(|(n, _)| n)
+                .map_err(|e| format!("{}: {e}", log.display()))
+        })?;
+    let last = notes.last().ok_or_else(|| {
         format!(
             "{} holds no signed checkpoint: a backup is bound to one",
             data.display()
         )
     })?;
-    let notes = db.checkpoints();
-    let segment_bytes = db.segment_bytes();
-    drop(db);
+    let cut = SignedCheckpoint::verify(last, &verifier)
+        .map_err(|e| format!("the newest checkpoint of {} does not verify: {e}", data.display()))?;
+    let segment_bytes = eb::segment_bytes(data)?.unwrap_or(aerodb_wal::Options::default().segment_bytes);
     let (pieces, head) = eb::plan(data, &notes, &cut, &verifier)?;
     let tmp = prepare_out(out)?;
     set_total(pieces.iter().map(piece_len).sum());
@@ -301,7 +298,18 @@ pub struct Checked {
 /// it): files against the manifest, the checkpoint's signature (under `key` when given, else the manifest's key)
 /// and binding (size, epoch, chain head), then every frame, record, chain link and checkpoint of the log.
 pub fn check(backup: &Path, key: Option<&VerifierKey>, work: &Path) -> Result<Checked, Vec<String>> {
-    let m = eb::check_files(backup)?;
+    check_with(backup, key, work, true)
+}
+
+/// [`check`]; without `thorough`, the files are hashed only as they are copied and the log is not verified here
+/// (restore's own open runs the startup integrity check over every record and checkpoint next).
+fn check_with(
+    backup: &Path,
+    key: Option<&VerifierKey>,
+    work: &Path,
+    thorough: bool,
+) -> Result<Checked, Vec<String>> {
+    let m = eb::check_listing(backup, thorough)?;
     let one = |e: String| vec![e];
     let manifest_key =
         VerifierKey::parse(&m.verifier).map_err(|e| one(format!("the manifest's verifier key: {e}")))?;
@@ -445,7 +453,7 @@ pub fn restore(
         std::fs::remove_dir_all(&work)
             .map_err(|e| one(format!("removing the leftover {}: {e}", work.display())))?;
     }
-    let checked = check(backup, Some(&verifier), &work)?;
+    let mut checked = check_with(backup, Some(&verifier), &work, false)?;
     let n = checked.checkpoint.size;
     if let RestoreRole::Primary { epoch } = role {
         if *epoch <= checked.checkpoint.epoch.0 {
@@ -481,7 +489,20 @@ pub fn restore(
             ..aerodb_engine::Options::default()
         },
     )
-    .map_err(|e| one(format!("opening the restored log: {e}")))?;
+    .map_err(|e| {
+        one(format!(
+            "the restored log does not pass the startup integrity check: {e}"
+        ))
+    })?;
+    let report = db.open_report();
+    checked.records = report.records_verified;
+    checked.checkpoints = report.checkpoints_verified;
+    if report.records_verified != n || db.tip().map(|t| t.commit_id.0).ok() != Some(n) {
+        return Err(one(format!(
+            "the restored log holds {} records; its checkpoint {n}",
+            report.records_verified
+        )));
+    }
     let mut anchored_at = None;
     if let Some(note) = trusted {
         let t = SignedCheckpoint::verify(note, &verifier)
