@@ -6,7 +6,7 @@
 use std::{
     collections::BTreeMap,
     net::SocketAddr,
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::{Child, Command, Stdio},
     sync::{
         atomic::{AtomicBool, Ordering},
@@ -211,8 +211,11 @@ pub const LAB_REPLICATOR: &str = "lab-replicator-token-01234567";
 /// How a lab cluster is run.
 #[derive(Clone, Debug)]
 pub struct ClusterSpec {
-    /// The `aerodb-server` binary.
+    /// The program that runs a node: `aerodb-server`, or a program that runs
+    /// [`crate::main_server::run`] when given `bin_args` first.
     pub bin: PathBuf,
+    /// Arguments before the node's flags (empty for `aerodb-server`).
+    pub bin_args: Vec<String>,
     /// Nodes.
     pub nodes: usize,
     /// `--sync-replicas`.
@@ -350,6 +353,7 @@ impl Cluster {
         let _ = std::fs::remove_file(&ports);
         let endpoint = self.proxies.get(i).map_or(&self.etcd.endpoint, |p| &p.endpoint);
         let mut child = Command::new(&self.spec.bin)
+            .args(&self.spec.bin_args)
             .arg("--data-dir")
             .arg(self.data(i))
             .arg("--tokens-file")
@@ -706,14 +710,4 @@ pub fn wait_caught_up(node: SocketAddr, tip: u64, within: Duration) -> LabResult
         std::thread::sleep(Duration::from_millis(5));
     }
     Ok(())
-}
-
-/// The `aerodb-server` binary next to the running program (`target/<profile>/`), if it is there.
-#[must_use]
-pub fn sibling_server_binary() -> Option<PathBuf> {
-    let exe = std::env::current_exe().ok()?;
-    let dir: &Path = exe.parent()?;
-    [dir.join("aerodb-server"), dir.parent()?.join("aerodb-server")]
-        .into_iter()
-        .find(|p| p.is_file())
 }

@@ -16,6 +16,7 @@ pub mod ha;
 pub mod httpc;
 pub mod lab;
 pub mod listener;
+pub mod main_server;
 pub mod metrics;
 pub mod node;
 pub mod openapi;

@@ -26,6 +26,7 @@ const TTL_MS: u64 = 1000;
 fn cluster(sync: usize, proxied: bool) -> Cluster {
     Cluster::start(ClusterSpec {
         bin: env!("CARGO_BIN_EXE_aerodb-server").into(),
+        bin_args: Vec::new(),
         nodes: 3,
         sync_replicas: sync,
         lease_ttl_ms: TTL_MS,

@@ -6,10 +6,9 @@
 //! is checked: every acknowledged write is in the final leader's log with its hash, no CommitId acknowledged twice.
 //!
 //! Usage: `cargo run -p aerodb-benches --release --bin failover -- [--cycles N] [--ttl-ms N] [--quick]` (needs
-//! `etcd` from Debian's `etcd-server`; builds the release `aerodb-server` it starts).
+//! `etcd` from Debian's `etcd-server`; each node is this program again, running the server's own main).
 
 use std::{
-    process::Command,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -18,43 +17,41 @@ use aerodb_benches::{bench_dir, quantile, run_ceiling, RawCeiling};
 use aerodb_server::lab::{self, check_history, Cluster, ClusterSpec, Writers};
 use parking_lot::Mutex;
 
-/// The release `aerodb-server` next to this program, built (or brought up to date) first. Built together with
-/// this package so cargo resolves the same features and rebuilds nothing of this program's.
-fn server_binary() -> Result<std::path::PathBuf, String> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let ok = Command::new(cargo)
-        .args([
-            "build",
-            "--release",
-            "-p",
-            "aerodb-benches",
-            "-p",
-            "aerodb-server",
-            "--bin",
-            "aerodb-server",
-        ])
-        .status()
-        .map_err(|e| format!("running cargo: {e}"))?
-        .success();
-    if !ok {
-        return Err("building aerodb-server failed".into());
-    }
-    lab::sibling_server_binary()
-        .ok_or_else(|| "aerodb-server is not next to this program after the build".into())
-}
+// As in aerodb-server: the nodes are this program.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
+fn main() -> std::process::ExitCode {
+    // Each node of the cluster is this program again, running the server's own main.
+    if std::env::args_os().nth(1).as_deref() == Some(std::ffi::OsStr::new(NODE_ARG)) {
+        return aerodb_server::main_server::run(
+            std::iter::once(std::ffi::OsString::from("aerodb-server")).chain(std::env::args_os().skip(2)),
+        );
+    }
+    match bench() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("failover: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// The first argument that makes this program run as a node.
+const NODE_ARG: &str = "--lab-node";
+
+fn bench() -> Result<(), Box<dyn std::error::Error>> {
     let (mut cycles, mut ttl_ms) = (10u64, 1000u64);
     aerodb_benches::parse_flags(
         "failover [--cycles N] [--ttl-ms N] [--quick]",
         &mut [("--cycles", &mut cycles), ("--ttl-ms", &mut ttl_ms)],
         &[("--cycles", 2)],
     );
-    let bin = server_binary()?;
+    let bin = std::env::current_exe()?;
     let root = bench_dir("failover");
     // Which disk this run had: the p50 of 2,000 fdatasyncs of 256 bytes into a preallocated file.
     let fsync_p50 = {
@@ -64,6 +61,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let mut c = Cluster::start(ClusterSpec {
         bin,
+        bin_args: vec![NODE_ARG.into()],
         nodes: 3,
         sync_replicas: 1,
         lease_ttl_ms: ttl_ms,

@@ -1,0 +1,159 @@
+//! `backup-ratios`: backup and restore of a log against the baseline `cp -r` + `sha256sum` of the same data directory
+//! (issue 20's benchmark), in one run, interleaved round by round. The log is written first through the engine
+//! (256-byte events in batches of 1,024, a checkpoint every 100,000 records, one at the end). Each round times:
+//! the baseline (`cp -r DATA COPY` then `sha256sum` of every file of the copy); an offline backup bound to the
+//! newest checkpoint (every file written, synced and hashed into the manifest); and a restore with full
+//! verification (every checksum while copying, then the open's startup integrity check over every record, chain
+//! link and checkpoint, the Merkle store and index built). Ratios are of median times on the same log.
+//!
+//! Usage: `cargo run -p aerodb-benches --release --bin backup-ratios -- [--records N] [--rounds N] [--quick]`
+
+use std::{
+    path::Path,
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use aerodb_benches::{bench_dir, median_min_max, quantile, run_ceiling, RawCeiling};
+use aerodb_engine::{Db, NewRecord, Options, Payload};
+use bytes::Bytes;
+
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+fn dir_bytes(p: &Path) -> u64 {
+    std::fs::read_dir(p).map_or(0, |rd| {
+        rd.flatten()
+            .map(|e| match e.file_type() {
+                Ok(t) if t.is_dir() => dir_bytes(&e.path()),
+                _ => e.metadata().map_or(0, |m| m.len()),
+            })
+            .sum()
+    })
+}
+
+fn sh(cmd: &str) -> Result<(), Box<dyn std::error::Error>> {
+    let ok = Command::new("sh").args(["-c", cmd]).status()?.success();
+    if !ok {
+        return Err(format!("`{cmd}` failed").into());
+    }
+    Ok(())
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let (mut records, mut rounds) = (1_000_000u64, 3u64);
+    aerodb_benches::parse_flags(
+        "backup-ratios [--records N] [--rounds N] [--quick]",
+        &mut [("--records", &mut records), ("--rounds", &mut rounds)],
+        &[("--records", 50_000), ("--rounds", 1)],
+    );
+    let root = bench_dir("backup");
+    let fsync_p50 = {
+        let mut raw = RawCeiling::create(&root.join("ceiling"), 8 << 20)?;
+        quantile(&run_ceiling(&mut raw, 2000, 256)?.latencies, 0.5)
+    };
+    let data = root.join("data");
+    let t = Instant::now();
+    {
+        let db = Db::open(
+            &data,
+            Options {
+                checkpoint_every_records: 100_000,
+                checkpoint_interval: None,
+                ..Options::default()
+            },
+        )?;
+        let value = Bytes::from(vec![b'v'; 256]);
+        let mut done = 0;
+        while done < records {
+            let n = (records - done).min(1024);
+            let batch: Vec<NewRecord> = (0..n)
+                .map(|_| NewRecord {
+                    tenant: "bench".into(),
+                    payload: Payload::Event(value.clone()),
+                })
+                .collect();
+            db.append_many(&batch)?;
+            done += n;
+        }
+        db.checkpoint_now()?;
+        db.close()?;
+    }
+    let dir_mb = dir_bytes(&data);
+    let mut backup_mb = 0;
+    eprintln!(
+        "wrote {records} records ({:.0} MB in the data directory) in {:.1} s",
+        dir_mb as f64 / 1e6,
+        t.elapsed().as_secs_f64()
+    );
+    let key = data.join(aerodb_engine::KEY_FILE);
+    let (mut base, mut backup, mut restore) = (Vec::new(), Vec::new(), Vec::new());
+    for r in 0..rounds {
+        let copy = root.join("copy");
+        let t = Instant::now();
+        sh(&format!(
+            "cp -r '{}' '{}' && find '{}' -type f -print0 | xargs -0 sha256sum > /dev/null",
+            data.display(),
+            copy.display(),
+            copy.display()
+        ))?;
+        base.push(t.elapsed());
+        std::fs::remove_dir_all(&copy)?;
+
+        let out = root.join("backup");
+        let t = Instant::now();
+        aerodb_server::backup::offline(&data, &out, &mut |_| {}, &mut |_| {})?;
+        backup.push(t.elapsed());
+        backup_mb = dir_bytes(&out);
+
+        let target = root.join("restored");
+        let t = Instant::now();
+        let done = aerodb_server::backup::restore(
+            &out,
+            &target,
+            &key,
+            &aerodb_server::backup::RestoreRole::Unassigned,
+            None,
+        )
+        .map_err(|p| p.join("; "))?;
+        restore.push(t.elapsed());
+        if done.checked.records != records {
+            return Err(format!("restored {} records of {records}", done.checked.records).into());
+        }
+        std::fs::remove_dir_all(&out)?;
+        std::fs::remove_dir_all(&target)?;
+        eprintln!(
+            "round {}/{rounds}: baseline {:.2} s, backup {:.2} s, restore {:.2} s",
+            r + 1,
+            base[r as usize].as_secs_f64(),
+            backup[r as usize].as_secs_f64(),
+            restore[r as usize].as_secs_f64()
+        );
+    }
+    let secs = |v: &[Duration]| v.iter().map(Duration::as_secs_f64).collect::<Vec<_>>();
+    println!(
+        "backup-ratios: {records} records; the data directory holds {:.0} MB (what the baseline copies and hashes, \
+         preallocated segment space included), the backup {:.0} MB; {rounds} rounds interleaved; fdatasync p50 {:.0} \
+         us on this disk",
+        dir_mb as f64 / 1e6,
+        backup_mb as f64 / 1e6,
+        fsync_p50.as_secs_f64() * 1e6
+    );
+    println!("| run | s (median, min–max) | records/s (median) | speed vs baseline (median time ratio) |");
+    println!("|---|---|---:|---:|");
+    let (b50, _, _) = median_min_max(&secs(&base));
+    for (name, v) in [
+        ("baseline: cp -r + sha256sum", &base),
+        ("aerodb backup (offline)", &backup),
+        ("aerodb restore (full verification)", &restore),
+    ] {
+        let (m, lo, hi) = median_min_max(&secs(v));
+        println!(
+            "| {name} | {m:.2} ({lo:.2}–{hi:.2}) | {:.0} | {:.2} |",
+            records as f64 / m,
+            b50 / m
+        );
+    }
+    std::fs::remove_dir_all(&root)?;
+    Ok(())
+}
