@@ -272,6 +272,22 @@ fn online_backup_under_appends_verifies_restores_and_refuses_tampering_and_rollb
         !dir.path().join("rolled-back").exists(),
         "a refused restore left a directory"
     );
+    // The same with the trusted checkpoint fetched from the live node.
+    let (ok, text) = aerodb(&[
+        "--token",
+        READER,
+        "restore",
+        old.to_str().unwrap(),
+        "--to",
+        dir.path().join("rolled-back").to_str().unwrap(),
+        "--signing-key",
+        key.to_str().unwrap(),
+        "--role",
+        "unassigned",
+        "--trusted-from",
+        &grpc,
+    ]);
+    assert!(!ok && text.contains("ROLLBACK REFUSED"), "{text}");
 
     // The real restore, anchored to a checkpoint older than the backup; then the restored node serves the same.
     let early = dir.path().join("early.note");
@@ -500,4 +516,89 @@ fn a_restore_killed_at_any_point_leaves_nothing_that_starts() {
              finished and verified; the next attempt restored"
         ),
     );
+}
+
+#[test]
+fn an_online_backup_of_a_replica_is_bound_to_the_primarys_checkpoint() {
+    let pdir = TempDir::new("backup-primary");
+    let rdir = TempDir::new("backup-replica");
+    let primary = start(
+        pdir.path(),
+        &["--segment-bytes", "65536", "--checkpoint-interval-ms", "50"],
+    );
+    let replica = start_replica_with(rdir.path(), &primary, &primary.data, "65536", &[]);
+    for i in 0..300 {
+        let body = format!("{{\"tenant\":\"acme\",\"event\":\"r{i}\"}}");
+        assert!(
+            (200..300).contains(&http(primary.http, "POST", "/v1/records", Some(WRITER), Some(&body)).status)
+        );
+    }
+    // Wait until the replica holds a checkpoint of the whole log.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let cp = http(replica.http, "GET", "/v1/checkpoints/latest", Some(READER), None);
+        if cp.status == 200 && cp.json()["size"].as_u64() == Some(300) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the replica did not get the checkpoint of 300 records"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let b = rdir.path().join("backup");
+    let (ok, text) = aerodb(&[
+        "--grpc",
+        &format!("http://{}", replica.grpc),
+        "--token",
+        ADMIN,
+        "backup",
+        "--out",
+        b.to_str().unwrap(),
+    ]);
+    assert!(ok, "{text}");
+    assert!(text.contains("backup of 300 records"), "{text}");
+    let (ok, text) = aerodb(&[
+        "backup",
+        "verify",
+        b.to_str().unwrap(),
+        "--verifier-key",
+        &primary.verifier_key,
+    ]);
+    assert!(ok, "{text}");
+
+    // One backup at a time per node (a held stream blocks a second one until it is dropped); admins only.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        use aerodb_proto::v1 as pb;
+        let mut c = primary.grpc().await;
+        let held = c.backup(with_token(pb::BackupRequest {}, ADMIN)).await.unwrap();
+        let second = c.backup(with_token(pb::BackupRequest {}, ADMIN)).await;
+        let e = second.err().expect("a second concurrent backup was accepted");
+        assert_eq!(e.code(), tonic::Code::ResourceExhausted, "{e:?}");
+        let denied = c
+            .backup(with_token(pb::BackupRequest {}, WRITER))
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(denied.code(), tonic::Code::PermissionDenied, "{denied:?}");
+        drop(held);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            match c.backup(with_token(pb::BackupRequest {}, ADMIN)).await {
+                Ok(mut s) => {
+                    while s.get_mut().message().await.unwrap().is_some() {}
+                    break;
+                }
+                Err(e) if e.code() == tonic::Code::ResourceExhausted => {
+                    assert!(
+                        std::time::Instant::now() < deadline,
+                        "the dropped backup still holds the slot"
+                    );
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+                Err(e) => panic!("{e:?}"),
+            }
+        }
+    });
 }
