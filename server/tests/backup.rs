@@ -574,7 +574,9 @@ fn an_online_backup_of_a_replica_is_bound_to_the_primarys_checkpoint() {
         let mut c = primary.grpc().await;
         let held = c.backup(with_token(pb::BackupRequest {}, ADMIN)).await.unwrap();
         let second = c.backup(with_token(pb::BackupRequest {}, ADMIN)).await;
-        let e = second.err().expect("a second concurrent backup was accepted");
+        let Err(e) = second else {
+            panic!("a second concurrent backup was accepted")
+        };
         assert_eq!(e.code(), tonic::Code::ResourceExhausted, "{e:?}");
         let denied = c
             .backup(with_token(pb::BackupRequest {}, WRITER))
