@@ -967,17 +967,7 @@ impl Db {
             Err(e) => {
                 let why = format!("opening the database again in place failed: {e}");
                 tracing::error!(reason = %why, "in-place recovery failed");
-                let ro = Options {
-                    read_only: true,
-                    ..opts
-                };
-                *live = match open_inner(self.fs.clone(), &self.dir, ro) {
-                    Ok((inner, _)) => {
-                        inner.refuse(NotWritable::LogFailed(why));
-                        Live::Open(inner)
-                    }
-                    Err(e2) => Live::Gone(format!("{why}; a read-only open also failed: {e2}")),
-                };
+                *live = self.read_only_fallback(opts, why);
                 Err(e)
             }
         }
@@ -1020,15 +1010,26 @@ impl Db {
         Ok(())
     }
 
-    /// Opens the database again in place in another role (an authority such as etcd changed it): the same steps
-    /// as a restart — WAL recovery, the startup integrity check (E-6), the Merkle store and index caught up from
-    /// the log — with the options of `role`. A replica that won an election becomes the writable primary of the
-    /// new term this way (its first act is to sign a checkpoint of that term); a primary whose term ended becomes
-    /// a replica. Callers wait while it runs, as for [`Db::recover_in_place`]. A halted database is refused (the
-    /// halt is evidence; only an operator clears it). If the open fails the database is opened read-only, as after
-    /// a failed recovery, and the error is returned. Returns what the open found.
-    pub fn reopen_as(&self, role: OpenRole) -> Result<OpenReport> {
-        let _one = self.recovering.lock();
+    /// After a failed reopen in place: the database opened read-only (reads go on; writes are refused with `why`),
+    /// or gone with the reason if even that fails.
+    fn read_only_fallback(&self, opts: Options, why: String) -> Live {
+        let ro = Options {
+            read_only: true,
+            replica: false,
+            ..opts
+        };
+        match open_inner(self.fs.clone(), &self.dir, ro) {
+            Ok((inner, _)) => {
+                inner.refuse(NotWritable::LogFailed(why));
+                Live::Open(inner)
+            }
+            Err(e2) => Live::Gone(format!("{why}; a read-only open also failed: {e2}")),
+        }
+    }
+
+    /// For a reopen in place (the caller holds `recovering`): refuses a halted database (the halt is evidence),
+    /// else closes the open one ([`Db::quiesce`]) and returns the cell, locked, to put the new one in.
+    fn close_unless_halted(&self) -> Result<parking_lot::RwLockWriteGuard<'_, Live>> {
         let old = match &*self.live.read() {
             Live::Open(i) => {
                 if let Some(h @ NotWritable::Halted(_)) = i.writability() {
@@ -1042,6 +1043,19 @@ impl Db {
         if let Some(old) = old {
             self.quiesce(&mut live, old)?;
         }
+        Ok(live)
+    }
+
+    /// Opens the database again in place in another role (an authority such as etcd changed it): the same steps
+    /// as a restart — WAL recovery, the startup integrity check (E-6), the Merkle store and index caught up from
+    /// the log — with the options of `role`. A replica that won an election becomes the writable primary of the
+    /// new term this way (its first act is to sign a checkpoint of that term); a primary whose term ended becomes
+    /// a replica. Callers wait while it runs, as for [`Db::recover_in_place`]. A halted database is refused (the
+    /// halt is evidence; only an operator clears it). If the open fails the database is opened read-only, as after
+    /// a failed recovery, and the error is returned. Returns what the open found.
+    pub fn reopen_as(&self, role: OpenRole) -> Result<OpenReport> {
+        let _one = self.recovering.lock();
+        let mut live = self.close_unless_halted()?;
         let mut opts = self.opts.lock().clone();
         opts.read_only = false;
         match role {
@@ -1069,18 +1083,7 @@ impl Db {
             Err(e) => {
                 let why = format!("opening the database again as {role:?} failed: {e}");
                 tracing::error!(reason = %why, "reopen failed");
-                let ro = Options {
-                    read_only: true,
-                    replica: false,
-                    ..opts
-                };
-                *live = match open_inner(self.fs.clone(), &self.dir, ro) {
-                    Ok((inner, _)) => {
-                        inner.refuse(NotWritable::LogFailed(why));
-                        Live::Open(inner)
-                    }
-                    Err(e2) => Live::Gone(format!("{why}; a read-only open also failed: {e2}")),
-                };
+                *live = self.read_only_fallback(opts, why);
                 Err(e)
             }
         }
@@ -1098,19 +1101,7 @@ impl Db {
                 "only a replica's log is cut in place".into(),
             ));
         }
-        let old = match &*self.live.read() {
-            Live::Open(i) => {
-                if let Some(h @ NotWritable::Halted(_)) = i.writability() {
-                    return Err(Error::RecoveryRefused(format!("the database is {h}")));
-                }
-                Some(i.clone())
-            }
-            Live::Gone(_) => None,
-        };
-        let mut live = self.live.write();
-        if let Some(old) = old {
-            self.quiesce(&mut live, old)?;
-        }
+        let mut live = self.close_unless_halted()?;
         let cut = truncate_after(self.fs.clone(), &self.dir, keep, &opts, &self.verifier);
         match open_inner(self.fs.clone(), &self.dir, opts.clone()) {
             Ok((inner, _)) => {

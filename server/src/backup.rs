@@ -75,8 +75,26 @@ fn finish(tmp: &Path, out: &Path, manifest: &Manifest) -> Result<(), String> {
     Ok(())
 }
 
-fn tool() -> String {
-    format!("aerodb {}", env!("CARGO_PKG_VERSION"))
+/// The manifest of a backup bound to `cut`, made now by this tool.
+fn manifest(
+    cut: &SignedCheckpoint,
+    verifier: &VerifierKey,
+    head: [u8; 32],
+    segment_bytes: u64,
+    files: Vec<FileEntry>,
+) -> Manifest {
+    Manifest {
+        origin: cut.checkpoint.origin.clone(),
+        verifier: verifier.to_string(),
+        size: cut.checkpoint.size,
+        head,
+        epoch: cut.checkpoint.epoch.0,
+        segment_bytes,
+        created_ms: now_ms(),
+        tool: format!("aerodb {}", env!("CARGO_PKG_VERSION")),
+        files,
+        checkpoint: cut.note.clone(),
+    }
 }
 
 /// An offline backup of the stopped node's data directory `data`, bound to its newest checkpoint. `progress`
@@ -125,18 +143,7 @@ pub fn offline(
             sha256: sum,
         });
     }
-    let manifest = Manifest {
-        origin: cut.checkpoint.origin.clone(),
-        verifier: verifier.to_string(),
-        size: cut.checkpoint.size,
-        head,
-        epoch: cut.checkpoint.epoch.0,
-        segment_bytes,
-        created_ms: now_ms(),
-        tool: tool(),
-        files,
-        checkpoint: cut.note.clone(),
-    };
+    let manifest = manifest(&cut, &verifier, head, segment_bytes, files);
     finish(&tmp, out, &manifest)?;
     Ok(Made {
         manifest,
@@ -261,18 +268,7 @@ pub async fn online(
             .try_into()
             .map_err(|_| "the node's chain head is not 32 bytes".to_string())?
     };
-    let manifest = Manifest {
-        origin: cut.checkpoint.origin.clone(),
-        verifier: verifier.to_string(),
-        size: cut.checkpoint.size,
-        head,
-        epoch: cut.checkpoint.epoch.0,
-        segment_bytes: start.segment_bytes,
-        created_ms: now_ms(),
-        tool: tool(),
-        files,
-        checkpoint: cut.note.clone(),
-    };
+    let manifest = manifest(&cut, &verifier, head, start.segment_bytes, files);
     finish(&tmp, out, &manifest)?;
     Ok(Made {
         manifest,

@@ -203,12 +203,7 @@ pub async fn supervise(
             }
             Err(e) => {
                 tracing::warn!(retry_in_ms = backoff.as_millis() as u64, "etcd lease: {e}");
-                *s.node
-                    .metrics
-                    .lock_acquire_failures
-                    .lock()
-                    .entry("error")
-                    .or_default() += 1;
+                s.failed("error");
                 tokio::select! {
                     () = tokio::time::sleep(backoff) => {}
                     () = stopped(&mut stop) => return s.finish(None).await,
@@ -319,6 +314,17 @@ impl Supervisor {
         true
     }
 
+    /// Counts a failed attempt to take write authority (`contended` or `error`).
+    fn failed(&self, reason: &'static str) {
+        *self
+            .node
+            .metrics
+            .lock_acquire_failures
+            .lock()
+            .entry(reason)
+            .or_default() += 1;
+    }
+
     fn halted(&self) -> bool {
         self.node.is_halted()
     }
@@ -426,37 +432,19 @@ impl Supervisor {
         let key = match won {
             Ok(Ok(k)) => k,
             Ok(Err(e)) => {
-                *self
-                    .node
-                    .metrics
-                    .lock_acquire_failures
-                    .lock()
-                    .entry("error")
-                    .or_default() += 1;
+                self.failed("error");
                 tracing::warn!("campaign: {e}");
                 return;
             }
             Err(_) => {
                 // Withdrawn (etcd deletes the key of a cancelled campaign): someone else leads; follow it next.
-                *self
-                    .node
-                    .metrics
-                    .lock_acquire_failures
-                    .lock()
-                    .entry("contended")
-                    .or_default() += 1;
+                self.failed("contended");
                 return;
             }
         };
         // Won. Check the rule again: a tip published meanwhile may be higher; then give the term up unused.
         if !self.rule_holds().await {
-            *self
-                .node
-                .metrics
-                .lock_acquire_failures
-                .lock()
-                .entry("contended")
-                .or_default() += 1;
+            self.failed("contended");
             let _ = self.etcd.resign(&key).await;
             return;
         }
@@ -469,13 +457,7 @@ impl Supervisor {
             Some(Ok(_)) => {}
             Some(Err(e)) => {
                 tracing::error!(epoch, "won the election but cannot take the term: {e}; resigning");
-                *self
-                    .node
-                    .metrics
-                    .lock_acquire_failures
-                    .lock()
-                    .entry("error")
-                    .or_default() += 1;
+                self.failed("error");
                 let _ = self.etcd.resign(&key).await;
                 return;
             }

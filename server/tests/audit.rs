@@ -6,24 +6,11 @@
 
 mod common;
 
-use std::process::Command;
-
 use aerodb_engine::audit::Bundle;
 use common::*;
 
 fn aerodb(args: &[&str]) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_aerodb"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
+    cli(args)
 }
 
 #[test]

@@ -19,16 +19,7 @@ use std::{
 use common::*;
 
 fn aerodb(args: &[&str]) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_aerodb"))
-        .args(args)
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
+    cli(args)
 }
 
 fn put(h: std::net::SocketAddr, key: &str, value: &str) -> u64 {

@@ -530,19 +530,7 @@ fn synchronous_mode_waits_for_a_replica() {
 }
 
 fn aerodb_admin(args: &[&str]) -> (bool, String) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_aerodb"))
-        .arg("admin")
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
+    cli(&[&["admin"], args].concat())
 }
 
 fn hash32(hex: &str) -> [u8; 32] {

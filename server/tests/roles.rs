@@ -10,8 +10,6 @@
 
 mod common;
 
-use std::process::Command;
-
 use aerodb_replication::{
     role::{HaltReason, Observation},
     state_file::RoleFile,
@@ -19,19 +17,7 @@ use aerodb_replication::{
 use common::*;
 
 fn admin(args: &[&str]) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_aerodb"))
-        .arg("admin")
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
+    cli(&[&["admin"], args].concat())
 }
 
 #[test]

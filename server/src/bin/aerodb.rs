@@ -1014,6 +1014,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The `authorization` header value for `--token`, if one was given.
+fn bearer(cli: &Cli) -> anyhow::Result<Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>> {
+    cli.token
+        .as_ref()
+        .map(|t| format!("Bearer {t}").parse())
+        .transpose()
+        .map_err(|_| anyhow::anyhow!("the token is not a valid header value"))
+}
+
 /// `aerodb audit export` and `aerodb audit verify`.
 async fn audit_cmd(cli: &Cli, cmd: &AuditCmd) -> anyhow::Result<()> {
     let j = cli.json;
@@ -1035,12 +1044,7 @@ async fn audit_cmd(cli: &Cli, cmd: &AuditCmd) -> anyhow::Result<()> {
                 })
                 .transpose()?;
             let c = client(cli, None).await?;
-            let auth = cli
-                .token
-                .as_ref()
-                .map(|t| format!("Bearer {t}").parse())
-                .transpose()
-                .map_err(|_| anyhow::anyhow!("the token is not a valid header value"))?;
+            let auth = bearer(cli)?;
             let bar = progress(j, 0, "exporting records with proofs");
             let b2 = bar.clone();
             let bundle = aerodb_server::audit::export(
@@ -1179,12 +1183,7 @@ async fn backup_cmd(
         }
         None => {
             let c = client(cli, None).await?;
-            let auth = cli
-                .token
-                .as_ref()
-                .map(|t| format!("Bearer {t}").parse())
-                .transpose()
-                .map_err(|_| anyhow::anyhow!("the token is not a valid header value"))?;
+            let auth = bearer(cli)?;
             aerodb_server::backup::online(&mut c.raw(), auth, out, &mut set_total, &mut step).await
         }
     }

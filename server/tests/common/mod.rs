@@ -49,6 +49,22 @@ pub fn write_tokens(dir: &Path) -> PathBuf {
     p
 }
 
+/// Runs the `aerodb` CLI with `args`: whether it succeeded, and what it printed (stdout, then stderr).
+pub fn cli(args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_aerodb"))
+        .args(args)
+        .output()
+        .expect("run aerodb");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
 /// Starts the server in `dir` expecting it to refuse to start; returns what it printed.
 pub fn refuse(dir: &Path, extra: &[&str]) -> String {
     let tokens = write_tokens(dir);
