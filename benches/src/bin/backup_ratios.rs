@@ -4,7 +4,8 @@
 //! the baseline (`cp -r DATA COPY` then `sha256sum` of every file of the copy); an offline backup bound to the
 //! newest checkpoint (every file written, synced and hashed into the manifest); and a restore with full
 //! verification (every checksum while copying, then the open's startup integrity check over every record, chain
-//! link and checkpoint, the Merkle store and index built). Ratios are of median times on the same log.
+//! link and checkpoint, the Merkle store and index built); and an online backup over gRPC from a node serving
+//! the same log in this process. Ratios are of median times on the same log.
 //!
 //! Usage: `cargo run -p aerodb-benches --release --bin backup-ratios -- [--records N] [--rounds N] [--quick]`
 
@@ -20,6 +21,8 @@ use bytes::Bytes;
 
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+const TOKEN: &str = "bench-admin-token-0123456789";
 
 fn dir_bytes(p: &Path) -> u64 {
     std::fs::read_dir(p).map_or(0, |rd| {
@@ -87,7 +90,22 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         t.elapsed().as_secs_f64()
     );
     let key = data.join(aerodb_engine::KEY_FILE);
-    let (mut base, mut backup, mut restore) = (Vec::new(), Vec::new(), Vec::new());
+    // The same log served by a node in this process, for the online backup over gRPC.
+    let tokens = root.join("tokens.toml");
+    aerodb_server::auth::write_secret_file(
+        &tokens,
+        format!("[[tokens]]\nname = \"bench\"\nrole = \"admin\"\ntoken = \"{TOKEN}\"\n"),
+    )?;
+    let config = aerodb_server::config::Config {
+        checkpoint_interval: Duration::from_secs(3600),
+        ..aerodb_server::config::Config::local(data.clone(), tokens)
+    };
+    let rt = aerodb_server::runtime(&config)?;
+    let node = aerodb_server::open_node(config)?;
+    let running = aerodb_server::Running::start(&rt, node)?;
+    let grpc = format!("http://{}", running.bound.grpc);
+    let auth: tonic::metadata::MetadataValue<tonic::metadata::Ascii> = format!("Bearer {TOKEN}").parse()?;
+    let (mut base, mut backup, mut restore, mut online) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for r in 0..rounds {
         let copy = root.join("copy");
         let t = Instant::now();
@@ -122,12 +140,25 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         std::fs::remove_dir_all(&out)?;
         std::fs::remove_dir_all(&target)?;
+
+        let t = Instant::now();
+        rt.block_on(async {
+            let mut client = aerodb_proto::v1::ledger_client::LedgerClient::connect(grpc.clone())
+                .await?
+                .max_decoding_message_size(4 << 20);
+            aerodb_server::backup::online(&mut client, Some(auth.clone()), &out, &mut |_| {}, &mut |_| {})
+                .await
+                .map_err(Box::<dyn std::error::Error>::from)
+        })?;
+        online.push(t.elapsed());
+        std::fs::remove_dir_all(&out)?;
         eprintln!(
-            "round {}/{rounds}: baseline {:.2} s, backup {:.2} s, restore {:.2} s",
+            "round {}/{rounds}: baseline {:.2} s, backup {:.2} s, restore {:.2} s, online backup {:.2} s",
             r + 1,
             base[r as usize].as_secs_f64(),
             backup[r as usize].as_secs_f64(),
-            restore[r as usize].as_secs_f64()
+            restore[r as usize].as_secs_f64(),
+            online[r as usize].as_secs_f64()
         );
     }
     let secs = |v: &[Duration]| v.iter().map(Duration::as_secs_f64).collect::<Vec<_>>();
@@ -146,6 +177,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ("baseline: cp -r + sha256sum", &base),
         ("aerodb backup (offline)", &backup),
         ("aerodb restore (full verification)", &restore),
+        ("aerodb backup (online, gRPC from a serving node)", &online),
     ] {
         let (m, lo, hi) = median_min_max(&secs(v));
         println!(
@@ -154,6 +186,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             b50 / m
         );
     }
+    running.stop(&rt)?;
     std::fs::remove_dir_all(&root)?;
     Ok(())
 }
