@@ -273,7 +273,18 @@ impl Supervisor {
                 .set_gate(LeaseGate::Until(proven.unwrap_or_else(Instant::now)));
         }
         if self.halted() {
+            // A halted node serves nothing: it follows nobody and, if it led, gives the term up at once so the
+            // election can go on without waiting for its lease (which it keeps alive while it runs).
             self.stop_following().await;
+            if let Mode::Leading { key } = std::mem::replace(&mut self.mode, Mode::Idle) {
+                self.node
+                    .fence
+                    .set_gate(LeaseGate::Closed("this node is halted".into()));
+                if let Err(e) = self.etcd.resign(&key).await {
+                    tracing::warn!("resigning the term of a halted node: {e}");
+                    self.mode = Mode::Leading { key };
+                }
+            }
             return true;
         }
         let leader = match self.etcd.leader(self.cfg.election.as_bytes()).await {
