@@ -68,7 +68,8 @@ pub struct Options {
     /// versions (one per key written plus one per record). Bounds the index's heap use; reopening replays at
     /// most about this many records' keys.
     pub index_flush_versions: u64,
-    /// WAL options (segment size, record size limit, durability mode).
+    /// WAL options (segment size, record size limit, durability mode). The engine always writes its segments
+    /// without a segment digest (`segment_digest` is ignored): the record hash chain covers every frame.
     pub wal: aerodb_wal::Options,
 }
 
@@ -1538,6 +1539,10 @@ fn open_inner(fs: Arc<dyn Fs>, dir: &Path, opts: Options) -> Result<(Arc<Inner>,
         durable_mark: CommitId(durable_mark),
         // A read-only database changes no file, the log included (a torn tail is reported, not cut).
         read_only: opts.wal.read_only || opts.read_only,
+        // The record hash chain commits to every frame; a segment digest would hash every byte a second time.
+        // Always off, whatever the caller's WAL options say, so that a primary's and a replica's segments stay
+        // byte-identical.
+        segment_digest: false,
         ..opts.wal.clone()
     };
     let t = Instant::now();

@@ -222,6 +222,71 @@ fn sealed_segment_digest_catches_what_crcs_cannot() {
 }
 
 #[test]
+fn segments_written_without_a_digest_say_so_and_digests_written_are_still_checked() {
+    // The engine writes its segments without a digest (its hash chain covers them). A log whose first segments
+    // were written so and whose later ones carry digests opens, verifies, and still reports a damaged segment
+    // that carries one.
+    let fs: Arc<dyn Fs> = Arc::new(MemFs::new());
+    let dir = Path::new(MEM_DIR);
+    let no_digest = aerodb_wal::Options {
+        segment_digest: false,
+        ..small_opts()
+    };
+    let wal = Wal::open(fs.clone(), dir, no_digest.clone()).unwrap();
+    for i in 1..=60 {
+        wal.append(Epoch(1), &body(i, 11)).unwrap();
+    }
+    drop(wal);
+    let wal = Wal::open(fs.clone(), dir, small_opts()).unwrap();
+    for i in 61..=120 {
+        wal.append(Epoch(1), &body(i, 11)).unwrap();
+    }
+    wal.verify().unwrap();
+    drop(wal);
+    let mut names: Vec<String> = fs
+        .list_dir(dir)
+        .unwrap()
+        .into_iter()
+        .filter(|n| n.ends_with(".seg"))
+        .collect();
+    names.sort();
+    let footers: Vec<_> = names
+        .iter()
+        .filter_map(|n| {
+            let b = read(&*fs, &dir.join(n));
+            aerodb_wal::format::SegmentFooter::decode(&b[b.len() - aerodb_wal::format::FOOTER_LEN..])
+        })
+        .collect();
+    assert!(footers.len() >= 2, "both runs sealed segments: {footers:?}");
+    assert!(footers.first().unwrap().sha256.is_none(), "{footers:?}");
+    assert!(footers.last().unwrap().sha256.is_some(), "{footers:?}");
+    let opts = aerodb_wal::Options {
+        verify_digests_on_open: true,
+        ..small_opts()
+    };
+    drop(Wal::open(fs.clone(), dir, opts.clone()).unwrap());
+    // Damage a frame of the last sealed segment, which has a digest, keeping its CRCs valid.
+    let sealed = footers.len() - 1;
+    let path = dir.join(&names[sealed]);
+    let bytes = read(&*fs, &path);
+    let offs = frame_offsets(&bytes);
+    let h = decode_frame_header(&bytes[offs[0]..], 1 << 20).unwrap();
+    let mut frame = Vec::new();
+    aerodb_wal::format::encode_frame_into(&mut frame, h.commit_id, h.epoch, &vec![0xAB; h.body_len as usize]);
+    let mut damaged = bytes.clone();
+    damaged[offs[0]..offs[0] + frame.len()].copy_from_slice(&frame);
+    write(&*fs, &path, &damaged);
+    let err = Wal::open(fs, dir, opts).unwrap_err();
+    assert!(
+        matches!(
+            err.corruption().map(|c| &c.kind),
+            Some(CorruptionKind::SegmentDigest)
+        ),
+        "{err}"
+    );
+}
+
+#[test]
 fn spliced_frames_are_rejected() {
     // T4 at WAL level: a valid frame copied from another position or segment breaks CommitId continuity.
     let fs: Arc<dyn Fs> = Arc::new(MemFs::new());

@@ -353,8 +353,9 @@ pub struct SegmentFooter {
     pub data_end: u64,
     /// Epoch of the last frame.
     pub last_epoch: Epoch,
-    /// SHA-256 of bytes `[0, data_end)` of the segment file.
-    pub sha256: [u8; 32],
+    /// SHA-256 of bytes `[0, data_end)` of the segment file, or `None` for a log written without segment
+    /// digests (`Options::segment_digest` off: flag bit 1, the field's bytes zero).
+    pub sha256: Option<[u8; 32]>,
     /// The next segment existed, durably and with frames, before this seal was written (every seal since the
     /// roll order changed; older logs have `false`). A sealed **last** segment marked so means its successor
     /// is missing: recovery refuses it.
@@ -363,6 +364,8 @@ pub struct SegmentFooter {
 
 /// The `flags` bit of a footer written after its successor segment was durable.
 const FOOTER_ROLLED: u32 = 1;
+/// The `flags` bit of a footer without a segment digest (its `sha256` bytes are zero).
+const FOOTER_NO_DIGEST: u32 = 2;
 
 impl SegmentFooter {
     /// Encodes the footer into its fixed 80 bytes.
@@ -374,8 +377,12 @@ impl SegmentFooter {
         put_u64(&mut b, SF_FRAME_COUNT, self.frame_count);
         put_u64(&mut b, SF_DATA_END, self.data_end);
         put_u64(&mut b, SF_LAST_EPOCH, self.last_epoch.0);
-        b[SF_SHA256..SF_SHA256 + 32].copy_from_slice(&self.sha256);
-        put_u32(&mut b, SF_FLAGS, if self.rolled { FOOTER_ROLLED } else { 0 });
+        if let Some(d) = &self.sha256 {
+            b[SF_SHA256..SF_SHA256 + 32].copy_from_slice(d);
+        }
+        let flags = if self.rolled { FOOTER_ROLLED } else { 0 }
+            | if self.sha256.is_none() { FOOTER_NO_DIGEST } else { 0 };
+        put_u32(&mut b, SF_FLAGS, flags);
         let crc = crc32fast::hash(&b[..SF_CRC]);
         put_u32(&mut b, SF_CRC, crc);
         b
@@ -387,18 +394,27 @@ impl SegmentFooter {
         if b.len() < FOOTER_LEN || b[SF_MAGIC..SF_MAGIC + 8] != FOOTER_MAGIC {
             return None;
         }
-        if crc32fast::hash(&b[..SF_CRC]) != u32_at(b, SF_CRC) || u32_at(b, SF_FLAGS) & !FOOTER_ROLLED != 0 {
+        let flags = u32_at(b, SF_FLAGS);
+        if crc32fast::hash(&b[..SF_CRC]) != u32_at(b, SF_CRC) || flags & !(FOOTER_ROLLED | FOOTER_NO_DIGEST) != 0 {
             return None;
         }
-        let mut sha256 = [0u8; 32];
-        sha256.copy_from_slice(&b[SF_SHA256..SF_SHA256 + 32]);
+        let mut digest = [0u8; 32];
+        digest.copy_from_slice(&b[SF_SHA256..SF_SHA256 + 32]);
+        let sha256 = if flags & FOOTER_NO_DIGEST == 0 {
+            Some(digest)
+        } else if digest == [0u8; 32] {
+            None
+        } else {
+            // Flagged as digest-less but carrying one: not a footer this code wrote.
+            return None;
+        };
         Some(SegmentFooter {
             last_commit_id: CommitId(u64_at(b, SF_LAST_COMMIT)),
             frame_count: u64_at(b, SF_FRAME_COUNT),
             data_end: u64_at(b, SF_DATA_END),
             last_epoch: Epoch(u64_at(b, SF_LAST_EPOCH)),
             sha256,
-            rolled: u32_at(b, SF_FLAGS) & FOOTER_ROLLED != 0,
+            rolled: flags & FOOTER_ROLLED != 0,
         })
     }
 }
@@ -474,17 +490,25 @@ mod tests {
             frame_count: 5,
             data_end: 999,
             last_epoch: Epoch(4),
-            sha256: [9u8; 32],
+            sha256: Some([9u8; 32]),
             rolled: true,
         };
-        let b = f.encode();
-        assert_eq!(SegmentFooter::decode(&b), Some(f));
         let legacy = SegmentFooter { rolled: false, ..f };
-        assert_eq!(SegmentFooter::decode(&legacy.encode()), Some(legacy));
-        for i in 0..FOOTER_LEN {
-            let mut c = b;
-            c[i] ^= 1;
-            assert_eq!(SegmentFooter::decode(&c), None, "flip at byte {i} accepted");
+        let no_digest = SegmentFooter { sha256: None, ..f };
+        for f in [f, legacy, no_digest] {
+            let b = f.encode();
+            assert_eq!(SegmentFooter::decode(&b), Some(f));
+            for i in 0..FOOTER_LEN {
+                let mut c = b;
+                c[i] ^= 1;
+                assert_eq!(SegmentFooter::decode(&c), None, "flip at byte {i} of {f:?} accepted");
+            }
         }
+        // A digest-less footer whose digest bytes are not zero is refused even with a matching CRC.
+        let mut c = no_digest.encode();
+        c[SF_SHA256] = 1;
+        let crc = crc32fast::hash(&c[..SF_CRC]);
+        put_u32(&mut c, SF_CRC, crc);
+        assert_eq!(SegmentFooter::decode(&c), None);
     }
 }

@@ -68,6 +68,12 @@ pub struct Options {
     pub background_preallocation: bool,
     /// Check every sealed segment's SHA-256 against its footer when opening (costs one hash pass over the log).
     pub verify_digests_on_open: bool,
+    /// Keep a running SHA-256 of each segment and write it into the footer when the segment is sealed. Default
+    /// on. The engine turns it off: its records carry a hash chain (every record commits to the one before, so
+    /// the chain head commits to every frame of every segment), which the segment digest would only repeat at
+    /// ~6 SHA-256 blocks per 384-byte frame on the flush path. A footer written without it says so (flag bit
+    /// 1); verification skips digests that were never written, whatever this option says now.
+    pub segment_digest: bool,
     /// CommitIds up to this one are known durable by a higher layer (e.g. covered by a signed checkpoint);
     /// recovery reports corruption rather than truncate them.
     pub durable_mark: CommitId,
@@ -85,6 +91,7 @@ impl Default for Options {
             durability: Durability::Always,
             background_preallocation: true,
             verify_digests_on_open: false,
+            segment_digest: true,
             durable_mark: CommitId(0),
             read_only: false,
         }
@@ -323,7 +330,8 @@ struct Active {
     id: SegmentId,
     path: PathBuf,
     file: Arc<dyn FsFile>,
-    hasher: Sha256,
+    /// The running segment digest, when [`Options::segment_digest`] is on.
+    hasher: Option<Sha256>,
     data_end: u64,
     frames: u64,
     last_commit: CommitId,
@@ -1150,7 +1158,9 @@ impl Shared {
                     .write_all_at(&chunk.bytes, chunk.offset)
                     .map_err(|e| Failure::new("write", active.path.clone(), &e))?;
             }
-            active.hasher.update(&chunk.bytes);
+            if let Some(h) = &mut active.hasher {
+                h.update(&chunk.bytes);
+            }
             active.data_end += chunk.bytes.len() as u64;
             active.frames += chunk.frames;
             active.last_commit = chunk.last;
@@ -1224,7 +1234,7 @@ impl Shared {
             frame_count: a.frames,
             data_end: a.data_end,
             last_epoch: a.last_epoch,
-            sha256: a.hasher.clone().finalize().into(),
+            sha256: a.hasher.clone().map(|h| h.finalize().into()),
             rolled: true,
         };
         let fail = |op, e: &std::io::Error| Failure::new(op, a.path.clone(), e);
@@ -1294,8 +1304,11 @@ impl Shared {
         if self.opts.background_preallocation {
             self.request_prealloc(id.next());
         }
-        let mut hasher = Sha256::new();
-        hasher.update(hb);
+        let hasher = self.opts.segment_digest.then(|| {
+            let mut h = Sha256::new();
+            h.update(hb);
+            h
+        });
         let file: Arc<dyn FsFile> = Arc::from(file);
         Ok(Active {
             id,
@@ -1626,7 +1639,7 @@ fn recover(fs: &dyn Fs, dir: &Path, opts: &Options) -> Result<(Recovered, Recove
         }
         // Everything recovery needs from the last segment's bytes is taken now; its map is dropped before any
         // repair writes to or truncates the file.
-        let prefix_hasher = is_last.then(|| {
+        let prefix_hasher = (is_last && opts.segment_digest).then(|| {
             let mut h = Sha256::new();
             h.update(&bytes[..usize::try_from(scan.data_end).unwrap_or(0)]);
             h
@@ -1740,7 +1753,7 @@ fn recover(fs: &dyn Fs, dir: &Path, opts: &Options) -> Result<(Recovered, Recove
                     );
                     report.torn_tail = Some((id, offset, garbage_end - offset));
                 }
-                let hasher = prefix_hasher.expect("the active segment is the last one");
+                let hasher = prefix_hasher;
                 let sparse: SparseIndex = Arc::new(RwLock::new(scan.sparse.clone()));
                 let file: Arc<dyn FsFile> = Arc::from(file);
                 views.push(Arc::new(SegView {
