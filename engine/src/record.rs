@@ -632,6 +632,41 @@ pub fn view(b: &[u8]) -> Result<RecordView<'_>, RecordError> {
     })
 }
 
+/// What a record wrote to one key (see [`write_to`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum KeyWrite {
+    /// A put of this value (a slice of the record's bytes).
+    Put(Bytes),
+    /// A delete.
+    Delete,
+    /// The record is a batch that does not write the key.
+    Absent,
+    /// The record is an event.
+    Event,
+}
+
+/// What the record `b` wrote to `key`, validated like [`decode`] but without decoding the other operations or
+/// copying anything: the point-read path.
+pub(crate) fn write_to(b: &Bytes, key: &[u8]) -> Result<KeyWrite, RecordError> {
+    let v = view(b)?;
+    if !v.is_batch {
+        return Ok(KeyWrite::Event);
+    }
+    let body_at = RECORD_HEAD_LEN + v.tenant.len();
+    let mut found = KeyWrite::Absent;
+    parse_ops(v.body, |kind, k, value, _, value_at| {
+        if k == key {
+            found = if kind == OP_DELETE {
+                KeyWrite::Delete
+            } else {
+                let at = body_at + value_at;
+                KeyWrite::Put(b.slice(at..at + value.len()))
+            };
+        }
+    })?;
+    Ok(found)
+}
+
 impl<'a> RecordView<'a> {
     /// Calls `f(key, is_delete)` for every write of a batch (nothing for an event).
     pub fn for_each_write(&self, mut f: impl FnMut(&'a [u8], bool)) {
@@ -678,6 +713,27 @@ mod tests {
             &r.prev_hash,
         );
         Bytes::from(out)
+    }
+
+    #[test]
+    fn write_to_finds_a_key_without_decoding_the_rest() {
+        let b = enc(&sample());
+        assert_eq!(write_to(&b, b"k1"), Ok(KeyWrite::Put(Bytes::from_static(b"v1"))));
+        assert_eq!(write_to(&b, b"k2"), Ok(KeyWrite::Delete));
+        assert_eq!(write_to(&b, b"k3"), Ok(KeyWrite::Absent));
+        let event = Record {
+            payload: Payload::Event(Bytes::from_static(b"e")),
+            ..sample()
+        };
+        assert_eq!(write_to(&enc(&event), b"k1"), Ok(KeyWrite::Event));
+        // Validated like `decode`: a damaged batch is an error, not a miss.
+        let mut bad = b.to_vec();
+        let ops_at = RECORD_HEAD_LEN + "acme".len();
+        bad[ops_at] = 0;
+        bad[ops_at + 1] = 0;
+        bad[ops_at + 2] = 0;
+        bad[ops_at + 3] = 0;
+        assert!(write_to(&Bytes::from(bad), b"k1").is_err());
     }
 
     #[test]

@@ -381,7 +381,11 @@ impl SegmentFooter {
             b[SF_SHA256..SF_SHA256 + 32].copy_from_slice(d);
         }
         let flags = if self.rolled { FOOTER_ROLLED } else { 0 }
-            | if self.sha256.is_none() { FOOTER_NO_DIGEST } else { 0 };
+            | if self.sha256.is_none() {
+                FOOTER_NO_DIGEST
+            } else {
+                0
+            };
         put_u32(&mut b, SF_FLAGS, flags);
         let crc = crc32fast::hash(&b[..SF_CRC]);
         put_u32(&mut b, SF_CRC, crc);
@@ -395,7 +399,9 @@ impl SegmentFooter {
             return None;
         }
         let flags = u32_at(b, SF_FLAGS);
-        if crc32fast::hash(&b[..SF_CRC]) != u32_at(b, SF_CRC) || flags & !(FOOTER_ROLLED | FOOTER_NO_DIGEST) != 0 {
+        if crc32fast::hash(&b[..SF_CRC]) != u32_at(b, SF_CRC)
+            || flags & !(FOOTER_ROLLED | FOOTER_NO_DIGEST) != 0
+        {
             return None;
         }
         let mut digest = [0u8; 32];
@@ -501,7 +507,11 @@ mod tests {
             for i in 0..FOOTER_LEN {
                 let mut c = b;
                 c[i] ^= 1;
-                assert_eq!(SegmentFooter::decode(&c), None, "flip at byte {i} of {f:?} accepted");
+                assert_eq!(
+                    SegmentFooter::decode(&c),
+                    None,
+                    "flip at byte {i} of {f:?} accepted"
+                );
             }
         }
         // A digest-less footer whose digest bytes are not zero is refused even with a matching CRC.

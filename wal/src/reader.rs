@@ -2,7 +2,8 @@
 //!
 //! A reader works on a snapshot of the segment list taken when it was created and sees frames up to the durable
 //! mark of that moment. It seeks through each segment's sparse index (a point every
-//! [`crate::recovery::SPARSE_EVERY`] CommitIds), then reads sealed segments through their memory map and the
+//! [`crate::recovery::SPARSE_EVERY`] CommitIds in a sealed segment, every frame in the active one, so a point
+//! read of a recent record `pread`s just that frame), then reads sealed segments through their memory map and the
 //! active segment through bounded `pread` windows (never the whole segment). Every frame is CRC-checked and its
 //! CommitId checked before it is returned.
 
@@ -45,6 +46,9 @@ impl Frame {
 const WINDOW_BYTES: u64 = 1 << 20;
 /// Bytes read at a time for one random read: enough for the walk from a sparse point over ~32 small frames.
 const RANDOM_WINDOW_BYTES: u64 = 16 << 10;
+/// Bytes read for one random read whose frame offset is indexed (every frame of the active segment): a small
+/// frame in one `pread`; a larger one is read again at its exact length.
+const EXACT_WINDOW_BYTES: u64 = 512;
 
 /// A readable range of one segment: the whole map of a sealed segment, or a `pread` window of the active one.
 #[derive(Debug)]
@@ -287,6 +291,10 @@ impl Wal {
             ..Window::default()
         };
         let offset = self.shared.locate(&views[i], commit_id, &mut window)?;
+        if window.bytes.is_empty() {
+            // Located without a walk (the frame's own index point): read just the frame.
+            window.chunk = EXACT_WINDOW_BYTES;
+        }
         self.shared
             .frame_at(&views[i], offset, commit_id, &mut window)
             .map(Some)

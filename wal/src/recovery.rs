@@ -61,7 +61,7 @@ pub struct SegmentScan {
     /// How the frame area ends.
     pub end: SegmentEnd,
     /// Sparse index: `(CommitId, offset)` of the first frame and of every frame whose CommitId is a multiple of
-    /// [`SPARSE_EVERY`].
+    /// [`SPARSE_EVERY`]; of every frame when the segment was scanned as the last one.
     pub sparse: Vec<(CommitId, u64)>,
 }
 
@@ -177,7 +177,8 @@ pub fn scan_segment(bytes: &[u8], expect: &Expect) -> Result<SegmentScan, Corrup
                         },
                     ));
                 }
-                if is_sparse_point(h.commit_id, pos as u64) {
+                // The last segment, which the log goes on appending to, indexes every frame (see `Wal`).
+                if expect.is_last || is_sparse_point(h.commit_id, pos as u64) {
                     sparse.push((h.commit_id, pos as u64));
                 }
                 epoch = h.epoch;

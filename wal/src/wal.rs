@@ -503,9 +503,9 @@ impl FrameSink<'_> {
             });
         }
         let chunk = s.pending.last_mut().expect("a chunk was just ensured");
-        if crate::recovery::is_sparse_point(id, s.tail_offset) {
-            chunk.sparse.push((id, s.tail_offset));
-        }
+        // The active segment indexes every frame, so a point read of a recent record goes straight to it; the
+        // index is thinned to the sparse points when the segment is sealed (see `seal`).
+        chunk.sparse.push((id, s.tail_offset));
         chunk
             .bytes
             .extend_from_slice(&encode_frame_header(id, self.epoch, body));
@@ -1251,6 +1251,10 @@ impl Shared {
             .set_len(a.data_end + FOOTER_LEN as u64)
             .map_err(|e| fail("truncate sealed segment", &e))?;
         a.file.sync_all().map_err(|e| fail("fsync sealed segment", &e))?;
+        // Sealed segments keep only the sparse points (the dense index served reads while it was active).
+        a.sparse
+            .write()
+            .retain(|&(c, o)| crate::recovery::is_sparse_point(c, o));
         self.publish_view(&a, true);
         Ok(())
     }
@@ -1716,7 +1720,13 @@ fn recover(fs: &dyn Fs, dir: &Path, opts: &Options) -> Result<(Recovered, Recove
                     } else {
                         OnceLock::from(bytes.clone())
                     },
-                    sparse: Arc::new(RwLock::new(scan.sparse.clone())),
+                    sparse: Arc::new(RwLock::new(
+                        scan.sparse
+                            .iter()
+                            .copied()
+                            .filter(|&(c, o)| crate::recovery::is_sparse_point(c, o))
+                            .collect(),
+                    )),
                 }));
                 tail_segment = id.next();
                 tail_offset = SEGMENT_HEADER_LEN as u64;
