@@ -192,6 +192,9 @@ pub(crate) struct SegView {
 /// Sparse `(CommitId, offset)` points of one segment (see [`crate::recovery::SPARSE_EVERY`]).
 pub(crate) type SparseIndex = Arc<RwLock<Vec<(CommitId, u64)>>>;
 
+/// A written chunk's emptied buffers (frame bytes, index points), kept for the next chunk.
+type Spare = (Vec<u8>, Vec<(CommitId, u64)>);
+
 /// A consecutive run of encoded frames waiting to be written to one segment.
 #[derive(Debug)]
 struct Chunk {
@@ -224,7 +227,7 @@ struct State {
     durable: CommitId,
     failed: Option<Arc<Failure>>,
     closed: bool,
-    spare: Vec<Vec<u8>>,
+    spare: Vec<Spare>,
     /// Appenders parked until a flush covers their CommitId.
     waiters: Vec<Waiter>,
     /// Reused buffer for released waiters.
@@ -489,7 +492,7 @@ impl FrameSink<'_> {
         let id = s.next_commit;
         let needs_new_chunk = s.pending.last().is_none_or(|c| c.segment != s.tail_segment);
         if needs_new_chunk {
-            let bytes = s.spare.pop().unwrap_or_default();
+            let (bytes, sparse) = s.spare.pop().unwrap_or_default();
             s.pending.push(Chunk {
                 segment: s.tail_segment,
                 offset: s.tail_offset,
@@ -499,7 +502,7 @@ impl FrameSink<'_> {
                 last_epoch: self.epoch,
                 frames: 0,
                 bytes,
-                sparse: Vec::new(),
+                sparse,
             });
         }
         let chunk = s.pending.last_mut().expect("a chunk was just ensured");
@@ -1118,7 +1121,7 @@ impl Shared {
 
     /// Writes the chunks, rolling segments as they say, then syncs per the durability mode. Returns the last
     /// CommitId written and the emptied buffers for reuse.
-    fn flush(&self, chunks: Vec<Chunk>) -> Result<(CommitId, Vec<Vec<u8>>), Failure> {
+    fn flush(&self, chunks: Vec<Chunk>) -> Result<(CommitId, Vec<Spare>), Failure> {
         let mut io = self.io.lock();
         let mut last = CommitId(0);
         let mut spare = Vec::with_capacity(chunks.len());
@@ -1170,7 +1173,7 @@ impl Shared {
             bytes += chunk.bytes.len() as u64;
             active.sparse.write().append(&mut chunk.sparse);
             chunk.bytes.clear();
-            spare.push(chunk.bytes);
+            spare.push((chunk.bytes, chunk.sparse));
         }
         let mut fsync_micros = None;
         if let Some(active) = io.active.as_ref() {

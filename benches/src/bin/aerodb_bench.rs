@@ -775,11 +775,38 @@ fn machine() -> String {
     format!("{cores} cores ({cpu}), {mem} GiB RAM")
 }
 
+/// Below this median `fdatasync` time (the ceiling's 1-writer p50) a disk is called fast: there, CPU per record
+/// decides the ratios; above it, the sync does.
+const FAST_DISK_P50_US: f64 = 80.0;
+
+/// Which kind of disk the run had, from the ceiling's median commit latency at 1 writer (one `pwrite` and one
+/// `fdatasync` of 256 B), the median over the repetitions.
+fn disk(workloads: &[Workload]) -> String {
+    let p50s: Vec<f64> = workloads
+        .iter()
+        .filter(|w| w.id == "append-1")
+        .flat_map(|w| w.series.iter().filter(|s| s.ceiling))
+        .flat_map(|s| s.runs.iter().map(|m| m.p50_us))
+        .filter(|p| *p > 0.0)
+        .collect();
+    if p50s.is_empty() {
+        return "Disk: not measured in this run (no 1-writer ceiling).".to_owned();
+    }
+    let (p50, _, _) = aerodb_benches::median_min_max(&p50s);
+    let kind = if p50 < FAST_DISK_P50_US { "fast" } else { "slow" };
+    format!(
+        "Disk: **{kind}** (the ceiling's median `fdatasync` of 256 B at 1 writer took {p50:.0} µs; fast means under \
+         {FAST_DISK_P50_US:.0} µs)."
+    )
+}
+
 fn write_outputs(dir: &Path, workloads: &[Workload], reps: u64, took: Duration, partial: bool) {
     std::fs::create_dir_all(dir.join("img")).expect("output dir");
+    let disk = disk(workloads);
+    eprintln!("{disk}");
     let mut md = format!(
         "<!-- Written by `cargo run -p aerodb-benches --release --bin aerodb-bench -- all`; do not edit by hand. -->\n\
-         Machine: {}. Repetitions: {reps}, interleaved; medians with min–max. Run time {:.0} s.\n\n",
+         Machine: {}. {disk} Repetitions: {reps}, interleaved; medians with min–max. Run time {:.0} s.\n\n",
         machine(),
         took.as_secs_f64()
     );
