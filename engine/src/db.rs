@@ -594,8 +594,10 @@ impl Db {
             check_range("tree size", tree_size, st.visible)?;
             check_range("CommitId", commit_id, tree_size)?;
         }
-        let record_hash = inner.read_record(commit_id)?.hash;
-        self.proof_for(commit_id, &record_hash, tree_size)
+        // The leaf comes from the log (its CRC-checked frame), never from the store the proof is built from; the
+        // record is hashed but not decoded.
+        let body = inner.body_of(commit_id)?;
+        self.proof_for(commit_id, &record_hash(&body), tree_size)
     }
 
     /// The inclusion proof of record `commit_id` (whose hash, from the log, is `record_hash`), checked before it
@@ -2012,22 +2014,23 @@ impl Inner {
     }
 
     fn read_record(&self, commit_id: u64) -> Result<StoredRecord> {
+        stored(commit_id, self.body_of(commit_id)?)
+    }
+
+    /// The canonical bytes of applied record `commit_id`, from its CRC-checked frame.
+    fn body_of(&self, commit_id: u64) -> Result<Bytes> {
         let frame = self
             .wal
             .read_frame(CommitId(commit_id))?
             .ok_or_else(|| corruption(commit_id, "applied record missing from the log".into()))?;
-        stored(commit_id, frame.body())
+        Ok(frame.body())
     }
 
     /// The value `key` got in record `commit_id`.
     /// The frame is CRC-checked and the record validated as a whole, but neither hashed (the chain was verified
     /// when the record was recovered or appended, and the CRC guards the bytes since) nor decoded beyond the key.
     fn value_in(&self, commit_id: u64, key: &[u8]) -> Result<Option<Bytes>> {
-        let frame = self
-            .wal
-            .read_frame(CommitId(commit_id))?
-            .ok_or_else(|| corruption(commit_id, "applied record missing from the log".into()))?;
-        match record::write_to(&frame.body(), key).map_err(|e| corruption(commit_id, e.to_string()))? {
+        match record::write_to(&self.body_of(commit_id)?, key).map_err(|e| corruption(commit_id, e.to_string()))? {
             record::KeyWrite::Put(value) => Ok(Some(value)),
             record::KeyWrite::Delete => Ok(None),
             record::KeyWrite::Event => Err(corruption(
