@@ -2030,7 +2030,9 @@ impl Inner {
     /// The frame is CRC-checked and the record validated as a whole, but neither hashed (the chain was verified
     /// when the record was recovered or appended, and the CRC guards the bytes since) nor decoded beyond the key.
     fn value_in(&self, commit_id: u64, key: &[u8]) -> Result<Option<Bytes>> {
-        match record::write_to(&self.body_of(commit_id)?, key).map_err(|e| corruption(commit_id, e.to_string()))? {
+        match record::write_to(&self.body_of(commit_id)?, key)
+            .map_err(|e| corruption(commit_id, e.to_string()))?
+        {
             record::KeyWrite::Put(value) => Ok(Some(value)),
             record::KeyWrite::Delete => Ok(None),
             record::KeyWrite::Event => Err(corruption(
