@@ -2033,7 +2033,9 @@ impl Inner {
         match record::write_to(&self.body_of(commit_id)?, key)
             .map_err(|e| corruption(commit_id, e.to_string()))?
         {
-            record::KeyWrite::Put(value) => Ok(Some(value)),
+            // A copy: the frame may be a slice of a memory-mapped segment, and a value handed out must not change
+            // if a replica's divergent tail is later cut (zeroed) in place.
+            record::KeyWrite::Put(value) => Ok(Some(Bytes::copy_from_slice(&value))),
             record::KeyWrite::Delete => Ok(None),
             record::KeyWrite::Event => Err(corruption(
                 commit_id,

@@ -329,6 +329,35 @@ fn random_access_by_commit_id_matches_sequential_reads() {
 }
 
 #[test]
+fn readers_of_the_active_segment_outlive_its_seal() {
+    // On RealFs the active segment is read through a live memory map; sealing cuts the file to just after its
+    // footer. A reader, and a frame, taken while the segment was active must stay readable and unchanged after.
+    on_both("outlive-seal", |fs, dir| {
+        let wal = Wal::open(fs, dir, small_opts()).unwrap();
+        for i in 1..=5u64 {
+            wal.append(Epoch(1), &body(i, 9)).unwrap();
+        }
+        let reader = wal.read_from(CommitId(1)).unwrap();
+        let frame = wal.read_frame(CommitId(3)).unwrap().unwrap();
+        let first_segment = frame.segment;
+        let mut i = 6u64;
+        while wal.read_frame(CommitId(i - 1)).unwrap().unwrap().segment == first_segment {
+            wal.append(Epoch(1), &body(i, 9)).unwrap();
+            i += 1;
+        }
+        assert!(i > 7, "the first segment was sealed and a second one started");
+        let frames: Vec<(u64, Vec<u8>)> = reader
+            .map(|f| f.unwrap())
+            .map(|f| (f.commit_id.0, f.body().to_vec()))
+            .collect();
+        assert_eq!(frames, (1..=5).map(|i| (i, body(i, 9))).collect::<Vec<_>>());
+        assert_eq!(frame.body().to_vec(), body(3, 9));
+        // And the sealed segment reads back as before.
+        assert_eq!(collect(&wal, 1)[..5], frames[..]);
+    });
+}
+
+#[test]
 fn read_only_open_reports_but_never_writes() {
     let mem = MemFs::new();
     let fs: Arc<dyn Fs> = Arc::new(mem.clone());

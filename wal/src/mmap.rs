@@ -27,7 +27,11 @@ pub(crate) fn map_readonly(file: &File) -> io::Result<Bytes> {
     // index runs, which are immutable once renamed into place and only unlinked (never truncated) after no
     // manifest lists them; and Merkle level files, which are only appended to, and of which only the bytes below
     // the written length are ever read. Every byte read from a map is still CRC-checked before it is
-    // trusted, so even an external modification cannot become a silently accepted record.
+    // trusted, so even an external modification cannot become a silently accepted record. (c) The active
+    // segment (`FsFile::map_live`), while the log appends to it: readers take only frames below the durable end
+    // of their view, bytes that no write changes while the segment is active; the file is preallocated to its
+    // capacity and only ever cut to just after its footer (above every such frame) when it is sealed, so no read
+    // touches a page beyond the end of the file.
     let map = unsafe { memmap2::Mmap::map(file)? };
     Ok(Bytes::from_owner(MapOwner(map)))
 }

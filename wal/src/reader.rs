@@ -102,6 +102,11 @@ impl Window {
             if view.sealed {
                 self.bytes = shared.segment_bytes(view)?;
                 self.start = 0;
+            } else if let Some(live) = view.live.as_ref().filter(|m| end <= m.len() as u64) {
+                // The active segment's live map: no system call, no copy (its bytes below `data_end` are durable
+                // frames that nothing rewrites while the segment is active).
+                self.bytes = live.clone();
+                self.start = 0;
             } else {
                 let want = len.max(self.chunk).min(view.data_end - offset);
                 self.bytes = shared.read_active(view, offset, want)?;

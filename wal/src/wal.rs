@@ -185,6 +185,8 @@ pub(crate) struct SegView {
     pub(crate) file: Option<Arc<dyn FsFile>>,
     /// The memory map of a sealed segment, made on first read.
     pub(crate) map: OnceLock<Bytes>,
+    /// The active segment's live map (see [`FsFile::map_live`]), when the file system has one.
+    pub(crate) live: Option<Bytes>,
     /// Sparse `(CommitId, offset)` index of the segment's frames, shared with the writer while it grows.
     pub(crate) sparse: SparseIndex,
 }
@@ -335,6 +337,8 @@ struct Active {
     file: Arc<dyn FsFile>,
     /// The running segment digest, when [`Options::segment_digest`] is on.
     hasher: Option<Sha256>,
+    /// A live map of the file for readers (see [`FsFile::map_live`]).
+    live: Option<Bytes>,
     data_end: u64,
     frames: u64,
     last_commit: CommitId,
@@ -1216,9 +1220,11 @@ impl Shared {
             last_commit: a.last_commit,
             data_end: a.data_end,
             sealed,
-            // Sealed segments are read through their memory map; the active one through its open file.
+            // Sealed segments are read through their memory map; the active one through its live map, else its
+            // open file.
             file: if sealed { None } else { Some(a.file.clone()) },
             map: OnceLock::new(),
+            live: if sealed { None } else { a.live.clone() },
             sparse: a.sparse.clone(),
         });
         let mut segs = self.segments.write();
@@ -1317,11 +1323,13 @@ impl Shared {
             h
         });
         let file: Arc<dyn FsFile> = Arc::from(file);
+        let live = live_map(&*file, &path);
         Ok(Active {
             id,
             path,
             file,
             hasher,
+            live,
             data_end: SEGMENT_HEADER_LEN as u64,
             frames: 0,
             last_commit: CommitId(first.0 - 1),
@@ -1478,7 +1486,8 @@ impl Shared {
         Ok(Bytes::from(buf))
     }
 
-    /// The bytes of a segment: its map if sealed, a fresh read of the durable prefix if active.
+    /// The bytes of a segment: its map if sealed, its durable prefix if active (from the live map when there is
+    /// one, else a fresh read).
     pub(crate) fn segment_bytes(&self, v: &SegView) -> Result<Bytes> {
         if v.sealed {
             if let Some(b) = v.map.get() {
@@ -1491,7 +1500,22 @@ impl Shared {
             let b = f.map().map_err(|e| Error::io("map segment", &v.path, e))?;
             return Ok(v.map.get_or_init(|| b).clone());
         }
+        if let Some(live) = v.live.as_ref().filter(|m| v.data_end <= m.len() as u64) {
+            return Ok(live.slice(..usize::try_from(v.data_end).unwrap_or(usize::MAX)));
+        }
         self.read_active(v, 0, v.data_end)
+    }
+}
+
+/// A live map of the active segment `file` for readers, or `None` (the file system has none, or mapping failed:
+/// readers then `pread`, which is only slower).
+fn live_map(file: &dyn FsFile, path: &Path) -> Option<Bytes> {
+    match file.map_live() {
+        Ok(m) => m,
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "cannot map the active segment; reading it with pread");
+            None
+        }
     }
 }
 
@@ -1723,6 +1747,7 @@ fn recover(fs: &dyn Fs, dir: &Path, opts: &Options) -> Result<(Recovered, Recove
                     } else {
                         OnceLock::from(bytes.clone())
                     },
+                    live: None,
                     sparse: Arc::new(RwLock::new(
                         scan.sparse
                             .iter()
@@ -1769,6 +1794,7 @@ fn recover(fs: &dyn Fs, dir: &Path, opts: &Options) -> Result<(Recovered, Recove
                 let hasher = prefix_hasher;
                 let sparse: SparseIndex = Arc::new(RwLock::new(scan.sparse.clone()));
                 let file: Arc<dyn FsFile> = Arc::from(file);
+                let live = live_map(&*file, &path);
                 views.push(Arc::new(SegView {
                     id,
                     path: path.clone(),
@@ -1778,6 +1804,7 @@ fn recover(fs: &dyn Fs, dir: &Path, opts: &Options) -> Result<(Recovered, Recove
                     sealed: false,
                     file: Some(file.clone()),
                     map: OnceLock::new(),
+                    live: live.clone(),
                     sparse: sparse.clone(),
                 }));
                 active = Some(Active {
@@ -1785,6 +1812,7 @@ fn recover(fs: &dyn Fs, dir: &Path, opts: &Options) -> Result<(Recovered, Recove
                     path,
                     file,
                     hasher,
+                    live,
                     data_end: scan.data_end,
                     frames: scan.frame_count,
                     last_commit: scan.last_commit_id,

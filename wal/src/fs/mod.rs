@@ -78,6 +78,14 @@ pub trait FsFile: Send + Sync + std::fmt::Debug {
     /// A read-only view of the whole file. [`RealFs`] memory-maps it; the file must not change afterwards
     /// (the WAL only maps sealed segments, which are immutable).
     fn map(&self) -> io::Result<Bytes>;
+    /// A read-only view of the whole file that also shows what is written to it later, or `None` where the file
+    /// system has none ([`MemFs`] copies on [`FsFile::map`]; the fault-injecting file system keeps every read on
+    /// [`FsFile::read_at`], where its faults are). [`RealFs`] memory-maps the file shared. The WAL maps its
+    /// active segment so that a read of a durable frame needs no system call; it reads only bytes below the
+    /// durable end, which no write changes while the segment is active, and never shrinks the file below them.
+    fn map_live(&self) -> io::Result<Option<Bytes>> {
+        Ok(None)
+    }
 }
 
 /// Reads exactly `buf.len()` bytes at `offset`, or fails with `UnexpectedEof`.

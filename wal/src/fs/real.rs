@@ -137,4 +137,8 @@ impl FsFile for RealFile {
     fn map(&self) -> io::Result<Bytes> {
         crate::mmap::map_readonly(&self.0)
     }
+
+    fn map_live(&self) -> io::Result<Option<Bytes>> {
+        crate::mmap::map_readonly(&self.0).map(Some)
+    }
 }
