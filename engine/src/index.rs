@@ -912,26 +912,22 @@ impl Index {
     }
 
     /// Sources newest first.
-    fn sources(&self, table: usize) -> Vec<Source<'_>> {
-        let mut s = vec![Source::Mem(&self.mem.tables[table])];
-        if let Some(f) = &self.frozen {
-            s.push(Source::Mem(&f.tables[table]));
-        }
-        s.extend(self.runs.iter().rev().map(|r| Source::Run(&r.tables[table])));
-        s
+    fn sources(&self, table: usize) -> impl DoubleEndedIterator<Item = Source<'_>> {
+        // An iterator, not a vector: a point read allocates nothing to visit them.
+        std::iter::once(Source::Mem(&self.mem.tables[table]))
+            .chain(self.frozen.iter().map(move |f| Source::Mem(&f.tables[table])))
+            .chain(self.runs.iter().rev().map(move |r| Source::Run(&r.tables[table])))
     }
 
     /// The newest version of `key` at or below CommitId `at`.
     pub fn version_at(&self, table: usize, key: &[u8], at: u64) -> Option<Ver> {
-        self.sources(table)
-            .into_iter()
-            .find_map(|s| s.last_at_or_below(key, at))
+        self.sources(table).find_map(|s| s.last_at_or_below(key, at))
     }
 
     /// Every version of `key` up to CommitId `at`, oldest first.
     pub fn versions(&self, table: usize, key: &[u8], at: u64) -> Vec<Ver> {
         let mut out = Vec::new();
-        for s in self.sources(table).into_iter().rev() {
+        for s in self.sources(table).rev() {
             out.extend(s.versions_of(key).into_iter().filter(|v| ver_commit(*v) <= at));
         }
         out
@@ -940,7 +936,7 @@ impl Index {
     /// Versions of `key` with CommitIds in `from..=at`, oldest first, at most `limit`.
     pub fn versions_from(&self, table: usize, key: &[u8], from: u64, at: u64, limit: usize) -> Vec<Ver> {
         let mut out = Vec::new();
-        for s in self.sources(table).into_iter().rev() {
+        for s in self.sources(table).rev() {
             if out.len() >= limit {
                 break;
             }
@@ -965,8 +961,7 @@ impl Index {
     /// Keys in `range` whose newest version up to CommitId `at` is not a delete, with that version's CommitId, at
     /// most `limit`.
     pub fn scan(&self, lo: Bound<&[u8]>, hi: Bound<&[u8]>, at: u64, limit: usize) -> Vec<(Bytes, u64)> {
-        let sources = self.sources(KEYS);
-        let mut cursors: Vec<Cursor<'_>> = sources.iter().map(|s| s.cursor(lo)).collect();
+        let mut cursors: Vec<Cursor<'_>> = self.sources(KEYS).map(|s| s.cursor(lo)).collect();
         let mut holders = Vec::new();
         let mut out = Vec::new();
         while out.len() < limit {

@@ -287,21 +287,25 @@ impl Wal {
 
     /// The durable frame `commit_id`, verified, or `None` if it is not (yet, or any longer) in the log.
     pub fn read_frame(&self, commit_id: CommitId) -> Result<Option<Frame>> {
-        let views: Vec<Arc<SegView>> = self.shared.segments.read().clone();
-        let Some(i) = view_index(&views, commit_id) else {
-            return Ok(None);
+        // Only the one view is taken out of the list (no copy of the list per read).
+        let view = {
+            let views = self.shared.segments.read();
+            match view_index(&views, commit_id) {
+                Some(i) => views[i].clone(),
+                None => return Ok(None),
+            }
         };
         let mut window = Window {
             chunk: RANDOM_WINDOW_BYTES,
             ..Window::default()
         };
-        let offset = self.shared.locate(&views[i], commit_id, &mut window)?;
+        let offset = self.shared.locate(&view, commit_id, &mut window)?;
         if window.bytes.is_empty() {
             // Located without a walk (the frame's own index point): read just the frame.
             window.chunk = EXACT_WINDOW_BYTES;
         }
         self.shared
-            .frame_at(&views[i], offset, commit_id, &mut window)
+            .frame_at(&view, offset, commit_id, &mut window)
             .map(Some)
     }
 }
