@@ -293,12 +293,17 @@ impl pb::ledger_server::Ledger for LedgerService {
             if let Err(s) = sent {
                 let _ = tx.send(Err(s)).await;
             }
-            node.backup_running
-                .store(false, std::sync::atomic::Ordering::Release);
         });
-        Ok(Response::new(Box::pin(
+        // The node's one backup slot is held by the response stream, not by the task that fills it: a small
+        // backup fits in the channel and its task ends at once, while the client is still receiving it.
+        let slot = BackupSlot(self.node.clone());
+        Ok(Response::new(Box::pin(tokio_stream::StreamExt::map(
             tokio_stream::wrappers::ReceiverStream::new(rx),
-        )))
+            move |chunk| {
+                let _held = &slot;
+                chunk
+            },
+        ))))
     }
 
     type AppendStreamStream = AppendStream;
@@ -721,4 +726,16 @@ async fn send_backup(
         }
     }
     Ok(())
+}
+
+/// Frees a node's backup slot when the backup's response stream is dropped (sent in full, failed, or abandoned by
+/// the client).
+struct BackupSlot(Arc<Node>);
+
+impl Drop for BackupSlot {
+    fn drop(&mut self) {
+        self.0
+            .backup_running
+            .store(false, std::sync::atomic::Ordering::Release);
+    }
 }

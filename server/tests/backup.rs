@@ -558,7 +558,16 @@ fn an_online_backup_of_a_replica_is_bound_to_the_primarys_checkpoint() {
     ]);
     assert!(ok, "{text}");
 
-    // One backup at a time per node (a held stream blocks a second one until it is dropped); admins only.
+    // One backup at a time per node (a held stream blocks a second one until it is dropped); admins only. The
+    // primary's backup is made larger than what HTTP/2 flow control lets the server send before the client
+    // reads (~2.4 MB), so the held stream is still being sent when the second request arrives.
+    let big = "x".repeat(20_000);
+    for i in 0..120 {
+        let body = format!("{{\"tenant\":\"acme\",\"event\":\"{big}{i}\"}}");
+        assert!(
+            (200..300).contains(&http(primary.http, "POST", "/v1/records", Some(WRITER), Some(&body)).status)
+        );
+    }
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         use aerodb_proto::v1 as pb;
