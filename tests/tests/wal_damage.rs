@@ -185,33 +185,33 @@ fn sealed_segment_digest_catches_what_crcs_cannot() {
     let fs: Arc<dyn Fs> = Arc::new(MemFs::new());
     let dir = Path::new(MEM_DIR);
     let segs = build(fs.clone(), dir, 60);
-    let (path, bytes) = &segs[0];
-    let offs = frame_offsets(bytes);
-    let mut damaged = bytes.clone();
-    // Re-encode frame 1 with a different body of the same length, keeping every CRC valid.
-    let h = decode_frame_header(&bytes[offs[0]..], 1 << 20).unwrap();
-    let new_body = vec![0xAB; h.body_len as usize];
-    let mut frame = Vec::new();
-    aerodb_wal::format::encode_frame_into(&mut frame, h.commit_id, h.epoch, &new_body);
-    damaged[offs[0]..offs[0] + frame.len()].copy_from_slice(&frame);
-    write(&*fs, path, &damaged);
+    replace_first_frame_body(&*fs, &segs[0].0);
     // Opening without the digest check accepts the frames (they are well-formed) ...
     let wal = Wal::open(fs.clone(), dir, small_opts()).unwrap();
     // ... but `verify` and a digest-checking open report the sealed segment as corrupt.
-    let err = wal.verify().unwrap_err();
-    assert!(
-        matches!(
-            err.corruption().map(|c| &c.kind),
-            Some(CorruptionKind::SegmentDigest)
-        ),
-        "{err}"
-    );
+    assert_digest_mismatch(&wal.verify().unwrap_err());
     drop(wal);
     let opts = aerodb_wal::Options {
         verify_digests_on_open: true,
         ..small_opts()
     };
-    let err = Wal::open(fs, dir, opts).unwrap_err();
+    assert_digest_mismatch(&Wal::open(fs, dir, opts).unwrap_err());
+}
+
+/// Re-encodes the first frame of segment file `path` with a different body of the same length, keeping every CRC
+/// valid: only a segment digest can tell.
+fn replace_first_frame_body(fs: &dyn Fs, path: &Path) {
+    let bytes = read(fs, path);
+    let offs = frame_offsets(&bytes);
+    let h = decode_frame_header(&bytes[offs[0]..], 1 << 20).unwrap();
+    let mut frame = Vec::new();
+    aerodb_wal::format::encode_frame_into(&mut frame, h.commit_id, h.epoch, &vec![0xAB; h.body_len as usize]);
+    let mut damaged = bytes.clone();
+    damaged[offs[0]..offs[0] + frame.len()].copy_from_slice(&frame);
+    write(fs, path, &damaged);
+}
+
+fn assert_digest_mismatch(err: &Error) {
     assert!(
         matches!(
             err.corruption().map(|c| &c.kind),
@@ -266,24 +266,8 @@ fn segments_written_without_a_digest_say_so_and_digests_written_are_still_checke
     };
     drop(Wal::open(fs.clone(), dir, opts.clone()).unwrap());
     // Damage a frame of the last sealed segment, which has a digest, keeping its CRCs valid.
-    let sealed = footers.len() - 1;
-    let path = dir.join(&names[sealed]);
-    let bytes = read(&*fs, &path);
-    let offs = frame_offsets(&bytes);
-    let h = decode_frame_header(&bytes[offs[0]..], 1 << 20).unwrap();
-    let mut frame = Vec::new();
-    aerodb_wal::format::encode_frame_into(&mut frame, h.commit_id, h.epoch, &vec![0xAB; h.body_len as usize]);
-    let mut damaged = bytes.clone();
-    damaged[offs[0]..offs[0] + frame.len()].copy_from_slice(&frame);
-    write(&*fs, &path, &damaged);
-    let err = Wal::open(fs, dir, opts).unwrap_err();
-    assert!(
-        matches!(
-            err.corruption().map(|c| &c.kind),
-            Some(CorruptionKind::SegmentDigest)
-        ),
-        "{err}"
-    );
+    replace_first_frame_body(&*fs, &dir.join(&names[footers.len() - 1]));
+    assert_digest_mismatch(&Wal::open(fs, dir, opts).unwrap_err());
 }
 
 #[test]
