@@ -285,11 +285,17 @@ impl VerifierKey {
         &self.name
     }
 
-    /// Verifies a signed note and returns its text. Lines by other keys are ignored; the note must carry a valid
-    /// signature by this key.
+    /// Verifies a signed note and returns its text. The whole note is parsed as strictly as the reference
+    /// implementation (Go's `sumdb/note.Open`): no control character but newline anywhere, every signature line
+    /// well-formed (em dash, a valid key name, a space, non-empty base64 of at least 5 bytes), at most
+    /// [`MAX_SIGNATURES`] lines. Well-formed lines by other keys are ignored; the first line by this key must
+    /// verify, and later lines by it are ignored.
     pub fn verify_note<'a>(&self, note: &'a str) -> Result<&'a str, CheckpointError> {
         if note.len() > MAX_NOTE_BYTES {
             return Err(CheckpointError::Note("larger than 64 KiB"));
+        }
+        if note.chars().any(|c| c < ' ' && c != '\n') {
+            return Err(CheckpointError::Note("control character other than newline"));
         }
         let split = note
             .rfind("\n\n")
@@ -310,6 +316,9 @@ impl VerifierKey {
             let (name, b64) = rest.split_once(' ').ok_or(CheckpointError::Note(
                 "signature line needs a name and a signature",
             ))?;
+            if check_name(name).is_err() {
+                return Err(CheckpointError::Note("signature line has an invalid key name"));
+            }
             let raw = B64
                 .decode(b64)
                 .map_err(|_| CheckpointError::Note("signature is not base64"))?;
@@ -317,17 +326,18 @@ impl VerifierKey {
                 return Err(CheckpointError::Note("signature too short"));
             }
             let id = u32::from_be_bytes([raw[0], raw[1], raw[2], raw[3]]);
-            if name != self.name || id != self.id {
+            if found || name != self.name || id != self.id {
+                // Another key's line, or a repeat of this key's: checked for form above, not verified.
                 continue;
             }
             let sig = ed25519_dalek::Signature::from_slice(&raw[4..])
                 .map_err(|_| CheckpointError::Signature(self.to_string()))?;
-            // The first line by this key decides, as in the reference implementation.
+            // The first line by this key decides, as in the reference implementation; the lines after it are
+            // still parsed.
             self.key
                 .verify(text.as_bytes(), &sig)
                 .map_err(|_| CheckpointError::Signature(self.to_string()))?;
             found = true;
-            break;
         }
         if !found {
             return Err(CheckpointError::Signature(self.to_string()));
@@ -501,6 +511,51 @@ mod tests {
             .unwrap()
             .verifier();
         assert!(SignedCheckpoint::verify(&note, &other).is_err());
+    }
+
+    #[test]
+    fn notes_are_parsed_as_strictly_as_the_reference() {
+        let k = key();
+        let note = Checkpoint {
+            origin: "example.com/log".into(),
+            size: 12,
+            root: [9u8; 32],
+            epoch: Epoch(4),
+        }
+        .sign(&k)
+        .note;
+        let v = k.verifier();
+        let other = SigningKey::from_seed("witness.example/w1", [5u8; 32]).unwrap();
+        let other_line = other.sign_note("x\n").rsplit("\n\n").next().unwrap().to_owned();
+        // Accepted: another key's well-formed line before or after ours, and a repeat of ours.
+        let ours = note.rsplit("\n\n").next().unwrap();
+        let (text, _) = note.split_at(note.len() - ours.len());
+        for ok in [
+            format!("{text}{other_line}{ours}"),
+            format!("{note}{other_line}"),
+            format!("{note}{ours}"),
+        ] {
+            assert!(SignedCheckpoint::verify(&ok, &v).is_ok(), "{ok:?}");
+        }
+        // Refused, even though our valid signature comes first (the parser used to stop there).
+        for bad in [
+            format!("{note}not a signature line\n"),
+            format!("{note}\u{2014} witness.example/w1 not*base64\n"),
+            format!("{note}\u{2014} witness.example/w1 AAAA\n"),
+            format!("{note}\u{2014} witness.example/w1 \n"),
+            format!("{note}\u{2014} bad+name AAAAAAAA\n"),
+            format!("{note}\u{2014} witness.example/w1\tAAAAAAAA\n"),
+            note.replacen("example.com/log\n", "example.com/log\t\n", 1),
+            note.replacen("epoch 4", "epoch\t4", 1),
+            note.replacen("\u{2014} example.com/log ", "\u{2014} example.com/log\t", 1),
+        ] {
+            assert!(SignedCheckpoint::verify(&bad, &v).is_err(), "{bad:?}");
+        }
+        // At most MAX_SIGNATURES lines.
+        let many = format!("{note}{}", other_line.repeat(MAX_SIGNATURES));
+        assert!(SignedCheckpoint::verify(&many, &v).is_err());
+        let enough = format!("{note}{}", other_line.repeat(MAX_SIGNATURES - 1));
+        assert!(SignedCheckpoint::verify(&enough, &v).is_ok());
     }
 
     #[test]
