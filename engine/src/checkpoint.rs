@@ -464,6 +464,18 @@ mod tests {
         SigningKey::from_seed("example.com/log", [3u8; 32]).unwrap()
     }
 
+    /// A note of a checkpoint of 12 records at epoch 4, signed by `k`.
+    fn sample_note(k: &SigningKey) -> String {
+        Checkpoint {
+            origin: "example.com/log".into(),
+            size: 12,
+            root: [9u8; 32],
+            epoch: Epoch(4),
+        }
+        .sign(k)
+        .note
+    }
+
     #[test]
     fn sign_verify_round_trip_and_key_strings() {
         let k = key();
@@ -485,14 +497,7 @@ mod tests {
     #[test]
     fn any_change_breaks_the_signature() {
         let k = key();
-        let note = Checkpoint {
-            origin: "example.com/log".into(),
-            size: 12,
-            root: [9u8; 32],
-            epoch: Epoch(4),
-        }
-        .sign(&k)
-        .note;
+        let note = sample_note(&k);
         let v = k.verifier();
         for i in 0..note.len() {
             if !note.is_char_boundary(i) || !note.is_char_boundary(i + 1) {
@@ -516,14 +521,7 @@ mod tests {
     #[test]
     fn notes_are_parsed_as_strictly_as_the_reference() {
         let k = key();
-        let note = Checkpoint {
-            origin: "example.com/log".into(),
-            size: 12,
-            root: [9u8; 32],
-            epoch: Epoch(4),
-        }
-        .sign(&k)
-        .note;
+        let note = sample_note(&k);
         let v = k.verifier();
         let other = SigningKey::from_seed("witness.example/w1", [5u8; 32]).unwrap();
         let other_line = other.sign_note("x\n").rsplit("\n\n").next().unwrap().to_owned();

@@ -2035,7 +2035,7 @@ impl Inner {
         {
             // A copy: the frame may be a slice of a memory-mapped segment, and a value handed out must not change
             // if a replica's divergent tail is later cut (zeroed) in place.
-            record::KeyWrite::Put(value) => Ok(Some(Bytes::copy_from_slice(&value))),
+            record::KeyWrite::Put(value) => Ok(Some(Bytes::copy_from_slice(value))),
             record::KeyWrite::Delete => Ok(None),
             record::KeyWrite::Event => Err(corruption(
                 commit_id,

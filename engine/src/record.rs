@@ -634,9 +634,9 @@ pub fn view(b: &[u8]) -> Result<RecordView<'_>, RecordError> {
 
 /// What a record wrote to one key (see [`write_to`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) enum KeyWrite {
-    /// A put of this value (a slice of the record's bytes).
-    Put(Bytes),
+pub(crate) enum KeyWrite<'a> {
+    /// A put of this value (borrowed from the record's bytes).
+    Put(&'a [u8]),
     /// A delete.
     Delete,
     /// The record is a batch that does not write the key.
@@ -647,20 +647,18 @@ pub(crate) enum KeyWrite {
 
 /// What the record `b` wrote to `key`, validated like [`decode`] but without decoding the other operations or
 /// copying anything: the point-read path.
-pub(crate) fn write_to(b: &Bytes, key: &[u8]) -> Result<KeyWrite, RecordError> {
+pub(crate) fn write_to<'a>(b: &'a [u8], key: &[u8]) -> Result<KeyWrite<'a>, RecordError> {
     let v = view(b)?;
     if !v.is_batch {
         return Ok(KeyWrite::Event);
     }
-    let body_at = RECORD_HEAD_LEN + v.tenant.len();
     let mut found = KeyWrite::Absent;
-    parse_ops(v.body, |kind, k, value, _, value_at| {
+    parse_ops(v.body, |kind, k, value, _, _| {
         if k == key {
             found = if kind == OP_DELETE {
                 KeyWrite::Delete
             } else {
-                let at = body_at + value_at;
-                KeyWrite::Put(b.slice(at..at + value.len()))
+                KeyWrite::Put(value)
             };
         }
     })?;
@@ -718,7 +716,7 @@ mod tests {
     #[test]
     fn write_to_finds_a_key_without_decoding_the_rest() {
         let b = enc(&sample());
-        assert_eq!(write_to(&b, b"k1"), Ok(KeyWrite::Put(Bytes::from_static(b"v1"))));
+        assert_eq!(write_to(&b, b"k1"), Ok(KeyWrite::Put(&b"v1"[..])));
         assert_eq!(write_to(&b, b"k2"), Ok(KeyWrite::Delete));
         assert_eq!(write_to(&b, b"k3"), Ok(KeyWrite::Absent));
         let event = Record {

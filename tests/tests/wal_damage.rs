@@ -23,6 +23,15 @@ fn build(fs: Arc<dyn Fs>, dir: &Path, n: u64) -> Vec<(std::path::PathBuf, Vec<u8
         wal.append(Epoch(1 + i / 40), &body(i, 11)).unwrap();
     }
     drop(wal);
+    let names = segment_names(&*fs, dir);
+    names
+        .iter()
+        .map(|n| (dir.join(n), read(&*fs, &dir.join(n))))
+        .collect()
+}
+
+/// The segment file names in `dir`, in log order.
+fn segment_names(fs: &dyn Fs, dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = fs
         .list_dir(dir)
         .unwrap()
@@ -31,9 +40,6 @@ fn build(fs: Arc<dyn Fs>, dir: &Path, n: u64) -> Vec<(std::path::PathBuf, Vec<u8
         .collect();
     names.sort();
     names
-        .iter()
-        .map(|n| (dir.join(n), read(&*fs, &dir.join(n))))
-        .collect()
 }
 
 fn read(fs: &dyn Fs, p: &Path) -> Vec<u8> {
@@ -243,13 +249,7 @@ fn segments_written_without_a_digest_say_so_and_digests_written_are_still_checke
     }
     wal.verify().unwrap();
     drop(wal);
-    let mut names: Vec<String> = fs
-        .list_dir(dir)
-        .unwrap()
-        .into_iter()
-        .filter(|n| n.ends_with(".seg"))
-        .collect();
-    names.sort();
+    let names = segment_names(&*fs, dir);
     let footers: Vec<_> = names
         .iter()
         .filter_map(|n| {
