@@ -9,9 +9,13 @@
 //! — <key name> <base64(key id[4] ‖ Ed25519 signature[64])>\n
 //! ```
 //! The signature covers the text up to and including its last newline. Key id =
-//! `SHA-256(key name ‖ 0x0A ‖ 0x01 ‖ public key)[:4]`. The verifier key string that other tools accept is
-//! `<name>+<hex key id>+<base64(0x01 ‖ public key)>`; the private key file holds
-//! `PRIVATE+KEY+<name>+<hex key id>+<base64(0x01 ‖ seed)>`.
+//! `SHA-256(key name ‖ 0x0A ‖ type ‖ public key)[:4]`. The verifier key string that other tools accept is
+//! `<name>+<hex key id>+<base64(type ‖ public key)>`; the private key file holds
+//! `PRIVATE+KEY+<name>+<hex key id>+<base64(type ‖ seed)>`.
+//!
+//! Two key types: `0x01`, the log's own Ed25519 note signature, and `0x04`, a C2SP `cosignature/v1` (a witness's
+//! timestamped Ed25519 signature over `cosignature/v1\ntime <T>\n` ‖ the note text; the signature bytes are
+//! `key id[4] ‖ timestamp u64 big-endian ‖ Ed25519 signature[64]`).
 
 use aerodb_wal::Epoch;
 use std::{io, path::Path};
@@ -27,7 +31,52 @@ pub const MAX_NOTE_BYTES: usize = 64 << 10;
 /// The most signature lines accepted on one note.
 pub const MAX_SIGNATURES: usize = 100;
 const SIG_PREFIX: &str = "\u{2014} ";
-const ALG_ED25519: u8 = 0x01;
+/// The header line of a `cosignature/v1` signed message.
+const COSIGNATURE_HEADER: &str = "cosignature/v1\n";
+
+/// The signature type of a key (C2SP signed-note's type byte).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum KeyType {
+    /// `0x01`: an Ed25519 signature over the note text (the log's checkpoint signature).
+    Ed25519,
+    /// `0x04`: a timestamped Ed25519 witness cosignature (C2SP `tlog-cosignature`, `cosignature/v1`).
+    CosignatureV1,
+}
+
+impl KeyType {
+    /// The type byte.
+    #[must_use]
+    pub const fn byte(self) -> u8 {
+        match self {
+            Self::Ed25519 => 0x01,
+            Self::CosignatureV1 => 0x04,
+        }
+    }
+
+    fn from_byte(b: u8) -> Result<Self, CheckpointError> {
+        match b {
+            0x01 => Ok(Self::Ed25519),
+            0x04 => Ok(Self::CosignatureV1),
+            _ => Err(CheckpointError::Key(
+                "not an Ed25519 (0x01) or cosignature/v1 (0x04) key",
+            )),
+        }
+    }
+}
+
+/// The message a `cosignature/v1` signs: `cosignature/v1\ntime <timestamp>\n` then the note text.
+#[must_use]
+pub fn cosigned_message(text: &str, timestamp: u64) -> Vec<u8> {
+    format!("{COSIGNATURE_HEADER}time {timestamp}\n{text}").into_bytes()
+}
+
+/// Seconds since the Unix epoch now (0 if the clock is before it).
+#[must_use]
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
 
 /// Errors of keys, notes and checkpoints.
 #[derive(Debug, thiserror::Error)]
@@ -77,19 +126,22 @@ fn check_name(name: &str) -> Result<(), CheckpointError> {
     Ok(())
 }
 
-fn key_id(name: &str, public: &[u8; 32]) -> u32 {
+/// A key's id: `SHA-256(name ‖ 0x0A ‖ type ‖ public key)[:4]`, big-endian.
+#[must_use]
+pub fn key_id(name: &str, kind: KeyType, public: &[u8; 32]) -> u32 {
     let mut h = Sha256::new();
     h.update(name.as_bytes());
-    h.update([b'\n', ALG_ED25519]);
+    h.update([b'\n', kind.byte()]);
     h.update(public);
     let d = h.finalize();
     u32::from_be_bytes([d[0], d[1], d[2], d[3]])
 }
 
-/// A log's signing key.
+/// A signing key: the log's (type `0x01`) or a witness's (type `0x04`).
 #[derive(Clone)]
 pub struct SigningKey {
     name: String,
+    kind: KeyType,
     key: ed25519_dalek::SigningKey,
 }
 
@@ -101,20 +153,37 @@ impl std::fmt::Debug for SigningKey {
 }
 
 impl SigningKey {
-    /// A new random key named `name` (the log's origin, e.g. `example.com/ledger`).
+    /// A new random log key named `name` (the log's origin, e.g. `example.com/ledger`).
     pub fn generate(name: &str) -> Result<Self, CheckpointError> {
-        let mut seed = [0u8; 32];
-        getrandom::getrandom(&mut seed).map_err(|e| CheckpointError::Random(e.to_string()))?;
-        Self::from_seed(name, seed)
+        Self::generate_typed(name, KeyType::Ed25519)
     }
 
-    /// A key from a 32-byte seed.
+    /// A new random key of type `kind` (a witness key is [`KeyType::CosignatureV1`]).
+    pub fn generate_typed(name: &str, kind: KeyType) -> Result<Self, CheckpointError> {
+        let mut seed = [0u8; 32];
+        getrandom::getrandom(&mut seed).map_err(|e| CheckpointError::Random(e.to_string()))?;
+        Self::from_seed_typed(name, kind, seed)
+    }
+
+    /// A log key from a 32-byte seed.
     pub fn from_seed(name: &str, seed: [u8; 32]) -> Result<Self, CheckpointError> {
+        Self::from_seed_typed(name, KeyType::Ed25519, seed)
+    }
+
+    /// A key of type `kind` from a 32-byte seed.
+    pub fn from_seed_typed(name: &str, kind: KeyType, seed: [u8; 32]) -> Result<Self, CheckpointError> {
         check_name(name)?;
         Ok(Self {
             name: name.to_owned(),
+            kind,
             key: ed25519_dalek::SigningKey::from_bytes(&seed),
         })
+    }
+
+    /// The key's type.
+    #[must_use]
+    pub fn kind(&self) -> KeyType {
+        self.kind
     }
 
     /// The key's name.
@@ -129,15 +198,16 @@ impl SigningKey {
         let public = self.key.verifying_key();
         VerifierKey {
             name: self.name.clone(),
-            id: key_id(&self.name, public.as_bytes()),
+            kind: self.kind,
+            id: key_id(&self.name, self.kind, public.as_bytes()),
             key: public,
         }
     }
 
-    /// `PRIVATE+KEY+<name>+<hex id>+<base64(0x01 ‖ seed)>`.
+    /// `PRIVATE+KEY+<name>+<hex id>+<base64(type ‖ seed)>`.
     #[must_use]
     pub fn to_private_string(&self) -> String {
-        let mut raw = vec![ALG_ED25519];
+        let mut raw = vec![self.kind.byte()];
         raw.extend_from_slice(self.key.as_bytes());
         format!(
             "PRIVATE+KEY+{}+{:08x}+{}",
@@ -157,13 +227,14 @@ impl SigningKey {
         let raw = B64
             .decode(key)
             .map_err(|_| CheckpointError::Key("key is not base64"))?;
-        let [ALG_ED25519, seed @ ..] = raw.as_slice() else {
-            return Err(CheckpointError::Key("not an Ed25519 key"));
+        let [kind, seed @ ..] = raw.as_slice() else {
+            return Err(CheckpointError::Key("empty key"));
         };
+        let kind = KeyType::from_byte(*kind)?;
         let seed: [u8; 32] = seed
             .try_into()
             .map_err(|_| CheckpointError::Key("Ed25519 seed must be 32 bytes"))?;
-        let k = Self::from_seed(name, seed)?;
+        let k = Self::from_seed_typed(name, kind, seed)?;
         if format!("{:08x}", k.verifier().id) != id {
             return Err(CheckpointError::Key("key id does not match the key"));
         }
@@ -212,17 +283,33 @@ impl SigningKey {
         Self::parse_private(&text)
     }
 
-    /// Signs `text` (which must end with a newline) as a signed note.
+    /// Signs `text` (which must end with a newline and hold no blank line) as a signed note; a witness key
+    /// cosigns it with the current time.
     #[must_use]
     pub fn sign_note(&self, text: &str) -> String {
         assert!(
             text.ends_with('\n') && !text.contains("\n\n"),
             "note text must be newline-terminated lines"
         );
-        let sig = self.key.sign(text.as_bytes());
+        format!("{text}\n{}", self.signature_line(text, unix_now()))
+    }
+
+    /// This key's signature line over note `text`: `— <name> <base64(key id ‖ signature)>\n`. A witness key
+    /// (type `0x04`) signs `cosignature/v1\ntime <timestamp>\n` ‖ `text` and puts the timestamp (seconds, at
+    /// most 2^63 − 1) before the signature; a log key ignores `timestamp`.
+    #[must_use]
+    pub fn signature_line(&self, text: &str, timestamp: u64) -> String {
         let mut raw = self.verifier().id.to_be_bytes().to_vec();
-        raw.extend_from_slice(&sig.to_bytes());
-        format!("{text}\n{SIG_PREFIX}{} {}\n", self.name, B64.encode(raw))
+        match self.kind {
+            KeyType::Ed25519 => raw.extend_from_slice(&self.key.sign(text.as_bytes()).to_bytes()),
+            KeyType::CosignatureV1 => {
+                let timestamp = timestamp.min(i64::MAX as u64);
+                raw.extend_from_slice(&timestamp.to_be_bytes());
+                let sig = self.key.sign(&cosigned_message(text, timestamp));
+                raw.extend_from_slice(&sig.to_bytes());
+            }
+        }
+        format!("{SIG_PREFIX}{} {}\n", self.name, B64.encode(raw))
     }
 }
 
@@ -236,47 +323,63 @@ fn split3(s: &str) -> Result<(&str, &str, &str), CheckpointError> {
     }
 }
 
-/// A verifier key: name, key id and Ed25519 public key.
+/// A verifier key: name, type, key id and Ed25519 public key.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VerifierKey {
     name: String,
+    kind: KeyType,
     id: u32,
     key: ed25519_dalek::VerifyingKey,
 }
 
 impl std::fmt::Display for VerifierKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let mut raw = vec![ALG_ED25519];
+        let mut raw = vec![self.kind.byte()];
         raw.extend_from_slice(self.key.as_bytes());
         write!(f, "{}+{:08x}+{}", self.name, self.id, B64.encode(raw))
     }
 }
 
 impl VerifierKey {
-    /// Parses `<name>+<hex id>+<base64(0x01 ‖ public key)>`, checking that the id matches the key.
+    /// Parses `<name>+<hex id>+<base64(type ‖ public key)>` (type `0x01` or `0x04`), checking that the id
+    /// matches the key.
     pub fn parse(s: &str) -> Result<Self, CheckpointError> {
         let (name, id, key) = split3(s.trim())?;
         check_name(name)?;
         let raw = B64
             .decode(key)
             .map_err(|_| CheckpointError::Key("key is not base64"))?;
-        let [ALG_ED25519, public @ ..] = raw.as_slice() else {
-            return Err(CheckpointError::Key("not an Ed25519 key"));
+        let [kind, public @ ..] = raw.as_slice() else {
+            return Err(CheckpointError::Key("empty key"));
         };
+        let kind = KeyType::from_byte(*kind)?;
         let public: [u8; 32] = public
             .try_into()
             .map_err(|_| CheckpointError::Key("Ed25519 key must be 32 bytes"))?;
         let key = ed25519_dalek::VerifyingKey::from_bytes(&public)
             .map_err(|_| CheckpointError::Key("invalid point"))?;
-        let want = key_id(name, &public);
+        let want = key_id(name, kind, &public);
         if u32::from_str_radix(id, 16).ok() != Some(want) {
             return Err(CheckpointError::Key("key id does not match the key"));
         }
         Ok(Self {
             name: name.to_owned(),
+            kind,
             id: want,
             key,
         })
+    }
+
+    /// The key's type.
+    #[must_use]
+    pub fn kind(&self) -> KeyType {
+        self.kind
+    }
+
+    /// The key id.
+    #[must_use]
+    pub fn id(&self) -> u32 {
+        self.id
     }
 
     /// The key's name.
@@ -286,64 +389,120 @@ impl VerifierKey {
     }
 
     /// Verifies a signed note and returns its text. The whole note is parsed as strictly as the reference
-    /// implementation (Go's `sumdb/note.Open`): no control character but newline anywhere, every signature line
-    /// well-formed (em dash, a valid key name, a space, non-empty base64 of at least 5 bytes), at most
-    /// [`MAX_SIGNATURES`] lines. Well-formed lines by other keys are ignored; the first line by this key must
-    /// verify, and later lines by it are ignored.
+    /// implementation (Go's `sumdb/note.Open`), see [`parse_note`]. Lines by other keys (another name or key
+    /// id) are ignored; the first line by this key must verify, and later lines by it are ignored.
     pub fn verify_note<'a>(&self, note: &'a str) -> Result<&'a str, CheckpointError> {
-        if note.len() > MAX_NOTE_BYTES {
-            return Err(CheckpointError::Note("larger than 64 KiB"));
-        }
-        if note.chars().any(|c| c < ' ' && c != '\n') {
-            return Err(CheckpointError::Note("control character other than newline"));
-        }
-        let split = note
-            .rfind("\n\n")
-            .ok_or(CheckpointError::Note("no blank line before the signatures"))?;
-        let text = &note[..=split];
-        let sigs = &note[split + 2..];
-        if !sigs.ends_with('\n') {
-            return Err(CheckpointError::Note("signature block must end with a newline"));
-        }
-        let mut found = false;
-        for (n, line) in sigs.lines().enumerate() {
-            if n >= MAX_SIGNATURES {
-                return Err(CheckpointError::Note("too many signatures"));
-            }
-            let rest = line
-                .strip_prefix(SIG_PREFIX)
-                .ok_or(CheckpointError::Note("signature line must start with an em dash"))?;
-            let (name, b64) = rest.split_once(' ').ok_or(CheckpointError::Note(
-                "signature line needs a name and a signature",
-            ))?;
-            if check_name(name).is_err() {
-                return Err(CheckpointError::Note("signature line has an invalid key name"));
-            }
-            let raw = B64
-                .decode(b64)
-                .map_err(|_| CheckpointError::Note("signature is not base64"))?;
-            if raw.len() < 5 {
-                return Err(CheckpointError::Note("signature too short"));
-            }
-            let id = u32::from_be_bytes([raw[0], raw[1], raw[2], raw[3]]);
-            if found || name != self.name || id != self.id {
-                // Another key's line, or a repeat of this key's: checked for form above, not verified.
-                continue;
-            }
-            let sig = ed25519_dalek::Signature::from_slice(&raw[4..])
-                .map_err(|_| CheckpointError::Signature(self.to_string()))?;
-            // The first line by this key decides, as in the reference implementation; the lines after it are
-            // still parsed.
-            self.key
-                .verify(text.as_bytes(), &sig)
-                .map_err(|_| CheckpointError::Signature(self.to_string()))?;
-            found = true;
-        }
-        if !found {
-            return Err(CheckpointError::Signature(self.to_string()));
-        }
-        Ok(text)
+        self.open_note(note).map(|(text, _)| text)
     }
+
+    /// [`VerifierKey::verify_note`], also returning the cosignature's timestamp (`None` for a log key).
+    pub fn open_note<'a>(&self, note: &'a str) -> Result<(&'a str, Option<u64>), CheckpointError> {
+        let (text, sigs) = parse_note(note)?;
+        let sig = sigs
+            .iter()
+            .find(|s| s.name == self.name && s.id == self.id)
+            .ok_or_else(|| CheckpointError::Signature(self.to_string()))?;
+        self.verify_signature(text, &sig.sig)
+            .map(|t| (text, t))
+            .ok_or_else(|| CheckpointError::Signature(self.to_string()))
+    }
+
+    /// Checks `sig` (the signature bytes after the key id) over note `text`; `Some(timestamp)` for a valid
+    /// cosignature, `Some(None)` for a valid log signature, `None` if it does not verify.
+    #[allow(
+        clippy::option_option,
+        reason = "valid without a timestamp differs from invalid"
+    )]
+    fn verify_signature(&self, text: &str, sig: &[u8]) -> Option<Option<u64>> {
+        match self.kind {
+            KeyType::Ed25519 => {
+                let sig = ed25519_dalek::Signature::from_slice(sig).ok()?;
+                self.key.verify(text.as_bytes(), &sig).ok().map(|()| None)
+            }
+            KeyType::CosignatureV1 => {
+                let (ts, sig) = sig.split_first_chunk::<8>()?;
+                let ts = u64::from_be_bytes(*ts);
+                if ts > i64::MAX as u64 {
+                    return None;
+                }
+                let sig = ed25519_dalek::Signature::from_slice(sig).ok()?;
+                self.key
+                    .verify(&cosigned_message(text, ts), &sig)
+                    .ok()
+                    .map(|()| Some(ts))
+            }
+        }
+    }
+}
+
+/// One signature line of a signed note.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NoteSignature<'a> {
+    /// The key name.
+    pub name: &'a str,
+    /// The key id (first four bytes).
+    pub id: u32,
+    /// The signature bytes after the key id.
+    pub sig: Vec<u8>,
+    /// The whole line, without its newline.
+    pub line: &'a str,
+}
+
+/// Splits a signed note into its text (up to and including the newline before the last blank line) and its
+/// signature lines, as strictly as Go's `sumdb/note.Open`: at most [`MAX_NOTE_BYTES`], no control character but
+/// newline anywhere, every signature line well-formed (em dash, a valid key name, a space, standard base64 of at
+/// least 5 bytes), at least one and at most [`MAX_SIGNATURES`] of them.
+pub fn parse_note(note: &str) -> Result<(&str, Vec<NoteSignature<'_>>), CheckpointError> {
+    if note.len() > MAX_NOTE_BYTES {
+        return Err(CheckpointError::Note("larger than 64 KiB"));
+    }
+    if note.chars().any(|c| c < ' ' && c != '\n') {
+        return Err(CheckpointError::Note("control character other than newline"));
+    }
+    let split = note
+        .rfind("\n\n")
+        .ok_or(CheckpointError::Note("no blank line before the signatures"))?;
+    let text = &note[..=split];
+    let block = &note[split + 2..];
+    if !block.ends_with('\n') {
+        return Err(CheckpointError::Note("signature block must end with a newline"));
+    }
+    let mut sigs = Vec::new();
+    for line in block.lines() {
+        if sigs.len() >= MAX_SIGNATURES {
+            return Err(CheckpointError::Note("too many signatures"));
+        }
+        sigs.push(parse_signature_line(line)?);
+    }
+    Ok((text, sigs))
+}
+
+/// Parses one signature line (without its newline): `— <key name> <base64(key id ‖ signature)>`.
+pub fn parse_signature_line(line: &str) -> Result<NoteSignature<'_>, CheckpointError> {
+    let rest = line
+        .strip_prefix(SIG_PREFIX)
+        .ok_or(CheckpointError::Note("signature line must start with an em dash"))?;
+    let (name, b64) = rest.split_once(' ').ok_or(CheckpointError::Note(
+        "signature line needs a name and a signature",
+    ))?;
+    if check_name(name).is_err() {
+        return Err(CheckpointError::Note("signature line has an invalid key name"));
+    }
+    if b64.len() > MAX_NOTE_BYTES {
+        return Err(CheckpointError::Note("signature too long"));
+    }
+    let raw = B64
+        .decode(b64)
+        .map_err(|_| CheckpointError::Note("signature is not base64"))?;
+    let Some((id, sig)) = raw.split_first_chunk::<4>().filter(|(_, s)| !s.is_empty()) else {
+        return Err(CheckpointError::Note("signature too short"));
+    };
+    Ok(NoteSignature {
+        name,
+        id: u32::from_be_bytes(*id),
+        sig: sig.to_vec(),
+        line,
+    })
 }
 
 /// A tree head: what a checkpoint commits to.
@@ -372,52 +531,23 @@ impl Checkpoint {
         )
     }
 
-    /// Parses a checkpoint body.
+    /// Parses one of this log's checkpoint bodies: a [`TreeHead`] with exactly one `epoch <N>` extension line.
     pub fn parse_body(text: &str) -> Result<Self, CheckpointError> {
-        let body = text
-            .strip_suffix('\n')
-            .ok_or(CheckpointError::Body("must end with a newline"))?;
-        let mut lines = body.split('\n');
-        let origin = lines
-            .next()
-            .filter(|l| !l.is_empty())
-            .ok_or(CheckpointError::Body("missing origin"))?;
-        let size_line = lines.next().ok_or(CheckpointError::Body("missing tree size"))?;
-        let canonical = size_line == "0"
-            || (!size_line.starts_with('0') && size_line.bytes().all(|b| b.is_ascii_digit()));
-        let size: u64 = size_line
-            .parse()
-            .ok()
-            .filter(|_| canonical)
-            .ok_or(CheckpointError::Body("tree size is not a decimal number"))?;
-        let root_line = lines.next().ok_or(CheckpointError::Body("missing root hash"))?;
-        let root: Hash = B64
-            .decode(root_line)
-            .ok()
-            .and_then(|r| r.try_into().ok())
-            .ok_or(CheckpointError::Body("root hash is not 32 bytes of base64"))?;
+        let head = TreeHead::parse(text)?;
         let mut epoch = None;
-        for l in lines {
-            if l.is_empty() {
-                return Err(CheckpointError::Body("empty extension line"));
-            }
-            if let Some(e) = l.strip_prefix("epoch ") {
-                if epoch
-                    .replace(
-                        e.parse()
-                            .map(Epoch)
-                            .map_err(|_| CheckpointError::Body("epoch is not a number"))?,
-                    )
-                    .is_some()
-                {
-                    return Err(CheckpointError::Body("two epoch lines"));
-                }
+        for e in head.extensions.iter().filter_map(|l| l.strip_prefix("epoch ")) {
+            let n = e
+                .parse()
+                .map(Epoch)
+                .map_err(|_| CheckpointError::Body("epoch is not a number"))?;
+            if epoch.replace(n).is_some() {
+                return Err(CheckpointError::Body("two epoch lines"));
             }
         }
         Ok(Self {
-            origin: origin.to_owned(),
-            size,
-            root,
+            origin: head.origin,
+            size: head.size,
+            root: head.root,
             epoch: epoch.ok_or(CheckpointError::Body("missing epoch line"))?,
         })
     }
@@ -430,6 +560,63 @@ impl Checkpoint {
             note: key.sign_note(&self.body()),
         }
     }
+}
+
+/// The body of any log's checkpoint (C2SP `tlog-checkpoint`): origin, tree size, root hash, then optional
+/// extension lines. A witness checks other logs' checkpoints with this; this log's own add an `epoch` line
+/// ([`Checkpoint`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TreeHead {
+    /// The origin line (non-empty).
+    pub origin: String,
+    /// The tree size.
+    pub size: u64,
+    /// The root hash.
+    pub root: Hash,
+    /// The extension lines (each non-empty), in order.
+    pub extensions: Vec<String>,
+}
+
+impl TreeHead {
+    /// Parses a checkpoint body: at least three non-empty newline-terminated lines; the size in decimal without
+    /// leading zeroes (`0` for the empty tree); the root as standard base64 of 32 bytes.
+    pub fn parse(text: &str) -> Result<Self, CheckpointError> {
+        let body = text
+            .strip_suffix('\n')
+            .ok_or(CheckpointError::Body("must end with a newline"))?;
+        let mut lines = body.split('\n');
+        let origin = lines
+            .next()
+            .filter(|l| !l.is_empty())
+            .ok_or(CheckpointError::Body("missing origin"))?;
+        let size_line = lines.next().ok_or(CheckpointError::Body("missing tree size"))?;
+        let size =
+            parse_decimal(size_line).ok_or(CheckpointError::Body("tree size is not a decimal number"))?;
+        let root_line = lines.next().ok_or(CheckpointError::Body("missing root hash"))?;
+        let root: Hash = B64
+            .decode(root_line)
+            .ok()
+            .and_then(|r| r.try_into().ok())
+            .ok_or(CheckpointError::Body("root hash is not 32 bytes of base64"))?;
+        let extensions = lines.map(str::to_owned).collect::<Vec<_>>();
+        if extensions.iter().any(String::is_empty) {
+            return Err(CheckpointError::Body("empty extension line"));
+        }
+        Ok(Self {
+            origin: origin.to_owned(),
+            size,
+            root,
+            extensions,
+        })
+    }
+}
+
+/// A decimal number as the C2SP formats write one: ASCII digits, no sign, no leading zero (but `0` itself).
+#[must_use]
+pub fn parse_decimal(s: &str) -> Option<u64> {
+    let canonical =
+        s == "0" || (!s.starts_with('0') && !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()));
+    s.parse().ok().filter(|_| canonical)
 }
 
 /// A checkpoint with its signed note.

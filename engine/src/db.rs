@@ -644,7 +644,8 @@ impl Db {
             self.expected_root(&st, old_size)?,
             self.expected_root(&st, new_size)?,
         );
-        if !merkle::verify_consistency(old_size, new_size, &old_root, &new_root, &proof) {
+        // From size 0 there is nothing to prove (the proof is empty).
+        if old_size > 0 && !merkle::verify_consistency(old_size, new_size, &old_root, &new_root, &proof) {
             return Err(inner.merkle_damaged(
                 new_size,
                 format!("the consistency proof from {old_size} to {new_size} does not verify"),

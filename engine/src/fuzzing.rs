@@ -93,3 +93,57 @@ pub fn index(data: &[u8]) {
         }
     }
 }
+
+/// Witness requests (C2SP `tlog-witness` `add-checkpoint` bodies): the parser never panics and bounds the body
+/// and its proof lines before it allocates; a body that parses re-encodes to itself; a parsed request given to a
+/// witness (in memory, trusting one fixed log key) is answered or refused, never a panic, and a cosignature it
+/// returns verifies.
+pub fn witness_request(data: &[u8]) {
+    use crate::witness::{AddCheckpoint, Witness, MAX_PROOF_LINES};
+    let Ok(req) = AddCheckpoint::parse(data) else {
+        return;
+    };
+    assert_eq!(req.encode().as_bytes(), data, "request round trip");
+    assert!(req.proof.len() <= MAX_PROOF_LINES);
+    let fs = std::sync::Arc::new(aerodb_wal::fs::MemFs::new());
+    let dir = std::path::Path::new("/w");
+    let (Ok(()), Ok(log), Ok(key)) = (
+        aerodb_wal::fs::Fs::create_dir_all(&*fs, dir),
+        SigningKey::from_seed("fuzz.example/log", [7u8; 32]),
+        SigningKey::from_seed_typed("fuzz.example/witness", crate::KeyType::CosignatureV1, [8u8; 32]),
+    ) else {
+        return;
+    };
+    let Ok(w) = Witness::open(fs, dir, key, &[log.verifier()]) else {
+        return;
+    };
+    if let Ok(lines) = w.add_checkpoint(&req, 1_700_000_000) {
+        let note = crate::witness::attach_lines(&req.note, &lines).expect("a cosigned note parses");
+        assert_eq!(
+            crate::witness::valid_cosignatures(&note, &[w.verifier()]).len(),
+            1
+        );
+    }
+}
+
+/// Cosignature lines, notes and witness state files: the signature-line and note parsers, the tree-head parser
+/// and the state decoder never panic; a state file that decodes re-encodes to itself; counting cosignatures with
+/// a fixed witness key never panics.
+pub fn cosignature(data: &[u8]) {
+    if let Ok(s) = crate::witness::WitnessState::decode(data) {
+        assert_eq!(s.encode(), data, "state round trip");
+    }
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    for line in text.lines() {
+        let _ = crate::checkpoint::parse_signature_line(line);
+    }
+    let _ = crate::checkpoint::parse_note(text);
+    let _ = crate::TreeHead::parse(text);
+    if let Ok(k) =
+        SigningKey::from_seed_typed("fuzz.example/witness", crate::KeyType::CosignatureV1, [8u8; 32])
+    {
+        let _ = crate::witness::valid_cosignatures(text, &[k.verifier()]);
+    }
+}

@@ -31,8 +31,9 @@ pub mod merkle;
 pub mod record;
 pub mod store;
 pub mod verify;
+pub mod witness;
 
-pub use checkpoint::{Checkpoint, SignedCheckpoint, SigningKey, VerifierKey};
+pub use checkpoint::{Checkpoint, KeyType, SignedCheckpoint, SigningKey, TreeHead, VerifierKey};
 pub use db::{
     truncate_after, Db, InclusionProof, NewRecord, OpenReport, OpenRole, Options, Receipt, StoredRecord, Tip,
     Version, KEY_FILE,

@@ -181,15 +181,14 @@ pub fn verify_consistency(
     new_root: &Hash,
     proof: &[Hash],
 ) -> bool {
-    if old_size > new_size || proof.len() > MAX_PROOF_HASHES {
+    // As the reference (Go's `tlog.CheckTree`): a proof is from a tree of at least one leaf. Every tree extends
+    // the empty one, so there is nothing to check from size 0, and a caller that trusts no tree yet must say so
+    // itself rather than pass size 0 and any root.
+    if old_size == 0 || old_size > new_size || proof.len() > MAX_PROOF_HASHES {
         return false;
     }
     if old_size == new_size {
         return proof.is_empty() && old_root == new_root;
-    }
-    if old_size == 0 {
-        // Every tree extends the empty tree; there is nothing to prove.
-        return proof.is_empty();
     }
     let mut path: Vec<Hash> = Vec::with_capacity(proof.len() + 1);
     if old_size.is_power_of_two() {
@@ -621,5 +620,10 @@ mod tests {
         assert!(!verify_consistency(2, 1, &l, &l, &[]));
         assert!(!verify_consistency(1, 1, &l, &l, &[l]));
         assert!(!verify_consistency(1, 2, &l, &l, &[]));
+        // From size 0 there is no proof, whatever the roots (Go refuses it too).
+        let e = empty_root();
+        assert!(!verify_consistency(0, 1, &e, &l, &[]));
+        assert!(!verify_consistency(0, 1, &l, &l, &[]));
+        assert!(!verify_consistency(0, 0, &e, &e, &[]));
     }
 }

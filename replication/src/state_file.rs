@@ -12,7 +12,7 @@
 use std::path::{Path, PathBuf};
 
 use aerodb_wal::{
-    fs::{read_exact_at, Fs, OpenMode},
+    fs::{read_small_file, replace_file, Fs},
     CommitId, Epoch,
 };
 
@@ -260,38 +260,19 @@ impl RoleFile {
             path: path.display().to_string(),
             what,
         };
-        let f = match self.fs.open(&path, OpenMode::Read) {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(RoleMachine::default()),
-            Err(e) => return Err(err(e.to_string())),
+        let Some(b) =
+            read_small_file(&*self.fs, &path, (MAX_BODY + 28) as u64).map_err(|e| err(e.to_string()))?
+        else {
+            return Ok(RoleMachine::default());
         };
-        let len = f.len().map_err(|e| err(e.to_string()))?;
-        if len > (MAX_BODY + 28) as u64 {
-            return Err(err(format!("{len} bytes is too long for a role file")));
-        }
-        let mut b = vec![0u8; len as usize];
-        read_exact_at(&*f, &mut b, 0).map_err(|e| err(e.to_string()))?;
         decode(&b).map_err(|e| err(e.to_string()))
     }
 
     /// Writes the role durably (temporary file, `fdatasync`, rename, directory fsync).
     pub fn store(&self, m: &RoleMachine) -> Result<(), Error> {
-        let tmp = self.dir.join(format!("{FILE}.tmp"));
-        let path = self.dir.join(FILE);
-        let io = |op: &str, p: &Path, e: std::io::Error| Error::RoleFile {
-            path: p.display().to_string(),
-            what: format!("{op}: {e}"),
-        };
-        let _ = self.fs.remove_file(&tmp);
-        let f = self
-            .fs
-            .open(&tmp, OpenMode::CreateNew)
-            .map_err(|e| io("create", &tmp, e))?;
-        f.write_all_at(&encode(m), 0).map_err(|e| io("write", &tmp, e))?;
-        f.sync_data().map_err(|e| io("fsync", &tmp, e))?;
-        self.fs.rename(&tmp, &path).map_err(|e| io("rename", &path, e))?;
-        self.fs
-            .sync_dir(&self.dir)
-            .map_err(|e| io("fsync directory", &self.dir, e))
+        replace_file(&*self.fs, &self.dir, FILE, &encode(m)).map_err(|e| Error::RoleFile {
+            path: self.dir.join(FILE).display().to_string(),
+            what: e.to_string(),
+        })
     }
 }

@@ -13,6 +13,7 @@ use std::{path::PathBuf, sync::Arc};
 
 use aerodb_tests::{body, small_opts, MEM_DIR};
 use aerodb_wal::{fs::MemFs, fuzzing, Epoch, Wal};
+use base64::{engine::general_purpose::STANDARD as B64, Engine};
 
 fn corpus_dir(target: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -121,6 +122,52 @@ fn write_seeds() {
     entry.extend_from_slice(cp.note.as_bytes());
     save("checkpoint", "seed-log-entry", &entry);
 
+    // Witness requests and cosignatures: a first request (old 0), one with a consistency proof, a cosigned note,
+    // a witness state file.
+    {
+        use aerodb_engine::{merkle, witness};
+        let mut tree = merkle::MemTree::new();
+        for i in 0..13u64 {
+            tree.push(merkle::leaf_hash(&i.to_le_bytes()));
+        }
+        let note = |n: u64| {
+            let root = merkle::root(&tree, n).unwrap();
+            let body = format!("fuzz.example/log\n{n}\n{}\n", B64.encode(root));
+            key.sign_note(&body)
+        };
+        let first = witness::AddCheckpoint {
+            old_size: 0,
+            proof: Vec::new(),
+            note: note(5),
+        };
+        save("witness_request", "seed-first", first.encode().as_bytes());
+        let next = witness::AddCheckpoint {
+            old_size: 5,
+            proof: merkle::consistency_proof(&tree, 5, 13).unwrap(),
+            note: note(13),
+        };
+        save("witness_request", "seed-extend", next.encode().as_bytes());
+        let w = aerodb_engine::SigningKey::from_seed_typed(
+            "fuzz.example/witness",
+            aerodb_engine::KeyType::CosignatureV1,
+            [8u8; 32],
+        )
+        .unwrap();
+        let n = note(13);
+        let body = &n[..=n.rfind("\n\n").unwrap()];
+        let cosigned = witness::attach_lines(&n, &w.signature_line(body, 1_700_000_000)).unwrap();
+        save("cosignature", "seed-cosigned-note", cosigned.as_bytes());
+        let mut state = witness::WitnessState::default();
+        state.logs.insert(
+            "fuzz.example/log".into(),
+            witness::Cosigned {
+                size: 13,
+                root: merkle::root(&tree, 13).unwrap(),
+            },
+        );
+        save("cosignature", "seed-state", &state.encode());
+    }
+
     // Role files: a primary, a replica, a halted node.
     {
         use aerodb_replication::{role::*, state_file::encode};
@@ -219,6 +266,8 @@ fn fuzz_corpus_replays_cleanly() {
         + replay("index", aerodb_engine::fuzzing::index)
         + replay("backup_manifest", aerodb_engine::fuzzing::backup_manifest)
         + replay("audit_bundle", aerodb_engine::fuzzing::audit_bundle)
+        + replay("witness_request", aerodb_engine::fuzzing::witness_request)
+        + replay("cosignature", aerodb_engine::fuzzing::cosignature)
         + replay("role_file", aerodb_replication::fuzz_role_file)
         + replay("replay_frame", aerodb_replication::fuzz_replay_frame);
     aerodb_tests::report_figure("T13 fuzz corpus replay", &format!("{n} inputs, 0 failures"));

@@ -100,3 +100,42 @@ pub fn read_exact_at(file: &dyn FsFile, mut buf: &mut [u8], mut offset: u64) -> 
     }
     Ok(())
 }
+
+/// Replaces `dir/name` with `bytes` durably and atomically: a temporary file `name.tmp` is written and
+/// `fdatasync`ed, renamed over `name`, and the directory is fsynced. A crash leaves either the old or the new
+/// contents (and perhaps a stale `.tmp`, which the next call removes). The error says which step failed.
+pub fn replace_file(fs: &dyn Fs, dir: &Path, name: &str, bytes: &[u8]) -> io::Result<()> {
+    let tmp = dir.join(format!("{name}.tmp"));
+    let path = dir.join(name);
+    let step =
+        |op: &str, p: &Path, e: io::Error| io::Error::new(e.kind(), format!("{op} {}: {e}", p.display()));
+    let _ = fs.remove_file(&tmp);
+    let f = fs
+        .open(&tmp, OpenMode::CreateNew)
+        .map_err(|e| step("create", &tmp, e))?;
+    f.write_all_at(bytes, 0).map_err(|e| step("write", &tmp, e))?;
+    f.sync_data().map_err(|e| step("fsync", &tmp, e))?;
+    drop(f);
+    fs.rename(&tmp, &path).map_err(|e| step("rename to", &path, e))?;
+    fs.sync_dir(dir).map_err(|e| step("fsync directory", dir, e))
+}
+
+/// Reads a whole small file of at most `max` bytes; `Ok(None)` if it does not exist. A longer file is an
+/// `InvalidData` error (read nothing past the bound).
+pub fn read_small_file(fs: &dyn Fs, path: &Path, max: u64) -> io::Result<Option<Vec<u8>>> {
+    let f = match fs.open(path, OpenMode::Read) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let len = f.len()?;
+    if len > max {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{len} bytes is longer than the {max} allowed"),
+        ));
+    }
+    let mut b = vec![0u8; len as usize];
+    read_exact_at(&*f, &mut b, 0)?;
+    Ok(Some(b))
+}
