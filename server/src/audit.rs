@@ -48,7 +48,7 @@ pub async fn export(
         ));
     }
     let cp = client
-        .latest_checkpoint(with_auth(&auth, pb::LatestCheckpointRequest {}))
+        .latest_checkpoint(with_auth(&auth, pb::LatestCheckpointRequest { cosigned: 0 }))
         .await
         .map_err(|s| format!("the newest checkpoint: {}", s.message()))?
         .into_inner();

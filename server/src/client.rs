@@ -215,7 +215,7 @@ impl VerifiedClient {
     pub async fn refresh(&mut self) -> Result<Checkpoint, ClientError> {
         let cp = self
             .inner
-            .latest_checkpoint(self.req(pb::LatestCheckpointRequest {}))
+            .latest_checkpoint(self.req(pb::LatestCheckpointRequest { cosigned: 0 }))
             .await?
             .into_inner();
         self.accept(&cp).await

@@ -241,6 +241,21 @@ pub struct Flags {
     /// Log format.
     #[arg(long, env = "AERODB_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
+    /// This node's witness key name (its C2SP cosigner name; default `<origin>/<node id>`). The key itself is
+    /// `witness.key` in the data directory, created at first start.
+    #[arg(long, env = "AERODB_WITNESS_NAME")]
+    pub witness_name: Option<String>,
+    /// Witness verifier keys (cosignature/v1, comma-separated) whose cosignatures a primary counts, besides the
+    /// keys its replicas announce.
+    #[arg(long, env = "AERODB_WITNESSES", value_delimiter = ',')]
+    pub witnesses: Option<Vec<String>>,
+    /// Distinct witness cosignatures a checkpoint needs to be published as cosigned (0: none required).
+    #[arg(long, env = "AERODB_WITNESS_QUORUM")]
+    pub witness_quorum: Option<usize>,
+    /// Verifier keys of other logs this node witnesses through `POST /witness/add-checkpoint` (comma-separated;
+    /// each log's origin is its key's name). The node's own log is always witnessed.
+    #[arg(long, env = "AERODB_WITNESS_LOGS", value_delimiter = ',')]
+    pub witness_logs: Option<Vec<String>>,
     /// Threads serving the two APIs (0 or unset: one fewer than the CPUs, at least one; the other core is left
     /// to the committer threads, which encode, hash, write and fsync the log).
     #[arg(long, env = "AERODB_WORKER_THREADS")]
@@ -294,6 +309,10 @@ pub struct FileConfig {
     ports_file: Option<PathBuf>,
     log_format: Option<LogFormat>,
     worker_threads: Option<usize>,
+    witness_name: Option<String>,
+    witnesses: Option<Vec<String>>,
+    witness_quorum: Option<usize>,
+    witness_logs: Option<Vec<String>>,
 }
 
 /// The effective configuration.
@@ -369,6 +388,14 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Runtime worker threads serving the APIs; 0 picks [`Config::default_worker_threads`].
     pub worker_threads: usize,
+    /// This node's witness key name.
+    pub witness_name: String,
+    /// Witness keys a primary counts toward the quorum (besides those its replicas announce).
+    pub witnesses: Vec<aerodb_engine::VerifierKey>,
+    /// Cosignatures a checkpoint needs to be published as cosigned (0: none required).
+    pub witness_quorum: usize,
+    /// Other logs this node witnesses over HTTP.
+    pub witness_logs: Vec<aerodb_engine::VerifierKey>,
 }
 
 impl Config {
@@ -412,6 +439,10 @@ impl Config {
             ports_file: None,
             log_format: LogFormat::Text,
             worker_threads: 0,
+            witness_name: "aerodb-ledger/node-1".into(),
+            witnesses: Vec::new(),
+            witness_quorum: 0,
+            witness_logs: Vec::new(),
         }
     }
 
@@ -447,6 +478,44 @@ impl Config {
             None => FileConfig::default(),
         };
         let loopback = |a: &SocketAddr| a.ip().is_loopback();
+        let keys = |what: &str, list: Option<Vec<String>>, kind: aerodb_engine::KeyType| {
+            list.unwrap_or_default()
+                .iter()
+                .filter(|k| !k.trim().is_empty())
+                .map(|k| {
+                    let v = aerodb_engine::VerifierKey::parse(k)
+                        .map_err(|e| Error::config(format!("{what} {k:?}: {e}")))?;
+                    if v.kind() != kind {
+                        return Err(Error::config(format!(
+                            "{what} {k:?} is a key of type {:?}, not {kind:?}",
+                            v.kind()
+                        )));
+                    }
+                    Ok(v)
+                })
+                .collect::<Result<Vec<_>, Error>>()
+        };
+        let witnesses = keys(
+            "--witnesses key",
+            flags.witnesses.or(file.witnesses),
+            aerodb_engine::KeyType::CosignatureV1,
+        )?;
+        let witness_logs = keys(
+            "--witness-logs key",
+            flags.witness_logs.or(file.witness_logs),
+            aerodb_engine::KeyType::Ed25519,
+        )?;
+        let node_id = flags.node_id.or(file.node_id).unwrap_or_else(|| "node-1".into());
+        let origin = flags
+            .origin
+            .clone()
+            .or(file.origin.clone())
+            .unwrap_or_else(|| "aerodb-ledger".into());
+        let witness_name = flags
+            .witness_name
+            .or(file.witness_name)
+            .unwrap_or_else(|| format!("{origin}/{node_id}"));
+        let witness_quorum = flags.witness_quorum.or(file.witness_quorum).unwrap_or(0);
         let c =
             Config {
                 role: flags.role.or(file.role).unwrap_or(Role::Primary),
@@ -455,7 +524,7 @@ impl Config {
                         "a data directory is required (--data-dir, AERODB_DATA_DIR or data_dir in the file)",
                     )
                 })?,
-                node_id: flags.node_id.or(file.node_id).unwrap_or_else(|| "node-1".into()),
+                node_id,
                 http_listen: flags
                     .http_listen
                     .or(file.http_listen)
@@ -577,10 +646,7 @@ impl Config {
                         .or(file.checkpoint_interval_ms)
                         .unwrap_or(1_000),
                 ),
-                origin: flags
-                    .origin
-                    .or(file.origin)
-                    .unwrap_or_else(|| "aerodb-ledger".into()),
+                origin,
                 segment_bytes: flags
                     .segment_bytes
                     .or(file.segment_bytes)
@@ -588,7 +654,25 @@ impl Config {
                 ports_file: flags.ports_file.or(file.ports_file),
                 log_format: flags.log_format.or(file.log_format).unwrap_or(LogFormat::Text),
                 worker_threads: flags.worker_threads.or(file.worker_threads).unwrap_or(0),
+                witness_name,
+                witnesses,
+                witness_quorum,
+                witness_logs,
             };
+        if c.witness_name.is_empty() || c.witness_name.chars().any(|ch| ch.is_whitespace() || ch == '+') {
+            return Err(Error::config(format!(
+                "witness name {:?} must be non-empty, without spaces or '+' (set --witness-name)",
+                c.witness_name
+            )));
+        }
+        if c.witness_quorum > crate::witness::MAX_WITNESSES
+            || c.witnesses.len() > crate::witness::MAX_WITNESSES
+        {
+            return Err(Error::config(format!(
+                "at most {} witnesses (--witnesses, --witness-quorum)",
+                crate::witness::MAX_WITNESSES
+            )));
+        }
         if c.tls_client_ca.is_some() && c.tls.is_none() {
             return Err(Error::config(
                 "--tls-client-ca needs TLS (--tls-cert and --tls-key)",

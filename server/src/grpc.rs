@@ -178,12 +178,19 @@ fn receipt(r: &aerodb_engine::Receipt) -> pb::Receipt {
 /// The protobuf form of a checkpoint.
 #[must_use]
 pub fn checkpoint(c: &SignedCheckpoint) -> pb::Checkpoint {
+    checkpoint_with(c, Vec::new())
+}
+
+/// The protobuf form of a checkpoint whose note carries the cosignatures of `witnesses`.
+#[must_use]
+pub fn checkpoint_with(c: &SignedCheckpoint, witnesses: Vec<String>) -> pb::Checkpoint {
     pb::Checkpoint {
         note: c.note.clone(),
         origin: c.checkpoint.origin.clone(),
         size: c.checkpoint.size,
         root: c.checkpoint.root.to_vec(),
         epoch: c.checkpoint.epoch.0,
+        witnesses,
     }
 }
 
@@ -501,7 +508,11 @@ impl pb::ledger_server::Ledger for LedgerService {
     ) -> Result<Response<pb::Checkpoint>, Status> {
         let r = async {
             self.authorize(&req, Action::Read)?;
-            Ok(checkpoint(&self.node.latest_checkpoint().await?))
+            let (cp, witnesses) = self
+                .node
+                .checkpoint_cosigned(req.get_ref().cosigned as usize)
+                .await?;
+            Ok(checkpoint_with(&cp, witnesses))
         }
         .await;
         self.finish(r)
@@ -552,6 +563,12 @@ impl pb::ledger_server::Ledger for LedgerService {
                 connected_to_primary: s.connected_to_primary,
                 primary_commit_id: s.primary_commit_id,
                 replication_error: s.replication_error,
+                witness_key: s.witness_key,
+                cosignatures_made: s.cosignatures_made,
+                witness_quorum: s.witness_quorum,
+                witnesses_known: s.witnesses_known,
+                cosigned_size: s.cosigned_size,
+                cosigned_by: s.cosigned_by,
             })
         }
         .await;

@@ -23,6 +23,7 @@ pub mod openapi;
 pub mod replication;
 pub mod rest;
 pub mod tls;
+pub mod witness;
 
 use aerodb_wal::Epoch;
 use std::{net::SocketAddr, sync::Arc};
@@ -61,6 +62,8 @@ pub struct Bound {
     pub grpc: SocketAddr,
     /// The log's verifier key (what clients verify checkpoints with).
     pub verifier_key: String,
+    /// This node's witness verifier key (cosignature/v1).
+    pub witness_key: String,
 }
 
 /// Establishes the node's role from its persisted `role.state` and the configuration, by the core's bootstrap
@@ -193,8 +196,22 @@ pub fn open_node(config: Config) -> Result<Node> {
         )?),
         _ => None,
     };
+    let witness_key = witness::load_or_create_key(&config.data_dir, &config.witness_name)?;
+    let cosigning = witness::Cosigning::open(
+        &config.data_dir,
+        witness_key,
+        &db.verifier_key(),
+        &config.witness_logs,
+        config.witnesses.clone(),
+        config.witness_quorum,
+    )?;
+    tracing::info!(
+        witness_key = %cosigning.witness.verifier(),
+        quorum = config.witness_quorum,
+        "witness ready"
+    );
     let etcd = config.etcd.is_some();
-    let node = Node::new(db, config, auth, role);
+    let node = Node::new(db, config, auth, role, cosigning);
     if etcd {
         node.fence.set_gate(fence::LeaseGate::Closed(
             "this node has not been elected (the etcd election decides who writes)".into(),
@@ -273,6 +290,7 @@ pub async fn serve(
             .local_addr()
             .map_err(|e| Error::io("reading the gRPC address", e))?,
         verifier_key: node.db.verifier_key().to_string(),
+        witness_key: node.cosigning.witness.verifier().to_string(),
     };
     tracing::info!(rest = %bound.http, grpc = %bound.grpc, role = ?cfg.role, tls = cfg.tls.is_some(), "listening");
     let (http_addr, grpc_addr) = (bound.http, bound.grpc);

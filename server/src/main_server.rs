@@ -79,8 +79,8 @@ where
     let shutdown = shutdown_signal(&rt);
     let result = rt.block_on(crate::serve(node, shutdown, move |b| {
         let line = format!(
-            "{{\"http\":\"{}\",\"grpc\":\"{}\",\"verifier_key\":\"{}\"}}\n",
-            b.http, b.grpc, b.verifier_key
+            "{{\"http\":\"{}\",\"grpc\":\"{}\",\"verifier_key\":\"{}\",\"witness_key\":\"{}\"}}\n",
+            b.http, b.grpc, b.verifier_key, b.witness_key
         );
         println!("{}", line.trim_end());
         if let Some(path) = &ports_file {

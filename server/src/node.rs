@@ -140,6 +140,8 @@ pub struct Node {
     pub authority: Mutex<crate::ha::View>,
     /// This node's own URLs (set once it listens).
     pub advertised: OnceLock<crate::ha::LeaderInfo>,
+    /// This node as a witness, and (on a primary) the cosignatures it gathers.
+    pub cosigning: Arc<crate::witness::Cosigning>,
 }
 
 impl std::fmt::Debug for Job {
@@ -435,6 +437,18 @@ pub struct HaStatus {
     pub primary_commit_id: u64,
     /// On a replica: why the last stream ended or could not start.
     pub replication_error: String,
+    /// This node's witness verifier key.
+    pub witness_key: String,
+    /// Cosignatures this node made as a witness.
+    pub cosignatures_made: u64,
+    /// Cosignatures a checkpoint needs to be published as cosigned.
+    pub witness_quorum: u32,
+    /// Witness keys counted (configured and announced by replicas).
+    pub witnesses_known: u32,
+    /// The size of the newest checkpoint published as cosigned (0: none).
+    pub cosigned_size: u64,
+    /// How many witnesses cosigned it.
+    pub cosigned_by: u32,
 }
 
 fn check_key(key: &[u8]) -> ApiResult<()> {
@@ -453,7 +467,13 @@ fn check_key(key: &[u8]) -> ApiResult<()> {
 impl Node {
     /// A node over an open database.
     #[must_use]
-    pub fn new(db: Db, config: Config, auth: Auth, role: RoleMachine) -> Self {
+    pub fn new(
+        db: Db,
+        config: Config,
+        auth: Auth,
+        role: RoleMachine,
+        cosigning: crate::witness::Cosigning,
+    ) -> Self {
         let db = Arc::new(db);
         let replicas = Arc::new(Replicas::new(
             db.tip().map_or(0, |t| t.commit_id.0),
@@ -496,6 +516,7 @@ impl Node {
             backup_running: std::sync::atomic::AtomicBool::new(false),
             authority: Mutex::new(crate::ha::View::default()),
             advertised: OnceLock::new(),
+            cosigning: Arc::new(cosigning),
         }
     }
 
@@ -1299,6 +1320,32 @@ impl Node {
         .await
     }
 
+    /// The newest checkpoint with at least `cosigned` distinct witness cosignatures attached to its note, and
+    /// the witnesses (verifier keys) that cosigned it. `cosigned` 0: the newest checkpoint, with whatever
+    /// cosignatures it has gathered so far. Cosignatures are gathered by the primary.
+    pub async fn checkpoint_cosigned(&self, cosigned: usize) -> ApiResult<(SignedCheckpoint, Vec<String>)> {
+        let latest = self.latest_checkpoint().await?;
+        let gathered = self.cosigning.newest_cosigned(cosigned.max(1));
+        let text_of = |n: &str| n.rfind("\n\n").map(|i| n[..i].to_owned());
+        match gathered {
+            Some(g) if cosigned > 0 || (g.size == latest.checkpoint.size && text_of(&g.note) == text_of(&latest.note)) => {
+                let cp = SignedCheckpoint::verify(&g.note, &self.db.verifier_key())
+                    .map_err(|e| ApiError::new(Code::Internal, format!("a gathered cosigned checkpoint: {e}")))?;
+                Ok((cp, g.witnesses))
+            }
+            _ if cosigned == 0 => Ok((latest, Vec::new())),
+            _ => Err(ApiError::new(
+                Code::NotFound,
+                format!(
+                    "no checkpoint with {cosigned} witness cosignatures yet (this node counts {} witnesses, quorum {}; \
+                     the primary gathers cosignatures: see /v1/ha/status)",
+                    self.cosigning.witnesses().len(),
+                    self.cosigning.quorum
+                ),
+            )),
+        }
+    }
+
     /// The newest checkpoint.
     pub async fn latest_checkpoint(&self) -> ApiResult<SignedCheckpoint> {
         self.run(|db| {
@@ -1400,6 +1447,7 @@ impl Node {
         let leased = self.fence.check_lease().is_ok();
         let is_leader = primary && writable && role.may_write() && leased;
         let etcd_leader = authority.leader.as_ref().map(|(l, _)| l.clone());
+        let published = self.cosigning.published();
         Ok(HaStatus {
             lease_ms: authority.lease_ms,
             expires_in_ms: authority.proven_until.map_or(0, |t| {
@@ -1436,6 +1484,12 @@ impl Node {
             connected_to_primary: follower.connected,
             primary_commit_id: follower.primary_commit_id,
             replication_error: follower.last_error,
+            witness_key: self.cosigning.witness.verifier().to_string(),
+            cosignatures_made: self.cosigning.cosigned.load(std::sync::atomic::Ordering::Relaxed),
+            witness_quorum: self.cosigning.quorum as u32,
+            witnesses_known: self.cosigning.witnesses().len() as u32,
+            cosigned_size: published.as_ref().map_or(0, |g| g.size),
+            cosigned_by: published.map_or(0, |g| g.witnesses.len() as u32),
         })
     }
 

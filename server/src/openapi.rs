@@ -143,8 +143,11 @@ pub struct CheckpointOut {
     pub root: HexHash,
     /// The primary term that signed it.
     pub epoch: u64,
-    /// The signed note, verbatim: verify it with the log's published verifier key.
+    /// The signed note, verbatim: verify it with the log's published verifier key. Witness cosignatures
+    /// (C2SP cosignature/v1 lines) follow the log's signature line when the checkpoint has any.
     pub note: String,
+    /// The witnesses (verifier keys) whose cosignatures are on the note, as verified by this node.
+    pub witnesses: Vec<String>,
 }
 
 /// Bytes as UTF-8 text under the field's name, or as base64 under `<name>_base64` when they are not UTF-8.
@@ -385,6 +388,7 @@ impl Modify for BearerAuth {
         crate::rest::ha_status,
         crate::rest::openapi,
         crate::rest::metrics,
+        crate::rest::witness_add_checkpoint,
     ),
     components(schemas(ErrorOut, ErrorBody, Code, RecordIn, OpIn, BatchIn)),
     modifiers(&BearerAuth),

@@ -47,6 +47,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/v1/health", get(health))
         .route("/v1/ha/status", get(ha_status))
         .route("/v1/openapi.json", get(openapi))
+        .route("/witness/add-checkpoint", post(witness_add_checkpoint))
         .route("/metrics", get(metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -459,7 +460,12 @@ fn record_out(r: &StoredRecord) -> RecordOut {
 }
 
 fn checkpoint_out(c: &SignedCheckpoint) -> CheckpointOut {
+    checkpoint_with(c, Vec::new())
+}
+
+fn checkpoint_with(c: &SignedCheckpoint, witnesses: Vec<String>) -> CheckpointOut {
     CheckpointOut {
+        witnesses,
         origin: c.checkpoint.origin.clone(),
         size: c.checkpoint.size,
         root: HexHash::of(&c.checkpoint.root),
@@ -916,12 +922,13 @@ pub(crate) async fn consistency(
     path = "/v1/checkpoints/latest",
     operation_id = "latestCheckpoint",
     tag = "proofs",
+    params(("cosigned" = Option<u32>, Query, maximum = 64, description = "the newest checkpoint with at least this many distinct witness cosignatures (404 if none yet)")),
     responses(
         (status = 200, description = "the checkpoint", body = CheckpointOut),
         (status = 400, description = "INVALID_ARGUMENT (a query parameter)", body = ErrorOut),
         (status = 401, description = "UNAUTHENTICATED", body = ErrorOut),
         (status = 403, description = "PERMISSION_DENIED", body = ErrorOut),
-        (status = 404, description = "NOT_FOUND: none signed yet", body = ErrorOut),
+        (status = 404, description = "NOT_FOUND: none signed yet, or none with the cosignatures asked for", body = ErrorOut),
         (status = 405, description = "METHOD_NOT_ALLOWED", body = ErrorOut),
         (status = 500, description = "INTERNAL", body = ErrorOut),
         (status = 503, description = "HALTED or UNAVAILABLE", body = ErrorOut),
@@ -934,8 +941,19 @@ pub(crate) async fn latest_checkpoint(
 ) -> Response {
     let r = async {
         authorize(&node, &headers, Action::Read)?;
-        query(raw, &[])?;
-        Ok(checkpoint_out(&node.latest_checkpoint().await?))
+        let q = query(raw, &["cosigned"])?;
+        let k = number(&q, "cosigned")?.unwrap_or(0);
+        let k = usize::try_from(k)
+            .ok()
+            .filter(|k| *k <= crate::witness::MAX_WITNESSES)
+            .ok_or_else(|| {
+                ApiError::invalid(format!(
+                    "cosigned must be at most {}",
+                    crate::witness::MAX_WITNESSES
+                ))
+            })?;
+        let (cp, witnesses) = node.checkpoint_cosigned(k).await?;
+        Ok(checkpoint_with(&cp, witnesses))
     }
     .await;
     finish(&node, 200, r)
@@ -1020,6 +1038,101 @@ pub(crate) async fn ha_status(State(node): Shared, headers: HeaderMap) -> Respon
     }
     .await;
     finish(&node, 200, r)
+}
+
+/// C2SP `tlog-witness` `add-checkpoint`: cosign a checkpoint of this node's own log, or of a log given by
+/// `--witness-logs`. The body is `old <size>`, up to 63 base64 consistency-proof lines, an empty line and the
+/// signed note; the answer is `text/plain` cosignature lines (200), or 400 (malformed; old size above the
+/// checkpoint's), 403 (no trusted signature), 404 (unknown origin), 409 (`text/x.tlog.size`: the size this
+/// witness last cosigned; or a root other than the one cosigned at that size), 413 (body too large), 422
+/// (consistency proof fails). Unauthenticated, as the protocol specifies: the checkpoint's signature is the
+/// authentication.
+#[utoipa::path(
+    post,
+    path = "/witness/add-checkpoint",
+    operation_id = "witnessAddCheckpoint",
+    tag = "witness",
+    security(()),
+    request_body(content = String, content_type = "text/plain", description = "old size line, proof lines, empty line, signed checkpoint note"),
+    responses(
+        (status = 200, description = "cosignature lines", content_type = "text/plain", body = String),
+        (status = 400, description = "malformed request", content_type = "text/plain", body = String),
+        (status = 403, description = "no signature by a trusted key of the log", content_type = "text/plain", body = String),
+        (status = 404, description = "unknown log origin", content_type = "text/plain", body = String),
+        (status = 409, description = "old size is not the latest cosigned size (body: that size), or a fork", content_type = "text/x.tlog.size", body = String),
+        (status = 413, description = "body too large", content_type = "text/plain", body = String),
+        (status = 422, description = "the consistency proof does not verify", content_type = "text/plain", body = String),
+        (status = 500, description = "the witness state cannot be made durable; nothing was cosigned", content_type = "text/plain", body = String),
+    ),
+)]
+pub(crate) async fn witness_add_checkpoint(State(node): Shared, req: axum::extract::Request) -> Response {
+    use aerodb_engine::witness::{AddCheckpoint, WitnessError, MAX_REQUEST_BYTES};
+    let text = |status: u16, ctype: &'static str, body: String| {
+        let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        node.metrics
+            .request("witness", status.canonical_reason().unwrap_or("?"));
+        (status, [(header::CONTENT_TYPE, ctype)], body).into_response()
+    };
+    let plain = "text/plain; charset=utf-8";
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_REQUEST_BYTES as u64) {
+        return text(
+            413,
+            plain,
+            format!("the body is larger than {MAX_REQUEST_BYTES} bytes\n"),
+        );
+    }
+    let read = tokio::time::timeout(
+        node.config.header_timeout,
+        axum::body::to_bytes(req.into_body(), MAX_REQUEST_BYTES),
+    )
+    .await;
+    let body = match read {
+        Ok(Ok(b)) => b,
+        Ok(Err(e)) if format!("{e:?}").contains("LengthLimit") => {
+            return text(
+                413,
+                plain,
+                format!("the body is larger than {MAX_REQUEST_BYTES} bytes\n"),
+            )
+        }
+        Ok(Err(e)) => return text(400, plain, format!("could not read the body: {e}\n")),
+        Err(_) => return text(408, plain, "the body did not arrive in time\n".into()),
+    };
+    let req = match AddCheckpoint::parse(&body) {
+        Ok(r) => r,
+        Err(e) => return text(e.status(), plain, format!("{e}\n")),
+    };
+    let cosigning = node.cosigning.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        cosigning
+            .witness
+            .add_checkpoint(&req, aerodb_engine::checkpoint::unix_now())
+            .inspect(|_| {
+                cosigning
+                    .cosigned
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            })
+            .map_err(|e| (e, req.note))
+    })
+    .await;
+    match out {
+        Ok(Ok(lines)) => text(200, plain, lines),
+        Ok(Err((WitnessError::SizeConflict { latest, .. }, _))) => {
+            text(409, "text/x.tlog.size", format!("{latest}\n"))
+        }
+        Ok(Err((e, note))) => {
+            if e.is_evidence() {
+                tracing::warn!(error = %e, %note, "witness: refused a checkpoint that is evidence of log misbehaviour");
+            }
+            text(e.status(), plain, format!("{e}\n"))
+        }
+        Err(e) => text(500, plain, format!("the witness task failed: {e}\n")),
+    }
 }
 
 /// This document.

@@ -234,6 +234,7 @@ fn start_with_nofile(dir: &std::path::Path, nofile: u64, extra: &[&str]) -> Serv
         http: v["http"].as_str().unwrap().parse().unwrap(),
         grpc: v["grpc"].as_str().unwrap().parse().unwrap(),
         verifier_key: v["verifier_key"].as_str().unwrap().to_owned(),
+        witness_key: v["witness_key"].as_str().unwrap().to_owned(),
         data,
     }
 }

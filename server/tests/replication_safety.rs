@@ -217,6 +217,7 @@ fn claim(epoch: u64, proof: Option<String>) -> pb::ReplicaHello {
         epoch: 0,
         highest_epoch: epoch,
         epoch_proof: proof,
+        witness_key: String::new(),
     }
 }
 

@@ -617,7 +617,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .map_err(|e| anyhow::anyhow!("{}", e.message()))?
                 .into_inner();
             let cp = raw
-                .latest_checkpoint(c.request(pb::LatestCheckpointRequest {}))
+                .latest_checkpoint(c.request(pb::LatestCheckpointRequest { cosigned: 0 }))
                 .await
                 .ok()
                 .map(|r| r.into_inner());
@@ -804,7 +804,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let c = client(&cli, None).await?;
             let cp = c
                 .raw()
-                .latest_checkpoint(c.request(pb::LatestCheckpointRequest {}))
+                .latest_checkpoint(c.request(pb::LatestCheckpointRequest { cosigned: 0 }))
                 .await
                 .map_err(|e| anyhow::anyhow!("{}", e.message()))?
                 .into_inner();
@@ -953,7 +953,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     let mut c = pb::ledger_client::LedgerClient::connect(url.clone())
                         .await
                         .map_err(|e| anyhow::anyhow!("connecting to {url}: {e}"))?;
-                    let mut req = tonic::Request::new(pb::LatestCheckpointRequest {});
+                    let mut req = tonic::Request::new(pb::LatestCheckpointRequest { cosigned: 0 });
                     if let Some(t) = &cli.token {
                         req.metadata_mut().insert("authorization", format!("Bearer {t}").parse()?);
                     }

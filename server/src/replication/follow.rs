@@ -235,6 +235,7 @@ async fn stream_once(
         epoch: tip.epoch.0,
         highest_epoch: highest.0,
         epoch_proof: node.db.latest_checkpoint().map(|c| c.note),
+        witness_key: node.cosigning.witness.verifier().to_string(),
     };
     if out_tx
         .send(pb::ReplicaMessage {
@@ -371,6 +372,30 @@ impl Ctx<'_> {
     }
 }
 
+/// As a witness, cosigns a checkpoint the primary sent (its own log already reproduced the root). A checkpoint
+/// that would roll back or fork what this node cosigned halts it, with the evidence; a witness state that cannot
+/// be made durable is logged and nothing is cosigned.
+async fn cosign(ctx: &Ctx<'_>, note: String) -> Result<Option<pb::Cosignature>, StreamEnd> {
+    let node = ctx.node.clone();
+    let n = note.clone();
+    match tokio::task::spawn_blocking(move || node.cosigning.cosign_replicated(&n, &node.db)).await {
+        Ok(Ok(Some(lines))) => Ok(Some(pb::Cosignature { note, lines })),
+        Ok(Ok(None)) => Ok(None),
+        Ok(Err(e)) if e.is_evidence() => {
+            let reason = HaltReason::Corruption(format!(
+                "WITNESS_REFUSED: {e}; this node cosigned a checkpoint that the log it now holds contradicts"
+            ));
+            let evidence = ctx.evidence(&format!("this checkpoint from the primary:\n{note}"));
+            Err(halt(ctx.node, reason, &evidence))
+        }
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "not cosigning a checkpoint from the primary");
+            Ok(None)
+        }
+        Err(e) => Err(StreamEnd::Retry(format!("cosigning task failed: {e}"))),
+    }
+}
+
 /// The message loop after the handshake.
 async fn follow_stream(
     ctx: &Ctx<'_>,
@@ -421,8 +446,17 @@ async fn follow_stream(
                 let n = note.clone();
                 match tokio::task::spawn_blocking(move || db.add_checkpoint(&n)).await {
                     Ok(Ok(_)) => {
-                        *ctx.their_checkpoint.lock() = Some(note);
-                        Ok(())
+                        *ctx.their_checkpoint.lock() = Some(note.clone());
+                        match cosign(ctx, note).await {
+                            Ok(Some(c)) => out
+                                .send(pb::ReplicaMessage {
+                                    msg: Some(RMsg::Cosignature(c)),
+                                })
+                                .await
+                                .map_err(|_| StreamEnd::Retry("the outbound stream closed".into())),
+                            Ok(None) => Ok(()),
+                            Err(end) => return end,
+                        }
                     }
                     Ok(Err(e)) => {
                         let reason = HaltReason::Corruption(format!(

@@ -173,15 +173,38 @@ impl pb::replication_server::Replication for ReplicationService {
         tx.send(msg(PMsg::Welcome(welcome)))
             .await
             .map_err(|_| Status::cancelled("the replica went away"))?;
+        if !hello.witness_key.is_empty() {
+            if let Err(e) = node.cosigning.announce(&hello.node_id, &hello.witness_key) {
+                tracing::warn!(replica = %hello.node_id, %peer, "ignoring the replica's witness key: {e}");
+            }
+        }
         let id = node.replicas.register(hello.node_id.clone(), peer.clone(), from);
         tracing::info!(replica = %hello.node_id, %peer, from = from.0, "replica connected");
-        // Acknowledgements, until the replica closes its side.
+        // Acknowledgements and cosignatures, until the replica closes its side.
         let acks = {
             let node = node.clone();
+            let replica_id = hello.node_id.clone();
             tokio::spawn(async move {
                 while let Ok(Some(m)) = inbound.message().await {
-                    if let Some(RMsg::Ack(a)) = m.msg {
-                        node.replicas.acked(id, a.written, a.flushed, a.applied);
+                    match m.msg {
+                        Some(RMsg::Ack(a)) => node.replicas.acked(id, a.written, a.flushed, a.applied),
+                        Some(RMsg::Cosignature(c)) => {
+                            let (n, key) = (node.clone(), node.db.verifier_key());
+                            let replica = replica_id.clone();
+                            // Verifying and (at quorum) persisting the published checkpoint: off the runtime.
+                            let done = tokio::task::spawn_blocking(move || {
+                                n.cosigning.receive(&key, &c.note, &c.lines)
+                            })
+                            .await;
+                            match done {
+                                Ok(Ok(count)) => tracing::debug!(%replica, count, "cosignature received"),
+                                Ok(Err(e)) => {
+                                    tracing::warn!(%replica, "a cosignature from the replica was refused: {e}")
+                                }
+                                Err(e) => tracing::error!("cosignature task failed: {e}"),
+                            }
+                        }
+                        _ => {}
                     }
                 }
             })

@@ -111,9 +111,10 @@ pub fn start_replica_with(
         token.to_str().expect("UTF-8 path"),
         "--segment-bytes",
         segment,
-        "--node-id",
-        "replica-1",
     ];
+    if !extra.contains(&"--node-id") {
+        args.extend_from_slice(&["--node-id", "replica-1"]);
+    }
     args.extend_from_slice(extra);
     start(dir, &args)
 }
@@ -124,6 +125,8 @@ pub struct Server {
     pub http: SocketAddr,
     pub grpc: SocketAddr,
     pub verifier_key: String,
+    /// The node's witness verifier key (cosignature/v1).
+    pub witness_key: String,
     pub data: PathBuf,
 }
 
@@ -178,6 +181,7 @@ pub fn start_wrapped(dir: &Path, data: &Path, wrapper: &[&str], extra: &[&str]) 
         http: v["http"].as_str().expect("http").parse().expect("addr"),
         grpc: v["grpc"].as_str().expect("grpc").parse().expect("addr"),
         verifier_key: v["verifier_key"].as_str().expect("key").to_owned(),
+        witness_key: v["witness_key"].as_str().expect("witness key").to_owned(),
         data,
     }
 }

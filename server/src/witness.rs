@@ -1,0 +1,279 @@
+//! Replicas as witnesses (issue 22): every node has a witness key (`witness.key`, Ed25519 `cosignature/v1`, mode
+//! 0600) and a witness state (`witness.state`, see [`aerodb_engine::witness`]).
+//!
+//! - A replica cosigns each checkpoint its primary streams once its own log reproduces the checkpoint's root and
+//!   the checkpoint extends the last one it cosigned; it sends the cosignature back on the replication stream. A
+//!   checkpoint that would roll back or fork what it cosigned halts it with the evidence.
+//! - The primary verifies each cosignature against the witness keys it counts (`--witnesses`, plus the key each
+//!   authenticated replica announces in its hello), attaches it to the checkpoint's note, and publishes the newest
+//!   checkpoint with at least `--witness-quorum` distinct cosignatures (kept in `cosigned.checkpoint`).
+//! - Every node also answers C2SP `tlog-witness` `add-checkpoint` (`POST /witness/add-checkpoint`) for its own
+//!   log and the logs given by `--witness-logs`.
+
+use std::{
+    collections::BTreeMap,
+    path::Path,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+};
+
+use aerodb_engine::{
+    checkpoint::{parse_note, unix_now, KeyType},
+    witness::{attach_lines, valid_cosignatures, Witness, KEY_FILE},
+    SignedCheckpoint, SigningKey, VerifierKey,
+};
+use aerodb_wal::fs::{read_small_file, replace_file, Fs, RealFs};
+use parking_lot::Mutex;
+
+use crate::{Error, Result};
+
+/// The file holding the newest checkpoint published as cosigned (on a primary).
+pub const COSIGNED_FILE: &str = "cosigned.checkpoint";
+/// Checkpoints a primary keeps gathering cosignatures for.
+const PENDING: usize = 16;
+/// Most witness keys a primary counts.
+pub const MAX_WITNESSES: usize = 64;
+
+/// A checkpoint note with the cosignatures gathered so far.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Gathered {
+    /// The tree size.
+    pub size: u64,
+    /// The note with every verified cosignature line attached.
+    pub note: String,
+    /// The witnesses that cosigned it (verifier key strings).
+    pub witnesses: Vec<String>,
+}
+
+/// A node's witness role and, on a primary, the cosignatures it gathers.
+#[derive(Debug)]
+pub struct Cosigning {
+    /// This node's witness (key and state).
+    pub witness: Witness,
+    /// The witness keys configured on the command line.
+    configured: Vec<VerifierKey>,
+    /// Keys announced by connected replicas (by node id).
+    announced: Mutex<BTreeMap<String, VerifierKey>>,
+    /// Distinct cosignatures a checkpoint needs to be published as cosigned (0: none needed; cosignatures are
+    /// still gathered).
+    pub quorum: usize,
+    /// Checkpoints gathering cosignatures, by size.
+    pending: Mutex<BTreeMap<u64, Gathered>>,
+    /// The newest checkpoint with at least `quorum` cosignatures (the newest with any, when `quorum` is 0).
+    published: Mutex<Option<Gathered>>,
+    dir: std::path::PathBuf,
+    /// Cosignatures this node made (as a witness).
+    pub cosigned: AtomicU64,
+    /// Cosignatures this node received and attached (as a primary).
+    pub received: AtomicU64,
+    /// Cosignature lines refused (by an unknown key, or not verifying).
+    pub rejected: AtomicU64,
+}
+
+/// Loads `dir/witness.key`, or creates it (mode 0600) named `name`.
+pub fn load_or_create_key(dir: &Path, name: &str) -> Result<SigningKey> {
+    let path = dir.join(KEY_FILE);
+    let key = if path.exists() {
+        SigningKey::load(&path).map_err(|e| Error::config(format!("witness key: {e}")))?
+    } else {
+        let k = SigningKey::generate_typed(name, KeyType::CosignatureV1)
+            .map_err(|e| Error::config(format!("witness key {name:?}: {e}")))?;
+        k.save(&path)
+            .map_err(|e| Error::config(format!("saving the witness key: {e}")))?;
+        k
+    };
+    if key.kind() != KeyType::CosignatureV1 {
+        return Err(Error::config(format!(
+            "{} is not a cosignature/v1 (type 0x04) key",
+            path.display()
+        )));
+    }
+    Ok(key)
+}
+
+impl Cosigning {
+    /// Opens the node's witness in `dir`, trusting the cluster's log key `log` and `other_logs`, counting
+    /// `witnesses` toward `quorum`. The last published cosigned checkpoint is read back; one that no longer
+    /// verifies under `log` is an error.
+    pub fn open(
+        dir: &Path,
+        key: SigningKey,
+        log: &VerifierKey,
+        other_logs: &[VerifierKey],
+        witnesses: Vec<VerifierKey>,
+        quorum: usize,
+    ) -> Result<Self> {
+        let fs: Arc<dyn Fs> = Arc::new(RealFs);
+        let mut trusted = vec![log.clone()];
+        trusted.extend(other_logs.iter().cloned());
+        let witness = Witness::open(fs.clone(), dir, key, &trusted)
+            .map_err(|e| Error::config(format!("witness: {e}")))?;
+        let published = match read_small_file(&*fs, &dir.join(COSIGNED_FILE), 1 << 20)
+            .map_err(|e| Error::io("reading the cosigned checkpoint", e))?
+        {
+            None => None,
+            Some(b) => {
+                let note = String::from_utf8(b)
+                    .map_err(|_| Error::config(format!("{COSIGNED_FILE} is not UTF-8")))?;
+                let cp = SignedCheckpoint::verify(&note, log)
+                    .map_err(|e| Error::config(format!("{COSIGNED_FILE} does not verify: {e}")))?;
+                let witnesses = valid_cosignatures(&note, &witnesses)
+                    .into_iter()
+                    .map(|(k, _)| k.to_string())
+                    .collect();
+                Some(Gathered {
+                    size: cp.checkpoint.size,
+                    note,
+                    witnesses,
+                })
+            }
+        };
+        Ok(Self {
+            witness,
+            configured: witnesses,
+            announced: Mutex::new(BTreeMap::new()),
+            quorum,
+            pending: Mutex::new(BTreeMap::new()),
+            published: Mutex::new(published),
+            dir: dir.to_owned(),
+            cosigned: AtomicU64::new(0),
+            received: AtomicU64::new(0),
+            rejected: AtomicU64::new(0),
+        })
+    }
+
+    /// The witness keys counted toward the quorum: the configured ones and those announced by replicas.
+    #[must_use]
+    pub fn witnesses(&self) -> Vec<VerifierKey> {
+        let mut all = self.configured.clone();
+        for k in self.announced.lock().values() {
+            if !all.contains(k) {
+                all.push(k.clone());
+            }
+        }
+        all
+    }
+
+    /// A replica announced its witness key (the stream is authenticated as a replicator). A malformed key or one
+    /// of the wrong type is refused; at most [`MAX_WITNESSES`] are kept.
+    pub fn announce(&self, node_id: &str, key: &str) -> std::result::Result<(), String> {
+        let k = VerifierKey::parse(key).map_err(|e| format!("witness key {key:?}: {e}"))?;
+        if k.kind() != KeyType::CosignatureV1 {
+            return Err(format!("witness key {key:?} is not a cosignature/v1 key"));
+        }
+        let mut a = self.announced.lock();
+        if a.len() >= MAX_WITNESSES && !a.contains_key(node_id) {
+            return Err(format!("more than {MAX_WITNESSES} witnesses announced"));
+        }
+        a.insert(node_id.to_owned(), k);
+        Ok(())
+    }
+
+    /// This node, as a witness, cosigns a checkpoint its primary sent (already checked against its own log by
+    /// the caller): the cosignature line, `None` for a stale one, or the refusal.
+    pub fn cosign_replicated(
+        &self,
+        note: &str,
+        db: &aerodb_engine::Db,
+    ) -> std::result::Result<Option<String>, aerodb_engine::witness::WitnessError> {
+        let root_at = |n: u64| db.root_at(n).ok();
+        let out = self.witness.cosign_replicated(note, &root_at, unix_now())?;
+        if out.is_some() {
+            self.cosigned.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(out)
+    }
+
+    /// On a primary: cosignature `lines` from a replica for `note` (which must be a checkpoint this log's key
+    /// signed). Only lines by counted witness keys that verify are attached. Returns how many distinct witnesses
+    /// have now cosigned the checkpoint.
+    pub fn receive(&self, log: &VerifierKey, note: &str, lines: &str) -> std::result::Result<usize, String> {
+        let cp =
+            SignedCheckpoint::verify(note, log).map_err(|e| format!("not a checkpoint of this log: {e}"))?;
+        let size = cp.checkpoint.size;
+        let (text, sigs) = parse_note(note).map_err(|e| e.to_string())?;
+        let log_line = sigs
+            .iter()
+            .find(|s| s.name == log.name() && s.id == log.id())
+            .map(|s| s.line)
+            .ok_or("no signature line by the log's key")?;
+        let witnesses = self.witnesses();
+        let mut pending = self.pending.lock();
+        // Lines gathered before for the same checkpoint (same text), then the new ones.
+        let mut merged = format!("{text}\n{log_line}\n");
+        if let Some(g) = pending.get(&size).filter(|g| g.note.starts_with(&merged)) {
+            merged.clone_from(&g.note);
+        }
+        let before = valid_cosignatures(&merged, &witnesses).len();
+        let merged = attach_lines(&merged, lines).map_err(|e| format!("malformed cosignature lines: {e}"))?;
+        let valid = valid_cosignatures(&merged, &witnesses);
+        // Keep the log's line and the lines of counted witnesses that verify; drop anything else.
+        let mut kept = format!("{text}\n{log_line}\n");
+        let (_, all) = parse_note(&merged).map_err(|e| e.to_string())?;
+        for s in all
+            .iter()
+            .filter(|s| valid.iter().any(|(k, _)| k.name() == s.name && k.id() == s.id))
+        {
+            kept.push_str(s.line);
+            kept.push('\n');
+        }
+        let accepted = valid.len().saturating_sub(before);
+        self.received.fetch_add(accepted as u64, Ordering::Relaxed);
+        self.rejected.fetch_add(
+            lines.lines().count().saturating_sub(accepted) as u64,
+            Ordering::Relaxed,
+        );
+        let g = Gathered {
+            size,
+            note: kept,
+            witnesses: valid.iter().map(|(k, _)| k.to_string()).collect(),
+        };
+        let count = g.witnesses.len();
+        pending.insert(size, g.clone());
+        while pending.len() > PENDING {
+            pending.pop_first();
+        }
+        drop(pending);
+        if count >= self.quorum.max(1) {
+            self.publish(g)
+                .map_err(|e| format!("publishing the cosigned checkpoint: {e}"))?;
+        }
+        Ok(count)
+    }
+
+    /// Makes `g` the published cosigned checkpoint if it is newer (or the same size with more cosignatures),
+    /// durably first.
+    fn publish(&self, g: Gathered) -> std::io::Result<()> {
+        let mut p = self.published.lock();
+        if p.as_ref().is_some_and(|old| {
+            old.size > g.size || (old.size == g.size && old.witnesses.len() >= g.witnesses.len())
+        }) {
+            return Ok(());
+        }
+        replace_file(&RealFs, &self.dir, COSIGNED_FILE, g.note.as_bytes())?;
+        *p = Some(g);
+        Ok(())
+    }
+
+    /// The newest checkpoint with at least `k` distinct cosignatures by counted witnesses (`k` ≥ 1), from those
+    /// gathered since start and the one last published.
+    #[must_use]
+    pub fn newest_cosigned(&self, k: usize) -> Option<Gathered> {
+        let pending = self.pending.lock();
+        let from_pending = pending.values().rev().find(|g| g.witnesses.len() >= k).cloned();
+        drop(pending);
+        let published = self.published.lock().clone().filter(|g| g.witnesses.len() >= k);
+        match (from_pending, published) {
+            (Some(a), Some(b)) => Some(if a.size >= b.size { a } else { b }),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// The published cosigned checkpoint (at least `quorum` cosignatures).
+    #[must_use]
+    pub fn published(&self) -> Option<Gathered> {
+        self.published.lock().clone()
+    }
+}

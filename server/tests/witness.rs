@@ -1,0 +1,419 @@
+//! Replicas as witnesses (issue 22) on the real binaries: a primary and two replicas. Each replica cosigns every
+//! checkpoint it receives (C2SP cosignature/v1, its own key), the primary attaches the cosignatures and serves
+//! the newest checkpoint with at least k of them (`?cosigned=k`, gRPC `cosigned`); losing a witness stops new
+//! checkpoints from reaching the quorum and HA status shows it; a restarted witness keeps its state and cosigns
+//! again after the checkpoints it missed. Every node also answers C2SP `tlog-witness` `add-checkpoint`: 409 with
+//! the latest size to a client that is behind, 200 with a cosignature after a consistency proof, 403 to a
+//! checkpoint signed by another key, 404 to an unknown log, 409 to a forged split view (same size, other root,
+//! signed with the log's key), 422 to a bad proof, 400 to a rollback, 413 to an oversized body.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test code: a panic is the failure report"
+)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use aerodb_engine::{
+    checkpoint::TreeHead,
+    witness::{valid_cosignatures, AddCheckpoint, MAX_REQUEST_BYTES},
+    SigningKey, VerifierKey,
+};
+use base64::{engine::general_purpose::STANDARD as B64, Engine};
+use common::*;
+
+const SEGMENT: &str = "65536";
+
+fn append(s: &Server, i: u64) {
+    let body = format!(
+        r#"{{"tenant":"t","ops":[{{"op":"put","key":"k{}","value":"v{i}"}}]}}"#,
+        i % 20
+    );
+    let r = http(s.http, "POST", "/v1/records", Some(WRITER), Some(&body));
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+}
+
+fn ha(s: &Server) -> serde_json::Value {
+    http(s.http, "GET", "/v1/ha/status", Some(READER), None).json()
+}
+
+fn checkpoint_now(s: &Server) -> u64 {
+    let r = http(s.http, "POST", "/v1/checkpoints", Some(ADMIN), None);
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    r.json()["size"].as_u64().unwrap()
+}
+
+/// `GET /v1/checkpoints/latest?cosigned=k`: status and JSON.
+fn cosigned(s: &Server, k: usize) -> (u16, serde_json::Value) {
+    let r = http(
+        s.http,
+        "GET",
+        &format!("/v1/checkpoints/latest?cosigned={k}"),
+        Some(READER),
+        None,
+    );
+    let json = serde_json::from_slice(&r.body).unwrap_or(serde_json::Value::Null);
+    (r.status, json)
+}
+
+/// Waits until the newest checkpoint with `k` cosignatures covers at least `size` records; returns its note.
+fn wait_cosigned(s: &Server, k: usize, size: u64) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (status, j) = cosigned(s, k);
+        if status == 200 && j["size"].as_u64().unwrap() >= size {
+            return j["note"].as_str().unwrap().to_owned();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no checkpoint of size {size} with {k} cosignatures: {status} {j}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `POST /witness/add-checkpoint` with a text body: status and body text.
+fn add_checkpoint(s: &Server, body: &str) -> (u16, String) {
+    let req = format!(
+        "POST /witness/add-checkpoint HTTP/1.1\r\nHost: w\r\nConnection: close\r\nContent-Type: text/plain\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let r = raw(s.http, req.as_bytes());
+    (r.status, String::from_utf8_lossy(&r.body).into_owned())
+}
+
+/// The primary's consistency proof between two sizes.
+fn consistency(s: &Server, old: u64, new: u64) -> Vec<[u8; 32]> {
+    let r = http(
+        s.http,
+        "GET",
+        &format!("/v1/proofs/consistency?old_size={old}&new_size={new}"),
+        Some(READER),
+        None,
+    );
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    r.json()["hashes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| hex::decode(h.as_str().unwrap()).unwrap().try_into().unwrap())
+        .collect()
+}
+
+fn replica(dir: &std::path::Path, primary: &Server, id: &str) -> Server {
+    start_replica_with(dir, primary, &primary.data, SEGMENT, &["--node-id", id])
+}
+
+#[test]
+fn replicas_cosign_checkpoints_and_the_primary_publishes_them_at_quorum() {
+    let dir = TempDir::new("witness-quorum");
+    let (pd, r1d, r2d) = (dir.path().join("p"), dir.path().join("r1"), dir.path().join("r2"));
+    for d in [&pd, &r1d, &r2d] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    let primary = start(
+        &pd,
+        &[
+            "--segment-bytes",
+            SEGMENT,
+            "--checkpoint-interval-ms",
+            "100",
+            "--witness-quorum",
+            "2",
+            "--node-id",
+            "p",
+        ],
+    );
+    let r1 = replica(&r1d, &primary, "r1");
+    let mut r2 = replica(&r2d, &primary, "r2");
+    let log = VerifierKey::parse(&primary.verifier_key).unwrap();
+    let witnesses: Vec<VerifierKey> = [&r1, &r2]
+        .iter()
+        .map(|r| VerifierKey::parse(&r.witness_key).unwrap())
+        .collect();
+    assert_ne!(witnesses[0], witnesses[1], "each node has its own witness key");
+    for i in 0..40 {
+        append(&primary, i);
+    }
+
+    // Both replicas cosign; the primary publishes a checkpoint with both cosignatures covering the 40 records.
+    let note = wait_cosigned(&primary, 2, 40);
+    assert!(aerodb_engine::SignedCheckpoint::verify(&note, &log).is_ok());
+    assert_eq!(valid_cosignatures(&note, &witnesses).len(), 2, "{note}");
+    let h = ha(&primary);
+    assert_eq!(
+        (h["witness_quorum"].as_u64(), h["witnesses_known"].as_u64()),
+        (Some(2), Some(2)),
+        "{h}"
+    );
+    assert!(
+        h["cosigned_size"].as_u64().unwrap() >= 40 && h["cosigned_by"].as_u64() == Some(2),
+        "{h}"
+    );
+    let h1 = ha(&r1);
+    assert_eq!(h1["witness_key"].as_str(), Some(r1.witness_key.as_str()));
+    assert!(h1["cosignatures_made"].as_u64().unwrap() >= 1, "{h1}");
+    assert!(r1.data.join("witness.state").exists() && r1.data.join("witness.key").exists());
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(r1.data.join("witness.key"))
+            .unwrap()
+            .permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600);
+
+    // Quorum loss: with one witness gone, new checkpoints get one cosignature, none reaches two; status shows it.
+    r2.kill9();
+    for i in 40..60 {
+        append(&primary, i);
+    }
+    let size = checkpoint_now(&primary);
+    assert_eq!(size, 60);
+    wait_cosigned(&primary, 1, 60);
+    std::thread::sleep(Duration::from_millis(500));
+    let (_, j) = cosigned(&primary, 2);
+    assert!(
+        j["size"].as_u64().unwrap() < 60,
+        "a checkpoint reached quorum without its second witness: {j}"
+    );
+    let h = ha(&primary);
+    assert!(h["cosigned_size"].as_u64().unwrap() < 60, "{h}");
+
+    // The witness comes back: it kept its state, and cosigns again after the checkpoints it missed.
+    let state_before = std::fs::read(r2d.join("data/witness.state")).unwrap();
+    let r2 = replica(&r2d, &primary, "r2");
+    assert_eq!(
+        VerifierKey::parse(&r2.witness_key).unwrap(),
+        witnesses[1],
+        "the key survives a restart"
+    );
+    for i in 60..70 {
+        append(&primary, i);
+    }
+    let note = wait_cosigned(&primary, 2, 70);
+    assert_eq!(valid_cosignatures(&note, &witnesses).len(), 2);
+    assert_ne!(
+        std::fs::read(r2d.join("data/witness.state")).unwrap(),
+        state_before
+    );
+    // gRPC serves the same.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let cp = rt.block_on(async {
+        let mut c = primary.grpc().await;
+        c.latest_checkpoint(with_token(
+            aerodb_proto::v1::LatestCheckpointRequest { cosigned: 2 },
+            READER,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+    });
+    assert!(cp.size >= 70 && cp.witnesses.len() == 2, "{cp:?}");
+    let (status, _) = cosigned(&primary, 3);
+    assert_eq!(
+        status, 404,
+        "no checkpoint can have three cosignatures from two witnesses"
+    );
+    report_figure(
+        "witness quorum (2 replicas)",
+        &format!("cosigned checkpoints published up to size {}; quorum loss held them at < 60 until the witness returned", cp.size),
+    );
+    drop(r1);
+    drop(r2);
+}
+
+#[test]
+fn every_node_answers_tlog_witness_add_checkpoint() {
+    let dir = TempDir::new("witness-api");
+    let (pd, rd) = (dir.path().join("p"), dir.path().join("r"));
+    std::fs::create_dir_all(&pd).unwrap();
+    std::fs::create_dir_all(&rd).unwrap();
+    let primary = start(&pd, &["--segment-bytes", SEGMENT, "--node-id", "p"]);
+    // The replica also witnesses a foreign log (no epoch line in its checkpoints).
+    let foreign = SigningKey::from_seed("example.com/foreign", [6; 32]).unwrap();
+    let foreign_vkey = foreign.verifier().to_string();
+    let r = start_replica_with(
+        &rd,
+        &primary,
+        &primary.data,
+        SEGMENT,
+        &["--node-id", "r", "--witness-logs", &foreign_vkey],
+    );
+    let wkey = VerifierKey::parse(&r.witness_key).unwrap();
+    for i in 0..30 {
+        append(&primary, i);
+    }
+    let size = checkpoint_now(&primary);
+    let note = http(primary.http, "GET", "/v1/checkpoints/latest", Some(READER), None).json()["note"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // The replica cosigned over replication already; a client that does not know its size learns it from 409.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let latest = loop {
+        let (status, body) = add_checkpoint(
+            &r,
+            &AddCheckpoint {
+                old_size: 0,
+                proof: vec![],
+                note: note.clone(),
+            }
+            .encode(),
+        );
+        if status == 409 {
+            break body.trim().parse::<u64>().unwrap();
+        }
+        assert!(Instant::now() < deadline, "{status} {body}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(latest > 0 && latest <= size);
+    // With the right old size and the primary's consistency proof: 200 and a cosignature that verifies.
+    let proof = if latest == size {
+        vec![]
+    } else {
+        consistency(&primary, latest, size)
+    };
+    let req = AddCheckpoint {
+        old_size: latest,
+        proof,
+        note: note.clone(),
+    };
+    let (status, lines) = add_checkpoint(&r, &req.encode());
+    assert_eq!(status, 200, "{lines}");
+    let cosigned = aerodb_engine::witness::attach_lines(&note, &lines).unwrap();
+    assert_eq!(
+        valid_cosignatures(&cosigned, std::slice::from_ref(&wkey)).len(),
+        1
+    );
+
+    // A forged split view: same size, another root, signed with the log's own key (copied from the primary).
+    let log_key = std::fs::read_to_string(primary.data.join("checkpoint.key")).unwrap();
+    let log_key = SigningKey::parse_private(&log_key).unwrap();
+    let head = TreeHead::parse(&note[..=note.rfind("\n\n").unwrap()]).unwrap();
+    let forged = log_key.sign_note(&format!(
+        "{}\n{size}\n{}\n{}\n",
+        head.origin,
+        B64.encode([0xAB; 32]),
+        head.extensions.join("\n")
+    ));
+    let (status, body) = add_checkpoint(
+        &r,
+        &AddCheckpoint {
+            old_size: size,
+            proof: vec![],
+            note: forged,
+        }
+        .encode(),
+    );
+    assert_eq!(status, 409, "{body}");
+    // A rogue key for the same origin: 403. An unknown origin: 404.
+    let rogue = SigningKey::from_seed(&head.origin, [1; 32]).unwrap();
+    let rogue_note = rogue.sign_note(&note[..=note.rfind("\n\n").unwrap()]);
+    let (status, _) = add_checkpoint(
+        &r,
+        &AddCheckpoint {
+            old_size: size,
+            proof: vec![],
+            note: rogue_note,
+        }
+        .encode(),
+    );
+    assert_eq!(status, 403);
+    let stranger = SigningKey::from_seed("example.com/stranger", [2; 32]).unwrap();
+    let stranger_note = stranger.sign_note(&format!("example.com/stranger\n1\n{}\n", B64.encode([1u8; 32])));
+    let (status, _) = add_checkpoint(
+        &r,
+        &AddCheckpoint {
+            old_size: 0,
+            proof: vec![],
+            note: stranger_note,
+        }
+        .encode(),
+    );
+    assert_eq!(status, 404);
+    // A bigger checkpoint with a broken proof: 422; a rollback (old above the size): 400.
+    for i in 30..45 {
+        append(&primary, i);
+    }
+    let size2 = checkpoint_now(&primary);
+    let note2 = http(primary.http, "GET", "/v1/checkpoints/latest", Some(READER), None).json()["note"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut proof = consistency(&primary, size, size2);
+    proof[0][0] ^= 1;
+    // The replica may have cosigned size2 over replication already (then 409 with it); else the proof is 422.
+    let (status, body) = add_checkpoint(
+        &r,
+        &AddCheckpoint {
+            old_size: size,
+            proof,
+            note: note2.clone(),
+        }
+        .encode(),
+    );
+    assert!(
+        status == 422 || (status == 409 && body.trim() == size2.to_string()),
+        "{status} {body}"
+    );
+    let (status, _) = add_checkpoint(
+        &r,
+        &AddCheckpoint {
+            old_size: size2 + 1,
+            proof: vec![],
+            note: note2.clone(),
+        }
+        .encode(),
+    );
+    assert_eq!(status, 400);
+
+    // The foreign log: first contact (old 0), then an extension with a consistency proof, computed here.
+    let mut tree = aerodb_engine::merkle::MemTree::new();
+    for i in 0..20u64 {
+        tree.push(aerodb_engine::merkle::leaf_hash(&i.to_le_bytes()));
+    }
+    let fnote = |n: u64| {
+        foreign.sign_note(&format!(
+            "example.com/foreign\n{n}\n{}\n",
+            B64.encode(aerodb_engine::merkle::root(&tree, n).unwrap())
+        ))
+    };
+    let (status, l1) = add_checkpoint(
+        &r,
+        &AddCheckpoint {
+            old_size: 0,
+            proof: vec![],
+            note: fnote(7),
+        }
+        .encode(),
+    );
+    assert_eq!(status, 200, "{l1}");
+    let p = aerodb_engine::merkle::consistency_proof(&tree, 7, 20).unwrap();
+    let (status, l2) = add_checkpoint(
+        &r,
+        &AddCheckpoint {
+            old_size: 7,
+            proof: p,
+            note: fnote(20),
+        }
+        .encode(),
+    );
+    assert_eq!(status, 200, "{l2}");
+    let (status, body) = add_checkpoint(
+        &r,
+        &AddCheckpoint {
+            old_size: 7,
+            proof: vec![],
+            note: fnote(20),
+        }
+        .encode(),
+    );
+    assert_eq!((status, body.trim()), (409, "20"));
+    // An oversized body is refused before it is read.
+    let (status, _) = add_checkpoint(&r, &"x".repeat(MAX_REQUEST_BYTES + 1));
+    assert_eq!(status, 413);
+    let _ = primary;
+}
