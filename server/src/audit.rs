@@ -27,7 +27,8 @@ fn with_auth<T>(auth: &Option<MetadataValue<tonic::metadata::Ascii>>, m: T) -> R
 }
 
 /// Exports records `from..=to` (only `tenant`'s when given) with proofs against the node's newest checkpoint,
-/// and, with `since` (a checkpoint note of the same log), the consistency proof from it. `progress` sees each
+/// and, with `since` (a checkpoint note of the same log), the consistency proof from it. With `cosigned` k > 0 the
+/// checkpoint is the newest one with at least k witness cosignatures (they stay on its note in the bundle). `progress` sees each
 /// record.
 pub async fn export(
     client: &mut pb::ledger_client::LedgerClient<Channel>,
@@ -36,6 +37,7 @@ pub async fn export(
     to: u64,
     tenant: Option<String>,
     since: Option<String>,
+    cosigned: u32,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<Bundle, String> {
     if from == 0 || to < from {
@@ -48,7 +50,7 @@ pub async fn export(
         ));
     }
     let cp = client
-        .latest_checkpoint(with_auth(&auth, pb::LatestCheckpointRequest { cosigned: 0 }))
+        .latest_checkpoint(with_auth(&auth, pb::LatestCheckpointRequest { cosigned }))
         .await
         .map_err(|s| format!("the newest checkpoint: {}", s.message()))?
         .into_inner();

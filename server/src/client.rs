@@ -4,6 +4,12 @@
 //! log's verifier key and it is consistent with the one before (a verified RFC 9162 consistency proof, or the same
 //! root at the same size); a smaller tree is a rollback and is refused. Every write is re-read and its inclusion
 //! in an accepted checkpoint verified from the record's own bytes; every read of a record proves the same.
+//!
+//! With [`VerifiedClient::require_witnesses`] a checkpoint is accepted (trusted) only with at least `threshold`
+//! valid `cosignature/v1` cosignatures by the given witness keys: a primary (or whoever holds the log's key) can
+//! then not show this client a history the witnesses did not see. A fresh write's own checkpoint is not cosigned
+//! yet: [`VerifiedClient::append`] verifies it against the log's signature only (and says so), and
+//! [`VerifiedClient::wait_witnessed`] waits for a cosigned checkpoint that covers it.
 
 use aerodb_engine::{merkle, record, Checkpoint, Payload, SignedCheckpoint, VerifierKey};
 use aerodb_proto::v1::{self as pb, ledger_client::LedgerClient};
@@ -57,6 +63,9 @@ pub struct VerifiedWrite {
     pub record_hash: merkle::Hash,
     /// The checkpoint the inclusion proof verified against.
     pub checkpoint: Checkpoint,
+    /// Whether that checkpoint carried the witness cosignatures this client requires (false when it requires
+    /// none, or when the write's checkpoint was not cosigned yet: see [`VerifiedClient::wait_witnessed`]).
+    pub witnessed: bool,
 }
 
 /// The verifying client.
@@ -70,6 +79,9 @@ pub struct VerifiedClient {
     token: Option<MetadataValue<tonic::metadata::Ascii>>,
     verifier: VerifierKey,
     trusted: Option<Checkpoint>,
+    /// Witness keys and how many of them must have cosigned an accepted checkpoint (0: none).
+    witnesses: Vec<VerifierKey>,
+    threshold: usize,
 }
 
 impl VerifiedClient {
@@ -101,6 +113,8 @@ impl VerifiedClient {
             token,
             verifier,
             trusted: None,
+            witnesses: Vec::new(),
+            threshold: 0,
         })
     }
 
@@ -162,8 +176,60 @@ impl VerifiedClient {
         r
     }
 
-    /// Verifies a checkpoint from the server and makes it the trusted one, if it is consistent with it.
+    /// From now on, accept only checkpoints with at least `threshold` valid cosignatures by distinct keys among
+    /// `witnesses` (C2SP `cosignature/v1` verifier keys). A threshold above the number of distinct keys is refused.
+    pub fn require_witnesses(
+        &mut self,
+        witnesses: Vec<VerifierKey>,
+        threshold: usize,
+    ) -> Result<(), ClientError> {
+        let mut distinct: Vec<VerifierKey> = Vec::new();
+        for w in witnesses {
+            if w.kind() != aerodb_engine::KeyType::CosignatureV1 {
+                return Err(ClientError::Connect(format!(
+                    "{w} is not a cosignature/v1 witness key"
+                )));
+            }
+            if !distinct.contains(&w) {
+                distinct.push(w);
+            }
+        }
+        if threshold > distinct.len() {
+            return Err(ClientError::Connect(format!(
+                "a threshold of {threshold} witnesses needs at least that many distinct witness keys ({} given)",
+                distinct.len()
+            )));
+        }
+        self.witnesses = distinct;
+        self.threshold = threshold;
+        Ok(())
+    }
+
+    /// The witnesses (verifier key strings) whose valid cosignatures are on `note`.
+    #[must_use]
+    pub fn cosigners(&self, note: &str) -> Vec<String> {
+        aerodb_engine::witness::valid_cosignatures(note, &self.witnesses)
+            .into_iter()
+            .map(|(k, _)| k.to_string())
+            .collect()
+    }
+
+    /// Verifies a checkpoint from the server and makes it the trusted one, if it is consistent with it and
+    /// carries the witness cosignatures this client requires.
     pub async fn accept(&mut self, cp: &pb::Checkpoint) -> Result<Checkpoint, ClientError> {
+        let cosigned = self.cosigners(&cp.note).len();
+        if cosigned < self.threshold {
+            return Err(bad(format!(
+                "checkpoint {} carries {cosigned} valid cosignatures of the {} required witnesses",
+                cp.size, self.threshold
+            )));
+        }
+        self.check(cp, true).await
+    }
+
+    /// Checks a checkpoint's signature and its consistency with the trusted one; with `adopt`, a newer one
+    /// becomes the trusted one.
+    async fn check(&mut self, cp: &pb::Checkpoint, adopt: bool) -> Result<Checkpoint, ClientError> {
         let signed = SignedCheckpoint::verify(&cp.note, &self.verifier)
             .map_err(|e| bad(format!("checkpoint signature: {e}")))?;
         let new = signed.checkpoint;
@@ -205,7 +271,7 @@ impl VerifiedClient {
                 }
             }
         }
-        if self.trusted.as_ref().is_none_or(|t| new.size > t.size) {
+        if adopt && self.trusted.as_ref().is_none_or(|t| new.size > t.size) {
             self.trusted = Some(new.clone());
         }
         Ok(new)
@@ -215,10 +281,40 @@ impl VerifiedClient {
     pub async fn refresh(&mut self) -> Result<Checkpoint, ClientError> {
         let cp = self
             .inner
-            .latest_checkpoint(self.req(pb::LatestCheckpointRequest { cosigned: 0 }))
+            .latest_checkpoint(self.req(pb::LatestCheckpointRequest {
+                cosigned: self.threshold as u32,
+            }))
             .await?
             .into_inner();
         self.accept(&cp).await
+    }
+
+    /// Waits (polling every 50 ms, at most `timeout`) until a checkpoint with the required witness cosignatures
+    /// covers record `commit_id`, then proves the record's inclusion in it. Returns that checkpoint.
+    pub async fn wait_witnessed(
+        &mut self,
+        commit_id: u64,
+        timeout: std::time::Duration,
+    ) -> Result<Checkpoint, ClientError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            match self.refresh().await {
+                Ok(cp) if cp.size >= commit_id => break,
+                Ok(_) => {}
+                Err(ClientError::Rpc(s)) if s.code() == tonic::Code::NotFound => {}
+                Err(e) => return Err(e),
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(bad(format!(
+                    "no checkpoint with {} witness cosignatures covers record {commit_id} after {} ms",
+                    self.threshold,
+                    timeout.as_millis()
+                )));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        self.verified_record(commit_id).await?;
+        self.trusted.clone().ok_or_else(|| bad("no trusted checkpoint"))
     }
 
     /// Appends a record and verifies it: the server's proof against a checkpoint it signed, the checkpoint's
@@ -241,7 +337,14 @@ impl VerifiedClient {
             .checkpoint
             .ok_or_else(|| bad("no checkpoint with the proof"))?;
         let proof = resp.proof.ok_or_else(|| bad("no inclusion proof"))?;
-        let checkpoint = self.accept(&cp).await?;
+        // The write's own checkpoint was signed just now; witnesses have not cosigned it yet, so with witnesses
+        // required it is checked (signature, consistency) but not trusted.
+        let witnessed = self.threshold > 0 && self.cosigners(&cp.note).len() >= self.threshold;
+        let checkpoint = if self.threshold == 0 || witnessed {
+            self.accept(&cp).await?
+        } else {
+            self.check(&cp, false).await?
+        };
         let record_hash = hash32(&receipt.record_hash, "the record hash")?;
         let hashes = proof
             .hashes
@@ -279,6 +382,7 @@ impl VerifiedClient {
             commit_id: receipt.commit_id,
             record_hash,
             checkpoint,
+            witnessed,
         })
     }
 

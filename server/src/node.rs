@@ -1320,21 +1320,15 @@ impl Node {
         .await
     }
 
-    /// The newest checkpoint with at least `cosigned` distinct witness cosignatures attached to its note, and
-    /// the witnesses (verifier keys) that cosigned it. `cosigned` 0: the newest checkpoint, with whatever
-    /// cosignatures it has gathered so far. Cosignatures are gathered by the primary.
+    /// `cosigned` 0: the newest checkpoint, as signed (its note as in the checkpoint log, the same on every
+    /// node). `cosigned` k > 0: the newest checkpoint with at least k distinct witness cosignatures attached to
+    /// its note, with the witnesses (verifier keys) that cosigned it; cosignatures are gathered by the primary.
     pub async fn checkpoint_cosigned(&self, cosigned: usize) -> ApiResult<(SignedCheckpoint, Vec<String>)> {
-        let latest = self.latest_checkpoint().await?;
-        let gathered = self.cosigning.newest_cosigned(cosigned.max(1));
-        let text_of = |n: &str| n.rfind("\n\n").map(|i| n[..i].to_owned());
-        match gathered {
-            Some(g) if cosigned > 0 || (g.size == latest.checkpoint.size && text_of(&g.note) == text_of(&latest.note)) => {
-                let cp = SignedCheckpoint::verify(&g.note, &self.db.verifier_key())
-                    .map_err(|e| ApiError::new(Code::Internal, format!("a gathered cosigned checkpoint: {e}")))?;
-                Ok((cp, g.witnesses))
-            }
-            _ if cosigned == 0 => Ok((latest, Vec::new())),
-            _ => Err(ApiError::new(
+        if cosigned == 0 {
+            return Ok((self.latest_checkpoint().await?, Vec::new()));
+        }
+        let g = self.cosigning.newest_cosigned(cosigned).ok_or_else(|| {
+            ApiError::new(
                 Code::NotFound,
                 format!(
                     "no checkpoint with {cosigned} witness cosignatures yet (this node counts {} witnesses, quorum {}; \
@@ -1342,8 +1336,11 @@ impl Node {
                     self.cosigning.witnesses().len(),
                     self.cosigning.quorum
                 ),
-            )),
-        }
+            )
+        })?;
+        let cp = SignedCheckpoint::verify(&g.note, &self.db.verifier_key())
+            .map_err(|e| ApiError::new(Code::Internal, format!("a gathered cosigned checkpoint: {e}")))?;
+        Ok((cp, g.witnesses))
     }
 
     /// The newest checkpoint.

@@ -217,12 +217,131 @@ fn replicas_cosign_checkpoints_and_the_primary_publishes_them_at_quorum() {
         status, 404,
         "no checkpoint can have three cosignatures from two witnesses"
     );
+
+    // Clients that require the witnesses: the CLI's checkpoint, proof, append and audit commands.
+    let grpc = format!("http://{}", primary.grpc);
+    let both = format!("{},{}", r1.witness_key, r2.witness_key);
+    let stranger = SigningKey::from_seed_typed(
+        "witness.example/stranger",
+        aerodb_engine::KeyType::CosignatureV1,
+        [9; 32],
+    )
+    .unwrap()
+    .verifier()
+    .to_string();
+    let run = |token: &str, extra: &[&str]| {
+        let mut a = vec!["--grpc", grpc.as_str(), "--token", token];
+        a.extend_from_slice(extra);
+        cli(&a)
+    };
+    let (ok, out) = run(READER, &["--witness", &both, "checkpoint"]);
+    assert!(ok, "{out}");
+    let (ok, out) = run(
+        READER,
+        &[
+            "--witness",
+            &both,
+            "proof",
+            "5",
+            "--verifier-key",
+            &primary.verifier_key,
+        ],
+    );
+    assert!(ok && out.contains("OK: record 5"), "{out}");
+    let (ok, out) = run(
+        WRITER,
+        &[
+            "--witness",
+            &both,
+            "--witness-threshold",
+            "2",
+            "append",
+            "--tenant",
+            "t",
+            "--event",
+            "e",
+            "--verifier-key",
+            &primary.verifier_key,
+        ],
+    );
+    assert!(ok && out.contains("cosigned by the required witnesses"), "{out}");
+    // A witness the cluster does not have: refused, whatever the server says.
+    let (ok, out) = run(READER, &["--witness", &stranger, "checkpoint"]);
+    assert!(
+        !ok && out.contains("0 valid cosignatures of the 1 required"),
+        "{out}"
+    );
+    let (ok, out) = run(
+        READER,
+        &[
+            "--witness",
+            &stranger,
+            "proof",
+            "5",
+            "--verifier-key",
+            &primary.verifier_key,
+        ],
+    );
+    assert!(!ok, "{out}");
+    // The auditor bundle keeps the cosignatures; verifying it can require them.
+    let bundle = dir.path().join("bundle.aerodb");
+    let bundle_s = bundle.to_str().unwrap();
+    let (ok, out) = run(
+        READER,
+        &[
+            "--witness",
+            &both,
+            "audit",
+            "export",
+            "--from",
+            "1",
+            "--to",
+            "20",
+            "--out",
+            bundle_s,
+        ],
+    );
+    assert!(ok, "{out}");
+    let (ok, out) = run(
+        READER,
+        &[
+            "--witness",
+            &both,
+            "audit",
+            "verify",
+            bundle_s,
+            "--verifier-key",
+            &primary.verifier_key,
+        ],
+    );
+    assert!(ok, "{out}");
+    let (ok, out) = run(
+        READER,
+        &[
+            "--witness",
+            &stranger,
+            "audit",
+            "verify",
+            bundle_s,
+            "--verifier-key",
+            &primary.verifier_key,
+        ],
+    );
+    assert!(!ok && out.contains("required"), "{out}");
     report_figure(
         "witness quorum (2 replicas)",
         &format!("cosigned checkpoints published up to size {}; quorum loss held them at < 60 until the witness returned", cp.size),
     );
     drop(r1);
     drop(r2);
+    // Offline: the stopped primary's data directory holds the published cosigned checkpoint.
+    let mut primary = primary;
+    assert!(primary.terminate().success());
+    let data = pd.join("data");
+    let (ok, out) = cli(&["--witness", &both, "verify", data.to_str().unwrap()]);
+    assert!(ok && out.contains("cosigned checkpoint of size"), "{out}");
+    let (ok, out) = cli(&["--witness", &stranger, "verify", data.to_str().unwrap()]);
+    assert!(!ok, "{out}");
 }
 
 #[test]

@@ -41,8 +41,59 @@ struct Cli {
     /// Machine-readable JSON output.
     #[arg(long, global = true)]
     json: bool,
+    /// A witness verifier key (C2SP cosignature/v1, `<name>+<id>+<base64>`; repeatable or comma-separated).
+    /// With witnesses, `checkpoint`, `proof`, `append --verifier-key`, `verify` and `audit` accept a checkpoint
+    /// only with --witness-threshold valid cosignatures by them.
+    #[arg(
+        long = "witness",
+        global = true,
+        env = "AERODB_WITNESSES",
+        value_delimiter = ','
+    )]
+    witnesses: Vec<String>,
+    /// How many of the --witness keys must have cosigned a checkpoint (default: all of them).
+    #[arg(long, global = true, env = "AERODB_WITNESS_THRESHOLD")]
+    witness_threshold: Option<usize>,
     #[command(subcommand)]
     cmd: Cmd,
+}
+
+/// The witness keys and threshold the command line asks for (threshold 0: none).
+fn witness_policy(cli: &Cli) -> anyhow::Result<(Vec<VerifierKey>, usize)> {
+    let mut keys: Vec<VerifierKey> = Vec::new();
+    for k in cli.witnesses.iter().filter(|k| !k.trim().is_empty()) {
+        let v = VerifierKey::parse(k).map_err(|e| anyhow::anyhow!("--witness {k}: {e}"))?;
+        if v.kind() != aerodb_engine::KeyType::CosignatureV1 {
+            anyhow::bail!("--witness {k} is not a cosignature/v1 (type 0x04) witness key");
+        }
+        if !keys.contains(&v) {
+            keys.push(v);
+        }
+    }
+    let threshold = cli.witness_threshold.unwrap_or(keys.len());
+    if threshold > keys.len() {
+        anyhow::bail!(
+            "--witness-threshold {threshold} needs at least that many distinct --witness keys ({} given)",
+            keys.len()
+        );
+    }
+    Ok((keys, threshold))
+}
+
+/// Refuses a checkpoint note without `threshold` valid cosignatures by `keys`; returns the cosigners.
+fn require_cosigned(note: &str, keys: &[VerifierKey], threshold: usize) -> anyhow::Result<Vec<String>> {
+    let valid: Vec<String> = aerodb_engine::witness::valid_cosignatures(note, keys)
+        .into_iter()
+        .map(|(k, _)| k.name().to_owned())
+        .collect();
+    if valid.len() < threshold {
+        anyhow::bail!(
+            "the checkpoint carries {} valid cosignatures of the {threshold} required (witnesses: {})",
+            valid.len(),
+            keys.iter().map(VerifierKey::name).collect::<Vec<_>>().join(", ")
+        );
+    }
+    Ok(valid)
 }
 
 #[derive(Subcommand)]
@@ -579,9 +630,49 @@ async fn client(cli: &Cli, key: Option<&str>) -> anyhow::Result<VerifiedClient> 
         .as_ref()
         .map(|p| std::fs::read(p).map_err(|e| anyhow::anyhow!("reading {}: {e}", p.display())))
         .transpose()?;
-    VerifiedClient::connect_tls(&cli.grpc, cli.token.as_deref(), verifier, ca.as_deref())
-        .await
-        .map_err(anyhow::Error::from)
+    let mut c = VerifiedClient::connect_tls(&cli.grpc, cli.token.as_deref(), verifier, ca.as_deref()).await?;
+    let (keys, threshold) = witness_policy(cli)?;
+    if threshold > 0 {
+        c.require_witnesses(keys, threshold)?;
+    }
+    Ok(c)
+}
+
+/// `aerodb verify DIR --witness …`: the directory's published cosigned checkpoint (`cosigned.checkpoint`, kept by
+/// a primary) must verify under the log's key, carry `threshold` valid cosignatures by `keys`, and have the root
+/// the directory's own log has at its size. Returns its size and cosigners.
+fn verify_cosigned_file(
+    dir: &std::path::Path,
+    keys: &[VerifierKey],
+    threshold: usize,
+) -> anyhow::Result<(u64, Vec<String>)> {
+    let path = dir.join(aerodb_server::witness::COSIGNED_FILE);
+    let note = std::fs::read_to_string(&path).map_err(|e| {
+        anyhow::anyhow!(
+            "{}: {e} (a primary that gathered cosignatures keeps its newest cosigned checkpoint there)",
+            path.display()
+        )
+    })?;
+    let signing = SigningKey::load(&dir.join("checkpoint.key")).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let cp = aerodb_engine::SignedCheckpoint::verify(&note, &signing.verifier())
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let by = require_cosigned(&note, keys, threshold)?;
+    let db = aerodb_engine::Db::open(
+        dir,
+        aerodb_engine::Options {
+            read_only: true,
+            ..aerodb_engine::Options::default()
+        },
+    )?;
+    let root = db.root_at(cp.checkpoint.size)?;
+    if root != cp.checkpoint.root {
+        anyhow::bail!(
+            "the cosigned checkpoint of size {} has a root the log in {} does not have: the log was rewritten",
+            cp.checkpoint.size,
+            dir.display()
+        );
+    }
+    Ok((cp.checkpoint.size, by))
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -678,18 +769,32 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             let mut c = client(&cli, verifier_key.as_deref()).await?;
             if verifier_key.is_some() {
-                let w = c.append(tenant, payload).await?;
+                let mut w = c.append(tenant, payload).await?;
+                let (_, threshold) = witness_policy(&cli)?;
+                if threshold > 0 && !w.witnessed {
+                    // Wait for a checkpoint the witnesses cosigned that covers the write.
+                    w.checkpoint = c
+                        .wait_witnessed(w.commit_id, std::time::Duration::from_secs(30))
+                        .await?;
+                    w.witnessed = true;
+                }
                 print(
                     j,
                     json!({"commit_id": w.commit_id, "record_hash": hex(w.record_hash), "verified": true,
-                           "checkpoint_size": w.checkpoint.size, "checkpoint_root": hex(w.checkpoint.root)}),
+                           "checkpoint_size": w.checkpoint.size, "checkpoint_root": hex(w.checkpoint.root),
+                           "witnessed": w.witnessed}),
                     || {
                         format!(
-                            "appended CommitId {} (record {}); verified in signed checkpoint {} (root {})",
+                            "appended CommitId {} (record {}); verified in signed checkpoint {} (root {}){}",
                             w.commit_id,
                             hex(w.record_hash),
                             w.checkpoint.size,
-                            hex(w.checkpoint.root)
+                            hex(w.checkpoint.root),
+                            if w.witnessed {
+                                ", cosigned by the required witnesses"
+                            } else {
+                                ""
+                            }
                         )
                     },
                 );
@@ -802,15 +907,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Cmd::Checkpoint => {
             let c = client(&cli, None).await?;
+            let (keys, threshold) = witness_policy(&cli)?;
             let cp = c
                 .raw()
-                .latest_checkpoint(c.request(pb::LatestCheckpointRequest { cosigned: 0 }))
+                .latest_checkpoint(c.request(pb::LatestCheckpointRequest {
+                    cosigned: threshold as u32,
+                }))
                 .await
                 .map_err(|e| anyhow::anyhow!("{}", e.message()))?
                 .into_inner();
+            let cosigners = require_cosigned(&cp.note, &keys, threshold)?;
             print(
                 j,
-                json!({"origin": cp.origin, "size": cp.size, "root": hex(&cp.root), "epoch": cp.epoch, "note": cp.note}),
+                json!({"origin": cp.origin, "size": cp.size, "root": hex(&cp.root), "epoch": cp.epoch, "note": cp.note,
+                       "witnesses": cp.witnesses, "verified_cosigners": cosigners}),
                 || cp.note.trim_end().to_owned(),
             );
         }
@@ -828,6 +938,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 verifier,
                 strict: *strict,
             };
+            let (keys, threshold) = witness_policy(&cli)?;
+            let cosigned = if threshold > 0 {
+                Some(verify_cosigned_file(dir, &keys, threshold)?)
+            } else {
+                None
+            };
             let bar = progress(j, 0, "verifying records");
             let report = aerodb_engine::verify_dir(dir, &opts, &mut |done, total| {
                 bar.set_length(total);
@@ -841,9 +957,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                        "records": report.records, "bytes": report.bytes,
                        "nodes_checked": report.nodes_checked, "checkpoints": report.checkpoints,
                        "checkpoints_ok": report.checkpoints_ok, "consistency_ok": report.consistency_ok,
-                       "problems": problems, "elapsed_ms": report.elapsed.as_millis() as u64}),
+                       "problems": problems, "elapsed_ms": report.elapsed.as_millis() as u64,
+                       "cosigned_size": cosigned.as_ref().map(|c| c.0), "cosigners": cosigned.as_ref().map(|c| c.1.clone())}),
                 || {
-                    let mut s = format!(
+                    let mut s = cosigned.as_ref().map_or_else(String::new, |(size, by)| {
+                        format!(
+                            "cosigned checkpoint of size {size} verified: cosigned by {}\n",
+                            by.join(", ")
+                        )
+                    });
+                    s += &format!(
                         "{} records ({} bytes), {} Merkle nodes, {}/{} checkpoints, {} consistency proofs checked in {:.2} s",
                         report.records,
                         report.bytes,
@@ -1047,6 +1170,7 @@ async fn audit_cmd(cli: &Cli, cmd: &AuditCmd) -> anyhow::Result<()> {
             let auth = bearer(cli)?;
             let bar = progress(j, 0, "exporting records with proofs");
             let b2 = bar.clone();
+            let (_, threshold) = witness_policy(cli)?;
             let bundle = aerodb_server::audit::export(
                 &mut c.raw(),
                 auth,
@@ -1054,6 +1178,7 @@ async fn audit_cmd(cli: &Cli, cmd: &AuditCmd) -> anyhow::Result<()> {
                 *to,
                 tenant.clone(),
                 since,
+                threshold as u32,
                 &mut |done, total| {
                     b2.set_length(total);
                     b2.set_position(done);
@@ -1103,10 +1228,13 @@ async fn audit_cmd(cli: &Cli, cmd: &AuditCmd) -> anyhow::Result<()> {
             let cp = b
                 .verify(&key, *strict)
                 .map_err(|p| anyhow::anyhow!("the bundle does not verify:\n  {}", p.join("\n  ")))?;
+            let (keys, threshold) = witness_policy(cli)?;
+            let cosigners = require_cosigned(&b.checkpoint, &keys, threshold)
+                .map_err(|e| anyhow::anyhow!("the bundle does not verify: {e}"))?;
             print(
                 j,
                 json!({"ok": true, "records": b.records.len(), "checkpoint_size": cp.size, "epoch": cp.epoch.0,
-                       "root": hex(cp.root), "prior": b.prior.is_some(), "strict": strict}),
+                       "root": hex(cp.root), "prior": b.prior.is_some(), "strict": strict, "cosigners": cosigners}),
                 || {
                     format!(
                         "bundle OK{}: {} records, each included in the checkpoint of size {} (epoch {}, root {}){}",
