@@ -81,15 +81,6 @@ pub enum WitnessError {
         /// The new size.
         new: u64,
     },
-    /// A checkpoint smaller than the latest cosigned one (the log's own replication path only; over HTTP this
-    /// is a [`WitnessError::SizeConflict`]).
-    #[error("rollback: checkpoint size {size} is below {latest}, the latest this witness cosigned")]
-    Rollback {
-        /// The latest cosigned size.
-        latest: u64,
-        /// The checkpoint's size.
-        size: u64,
-    },
     /// The witness state could not be read or made durable; nothing was cosigned (500).
     #[error("witness state: {0}")]
     State(String),
@@ -103,20 +94,17 @@ impl WitnessError {
             Self::BadRequest(_) => 400,
             Self::Forbidden(_) => 403,
             Self::UnknownLog(_) => 404,
-            Self::SizeConflict { .. } | Self::Fork { .. } | Self::Rollback { .. } => 409,
+            Self::SizeConflict { .. } | Self::Fork { .. } => 409,
             Self::BadProof { .. } => 422,
             Self::State(_) => 500,
         }
     }
 
-    /// Whether this is evidence that a log misbehaved (a fork, a rollback or a proof that fails), as opposed to
+    /// Whether this is evidence that a log misbehaved (a fork or a consistency proof that fails), as opposed to
     /// a client that is merely behind or a malformed request.
     #[must_use]
     pub fn is_evidence(&self) -> bool {
-        matches!(
-            self,
-            Self::Fork { .. } | Self::Rollback { .. } | Self::BadProof { .. }
-        )
+        matches!(self, Self::Fork { .. } | Self::BadProof { .. })
     }
 }
 
@@ -446,10 +434,11 @@ impl Witness {
     }
 
     /// Cosigns a checkpoint of the log this node replicates, which the caller has already checked against its
-    /// own copy of the log. `root_at(n)` is that copy's root at size `n` (`None` beyond its end). The latest
-    /// cosigned checkpoint must be a prefix of the same log: its root must be `root_at` its size, or the log
-    /// forked (or was rolled back) under the witness — an error that is evidence. A checkpoint below the latest
-    /// cosigned size is stale and not cosigned (`Ok(None)`).
+    /// own copy of the log. `root_at(n)` is that copy's root at size `n` (`None` beyond its end). A checkpoint
+    /// below the latest cosigned size is stale (a replica catching up is sent older checkpoints first) and is not
+    /// cosigned (`Ok(None)`). Otherwise the latest cosigned checkpoint must be a prefix of the same log — its root
+    /// must be `root_at` its size — or the log this node holds is another history under the same key: a
+    /// [`WitnessError::Fork`], evidence.
     pub fn cosign_replicated(
         &self,
         note: &str,
@@ -462,16 +451,11 @@ impl Witness {
         }
         let mut state = self.state.lock();
         if let Some(l) = state.logs.get(&head.origin).copied() {
-            match root_at(l.size) {
-                None => {
-                    return Err(WitnessError::Rollback {
-                        latest: l.size,
-                        size: head.size,
-                    })
-                }
-                Some(r) if r != l.root => return Err(WitnessError::Fork { size: l.size }),
-                Some(_) if head.size < l.size => return Ok(None),
-                Some(_) => {}
+            if head.size < l.size {
+                return Ok(None);
+            }
+            if root_at(l.size) != Some(l.root) {
+                return Err(WitnessError::Fork { size: l.size });
             }
             if l.size == head.size {
                 drop(state);
@@ -667,7 +651,7 @@ mod tests {
     }
 
     #[test]
-    fn a_replicated_checkpoint_is_cosigned_only_if_it_extends_the_last_one() {
+    fn a_replicated_checkpoint_is_cosigned_only_if_it_extends_the_last_one_of_the_same_history() {
         let log = Log::new("aerodb-ledger", 5, 50);
         let note = |n: u64| {
             Checkpoint {
@@ -686,13 +670,9 @@ mod tests {
         assert!(w.cosign_replicated(&note(30), &ours, NOW).unwrap().is_some());
         // Stale: not cosigned, no error.
         assert_eq!(w.cosign_replicated(&note(20), &ours, NOW).unwrap(), None);
-        // The node's own log no longer holds what it cosigned: a rollback; another history: a fork.
+        // A node catching up (its log shorter than what it cosigned) is sent older checkpoints: stale, no error.
         let shorter = |n: u64| (n <= 25).then(|| log.root(n));
-        let e = w.cosign_replicated(&note(20), &shorter, NOW).unwrap_err();
-        assert!(
-            matches!(e, WitnessError::Rollback { latest: 30, .. }) && e.is_evidence(),
-            "{e}"
-        );
+        assert_eq!(w.cosign_replicated(&note(20), &shorter, NOW).unwrap(), None);
         let other = Log::new("aerodb-ledger", 5, 60);
         let mut tree = merkle::MemTree::new();
         for i in 0..60u64 {

@@ -26,20 +26,37 @@ fn with_auth<T>(auth: &Option<MetadataValue<tonic::metadata::Ascii>>, m: T) -> R
     r
 }
 
-/// Exports records `from..=to` (only `tenant`'s when given) with proofs against the node's newest checkpoint,
-/// and, with `since` (a checkpoint note of the same log), the consistency proof from it. With `cosigned` k > 0 the
-/// checkpoint is the newest one with at least k witness cosignatures (they stay on its note in the bundle). `progress` sees each
-/// record.
+/// What to export.
+#[derive(Clone, Debug, Default)]
+pub struct ExportRequest {
+    /// First CommitId.
+    pub from: u64,
+    /// Last CommitId.
+    pub to: u64,
+    /// Only this tenant's records.
+    pub tenant: Option<String>,
+    /// A checkpoint note of the same log the auditor holds: the bundle adds the consistency proof from it.
+    pub since: Option<String>,
+    /// k > 0: prove against the newest checkpoint with at least k witness cosignatures (kept on its note).
+    pub cosigned: u32,
+}
+
+/// Exports records `from..=to` (only `tenant`'s when given) with proofs against the node's newest checkpoint
+/// (with `cosigned` k > 0, the newest one with at least k witness cosignatures), and, with `since`, the
+/// consistency proof from that earlier checkpoint. `progress` sees each record.
 pub async fn export(
     client: &mut pb::ledger_client::LedgerClient<Channel>,
     auth: Option<MetadataValue<tonic::metadata::Ascii>>,
-    from: u64,
-    to: u64,
-    tenant: Option<String>,
-    since: Option<String>,
-    cosigned: u32,
+    req: ExportRequest,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<Bundle, String> {
+    let ExportRequest {
+        from,
+        to,
+        tenant,
+        since,
+        cosigned,
+    } = req;
     if from == 0 || to < from {
         return Err(format!("bad range {from}..={to}: CommitIds start at 1"));
     }

@@ -3,7 +3,7 @@
 //!
 //! - A replica cosigns each checkpoint its primary streams once its own log reproduces the checkpoint's root and
 //!   the checkpoint extends the last one it cosigned; it sends the cosignature back on the replication stream. A
-//!   checkpoint that would roll back or fork what it cosigned halts it with the evidence.
+//!   checkpoint of another history than the one it cosigned (a fork under the same key) halts it, with the evidence; an older one (a replica catching up) is not cosigned.
 //! - The primary verifies each cosignature against the witness keys it counts (`--witnesses`, plus the key each
 //!   authenticated replica announces in its hello), attaches it to the checkpoint's note, and publishes the newest
 //!   checkpoint with at least `--witness-quorum` distinct cosignatures (kept in `cosigned.checkpoint`).

@@ -536,3 +536,77 @@ fn every_node_answers_tlog_witness_add_checkpoint() {
     assert_eq!(status, 413);
     let _ = primary;
 }
+
+/// A split view: whoever holds the log's key shows a witness a history other than the one it cosigned (here a
+/// second primary with the same key and other records). The witness cosigns nothing of it and halts, with the
+/// evidence; the second primary never gets a cosignature.
+#[test]
+fn a_witness_shown_another_history_under_the_same_key_halts_and_cosigns_nothing() {
+    let dir = TempDir::new("witness-split-view");
+    let (p1d, p2d, rd) = (dir.path().join("p1"), dir.path().join("p2"), dir.path().join("r"));
+    for d in [&p1d, &p2d, &rd] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    let flags = [
+        "--segment-bytes",
+        SEGMENT,
+        "--checkpoint-interval-ms",
+        "100",
+        "--node-id",
+        "p",
+    ];
+    let mut p1 = start(&p1d, &flags);
+    let mut r = replica(&rd, &p1, "r");
+    for i in 0..30 {
+        append(&p1, i);
+    }
+    wait_cosigned(&p1, 1, 30);
+    r.kill9();
+    assert!(p1.terminate().success());
+
+    // The same key, another history: 40 other records.
+    std::fs::create_dir_all(p2d.join("data")).unwrap();
+    std::fs::copy(p1d.join("data/checkpoint.key"), p2d.join("data/checkpoint.key")).unwrap();
+    let p2 = start(&p2d, &flags);
+    assert_eq!(p2.verifier_key, p1.verifier_key);
+    for i in 0..40 {
+        append(&p2, 1000 + i);
+    }
+    // The witness keeps only its key and what it cosigned; its log is rebuilt from the second primary.
+    let data = rd.join("data");
+    for e in std::fs::read_dir(&data).unwrap() {
+        let p = e.unwrap().path();
+        let keep = ["witness.key", "witness.state"].iter().any(|k| p.ends_with(k));
+        if !keep {
+            if p.is_dir() {
+                std::fs::remove_dir_all(&p).unwrap();
+            } else {
+                std::fs::remove_file(&p).unwrap();
+            }
+        }
+    }
+    let r = replica(&rd, &p2, "r");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let h = loop {
+        let h = ha(&r);
+        if h["state"] == "ReplicationHalted" {
+            break h;
+        }
+        assert!(Instant::now() < deadline, "the witness did not halt: {h}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let reason = h["halt_reason"].as_str().unwrap();
+    assert!(
+        reason.contains("WITNESS_REFUSED") && reason.contains("fork"),
+        "{reason}"
+    );
+    assert_eq!(h["cosignatures_made"].as_u64(), Some(0), "{h}");
+    let (status, j) = cosigned(&p2, 1);
+    assert_eq!(status, 404, "the second history got a cosignature: {j}");
+    let evidence = std::fs::read_dir(rd.join("data"))
+        .unwrap()
+        .chain(std::fs::read_dir(&rd).unwrap())
+        .filter_map(Result::ok)
+        .any(|e| e.file_name().to_string_lossy().contains("evidence"));
+    assert!(evidence, "no evidence file written");
+}

@@ -1174,11 +1174,13 @@ async fn audit_cmd(cli: &Cli, cmd: &AuditCmd) -> anyhow::Result<()> {
             let bundle = aerodb_server::audit::export(
                 &mut c.raw(),
                 auth,
-                *from,
-                *to,
-                tenant.clone(),
-                since,
-                threshold as u32,
+                aerodb_server::audit::ExportRequest {
+                    from: *from,
+                    to: *to,
+                    tenant: tenant.clone(),
+                    since,
+                    cosigned: threshold as u32,
+                },
                 &mut |done, total| {
                     b2.set_length(total);
                     b2.set_position(done);

@@ -373,7 +373,7 @@ impl Ctx<'_> {
 }
 
 /// As a witness, cosigns a checkpoint the primary sent (its own log already reproduced the root). A checkpoint
-/// that would roll back or fork what this node cosigned halts it, with the evidence; a witness state that cannot
+/// of another history than the one this node cosigned (a fork) halts it, with the evidence; a witness state that cannot
 /// be made durable is logged and nothing is cosigned.
 async fn cosign(ctx: &Ctx<'_>, note: String) -> Result<Option<pb::Cosignature>, StreamEnd> {
     let node = ctx.node.clone();
