@@ -246,3 +246,38 @@ pub fn proc_status_mib(field: &str) -> f64 {
         })
         .map_or(f64::NAN, |kb| kb / 1024.0)
 }
+
+/// Which disk a run had: the median of 2,000 `fdatasync`s of 256 bytes into a preallocated file under `dir`.
+///
+/// # Errors
+///
+/// I/O errors of the probe file.
+pub fn fsync_p50(dir: &Path) -> std::io::Result<Duration> {
+    let mut raw = RawCeiling::create(&dir.join("ceiling"), 8 << 20)?;
+    let run = run_ceiling(&mut raw, 2000, 256)?;
+    Ok(quantile(&run.latencies, 0.5))
+}
+
+/// The first argument that makes a cluster benchmark run as one of its nodes.
+pub const NODE_ARG: &str = "--lab-node";
+
+/// `main` of a benchmark whose cluster nodes are the benchmark program itself: run with [`NODE_ARG`] first, it is
+/// the server's own main; otherwise it runs `bench`, printing its error under `name`.
+#[must_use]
+pub fn cluster_bench_main(
+    name: &str,
+    bench: fn() -> Result<(), Box<dyn std::error::Error>>,
+) -> std::process::ExitCode {
+    if std::env::args_os().nth(1).as_deref() == Some(std::ffi::OsStr::new(NODE_ARG)) {
+        return aerodb_server::main_server::run(
+            std::iter::once(std::ffi::OsString::from("aerodb-server")).chain(std::env::args_os().skip(2)),
+        );
+    }
+    match bench() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{name}: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -71,6 +71,31 @@ pub struct Options {
     /// WAL options (segment size, record size limit, durability mode). The engine always writes its segments
     /// without a segment digest (`segment_digest` is ignored): the record hash chain covers every frame.
     pub wal: aerodb_wal::Options,
+    /// Run after every checkpoint this database signs; set it with [`Db::on_checkpoint`].
+    pub checkpoint_hook: CheckpointHook,
+}
+
+/// A function run after each checkpoint a database signs, with the checkpoint's tree size (a primary uses it to
+/// send the checkpoint to its replicas at once). Shared by every clone of the [`Options`] it is in.
+#[derive(Clone, Default)]
+pub struct CheckpointHook(Arc<RwLock<Option<HookFn>>>);
+
+type HookFn = Arc<dyn Fn(u64) + Send + Sync>;
+
+impl std::fmt::Debug for CheckpointHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let set = self.0.read().is_some();
+        write!(f, "CheckpointHook({})", if set { "set" } else { "unset" })
+    }
+}
+
+impl CheckpointHook {
+    fn fire(&self, size: u64) {
+        let hook = self.0.read().clone();
+        if let Some(h) = hook {
+            h(size);
+        }
+    }
 }
 
 impl Default for Options {
@@ -86,6 +111,7 @@ impl Default for Options {
             replica: false,
             index_flush_versions: 65_536,
             wal: aerodb_wal::Options::default(),
+            checkpoint_hook: CheckpointHook::default(),
         }
     }
 }
@@ -678,6 +704,12 @@ impl Db {
         self.live()
             .map(|i| i.checkpoints.lock().notes().to_vec())
             .unwrap_or_default()
+    }
+
+    /// Runs `hook` (with the tree size) after every checkpoint this database signs from now on, this open and
+    /// any reopen; replaces an earlier hook.
+    pub fn on_checkpoint(&self, hook: impl Fn(u64) + Send + Sync + 'static) {
+        *self.opts.lock().checkpoint_hook.0.write() = Some(Arc::new(hook));
     }
 
     /// Signs and persists a checkpoint of everything applied now (returns the newest one if nothing is new and
@@ -2080,6 +2112,8 @@ impl Inner {
         }
         .sign(&self.signer);
         self.store_checkpoint(&mut log, signed.clone())?;
+        drop(log);
+        self.opts.checkpoint_hook.fire(size);
         Ok(signed)
     }
 

@@ -205,6 +205,8 @@ impl Proxy {
 pub const LAB_WRITER: &str = "lab-writer-token-0123456789";
 /// A reader token.
 pub const LAB_READER: &str = "lab-reader-token-0123456789";
+/// An admin token (signs checkpoints on demand).
+pub const LAB_ADMIN: &str = "lab-admin-token-0123456789ab";
 /// The replicator token every node presents to the leader.
 pub const LAB_REPLICATOR: &str = "lab-replicator-token-01234567";
 
@@ -228,6 +230,8 @@ pub struct ClusterSpec {
     pub log: String,
     /// Where the nodes' temporary data directories go (`None`: the system's temporary directory).
     pub data_root: Option<PathBuf>,
+    /// More flags for every node (e.g. `--witness-quorum 2`).
+    pub extra_args: Vec<String>,
 }
 
 /// A running node of a lab cluster.
@@ -240,6 +244,8 @@ pub struct LabNode {
     pub grpc: SocketAddr,
     /// The log's verifier key, as the node reported it.
     pub verifier_key: String,
+    /// The node's witness key, as it reported it.
+    pub witness_key: String,
 }
 
 impl LabNode {
@@ -343,7 +349,8 @@ impl Cluster {
             format!(
                 "[[tokens]]\nname = \"w\"\nrole = \"writer\"\ntoken = \"{LAB_WRITER}\"\n\n\
                  [[tokens]]\nname = \"r\"\nrole = \"reader\"\ntoken = \"{LAB_READER}\"\n\n\
-                 [[tokens]]\nname = \"p\"\nrole = \"replicator\"\ntoken = \"{LAB_REPLICATOR}\"\n"
+                 [[tokens]]\nname = \"p\"\nrole = \"replicator\"\ntoken = \"{LAB_REPLICATOR}\"\n\n\
+                 [[tokens]]\nname = \"a\"\nrole = \"admin\"\ntoken = \"{LAB_ADMIN}\"\n"
             ),
         )
         .map_err(io("writing the tokens file"))?;
@@ -369,6 +376,7 @@ impl Cluster {
             .arg("--primary-token-file")
             .arg(&token)
             .args(["--segment-bytes", "1048576", "--request-timeout-ms", "2000"])
+            .args(&self.spec.extra_args)
             .env("AERODB_LOG", &self.spec.log)
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
@@ -399,6 +407,7 @@ impl Cluster {
             http: addr("http")?,
             grpc: addr("grpc")?,
             verifier_key: v["verifier_key"].as_str().unwrap_or_default().to_owned(),
+            witness_key: v["witness_key"].as_str().unwrap_or_default().to_owned(),
             child,
         })
     }

@@ -480,6 +480,10 @@ impl Node {
             config.sync_replicas,
             config.sync_wait,
         ));
+        {
+            let replicas = replicas.clone();
+            db.on_checkpoint(move |_| replicas.wake());
+        }
         let (tx, rx) = mpsc::channel();
         let rx = Arc::new(Mutex::new(rx));
         let fence = Arc::new(crate::fence::FenceState::default());

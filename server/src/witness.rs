@@ -21,7 +21,7 @@ use std::{
 
 use aerodb_engine::{
     checkpoint::{parse_note, unix_now, KeyType},
-    witness::{attach_lines, valid_cosignatures, Witness, KEY_FILE},
+    witness::{valid_cosignatures, Witness, KEY_FILE},
     SignedCheckpoint, SigningKey, VerifierKey,
 };
 use aerodb_wal::fs::{read_small_file, replace_file, Fs, RealFs};
@@ -187,51 +187,62 @@ impl Cosigning {
     }
 
     /// On a primary: cosignature `lines` from a replica for `note` (which must be a checkpoint this log's key
-    /// signed). Only lines by counted witness keys that verify are attached. Returns how many distinct witnesses
-    /// have now cosigned the checkpoint.
+    /// signed: checked once per checkpoint). Each line by a counted witness key not yet on the checkpoint is
+    /// verified and attached; other lines are dropped. Returns how many distinct witnesses have now cosigned the
+    /// checkpoint, and publishes it when that reaches the quorum.
     pub fn receive(&self, log: &VerifierKey, note: &str, lines: &str) -> std::result::Result<usize, String> {
-        let cp =
-            SignedCheckpoint::verify(note, log).map_err(|e| format!("not a checkpoint of this log: {e}"))?;
-        let size = cp.checkpoint.size;
         let (text, sigs) = parse_note(note).map_err(|e| e.to_string())?;
         let log_line = sigs
             .iter()
             .find(|s| s.name == log.name() && s.id == log.id())
             .map(|s| s.line)
             .ok_or("no signature line by the log's key")?;
+        let signed = format!("{text}\n{log_line}\n");
         let witnesses = self.witnesses();
         let mut pending = self.pending.lock();
-        // Lines gathered before for the same checkpoint (same text), then the new ones.
-        let mut merged = format!("{text}\n{log_line}\n");
-        if let Some(g) = pending.get(&size).filter(|g| g.note.starts_with(&merged)) {
-            merged.clone_from(&g.note);
-        }
-        let before = valid_cosignatures(&merged, &witnesses).len();
-        let merged = attach_lines(&merged, lines).map_err(|e| format!("malformed cosignature lines: {e}"))?;
-        let valid = valid_cosignatures(&merged, &witnesses);
-        // Keep the log's line and the lines of counted witnesses that verify; drop anything else.
-        let mut kept = format!("{text}\n{log_line}\n");
-        let (_, all) = parse_note(&merged).map_err(|e| e.to_string())?;
-        for s in all
-            .iter()
-            .filter(|s| valid.iter().any(|(k, _)| k.name() == s.name && k.id() == s.id))
-        {
-            kept.push_str(s.line);
-            kept.push('\n');
-        }
-        let accepted = valid.len().saturating_sub(before);
-        self.received.fetch_add(accepted as u64, Ordering::Relaxed);
-        self.rejected.fetch_add(
-            lines.lines().count().saturating_sub(accepted) as u64,
-            Ordering::Relaxed,
-        );
-        let g = Gathered {
-            size,
-            note: kept,
-            witnesses: valid.iter().map(|(k, _)| k.to_string()).collect(),
+        let known = pending.values().find(|g| g.note.starts_with(&signed)).cloned();
+        let mut g = match known {
+            Some(g) => g,
+            None => {
+                let cp = SignedCheckpoint::verify(&signed, log)
+                    .map_err(|e| format!("not a checkpoint of this log: {e}"))?;
+                Gathered {
+                    size: cp.checkpoint.size,
+                    note: signed,
+                    witnesses: Vec::new(),
+                }
+            }
         };
+        let (mut accepted, mut offered) = (0u64, 0u64);
+        for line in lines.lines() {
+            offered += 1;
+            let sig = aerodb_engine::checkpoint::parse_signature_line(line)
+                .map_err(|e| format!("malformed cosignature line: {e}"))?;
+            let Some(key) = witnesses
+                .iter()
+                .find(|k| k.name() == sig.name && k.id() == sig.id)
+            else {
+                continue;
+            };
+            let id = key.to_string();
+            if g.witnesses.contains(&id) {
+                continue;
+            }
+            // One signature checked: this line over the checkpoint's text.
+            if key
+                .open_note(&format!("{text}\n{line}\n"))
+                .is_ok_and(|(_, ts)| ts.is_some())
+            {
+                g.note.push_str(line);
+                g.note.push('\n');
+                g.witnesses.push(id);
+                accepted += 1;
+            }
+        }
+        self.received.fetch_add(accepted, Ordering::Relaxed);
+        self.rejected.fetch_add(offered - accepted, Ordering::Relaxed);
         let count = g.witnesses.len();
-        pending.insert(size, g.clone());
+        pending.insert(g.size, g.clone());
         while pending.len() > PENDING {
             pending.pop_first();
         }
@@ -275,5 +286,104 @@ impl Cosigning {
     #[must_use]
     pub fn published(&self) -> Option<Gathered> {
         self.published.lock().clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "test code: a panic is the failure report")]
+
+    use super::*;
+    use aerodb_engine::{Checkpoint, KeyType};
+    use aerodb_wal::Epoch;
+
+    #[test]
+    fn the_primary_attaches_only_verified_cosignatures_and_publishes_at_quorum() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = SigningKey::from_seed("aerodb-ledger", [1; 32]).unwrap();
+        let w: Vec<SigningKey> = (0..3u8)
+            .map(|i| {
+                SigningKey::from_seed_typed(
+                    &format!("aerodb-ledger/r{i}"),
+                    KeyType::CosignatureV1,
+                    [10 + i; 32],
+                )
+                .unwrap()
+            })
+            .collect();
+        let own = SigningKey::from_seed_typed("aerodb-ledger/p", KeyType::CosignatureV1, [9; 32]).unwrap();
+        // Counted: w0 (configured) and w1 (announced); w2 is not counted.
+        let c = Cosigning::open(dir.path(), own, &log.verifier(), &[], vec![w[0].verifier()], 2).unwrap();
+        c.announce("r1", &w[1].verifier().to_string()).unwrap();
+        assert!(
+            c.announce("r9", &log.verifier().to_string()).is_err(),
+            "a log key is not a witness key"
+        );
+        let note = Checkpoint {
+            origin: "aerodb-ledger".into(),
+            size: 7,
+            root: [3; 32],
+            epoch: Epoch(1),
+        }
+        .sign(&log)
+        .note;
+        let text = &note[..=note.rfind("\n\n").unwrap()];
+        let line = |k: &SigningKey| k.signature_line(text, 1_700_000_000);
+        // A forged line under w1's name and id, an uncounted witness, then w0: one counted cosignature.
+        let forged = line(&w[2]).replacen("aerodb-ledger/r2", "aerodb-ledger/r1", 1);
+        let forged = {
+            let (_, sig) = forged.trim_end().rsplit_once(' ').unwrap();
+            let mut raw = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, sig).unwrap();
+            raw[..4].copy_from_slice(&w[1].verifier().id().to_be_bytes());
+            format!(
+                "\u{2014} aerodb-ledger/r1 {}\n",
+                base64::Engine::encode(&base64::engine::general_purpose::STANDARD, raw)
+            )
+        };
+        assert_eq!(
+            c.receive(
+                &log.verifier(),
+                &note,
+                &format!("{forged}{}{}", line(&w[2]), line(&w[0]))
+            )
+            .unwrap(),
+            1
+        );
+        assert!(c.published().is_none() && c.newest_cosigned(1).is_some() && c.newest_cosigned(2).is_none());
+        // w1's real line reaches the quorum: published, durably.
+        assert_eq!(c.receive(&log.verifier(), &note, &line(&w[1])).unwrap(), 2);
+        let p = c.published().unwrap();
+        assert_eq!((p.size, p.witnesses.len()), (7, 2));
+        assert_eq!(
+            valid_cosignatures(&p.note, &[w[0].verifier(), w[1].verifier()]).len(),
+            2
+        );
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join(COSIGNED_FILE)).unwrap(),
+            p.note
+        );
+        // A note the log did not sign is refused.
+        let rogue = SigningKey::from_seed("aerodb-ledger", [2; 32]).unwrap();
+        let other = Checkpoint {
+            origin: "aerodb-ledger".into(),
+            size: 8,
+            root: [4; 32],
+            epoch: Epoch(1),
+        }
+        .sign(&rogue)
+        .note;
+        assert!(c.receive(&log.verifier(), &other, "").is_err());
+        // Reopened, the published checkpoint is read back.
+        let own = SigningKey::from_seed_typed("aerodb-ledger/p", KeyType::CosignatureV1, [9; 32]).unwrap();
+        let again = Cosigning::open(
+            dir.path(),
+            own,
+            &log.verifier(),
+            &[],
+            vec![w[0].verifier(), w[1].verifier()],
+            2,
+        )
+        .unwrap();
+        assert_eq!(again.published().unwrap().size, 7);
     }
 }

@@ -33,6 +33,7 @@ fn cluster(sync: usize, proxied: bool) -> Cluster {
         proxied,
         log: std::env::var("AERODB_TEST_LOG").unwrap_or_else(|_| "warn".into()),
         data_root: None,
+        extra_args: Vec::new(),
     })
     .unwrap()
 }

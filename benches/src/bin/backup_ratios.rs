@@ -15,7 +15,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use aerodb_benches::{bench_dir, median_min_max, quantile, run_ceiling, RawCeiling};
+use aerodb_benches::{bench_dir, median_min_max};
 use aerodb_engine::{Db, NewRecord, Options, Payload};
 use bytes::Bytes;
 
@@ -51,10 +51,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         &[("--records", 50_000), ("--rounds", 1)],
     );
     let root = bench_dir("backup");
-    let fsync_p50 = {
-        let mut raw = RawCeiling::create(&root.join("ceiling"), 8 << 20)?;
-        quantile(&run_ceiling(&mut raw, 2000, 256)?.latencies, 0.5)
-    };
+    let fsync_p50 = aerodb_benches::fsync_p50(&root)?;
     let data = root.join("data");
     let t = Instant::now();
     {

@@ -13,7 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use aerodb_benches::{bench_dir, quantile, run_ceiling, RawCeiling};
+use aerodb_benches::{bench_dir, quantile};
 use aerodb_server::lab::{self, check_history, Cluster, ClusterSpec, Writers};
 use parking_lot::Mutex;
 
@@ -26,23 +26,8 @@ fn ms(d: Duration) -> f64 {
 }
 
 fn main() -> std::process::ExitCode {
-    // Each node of the cluster is this program again, running the server's own main.
-    if std::env::args_os().nth(1).as_deref() == Some(std::ffi::OsStr::new(NODE_ARG)) {
-        return aerodb_server::main_server::run(
-            std::iter::once(std::ffi::OsString::from("aerodb-server")).chain(std::env::args_os().skip(2)),
-        );
-    }
-    match bench() {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("failover: {e}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    aerodb_benches::cluster_bench_main("failover", bench)
 }
-
-/// The first argument that makes this program run as a node.
-const NODE_ARG: &str = "--lab-node";
 
 fn bench() -> Result<(), Box<dyn std::error::Error>> {
     let (mut cycles, mut ttl_ms) = (10u64, 1000u64);
@@ -54,20 +39,17 @@ fn bench() -> Result<(), Box<dyn std::error::Error>> {
     let bin = std::env::current_exe()?;
     let root = bench_dir("failover");
     // Which disk this run had: the p50 of 2,000 fdatasyncs of 256 bytes into a preallocated file.
-    let fsync_p50 = {
-        let mut raw = RawCeiling::create(&root.join("ceiling"), 8 << 20)?;
-        let run = run_ceiling(&mut raw, 2000, 256)?;
-        quantile(&run.latencies, 0.5)
-    };
+    let fsync_p50 = aerodb_benches::fsync_p50(&root)?;
     let mut c = Cluster::start(ClusterSpec {
         bin,
-        bin_args: vec![NODE_ARG.into()],
+        bin_args: vec![aerodb_benches::NODE_ARG.into()],
         nodes: 3,
         sync_replicas: 1,
         lease_ttl_ms: ttl_ms,
         proxied: false,
         log: "error".into(),
         data_root: Some(root.clone()),
+        extra_args: Vec::new(),
     })?;
     let addrs = Arc::new(Mutex::new(
         c.live().into_iter().map(|(_, a)| a).collect::<Vec<_>>(),

@@ -204,6 +204,11 @@ impl Replicas {
         });
     }
 
+    /// Wakes the streams without new records (a checkpoint was signed: send it now).
+    pub fn wake(&self) {
+        self.tip.send_modify(|_| {});
+    }
+
     /// A receiver woken whenever records are published.
     #[must_use]
     pub fn subscribe(&self) -> watch::Receiver<u64> {
