@@ -404,20 +404,25 @@ impl Witness {
                     });
                 }
             }
-            Some(l) if !merkle::verify_consistency(l.size, head.size, &l.root, &head.root, &req.proof) => {
+            // From a cosigned tree of at least one leaf: the proof must verify.
+            Some(l)
+                if l.size > 0
+                    && !merkle::verify_consistency(l.size, head.size, &l.root, &head.root, &req.proof) =>
+            {
                 return Err(WitnessError::BadProof {
                     old: l.size,
                     new: head.size,
                 });
             }
-            Some(_) => {}
-            None if !req.proof.is_empty() => {
+            Some(l) if l.size > 0 => {}
+            // Nothing cosigned yet, or only the empty tree: every tree extends it, and the proof must be empty.
+            _ if !req.proof.is_empty() => {
                 return Err(WitnessError::BadProof {
                     old: 0,
                     new: head.size,
                 })
             }
-            None => {}
+            _ => {}
         }
         if latest.map(|l| l.size) != Some(head.size) {
             self.commit(
@@ -572,7 +577,9 @@ mod tests {
         let log = Log::new("example.com/foreign", 2, 40);
         let fs = mem();
         let w = witness(&fs, &[log.key.verifier()]);
-        // First contact: old 0, empty proof, a checkpoint without extension lines.
+        // First contact: old 0, empty proof, a checkpoint without extension lines (first the empty tree, which
+        // every tree extends).
+        w.add_checkpoint(&log.request(0, 0), NOW).unwrap();
         let lines = w.add_checkpoint(&log.request(0, 10), NOW).unwrap();
         let cosigned = attach_lines(&log.note(10), &lines).unwrap();
         let valid = valid_cosignatures(&cosigned, &[w.verifier()]);

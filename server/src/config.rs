@@ -256,6 +256,10 @@ pub struct Flags {
     /// each log's origin is its key's name). The node's own log is always witnessed.
     #[arg(long, env = "AERODB_WITNESS_LOGS", value_delimiter = ',')]
     pub witness_logs: Option<Vec<String>>,
+    /// External C2SP tlog-witness services (comma-separated `http://host:port[/prefix]`) a primary sends each
+    /// checkpoint to; their cosignatures count when their keys are in --witnesses.
+    #[arg(long, env = "AERODB_WITNESS_URLS", value_delimiter = ',')]
+    pub witness_urls: Option<Vec<String>>,
     /// Threads serving the two APIs (0 or unset: one fewer than the CPUs, at least one; the other core is left
     /// to the committer threads, which encode, hash, write and fsync the log).
     #[arg(long, env = "AERODB_WORKER_THREADS")]
@@ -313,6 +317,7 @@ pub struct FileConfig {
     witnesses: Option<Vec<String>>,
     witness_quorum: Option<usize>,
     witness_logs: Option<Vec<String>>,
+    witness_urls: Option<Vec<String>>,
 }
 
 /// The effective configuration.
@@ -396,6 +401,8 @@ pub struct Config {
     pub witness_quorum: usize,
     /// Other logs this node witnesses over HTTP.
     pub witness_logs: Vec<aerodb_engine::VerifierKey>,
+    /// External witnesses a primary asks to cosign.
+    pub witness_urls: Vec<crate::witness::ExternalWitness>,
 }
 
 impl Config {
@@ -443,6 +450,7 @@ impl Config {
             witnesses: Vec::new(),
             witness_quorum: 0,
             witness_logs: Vec::new(),
+            witness_urls: Vec::new(),
         }
     }
 
@@ -516,6 +524,14 @@ impl Config {
             .or(file.witness_name)
             .unwrap_or_else(|| format!("{origin}/{node_id}"));
         let witness_quorum = flags.witness_quorum.or(file.witness_quorum).unwrap_or(0);
+        let witness_urls = flags
+            .witness_urls
+            .or(file.witness_urls)
+            .unwrap_or_default()
+            .iter()
+            .filter(|u| !u.trim().is_empty())
+            .map(|u| crate::witness::ExternalWitness::parse(u.trim()).map_err(Error::config))
+            .collect::<Result<Vec<_>, Error>>()?;
         let c =
             Config {
                 role: flags.role.or(file.role).unwrap_or(Role::Primary),
@@ -658,6 +674,7 @@ impl Config {
                 witnesses,
                 witness_quorum,
                 witness_logs,
+                witness_urls,
             };
         if c.witness_name.is_empty() || c.witness_name.chars().any(|ch| ch.is_whitespace() || ch == '+') {
             return Err(Error::config(format!(

@@ -86,6 +86,9 @@ fn read_response(s: &mut TcpStream) -> std::io::Result<Response> {
         if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
             break p + 4;
         }
+        if buf.len() > 64 << 10 {
+            return Err(invalid("response head over 64 KiB"));
+        }
         let n = s.read(&mut tmp)?;
         if n == 0 {
             return Err(invalid("connection closed before a response"));

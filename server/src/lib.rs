@@ -387,6 +387,13 @@ pub async fn serve(
             }
         });
     }
+    if !cfg.witness_urls.is_empty() {
+        tokio::spawn(witness::push_to_external(
+            node.clone(),
+            cfg.witness_urls.clone(),
+            stop_rx.clone(),
+        ));
+    }
     // A node whose log failed closed opens it again in place once the disk has room (see `recover_if_possible`).
     {
         let (node, mut stop) = (node.clone(), stop_rx.clone());

@@ -387,3 +387,160 @@ mod tests {
         assert_eq!(again.published().unwrap().size, 7);
     }
 }
+
+/// An external C2SP `tlog-witness` service this primary asks to cosign its checkpoints (`--witness-urls`):
+/// `http://<host:port>[/<submission prefix>]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExternalWitness {
+    /// `host:port`.
+    pub authority: String,
+    /// The submission prefix (`""` or `/path`), to which `/add-checkpoint` is appended.
+    pub prefix: String,
+}
+
+impl ExternalWitness {
+    /// Parses `http://host:port[/prefix]` (plain HTTP only: put a TLS-terminating proxy in front of an `https`
+    /// witness).
+    pub fn parse(url: &str) -> std::result::Result<Self, String> {
+        let rest = url
+            .strip_prefix("http://")
+            .ok_or_else(|| format!("witness URL {url:?}: only http:// is supported"))?;
+        let (authority, prefix) = rest.split_once('/').map_or((rest, ""), |(a, p)| (a, p));
+        if authority.is_empty() || !authority.contains(':') {
+            return Err(format!("witness URL {url:?}: needs host:port"));
+        }
+        let prefix = prefix.trim_end_matches('/');
+        Ok(Self {
+            authority: authority.to_owned(),
+            prefix: if prefix.is_empty() {
+                String::new()
+            } else {
+                format!("/{prefix}")
+            },
+        })
+    }
+
+    /// `POST <prefix>/add-checkpoint` with `body`: status and body (at most 30 s, one connection).
+    fn post(&self, body: &str) -> std::io::Result<crate::httpc::Response> {
+        use std::net::ToSocketAddrs;
+        let addr = self
+            .authority
+            .to_socket_addrs()?
+            .next()
+            .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "no address"))?;
+        let req = format!(
+            "POST {}/add-checkpoint HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nContent-Type: text/plain\r\n\
+             Content-Length: {}\r\n\r\n{body}",
+            self.prefix,
+            self.authority,
+            body.len()
+        );
+        crate::httpc::send(addr, req.as_bytes())
+    }
+}
+
+/// On a writable primary with `--witness-urls`: sends each new checkpoint to every external witness (C2SP
+/// `tlog-witness`), starting from `old 0` and learning the witness's size from a 409, with the consistency proof
+/// from there; the cosignatures that come back are counted like a replica's (their keys must be in
+/// `--witnesses`). Runs until `stop`.
+pub async fn push_to_external(
+    node: Arc<crate::node::Node>,
+    witnesses: Vec<ExternalWitness>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut woken = node.replicas.subscribe();
+    let mut known: Vec<u64> = vec![0; witnesses.len()];
+    let mut sent: Option<String> = None;
+    loop {
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => return,
+            r = woken.changed() => if r.is_err() { return },
+        }
+        if crate::replication::primary::primary_epoch(&node).is_none() {
+            continue;
+        }
+        let Some(cp) = node.db.latest_checkpoint() else {
+            continue;
+        };
+        if sent.as_deref() == Some(cp.note.as_str()) {
+            continue;
+        }
+        sent = Some(cp.note.clone());
+        for (w, old) in witnesses.iter().zip(known.iter_mut()) {
+            let (n, w2, start) = (node.clone(), w.clone(), *old);
+            let note = cp.note.clone();
+            let size = cp.checkpoint.size;
+            let done = tokio::task::spawn_blocking(move || ask(&n, &w2, start, size, &note)).await;
+            match done {
+                Ok(Ok(new_old)) => *old = new_old,
+                Ok(Err((new_old, e))) => {
+                    *old = new_old;
+                    tracing::warn!(witness = %w.authority, "external witness: {e}");
+                }
+                Err(e) => tracing::error!("external witness task failed: {e}"),
+            }
+        }
+    }
+}
+
+/// Asks one external witness to cosign `note` (tree size `size`), believing its latest size is `old`. Returns the
+/// witness's latest size afterwards, or that and why it did not cosign.
+fn ask(
+    node: &crate::node::Node,
+    w: &ExternalWitness,
+    mut old: u64,
+    size: u64,
+    note: &str,
+) -> std::result::Result<u64, (u64, String)> {
+    use aerodb_engine::witness::AddCheckpoint;
+    // At most twice: a 409 tells the witness's size, and the request is made again from there.
+    for _ in 0..2 {
+        if old > size {
+            return Err((
+                old,
+                format!("the witness has size {old}, above this checkpoint's {size}"),
+            ));
+        }
+        let proof = if old == 0 || old == size {
+            Vec::new()
+        } else {
+            node.db
+                .consistency_proof(old, size)
+                .map_err(|e| (old, format!("consistency proof {old} -> {size}: {e}")))?
+        };
+        let body = AddCheckpoint {
+            old_size: old,
+            proof,
+            note: note.to_owned(),
+        }
+        .encode();
+        let r = w.post(&body).map_err(|e| (old, e.to_string()))?;
+        let text = String::from_utf8_lossy(&r.body);
+        match r.status {
+            200 => {
+                let count = node
+                    .cosigning
+                    .receive(&node.db.verifier_key(), note, &text)
+                    .map_err(|e| (size, e))?;
+                tracing::debug!(witness = %w.authority, size, count, "external witness cosigned");
+                return Ok(size);
+            }
+            409 => match aerodb_engine::checkpoint::parse_decimal(text.trim_end_matches('\n')) {
+                Some(latest) if latest != old => old = latest,
+                _ => {
+                    return Err((
+                        old,
+                        format!("409: {}", text.chars().take(200).collect::<String>()),
+                    ))
+                }
+            },
+            s => {
+                return Err((
+                    old,
+                    format!("{s}: {}", text.chars().take(200).collect::<String>()),
+                ))
+            }
+        }
+    }
+    Err((old, "the witness's size kept changing".into()))
+}

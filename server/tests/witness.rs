@@ -610,3 +610,78 @@ fn a_witness_shown_another_history_under_the_same_key_halts_and_cosigns_nothing(
         .any(|e| e.file_name().to_string_lossy().contains("evidence"));
     assert!(evidence, "no evidence file written");
 }
+
+/// The primary asks an external C2SP witness (here another AeroDB node, of another log, told to witness this
+/// one with `--witness-logs`) to cosign each checkpoint, learning the witness's size from its 409 and sending the
+/// consistency proof from there; the cosignatures count toward the quorum because the witness's key is in
+/// `--witnesses`.
+#[test]
+fn a_primary_asks_external_witnesses_to_cosign() {
+    let dir = TempDir::new("witness-external");
+    let (pd, wd) = (dir.path().join("p"), dir.path().join("w"));
+    std::fs::create_dir_all(pd.join("data")).unwrap();
+    std::fs::create_dir_all(&wd).unwrap();
+    let key_path = pd.join("data/checkpoint.key");
+    let (ok, out) = cli(&["--json", "keygen", "--out", key_path.to_str().unwrap()]);
+    assert!(ok, "{out}");
+    let log_key = serde_json::from_str::<serde_json::Value>(out.lines().next().unwrap()).unwrap()
+        ["verifier_key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let w = start(
+        &wd,
+        &["--origin", "example.com/witness-host", "--witness-logs", &log_key],
+    );
+    // An AeroDB node's submission prefix is /witness.
+    let url = format!("http://{}/witness", w.http);
+    let p = start(
+        &pd,
+        &[
+            "--checkpoint-interval-ms",
+            "100",
+            "--witness-urls",
+            &url,
+            "--witnesses",
+            &w.witness_key,
+            "--witness-quorum",
+            "1",
+        ],
+    );
+    assert_eq!(p.verifier_key, log_key);
+    for i in 0..25 {
+        append(&p, i);
+    }
+    let note = wait_cosigned(&p, 1, 25);
+    let wkey = VerifierKey::parse(&w.witness_key).unwrap();
+    assert_eq!(
+        valid_cosignatures(&note, std::slice::from_ref(&wkey)).len(),
+        1,
+        "{note}"
+    );
+    for i in 25..40 {
+        append(&p, i);
+    }
+    wait_cosigned(&p, 1, 40);
+    assert!(ha(&w)["cosignatures_made"].as_u64().unwrap() >= 2);
+    // Restarted, the primary starts again from old 0: the witness's 409 tells it where to go on from.
+    let mut p = p;
+    assert!(p.terminate().success());
+    let p = start(
+        &pd,
+        &[
+            "--witness-urls",
+            &url,
+            "--witnesses",
+            &w.witness_key,
+            "--witness-quorum",
+            "1",
+            "--checkpoint-interval-ms",
+            "100",
+        ],
+    );
+    for i in 40..50 {
+        append(&p, i);
+    }
+    wait_cosigned(&p, 1, 50);
+}

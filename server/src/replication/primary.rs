@@ -52,7 +52,7 @@ fn msg(m: PMsg) -> Result<pb::PrimaryMessage, Status> {
 }
 
 /// This node's epoch if it is the writable primary.
-fn primary_epoch(node: &Node) -> Option<Epoch> {
+pub(crate) fn primary_epoch(node: &Node) -> Option<Epoch> {
     match node.role.lock().state {
         State::PrimaryActive { epoch } if node.db.not_writable().is_none() => Some(epoch),
         _ => None,
