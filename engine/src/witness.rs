@@ -357,10 +357,16 @@ impl Witness {
         Ok(head)
     }
 
-    /// Makes `state` with `origin` at `c` durable, then installs it.
-    fn commit(&self, state: &mut WitnessState, origin: &str, c: Cosigned) -> Result<(), WitnessError> {
+    /// Makes `state` with the log of `head` at `head`'s size and root durable, then installs it.
+    fn commit(&self, state: &mut WitnessState, head: &TreeHead) -> Result<(), WitnessError> {
         let mut next = state.clone();
-        next.logs.insert(origin.to_owned(), c);
+        next.logs.insert(
+            head.origin.clone(),
+            Cosigned {
+                size: head.size,
+                root: head.root,
+            },
+        );
         replace_file(&*self.fs, &self.dir, STATE_FILE, &next.encode())
             .map_err(|e| WitnessError::State(format!("cannot persist the witness state: {e}")))?;
         *state = next;
@@ -425,14 +431,7 @@ impl Witness {
             _ => {}
         }
         if latest.map(|l| l.size) != Some(head.size) {
-            self.commit(
-                &mut state,
-                &head.origin,
-                Cosigned {
-                    size: head.size,
-                    root: head.root,
-                },
-            )?;
+            self.commit(&mut state, &head)?;
         }
         drop(state);
         Ok(self.cosign(&req.note, now))
@@ -467,14 +466,7 @@ impl Witness {
                 return Ok(Some(self.cosign(note, now)));
             }
         }
-        self.commit(
-            &mut state,
-            &head.origin,
-            Cosigned {
-                size: head.size,
-                root: head.root,
-            },
-        )?;
+        self.commit(&mut state, &head)?;
         drop(state);
         Ok(Some(self.cosign(note, now)))
     }

@@ -46,6 +46,19 @@ fn checkpoint_now(s: &Server) -> u64 {
     r.json()["size"].as_u64().unwrap()
 }
 
+/// Appends records `range`, signs a checkpoint: its size and note.
+fn append_and_sign(s: &Server, range: std::ops::Range<u64>) -> (u64, String) {
+    for i in range {
+        append(s, i);
+    }
+    let size = checkpoint_now(s);
+    let note = http(s.http, "GET", "/v1/checkpoints/latest", Some(READER), None).json()["note"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    (size, note)
+}
+
 /// `GET /v1/checkpoints/latest?cosigned=k`: status and JSON.
 fn cosigned(s: &Server, k: usize) -> (u16, serde_json::Value) {
     let r = http(
@@ -362,14 +375,7 @@ fn every_node_answers_tlog_witness_add_checkpoint() {
         &["--node-id", "r", "--witness-logs", &foreign_vkey],
     );
     let wkey = VerifierKey::parse(&r.witness_key).unwrap();
-    for i in 0..30 {
-        append(&primary, i);
-    }
-    let size = checkpoint_now(&primary);
-    let note = http(primary.http, "GET", "/v1/checkpoints/latest", Some(READER), None).json()["note"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let (size, note) = append_and_sign(&primary, 0..30);
     // The replica cosigned over replication already; a client that does not know its size learns it from 409.
     let deadline = Instant::now() + Duration::from_secs(20);
     let latest = loop {
@@ -454,14 +460,7 @@ fn every_node_answers_tlog_witness_add_checkpoint() {
     );
     assert_eq!(status, 404);
     // A bigger checkpoint with a broken proof: 422; a rollback (old above the size): 400.
-    for i in 30..45 {
-        append(&primary, i);
-    }
-    let size2 = checkpoint_now(&primary);
-    let note2 = http(primary.http, "GET", "/v1/checkpoints/latest", Some(READER), None).json()["note"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let (size2, note2) = append_and_sign(&primary, 30..45);
     let mut proof = consistency(&primary, size, size2);
     proof[0][0] ^= 1;
     // The replica may have cosigned size2 over replication already (then 409 with it); else the proof is 422.
