@@ -222,6 +222,16 @@ enum Cmd {
         #[command(subcommand)]
         cmd: AuditCmd,
     },
+    /// The HA proof report (seed 003, VAL26) from the evidence `aerodb lab` wrote: printed, and written beside the
+    /// evidence as `ha-report.txt` with the charts `failover.svg` and `lag.svg`. `--json FILE` also writes the same
+    /// content as JSON to FILE (`--json` alone prints the JSON instead of the text). Exits 1 unless the verdict is
+    /// HA DESIGN PARTNER READY.
+    HaReport {
+        /// The evidence directory (`VAL13.json` … `VAL17.json`).
+        dir: PathBuf,
+        /// With --json: where to write the JSON report.
+        file: Option<PathBuf>,
+    },
     /// Generate a checkpoint signing key (file mode 0600) and print its verifier key.
     Keygen {
         /// The log's origin (key name).
@@ -1118,6 +1128,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             );
         }
         Cmd::Audit { cmd } => audit_cmd(&cli, cmd).await?,
+        Cmd::HaReport { dir, file } => ha_report(dir, file.as_deref(), j)?,
         Cmd::Keygen { origin, out } => {
             let key = SigningKey::generate(origin)?;
             key.save(out)?;
@@ -1133,6 +1144,68 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 },
             );
         }
+    }
+    Ok(())
+}
+
+/// `aerodb ha-report DIR [--json [FILE]]`.
+fn ha_report(dir: &std::path::Path, file: Option<&std::path::Path>, json: bool) -> anyhow::Result<()> {
+    use aerodb_server::ha_report::{Input, Report, SLICES};
+    if file.is_some() && !json {
+        anyhow::bail!("a JSON output file needs --json (aerodb ha-report DIR --json FILE)");
+    }
+    if !dir.is_dir() {
+        anyhow::bail!("{} is not a directory of evidence", dir.display());
+    }
+    let mut contents = Vec::new();
+    for (id, _) in SLICES {
+        let path = dir.join(format!("{id}.json"));
+        let text = match std::fs::metadata(&path) {
+            Ok(m) if m.len() > 16 << 20 => {
+                anyhow::bail!("{}: {} bytes is not evidence", path.display(), m.len())
+            }
+            Ok(_) => {
+                Some(std::fs::read_to_string(&path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => anyhow::bail!("{}: {e}", path.display()),
+        };
+        contents.push((id, text));
+    }
+    let now = time::OffsetDateTime::now_utc()
+        .replace_nanosecond(0)
+        .ok()
+        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .unwrap_or_default();
+    let shown = dir.display().to_string();
+    let r = Report::build(&Input {
+        dir: &shown,
+        generated_at: &now,
+        files: contents.iter().map(|(id, c)| (*id, c.as_deref())).collect(),
+    });
+    let text = r.text();
+    let write = |name: &str, body: &str| {
+        let path = dir.join(name);
+        std::fs::write(&path, body).map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))
+    };
+    write("ha-report.txt", &text)?;
+    if let Some(svg) = r.failover_svg() {
+        write("failover.svg", &svg)?;
+    }
+    if let Some(svg) = r.lag_svg() {
+        write("lag.svg", &svg)?;
+    }
+    let j = serde_json::to_string_pretty(&r.json())? + "\n";
+    match (json, file) {
+        (true, Some(f)) => {
+            std::fs::write(f, &j).map_err(|e| anyhow::anyhow!("writing {}: {e}", f.display()))?;
+            print!("{text}");
+        }
+        (true, None) => print!("{j}"),
+        (false, _) => print!("{text}"),
+    }
+    if !r.design_partner_ready() {
+        anyhow::bail!("the HA design partner verdict is not reached (see the report)");
     }
     Ok(())
 }

@@ -269,6 +269,7 @@ pub fn with_token<T>(msg: T, token: &str) -> tonic::Request<T> {
     r
 }
 
+#[allow(unused_imports, reason = "each test file uses a subset")]
 pub use aerodb_tests::report_figure;
 
 /// A real single-member etcd (Debian's `etcd-server`) on loopback ports the OS picked (`aerodb_server::lab`).
