@@ -99,6 +99,18 @@ impl Etcd {
         self.run()
     }
 
+    /// Its temporary directory.
+    #[must_use]
+    pub fn dir(&self) -> &std::path::Path {
+        self._dir.path()
+    }
+
+    /// Its process id, while it runs.
+    #[must_use]
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Sends `sig` (`STOP`, `CONT`, `KILL`) to the etcd process.
     pub fn signal(&self, sig: &str) {
         if let Some(c) = &self.child {

@@ -13,6 +13,7 @@ pub mod etcd;
 pub mod fence;
 pub mod grpc;
 pub mod ha;
+pub mod ha_lab;
 pub mod ha_report;
 pub mod httpc;
 pub mod lab;

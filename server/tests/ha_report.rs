@@ -198,3 +198,38 @@ fn the_cli_writes_the_report_beside_the_evidence_and_exits_non_zero_when_not_rea
     let (ok, out) = common::cli(&["ha-report", dir.to_str().unwrap()]);
     assert!(!ok && out.contains("Verdict: NOT READY"), "{out}");
 }
+
+#[test]
+fn the_lab_writes_evidence_that_the_report_reads() {
+    // Two slices of the real lab (etcd and three aerodb-server processes): each writes ten passing checks.
+    let t = common::TempDir::new("ha-lab");
+    let dir = t.path().join("evidence");
+    let d = dir.to_str().unwrap();
+    let (ok, out) = common::cli(&[
+        "lab", "--quick", "--slice", "VAL15", "--slice", "VAL17", "--out", d,
+    ]);
+    assert!(ok, "{out}");
+    for id in ["VAL15", "VAL17"] {
+        let v: Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join(format!("{id}.json"))).unwrap()).unwrap();
+        let failed: Vec<&Value> = v["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|c| c["pass"] != true)
+            .collect();
+        assert!(failed.is_empty(), "{id}: {failed:?}");
+        assert_eq!(v["checks"].as_array().unwrap().len(), 10);
+    }
+    // The report reads them; three slices are missing, so the verdict is not reached.
+    let (ok, out) = common::cli(&["ha-report", d]);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("VAL15 Backup/Restore Validation        PASS (10/10 checks)"),
+        "{out}"
+    );
+    assert!(
+        out.contains("VAL13 HA Failover Validation           MISSING"),
+        "{out}"
+    );
+}

@@ -222,6 +222,21 @@ enum Cmd {
         #[command(subcommand)]
         cmd: AuditCmd,
     },
+    /// The HA validation lab (seed 003 slices VAL13–VAL17): etcd and a 3-node cluster as real processes on
+    /// loopback (the `aerodb-server` next to this program), temporary data, everything removed at the end (also on
+    /// Ctrl-C); one evidence file per slice in --out, for `aerodb ha-report`.
+    Lab {
+        /// Where the evidence goes (default `evidence/lab-<UTC date>`).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Run only these slices (repeatable): VAL13 failover, VAL14 lag, VAL15 backup/restore, VAL16 split brain,
+        /// VAL17 quorum loss.
+        #[arg(long = "slice")]
+        slices: Vec<String>,
+        /// Fewer records and shorter phases (a few minutes in all).
+        #[arg(long)]
+        quick: bool,
+    },
     /// The HA proof report (seed 003, VAL26) from the evidence `aerodb lab` wrote: printed, and written beside the
     /// evidence as `ha-report.txt` with the charts `failover.svg` and `lag.svg`. `--json FILE` also writes the same
     /// content as JSON to FILE (`--json` alone prints the JSON instead of the text). Exits 1 unless the verdict is
@@ -1129,6 +1144,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Cmd::Audit { cmd } => audit_cmd(&cli, cmd).await?,
         Cmd::HaReport { dir, file } => ha_report(dir, file.as_deref(), j)?,
+        Cmd::Lab { out, slices, quick } => lab(out.clone(), slices.clone(), *quick, j).await?,
         Cmd::Keygen { origin, out } => {
             let key = SigningKey::generate(origin)?;
             key.save(out)?;
@@ -1146,6 +1162,69 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// `aerodb lab`: runs the slices on a thread of their own; Ctrl-C kills their processes and removes their data.
+async fn lab(out: Option<PathBuf>, slices: Vec<String>, quick: bool, j: bool) -> anyhow::Result<()> {
+    let me = std::env::current_exe()?;
+    let server = me.with_file_name("aerodb-server");
+    if !server.exists() {
+        anyhow::bail!(
+            "{} not found: the lab runs the aerodb-server built with this program (cargo build -p aerodb-server)",
+            server.display()
+        );
+    }
+    let out = out.unwrap_or_else(|| {
+        let d = time::OffsetDateTime::now_utc().date();
+        PathBuf::from(format!("evidence/lab-{d}"))
+    });
+    let opts = aerodb_server::ha_lab::LabOptions {
+        out: out.clone(),
+        slices,
+        quick,
+        server,
+        cli: me,
+    };
+    let bar = {
+        use std::io::IsTerminal as _;
+        if j || !std::io::stderr().is_terminal() {
+            indicatif::ProgressBar::hidden()
+        } else {
+            let b = indicatif::ProgressBar::new_spinner();
+            b.set_style(
+                indicatif::ProgressStyle::with_template("{spinner} [{elapsed}] {msg}")
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+            );
+            b.enable_steady_tick(std::time::Duration::from_millis(120));
+            b
+        }
+    };
+    let b2 = bar.clone();
+    let work = tokio::task::spawn_blocking(move || {
+        aerodb_server::ha_lab::run(opts, &move |msg: &str| {
+            if b2.is_hidden() {
+                eprintln!("lab: {msg}");
+            } else {
+                b2.set_message(msg.to_owned());
+            }
+        })
+    });
+    tokio::select! {
+        r = work => {
+            bar.finish_and_clear();
+            let files = r?.map_err(|e| anyhow::anyhow!("lab: {e}"))?;
+            print(j, json!({"evidence_dir": out, "files": files}), || {
+                format!("evidence in {} ({} slices); next: aerodb ha-report {}", out.display(), files.len(), out.display())
+            });
+            Ok(())
+        }
+        _ = tokio::signal::ctrl_c() => {
+            bar.finish_and_clear();
+            aerodb_server::ha_lab::clean_up();
+            eprintln!("lab: interrupted; its processes were killed and its temporary data removed");
+            std::process::exit(130);
+        }
+    }
 }
 
 /// `aerodb ha-report DIR [--json [FILE]]`.
