@@ -233,3 +233,52 @@ fn the_lab_writes_evidence_that_the_report_reads() {
         "{out}"
     );
 }
+
+#[test]
+fn ctrl_c_stops_the_lab_and_leaves_nothing_behind() {
+    let t = common::TempDir::new("ha-lab-int");
+    // The lab's temporary directories go under a TMPDIR of this test's own, so what is left can be seen.
+    let tmp = t.path().join("tmp");
+    std::fs::create_dir_all(&tmp).unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_aerodb"))
+        .args(["lab", "--quick", "--slice", "VAL13", "--out"])
+        .arg(t.path().join("evidence"))
+        .env("TMPDIR", &tmp)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait until the cluster runs (its temporary directories exist), then interrupt.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while std::fs::read_dir(&tmp).unwrap().count() < 4 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the lab did not start its cluster"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let _ = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130), "{status}");
+    let left: Vec<_> = std::fs::read_dir(&tmp)
+        .unwrap()
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .collect();
+    assert!(left.is_empty(), "temporary data left behind: {left:?}");
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let ps = std::process::Command::new("ps")
+        .args(["-eo", "args"])
+        .output()
+        .unwrap();
+    let tmp_s = tmp.to_string_lossy().to_string();
+    let running: Vec<String> = String::from_utf8_lossy(&ps.stdout)
+        .lines()
+        .filter(|l| l.contains(&tmp_s))
+        .map(str::to_owned)
+        .collect();
+    assert!(running.is_empty(), "processes left running: {running:?}");
+}
