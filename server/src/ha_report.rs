@@ -130,7 +130,13 @@ fn num(v: &Value, path: &[&str]) -> Option<f64> {
 fn ms(v: Option<f64>) -> String {
     v.map_or_else(
         || "n/a".into(),
-        |x| if x < 10.0 { format!("{x:.2} ms") } else { format!("{x:.0} ms") },
+        |x| {
+            if x < 10.0 {
+                format!("{x:.2} ms")
+            } else {
+                format!("{x:.0} ms")
+            }
+        },
     )
 }
 
