@@ -684,3 +684,27 @@ fn a_primary_asks_external_witnesses_to_cosign() {
     }
     wait_cosigned(&p, 1, 50);
 }
+
+/// The witness API is unauthenticated: its body is bounded before it is read (413 above) and must arrive within
+/// the head timeout, or the answer is 408 and nothing is cosigned.
+#[test]
+fn a_stalled_witness_request_is_cut_off() {
+    use std::io::{Read, Write};
+    let dir = TempDir::new("witness-stall");
+    let n = start(dir.path(), &["--header-timeout-ms", "300"]);
+    let mut s = std::net::TcpStream::connect(n.http).unwrap();
+    s.write_all(b"POST /witness/add-checkpoint HTTP/1.1\r\nHost: w\r\nContent-Length: 1000\r\n\r\nold 0\n")
+        .unwrap();
+    let t = Instant::now();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    let head = String::from_utf8_lossy(&buf);
+    assert!(head.starts_with("HTTP/1.1 408"), "{head}");
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "cut off after {:?}",
+        t.elapsed()
+    );
+    assert_eq!(ha(&n)["cosignatures_made"].as_u64(), Some(0));
+}
