@@ -176,11 +176,27 @@ impl Shared {
         expect: CommitId,
         window: &mut Window,
     ) -> Result<(FrameHeader, usize, usize)> {
+        self.frame_span_checked(view, offset, expect, window, true)
+    }
+
+    /// [`Shared::frame_span`]; with `body_crc` false the frame's body CRC is not computed again (the header is
+    /// still decoded and checked, and the CommitId must be `expect`).
+    fn frame_span_checked(
+        &self,
+        view: &SegView,
+        offset: u64,
+        expect: CommitId,
+        window: &mut Window,
+        body_crc: bool,
+    ) -> Result<(FrameHeader, usize, usize)> {
         let i = window.ensure(self, view, offset, FRAME_HEADER_LEN as u64, expect)?;
         let h = decode_frame_header(&window.bytes[i..i + FRAME_HEADER_LEN], self.opts.max_record_bytes)
             .map_err(|e| frame_corruption(view.id, offset, expect, e, FRAME_HEADER_LEN))?;
         let len = h.frame_len();
         let i = window.ensure(self, view, offset, len as u64, expect)?;
+        if !body_crc && h.commit_id == expect {
+            return Ok((h, i, len));
+        }
         match decode_frame(&window.bytes[i..i + len], self.opts.max_record_bytes) {
             Ok((h, _)) if h.commit_id == expect => Ok((h, i, len)),
             Ok((h, _)) => Err(Corruption::new(
@@ -259,9 +275,21 @@ pub struct WalReader {
     next: CommitId,
     end: CommitId,
     failed: bool,
+    /// Skip the body CRC of frames up to this CommitId: this open's recovery checked them (`read_recovered`).
+    trusted_through: CommitId,
 }
 
 impl Wal {
+    /// Like [`Wal::read_from`], for the open's own verification pass right after recovery: the frames this open's
+    /// recovery scan already decoded and CRC-checked are not CRC-checked a second time (their headers are still
+    /// decoded and checked, CommitId by CommitId); frames appended since are checked as usual. Whoever uses it must
+    /// check the bytes themselves (the engine's chain pass hashes every record body and links the hashes).
+    pub fn read_recovered(&self, from: CommitId) -> Result<WalReader> {
+        let mut r = self.read_from(from)?;
+        r.trusted_through = self.shared.recovered_through;
+        Ok(r)
+    }
+
     /// A reader of the durable frames from `from` (inclusive) to the durable mark at this moment. `from` below the
     /// first retained CommitId starts at the first one; beyond the durable mark yields nothing.
     pub fn read_from(&self, from: CommitId) -> Result<WalReader> {
@@ -282,6 +310,7 @@ impl Wal {
             next: from,
             end,
             failed: false,
+            trusted_through: CommitId(0),
         })
     }
 
@@ -336,9 +365,10 @@ impl WalReader {
                 Some(p) => p,
                 None => self.shared.locate(view, self.next, &mut self.window)?,
             };
-            let (h, i, len) = self
-                .shared
-                .frame_span(view, offset, self.next, &mut self.window)?;
+            let body_crc = self.next > self.trusted_through;
+            let (h, i, len) =
+                self.shared
+                    .frame_span_checked(view, offset, self.next, &mut self.window, body_crc)?;
             self.pos = Some(offset + len as u64);
             self.next = self.next.next();
             return Ok(Some(Span {

@@ -398,6 +398,9 @@ pub(crate) struct Shared {
     durable_mirror: AtomicU64,
     /// Whether `state.failed` is set, readable without the state lock.
     failed_mirror: AtomicBool,
+    /// The last CommitId whose frame this open's recovery scan decoded and CRC-checked (see
+    /// [`Wal::read_recovered`]).
+    pub(crate) recovered_through: CommitId,
     _lock: Box<dyn DirLock>,
 }
 
@@ -628,6 +631,7 @@ impl Wal {
             durable_hook: HookSlot(OnceLock::new()),
             durable_mirror: AtomicU64::new(recovered_durable),
             failed_mirror: AtomicBool::new(false),
+            recovered_through: CommitId(recovered_durable),
             _lock: lock,
         });
         let mut threads = Vec::new();
