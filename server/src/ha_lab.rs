@@ -83,6 +83,11 @@ fn now() -> String {
         .unwrap_or_default()
 }
 
+/// `12.3 ms`, or that it did not happen within the 30 s limit.
+fn opt_ms(d: Option<Duration>) -> String {
+    d.map_or_else(|| "not within 30 s".into(), |d| format!("{} ms", ms(d)))
+}
+
 fn ms(d: Duration) -> f64 {
     (d.as_secs_f64() * 1e6).round() / 1e3
 }
@@ -839,28 +844,12 @@ fn val15(ctx: &Ctx, progress: &(dyn Fn(&str) + Sync)) -> SliceOut {
     );
     // Restore into a new directory, trusting the checkpoint the backup was bound to.
     let note_file = tmp.path().join("trusted.note");
-    let note = lab::get(addr, "/v1/checkpoints/latest")
-        .and_then(|v| v["note"].as_str().map(str::to_owned))
-        .unwrap_or_default();
+    let note = latest_note(addr);
     std::fs::write(&note_file, &note).map_err(|e| e.to_string())?;
     let key_file = c.data(l).join(aerodb_engine::KEY_FILE);
     let restored = tmp.path().join("restored");
     progress("VAL15: verified restore");
-    let (ok, out, took) = run_cli(
-        ctx,
-        &[
-            "restore",
-            backup_dir.to_str().unwrap_or(""),
-            "--to",
-            restored.to_str().unwrap_or(""),
-            "--signing-key",
-            key_file.to_str().unwrap_or(""),
-            "--role",
-            "unassigned",
-            "--trusted-checkpoint",
-            note_file.to_str().unwrap_or(""),
-        ],
-    )?;
+    let (ok, out, took) = restore(ctx, &backup_dir, &restored, &key_file, &note_file)?;
     ch.add("restore made", ok, out.trim().to_owned());
     let restore_ms = ms(took);
     // Correctness: the restored log's records, payload spot values and KV reads equal the primary's.
@@ -900,26 +889,10 @@ fn val15(ctx: &Ctx, progress: &(dyn Fn(&str) + Sync)) -> SliceOut {
         )?;
     }
     post(addr, "/v1/checkpoints", LAB_ADMIN, None)?;
-    let newer = lab::get(addr, "/v1/checkpoints/latest")
-        .and_then(|v| v["note"].as_str().map(str::to_owned))
-        .unwrap_or_default();
+    let newer = latest_note(addr);
     std::fs::write(&note_file, &newer).map_err(|e| e.to_string())?;
     let again = tmp.path().join("rolled-back");
-    let (ok_r, out_r, _) = run_cli(
-        ctx,
-        &[
-            "restore",
-            backup_dir.to_str().unwrap_or(""),
-            "--to",
-            again.to_str().unwrap_or(""),
-            "--signing-key",
-            key_file.to_str().unwrap_or(""),
-            "--role",
-            "unassigned",
-            "--trusted-checkpoint",
-            note_file.to_str().unwrap_or(""),
-        ],
-    )?;
+    let (ok_r, out_r, _) = restore(ctx, &backup_dir, &again, &key_file, &note_file)?;
     ch.add(
         "rollback refused",
         !ok_r,
@@ -936,6 +909,39 @@ fn val15(ctx: &Ctx, progress: &(dyn Fn(&str) + Sync)) -> SliceOut {
                    "restore_correct": correct.as_ref().is_ok_and(|b| *b), "rollback_refused": !ok_r,
                    "target_aerodb_ms": {"backup": 3000, "restore": 6000}});
     Ok((m, ch))
+}
+
+/// `aerodb restore BACKUP --to TO` as an unassigned node, trusting the checkpoint note in `note`.
+fn restore(
+    ctx: &Ctx,
+    backup: &Path,
+    to: &Path,
+    key: &Path,
+    note: &Path,
+) -> LabResult<(bool, String, Duration)> {
+    let s = |p: &Path| p.to_string_lossy().into_owned();
+    run_cli(
+        ctx,
+        &[
+            "restore",
+            &s(backup),
+            "--to",
+            &s(to),
+            "--signing-key",
+            &s(key),
+            "--role",
+            "unassigned",
+            "--trusted-checkpoint",
+            &s(note),
+        ],
+    )
+}
+
+/// The node's newest checkpoint note.
+fn latest_note(addr: SocketAddr) -> String {
+    lab::get(addr, "/v1/checkpoints/latest")
+        .and_then(|v| v["note"].as_str().map(str::to_owned))
+        .unwrap_or_default()
 }
 
 fn walk_bytes(p: &Path) -> u64 {
@@ -1256,6 +1262,48 @@ fn diverge(data: &Path, epoch: u64) -> LabResult<String> {
     ))
 }
 
+/// During a loss that began at `t0`: the time until `addr` reports writes blocked (`write_block_active`, not
+/// `can_accept_protected_writes`), checked as "`what` loss detected" and "writes blocked during `what` loss", and a
+/// probe write to `tenant`. Returns the detection time, the status then, the probe's status and whether it was
+/// refused.
+fn during_loss(
+    ch: &mut Checks,
+    ctx: &Ctx,
+    addr: SocketAddr,
+    what: &str,
+    tenant: &str,
+    t0: Instant,
+) -> (Option<Duration>, Value, u16, bool) {
+    let blocked = |v: &Value| v["write_block_active"] == true && v["can_accept_protected_writes"] == false;
+    let mut detect = None;
+    while t0.elapsed() < Duration::from_secs(30) {
+        if lab::ha(addr).is_some_and(|v| blocked(&v)) {
+            detect = Some(t0.elapsed());
+            break;
+        }
+        std::thread::sleep(ctx.poll);
+    }
+    let limit = if what == "etcd" { " <= 30,000 ms" } else { "" };
+    ch.add(
+        &format!("{what} loss detected{limit}"),
+        detect.is_some(),
+        opt_ms(detect),
+    );
+    let st = lab::ha(addr).unwrap_or_default();
+    ch.add(
+        &format!("writes blocked during {what} loss"),
+        blocked(&st),
+        format!(
+            "write_block_active={} can_accept_protected_writes={}",
+            st["write_block_active"], st["can_accept_protected_writes"]
+        ),
+    );
+    let body = format!("{{\"tenant\":\"{tenant}\",\"event\":\"during {what} loss\"}}");
+    let probe = post(addr, "/v1/records", LAB_WRITER, Some(&body));
+    let status = probe.as_ref().map_or(0, |r| r.status);
+    (detect, st, status, !(200..300).contains(&status))
+}
+
 /// VAL17: etcd lost, then the synchronous replicas lost: detection, writes blocked and refused, recovery.
 fn val17(ctx: &Ctx, progress: &(dyn Fn(&str) + Sync)) -> SliceOut {
     let mut ch = Checks::new("VAL17");
@@ -1274,10 +1322,6 @@ fn val17(ctx: &Ctx, progress: &(dyn Fn(&str) + Sync)) -> SliceOut {
         true,
         format!("n{} leads; 20 writes acknowledged", l + 1),
     );
-    let blocked = |a: SocketAddr| {
-        lab::ha(a)
-            .is_some_and(|v| v["write_block_active"] == true && v["can_accept_protected_writes"] == false)
-    };
     let serving = |c: &Cluster| {
         c.live().into_iter().find(|(_, a)| {
             lab::ha(*a).is_some_and(|v| v["is_leader"] == true && v["can_accept_protected_writes"] == true)
@@ -1296,29 +1340,7 @@ fn val17(ctx: &Ctx, progress: &(dyn Fn(&str) + Sync)) -> SliceOut {
     progress("VAL17: etcd lost");
     c.etcd.kill();
     let t0 = Instant::now();
-    let detect = wait(&|| blocked(addr), t0);
-    ch.add(
-        "etcd loss detected <= 30,000 ms",
-        detect.is_some(),
-        format!("{:?} ms", detect.map(ms)),
-    );
-    let st_etcd = lab::ha(addr).unwrap_or_default();
-    let st = &st_etcd;
-    ch.add(
-        "writes blocked during etcd loss",
-        st["write_block_active"] == true && st["can_accept_protected_writes"] == false,
-        format!(
-            "write_block_active={} can_accept_protected_writes={}",
-            st["write_block_active"], st["can_accept_protected_writes"]
-        ),
-    );
-    let probe = post(
-        addr,
-        "/v1/records",
-        LAB_WRITER,
-        Some("{\"tenant\":\"probe17a\",\"event\":\"during etcd loss\"}"),
-    );
-    let refused_a = probe.as_ref().is_ok_and(|r| r.status != 201 && r.status != 200) || probe.is_err();
+    let (detect, st_etcd, probe, refused_a) = during_loss(&mut ch, ctx, addr, "etcd", "probe17a", t0);
     c.etcd.restart().map_err(|e| format!("restarting etcd: {e}"))?;
     register(&c);
     let t1 = Instant::now();
@@ -1329,15 +1351,12 @@ fn val17(ctx: &Ctx, progress: &(dyn Fn(&str) + Sync)) -> SliceOut {
     ch.add(
         "a write during etcd loss refused and absent",
         refused_a && absent_a,
-        format!(
-            "answered {}; absent from the log: {absent_a}",
-            probe.map_or(0, |r| r.status)
-        ),
+        format!("answered {}; absent from the log: {absent_a}", probe),
     );
     ch.add(
         "recovery after etcd restored <= 30,000 ms",
         recov.is_some(),
-        format!("{:?} ms", recov.map(ms)),
+        opt_ms(recov),
     );
     // The synchronous replicas lost.
     progress("VAL17: replicas lost");
@@ -1346,34 +1365,13 @@ fn val17(ctx: &Ctx, progress: &(dyn Fn(&str) + Sync)) -> SliceOut {
         c.kill9(i);
     }
     let t2 = Instant::now();
-    let detect_r = wait(&|| blocked(addr), t2);
-    ch.add(
-        "replica loss detected",
-        detect_r.is_some(),
-        format!("{:?} ms", detect_r.map(ms)),
-    );
-    let st = lab::ha(addr).unwrap_or_default();
-    ch.add(
-        "writes blocked during replica loss",
-        st["write_block_active"] == true && st["can_accept_protected_writes"] == false,
-        format!(
-            "write_block_active={} can_accept_protected_writes={}",
-            st["write_block_active"], st["can_accept_protected_writes"]
-        ),
-    );
-    let probe = post(
-        addr,
-        "/v1/records",
-        LAB_WRITER,
-        Some("{\"tenant\":\"probe17b\",\"event\":\"during replica loss\"}"),
-    );
-    let refused_b = probe.as_ref().is_ok_and(|r| r.status != 201);
+    let (detect_r, _, probe, refused_b) = during_loss(&mut ch, ctx, addr, "replica", "probe17b", t2);
     let absent_b = lab::get(addr, "/v1/records?tenant=probe17b")
         .is_some_and(|v| v["records"].as_array().is_some_and(Vec::is_empty));
     ch.add(
         "a write during replica loss refused and absent",
         refused_b && absent_b,
-        format!("answered {}; absent: {absent_b}", probe.map_or(0, |r| r.status)),
+        format!("answered {}; absent: {absent_b}", probe),
     );
     for i in (0..3).filter(|i| *i != nl) {
         c.restart(i)?;
@@ -1394,7 +1392,7 @@ fn val17(ctx: &Ctx, progress: &(dyn Fn(&str) + Sync)) -> SliceOut {
     ch.add(
         "recovery after replicas restored",
         recov_r.is_some() && ok,
-        format!("{:?} ms; a write acknowledged after: {ok}", recov_r.map(ms)),
+        format!("{}; a write acknowledged after: {ok}", opt_ms(recov_r)),
     );
     let kept = lab::get(addr, "/v1/records?tenant=lab&limit=100")
         .and_then(|v| v["records"].as_array().map(Vec::len))
