@@ -4,8 +4,9 @@
 //! [`crate::ha_report::SliceEvidence`]): schema version, slice id, timestamps, topology and versions, the raw
 //! measurements, and exactly ten named checks. `aerodb ha-report` turns them into the report.
 //!
-//! Every process is killed and every temporary directory removed when a slice ends, fails or is interrupted
-//! (the CLI kills what is registered in [`children`] on Ctrl-C).
+//! Every process is killed and every temporary directory removed when a slice ends or fails (the cluster is
+//! dropped) or is interrupted (the CLI calls [`clean_up`] on Ctrl-C: `crate::lab` tracks every process and
+//! directory from the moment it is made).
 
 use std::{
     net::SocketAddr,
@@ -40,33 +41,10 @@ pub struct LabOptions {
     pub cli: PathBuf,
 }
 
-/// Process ids the lab started, so an interrupted run can kill them (the CLI's Ctrl-C handler).
-#[must_use]
-pub fn children() -> &'static Mutex<Vec<u32>> {
-    static CHILDREN: std::sync::OnceLock<Mutex<Vec<u32>>> = std::sync::OnceLock::new();
-    CHILDREN.get_or_init(|| Mutex::new(Vec::new()))
-}
-
-/// Temporary directories the lab made, so an interrupted run can remove them.
-fn dirs() -> &'static Mutex<Vec<PathBuf>> {
-    static DIRS: std::sync::OnceLock<Mutex<Vec<PathBuf>>> = std::sync::OnceLock::new();
-    DIRS.get_or_init(|| Mutex::new(Vec::new()))
-}
-
-/// Kills every process the lab registered (SIGCONT first, so a paused one dies too).
-pub fn kill_children() {
-    for pid in children().lock().drain(..) {
-        lab::signal(pid, "CONT");
-        lab::signal(pid, "KILL");
-    }
-}
-
-/// After an interruption: kills the lab's processes and removes its temporary directories.
+/// After an interruption: kills every process the lab started and removes its temporary data
+/// ([`lab::stop_all`]).
 pub fn clean_up() {
-    kill_children();
-    for d in dirs().lock().drain(..) {
-        let _ = std::fs::remove_dir_all(d);
-    }
+    lab::stop_all();
 }
 
 struct Ctx {
@@ -121,6 +99,7 @@ fn fsync_p50() -> String {
     let probe = || -> std::io::Result<Duration> {
         use std::io::Write;
         let dir = tempfile::tempdir()?;
+        lab::track_dir(dir.path());
         let mut f = std::fs::File::create(dir.path().join("probe"))?;
         let mut v = Vec::new();
         for _ in 0..200 {
@@ -158,7 +137,7 @@ fn etcd_version() -> String {
 
 impl Ctx {
     fn cluster(&self, sync: usize, extra: &[&str]) -> LabResult<Cluster> {
-        let c = Cluster::start(ClusterSpec {
+        Cluster::start(ClusterSpec {
             bin: self.opts.server.clone(),
             bin_args: Vec::new(),
             nodes: 3,
@@ -168,24 +147,7 @@ impl Ctx {
             log: "error".into(),
             data_root: None,
             extra_args: extra.iter().map(|s| (*s).to_owned()).collect(),
-        })?;
-        register(&c);
-        Ok(c)
-    }
-}
-
-fn register(c: &Cluster) {
-    let mut ch = children().lock();
-    ch.extend(c.nodes.iter().flatten().map(lab::LabNode::pid));
-    if let Some(p) = c.etcd.pid() {
-        ch.push(p);
-    }
-    let mut d = dirs().lock();
-    d.push(c.etcd.dir().to_owned());
-    for i in 0..c.nodes.len() {
-        if let Some(p) = c.data(i).parent() {
-            d.push(p.to_owned());
-        }
+        })
     }
 }
 
@@ -312,7 +274,6 @@ pub fn run(opts: LabOptions, progress: &(dyn Fn(&str) + Sync)) -> LabResult<Vec<
             "VAL16" => val16(&ctx, progress),
             _ => val17(&ctx, progress),
         };
-        kill_children();
         let e = e.unwrap_or_else(|err| {
             let mut checks = Checks::new(slice_id(slice));
             for _ in 0..10 {
@@ -392,7 +353,6 @@ fn val13(ctx: &Ctx, progress: &(dyn Fn(&str) + Sync)) -> SliceOut {
         let first_ack = w.first_ack_after(t0, old, Duration::from_secs(30))?;
         timings.push((name.into(), ms(detected), ms(first_ack)));
         c.restart(l)?;
-        register(&c);
         addrs
             .lock()
             .push(c.http(l).ok_or("the restarted node is not running")?);
@@ -800,7 +760,7 @@ fn val15(ctx: &Ctx, progress: &(dyn Fn(&str) + Sync)) -> SliceOut {
         format!("{size} records, {data_bytes} bytes in the data directory"),
     );
     let tmp = tempfile::tempdir().map_err(|e| e.to_string())?;
-    dirs().lock().push(tmp.path().to_owned());
+    lab::track_dir(tmp.path());
     let backup_dir = tmp.path().join("backup");
     let url = format!("http://{grpc}");
     progress("VAL15: online backup");
@@ -1095,7 +1055,6 @@ fn val16(ctx: &Ctx, progress: &(dyn Fn(&str) + Sync)) -> SliceOut {
     addrs.lock().retain(|a| *a != victim_addr);
     let tail = diverge(&c.data(victim), epoch)?;
     c.restart(victim)?;
-    register(&c);
     let va = c.http(victim).ok_or("victim down")?;
     let deadline = Instant::now() + Duration::from_secs(30);
     let outcome = loop {
@@ -1141,7 +1100,6 @@ fn val16(ctx: &Ctx, progress: &(dyn Fn(&str) + Sync)) -> SliceOut {
             ],
         )?;
         c.restart(victim)?;
-        register(&c);
         (ok, out)
     } else {
         (true, "cut automatically".to_owned())
@@ -1342,7 +1300,6 @@ fn val17(ctx: &Ctx, progress: &(dyn Fn(&str) + Sync)) -> SliceOut {
     let t0 = Instant::now();
     let (detect, st_etcd, probe, refused_a) = during_loss(&mut ch, ctx, addr, "etcd", "probe17a", t0);
     c.etcd.restart().map_err(|e| format!("restarting etcd: {e}"))?;
-    register(&c);
     let t1 = Instant::now();
     let recov = wait(&|| serving(&c).is_some(), t1);
     let (_, la) = serving(&c).ok_or("no leader after etcd returned")?;
@@ -1376,7 +1333,6 @@ fn val17(ctx: &Ctx, progress: &(dyn Fn(&str) + Sync)) -> SliceOut {
     for i in (0..3).filter(|i| *i != nl) {
         c.restart(i)?;
     }
-    register(&c);
     let t3 = Instant::now();
     let recov_r = wait(
         &|| lab::ha(addr).is_some_and(|v| v["can_accept_protected_writes"] == true),

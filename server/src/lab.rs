@@ -22,6 +22,54 @@ use crate::httpc;
 /// What went wrong starting or driving a lab cluster.
 pub type LabResult<T> = std::result::Result<T, String>;
 
+/// Every process and temporary directory the lab started in this program, so an interrupted run can remove them
+/// ([`stop_all`]), and whether it is stopping (no process is started then).
+#[derive(Default)]
+struct Tracked {
+    pids: Vec<u32>,
+    dirs: Vec<PathBuf>,
+    stopping: bool,
+}
+
+fn tracked() -> &'static Mutex<Tracked> {
+    static T: std::sync::OnceLock<Mutex<Tracked>> = std::sync::OnceLock::new();
+    T.get_or_init(|| Mutex::new(Tracked::default()))
+}
+
+/// Records a process the lab started; if the lab is stopping, kills it at once and says so.
+fn track_child(child: &mut Child) -> LabResult<()> {
+    let mut t = tracked().lock();
+    if t.stopping {
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err("the lab is stopping".into());
+    }
+    t.pids.push(child.id());
+    Ok(())
+}
+
+/// Records a temporary directory for [`stop_all`] to remove.
+pub fn track_dir(dir: &std::path::Path) {
+    tracked().lock().dirs.push(dir.to_owned());
+}
+
+/// After an interruption (Ctrl-C): no process is started from now on; every process the lab started is killed
+/// (SIGCONT first, so a paused one dies too) and every temporary directory it made is removed.
+pub fn stop_all() {
+    let (pids, dirs) = {
+        let mut t = tracked().lock();
+        t.stopping = true;
+        (std::mem::take(&mut t.pids), std::mem::take(&mut t.dirs))
+    };
+    for pid in pids {
+        signal(pid, "CONT");
+        signal(pid, "KILL");
+    }
+    for d in dirs {
+        let _ = std::fs::remove_dir_all(d);
+    }
+}
+
 /// A free loopback port (bound, then released: the OS picked it).
 pub fn free_port() -> LabResult<u16> {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -48,6 +96,7 @@ impl Etcd {
             .prefix("aerodb-etcd-")
             .tempdir()
             .map_err(|e| format!("a temporary directory for etcd: {e}"))?;
+        track_dir(dir.path());
         let (client, peer) = (free_port()?, free_port()?);
         let mut etcd = Etcd {
             child: None,
@@ -73,6 +122,8 @@ impl Etcd {
             .map_err(|e| {
                 format!("running etcd: {e} (install Debian's etcd-server: apt-get install etcd-server; scripts/test does)")
             })?;
+        let mut child = child;
+        track_child(&mut child)?;
         self.child = Some(child);
         let addr = self.endpoint.trim_start_matches("http://").to_owned();
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -307,6 +358,7 @@ impl Cluster {
                     Some(root) => b.tempdir_in(root),
                     None => b.tempdir(),
                 }
+                .inspect(|d| track_dir(d.path()))
                 .map_err(|e| format!("a temporary directory: {e}"))
             })
             .collect::<LabResult<Vec<_>>>()?;
@@ -394,6 +446,7 @@ impl Cluster {
             .stderr(Stdio::inherit())
             .spawn()
             .map_err(|e| format!("running {}: {e}", self.spec.bin.display()))?;
+        track_child(&mut child)?;
         let deadline = Instant::now() + Duration::from_secs(30);
         let text = loop {
             if let Ok(t) = std::fs::read_to_string(&ports) {

@@ -236,6 +236,13 @@ fn the_lab_writes_evidence_that_the_report_reads() {
 
 #[test]
 fn ctrl_c_stops_the_lab_and_leaves_nothing_behind() {
+    // Interrupted while its cluster is starting (two of etcd's and the nodes' directories made), and once it runs.
+    for (dirs, wait_ms) in [(2, 0), (4, 500)] {
+        interrupt_lab(dirs, wait_ms);
+    }
+}
+
+fn interrupt_lab(dirs: usize, wait_ms: u64) {
     let t = common::TempDir::new("ha-lab-int");
     // The lab's temporary directories go under a TMPDIR of this test's own, so what is left can be seen.
     let tmp = t.path().join("tmp");
@@ -248,28 +255,36 @@ fn ctrl_c_stops_the_lab_and_leaves_nothing_behind() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    // Wait until the cluster runs (its temporary directories exist), then interrupt.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while std::fs::read_dir(&tmp).unwrap().count() < 4 {
+    while std::fs::read_dir(&tmp)
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().starts_with("aerodb-"))
+        .count()
+        < dirs
+    {
         assert!(
             std::time::Instant::now() < deadline,
             "the lab did not start its cluster"
         );
-        std::thread::sleep(std::time::Duration::from_millis(50));
+        std::thread::sleep(std::time::Duration::from_millis(5));
     }
-    std::thread::sleep(std::time::Duration::from_millis(500));
+    std::thread::sleep(std::time::Duration::from_millis(wait_ms));
     let _ = std::process::Command::new("kill")
         .args(["-INT", &child.id().to_string()])
         .status();
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(130), "{status}");
+    std::thread::sleep(std::time::Duration::from_millis(200));
     let left: Vec<_> = std::fs::read_dir(&tmp)
         .unwrap()
         .filter_map(Result::ok)
         .map(|e| e.path())
         .collect();
-    assert!(left.is_empty(), "temporary data left behind: {left:?}");
-    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert!(
+        left.is_empty(),
+        "temporary data left behind ({dirs} dirs, {wait_ms} ms): {left:?}"
+    );
     let ps = std::process::Command::new("ps")
         .args(["-eo", "args"])
         .output()
@@ -280,5 +295,8 @@ fn ctrl_c_stops_the_lab_and_leaves_nothing_behind() {
         .filter(|l| l.contains(&tmp_s))
         .map(str::to_owned)
         .collect();
-    assert!(running.is_empty(), "processes left running: {running:?}");
+    assert!(
+        running.is_empty(),
+        "processes left running ({dirs} dirs, {wait_ms} ms): {running:?}"
+    );
 }
