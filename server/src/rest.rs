@@ -136,11 +136,7 @@ async fn gate(State(node): Shared, req: axum::extract::Request, next: axum::midd
                 ));
             }
         }
-        let declared = req
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
+        let declared = declared_length(req.headers());
         if declared.is_some_and(|n| n > node.config.max_request_bytes as u64) {
             return Err(ApiError::new(
                 Code::PayloadTooLarge,
@@ -157,35 +153,24 @@ async fn gate(State(node): Shared, req: axum::extract::Request, next: axum::midd
         return finish::<()>(&node, 0, Err(e));
     }
     let (parts, body) = req.into_parts();
-    let limit = node.config.max_request_bytes;
-    let read = tokio::time::timeout(node.config.header_timeout, axum::body::to_bytes(body, limit)).await;
-    let bytes = match read {
-        Ok(Ok(b)) => b,
-        Ok(Err(e)) => {
-            // axum reports the limit as its body's `LengthLimitError` ("length limit exceeded").
-            let too_large = format!("{e:?}").contains("LengthLimit");
-            let err = if too_large {
-                ApiError::new(
+    let bytes = match read_body(body, node.config.max_request_bytes, node.config.header_timeout).await {
+        Ok(b) => b,
+        Err(e) => {
+            let err = match e {
+                BodyError::TooLarge => ApiError::new(
                     Code::PayloadTooLarge,
                     "the request body exceeds max_request_bytes",
-                )
-            } else {
-                ApiError::invalid(format!("could not read the body: {e}"))
-            };
-            return finish::<()>(&node, 0, Err(err));
-        }
-        Err(_) => {
-            return finish::<()>(
-                &node,
-                0,
-                Err(ApiError::new(
+                ),
+                BodyError::Unreadable(e) => ApiError::invalid(format!("could not read the body: {e}")),
+                BodyError::TooSlow => ApiError::new(
                     Code::DeadlineExceeded,
                     format!(
-                    "the request body did not arrive within {} ms (header_timeout_ms); nothing was written",
-                    node.config.header_timeout.as_millis()
+                        "the request body did not arrive within {} ms (header_timeout_ms); nothing was written",
+                        node.config.header_timeout.as_millis()
+                    ),
                 ),
-                )),
-            )
+            };
+            return finish::<()>(&node, 0, Err(err));
         }
     };
     next.run(axum::extract::Request::from_parts(
@@ -193,6 +178,39 @@ async fn gate(State(node): Shared, req: axum::extract::Request, next: axum::midd
         axum::body::Body::from(bytes),
     ))
     .await
+}
+
+/// Why a request body was not read ([`read_body`]).
+enum BodyError {
+    /// Declared or found larger than the limit.
+    TooLarge,
+    /// The connection failed while reading it.
+    Unreadable(String),
+    /// It did not arrive within the time allowed.
+    TooSlow,
+}
+
+fn declared_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+}
+
+/// Reads a body of at most `limit` bytes within `timeout`: a declared length over the limit is refused before
+/// anything is read, and a body that turns out longer stops being read at the limit.
+async fn read_body(
+    body: axum::body::Body,
+    limit: usize,
+    timeout: std::time::Duration,
+) -> Result<Bytes, BodyError> {
+    match tokio::time::timeout(timeout, axum::body::to_bytes(body, limit)).await {
+        Ok(Ok(b)) => Ok(b),
+        // axum reports the limit as its body's `LengthLimitError` ("length limit exceeded").
+        Ok(Err(e)) if format!("{e:?}").contains("LengthLimit") => Err(BodyError::TooLarge),
+        Ok(Err(e)) => Err(BodyError::Unreadable(e.to_string())),
+        Err(_) => Err(BodyError::TooSlow),
+    }
 }
 
 /// The content type is `application/json`, with at most a `charset=utf-8` parameter.
@@ -1074,34 +1092,15 @@ pub(crate) async fn witness_add_checkpoint(State(node): Shared, req: axum::extra
         (status, [(header::CONTENT_TYPE, ctype)], body).into_response()
     };
     let plain = "text/plain; charset=utf-8";
-    let declared = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > MAX_REQUEST_BYTES as u64) {
-        return text(
-            413,
-            plain,
-            format!("the body is larger than {MAX_REQUEST_BYTES} bytes\n"),
-        );
+    let too_large = format!("the body is larger than {MAX_REQUEST_BYTES} bytes\n");
+    if declared_length(req.headers()).is_some_and(|n| n > MAX_REQUEST_BYTES as u64) {
+        return text(413, plain, too_large);
     }
-    let read = tokio::time::timeout(
-        node.config.header_timeout,
-        axum::body::to_bytes(req.into_body(), MAX_REQUEST_BYTES),
-    )
-    .await;
-    let body = match read {
-        Ok(Ok(b)) => b,
-        Ok(Err(e)) if format!("{e:?}").contains("LengthLimit") => {
-            return text(
-                413,
-                plain,
-                format!("the body is larger than {MAX_REQUEST_BYTES} bytes\n"),
-            )
-        }
-        Ok(Err(e)) => return text(400, plain, format!("could not read the body: {e}\n")),
-        Err(_) => return text(408, plain, "the body did not arrive in time\n".into()),
+    let body = match read_body(req.into_body(), MAX_REQUEST_BYTES, node.config.header_timeout).await {
+        Ok(b) => b,
+        Err(BodyError::TooLarge) => return text(413, plain, too_large),
+        Err(BodyError::Unreadable(e)) => return text(400, plain, format!("could not read the body: {e}\n")),
+        Err(BodyError::TooSlow) => return text(408, plain, "the body did not arrive in time\n".into()),
     };
     let req = match AddCheckpoint::parse(&body) {
         Ok(r) => r,
