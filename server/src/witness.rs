@@ -39,8 +39,8 @@ pub const MAX_WITNESSES: usize = 64;
 /// A checkpoint note with the cosignatures gathered so far.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Gathered {
-    /// The tree size.
-    pub size: u64,
+    /// The checkpoint (its signature by the log's key verified once, when it arrived).
+    pub checkpoint: aerodb_engine::Checkpoint,
     /// The note with every verified cosignature line attached.
     pub note: String,
     /// The witnesses that cosigned it (verifier key strings).
@@ -124,7 +124,7 @@ impl Cosigning {
                     .map(|(k, _)| k.to_string())
                     .collect();
                 Some(Gathered {
-                    size: cp.checkpoint.size,
+                    checkpoint: cp.checkpoint,
                     note,
                     witnesses,
                 })
@@ -207,7 +207,7 @@ impl Cosigning {
                 let cp = SignedCheckpoint::verify(&signed, log)
                     .map_err(|e| format!("not a checkpoint of this log: {e}"))?;
                 Gathered {
-                    size: cp.checkpoint.size,
+                    checkpoint: cp.checkpoint,
                     note: signed,
                     witnesses: Vec::new(),
                 }
@@ -242,7 +242,7 @@ impl Cosigning {
         self.received.fetch_add(accepted, Ordering::Relaxed);
         self.rejected.fetch_add(offered - accepted, Ordering::Relaxed);
         let count = g.witnesses.len();
-        pending.insert(g.size, g.clone());
+        pending.insert(g.checkpoint.size, g.clone());
         while pending.len() > PENDING {
             pending.pop_first();
         }
@@ -259,7 +259,8 @@ impl Cosigning {
     fn publish(&self, g: Gathered) -> std::io::Result<()> {
         let mut p = self.published.lock();
         if p.as_ref().is_some_and(|old| {
-            old.size > g.size || (old.size == g.size && old.witnesses.len() >= g.witnesses.len())
+            old.checkpoint.size > g.checkpoint.size
+                || (old.checkpoint.size == g.checkpoint.size && old.witnesses.len() >= g.witnesses.len())
         }) {
             return Ok(());
         }
@@ -277,7 +278,11 @@ impl Cosigning {
         drop(pending);
         let published = self.published.lock().clone().filter(|g| g.witnesses.len() >= k);
         match (from_pending, published) {
-            (Some(a), Some(b)) => Some(if a.size >= b.size { a } else { b }),
+            (Some(a), Some(b)) => Some(if a.checkpoint.size >= b.checkpoint.size {
+                a
+            } else {
+                b
+            }),
             (a, b) => a.or(b),
         }
     }
@@ -353,7 +358,7 @@ mod tests {
         // w1's real line reaches the quorum: published, durably.
         assert_eq!(c.receive(&log.verifier(), &note, &line(&w[1])).unwrap(), 2);
         let p = c.published().unwrap();
-        assert_eq!((p.size, p.witnesses.len()), (7, 2));
+        assert_eq!((p.checkpoint.size, p.witnesses.len()), (7, 2));
         assert_eq!(
             valid_cosignatures(&p.note, &[w[0].verifier(), w[1].verifier()]).len(),
             2
@@ -384,7 +389,7 @@ mod tests {
             2,
         )
         .unwrap();
-        assert_eq!(again.published().unwrap().size, 7);
+        assert_eq!(again.published().unwrap().checkpoint.size, 7);
     }
 }
 
