@@ -340,11 +340,8 @@ impl VerifiedClient {
         // The write's own checkpoint was signed just now; witnesses have not cosigned it yet, so with witnesses
         // required it is checked (signature, consistency) but not trusted.
         let witnessed = self.threshold > 0 && self.cosigners(&cp.note).len() >= self.threshold;
-        let checkpoint = if self.threshold == 0 || witnessed {
-            self.accept(&cp).await?
-        } else {
-            self.check(&cp, false).await?
-        };
+        // Counted once: trusted (adopted) only with the cosignatures required.
+        let checkpoint = self.check(&cp, self.threshold == 0 || witnessed).await?;
         let record_hash = hash32(&receipt.record_hash, "the record hash")?;
         let hashes = proof
             .hashes
