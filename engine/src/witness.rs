@@ -340,8 +340,9 @@ impl Witness {
         self.state.lock().logs.get(origin).copied()
     }
 
-    /// Checks the note's signature by a trusted key of its origin and returns its tree head.
-    fn check_note(&self, note: &str) -> Result<TreeHead, WitnessError> {
+    /// Checks the note's signature by a trusted key of its origin; its tree head and its text (what a
+    /// cosignature signs).
+    fn check_note<'a>(&self, note: &'a str) -> Result<(TreeHead, &'a str), WitnessError> {
         let (text, _) = parse_note(note).map_err(|e| bad(e.to_string()))?;
         let head = TreeHead::parse(text).map_err(|e| bad(e.to_string()))?;
         if head.origin.len() > MAX_ORIGIN {
@@ -354,7 +355,7 @@ impl Witness {
         if !keys.iter().any(|k| k.verify_note(note).is_ok()) {
             return Err(WitnessError::Forbidden(head.origin.clone()));
         }
-        Ok(head)
+        Ok((head, text))
     }
 
     /// Makes `state` with the log of `head` at `head`'s size and root durable, then installs it.
@@ -373,16 +374,11 @@ impl Witness {
         Ok(())
     }
 
-    fn cosign(&self, note: &str, now: u64) -> String {
-        let text = &note[..=note.rfind("\n\n").unwrap_or(0)];
-        self.key.signature_line(text, now)
-    }
-
     /// C2SP `tlog-witness` `add-checkpoint`: checks `req` against the latest cosigned checkpoint of its origin,
     /// persists the new one and returns the cosignature line(s) (each `— <name> <base64>\n`) timestamped `now`
     /// (seconds since the Unix epoch).
     pub fn add_checkpoint(&self, req: &AddCheckpoint, now: u64) -> Result<String, WitnessError> {
-        let head = self.check_note(&req.note)?;
+        let (head, text) = self.check_note(&req.note)?;
         if req.old_size > head.size {
             return Err(bad(format!(
                 "old size {} is above the checkpoint's size {}",
@@ -434,7 +430,7 @@ impl Witness {
             self.commit(&mut state, &head)?;
         }
         drop(state);
-        Ok(self.cosign(&req.note, now))
+        Ok(self.key.signature_line(text, now))
     }
 
     /// Cosigns a checkpoint of the log this node replicates, which the caller has already checked against its
@@ -449,7 +445,7 @@ impl Witness {
         root_at: &dyn Fn(u64) -> Option<Hash>,
         now: u64,
     ) -> Result<Option<String>, WitnessError> {
-        let head = self.check_note(note)?;
+        let (head, text) = self.check_note(note)?;
         if root_at(head.size) != Some(head.root) {
             return Err(WitnessError::Fork { size: head.size });
         }
@@ -463,12 +459,12 @@ impl Witness {
             }
             if l.size == head.size {
                 drop(state);
-                return Ok(Some(self.cosign(note, now)));
+                return Ok(Some(self.key.signature_line(text, now)));
             }
         }
         self.commit(&mut state, &head)?;
         drop(state);
-        Ok(Some(self.cosign(note, now)))
+        Ok(Some(self.key.signature_line(text, now)))
     }
 }
 
