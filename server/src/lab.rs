@@ -48,6 +48,15 @@ fn track_child(child: &mut Child) -> LabResult<()> {
     Ok(())
 }
 
+/// Kills a process the lab started (SIGCONT first, so a paused one dies too), waits for it and forgets it (its
+/// pid may be reused once it is reaped, so [`stop_all`] must not signal it).
+fn reap(child: &mut Child) {
+    signal(child.id(), "CONT");
+    let _ = child.kill();
+    let _ = child.wait();
+    tracked().lock().pids.retain(|p| *p != child.id());
+}
+
 /// Records a temporary directory for [`stop_all`] to remove.
 pub fn track_dir(dir: &std::path::Path) {
     tracked().lock().dirs.push(dir.to_owned());
@@ -139,8 +148,7 @@ impl Etcd {
     /// SIGKILLs etcd (its data stays).
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
+            reap(&mut c);
         }
     }
 
@@ -173,9 +181,7 @@ impl Etcd {
 impl Drop for Etcd {
     fn drop(&mut self) {
         if let Some(mut c) = self.child.take() {
-            signal(c.id(), "CONT");
-            let _ = c.kill();
-            let _ = c.wait();
+            reap(&mut c);
         }
     }
 }
@@ -321,9 +327,7 @@ impl LabNode {
 
 impl Drop for LabNode {
     fn drop(&mut self) {
-        signal(self.child.id(), "CONT");
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        reap(&mut self.child);
     }
 }
 
