@@ -209,9 +209,10 @@ pub struct OpenReport {
     pub index_replayed: u64,
     /// Derived data that was refused and rebuilt from the log (a damaged index run or manifest).
     pub repairs: Vec<String>,
-    /// Time the WAL's own recovery took (segment scan, every frame CRC).
+    /// Time the WAL's recovery took: the segment scan on both cores, every frame CRC, and in the same pass
+    /// every record's hash and its link to the record before it within its segment.
     pub wal_recovery: Duration,
-    /// Time verifying the hash chain took (every record hash and link, both cores).
+    /// Time linking the segments' hash chains took, with the Merkle leaves rebuilt or compared.
     pub chain_verify: Duration,
     /// Time the whole open took.
     pub elapsed: Duration,
@@ -1362,82 +1363,114 @@ fn check_record(tenant: &str, payload: &Payload, max: usize) -> Result<()> {
     Ok(())
 }
 
-/// What verifying one range of the log found.
-struct RangePass {
-    /// `prev_hash` of the first record (must be the previous range's last hash).
+/// What the chain check found in one run of consecutive records (one WAL segment, seen during the WAL's
+/// recovery scan, or one range read back from the log).
+#[derive(Default)]
+struct ChainRun {
+    /// CommitId of the first record (meaningless while `count` is 0).
+    first: u64,
+    /// Records checked.
+    count: u64,
+    /// `prev_hash` of the first record (must be the previous run's last hash).
     first_prev: Hash,
     /// Hash of the last record.
     last_hash: Hash,
     first_epoch: u64,
     last_epoch: u64,
     max_ts: u64,
-    /// Leaf hashes of the records from `leaf_from` on, in order.
+    /// Leaf hashes of the records from the visitor's `leaf_from` on, in order.
     leaves: Vec<(u64, Hash)>,
+    /// The first record that failed a check, and why; the run stops there.
+    failed: Option<(u64, String)>,
 }
 
-/// Verifies records `from..=to`: each record's encoding header, CommitId, epoch order and `prev_hash` link to the
-/// record before it in the range (frame CRCs are checked by the reader). Computes leaf hashes from `leaf_from` on.
-fn verify_range(wal: &Wal, from: u64, to: u64, leaf_from: u64) -> Result<RangePass> {
-    let mut pass = RangePass {
-        first_prev: [0; 32],
-        last_hash: [0; 32],
-        first_epoch: 0,
-        last_epoch: 0,
-        max_ts: 0,
-        leaves: Vec::new(),
-    };
-    let mut expect = from;
-    // The frames' CRCs were checked by this open's WAL recovery moments ago; this pass checks every body through
-    // its record hash and the chain instead of computing each CRC a second time.
+impl ChainRun {
+    /// Checks the next record: its encoding header, CommitId, epoch order and `prev_hash` link to the record
+    /// before it in the run; hashes it, and keeps its leaf hash from `leaf_from` on.
+    fn add(&mut self, commit: u64, frame_epoch: Epoch, body: &[u8], leaf_from: u64) {
+        if self.failed.is_some() {
+            return;
+        }
+        if let Err(why) = self.check(commit, frame_epoch, body, leaf_from) {
+            self.failed = Some((commit, why));
+        }
+    }
+
+    fn check(&mut self, commit: u64, frame_epoch: Epoch, body: &[u8], leaf_from: u64) -> Result<(), String> {
+        let h = record::decode_header(body).map_err(|e| e.to_string())?;
+        let expect = if self.count == 0 {
+            commit
+        } else {
+            self.first + self.count
+        };
+        if h.commit_id != CommitId(commit) || commit != expect {
+            return Err(format!("record says CommitId {}", h.commit_id));
+        }
+        if self.count == 0 {
+            self.first = commit;
+            self.first_prev = h.prev_hash;
+            self.first_epoch = h.epoch.0;
+        } else if h.prev_hash != self.last_hash {
+            return Err("prev_hash does not match the previous record's hash".into());
+        }
+        if h.epoch < Epoch(self.last_epoch) || h.epoch != frame_epoch {
+            return Err(format!(
+                "epoch {} after {} (frame {frame_epoch})",
+                h.epoch, self.last_epoch
+            ));
+        }
+        self.last_epoch = h.epoch.0;
+        self.max_ts = self.max_ts.max(h.timestamp_ms);
+        let hash = record_hash(body);
+        if commit >= leaf_from {
+            self.leaves.push((commit, leaf_hash(&hash)));
+        }
+        self.last_hash = hash;
+        self.count += 1;
+        Ok(())
+    }
+}
+
+/// Hashes and checks every record while the WAL's recovery scan checks its frame (both cores, one read of the
+/// log): each segment becomes a [`ChainRun`], and [`link_chain`] links the runs in order afterwards.
+struct ChainVisitor {
+    /// Leaf hashes are kept from this CommitId on (the records after the newest checkpoint).
+    leaf_from: u64,
+}
+
+impl aerodb_wal::RecoveryVisitor for ChainVisitor {
+    type Segment = ChainRun;
+
+    fn segment(&self) -> ChainRun {
+        ChainRun::default()
+    }
+
+    fn frame(&self, run: &mut ChainRun, commit_id: CommitId, epoch: Epoch, body: &[u8]) {
+        run.add(commit_id.0, epoch, body, self.leaf_from);
+    }
+}
+
+/// Reads records `from..=to` back from the log and checks them as a [`ChainRun`] (frame CRCs are not checked
+/// again: this open's recovery checked them), keeping leaf hashes from `leaf_from` on.
+fn read_run(wal: &Wal, from: u64, to: u64, leaf_from: u64) -> Result<ChainRun> {
+    let mut run = ChainRun::default();
     wal.read_recovered(CommitId(from))?
         .for_each_ref(|frame| -> Result<()> {
-            let commit = frame.commit_id.0;
-            if commit > to {
-                return Ok(());
+            if frame.commit_id.0 <= to {
+                run.add(frame.commit_id.0, frame.epoch, frame.body(), leaf_from);
             }
-            let body = frame.body();
-            let h = record::decode_header(body).map_err(|e| corruption(commit, e.to_string()))?;
-            if h.commit_id != CommitId(commit) || commit != expect {
-                return Err(corruption(
-                    commit,
-                    format!("record says CommitId {}", h.commit_id),
-                ));
-            }
-            if commit == from {
-                pass.first_prev = h.prev_hash;
-                pass.first_epoch = h.epoch.0;
-            } else if h.prev_hash != pass.last_hash {
-                return Err(corruption(
-                    commit,
-                    "prev_hash does not match the previous record's hash".into(),
-                ));
-            }
-            if h.epoch < Epoch(pass.last_epoch) || h.epoch != frame.epoch {
-                return Err(corruption(
-                    commit,
-                    format!(
-                        "epoch {} after {} (frame {})",
-                        h.epoch, pass.last_epoch, frame.epoch
-                    ),
-                ));
-            }
-            pass.last_epoch = h.epoch.0;
-            pass.max_ts = pass.max_ts.max(h.timestamp_ms);
-            let hash = record_hash(body);
-            if commit >= leaf_from {
-                pass.leaves.push((commit, leaf_hash(&hash)));
-            }
-            pass.last_hash = hash;
-            expect += 1;
             Ok(())
         })?;
-    if expect != to + 1 {
+    if let Some((commit, why)) = run.failed.take() {
+        return Err(corruption(commit, why));
+    }
+    if run.count != to + 1 - from || run.first != from {
         return Err(corruption(
-            expect,
-            format!("the log ends at {} before the expected {to}", expect - 1),
+            from,
+            format!("the log holds {} of records {from}..={to}", run.count),
         ));
     }
-    Ok(pass)
+    Ok(run)
 }
 
 /// What the chain pass of opening found.
@@ -1448,11 +1481,14 @@ struct ChainPass {
     problems: Vec<String>,
 }
 
-/// Verifies the whole chain on both cores (two ranges hashed concurrently, linked at the boundary), then rebuilds
-/// the Merkle leaves the store lacks and compares the stored leaves of the records after `check_from` and of the
-/// last record (every earlier record is pinned by its successor's `prev_hash`).
-fn verify_chain(
+/// Links the runs the recovery scan checked (one per segment, in order) into one chain over records
+/// `1..=records`, then rebuilds the Merkle leaves the store lacks and compares the stored leaves of the records
+/// after `check_from` and of the last record (every earlier record is pinned by its successor's `prev_hash`).
+/// Leaves the runs did not keep (a Merkle store behind the newest checkpoint) are read back from the log.
+fn link_chain(
     wal: &Wal,
+    runs: Vec<ChainRun>,
+    visitor: &ChainVisitor,
     merkle: &mut MerkleStore,
     stored_leaves: u64,
     check_from: u64,
@@ -1464,44 +1500,62 @@ fn verify_chain(
         leaves_rebuilt: 0,
         problems: Vec::new(),
     };
-    if records == 0 {
-        return Ok(pass);
-    }
-    let leaf_from = stored_leaves.min(check_from).min(records - 1) + 1;
-    let mid = if records >= 10_000 { records / 2 } else { records };
-    let ranges: Vec<RangePass> = std::thread::scope(|scope| {
-        let upper =
-            (mid < records).then(|| scope.spawn(move || verify_range(wal, mid + 1, records, leaf_from)));
-        let lower = verify_range(wal, 1, mid, leaf_from);
-        let upper = upper.map(|h| {
-            h.join()
-                .unwrap_or_else(|_| Err(corruption(mid + 1, "verification thread panicked".into())))
-        });
-        std::iter::once(lower).chain(upper).collect::<Result<Vec<_>>>()
-    })?;
     let mut prev = genesis_hash();
     let mut prev_epoch = 0;
-    let mut first = 1;
-    for r in &ranges {
+    let mut next = 1;
+    let mut kept = Vec::new();
+    for mut r in runs.into_iter().filter(|r| r.count > 0 || r.failed.is_some()) {
+        if let Some((commit, why)) = r.failed.take() {
+            return Err(corruption(commit, why));
+        }
+        if r.first != next {
+            return Err(corruption(
+                next,
+                format!(
+                    "the recovery scan checked record {} where {next} was next",
+                    r.first
+                ),
+            ));
+        }
         if r.first_prev != prev {
             return Err(corruption(
-                first,
+                r.first,
                 "prev_hash does not match the previous record's hash".into(),
             ));
         }
         if r.first_epoch < prev_epoch {
             return Err(corruption(
-                first,
+                r.first,
                 format!("epoch {} after {prev_epoch}", r.first_epoch),
             ));
         }
         prev = r.last_hash;
         prev_epoch = r.last_epoch;
         pass.last_ts = pass.last_ts.max(r.max_ts);
-        first = mid + 1;
+        next = r.first + r.count;
+        kept.append(&mut r.leaves);
+    }
+    if next != records + 1 {
+        return Err(corruption(
+            next,
+            format!(
+                "the recovery scan checked records up to {} of {records}",
+                next - 1
+            ),
+        ));
     }
     pass.tip_hash = prev;
-    for (commit, leaf) in ranges.into_iter().flat_map(|r| r.leaves) {
+    if records == 0 {
+        return Ok(pass);
+    }
+    let leaf_from = stored_leaves.min(check_from).min(records - 1) + 1;
+    if leaf_from < visitor.leaf_from {
+        let to = (visitor.leaf_from - 1).min(records);
+        let mut earlier = read_run(wal, leaf_from, to, leaf_from)?.leaves;
+        earlier.extend(kept.into_iter().filter(|&(c, _)| c > to));
+        kept = earlier;
+    }
+    for (commit, leaf) in kept.into_iter().filter(|&(c, _)| c >= leaf_from) {
         if commit > stored_leaves {
             merkle.push(leaf)?;
             pass.leaves_rebuilt += 1;
@@ -1583,7 +1637,11 @@ fn open_inner(fs: Arc<dyn Fs>, dir: &Path, opts: Options) -> Result<(Arc<Inner>,
         ..opts.wal.clone()
     };
     let t = Instant::now();
-    let wal = Wal::open(fs.clone(), dir.join("wal"), wal_opts)?;
+    // The recovery scan also hashes and checks every record (see `ChainVisitor`); the runs are linked below.
+    let chain_visitor = ChainVisitor {
+        leaf_from: durable_mark + 1,
+    };
+    let (wal, chain_runs) = Wal::open_visiting(fs.clone(), dir.join("wal"), wal_opts, &chain_visitor)?;
     report.wal_recovery = t.elapsed();
     report.wal = wal.recovery_report().clone();
     let records = wal.durable_commit_id().0;
@@ -1656,12 +1714,20 @@ fn open_inner(fs: Arc<dyn Fs>, dir: &Path, opts: Options) -> Result<(Arc<Inner>,
         latest: signed.last().cloned(),
         apply_failed: None,
     };
-    // Verify first, then index: the hash chain is checked on both cores (every record hash and link; frame
-    // CRCs by the reader), so a corrupt log is refused before any index work; then the records after the
-    // persisted index runs are replayed into the index's memory table.
+    // Verify first, then index: the recovery scan hashed and checked every record on both cores, in the same
+    // pass as every frame CRC; the runs it made are linked here, so a corrupt log is refused before any index
+    // work; then the records after the persisted index runs are replayed into the index's memory table.
     let check_from = durable_mark;
     let t = Instant::now();
-    let chain = verify_chain(&wal, &mut state.merkle, stored_leaves, check_from, records)?;
+    let chain = link_chain(
+        &wal,
+        chain_runs,
+        &chain_visitor,
+        &mut state.merkle,
+        stored_leaves,
+        check_from,
+        records,
+    )?;
     report.chain_verify = t.elapsed();
     let covered = ix_open.covered;
     if covered < records {

@@ -38,6 +38,9 @@ pub fn small_opts() -> Options {
         max_record_bytes: 1024,
         durability: Durability::Always,
         background_preallocation: false,
+        // Four pieces per segment: every recovery in the tests scans in pieces and joins them (or falls back
+        // to a whole scan), so the damage suites check that both find the same thing.
+        recovery_piece_bytes: 1024,
         ..Options::default()
     }
 }

@@ -41,6 +41,7 @@ mod wal;
 
 pub use error::{Corruption, CorruptionKind, Error, Failure, Result};
 pub use reader::{Frame, FrameRef, WalReader};
+pub use recovery::RecoveryVisitor;
 pub use types::{CommitId, Epoch, SegmentId};
 pub use wal::truncate_after;
 pub use wal::{

@@ -35,7 +35,10 @@ use crate::{
         MAX_FRAME_BODY_BYTES, MAX_SEGMENT_BYTES, SEGMENT_HEADER_LEN,
     },
     fs::{DirLock, Fs, FsFile, OpenMode},
-    recovery::{check_digest, scan_segment, Expect, SegmentEnd},
+    recovery::{
+        check_digest, check_header, finish_segment, plan_pieces, scan_run, scan_segment, scan_segment_with,
+        Expect, RecoveryVisitor, SegmentEnd,
+    },
     types::{CommitId, Epoch, SegmentId},
 };
 
@@ -81,6 +84,10 @@ pub struct Options {
     /// leftover removed), no background thread starts, and appends fail with [`Error::ReadOnly`]. For offline
     /// verification and inspection.
     pub read_only: bool,
+    /// Recovery scans the segments on two workers in pieces of about this many bytes (each cut at a frame
+    /// boundary that the scan of the piece before it confirms), so that both stay busy to the end whatever the
+    /// segments' sizes. Default 8 MiB; at least 256 bytes.
+    pub recovery_piece_bytes: usize,
 }
 
 impl Default for Options {
@@ -94,6 +101,7 @@ impl Default for Options {
             segment_digest: true,
             durable_mark: CommitId(0),
             read_only: false,
+            recovery_piece_bytes: 8 << 20,
         }
     }
 }
@@ -133,6 +141,12 @@ impl Options {
                 self.segment_bytes,
                 self.max_record_bytes,
                 overhead + self.max_record_bytes as u64
+            )));
+        }
+        if self.recovery_piece_bytes < 256 {
+            return Err(Error::InvalidOptions(format!(
+                "recovery_piece_bytes {} is below the minimum 256",
+                self.recovery_piece_bytes
             )));
         }
         if let Durability::Batch { interval } = self.durability {
@@ -594,6 +608,18 @@ impl Cursor {
 impl Wal {
     /// Opens (creating if needed) the log in `dir`, recovering it per the recovery rule.
     pub fn open(fs: Arc<dyn Fs>, dir: impl AsRef<Path>, opts: Options) -> Result<Wal> {
+        Wal::open_visiting(fs, dir, opts, &()).map(|(wal, _)| wal)
+    }
+
+    /// [`Wal::open`], showing `visitor` every frame recovery keeps, in the same pass that checks its CRCs (see
+    /// [`RecoveryVisitor`]). Returns the log and one visit per segment, in segment order; together the visits
+    /// saw every frame of the recovered log once, in order, and nothing else.
+    pub fn open_visiting<V: RecoveryVisitor>(
+        fs: Arc<dyn Fs>,
+        dir: impl AsRef<Path>,
+        opts: Options,
+        visitor: &V,
+    ) -> Result<(Wal, Vec<V::Segment>)> {
         opts.validate()?;
         let dir = dir.as_ref().to_owned();
         if !opts.read_only {
@@ -612,7 +638,7 @@ impl Wal {
                 dir: dir.clone(),
                 lock_file: lock_path.clone(),
             })?;
-        let (recovered, report) = recover(&*fs, &dir, &opts)?;
+        let (recovered, report, visits) = recover(&*fs, &dir, &opts, visitor)?;
         let recovered_durable = recovered.state.durable.0;
         let shared = Arc::new(Shared {
             fs,
@@ -661,11 +687,14 @@ impl Wal {
                     .map_err(|e| Error::io("spawn sync thread", &shared.dir, e))?,
             );
         }
-        Ok(Wal {
-            shared,
-            threads,
-            report,
-        })
+        Ok((
+            Wal {
+                shared,
+                threads,
+                report,
+            },
+            visits,
+        ))
     }
 
     /// Installs a callback that an acknowledged appender runs with its own CommitId right after it is woken
@@ -1523,13 +1552,45 @@ fn live_map(file: &dyn FsFile, path: &Path) -> Option<Bytes> {
     }
 }
 
+/// A segment opened, mapped and planned for recovery.
+struct Planned {
+    file: Box<dyn FsFile>,
+    map: Bytes,
+    header: crate::format::SegmentHeader,
+    /// Offsets where later pieces start.
+    cuts: Vec<usize>,
+}
+
+/// One unit of recovery's concurrent work.
+enum Job {
+    /// Scan the frames of one piece of segment `seg`.
+    Piece {
+        seg: usize,
+        start: usize,
+        stop: Option<usize>,
+    },
+    /// Find the last non-zero byte of segment `seg` (the active one).
+    Zeros { seg: usize },
+}
+
+/// What a job found: a piece's run (`None` when it met a problem a whole scan must judge) and its visit.
+enum JobOut<S> {
+    Piece(Option<crate::recovery::FrameRun>, S),
+    Zeros(Option<usize>),
+}
+
 struct Recovered {
     state: State,
     active: Option<Active>,
     views: Vec<Arc<SegView>>,
 }
 
-fn recover(fs: &dyn Fs, dir: &Path, opts: &Options) -> Result<(Recovered, RecoveryReport)> {
+fn recover<V: RecoveryVisitor>(
+    fs: &dyn Fs,
+    dir: &Path,
+    opts: &Options,
+    visitor: &V,
+) -> Result<(Recovered, RecoveryReport, Vec<V::Segment>)> {
     let mut report = RecoveryReport::default();
     let names = fs
         .list_dir(dir)
@@ -1576,9 +1637,10 @@ fn recover(fs: &dyn Fs, dir: &Path, opts: &Options) -> Result<(Recovered, Recove
     let mut tail_segment = SegmentId(1);
     let mut tail_offset = SEGMENT_HEADER_LEN as u64;
     let mut tail_segment_bytes = opts.segment_bytes;
-    // Sealed segments are immutable and independent: map and scan them on both cores. Only the checks that link
-    // one segment to the one before it (first CommitId, epoch floor) need order; they are made below, in order,
-    // so the first problem reported is the same as with a sequential scan.
+    // Segments are mapped and scanned on both cores, the active one among them, while the visitor hashes what
+    // each frame holds. Only the checks that link one segment to the one before it (first CommitId, epoch floor)
+    // need order; they are made below, in order, so the first problem reported is the one a sequential scan
+    // reports.
     let penultimate = ids.len().checked_sub(2).map(|i| ids[i]);
     let expect = |segment_id, first_commit_id, min_epoch, is_last| Expect {
         segment_id,
@@ -1592,78 +1654,164 @@ fn recover(fs: &dyn Fs, dir: &Path, opts: &Options) -> Result<(Recovered, Recove
     };
     // The segment before the last one, when a crash interrupted a roll before the cut after its footer.
     let mut unfinished_cut: Option<SegmentId> = None;
-    let sealed_count = ids.len().saturating_sub(1);
-    type Scanned = Result<(Box<dyn FsFile>, Bytes, crate::recovery::SegmentScan)>;
-    let scan_sealed = |range: &[SegmentId]| -> Vec<Scanned> {
-        range
-            .iter()
-            .map(|&id| {
-                let path = dir.join(segment_file_name(id));
-                let f = fs
-                    .open(&path, OpenMode::Read)
-                    .map_err(|e| Error::io("open segment", &path, e))?;
-                let m = f.map().map_err(|e| Error::io("map segment", &path, e))?;
-                let scan = scan_segment(&m, &expect(id, None, Epoch(0), false))?;
-                Ok((f, m, scan))
+    let last_index = ids.len().checked_sub(1);
+    // First, in order: open and map each segment, check its header, and plan where its frame area may be cut
+    // into pieces of about `Options::recovery_piece_bytes`, so that two workers stay busy to the end whatever the
+    // segments' sizes.
+    let planned: Vec<Result<Planned>> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, &id)| {
+            let is_last = Some(i) == last_index;
+            let path = dir.join(segment_file_name(id));
+            // The active segment is opened for writing (recovery may repair it) and mapped, not copied: it is
+            // mostly preallocated zeros. Its map is dropped before any repair below writes to the file (see
+            // `mmap.rs`).
+            let mode = if is_last && !opts.read_only {
+                OpenMode::ReadWrite
+            } else {
+                OpenMode::Read
+            };
+            let file = fs
+                .open(&path, mode)
+                .map_err(|e| Error::io("open segment", &path, e))?;
+            let map = file.map().map_err(|e| Error::io("map segment", &path, e))?;
+            let exp = expect(id, None, Epoch(0), is_last);
+            let header = check_header(&map, &exp)?;
+            let cuts = plan_pieces(&map, &exp, map.len().div_ceil(opts.recovery_piece_bytes));
+            Ok(Planned {
+                file,
+                map,
+                header,
+                cuts,
             })
-            .collect()
+        })
+        .collect();
+    // The work: every piece, and the search for the active segment's last non-zero byte (the rest of its
+    // preallocated zeros), taken in order from a shared counter by two workers.
+    let mut jobs = Vec::new();
+    for (i, p) in planned.iter().enumerate() {
+        let Ok(p) = p else { continue };
+        if Some(i) == last_index {
+            jobs.push(Job::Zeros { seg: i });
+        }
+        let starts = std::iter::once(SEGMENT_HEADER_LEN).chain(p.cuts.iter().copied());
+        let stops = p.cuts.iter().copied().map(Some).chain(std::iter::once(None));
+        for (start, stop) in starts.zip(stops) {
+            jobs.push(Job::Piece { seg: i, start, stop });
+        }
+    }
+    let next_job = std::sync::atomic::AtomicUsize::new(0);
+    let work = || {
+        let mut done = Vec::new();
+        loop {
+            let j = next_job.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let Some(job) = jobs.get(j) else {
+                return done;
+            };
+            let out = match *job {
+                Job::Zeros { seg } => {
+                    let Ok(p) = &planned[seg] else { continue };
+                    JobOut::Zeros(crate::recovery::last_nonzero(&p.map))
+                }
+                Job::Piece { seg, start, stop } => {
+                    let Ok(p) = &planned[seg] else { continue };
+                    let exp = expect(ids[seg], None, Epoch(0), Some(seg) == last_index);
+                    let mut visit = visitor.segment();
+                    let run = scan_run(&p.map, &p.header, &exp, start, stop, |h, body| {
+                        visitor.frame(&mut visit, h.commit_id, h.epoch, body);
+                    });
+                    JobOut::Piece(run.ok(), visit)
+                }
+            };
+            done.push((j, out));
+        }
     };
-    let (left, right) = ids[..sealed_count].split_at(sealed_count / 2);
-    let mut sealed_scans = std::thread::scope(|scope| {
-        let r = scope.spawn(|| scan_sealed(right));
-        let mut l = scan_sealed(left);
-        l.extend(
-            r.join()
-                .unwrap_or_else(|_| vec![Err(Error::InvalidOptions("segment scan thread panicked".into()))]),
-        );
-        l
-    })
-    .into_iter();
+    let mut outs: Vec<Option<JobOut<V::Segment>>> =
+        std::iter::repeat_with(|| None).take(jobs.len()).collect();
+    let joined = std::thread::scope(|scope| {
+        let other = (jobs.len() > 1).then(|| scope.spawn(work));
+        let mut done = work();
+        if let Some(h) = other {
+            done.extend(h.join().ok()?);
+        }
+        for (j, out) in done {
+            outs[j] = Some(out);
+        }
+        Some(())
+    });
+    if joined.is_none() {
+        return Err(Error::InvalidOptions("segment scan thread panicked".into()));
+    }
+    // Per segment: the pieces' runs and visits, and the active segment's last non-zero byte.
+    let mut seg_runs: Vec<Vec<(Option<crate::recovery::FrameRun>, V::Segment)>> =
+        std::iter::repeat_with(Vec::new).take(ids.len()).collect();
+    let mut tail_nonzero = None;
+    for (job, out) in jobs.iter().zip(outs) {
+        match (job, out) {
+            (Job::Piece { seg, .. }, Some(JobOut::Piece(run, visit))) => seg_runs[*seg].push((run, visit)),
+            (Job::Zeros { .. }, Some(JobOut::Zeros(t))) => tail_nonzero = Some(t),
+            _ => return Err(Error::InvalidOptions("a segment scan job was lost".into())),
+        }
+    }
+    let mut planned = planned.into_iter();
+    let mut seg_runs = seg_runs.into_iter();
+    let mut visits = Vec::with_capacity(ids.len());
     for (i, &id) in ids.iter().enumerate() {
         let is_last = i + 1 == ids.len();
         let path = dir.join(segment_file_name(id));
-        let (file, bytes, scan) = if is_last {
-            // Mapped, not copied: the active segment is mostly preallocated zeros. The map is dropped before any
-            // repair below writes to the file (see `mmap.rs`).
-            let mode = if opts.read_only {
-                OpenMode::Read
-            } else {
-                OpenMode::ReadWrite
-            };
-            let f = fs
-                .open(&path, mode)
-                .map_err(|e| Error::io("open segment", &path, e))?;
-            let m = f.map().map_err(|e| Error::io("map segment", &path, e))?;
-            let scan = scan_segment(&m, &expect(id, expected, min_epoch, true))?;
-            (f, m, scan)
-        } else {
-            let (f, m, scan) = sealed_scans.next().expect("one scan per sealed segment")?;
-            let h = scan.header;
-            if let Some(first) = expected.filter(|&e| e != h.first_commit_id) {
-                return Err(crate::error::Corruption::new(
-                    id,
-                    0,
-                    Some(first),
-                    crate::error::CorruptionKind::CommitIdGap {
-                        expected: first,
-                        got: h.first_commit_id,
-                    },
-                )
-                .into());
+        let exp = expect(id, None, Epoch(0), is_last);
+        let Planned {
+            file,
+            map: bytes,
+            header: h,
+            ..
+        } = planned.next().expect("one plan per segment")?;
+        if let Some(first) = expected.filter(|&e| e != h.first_commit_id) {
+            return Err(crate::error::Corruption::new(
+                id,
+                0,
+                Some(first),
+                crate::error::CorruptionKind::CommitIdGap {
+                    expected: first,
+                    got: h.first_commit_id,
+                },
+            )
+            .into());
+        }
+        if h.epoch < min_epoch {
+            return Err(crate::error::Corruption::new(
+                id,
+                0,
+                Some(h.first_commit_id),
+                crate::error::CorruptionKind::EpochRegression {
+                    prev: min_epoch,
+                    got: h.epoch,
+                },
+            )
+            .into());
+        }
+        let (runs, piece_visits): (Vec<_>, Vec<_>) =
+            seg_runs.next().expect("runs per segment").into_iter().unzip();
+        let whole = runs
+            .into_iter()
+            .collect::<Option<Vec<_>>>()
+            .and_then(crate::recovery::join_runs);
+        let scan = match whole {
+            Some(run) => {
+                visits.extend(piece_visits);
+                finish_segment(&bytes, &exp, h, run, if is_last { tail_nonzero } else { None })?
             }
-            if h.epoch < min_epoch {
-                return Err(crate::error::Corruption::new(
-                    id,
-                    0,
-                    Some(h.first_commit_id),
-                    crate::error::CorruptionKind::EpochRegression {
-                        prev: min_epoch,
-                        got: h.epoch,
-                    },
-                )
-                .into());
+            None => {
+                // A piece met something a whole scan must judge (or a cut was not a frame boundary): scan the
+                // segment in one run, as a sequential recovery does.
+                let mut visit = visitor.segment();
+                let scan = scan_segment_with(&bytes, &exp, |fh, body| {
+                    visitor.frame(&mut visit, fh.commit_id, fh.epoch, body);
+                })?;
+                visits.push(visit);
+                scan
             }
-            (f, m, scan)
         };
         report.segments += 1;
         report.frames += scan.frame_count;
@@ -1851,7 +1999,7 @@ fn recover(fs: &dyn Fs, dir: &Path, opts: &Options) -> Result<(Recovered, Recove
         waiters: Vec::new(),
         wake_buf: Vec::new(),
     };
-    Ok((Recovered { state, active, views }, report))
+    Ok((Recovered { state, active, views }, report, visits))
 }
 
 /// Cuts the log in `dir` after CommitId `keep` (offline: takes the directory's lock): every later frame is
