@@ -1556,6 +1556,8 @@ fn live_map(file: &dyn FsFile, path: &Path) -> Option<Bytes> {
 struct Planned {
     file: Box<dyn FsFile>,
     map: Bytes,
+    /// `map` is a live map ([`FsFile::map_live`]).
+    is_live: bool,
     header: crate::format::SegmentHeader,
     /// Offsets where later pieces start.
     cuts: Vec<usize>,
@@ -1675,13 +1677,26 @@ fn recover<V: RecoveryVisitor>(
             let file = fs
                 .open(&path, mode)
                 .map_err(|e| Error::io("open segment", &path, e))?;
-            let map = file.map().map_err(|e| Error::io("map segment", &path, e))?;
+            // The active segment's map, where the file system has live maps, is the one its readers will use
+            // afterwards when recovery writes nothing to the file: unmapping it and mapping it again would only
+            // fault its pages in a second time.
+            let live = if is_last {
+                file.map_live().ok().flatten()
+            } else {
+                None
+            };
+            let is_live = live.is_some();
+            let map = match live {
+                Some(m) => m,
+                None => file.map().map_err(|e| Error::io("map segment", &path, e))?,
+            };
             let exp = expect(id, None, Epoch(0), is_last);
             let header = check_header(&map, &exp)?;
             let cuts = plan_pieces(&map, &exp, map.len().div_ceil(opts.recovery_piece_bytes));
             Ok(Planned {
                 file,
                 map,
+                is_live,
                 header,
                 cuts,
             })
@@ -1764,6 +1779,7 @@ fn recover<V: RecoveryVisitor>(
         let Planned {
             file,
             map: bytes,
+            is_live,
             header: h,
             ..
         } = planned.next().expect("one plan per segment")?;
@@ -1827,6 +1843,9 @@ fn recover<V: RecoveryVisitor>(
             h.update(&bytes[..usize::try_from(scan.data_end).unwrap_or(0)]);
             h
         });
+        // A clean end with frames needs no repair: the live map stays, for the readers.
+        let mut kept_live =
+            (is_live && scan.end == SegmentEnd::Clean && scan.frame_count > 0).then(|| bytes.clone());
         let bytes = if is_last { Bytes::new() } else { bytes };
         let mut end = scan.end.clone();
         if let SegmentEnd::Sealed {
@@ -1946,7 +1965,7 @@ fn recover<V: RecoveryVisitor>(
                 let hasher = prefix_hasher;
                 let sparse: SparseIndex = Arc::new(RwLock::new(scan.sparse.clone()));
                 let file: Arc<dyn FsFile> = Arc::from(file);
-                let live = live_map(&*file, &path);
+                let live = kept_live.take().or_else(|| live_map(&*file, &path));
                 views.push(Arc::new(SegView {
                     id,
                     path: path.clone(),
