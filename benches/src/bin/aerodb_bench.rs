@@ -455,8 +455,13 @@ fn replication(dir: &Path, reps: u64, n: &Counts, rt: &tokio::runtime::Runtime) 
         unit: "ms",
         lower_is_better: true,
         series: vec![
-            series("AeroDB --sync-replicas 1", false, true),
+            series("AeroDB --sync-replicas 1 (gRPC Append)", false, true),
             series("PostgreSQL synchronous_commit=on", false, false),
+            series(
+                "AeroDB --sync-replicas 1 (REST, HTTP/1.1 keep-alive)",
+                false,
+                false,
+            ),
         ],
     };
     let mut sync99 = Workload {
@@ -590,11 +595,25 @@ fn replication(dir: &Path, reps: u64, n: &Counts, rt: &tokio::runtime::Runtime) 
             rate: ms(quantile(&run.latencies, 0.99)),
             ..Measure::default()
         });
+        // The same commits over REST: one keep-alive HTTP/1.1 connection, the protocol nearest to PostgreSQL's
+        // own (a request, a response, no HTTP/2 framing).
+        let _ = net::rest_appends(rt, p.bound.http, TOKEN, 1, 200, &keys);
+        let rest = net::rest_appends(rt, p.bound.http, TOKEN, 1, n.sync_ops, &keys);
+        sync50.series[2].runs.push(Measure {
+            rate: ms(quantile(&rest.latencies, 0.5)),
+            ..Measure::default()
+        });
+        sync99.series[2].runs.push(Measure {
+            rate: ms(quantile(&rest.latencies, 0.99)),
+            ..Measure::default()
+        });
         eprintln!(
-            "  rep {}/{reps}: AeroDB sync commit p50 {:.2} ms p99 {:.2} ms",
+            "  rep {}/{reps}: AeroDB sync commit p50 {:.2} ms p99 {:.2} ms (gRPC), {:.2} / {:.2} ms (REST)",
             rep + 1,
             ms(quantile(&run.latencies, 0.5)),
-            ms(quantile(&run.latencies, 0.99))
+            ms(quantile(&run.latencies, 0.99)),
+            ms(quantile(&rest.latencies, 0.5)),
+            ms(quantile(&rest.latencies, 0.99))
         );
         r.stop(rt).expect("stop replica");
         p.stop(rt).expect("stop primary");

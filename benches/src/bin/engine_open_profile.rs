@@ -1,5 +1,7 @@
 //! Profiling aid: builds (once) and reopens a large directory, for `perf record`.
-//! Usage: `engine-open-profile DIR RECORDS REOPENS`
+//! Usage: `engine-open-profile DIR RECORDS REOPENS`; `engine-open-profile --appends DIR N` (64 appender threads);
+//! `engine-open-profile --one-appender DIR N` (one appender, default options: its latency tail and where the
+//! longest appends fell, for finding what stalls the appender when the disk is fast, e.g. DIR on tmpfs).
 use aerodb_engine::{Db, NewRecord, Op, Options, Payload};
 use bytes::Bytes;
 
@@ -52,6 +54,50 @@ fn appends(dir: &std::path::Path, total: u64) -> Result<(), Box<dyn std::error::
     Ok(())
 }
 
+fn one_appender(dir: &std::path::Path, total: u64) -> Result<(), Box<dyn std::error::Error>> {
+    let db = Db::open(dir, Options::default())?;
+    let value = Bytes::from(vec![0x5A; 256]);
+    let mut lat = Vec::with_capacity(usize::try_from(total)?);
+    let start = std::time::Instant::now();
+    for i in 0..total {
+        let p = Payload::Batch(vec![Op::Put {
+            key: Bytes::from(format!("key-{i:012}")),
+            value: value.clone(),
+        }]);
+        let t = std::time::Instant::now();
+        db.append("bench", p)?;
+        lat.push((t.elapsed(), t - start, i));
+    }
+    let took = start.elapsed();
+    let mut sorted: Vec<u128> = lat.iter().map(|l| l.0.as_nanos()).collect();
+    sorted.sort_unstable();
+    let q = |f: f64| sorted[((sorted.len() - 1) as f64 * f) as usize] as f64 / 1e3;
+    let slow: u128 = sorted.iter().filter(|&&n| n > 50_000).sum();
+    eprintln!(
+        "{total} appends in {:.3} s: {:.0}/s; p50 {:.2} µs p99 {:.2} µs p99.9 {:.1} µs max {:.0} µs; appends over 50 µs: \
+         {} taking {:.1} ms in all ({:.0}% of the run)",
+        took.as_secs_f64(),
+        total as f64 / took.as_secs_f64(),
+        q(0.5),
+        q(0.99),
+        q(0.999),
+        q(1.0),
+        sorted.iter().filter(|&&n| n > 50_000).count(),
+        slow as f64 / 1e6,
+        slow as f64 / took.as_nanos() as f64 * 100.0
+    );
+    lat.sort_by(|a, b| b.0.cmp(&a.0));
+    for (d, at, i) in lat.iter().take(12) {
+        eprintln!(
+            "  append #{i} at {:.3} s took {:.0} µs",
+            at.as_secs_f64(),
+            d.as_secs_f64() * 1e6
+        );
+    }
+    db.close()?;
+    Ok(())
+}
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let a: Vec<String> = std::env::args().collect();
     if a.get(1).map(String::as_str) == Some("--wal-appends") {
@@ -76,6 +122,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             st.fsync_micros_total as f64 / st.fsyncs.max(1) as f64
         );
         return Ok(());
+    }
+    if a.get(1).map(String::as_str) == Some("--one-appender") {
+        let dir = std::path::PathBuf::from(a.get(2).ok_or("DIR")?);
+        let _ = std::fs::remove_dir_all(&dir);
+        return one_appender(&dir, a.get(3).ok_or("N")?.parse()?);
     }
     if a.get(1).map(String::as_str) == Some("--appends") {
         let dir = std::path::PathBuf::from(a.get(2).ok_or("DIR")?);
