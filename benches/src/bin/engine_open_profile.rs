@@ -55,7 +55,14 @@ fn appends(dir: &std::path::Path, total: u64) -> Result<(), Box<dyn std::error::
 }
 
 fn one_appender(dir: &std::path::Path, total: u64) -> Result<(), Box<dyn std::error::Error>> {
-    let db = Db::open(dir, Options::default())?;
+    let opts = Options {
+        index_flush_versions: std::env::var("INDEX_FLUSH")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(Options::default().index_flush_versions),
+        ..Options::default()
+    };
+    let db = Db::open(dir, opts)?;
     let value = Bytes::from(vec![0x5A; 256]);
     let mut lat = Vec::with_capacity(usize::try_from(total)?);
     let start = std::time::Instant::now();
