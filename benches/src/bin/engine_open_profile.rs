@@ -93,7 +93,7 @@ fn one_appender(dir: &std::path::Path, total: u64) -> Result<(), Box<dyn std::er
         slow as f64 / 1e6,
         slow as f64 / took.as_nanos() as f64 * 100.0
     );
-    lat.sort_by(|a, b| b.0.cmp(&a.0));
+    lat.sort_by_key(|l| std::cmp::Reverse(l.0));
     for (d, at, i) in lat.iter().take(12) {
         eprintln!(
             "  append #{i} at {:.3} s took {:.0} µs",
