@@ -2261,9 +2261,9 @@ impl Inner {
         let Some(job) = self.index.write().freeze(threshold, visible) else {
             return Ok(false);
         };
-        let run = job.write()?;
+        let flushed = job.write()?;
         let _order = self.index_files.manifest_lock.lock();
-        let (manifest, frozen) = self.index.write().install_flush(run);
+        let (manifest, frozen) = self.index.write().install_flush(flushed);
         drop(frozen);
         self.index_files.record(&manifest)?;
         Ok(true)

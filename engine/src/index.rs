@@ -523,11 +523,13 @@ impl Vers {
         }
     }
 
-    /// Keeps the first `n` versions (`n` ≥ 1: a key left with none is removed from its table instead).
-    fn truncate(&mut self, n: usize) {
-        debug_assert!(n >= 1);
-        if let Vers::Many(vs) = self {
-            vs.truncate(n);
+    /// Adds `v` where its CommitId puts it (the versions stay oldest first).
+    fn insert_ordered(&mut self, v: Ver) {
+        let at = self.partition_point(|x| ver_commit(*x) < ver_commit(v));
+        match self {
+            Vers::One(first) if at == 0 => *self = Vers::Many(vec![v, *first]),
+            Vers::One(first) => *self = Vers::Many(vec![*first, v]),
+            Vers::Many(vs) => vs.insert(at, v),
         }
     }
 }
@@ -578,6 +580,18 @@ impl MemTable {
                 self.arena.extend_from_slice(key);
                 let owned = self.arena.split().freeze();
                 self.tables[table].insert(owned, Vers::One(v));
+            }
+        }
+        self.versions += 1;
+    }
+
+    /// Adds an older version of `key` than the ones the table may already hold for it (the entries a flush
+    /// hands back, see [`Index::install_flush`]).
+    fn insert_older(&mut self, table: usize, key: &Bytes, v: Ver) {
+        match self.tables[table].get_mut(&key[..]) {
+            Some(vs) => vs.insert_ordered(v),
+            None => {
+                self.tables[table].insert(key.clone(), Vers::One(v));
             }
         }
         self.versions += 1;
@@ -736,7 +750,11 @@ fn min_key<'a>(cursors: &[Cursor<'a>], holders: &mut Vec<usize>) -> Option<&'a [
 pub(crate) struct Index {
     files: Arc<IndexFiles>,
     runs: Vec<Arc<Run>>,
+    /// The memory table being flushed, whole: readers see all of it until the flush is installed.
     frozen: Option<Arc<MemTable>>,
+    /// The flush of `frozen` writes the entries of records up to this CommitId (the visible ones when it was
+    /// frozen); the later ones go back to `mem` when it is installed.
+    frozen_upto: u64,
     mem: MemTable,
     /// Reused for the tenant-scoped key of each write.
     scratch: Vec<u8>,
@@ -872,6 +890,7 @@ impl Index {
                 }),
                 runs,
                 frozen: None,
+                frozen_upto: 0,
                 mem: MemTable::starting_after(covered),
                 scratch: Vec::new(),
             },
@@ -1008,55 +1027,37 @@ impl Index {
         out
     }
 
-    /// Freezes the entries of records up to `upto` (the durable, visible ones; later records are indexed before
-    /// their commit completes) if the memory table holds at least `threshold` versions and no flush is under way.
-    /// Returns the flush to run (a new one, or one that failed before and is retried).
+    /// Freezes the memory table, to flush the entries of records up to `upto` (the durable, visible ones; later
+    /// records are indexed before their commit completes), if it holds at least `threshold` versions and no
+    /// flush is under way. The freeze swaps the table for an empty one and nothing more, so appenders never wait
+    /// for it: the flush, off every lock, leaves out the entries after `upto` and hands them back at
+    /// [`Index::install_flush`]. Returns the flush to run (a new one, or one that failed before and is retried).
     pub fn freeze(&mut self, threshold: u64, upto: u64) -> Option<FlushJob> {
         if self.frozen.is_none() && self.mem.versions >= threshold.max(1) && upto > self.mem.lo {
-            let upto = upto.min(self.mem.hi);
-            let mut frozen = std::mem::replace(&mut self.mem, MemTable::starting_after(upto));
-            // Move the entries of records after `upto` back: versions are sorted, so only each list's tail. (None
-            // to move when every indexed record is visible.)
-            let moving: &mut [BTreeMap<Bytes, Vers>] = if upto < frozen.hi {
-                &mut frozen.tables
-            } else {
-                &mut []
-            };
-            for (t, table) in moving.iter_mut().enumerate() {
-                let mut emptied = Vec::new();
-                for (key, vs) in table.iter_mut() {
-                    let keep = vs.partition_point(|v| ver_commit(*v) <= upto);
-                    if keep < vs.len() {
-                        for &v in &vs[keep..] {
-                            self.mem.push(t, key, v);
-                        }
-                        if keep == 0 {
-                            emptied.push(key.clone());
-                        } else {
-                            vs.truncate(keep);
-                        }
-                    }
-                }
-                for key in emptied {
-                    table.remove(&key);
-                }
-            }
-            frozen.versions -= self.mem.versions;
-            self.mem.hi = frozen.hi.max(upto);
-            frozen.hi = upto;
-            self.frozen = Some(Arc::new(frozen));
+            let hi = self.mem.hi;
+            self.frozen_upto = upto.min(hi);
+            self.frozen = Some(Arc::new(std::mem::replace(
+                &mut self.mem,
+                MemTable::starting_after(hi),
+            )));
         }
         self.frozen.clone().map(|frozen| FlushJob {
             files: self.files.clone(),
             frozen,
+            upto: self.frozen_upto,
         })
     }
 
-    /// Adds the run a flush wrote and releases the frozen table. Returns the new list for the manifest and the
-    /// frozen table, for the caller to drop after releasing its lock on the index (freeing tens of thousands of
-    /// entries takes milliseconds, which appenders waiting for the lock should not spend).
-    pub fn install_flush(&mut self, run: Arc<Run>) -> (Manifest, Option<Arc<MemTable>>) {
-        self.runs.push(run);
+    /// Adds the run a flush wrote, moves the entries it left out (records after its end, see
+    /// [`Index::freeze`]) back into the memory table, and releases the frozen table. Returns the new list for the
+    /// manifest and the frozen table, for the caller to drop after releasing its lock on the index (freeing tens
+    /// of thousands of entries takes milliseconds, which appenders waiting for the lock should not spend).
+    pub fn install_flush(&mut self, flushed: Flushed) -> (Manifest, Option<Arc<MemTable>>) {
+        self.mem.lo = flushed.run.hi;
+        for (table, key, v) in &flushed.later {
+            self.mem.insert_older(*table, key, *v);
+        }
+        self.runs.push(flushed.run);
         let frozen = self.frozen.take();
         (self.manifest(), frozen)
     }
@@ -1155,23 +1156,56 @@ impl IndexFiles {
 pub(crate) struct FlushJob {
     files: Arc<IndexFiles>,
     frozen: Arc<MemTable>,
+    /// The run ends at this CommitId.
+    upto: u64,
+}
+
+/// What a flush wrote, and the entries it left for the memory table.
+pub(crate) struct Flushed {
+    /// The run.
+    pub run: Arc<Run>,
+    /// Entries of records after the run's end: (table, key, version), oldest first per key.
+    later: Vec<(usize, Bytes, Ver)>,
 }
 
 impl FlushJob {
-    /// Writes the run (fsynced and renamed into place; listed once the caller records the manifest).
-    pub fn write(&self) -> crate::Result<Arc<Run>> {
+    /// Writes the run of the frozen table's entries up to the job's end (fsynced and renamed into place; listed
+    /// once the caller records the manifest), and collects the later entries.
+    pub fn write(&self) -> crate::Result<Flushed> {
         let f = &*self.frozen;
+        let mut later = Vec::new();
+        // Usually every frozen record is visible; otherwise the run is written from a copy without the few
+        // later entries (a reference-counted key and a version each), made here, off every lock.
+        let below: Option<[BTreeMap<Bytes, Vers>; TABLES]> = (self.upto < f.hi).then(|| {
+            std::array::from_fn(|t| {
+                let mut kept = BTreeMap::new();
+                for (key, vs) in &f.tables[t] {
+                    let keep = vs.partition_point(|v| ver_commit(*v) <= self.upto);
+                    later.extend(vs[keep..].iter().map(|&v| (t, key.clone(), v)));
+                    if keep > 0 {
+                        let mut head = Vers::One(vs[0]);
+                        for &v in &vs[1..keep] {
+                            head.push(v);
+                        }
+                        kept.insert(key.clone(), head);
+                    }
+                }
+                kept
+            })
+        });
+        let tables = below.as_ref().unwrap_or(&f.tables);
         let inputs: [Vec<Source<'_>>; TABLES] = [
-            vec![Source::Mem(&f.tables[KEYS])],
-            vec![Source::Mem(&f.tables[TENANTS])],
+            vec![Source::Mem(&tables[KEYS])],
+            vec![Source::Mem(&tables[TENANTS])],
         ];
-        Ok(Arc::new(write_run(
+        let run = Arc::new(write_run(
             &*self.files.fs,
             &self.files.dir,
             f.lo,
-            f.hi,
+            self.upto,
             &inputs,
-        )?))
+        )?);
+        Ok(Flushed { run, later })
     }
 }
 
@@ -1404,8 +1438,8 @@ mod tests {
             ix.add(c, if c % 2 == 0 { "even" } else { "odd" }, [(key.clone(), del)]);
             model.entry(key).or_default().push(ver(c, del));
             if let Some(job) = ix.freeze(20, u64::MAX) {
-                let run = job.write().unwrap();
-                let m = ix.install_flush(run).0;
+                let flushed = job.write().unwrap();
+                let m = ix.install_flush(flushed).0;
                 ix.files().record(&m).unwrap();
                 while let Some(job) = ix.merge_job() {
                     let merged = job.write().unwrap();
@@ -1465,8 +1499,8 @@ mod tests {
         for c in 1..=20u64 {
             ix.add(c, "t", [(k(&format!("key{c}")), false)]);
         }
-        let run = ix.freeze(1, u64::MAX).unwrap().write().unwrap();
-        let m = ix.install_flush(run).0;
+        let flushed = ix.freeze(1, u64::MAX).unwrap().write().unwrap();
+        let m = ix.install_flush(flushed).0;
         ix.files().record(&m).unwrap();
         let path = dir.join(run_name(0, 20));
         let bytes = fs.open(&path, OpenMode::Read).unwrap().map().unwrap().to_vec();
@@ -1491,24 +1525,54 @@ mod tests {
         let before: Vec<Vec<Ver>> = (0..3)
             .map(|i| ix.versions(KEYS, format!("k{i}").as_bytes(), 10))
             .collect();
+        // Frozen with records 7..=10 indexed but not yet visible: the freeze only swaps the tables.
         let job = ix.freeze(1, 6).unwrap();
         assert_eq!(
-            (job.frozen.lo, job.frozen.hi, ix.mem.lo, ix.mem.hi),
-            (0, 6, 6, 10)
+            (
+                job.frozen.lo,
+                job.frozen.hi,
+                job.upto,
+                ix.mem.lo,
+                ix.mem.hi,
+                ix.mem.versions
+            ),
+            (0, 10, 6, 10, 10, 0)
         );
-        assert!(job
-            .frozen
-            .tables
-            .iter()
-            .flat_map(|t| t.values().flat_map(|vs| vs.iter()))
-            .all(|v| ver_commit(*v) <= 6));
-        assert_eq!(job.frozen.versions + ix.mem.versions, 20);
-        let run = job.write().unwrap();
-        assert_eq!((run.lo, run.hi), (0, 6));
-        let m = ix.install_flush(run).0;
+        assert_eq!(
+            (0..3)
+                .map(|i| ix.versions(KEYS, format!("k{i}").as_bytes(), 10))
+                .collect::<Vec<_>>(),
+            before,
+            "readers see the frozen table whole while it is flushed"
+        );
+        // Appends go on meanwhile, to the same keys.
+        for c in 11..=14u64 {
+            ix.add(c, "t", [(k(&format!("k{}", c % 3)), false)]);
+        }
+        let before: Vec<Vec<Ver>> = (0..3)
+            .map(|i| ix.versions(KEYS, format!("k{i}").as_bytes(), 14))
+            .collect();
+        let flushed = job.write().unwrap();
+        assert_eq!((flushed.run.lo, flushed.run.hi), (0, 6));
+        assert!(flushed.later.iter().all(|&(_, _, v)| ver_commit(v) > 6));
+        assert_eq!(
+            flushed.later.len(),
+            8,
+            "records 7..=10: a key and a tenant entry each"
+        );
+        let m = ix.install_flush(flushed).0;
         ix.files().record(&m).unwrap();
+        assert_eq!((ix.mem.lo, ix.mem.hi, ix.mem.versions), (6, 14, 16));
+        for t in &ix.mem.tables {
+            for vs in t.values() {
+                assert!(
+                    vs.windows(2).all(|w| ver_commit(w[0]) < ver_commit(w[1])),
+                    "oldest first"
+                );
+            }
+        }
         let after: Vec<Vec<Ver>> = (0..3)
-            .map(|i| ix.versions(KEYS, format!("k{i}").as_bytes(), 10))
+            .map(|i| ix.versions(KEYS, format!("k{i}").as_bytes(), 14))
             .collect();
         assert_eq!(before, after);
         assert_eq!(
