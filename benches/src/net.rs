@@ -208,6 +208,49 @@ pub fn grpc_appends(
     })
 }
 
+/// `clients` concurrent gRPC readers over `conns` HTTP/2 connections make `total` `GetKey` calls (keys from
+/// `keys`, modulo `modulo`): unary calls through the same server, its layers (authentication, limits, timeout)
+/// and the same client, with no write, no `fdatasync` and no replication behind them. What they reach is the
+/// ceiling of unary gRPC calls on the machine, for the `Append` row to be read against.
+///
+/// # Panics
+/// If a connection or a call fails.
+#[must_use]
+pub fn grpc_gets(
+    rt: &tokio::runtime::Runtime,
+    addr: SocketAddr,
+    token: &str,
+    clients: usize,
+    conns: usize,
+    total: u64,
+    modulo: u64,
+    keys: &Arc<AtomicU64>,
+) -> Run {
+    rt.block_on(async {
+        let channels = channels(addr, conns).await;
+        let states = (0..clients)
+            .map(|c| pb::ledger_client::LedgerClient::new(channels[c % channels.len()].clone()))
+            .collect();
+        let token: Arc<str> = token.into();
+        let get = move |mut client: pb::ledger_client::LedgerClient<_>, k: u64| {
+            let token = token.clone();
+            async move {
+                let req = pb::GetKeyRequest {
+                    key: format!("key-{:012}", k % modulo.max(1)).into_bytes(),
+                    at: None,
+                    tenant: "bench".into(),
+                };
+                client
+                    .get_key(authed(req, &token))
+                    .await
+                    .expect("gRPC GetKey failed during the benchmark");
+                client
+            }
+        };
+        run_clients(states, total, 0.0, keys, get, |_| async {}).await
+    })
+}
+
 /// `clients` concurrent gRPC writers over `conns` HTTP/2 connections, each with one `AppendStream` call open for
 /// the whole run, append `total` records (keys from `keys`): a writer sends its next append only when the previous
 /// one has been answered (is durable). The streams are opened before the clock starts.

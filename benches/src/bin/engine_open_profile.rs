@@ -1,5 +1,6 @@
 //! Profiling aid: builds (once) and reopens a large directory, for `perf record`.
 //! Usage: `engine-open-profile DIR RECORDS REOPENS`; `engine-open-profile --appends DIR N` (64 appender threads);
+//! `engine-open-profile --proofs DIR N` (N random inclusion proofs at DIR's size, three rounds);
 //! `engine-open-profile --one-appender DIR N` (one appender, default options: its latency tail and where the
 //! longest appends fell, for finding what stalls the appender when the disk is fast, e.g. DIR on tmpfs).
 use aerodb_engine::{Db, NewRecord, Op, Options, Payload};
@@ -51,6 +52,27 @@ fn appends(dir: &std::path::Path, total: u64) -> Result<(), Box<dyn std::error::
         st.frames_written as f64 / st.flushes.max(1) as f64,
         st.fsync_micros_total as f64 / st.fsyncs.max(1) as f64
     );
+    Ok(())
+}
+
+fn proofs(dir: &std::path::Path, n: u64) -> Result<(), Box<dyn std::error::Error>> {
+    let db = Db::open(dir, Options::default())?;
+    let size = db.tip()?.commit_id.0;
+    let mut x = 12345u64;
+    for round in 0..3 {
+        let t = std::time::Instant::now();
+        for _ in 0..n {
+            x = x
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            db.inclusion_proof(aerodb_wal::CommitId(x % size + 1), size)?;
+        }
+        eprintln!(
+            "round {round}: {n} inclusion proofs at {size} leaves: {:.0}/s",
+            n as f64 / t.elapsed().as_secs_f64()
+        );
+    }
+    db.close()?;
     Ok(())
 }
 
@@ -129,6 +151,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             st.fsync_micros_total as f64 / st.fsyncs.max(1) as f64
         );
         return Ok(());
+    }
+    if a.get(1).map(String::as_str) == Some("--proofs") {
+        let dir = std::path::PathBuf::from(a.get(2).ok_or("DIR")?);
+        return proofs(&dir, a.get(3).ok_or("N")?.parse()?);
     }
     if a.get(1).map(String::as_str) == Some("--one-appender") {
         let dir = std::path::PathBuf::from(a.get(2).ok_or("DIR")?);

@@ -3,7 +3,8 @@
 //!
 //! Interleaved rounds of: the engine linked in-process (64 appender threads); gRPC `Append` calls (64 concurrent
 //! clients over 2 HTTP/2 connections); REST (64 clients, one keep-alive HTTP/1.1 connection each); gRPC
-//! `AppendStream` (64 writers, each with one stream open for the run, over the same connections). Every client
+//! `AppendStream` (64 writers, each with one stream open for the run, over the same connections); and gRPC
+//! `GetKey` calls (64 readers, no write: the ceiling of unary calls through the same server and client). Every client
 //! sends its next append only once the previous one is answered. The server runs in this process on its own
 //! runtime; clients and server share the machine's cores, as they would on one host. 256-byte values, every
 //! append durable (fdatasync) before it is acknowledged.
@@ -129,10 +130,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let conns = env("GRPC_CONNS", 2);
     let keys = Arc::new(AtomicU64::new(0));
     let (mut eng, mut grpc, mut rest, mut stream) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    let mut cpu = [Duration::ZERO; 4];
+    let mut gets = Vec::new();
+    let mut cpu = [Duration::ZERO; 5];
     for round in 0..=rounds {
         eprintln!(
-            "round {round}/{rounds}{}: engine in-process x{CLIENTS}, gRPC x{CLIENTS}, REST x{CLIENTS}, gRPC streams x{CLIENTS} ({} appends each)",
+            "round {round}/{rounds}{}: engine in-process x{CLIENTS}, gRPC x{CLIENTS}, REST x{CLIENTS}, gRPC streams x{CLIENTS}, gRPC GetKey x{CLIENTS} ({} calls each)",
             if round == 0 { " (warm-up, not counted)" } else { "" },
             per_client * CLIENTS as u64
         );
@@ -150,11 +152,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let c3 = cpu_time();
         let s = net::grpc_stream_appends(&client_rt, bound.grpc, TOKEN, CLIENTS, conns, total, &keys);
         let c4 = cpu_time();
+        let written = keys.load(Ordering::Relaxed);
+        let reads = Arc::new(AtomicU64::new(0));
+        let q = net::grpc_gets(
+            &client_rt, bound.grpc, TOKEN, CLIENTS, conns, total, written, &reads,
+        );
+        let c5 = cpu_time();
         if round > 0 {
             cpu[0] += c1 - c0;
             cpu[1] += c2 - c1;
             cpu[2] += c3 - c2;
             cpu[3] += c4 - c3;
+            cpu[4] += c5 - c4;
+            gets.push(q);
             eng.push(e);
             grpc.push(g);
             rest.push(r);
@@ -210,6 +220,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             r.0 / e.0
         );
     }
+    let r = rate(&gets);
+    println!(
+        "| gRPC GetKey, no write ({conns} HTTP/2 connections; the unary-call ceiling here) | {:.0} ({:.0}–{:.0}) | {:.2} | {:.2} | {:.1} | {:.2} | — |",
+        r.0,
+        r.1,
+        r.2,
+        lat(&gets, 0.5),
+        lat(&gets, 0.99),
+        per_op(4, &gets),
+        r.0 / e.0
+    );
     println!(
         "\nrounds: {rounds}, appends per measurement: {}; server: {server_workers} runtime worker(s), {figures}",
         per_client * CLIENTS as u64
