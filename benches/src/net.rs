@@ -216,6 +216,7 @@ pub fn grpc_appends(
 /// # Panics
 /// If a connection or a call fails.
 #[must_use]
+#[allow(clippy::too_many_arguments, reason = "a load generator's knobs")]
 pub fn grpc_gets(
     rt: &tokio::runtime::Runtime,
     addr: SocketAddr,
