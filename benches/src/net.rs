@@ -114,6 +114,18 @@ async fn channels(addr: SocketAddr, conns: usize) -> Vec<tonic::transport::Chann
     channels
 }
 
+/// `clients` gRPC clients sharing `conns` HTTP/2 connections, round robin.
+async fn ledger_clients(
+    addr: SocketAddr,
+    clients: usize,
+    conns: usize,
+) -> Vec<pb::ledger_client::LedgerClient<tonic::transport::Channel>> {
+    let channels = channels(addr, conns).await;
+    (0..clients)
+        .map(|c| pb::ledger_client::LedgerClient::new(channels[c % channels.len()].clone()))
+        .collect()
+}
+
 /// Runs one task per client state on the current runtime, each making its share of `total` appends (at least one)
 /// with `append(state, key)`
 /// (which hands the state back) and timing each; then `finish(state)`. With `rate` > 0 the appends of all clients
@@ -189,10 +201,7 @@ pub fn grpc_appends(
     keys: &Arc<AtomicU64>,
 ) -> Run {
     rt.block_on(async {
-        let channels = channels(addr, conns).await;
-        let states = (0..clients)
-            .map(|c| pb::ledger_client::LedgerClient::new(channels[c % channels.len()].clone()))
-            .collect();
+        let states = ledger_clients(addr, clients, conns).await;
         let token: Arc<str> = token.into();
         let append = move |mut client: pb::ledger_client::LedgerClient<_>, k| {
             let token = token.clone();
@@ -228,10 +237,7 @@ pub fn grpc_gets(
     keys: &Arc<AtomicU64>,
 ) -> Run {
     rt.block_on(async {
-        let channels = channels(addr, conns).await;
-        let states = (0..clients)
-            .map(|c| pb::ledger_client::LedgerClient::new(channels[c % channels.len()].clone()))
-            .collect();
+        let states = ledger_clients(addr, clients, conns).await;
         let token: Arc<str> = token.into();
         let get = move |mut client: pb::ledger_client::LedgerClient<_>, k: u64| {
             let token = token.clone();
@@ -269,14 +275,12 @@ pub fn grpc_stream_appends(
     keys: &Arc<AtomicU64>,
 ) -> Run {
     rt.block_on(async {
-        let channels = channels(addr, conns).await;
         type Writer = (
             tokio::sync::mpsc::Sender<pb::AppendRequest>,
             tonic::Streaming<pb::AppendResponse>,
         );
         let mut writers: Vec<Writer> = Vec::new();
-        for c in 0..clients {
-            let mut client = pb::ledger_client::LedgerClient::new(channels[c % channels.len()].clone());
+        for mut client in ledger_clients(addr, clients, conns).await {
             let (tx, rx) = tokio::sync::mpsc::channel::<pb::AppendRequest>(1);
             let answers = client
                 .append_stream(authed(tokio_stream::wrappers::ReceiverStream::new(rx), token))

@@ -587,26 +587,18 @@ fn replication(dir: &Path, reps: u64, n: &Counts, rt: &tokio::runtime::Runtime) 
         let keys = Arc::new(AtomicU64::new(0));
         let _ = net::grpc_appends(rt, p.bound.grpc, TOKEN, 1, 1, 200, 0.0, &keys);
         let run = net::grpc_appends(rt, p.bound.grpc, TOKEN, 1, 1, n.sync_ops, 0.0, &keys);
-        sync50.series[0].runs.push(Measure {
-            rate: ms(quantile(&run.latencies, 0.5)),
-            ..Measure::default()
-        });
-        sync99.series[0].runs.push(Measure {
-            rate: ms(quantile(&run.latencies, 0.99)),
-            ..Measure::default()
-        });
         // The same commits over REST: one keep-alive HTTP/1.1 connection, the protocol nearest to PostgreSQL's
         // own (a request, a response, no HTTP/2 framing).
         let _ = net::rest_appends(rt, p.bound.http, TOKEN, 1, 200, &keys);
         let rest = net::rest_appends(rt, p.bound.http, TOKEN, 1, n.sync_ops, &keys);
-        sync50.series[2].runs.push(Measure {
-            rate: ms(quantile(&rest.latencies, 0.5)),
-            ..Measure::default()
-        });
-        sync99.series[2].runs.push(Measure {
-            rate: ms(quantile(&rest.latencies, 0.99)),
-            ..Measure::default()
-        });
+        for (series, r) in [(0, &run), (2, &rest)] {
+            for (w, q) in [(&mut sync50, 0.5), (&mut sync99, 0.99)] {
+                w.series[series].runs.push(Measure {
+                    rate: ms(quantile(&r.latencies, q)),
+                    ..Measure::default()
+                });
+            }
+        }
         eprintln!(
             "  rep {}/{reps}: AeroDB sync commit p50 {:.2} ms p99 {:.2} ms (gRPC), {:.2} / {:.2} ms (REST)",
             rep + 1,
