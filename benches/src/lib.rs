@@ -33,6 +33,28 @@ pub fn bench_dir(tag: &str) -> PathBuf {
     p
 }
 
+/// CPU time (user + system) this process has used, all its threads together; zero if it cannot be read.
+#[must_use]
+pub fn process_cpu_time() -> Duration {
+    let mut u = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: getrusage fills the struct it is given; RUSAGE_SELF is always valid.
+    #[allow(unsafe_code, reason = "one libc call, no memory is shared")]
+    let ok = unsafe { libc::getrusage(libc::RUSAGE_SELF, u.as_mut_ptr()) } == 0;
+    if !ok {
+        return Duration::ZERO;
+    }
+    // SAFETY: initialised by the successful call above.
+    #[allow(unsafe_code, reason = "reading what getrusage wrote")]
+    let u = unsafe { u.assume_init() };
+    let tv = |t: libc::timeval| {
+        Duration::new(
+            u64::try_from(t.tv_sec).unwrap_or(0),
+            u32::try_from(t.tv_usec).unwrap_or(0) * 1000,
+        )
+    };
+    tv(u.ru_utime) + tv(u.ru_stime)
+}
+
 /// The ceiling: fixed-size appends, each followed by `fdatasync`, into a file that was preallocated, zero-filled
 /// and synced first, so no append changes the file size.
 #[derive(Debug)]

@@ -1,5 +1,6 @@
 //! Profiling aid: builds (once) and reopens a large directory, for `perf record`.
 //! Usage: `engine-open-profile DIR RECORDS REOPENS`; `engine-open-profile --appends DIR N` (64 appender threads);
+//! `engine-open-profile --batch-cpu DIR N` (N records in `append_many` batches of 64: the process's CPU per record);
 //! `engine-open-profile --proofs DIR N` (N random inclusion proofs at DIR's size, three rounds);
 //! `engine-open-profile --one-appender DIR N` (one appender, default options: its latency tail and where the
 //! longest appends fell, for finding what stalls the appender when the disk is fast, e.g. DIR on tmpfs).
@@ -51,6 +52,40 @@ fn appends(dir: &std::path::Path, total: u64) -> Result<(), Box<dyn std::error::
         total as f64 / t.elapsed().as_secs_f64(),
         st.frames_written as f64 / st.flushes.max(1) as f64,
         st.fsync_micros_total as f64 / st.fsyncs.max(1) as f64
+    );
+    Ok(())
+}
+
+/// `append_many` batches of 64 records (256-byte values, default options: every batch durable) from one thread:
+/// the whole process's CPU per record (the appender and every background thread: index flushes and merges,
+/// checkpoints, segment preallocation), from `getrusage` before and after.
+fn batch_cpu(dir: &std::path::Path, total: u64) -> Result<(), Box<dyn std::error::Error>> {
+    let db = Db::open(dir, Options::default())?;
+    let value = Bytes::from(vec![0x5A; 256]);
+    let (cpu0, t) = (aerodb_benches::process_cpu_time(), std::time::Instant::now());
+    let mut n = 0;
+    while n < total {
+        let batch: Vec<NewRecord> = (n..n + 64)
+            .map(|i| NewRecord {
+                tenant: "bench".into(),
+                payload: Payload::Batch(vec![Op::Put {
+                    key: Bytes::from(format!("key-{i:012}")),
+                    value: value.clone(),
+                }]),
+            })
+            .collect();
+        db.append_many(&batch)?;
+        n += 64;
+    }
+    db.close()?;
+    let (cpu, took) = (aerodb_benches::process_cpu_time() - cpu0, t.elapsed());
+    eprintln!(
+        "{n} records in batches of 64: {:.0} records/s; process CPU {:.2} µs per record ({:.2} s of CPU in {:.2} s, \
+         close included)",
+        n as f64 / took.as_secs_f64(),
+        cpu.as_secs_f64() * 1e6 / n as f64,
+        cpu.as_secs_f64(),
+        took.as_secs_f64()
     );
     Ok(())
 }
@@ -151,6 +186,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             st.fsync_micros_total as f64 / st.fsyncs.max(1) as f64
         );
         return Ok(());
+    }
+    if a.get(1).map(String::as_str) == Some("--batch-cpu") {
+        let dir = std::path::PathBuf::from(a.get(2).ok_or("DIR")?);
+        let _ = std::fs::remove_dir_all(&dir);
+        return batch_cpu(&dir, a.get(3).ok_or("N")?.parse()?);
     }
     if a.get(1).map(String::as_str) == Some("--proofs") {
         let dir = std::path::PathBuf::from(a.get(2).ok_or("DIR")?);

@@ -24,7 +24,7 @@ use std::{
     time::Duration,
 };
 
-use aerodb_benches::{bench_dir, median_min_max, net, quantile, run_threads, Run};
+use aerodb_benches::{bench_dir, median_min_max, net, process_cpu_time as cpu_time, quantile, run_threads, Run};
 use aerodb_engine::{Db, Op, Options, Payload};
 use aerodb_server::{config::Config, httpc};
 use bytes::Bytes;
@@ -40,22 +40,6 @@ fn payload(k: u64) -> Payload {
         key: Bytes::from(format!("key-{k:012}")),
         value: Bytes::from(vec![b'v'; 256]),
     }])
-}
-
-/// CPU time (user + system) this process has used, all threads: server, clients and engine together.
-fn cpu_time() -> Duration {
-    let mut u = std::mem::MaybeUninit::<libc::rusage>::zeroed();
-    // SAFETY: getrusage fills the struct it is given; RUSAGE_SELF is always valid.
-    #[allow(unsafe_code, reason = "one libc call, no memory is shared")]
-    let ok = unsafe { libc::getrusage(libc::RUSAGE_SELF, u.as_mut_ptr()) } == 0;
-    if !ok {
-        return Duration::ZERO;
-    }
-    // SAFETY: initialised by the successful call above.
-    #[allow(unsafe_code, reason = "reading what getrusage wrote")]
-    let u = unsafe { u.assume_init() };
-    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, (t.tv_usec as u32) * 1000);
-    tv(u.ru_utime) + tv(u.ru_stime)
 }
 
 /// Records per group commit and mean fsync time on the server, from its metrics.
