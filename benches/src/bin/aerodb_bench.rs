@@ -462,6 +462,11 @@ fn replication(dir: &Path, reps: u64, n: &Counts, rt: &tokio::runtime::Runtime) 
                 false,
                 false,
             ),
+            series(
+                "AeroDB --sync-replicas 1 (gRPC AppendStream, one stream)",
+                false,
+                false,
+            ),
         ],
     };
     let mut sync99 = Workload {
@@ -591,7 +596,11 @@ fn replication(dir: &Path, reps: u64, n: &Counts, rt: &tokio::runtime::Runtime) 
         // own (a request, a response, no HTTP/2 framing).
         let _ = net::rest_appends(rt, p.bound.http, TOKEN, 1, 200, &keys);
         let rest = net::rest_appends(rt, p.bound.http, TOKEN, 1, n.sync_ops, &keys);
-        for (series, r) in [(0, &run), (2, &rest)] {
+        // And over one gRPC `AppendStream`: the next append is sent once the previous one is answered, as above,
+        // without a new HTTP/2 stream (headers and trailers) per commit.
+        let _ = net::grpc_stream_appends(rt, p.bound.grpc, TOKEN, 1, 1, 200, &keys);
+        let stream = net::grpc_stream_appends(rt, p.bound.grpc, TOKEN, 1, 1, n.sync_ops, &keys);
+        for (series, r) in [(0, &run), (2, &rest), (3, &stream)] {
             for (w, q) in [(&mut sync50, 0.5), (&mut sync99, 0.99)] {
                 w.series[series].runs.push(Measure {
                     rate: ms(quantile(&r.latencies, q)),
@@ -600,12 +609,15 @@ fn replication(dir: &Path, reps: u64, n: &Counts, rt: &tokio::runtime::Runtime) 
             }
         }
         eprintln!(
-            "  rep {}/{reps}: AeroDB sync commit p50 {:.2} ms p99 {:.2} ms (gRPC), {:.2} / {:.2} ms (REST)",
+            "  rep {}/{reps}: AeroDB sync commit p50 / p99: {:.2} / {:.2} ms (gRPC Append), {:.2} / {:.2} ms (REST), \
+             {:.2} / {:.2} ms (gRPC AppendStream)",
             rep + 1,
             ms(quantile(&run.latencies, 0.5)),
             ms(quantile(&run.latencies, 0.99)),
             ms(quantile(&rest.latencies, 0.5)),
-            ms(quantile(&rest.latencies, 0.99))
+            ms(quantile(&rest.latencies, 0.99)),
+            ms(quantile(&stream.latencies, 0.5)),
+            ms(quantile(&stream.latencies, 0.99))
         );
         r.stop(rt).expect("stop replica");
         p.stop(rt).expect("stop primary");

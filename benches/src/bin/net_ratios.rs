@@ -24,7 +24,9 @@ use std::{
     time::Duration,
 };
 
-use aerodb_benches::{bench_dir, median_min_max, net, process_cpu_time as cpu_time, quantile, run_threads, Run};
+use aerodb_benches::{
+    bench_dir, median_min_max, net, process_cpu_time as cpu_time, quantile, run_threads, Run,
+};
 use aerodb_engine::{Db, Op, Options, Payload};
 use aerodb_server::{config::Config, httpc};
 use bytes::Bytes;
