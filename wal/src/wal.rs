@@ -1573,12 +1573,26 @@ enum Job {
     },
     /// Find the last non-zero byte of segment `seg` (the active one).
     Zeros { seg: usize },
+    /// Remove the stale preallocated files (never acknowledged, never read) and sync the directory.
+    RemoveStale,
 }
 
 /// What a job found: a piece's run (`None` when it met a problem a whole scan must judge) and its visit.
 enum JobOut<S> {
     Piece(Option<crate::recovery::FrameRun>, S),
     Zeros(Option<usize>),
+    Removed(Result<usize>),
+}
+
+/// Removes `stale` preallocated files and syncs `dir`; returns how many were removed.
+fn remove_stale(fs: &dyn Fs, dir: &Path, stale: &[PathBuf]) -> Result<usize> {
+    for p in stale {
+        fs.remove_file(p)
+            .map_err(|e| Error::io("remove stale preallocated file", p, e))?;
+    }
+    fs.sync_dir(dir)
+        .map_err(|e| Error::io("fsync directory", dir, e))?;
+    Ok(stale.len())
 }
 
 struct Recovered {
@@ -1598,24 +1612,18 @@ fn recover<V: RecoveryVisitor>(
         .list_dir(dir)
         .map_err(|e| Error::io("list directory", dir, e))?;
     let mut ids = Vec::new();
+    let mut stale = Vec::new();
     for name in &names {
         match parse_name(name) {
             Some((_, true)) if opts.read_only => {}
-            Some((_, true)) => {
-                let p = dir.join(name);
-                fs.remove_file(&p)
-                    .map_err(|e| Error::io("remove stale preallocated file", &p, e))?;
-                report.removed_prealloc += 1;
-            }
+            // Removed by the scan's workers, as one of their jobs (below): unlinking a zero-filled file of a
+            // segment's size frees all its pages, milliseconds of work that need not wait for anything.
+            Some((_, true)) => stale.push(dir.join(name)),
             Some((id, false)) => ids.push(id),
             None if name == LOCK_FILE_NAME => {}
             None if name == TRUNCATE_INTENT_FILE_NAME => report.truncate_in_progress = true,
             None => tracing::warn!(file = %name, "ignoring unknown file in the WAL directory"),
         }
-    }
-    if report.removed_prealloc > 0 {
-        fs.sync_dir(dir)
-            .map_err(|e| Error::io("fsync directory", dir, e))?;
     }
     ids.sort();
     for w in ids.windows(2) {
@@ -1705,6 +1713,9 @@ fn recover<V: RecoveryVisitor>(
     // The work: every piece, and the search for the active segment's last non-zero byte (the rest of its
     // preallocated zeros), taken in order from a shared counter by two workers.
     let mut jobs = Vec::new();
+    if !stale.is_empty() {
+        jobs.push(Job::RemoveStale);
+    }
     for (i, p) in planned.iter().enumerate() {
         let Ok(p) = p else { continue };
         if Some(i) == last_index {
@@ -1725,6 +1736,7 @@ fn recover<V: RecoveryVisitor>(
                 return done;
             };
             let out = match *job {
+                Job::RemoveStale => JobOut::Removed(remove_stale(fs, dir, &stale)),
                 Job::Zeros { seg } => {
                     let Ok(p) = &planned[seg] else { continue };
                     JobOut::Zeros(crate::recovery::last_nonzero(&p.map))
@@ -1764,6 +1776,7 @@ fn recover<V: RecoveryVisitor>(
     let mut tail_nonzero = None;
     for (job, out) in jobs.iter().zip(outs) {
         match (job, out) {
+            (Job::RemoveStale, Some(JobOut::Removed(r))) => report.removed_prealloc = r?,
             (Job::Piece { seg, .. }, Some(JobOut::Piece(run, visit))) => seg_runs[*seg].push((run, visit)),
             (Job::Zeros { .. }, Some(JobOut::Zeros(t))) => tail_nonzero = Some(t),
             _ => return Err(Error::InvalidOptions("a segment scan job was lost".into())),
