@@ -101,6 +101,47 @@ fn restore(mem: &MemFs, snap: &[(PathBuf, Vec<u8>)]) {
 }
 
 #[test]
+fn a_forged_record_is_refused_at_open_wherever_the_scan_cut_the_log() {
+    // The open hashes and links records in pieces of ~1 KiB (the tests' `recovery_piece_bytes`), linked piece to
+    // piece afterwards: a record forged anywhere — first, last or inside a piece, in any segment — breaks the link
+    // of the record after it, and the open names that record.
+    let mem = MemFs::new();
+    build(&mem, 400, 7);
+    let clean = snapshot(&mem);
+    let all = frames(&mem);
+    let segments = files(&mem, "wal", "seg").len();
+    assert!(segments >= 3, "the log spans several segments ({segments})");
+    let mut refused = 0;
+    for (i, (seg, pos, len)) in all.iter().enumerate().take(all.len() - 1) {
+        for (p, b) in &clean {
+            mem.write_file_durable(p, b).unwrap();
+        }
+        // The tenant's first letter, upper-cased: the record still decodes, its hash changes.
+        forge_frame(&mem, seg, *pos, |body| body[16] ^= 0x20);
+        let forged = i as u64 + 1;
+        match Db::open_with_fs(Arc::new(mem.clone()), Path::new(DIR), engine_opts()) {
+            Err(Error::Corruption { commit_id, what }) => {
+                assert_eq!(
+                    commit_id,
+                    forged + 1,
+                    "record {forged} forged (frame of {len} bytes): {what}"
+                );
+                refused += 1;
+            }
+            Err(e) => panic!("record {forged} forged: {e}"),
+            Ok(_) => panic!("record {forged} forged and the open accepted it"),
+        }
+    }
+    assert_eq!(refused, all.len() - 1);
+    report_figure(
+        "engine_tamper forged records at open",
+        &format!(
+            "{refused} of {refused} refused, naming the next record ({segments} segments, 1 KiB pieces)"
+        ),
+    );
+}
+
+#[test]
 fn a_clean_directory_verifies() {
     let mem = MemFs::new();
     build(&mem, 300, 1);
