@@ -162,49 +162,46 @@ fn one_appender(dir: &std::path::Path, total: u64) -> Result<(), Box<dyn std::er
     Ok(())
 }
 
+/// 64 threads appending 352-byte frames to a bare WAL.
+fn wal_appends(dir: &std::path::Path, total: u64) -> Result<(), Box<dyn std::error::Error>> {
+    let wal = std::sync::Arc::new(aerodb_wal::Wal::open(
+        std::sync::Arc::new(aerodb_wal::fs::RealFs),
+        dir,
+        aerodb_wal::Options::default(),
+    )?);
+    wal.append(aerodb_wal::Epoch(1), b"warm")?;
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let t = std::time::Instant::now();
+    let run = aerodb_benches::run_wal(&wal, 64, total / 64, 352);
+    let st = wal.stats();
+    eprintln!(
+        "{} WAL appends from 64 threads: {:.0}/s; {:.1} records per group commit, fsync mean {:.0} µs",
+        run.ops,
+        run.ops as f64 / t.elapsed().as_secs_f64(),
+        st.frames_written as f64 / st.flushes.max(1) as f64,
+        st.fsync_micros_total as f64 / st.fsyncs.max(1) as f64
+    );
+    Ok(())
+}
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let a: Vec<String> = std::env::args().collect();
-    if a.get(1).map(String::as_str) == Some("--wal-appends") {
+    // The modes `--MODE DIR N`: every one but `--proofs` starts from an empty DIR.
+    type Mode = fn(&std::path::Path, u64) -> Result<(), Box<dyn std::error::Error>>;
+    let mode: Option<(Mode, bool)> = match a.get(1).map(String::as_str) {
+        Some("--wal-appends") => Some((wal_appends, true)),
+        Some("--appends") => Some((appends, true)),
+        Some("--one-appender") => Some((one_appender, true)),
+        Some("--batch-cpu") => Some((batch_cpu, true)),
+        Some("--proofs") => Some((proofs, false)),
+        _ => None,
+    };
+    if let Some((run, fresh)) = mode {
         let dir = std::path::PathBuf::from(a.get(2).ok_or("DIR")?);
-        let _ = std::fs::remove_dir_all(&dir);
-        let total: u64 = a.get(3).ok_or("N")?.parse()?;
-        let wal = std::sync::Arc::new(aerodb_wal::Wal::open(
-            std::sync::Arc::new(aerodb_wal::fs::RealFs),
-            &dir,
-            aerodb_wal::Options::default(),
-        )?);
-        wal.append(aerodb_wal::Epoch(1), b"warm")?;
-        std::thread::sleep(std::time::Duration::from_millis(300));
-        let t = std::time::Instant::now();
-        let run = aerodb_benches::run_wal(&wal, 64, total / 64, 352);
-        let st = wal.stats();
-        eprintln!(
-            "{} WAL appends from 64 threads: {:.0}/s; {:.1} records per group commit, fsync mean {:.0} µs",
-            run.ops,
-            run.ops as f64 / t.elapsed().as_secs_f64(),
-            st.frames_written as f64 / st.flushes.max(1) as f64,
-            st.fsync_micros_total as f64 / st.fsyncs.max(1) as f64
-        );
-        return Ok(());
-    }
-    if a.get(1).map(String::as_str) == Some("--batch-cpu") {
-        let dir = std::path::PathBuf::from(a.get(2).ok_or("DIR")?);
-        let _ = std::fs::remove_dir_all(&dir);
-        return batch_cpu(&dir, a.get(3).ok_or("N")?.parse()?);
-    }
-    if a.get(1).map(String::as_str) == Some("--proofs") {
-        let dir = std::path::PathBuf::from(a.get(2).ok_or("DIR")?);
-        return proofs(&dir, a.get(3).ok_or("N")?.parse()?);
-    }
-    if a.get(1).map(String::as_str) == Some("--one-appender") {
-        let dir = std::path::PathBuf::from(a.get(2).ok_or("DIR")?);
-        let _ = std::fs::remove_dir_all(&dir);
-        return one_appender(&dir, a.get(3).ok_or("N")?.parse()?);
-    }
-    if a.get(1).map(String::as_str) == Some("--appends") {
-        let dir = std::path::PathBuf::from(a.get(2).ok_or("DIR")?);
-        let _ = std::fs::remove_dir_all(&dir);
-        return appends(&dir, a.get(3).ok_or("N")?.parse()?);
+        if fresh {
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+        return run(&dir, a.get(3).ok_or("N")?.parse()?);
     }
     let dir = std::path::PathBuf::from(a.get(1).ok_or("DIR")?);
     let records: u64 = a.get(2).ok_or("RECORDS")?.parse()?;
