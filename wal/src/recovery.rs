@@ -159,6 +159,14 @@ pub fn check_header(bytes: &[u8], expect: &Expect) -> Result<SegmentHeader, Corr
             },
         ));
     }
+    check_follows(&header, expect)?;
+    Ok(header)
+}
+
+/// Whether a segment's header follows the segment before it: its first CommitId the one expected, its epoch not
+/// below the floor.
+pub fn check_follows(header: &SegmentHeader, expect: &Expect) -> Result<(), Corruption> {
+    let seg = expect.segment_id;
     if let Some(first) = expect.first_commit_id {
         if header.first_commit_id != first {
             return Err(corrupt(
@@ -183,7 +191,15 @@ pub fn check_header(bytes: &[u8], expect: &Expect) -> Result<SegmentHeader, Corr
             },
         ));
     }
-    Ok(header)
+    Ok(())
+}
+
+/// The part of a segment's bytes that frames may use: never past the capacity its header declares, whatever the
+/// file length says.
+fn frame_area<'a>(bytes: &'a [u8], header: &SegmentHeader) -> &'a [u8] {
+    &bytes[..bytes
+        .len()
+        .min(usize::try_from(header.segment_bytes).unwrap_or(usize::MAX))]
 }
 
 /// Frames scanned from one offset of a segment: the whole frame area, or one piece of it (see [`plan_pieces`]).
@@ -220,11 +236,7 @@ pub fn scan_run(
     mut on_frame: impl FnMut(&FrameHeader, &[u8]),
 ) -> Result<FrameRun, Corruption> {
     let seg = expect.segment_id;
-    // The usable area never extends past the declared capacity, whatever the file length says.
-    let limit = bytes
-        .len()
-        .min(usize::try_from(header.segment_bytes).unwrap_or(usize::MAX));
-    let area = &bytes[..limit];
+    let area = frame_area(bytes, header);
     let at_start = start == SEGMENT_HEADER_LEN;
     let mut pos = start.min(area.len());
     let mut expected = at_start.then_some(header.first_commit_id);
@@ -356,10 +368,7 @@ pub fn finish_segment(
     last_nonzero_byte: Option<Option<usize>>,
 ) -> Result<SegmentScan, Corruption> {
     let seg = expect.segment_id;
-    let limit = bytes
-        .len()
-        .min(usize::try_from(header.segment_bytes).unwrap_or(usize::MAX));
-    let area = &bytes[..limit];
+    let area = frame_area(bytes, &header);
     let FrameRun {
         end: pos,
         next_commit_id: expected,
@@ -445,7 +454,7 @@ pub fn finish_segment(
     }
     // The last segment: anything after the last valid frame must be zero fill or a torn tail.
     let garbage_end = match last_nonzero_byte {
-        Some(t) if limit == bytes.len() => t.filter(|&t| t >= pos).map(|t| t + 1),
+        Some(t) if area.len() == bytes.len() => t.filter(|&t| t >= pos).map(|t| t + 1),
         _ => last_nonzero(rest).map(|i| pos + i + 1),
     };
     let Some(garbage_end) = garbage_end else {
@@ -487,11 +496,9 @@ pub fn last_nonzero(b: &[u8]) -> Option<usize> {
     while end > 0 {
         let start = end.saturating_sub(PAGE);
         let page = &b[start..end];
-        let words = page.chunks_exact(8);
-        let tail_zero = words.remainder().iter().all(|&x| x == 0);
-        let words_zero = words.fold(0u64, |acc, w| {
-            acc | u64::from_ne_bytes(w.try_into().expect("eight bytes"))
-        }) == 0;
+        let (words, rest) = page.as_chunks::<8>();
+        let tail_zero = rest.iter().all(|&x| x == 0);
+        let words_zero = words.iter().fold(0u64, |acc, w| acc | u64::from_ne_bytes(*w)) == 0;
         if !(tail_zero && words_zero) {
             return page.iter().rposition(|&x| x != 0).map(|i| start + i);
         }

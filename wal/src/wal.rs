@@ -36,8 +36,8 @@ use crate::{
     },
     fs::{DirLock, Fs, FsFile, OpenMode},
     recovery::{
-        check_digest, check_header, finish_segment, plan_pieces, scan_run, scan_segment, scan_segment_with,
-        Expect, RecoveryVisitor, SegmentEnd,
+        check_digest, check_follows, check_header, finish_segment, plan_pieces, scan_run, scan_segment,
+        scan_segment_with, Expect, RecoveryVisitor, SegmentEnd,
     },
     types::{CommitId, Epoch, SegmentId},
 };
@@ -1558,6 +1558,8 @@ struct Planned {
     map: Bytes,
     /// `map` is a live map ([`FsFile::map_live`]).
     is_live: bool,
+    /// What the scan expects of the segment on its own (what links it to the one before is checked in order).
+    exp: Expect,
     header: crate::format::SegmentHeader,
     /// Offsets where later pieces start.
     cuts: Vec<usize>,
@@ -1705,6 +1707,7 @@ fn recover<V: RecoveryVisitor>(
                 file,
                 map,
                 is_live,
+                exp,
                 header,
                 cuts,
             })
@@ -1743,9 +1746,8 @@ fn recover<V: RecoveryVisitor>(
                 }
                 Job::Piece { seg, start, stop } => {
                     let Ok(p) = &planned[seg] else { continue };
-                    let exp = expect(ids[seg], None, Epoch(0), Some(seg) == last_index);
                     let mut visit = visitor.segment();
-                    let run = scan_run(&p.map, &p.header, &exp, start, stop, |h, body| {
+                    let run = scan_run(&p.map, &p.header, &p.exp, start, stop, |h, body| {
                         visitor.frame(&mut visit, h.commit_id, h.epoch, body);
                     });
                     JobOut::Piece(run.ok(), visit)
@@ -1782,46 +1784,20 @@ fn recover<V: RecoveryVisitor>(
             _ => return Err(Error::InvalidOptions("a segment scan job was lost".into())),
         }
     }
-    let mut planned = planned.into_iter();
-    let mut seg_runs = seg_runs.into_iter();
     let mut visits = Vec::with_capacity(ids.len());
-    for (i, &id) in ids.iter().enumerate() {
+    for (i, ((&id, plan), runs)) in ids.iter().zip(planned).zip(seg_runs).enumerate() {
         let is_last = i + 1 == ids.len();
         let path = dir.join(segment_file_name(id));
-        let exp = expect(id, None, Epoch(0), is_last);
         let Planned {
             file,
             map: bytes,
             is_live,
+            exp,
             header: h,
             ..
-        } = planned.next().expect("one plan per segment")?;
-        if let Some(first) = expected.filter(|&e| e != h.first_commit_id) {
-            return Err(crate::error::Corruption::new(
-                id,
-                0,
-                Some(first),
-                crate::error::CorruptionKind::CommitIdGap {
-                    expected: first,
-                    got: h.first_commit_id,
-                },
-            )
-            .into());
-        }
-        if h.epoch < min_epoch {
-            return Err(crate::error::Corruption::new(
-                id,
-                0,
-                Some(h.first_commit_id),
-                crate::error::CorruptionKind::EpochRegression {
-                    prev: min_epoch,
-                    got: h.epoch,
-                },
-            )
-            .into());
-        }
-        let (runs, piece_visits): (Vec<_>, Vec<_>) =
-            seg_runs.next().expect("runs per segment").into_iter().unzip();
+        } = plan?;
+        check_follows(&h, &expect(id, expected, min_epoch, is_last))?;
+        let (runs, piece_visits): (Vec<_>, Vec<_>) = runs.into_iter().unzip();
         let whole = runs
             .into_iter()
             .collect::<Option<Vec<_>>>()
