@@ -1398,12 +1398,7 @@ impl ChainRun {
 
     fn check(&mut self, commit: u64, frame_epoch: Epoch, body: &[u8], leaf_from: u64) -> Result<(), String> {
         let h = record::decode_header(body).map_err(|e| e.to_string())?;
-        let expect = if self.count == 0 {
-            commit
-        } else {
-            self.first + self.count
-        };
-        if h.commit_id != CommitId(commit) || commit != expect {
+        if h.commit_id != CommitId(commit) || (self.count > 0 && commit != self.first + self.count) {
             return Err(format!("record says CommitId {}", h.commit_id));
         }
         if self.count == 0 {
@@ -1484,11 +1479,12 @@ struct ChainPass {
 /// Links the runs the recovery scan checked (one per segment, in order) into one chain over records
 /// `1..=records`, then rebuilds the Merkle leaves the store lacks and compares the stored leaves of the records
 /// after `check_from` and of the last record (every earlier record is pinned by its successor's `prev_hash`).
-/// Leaves the runs did not keep (a Merkle store behind the newest checkpoint) are read back from the log.
+/// The runs kept leaf hashes from `kept_from` on; earlier ones the store lacks (a Merkle store behind the newest
+/// checkpoint) are read back from the log.
 fn link_chain(
     wal: &Wal,
     runs: Vec<ChainRun>,
-    visitor: &ChainVisitor,
+    kept_from: u64,
     merkle: &mut MerkleStore,
     stored_leaves: u64,
     check_from: u64,
@@ -1549,8 +1545,8 @@ fn link_chain(
         return Ok(pass);
     }
     let leaf_from = stored_leaves.min(check_from).min(records - 1) + 1;
-    if leaf_from < visitor.leaf_from {
-        let to = (visitor.leaf_from - 1).min(records);
+    if leaf_from < kept_from {
+        let to = (kept_from - 1).min(records);
         let mut earlier = read_run(wal, leaf_from, to, leaf_from)?.leaves;
         earlier.extend(kept.into_iter().filter(|&(c, _)| c > to));
         kept = earlier;
@@ -1722,7 +1718,7 @@ fn open_inner(fs: Arc<dyn Fs>, dir: &Path, opts: Options) -> Result<(Arc<Inner>,
     let chain = link_chain(
         &wal,
         chain_runs,
-        &chain_visitor,
+        chain_visitor.leaf_from,
         &mut state.merkle,
         stored_leaves,
         check_from,
