@@ -615,26 +615,36 @@ impl MemTable {
     }
 }
 
-/// One source of index entries: the memory table, the table being flushed, or a run.
+/// One source of index entries: the memory table, the table being flushed, or a run. A memory table's entries
+/// count only up to the CommitId beside it (`u64::MAX`: all of them); a flush writes a frozen table up to its end.
 #[derive(Clone, Copy)]
 enum Source<'a> {
-    Mem(&'a BTreeMap<Bytes, Vers>),
+    Mem(&'a BTreeMap<Bytes, Vers>, u64),
     Run(&'a Table),
+}
+
+/// The versions of `vs` up to CommitId `through`.
+fn through(vs: &[Ver], through: u64) -> &[Ver] {
+    if through == u64::MAX {
+        vs
+    } else {
+        &vs[..vs.partition_point(|v| ver_commit(*v) <= through)]
+    }
 }
 
 impl<'a> Source<'a> {
     fn versions_of(self, key: &[u8]) -> Vec<Ver> {
         match self {
-            Source::Mem(m) => m.get(key).map_or_else(Vec::new, |vs| vs.to_vec()),
+            Source::Mem(m, last) => m.get(key).map_or_else(Vec::new, |vs| through(vs, last).to_vec()),
             Source::Run(t) => t.find(key).map_or_else(Vec::new, |i| t.versions(i).collect()),
         }
     }
 
     fn last_at_or_below(self, key: &[u8], at: u64) -> Option<Ver> {
         match self {
-            Source::Mem(m) => m
+            Source::Mem(m, last) => m
                 .get(key)
-                .and_then(|vs| vs.iter().rev().find(|v| ver_commit(**v) <= at).copied()),
+                .and_then(|vs| vs.iter().rev().find(|v| ver_commit(**v) <= at.min(last)).copied()),
             Source::Run(t) => t
                 .find(key)
                 .and_then(|i| t.versions(i).rev().find(|v| ver_commit(*v) <= at)),
@@ -643,7 +653,7 @@ impl<'a> Source<'a> {
 
     fn cursor(self, from: Bound<&[u8]>) -> Cursor<'a> {
         match self {
-            Source::Mem(m) => Cursor::mem(m.range::<[u8], _>((from, Bound::Unbounded))),
+            Source::Mem(m, last) => Cursor::mem(m.range::<[u8], _>((from, Bound::Unbounded)), last),
             Source::Run(t) => Cursor::Run(t, t.lower_bound(from)),
         }
     }
@@ -653,15 +663,18 @@ impl<'a> Source<'a> {
 enum Cursor<'a> {
     Mem {
         it: std::collections::btree_map::Range<'a, Bytes, Vers>,
-        cur: Option<(&'a Bytes, &'a Vers)>,
+        /// The current key and its versions up to `last` (never empty: keys without one are skipped).
+        cur: Option<(&'a Bytes, &'a [Ver])>,
+        last: u64,
     },
     Run(&'a Table, usize),
 }
 
 impl<'a> Cursor<'a> {
-    fn mem(mut it: std::collections::btree_map::Range<'a, Bytes, Vers>) -> Self {
-        let cur = it.next();
-        Cursor::Mem { it, cur }
+    fn mem(it: std::collections::btree_map::Range<'a, Bytes, Vers>, last: u64) -> Self {
+        let mut c = Cursor::Mem { it, cur: None, last };
+        c.advance();
+        c
     }
 
     /// The current key.
@@ -674,7 +687,12 @@ impl<'a> Cursor<'a> {
 
     fn advance(&mut self) {
         match self {
-            Cursor::Mem { it, cur } => *cur = it.next(),
+            Cursor::Mem { it, cur, last } => {
+                *cur = it
+                    .by_ref()
+                    .map(|(k, vs)| (k, through(vs, *last)))
+                    .find(|(_, vs)| !vs.is_empty());
+            }
             Cursor::Run(_, i) => *i += 1,
         }
     }
@@ -750,11 +768,10 @@ fn min_key<'a>(cursors: &[Cursor<'a>], holders: &mut Vec<usize>) -> Option<&'a [
 pub(crate) struct Index {
     files: Arc<IndexFiles>,
     runs: Vec<Arc<Run>>,
-    /// The memory table being flushed, whole: readers see all of it until the flush is installed.
-    frozen: Option<Arc<MemTable>>,
-    /// The flush of `frozen` writes the entries of records up to this CommitId (the visible ones when it was
-    /// frozen); the later ones go back to `mem` when it is installed.
-    frozen_upto: u64,
+    /// The memory table being flushed, whole (readers see all of it until the flush is installed), and the
+    /// CommitId its run ends at: the last visible record when it was frozen; the entries of later ones go back to
+    /// `mem` when the run is installed.
+    frozen: Option<(Arc<MemTable>, u64)>,
     mem: MemTable,
     /// Reused for the tenant-scoped key of each write.
     scratch: Vec<u8>,
@@ -890,7 +907,6 @@ impl Index {
                 }),
                 runs,
                 frozen: None,
-                frozen_upto: 0,
                 mem: MemTable::starting_after(covered),
                 scratch: Vec::new(),
             },
@@ -950,8 +966,12 @@ impl Index {
     /// Sources newest first.
     fn sources(&self, table: usize) -> impl DoubleEndedIterator<Item = Source<'_>> {
         // An iterator, not a vector: a point read allocates nothing to visit them.
-        std::iter::once(Source::Mem(&self.mem.tables[table]))
-            .chain(self.frozen.iter().map(move |f| Source::Mem(&f.tables[table])))
+        std::iter::once(Source::Mem(&self.mem.tables[table], u64::MAX))
+            .chain(
+                self.frozen
+                    .iter()
+                    .map(move |(f, _)| Source::Mem(&f.tables[table], u64::MAX)),
+            )
             .chain(self.runs.iter().rev().map(move |r| Source::Run(&r.tables[table])))
     }
 
@@ -1035,16 +1055,13 @@ impl Index {
     pub fn freeze(&mut self, threshold: u64, upto: u64) -> Option<FlushJob> {
         if self.frozen.is_none() && self.mem.versions >= threshold.max(1) && upto > self.mem.lo {
             let hi = self.mem.hi;
-            self.frozen_upto = upto.min(hi);
-            self.frozen = Some(Arc::new(std::mem::replace(
-                &mut self.mem,
-                MemTable::starting_after(hi),
-            )));
+            let table = std::mem::replace(&mut self.mem, MemTable::starting_after(hi));
+            self.frozen = Some((Arc::new(table), upto.min(hi)));
         }
-        self.frozen.clone().map(|frozen| FlushJob {
+        self.frozen.clone().map(|(frozen, upto)| FlushJob {
             files: self.files.clone(),
             frozen,
-            upto: self.frozen_upto,
+            upto,
         })
     }
 
@@ -1058,7 +1075,7 @@ impl Index {
             self.mem.insert_older(*table, key, *v);
         }
         self.runs.push(flushed.run);
-        let frozen = self.frozen.take();
+        let frozen = self.frozen.take().map(|(f, _)| f);
         (self.manifest(), frozen)
     }
 
@@ -1173,30 +1190,9 @@ impl FlushJob {
     /// once the caller records the manifest), and collects the later entries.
     pub fn write(&self) -> crate::Result<Flushed> {
         let f = &*self.frozen;
-        let mut later = Vec::new();
-        // Usually every frozen record is visible; otherwise the run is written from a copy without the few
-        // later entries (a reference-counted key and a version each), made here, off every lock.
-        let below: Option<[BTreeMap<Bytes, Vers>; TABLES]> = (self.upto < f.hi).then(|| {
-            std::array::from_fn(|t| {
-                let mut kept = BTreeMap::new();
-                for (key, vs) in &f.tables[t] {
-                    let keep = vs.partition_point(|v| ver_commit(*v) <= self.upto);
-                    later.extend(vs[keep..].iter().map(|&v| (t, key.clone(), v)));
-                    if keep > 0 {
-                        let mut head = Vers::One(vs[0]);
-                        for &v in &vs[1..keep] {
-                            head.push(v);
-                        }
-                        kept.insert(key.clone(), head);
-                    }
-                }
-                kept
-            })
-        });
-        let tables = below.as_ref().unwrap_or(&f.tables);
         let inputs: [Vec<Source<'_>>; TABLES] = [
-            vec![Source::Mem(&tables[KEYS])],
-            vec![Source::Mem(&tables[TENANTS])],
+            vec![Source::Mem(&f.tables[KEYS], self.upto)],
+            vec![Source::Mem(&f.tables[TENANTS], self.upto)],
         ];
         let run = Arc::new(write_run(
             &*self.files.fs,
@@ -1205,6 +1201,17 @@ impl FlushJob {
             self.upto,
             &inputs,
         )?);
+        // The entries of records after the run's end (usually none; with appends in flight, those of the few
+        // records indexed but not yet durable when it was frozen).
+        let mut later = Vec::new();
+        if self.upto < f.hi {
+            for (t, table) in f.tables.iter().enumerate() {
+                for (key, vs) in table {
+                    let kept = through(vs, self.upto).len();
+                    later.extend(vs[kept..].iter().map(|&v| (t, key.clone(), v)));
+                }
+            }
+        }
         Ok(Flushed { run, later })
     }
 }
