@@ -623,40 +623,37 @@ fn val14(ctx: &Ctx, progress: &(dyn Fn(&str) + Sync)) -> SliceOut {
         idle["samples"].as_u64().unwrap_or(0) > 10,
         format!("{} samples", idle["samples"]),
     );
-    progress("VAL14: light load (100 x 500 B)");
-    let light = load_phase(addr, 100, 500, Duration::ZERO)?;
-    let acked = light["acked"].as_u64().unwrap_or(0);
-    ch.add(
-        "light load acknowledged",
-        acked == 100,
-        format!(
-            "{acked} of 100 records of 500 B acknowledged; first error: {}",
-            light["first_error"]
-        ),
-    );
-    let ld = light["drain_ms"].as_f64().unwrap_or(f64::MAX);
-    ch.add(
+    // A light and a heavy load: every record acknowledged, and the replicas drained within the phase's target.
+    let mut phase = |name: &str, records: usize, bytes: usize, drain_check: &str, drain_target: f64| {
+        progress(&format!("VAL14: {name} load ({records} x {bytes} B)"));
+        let load = load_phase(addr, records, bytes, Duration::ZERO)?;
+        let acked = load["acked"].as_u64().unwrap_or(0);
+        ch.add(
+            &format!("{name} load acknowledged"),
+            acked == records as u64,
+            format!(
+                "{acked} of {records} records of {bytes} B acknowledged; first error: {}",
+                load["first_error"]
+            ),
+        );
+        let drain = load["drain_ms"].as_f64().unwrap_or(f64::MAX);
+        ch.add(drain_check, drain <= drain_target, format!("{drain} ms"));
+        LabResult::Ok(load)
+    };
+    let light = phase(
+        "light",
+        100,
+        500,
         "light drain <= 2,000 ms",
-        ld <= crate::ha_report::LIGHT_DRAIN_TARGET_MS,
-        format!("{ld} ms"),
-    );
-    progress("VAL14: heavy load (500 x 2,000 B)");
-    let heavy = load_phase(addr, 500, 2000, Duration::ZERO)?;
-    let acked = heavy["acked"].as_u64().unwrap_or(0);
-    ch.add(
-        "heavy load acknowledged",
-        acked == 500,
-        format!(
-            "{acked} of 500 records of 2,000 B acknowledged; first error: {}",
-            heavy["first_error"]
-        ),
-    );
-    let hd = heavy["drain_ms"].as_f64().unwrap_or(f64::MAX);
-    ch.add(
+        crate::ha_report::LIGHT_DRAIN_TARGET_MS,
+    )?;
+    let heavy = phase(
+        "heavy",
+        500,
+        2000,
         "heavy drain <= 5,000 ms",
-        hd <= crate::ha_report::HEAVY_DRAIN_TARGET_MS,
-        format!("{hd} ms"),
-    );
+        crate::ha_report::HEAVY_DRAIN_TARGET_MS,
+    )?;
     // Every node at the same tip with the same record hash.
     let tip = lab::ha(addr)
         .and_then(|v| v["applied_commit_id"].as_u64())
